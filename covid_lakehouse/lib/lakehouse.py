@@ -1,0 +1,135 @@
+"""The lakehouse: Apache Iceberg tables (parquet on S3) with a pyiceberg SQL catalog in PostgreSQL.
+
+Publishing is write-audit-publish through Iceberg's own atomicity: data files are written inside an
+open transaction, audits run on exactly the staged rows, and the snapshot is committed only when they
+pass. Readers always see a whole snapshot, the new one or the previous one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import dagster as dg
+import pyarrow as pa
+
+from covid_lakehouse.lib.postgres import validate_identifier
+from covid_lakehouse.lib.wap import Audit, audit_or_raise
+
+_CATALOGS: dict[tuple, Any] = {}
+_CATALOGS_LOCK = threading.Lock()
+
+
+class LakehouseResource(dg.ConfigurableResource):
+    catalog_dsn: str
+    warehouse: str = "s3://lakehouse/warehouse"
+    s3_endpoint_url: str
+    aws_access_key_id: str
+    aws_secret_access_key: str
+    region: str = "us-east-1"
+    catalog_name: str = "covid_lakehouse"
+
+
+    @classmethod
+    def from_env(cls) -> LakehouseResource:
+        return cls(
+            catalog_dsn=dg.EnvVar("LAKEHOUSE_CATALOG_DSN"),
+            warehouse=dg.EnvVar("LAKEHOUSE_WAREHOUSE"),
+            s3_endpoint_url=dg.EnvVar("S3_ENDPOINT_URL"),
+            aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
+        )
+
+    def catalog(self):
+        from pyiceberg.catalog.sql import SqlCatalog
+
+        from covid_lakehouse.lib.settings import sqlalchemy_url
+
+        cache_key = (self.catalog_name, self.catalog_dsn, self.warehouse, self.s3_endpoint_url)
+        with _CATALOGS_LOCK:
+            if cache_key not in _CATALOGS:
+                _CATALOGS[cache_key] = SqlCatalog(
+                    self.catalog_name,
+                    uri=sqlalchemy_url(self.catalog_dsn),
+                    warehouse=self.warehouse,
+                    **{
+                        "s3.endpoint": self.s3_endpoint_url,
+                        "s3.access-key-id": self.aws_access_key_id,
+                        "s3.secret-access-key": self.aws_secret_access_key,
+                        "s3.region": self.region,
+                        "s3.force-virtual-addressing": False,
+                    },
+                )
+            return _CATALOGS[cache_key]
+
+    @staticmethod
+    def identifier(namespace: str, table: str) -> tuple[str, str]:
+        return (validate_identifier(namespace, what="lakehouse namespace"), validate_identifier(table, what="lakehouse table"))
+
+    def load_table(self, namespace: str, table: str):
+        return self.catalog().load_table(self.identifier(namespace, table))
+
+    def table_exists(self, namespace: str, table: str) -> bool:
+        return self.catalog().table_exists(self.identifier(namespace, table))
+
+    def read(self, namespace: str, table: str, row_filter: str | None = None) -> pa.Table:
+        tbl = self.load_table(namespace, table)
+        return (tbl.scan(row_filter=row_filter) if row_filter else tbl.scan()).to_arrow()
+
+    def ensure_table(self, namespace: str, table: str, schema: pa.Schema, partition_by: str | None = None):
+        catalog = self.catalog()
+        ident = self.identifier(namespace, table)
+        catalog.create_namespace_if_not_exists(ident[0])
+        if catalog.table_exists(ident):
+            tbl = catalog.load_table(ident)
+            missing = [f for f in schema if f.name not in tbl.schema().column_names]
+            if missing:  # additive schema evolution; renames and type changes are migrations
+                with tbl.update_schema() as update:
+                    update.union_by_name(schema)
+                tbl = catalog.load_table(ident)
+            return tbl
+        tbl = catalog.create_table(ident, schema=schema)
+        if partition_by:
+            from pyiceberg.transforms import IdentityTransform
+
+            with tbl.update_spec() as spec:
+                spec.add_field(partition_by, IdentityTransform(), partition_by)
+            tbl = catalog.load_table(ident)
+        return tbl
+
+    def write_audit_publish(
+        self,
+        namespace: str,
+        table: str,
+        data: pa.Table,
+        *,
+        audits: Sequence[Audit] = (),
+        mode: Literal["overwrite", "append"] = "overwrite",
+        overwrite_filter: Any = None,
+        partition_by: str | None = None,
+        asset_key: dg.AssetKey | None = None,
+    ) -> Iterator[dg.AssetCheckResult]:
+        """Stage ``data`` as uncommitted files, yield the audits' check results, commit one snapshot.
+
+        A blocking audit failure raises before the commit: the table's current snapshot is unchanged
+        (the orphaned files are never referenced and expire with the usual maintenance)."""
+        tbl = self.ensure_table(namespace, table, data.schema, partition_by=partition_by)
+        with tbl.transaction() as tx:
+            if mode == "append":
+                tx.append(data)
+            elif overwrite_filter is not None:
+                tx.overwrite(data, overwrite_filter=overwrite_filter)
+            else:
+                tx.overwrite(data)
+            yield from audit_or_raise(audits, data, asset_key=asset_key, asset_label=f"{namespace}.{table}")
+        # leaving the block commits the snapshot atomically
+
+    def snapshot_metadata(self, namespace: str, table: str) -> dict[str, Any]:
+        tbl = self.load_table(namespace, table)
+        snap = tbl.current_snapshot()
+        return {
+            "iceberg/table": f"{namespace}.{table}",
+            "iceberg/snapshot_id": str(snap.snapshot_id) if snap else "none",
+            "iceberg/location": tbl.metadata.location,
+        }

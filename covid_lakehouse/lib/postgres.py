@@ -1,0 +1,184 @@
+"""The warehouse: PostgreSQL through psycopg 3, with a pool, COPY in/out, safe identifiers and the
+staging + upsert helper every domain uses for idempotent loads."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from itertools import chain
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import dagster as dg
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class UnsafeIdentifierError(ValueError):
+    pass
+
+
+def validate_identifier(name: str, *, what: str = "identifier") -> str:
+    """Identifiers built from data (county, tenant) must be plain lower-case names; they are also
+    quoted wherever used, this is the second line of defence and gives a clear error."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise UnsafeIdentifierError(
+            f"{what} {name!r} is not a safe SQL identifier (expected ^[a-z_][a-z0-9_]{{0,62}}$)"
+        )
+    return name
+
+
+def table_ident(schema: str, table: str) -> sql.Composed:
+    return sql.Identifier(validate_identifier(schema, what="schema"), validate_identifier(table, what="table"))
+
+
+# One pool per DSN per process: Dagster builds resources per step, pools must outlive them.
+_POOLS: dict[str, ConnectionPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(dsn: str, max_size: int) -> ConnectionPool:
+    with _POOLS_LOCK:
+        pool = _POOLS.get(dsn)
+        if pool is None or pool.closed:
+            pool = ConnectionPool(dsn, min_size=0, max_size=max_size, open=True, timeout=30,
+                                  kwargs={"application_name": "covid_lakehouse"})
+            _POOLS[dsn] = pool
+        return pool
+
+
+def close_pools() -> None:
+    with _POOLS_LOCK:
+        for pool in _POOLS.values():
+            pool.close()
+        _POOLS.clear()
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    inserted: int
+    updated: int
+    unchanged: int
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.updated + self.unchanged
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """Warehouse connections. ``dsn`` comes from the WAREHOUSE_DSN environment variable."""
+
+    dsn: str
+    pool_size: int = 8
+
+
+    @classmethod
+    def from_env(cls) -> PostgresResource:
+        return cls(dsn=dg.EnvVar("WAREHOUSE_DSN"))
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection inside one transaction: committed on success, rolled back on error."""
+        with _pool(self.dsn, self.pool_size).connection() as conn:
+            yield conn
+
+    # ---- COPY --------------------------------------------------------------------------------
+    @staticmethod
+    def copy_arrow(conn: psycopg.Connection, target: sql.Composable, data: pa.Table | Iterable[pa.RecordBatch],
+                   columns: Sequence[str] | None = None) -> int:
+        """COPY Arrow data into ``target`` as CSV (pyarrow writes the CSV in C: the fast path)."""
+        batches = iter(data.to_batches(max_chunksize=200_000) if isinstance(data, pa.Table) else data)
+        first = next(batches, None)
+        if first is None:
+            return 0
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+            target, sql.SQL(", ").join(map(sql.Identifier, columns or first.schema.names)))
+        rows = 0
+        with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            for batch in chain([first], batches):
+                if batch.num_rows:
+                    buf = io.BytesIO()
+                    pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
+                    copy.write(buf.getbuffer())
+                    rows += batch.num_rows
+        return rows
+
+    @staticmethod
+    def fetch_arrow(conn: psycopg.Connection, query: sql.Composable, params: Sequence | None = None,
+                    batch_rows: int = 100_000) -> pa.Table:
+        """Run a query and return an Arrow table, types taken from the Python values psycopg gives."""
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            names = [d.name for d in cur.description]
+            chunks = []
+            while rows := cur.fetchmany(batch_rows):
+                chunks.append(pa.Table.from_pylist([dict(zip(names, r)) for r in rows]))
+        if not chunks:
+            return pa.table({n: pa.array([], pa.null()) for n in names})
+        return pa.concat_tables(chunks, promote_options="permissive")
+
+    # ---- staging + upsert ----------------------------------------------------------------------
+    @staticmethod
+    def create_staging_like(conn: psycopg.Connection, target: sql.Composable, name: str,
+                            columns: Sequence[str] | None = None) -> sql.Identifier:
+        """A temporary table shaped like ``target`` (gone at commit), for COPY then merge."""
+        staging = sql.Identifier(validate_identifier(name, what="staging table"))
+        cols = sql.SQL(", ").join(map(sql.Identifier, columns)) if columns else sql.SQL("*")
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+            staging, cols, target))
+        return staging
+
+    @staticmethod
+    def upsert(conn: psycopg.Connection, *, target: sql.Composable, source: sql.Composable,
+               key_columns: Sequence[str], value_columns: Sequence[str],
+               touch_columns: dict[str, sql.Composable] | None = None,
+               source_filter: sql.Composable | None = None) -> UpsertCounts:
+        """INSERT .. ON CONFLICT (keys) DO UPDATE .. WHERE values IS DISTINCT FROM: new rows are
+        inserted, changed rows updated (and their ``touch_columns`` set), identical rows untouched, so a
+        rerun writes nothing and load timestamps keep meaning "first loaded / last changed"."""
+        touch = touch_columns or {}
+        insert_cols = [*key_columns, *value_columns, *touch]
+        select_exprs = [sql.Identifier(c) for c in (*key_columns, *value_columns)] + list(touch.values())
+        set_items = [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in value_columns]
+        set_items += [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in touch]
+        target_row = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in value_columns)
+        excluded_row = sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in value_columns)
+        query = sql.SQL(
+            "WITH src AS (SELECT {select} FROM {source}{where}), "
+            "ins AS (INSERT INTO {target} AS t ({cols}) SELECT * FROM src "
+            "ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE ({target_row}) IS DISTINCT FROM ({excluded_row}) "
+            "RETURNING (xmax = 0) AS inserted) "
+            "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), "
+            "(SELECT count(*) FROM src) FROM ins"
+        ).format(
+            select=sql.SQL(", ").join(select_exprs),
+            source=source,
+            where=sql.SQL(" WHERE {}").format(source_filter) if source_filter is not None else sql.SQL(""),
+            target=target,
+            cols=sql.SQL(", ").join(map(sql.Identifier, insert_cols)),
+            keys=sql.SQL(", ").join(map(sql.Identifier, key_columns)),
+            sets=sql.SQL(", ").join(set_items),
+            target_row=target_row,
+            excluded_row=excluded_row,
+        )
+        inserted, updated, total = conn.execute(query).fetchone()
+        return UpsertCounts(inserted, updated, total - inserted - updated)
+
+    @staticmethod
+    def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
+        # to_regclass: a DELETE on a missing table would abort the whole transaction
+        qualified = sql.SQL("{}").format(table_ident(schema, table)).as_string(conn)
+        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified,)).fetchone()[0]
+
+    @staticmethod
+    def ensure_schema(conn: psycopg.Connection, schema: str) -> None:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+            sql.Identifier(validate_identifier(schema, what="schema"))))

@@ -1,0 +1,126 @@
+"""S3 access: boto3 client, pyarrow filesystem and write-once raw objects, from one set of settings."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import dagster as dg
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from dagster_aws.s3 import S3Resource
+
+from covid_lakehouse.lib.settings import ServiceSettings
+
+_CLIENT_CONFIG = Config(
+    s3={"addressing_style": "path"},  # MinIO and SeaweedFS serve buckets by path
+    retries={"max_attempts": 3, "mode": "standard"},
+    connect_timeout=5,
+    read_timeout=60,
+)
+
+
+class ObjectExistsError(RuntimeError):
+    """A write-once key already holds an object: raw data is never overwritten."""
+
+
+def s3_client(settings: ServiceSettings):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+        region_name=settings.aws_region,
+        config=_CLIENT_CONFIG,
+    )
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    bucket: str
+    key: str
+    sha256: str
+    size: int
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class LakeS3Resource(S3Resource):
+    """dagster-aws's S3Resource pointed at our endpoint, plus pyarrow access and write-once puts."""
+
+    def get_client(self):  # path-style addressing for S3-compatible servers
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            region_name=self.region_name or "us-east-1",
+            config=_CLIENT_CONFIG,
+        )
+
+    def arrow_filesystem(self):
+        from pyarrow import fs
+
+        endpoint = self.endpoint_url or ""
+        scheme = "https" if endpoint.startswith("https") else "http"
+        return fs.S3FileSystem(
+            access_key=self.aws_access_key_id,
+            secret_key=self.aws_secret_access_key,
+            endpoint_override=endpoint.split("://", 1)[-1] or None,
+            scheme=scheme,
+            region=self.region_name or "us-east-1",
+            force_virtual_addressing=False,
+        )
+
+    def put_write_once(self, bucket: str, key: str, body: BinaryIO, *, metadata: dict[str, str] | None = None) -> StoredObject:
+        """Upload ``body`` to a key that must not exist yet, with its sha256 stored as object metadata
+        and verified by reading the object's head back. Raw downloads are replayable only if never
+        overwritten."""
+        client = self.get_client()
+        if self.object_exists(bucket, key, client=client):
+            raise ObjectExistsError(f"s3://{bucket}/{key} already exists; raw objects are write-once")
+        digest, size = _sha256_of(body)
+        body.seek(0)
+        client.upload_fileobj(
+            body, bucket, key, ExtraArgs={"Metadata": {**(metadata or {}), "sha256": digest}}
+        )
+        head = client.head_object(Bucket=bucket, Key=key)
+        if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != digest:
+            raise RuntimeError(f"s3://{bucket}/{key}: stored object does not match what was sent")
+        return StoredObject(bucket, key, digest, size)
+
+    def object_exists(self, bucket: str, key: str, *, client=None) -> bool:
+        client = client or self.get_client()
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    @classmethod
+    def from_env(cls) -> LakeS3Resource:
+        return cls(
+            endpoint_url=dg.EnvVar("S3_ENDPOINT_URL"),
+            aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
+            region_name="us-east-1",
+        )
+
+
+def _sha256_of(body: BinaryIO) -> tuple[str, int]:
+    body.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
