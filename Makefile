@@ -1,0 +1,41 @@
+# covid_lakehouse: every entry point a user or CI needs. Needs Python 3.11+ with venv, nothing else.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+NAME ?=
+
+.PHONY: venv demo up test bench lint clean
+
+# Create the virtualenv and install the project with its dev extras (re-run when pyproject changes).
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+# Start embedded PostgreSQL + S3, materialize every asset on bundled data, print a summary.
+demo: venv
+	$(BIN)/covid-lakehouse demo
+
+# Dagster UI + daemon on http://127.0.0.1:3000 (schedules and sensors live); Ctrl-C stops all.
+up: venv
+	$(BIN)/covid-lakehouse up
+
+# The whole test suite against real embedded services (what CI runs).
+test: venv
+	$(BIN)/pytest -q
+
+# Benchmarks (ratios against a floor measured in the same run); NAME=x runs one.
+bench: venv
+	$(BIN)/python -m benchmarks $(NAME)
+
+# Static checks.
+lint: venv
+	$(BIN)/ruff check covid_lakehouse covid_lakehouse_tests benchmarks tools
+
+# Stop the embedded services and delete local data and the virtualenv.
+clean:
+	-@[ -x $(BIN)/covid-lakehouse ] && $(BIN)/covid-lakehouse clean
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

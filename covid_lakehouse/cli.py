@@ -1,0 +1,215 @@
+"""`covid-lakehouse`: run, inspect and clean the product on one machine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from covid_lakehouse import runtime
+from covid_lakehouse.lib.embedded import EmbeddedStack, _pg_bin
+from covid_lakehouse.lib.settings import ServiceSettings, external_services_configured, project_home
+
+
+def _settings(start: bool = True) -> ServiceSettings:
+    if external_services_configured():
+        return ServiceSettings.from_env()
+    return EmbeddedStack(project_home()).start() if start else ServiceSettings.from_env()
+
+
+def cmd_env(_: argparse.Namespace) -> int:
+    """Print export lines (the embedded stack is started and left running if needed)."""
+    for name, value in _settings().as_env().items():
+        print(f"export {name}='{value}'")
+    return 0
+
+
+def cmd_psql(args: argparse.Namespace) -> int:
+    settings = _settings()
+    psql = _pg_bin("psql")
+    os.execv(str(psql), [str(psql), settings.warehouse_dsn, *args.psql_args])
+    return 0  # not reached
+
+
+TABLE_REF = re.compile(r"\b(warehouse|lakehouse)\.([a-z_][a-z0-9_]*)\.([a-z_][a-z0-9_]*)\b")
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Query warehouse and lakehouse tables with DuckDB: name them warehouse.<schema>.<table> and
+    lakehouse.<namespace>.<table>. DuckDB cannot reach S3 or PostgreSQL offline, so each referenced
+    table is read with pyarrow/psycopg and handed to DuckDB as Arrow."""
+    import psycopg
+    from dagster_duckdb import DuckDBResource
+    from psycopg import sql as pgsql
+
+    from covid_lakehouse.lib.lakehouse import LakehouseResource
+    from covid_lakehouse.lib.postgres import PostgresResource
+
+    settings = _settings()
+    os.environ.update(settings.as_env())
+    with DuckDBResource(database=":memory:").get_connection() as duck:
+        for catalog in ("warehouse", "lakehouse"):
+            duck.execute(f"ATTACH ':memory:' AS {catalog}")
+        for catalog, schema, table in sorted(set(TABLE_REF.findall(args.query))):
+            if catalog == "lakehouse":
+                data = LakehouseResource.from_env().read(schema, table)
+            else:
+                with psycopg.connect(settings.warehouse_dsn) as conn:
+                    data = PostgresResource.fetch_arrow(conn, pgsql.SQL("SELECT * FROM {}").format(
+                        pgsql.Identifier(schema, table)))
+            duck.register("_incoming", data)
+            duck.execute(f'CREATE SCHEMA IF NOT EXISTS {catalog}."{schema}"')
+            duck.execute(f'CREATE TABLE {catalog}."{schema}"."{table}" AS SELECT * FROM _incoming')
+            duck.unregister("_incoming")
+        result = duck.execute(args.query).fetch_arrow_table()
+    print(result.to_pandas().to_string(index=False, max_rows=args.max_rows))
+    return 0
+
+
+def cmd_demo(_: argparse.Namespace) -> int:
+    import dagster as dg
+
+    started = time.monotonic()
+    with runtime.services(offline_apis=True) as svc:
+        runtime.prepare_dagster_home(svc.home, svc.settings)
+        from covid_lakehouse.definitions import defs
+
+        with dg.DagsterInstance.get() as instance:
+            report = runtime.run_demo(defs, instance)
+        rows = runtime.table_row_counts(svc.settings) + runtime.lakehouse_row_counts()
+        _print_demo_summary(svc, report, rows, time.monotonic() - started)
+    return 0 if report.ok else 1
+
+
+def _print_demo_summary(svc: runtime.Services, report: runtime.DemoReport, rows, seconds: float) -> None:
+    print("\n=== covid_lakehouse demo ===")
+    print(f"runs: {sum(ok for _, ok in report.runs)}/{len(report.runs)} succeeded in {seconds:.1f}s")
+    for label, ok in report.runs:
+        print(f"  {'ok  ' if ok else 'FAIL'} {label}")
+    print(f"assets materialized: {len(report.materialized)}")
+    for key in sorted(set(report.materialized)):
+        print(f"  {key} ({report.materialized.count(key)}x)")
+    passed = sum(1 for *_, p, _ in report.checks if p)
+    print(f"checks: {passed} passed, {len(report.checks) - passed} failed")
+    for asset, check, ok, severity in report.checks:
+        if not ok:
+            print(f"  {'WARN' if severity == 'WARN' else 'FAIL'} {asset}:{check}")
+    print("rows per table:")
+    for name, n in rows:
+        print(f"  {name}: {n:,}")
+    print("where the data lives:")
+    for line in svc.describe():
+        print(f"  {line}")
+    print("next: `make up` opens the Dagster UI on http://127.0.0.1:3000 with this run history;")
+    print("      `covid-lakehouse sql \"select ...\"` and `covid-lakehouse psql` query the data.")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Dagster UI + daemon on the embedded (or configured) services until Ctrl-C."""
+    with runtime.services(offline_apis=not args.live) as svc:
+        runtime.prepare_dagster_home(svc.home, svc.settings)
+        workspace = str(runtime.REPO_ROOT / "workspace.yaml")
+        bin_dir = os.path.dirname(sys.executable)
+        procs = [
+            subprocess.Popen([os.path.join(bin_dir, "dagster-webserver"), "-h", args.host, "-p", str(args.port),
+                              "-w", workspace], start_new_session=True),
+            subprocess.Popen([os.path.join(bin_dir, "dagster-daemon"), "run", "-w", workspace],
+                             start_new_session=True),
+        ]
+        for line in svc.describe():
+            print(line)
+        print(f"Dagster UI: http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True)
+        stop = _wait_for_signal_or_exit(procs)
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return 0 if stop else 1
+
+
+def _wait_for_signal_or_exit(procs: list[subprocess.Popen]) -> bool:
+    """Block until SIGINT/SIGTERM (True) or a child exits on its own (False)."""
+    received: list[int] = []
+
+    def handler(signum, _frame):
+        received.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not received:
+            if any(p.poll() is not None for p in procs):
+                print("a Dagster process exited; stopping the rest", file=sys.stderr)
+                return False
+            time.sleep(0.5)  # polling the children; the signal handler ends the loop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return True
+
+
+def cmd_mock_apis(args: argparse.Namespace) -> int:
+    """Serve every domain's mock third-party API (compose `demo` profile)."""
+    with runtime.mock_apis(host=args.host, port=args.port) as (url, env):
+        print(f"mock APIs on {url}")
+        for name, value in env.items():
+            print(f"  {name}={value}")
+        sys.stdout.flush()
+        signal.sigwait([signal.SIGINT, signal.SIGTERM])
+    return 0
+
+
+def cmd_stop(_: argparse.Namespace) -> int:
+    EmbeddedStack(project_home()).stop()
+    print("embedded services stopped")
+    return 0
+
+
+def cmd_clean(_: argparse.Namespace) -> int:
+    home = project_home()
+    EmbeddedStack(home).clean()
+    print(f"removed {home}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="covid-lakehouse", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="materialize every asset on bundled data and print a summary").set_defaults(fn=cmd_demo)
+    up = sub.add_parser("up", help="start the Dagster UI and daemon (Ctrl-C stops everything)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=3000)
+    up.add_argument("--live", action="store_true", help="use the live public APIs instead of bundled snapshots")
+    up.set_defaults(fn=cmd_up)
+    sub.add_parser("env", help="print export lines for the warehouse, S3 and lakehouse").set_defaults(fn=cmd_env)
+    psql = sub.add_parser("psql", help="open psql on the warehouse")
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER)
+    psql.set_defaults(fn=cmd_psql)
+    q = sub.add_parser("sql", help="query warehouse.<schema>.<table> and lakehouse.<ns>.<table> with DuckDB")
+    q.add_argument("query")
+    q.add_argument("--max-rows", type=int, default=50)
+    q.set_defaults(fn=cmd_sql)
+    mock = sub.add_parser("mock-apis", help="serve the mock third-party APIs")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8080)
+    mock.set_defaults(fn=cmd_mock_apis)
+    sub.add_parser("stop", help="stop the embedded services").set_defaults(fn=cmd_stop)
+    sub.add_parser("clean", help="stop the embedded services and delete their data").set_defaults(fn=cmd_clean)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

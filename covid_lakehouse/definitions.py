@@ -1,0 +1,13 @@
+"""The single code location: every domain's definitions merged with the platform's resources.
+
+Domains never import each other; cross-domain dependencies go through asset keys."""
+
+import dagster as dg
+
+from covid_lakehouse.defs import platform
+from covid_lakehouse.lib.resources import platform_resources
+
+defs = dg.Definitions.merge(
+    platform.defs,
+    dg.Definitions(resources=platform_resources()),
+)

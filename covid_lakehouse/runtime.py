@@ -1,0 +1,195 @@
+"""How the product runs on one machine: services (embedded or external), DAGSTER_HOME, the offline
+mock APIs, and the demo that materializes everything once and summarises it.
+
+Used by the CLI; tests drive the same functions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from covid_lakehouse.lib.embedded import EmbeddedStack
+from covid_lakehouse.lib.settings import (
+    DAGSTER_STORAGE_URL,
+    ServiceSettings,
+    external_services_configured,
+    project_home,
+    redact,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Services:
+    settings: ServiceSettings
+    embedded: EmbeddedStack | None
+    home: Path
+    mock_api_url: str | None = None
+    demo_env: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> list[str]:
+        kind = "embedded" if self.embedded else "external"
+        lines = [
+            f"warehouse ({kind} PostgreSQL): {redact(self.settings.warehouse_dsn)}",
+            f"S3 ({kind}): {self.settings.s3_endpoint_url}  buckets raw, lakehouse, ad-data",
+            f"lakehouse: Iceberg tables under {self.settings.lakehouse_warehouse}, catalog in PostgreSQL",
+        ]
+        if self.embedded:
+            lines.append(f"data folder: {self.home} (kept until `covid-lakehouse clean`)")
+        if self.mock_api_url:
+            lines.append(f"third-party APIs: bundled snapshots served offline at {self.mock_api_url}")
+        return lines
+
+
+def _domain_mock_apis():
+    """Each domain that calls a third-party API bundles a snapshot and a mock of that API."""
+    from covid_lakehouse.defs import mock_apis
+
+    return mock_apis.REGISTRARS
+
+
+@contextmanager
+def mock_apis(host: str = "127.0.0.1", port: int = 0) -> Iterator[tuple[str, dict[str, str]]]:
+    """Serve every domain's mock API; yields the base URL and the env vars pointing domains at it."""
+    from covid_lakehouse.lib.api_harness import MockApi
+
+    api = MockApi(host=host, port=port)
+    env: dict[str, str] = {}
+    for register in _domain_mock_apis():
+        env.update(register(api))
+    with api:
+        yield api.url, {k: v.replace("{base}", api.url) for k, v in env.items()}
+
+
+@contextmanager
+def services(*, offline_apis: bool = True, home: Path | None = None) -> Iterator[Services]:
+    """Use the configured external services, or start the embedded ones (stopped on exit only if
+    started here); optionally serve the bundled API snapshots and point the domains at them."""
+    home = home or project_home()
+    with ExitStack() as stack:
+        if external_services_configured():
+            settings = ServiceSettings.from_env()
+            embedded = None
+        else:
+            embedded = EmbeddedStack(home)
+            settings = stack.enter_context(embedded)
+        svc = Services(settings=settings, embedded=embedded, home=home)
+        env = dict(settings.as_env())
+        if offline_apis:
+            url, demo_env = stack.enter_context(mock_apis())
+            svc.mock_api_url, svc.demo_env = url, demo_env
+            # An explicitly configured source URL wins over the bundled snapshot.
+            env.update({k: v for k, v in demo_env.items() if not os.environ.get(k)})
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield svc
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def prepare_dagster_home(home: Path, settings: ServiceSettings) -> Path:
+    """DAGSTER_HOME with the repo's dagster.yaml; run storage in PostgreSQL when we have one."""
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    source = REPO_ROOT / "dagster.yaml"
+    if not source.exists():
+        raise FileNotFoundError(f"{source} not found: run covid-lakehouse from the repository checkout")
+    config = yaml.safe_load(source.read_text())
+    if settings.dagster_storage_url:
+        os.environ[DAGSTER_STORAGE_URL] = settings.dagster_storage_url
+    else:  # external services without a Dagster database: keep run history on local disk
+        config.pop("storage", None)
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return dagster_home
+
+
+# ---- demo ---------------------------------------------------------------------------------------
+@dataclass
+class DemoReport:
+    runs: list[tuple[str, bool]] = field(default_factory=list)
+    materialized: list[str] = field(default_factory=list)
+    checks: list[tuple[str, str, bool, str]] = field(default_factory=list)  # asset, check, passed, severity
+
+    def record(self, label: str, result) -> None:
+        self.runs.append((label, result.success))
+        for event in result.all_events:
+            if event.event_type_value == "ASSET_MATERIALIZATION":
+                self.materialized.append(event.asset_key.to_user_string())
+        for evaluation in result.get_asset_check_evaluations():
+            self.checks.append((evaluation.asset_key.to_user_string(), evaluation.check_name,
+                                evaluation.passed, evaluation.severity.value))
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok in self.runs) and all(p or sev == "WARN" for *_, p, sev in self.checks)
+
+
+def run_demo(defs, instance) -> DemoReport:
+    """Materialize every asset once, the way the daemon would: unpartitioned assets first, then
+    one tick of every sensor (which registers dynamic partitions and requests their runs)."""
+    import dagster as dg
+
+    report = DemoReport()
+    graph = defs.resolve_asset_graph()
+    job = defs.resolve_implicit_global_asset_job_def()
+    unpartitioned = [k for k in graph.materializable_asset_keys if not graph.get(k).is_partitioned]
+    if unpartitioned:
+        result = job.execute_in_process(instance=instance, asset_selection=unpartitioned, raise_on_error=False,
+                                        tags={"covid_lakehouse/trigger": "demo"})
+        report.record("unpartitioned assets", result)
+    for sensor in defs.sensors or []:
+        if isinstance(sensor, dg.RunStatusSensorDefinition):
+            continue
+        with dg.build_sensor_context(instance=instance, definitions=defs,
+                                     repository_def=defs.get_repository_def()) as context:
+            data = sensor.evaluate_tick(context)
+        for request in data.dynamic_partitions_requests or []:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        for request in data.run_requests or []:
+            selection = request.asset_selection or []
+            tags = {**(request.tags or {}), "covid_lakehouse/trigger": "demo"}
+            result = job.execute_in_process(instance=instance, asset_selection=list(selection),
+                                            partition_key=request.partition_key, tags=tags, raise_on_error=False)
+            report.record(f"sensor {sensor.name}", result)
+    return report
+
+
+def table_row_counts(settings: ServiceSettings) -> list[tuple[str, int]]:
+    import psycopg
+    from psycopg import sql
+
+    counts = []
+    with psycopg.connect(settings.warehouse_dsn) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            "AND table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()
+        for schema, table in tables:
+            n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
+            counts.append((f"warehouse {schema}.{table}", n))
+    return counts
+
+
+def lakehouse_row_counts() -> list[tuple[str, int]]:
+    from covid_lakehouse.lib.lakehouse import LakehouseResource
+
+    catalog = LakehouseResource.from_env().catalog()
+    counts = []
+    for namespace in catalog.list_namespaces():
+        for ident in catalog.list_tables(namespace):
+            snapshot = catalog.load_table(ident).current_snapshot()
+            total = int(snapshot.summary.get("total-records", 0)) if snapshot and snapshot.summary else 0
+            counts.append((f"lakehouse {'.'.join(ident)}", total))
+    return counts

@@ -1,0 +1,92 @@
+"""Session fixtures: one real embedded PostgreSQL and one real S3 server (SeaweedFS) for the whole
+test session, in a temporary folder, stopped at the end. No mocks of our own components."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import dagster as dg
+import psycopg
+import pytest
+
+from covid_lakehouse.lib.embedded import EmbeddedStack
+from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse.lib.postgres import PostgresResource, close_pools
+from covid_lakehouse.lib.resources import platform_resources
+from covid_lakehouse.lib.s3 import LakeS3Resource
+from covid_lakehouse.lib.settings import EXTERNAL_SERVICE_VARS, ServiceSettings
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory) -> Iterator[EmbeddedStack]:
+    stack = EmbeddedStack(tmp_path_factory.mktemp("stack"))
+    stack.start()
+    try:
+        yield stack
+    finally:
+        close_pools()
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def services(embedded_stack: EmbeddedStack) -> Iterator[ServiceSettings]:
+    """The embedded services' settings, exported to the environment as a deployment would."""
+    settings = embedded_stack.state.settings()
+    env = settings.as_env()
+    saved = {k: os.environ.get(k) for k in [*env, *EXTERNAL_SERVICE_VARS]}
+    os.environ.update(env)
+    try:
+        yield settings
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def warehouse(services: ServiceSettings) -> PostgresResource:
+    return PostgresResource(dsn=services.warehouse_dsn)
+
+
+@pytest.fixture(scope="session")
+def s3(services: ServiceSettings) -> LakeS3Resource:
+    return LakeS3Resource(endpoint_url=services.s3_endpoint_url, aws_access_key_id=services.aws_access_key_id,
+                          aws_secret_access_key=services.aws_secret_access_key, region_name="us-east-1")
+
+
+@pytest.fixture(scope="session")
+def lakehouse(services: ServiceSettings) -> LakehouseResource:
+    return LakehouseResource(catalog_dsn=services.lakehouse_catalog_dsn, warehouse=services.lakehouse_warehouse,
+                             s3_endpoint_url=services.s3_endpoint_url, aws_access_key_id=services.aws_access_key_id,
+                             aws_secret_access_key=services.aws_secret_access_key)
+
+
+@pytest.fixture
+def resources(services: ServiceSettings) -> dict:
+    """The product's own resources, configured from the environment exactly as in production."""
+    return platform_resources()
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+@pytest.fixture
+def pg(services: ServiceSettings) -> Iterator[psycopg.Connection]:
+    """A plain autocommit connection to the warehouse for assertions."""
+    with psycopg.connect(services.warehouse_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def unique_schema(pg: psycopg.Connection) -> Iterator[str]:
+    """A fresh schema name per test so tests never see each other's tables."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    yield name
+    pg.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
