@@ -56,7 +56,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
             duck.execute(f"ATTACH ':memory:' AS {catalog}")
         for catalog, schema, table in sorted(set(TABLE_REF.findall(args.query))):
             if catalog == "lakehouse":
-                data = LakehouseResource.from_env().read(schema, table)
+                data = LakehouseResource.from_settings(settings).read(schema, table)
             else:
                 with psycopg.connect(settings.warehouse_dsn) as conn:
                     data = PostgresResource.fetch_arrow(conn, pgsql.SQL("SELECT * FROM {}").format(
@@ -65,8 +65,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
             duck.execute(f'CREATE SCHEMA IF NOT EXISTS {catalog}."{schema}"')
             duck.execute(f'CREATE TABLE {catalog}."{schema}"."{table}" AS SELECT * FROM _incoming')
             duck.unregister("_incoming")
-        result = duck.execute(args.query).fetch_arrow_table()
-    print(result.to_pandas().to_string(index=False, max_rows=args.max_rows))
+        result = duck.execute(args.query).fetchdf()
+    print(result.to_string(index=False, max_rows=args.max_rows))
     return 0
 
 
@@ -80,7 +80,7 @@ def cmd_demo(_: argparse.Namespace) -> int:
 
         with dg.DagsterInstance.get() as instance:
             report = runtime.run_demo(defs, instance)
-        rows = runtime.table_row_counts(svc.settings) + runtime.lakehouse_row_counts()
+        rows = runtime.table_row_counts(svc.settings) + runtime.lakehouse_row_counts(svc.settings)
         _print_demo_summary(svc, report, rows, time.monotonic() - started)
     return 0 if report.ok else 1
 
@@ -124,16 +124,32 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(line)
         print(f"Dagster UI: http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True)
         stop = _wait_for_signal_or_exit(procs)
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        _terminate_tree(procs)
     return 0 if stop else 1
+
+
+def _terminate_tree(procs: list[subprocess.Popen]) -> None:
+    """Stop the webserver and daemon and every process they spawned (their gRPC code servers run in
+    sessions of their own and would otherwise linger until a heartbeat times out)."""
+    import psutil
+
+    tree = []
+    for proc in procs:
+        try:
+            tree += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for p in tree:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    for proc in procs:
+        proc.wait()
 
 
 def _wait_for_signal_or_exit(procs: list[subprocess.Popen]) -> bool:

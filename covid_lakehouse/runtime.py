@@ -182,10 +182,10 @@ def table_row_counts(settings: ServiceSettings) -> list[tuple[str, int]]:
     return counts
 
 
-def lakehouse_row_counts() -> list[tuple[str, int]]:
+def lakehouse_row_counts(settings: ServiceSettings) -> list[tuple[str, int]]:
     from covid_lakehouse.lib.lakehouse import LakehouseResource
 
-    catalog = LakehouseResource.from_env().catalog()
+    catalog = LakehouseResource.from_settings(settings).catalog()
     counts = []
     for namespace in catalog.list_namespaces():
         for ident in catalog.list_tables(namespace):

@@ -41,6 +41,13 @@ class LakehouseResource(dg.ConfigurableResource):
             aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
         )
 
+    @classmethod
+    def from_settings(cls, settings) -> LakehouseResource:
+        """Outside Dagster (CLI, scripts), where EnvVar values are not resolved."""
+        return cls(catalog_dsn=settings.lakehouse_catalog_dsn, warehouse=settings.lakehouse_warehouse,
+                   s3_endpoint_url=settings.s3_endpoint_url, aws_access_key_id=settings.aws_access_key_id,
+                   aws_secret_access_key=settings.aws_secret_access_key, region=settings.aws_region)
+
     def catalog(self):
         from pyiceberg.catalog.sql import SqlCatalog
 
