@@ -4,6 +4,7 @@ staging + upsert helper every domain uses for idempotent loads."""
 from __future__ import annotations
 
 import io
+import queue
 import re
 import threading
 from itertools import chain
@@ -101,14 +102,38 @@ class PostgresResource(dg.ConfigurableResource):
             return 0
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
             target, sql.SQL(", ").join(map(sql.Identifier, columns or first.schema.names)))
+        # Encode CSV in a helper thread (pyarrow releases the GIL) while this one streams to the
+        # server: encoding and the server's parsing overlap instead of taking turns.
+        encoded: queue.Queue = queue.Queue(maxsize=2)
+
+        def encode() -> None:
+            try:
+                for batch in chain([first], batches):
+                    if batch.num_rows:
+                        buf = io.BytesIO()
+                        pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
+                        encoded.put((batch.num_rows, buf))
+                encoded.put(None)
+            except BaseException as err:  # surfaced in the sending thread
+                encoded.put(err)
+
+        encoder = threading.Thread(target=encode, name="copy-encoder", daemon=True)
+        encoder.start()
         rows = 0
-        with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-            for batch in chain([first], batches):
-                if batch.num_rows:
-                    buf = io.BytesIO()
-                    pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
+        try:
+            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                while (item := encoded.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    n, buf = item
                     copy.write(buf.getbuffer())
-                    rows += batch.num_rows
+                    rows += n
+        finally:
+            while encoder.is_alive():  # after a failed COPY, unblock the encoder so it can finish
+                try:
+                    encoded.get(timeout=0.1)
+                except queue.Empty:
+                    pass
         return rows
 
     @staticmethod

@@ -1,0 +1,97 @@
+"""Measurement plumbing: every measured piece of work runs in a fresh Python process, which reports
+its own wall time and peak RSS, so the framework's and the floor's memory are comparable and one
+case never inflates another's figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+CASES: dict[str, Callable[[], list[Result]]] = {}
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    floor_seconds: float
+    ratio: float
+    target_ratio: float | None
+    peak_rss_mb: float
+    baseline_rss_mb: float
+    rows: int
+
+    @property
+    def ok(self) -> bool | None:
+        return None if self.target_ratio is None else self.ratio <= self.target_ratio
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    peak_rss_mb: float
+    rows: int
+
+
+def case(name: str):
+    def register(fn):
+        CASES[name] = fn
+        return fn
+    return register
+
+
+def measure(module: str, role: str, repeat: int = 3, **params) -> Measurement:
+    """Best of ``repeat`` fresh-process runs of ``module.measure_<role>(**params)`` (which returns
+    (seconds, rows)); best-of because noise on a shared machine only ever adds time."""
+    runs = [_measure_once(module, role, params) for _ in range(repeat)]
+    best = min(runs, key=lambda m: m.seconds)
+    return Measurement(best.seconds, max(m.peak_rss_mb for m in runs), best.rows)
+
+
+def _measure_once(module: str, role: str, params: dict) -> Measurement:
+    payload = json.dumps({"module": module, "role": role, "params": params})
+    out = subprocess.run([sys.executable, "-m", "benchmarks.harness", payload], capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark {module}.{role} failed:\n{out.stderr[-4000:]}")
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return Measurement(data["seconds"], data["peak_rss_mb"], data["rows"])
+
+
+def timed(fn: Callable[[], int]) -> tuple[float, int]:
+    start = time.perf_counter()
+    rows = fn()
+    return time.perf_counter() - start, rows
+
+
+def result(name: str, measured: Measurement, floor: Measurement, baseline: Measurement,
+           target_ratio: float | None) -> Result:
+    return Result(name=name, seconds=round(measured.seconds, 3), floor_seconds=round(floor.seconds, 3),
+                  ratio=round(measured.seconds / floor.seconds, 2), target_ratio=target_ratio,
+                  peak_rss_mb=round(measured.peak_rss_mb, 1), baseline_rss_mb=round(baseline.peak_rss_mb, 1),
+                  rows=measured.rows)
+
+
+def as_json(results: list[Result]) -> list[dict]:
+    return [asdict(r) for r in results]
+
+
+def _child(payload: str) -> None:
+    import importlib
+
+    spec = json.loads(payload)
+    module = importlib.import_module(spec["module"])
+    seconds, rows = getattr(module, f"measure_{spec['role']}")(**spec["params"])
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak_mb = peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 1024 / 1024
+    print(json.dumps({"seconds": seconds, "rows": rows, "peak_rss_mb": peak_mb}))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1])
