@@ -137,8 +137,9 @@ def _tail(path: Path, lines: int = 20) -> str:
 class EmbeddedStack:
     """Starts (or reuses) the embedded PostgreSQL and S3 servers under ``home``."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, *, s3_credentials: tuple[str, str] | None = None):
         self.home = Path(home).resolve()
+        self.s3_credentials = s3_credentials  # fixed keys instead of generated ones (tests of compose's env)
         self.state_file = self.home / "stack.json"
         self.pgdata = self.home / "postgres"
         self.s3_dir = self.home / "s3"
@@ -156,8 +157,11 @@ class EmbeddedStack:
             return existing.settings()
         previous = self._read_state()
         password = previous.pg_password if previous else secrets.token_urlsafe(18)
-        access_key = previous.s3_access_key if previous else "lakehouse" + secrets.token_hex(4)
-        secret_key = previous.s3_secret_key if previous else secrets.token_urlsafe(24)
+        if self.s3_credentials:
+            access_key, secret_key = self.s3_credentials
+        else:
+            access_key = previous.s3_access_key if previous else "lakehouse" + secrets.token_hex(4)
+            secret_key = previous.s3_secret_key if previous else secrets.token_urlsafe(24)
         pg_port, pg_pid = self._start_postgres(password)
         try:
             s3_port, s3_pid = self._start_s3(access_key, secret_key, avoid={pg_port})
