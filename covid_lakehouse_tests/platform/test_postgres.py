@@ -4,7 +4,12 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from covid_lakehouse.lib.postgres import PostgresResource, UnsafeIdentifierError, table_ident, validate_identifier
+from covid_lakehouse.lib.postgres import (
+    PostgresResource,
+    UnsafeIdentifierError,
+    table_ident,
+    validate_identifier,
+)
 
 pytestmark = pytest.mark.integration
 
