@@ -55,7 +55,10 @@ def measure_floor(rows: int = ROWS) -> tuple[float, int]:
                     copy.write(buf.getbuffer())
         return len(df)
 
-    return timed(work)
+    try:
+        return timed(work)
+    finally:
+        _reset("bench_floor")
 
 
 def measure_dagster(rows: int = ROWS) -> tuple[float, int]:
@@ -71,7 +74,10 @@ def measure_dagster(rows: int = ROWS) -> tuple[float, int]:
     def t() -> pd.DataFrame:
         return df
 
-    seconds, _ = materialize_timed([t], {"warehouse_io_manager": PostgresIOManager(dsn=os.environ["WAREHOUSE_DSN"])})
+    try:
+        seconds, _ = materialize_timed([t], {"warehouse_io_manager": PostgresIOManager(dsn=os.environ["WAREHOUSE_DSN"])})
+    finally:
+        _reset("bench_dagster")
     return seconds, len(df)
 
 

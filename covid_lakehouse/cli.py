@@ -172,6 +172,22 @@ def _wait_for_signal_or_exit(procs: list[subprocess.Popen]) -> bool:
     return True
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print a published data product for people who want the numbers, not the UI."""
+    import psycopg
+
+    from covid_lakehouse.defs.vaccines.report import ReportUnavailable, people_per_dose_report
+
+    settings = _settings()
+    with psycopg.connect(settings.warehouse_dsn) as conn:
+        try:
+            print(people_per_dose_report(conn))
+        except ReportUnavailable as err:
+            print(err, file=sys.stderr)
+            return 1
+    return 0
+
+
 def cmd_mock_apis(args: argparse.Namespace) -> int:
     """Serve every domain's mock third-party API (compose `demo` profile)."""
     with runtime.mock_apis(host=args.host, port=args.port) as (url, env):
@@ -213,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("query")
     q.add_argument("--max-rows", type=int, default=50)
     q.set_defaults(fn=cmd_sql)
+    report = sub.add_parser("report", help="print a published data product")
+    report.add_argument("name", choices=["people-per-dose"])
+    report.set_defaults(fn=cmd_report)
     mock = sub.add_parser("mock-apis", help="serve the mock third-party APIs")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=8080)

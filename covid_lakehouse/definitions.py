@@ -4,10 +4,11 @@ Domains never import each other; cross-domain dependencies go through asset keys
 
 import dagster as dg
 
-from covid_lakehouse.defs import platform
+from covid_lakehouse.defs import platform, vaccines
 from covid_lakehouse.lib.resources import platform_resources
 
 defs = dg.Definitions.merge(
     platform.defs,
+    vaccines.defs,
     dg.Definitions(resources=platform_resources()),
 )
