@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NAME ?=
 
-.PHONY: venv demo up test bench lint clean
+.PHONY: venv browser demo up test bench lint clean
 
 # Create the virtualenv and install the project with its dev extras (re-run when pyproject changes).
 venv: $(VENV)/.installed
@@ -23,8 +23,16 @@ demo: venv
 up: venv
 	$(BIN)/covid-lakehouse up
 
-# The whole test suite against real embedded services (what CI runs).
-test: venv
+# Debian's chromium + chromedriver for the UI test (installed with apt-get when missing and root).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium + chromium-driver (Debian packages) for the UI test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "The UI test needs chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)"; exit 1; fi
+
+# The whole test suite against real embedded services, UI test included (what CI runs).
+test: venv browser
 	$(BIN)/pytest -q
 
 # Benchmarks (ratios against a floor measured in the same run); NAME=x runs one.
