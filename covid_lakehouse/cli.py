@@ -199,6 +199,16 @@ def cmd_mock_apis(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from covid_lakehouse.lib.migrate import migrate
+
+    applied = migrate(_settings().warehouse_dsn)
+    for m in applied:
+        print(f"applied {m.scope} {m.version:04d}_{m.name}")
+    print(f"warehouse schema up to date ({len(applied)} applied now)")
+    return 0
+
+
 def cmd_stop(_: argparse.Namespace) -> int:
     EmbeddedStack(project_home()).stop()
     print("embedded services stopped")
@@ -236,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=8080)
     mock.set_defaults(fn=cmd_mock_apis)
+    sub.add_parser("migrate", help="apply pending warehouse migrations").set_defaults(fn=cmd_migrate)
     sub.add_parser("stop", help="stop the embedded services").set_defaults(fn=cmd_stop)
     sub.add_parser("clean", help="stop the embedded services and delete their data").set_defaults(fn=cmd_clean)
     return parser

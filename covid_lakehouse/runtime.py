@@ -79,6 +79,9 @@ def services(*, offline_apis: bool = True, home: Path | None = None) -> Iterator
         else:
             embedded = EmbeddedStack(home)
             settings = stack.enter_context(embedded)
+        from covid_lakehouse.lib.migrate import migrate
+
+        migrate(settings.warehouse_dsn)  # the same start-up step compose and k8s run
         svc = Services(settings=settings, embedded=embedded, home=home)
         env = dict(settings.as_env())
         if offline_apis:

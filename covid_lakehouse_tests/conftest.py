@@ -13,6 +13,7 @@ import pytest
 
 from covid_lakehouse.lib.embedded import EmbeddedStack
 from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse.lib.migrate import migrate
 from covid_lakehouse.lib.postgres import PostgresResource, close_pools
 from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse.lib.s3 import LakeS3Resource
@@ -22,7 +23,8 @@ from covid_lakehouse.lib.settings import EXTERNAL_SERVICE_VARS, ServiceSettings
 @pytest.fixture(scope="session")
 def embedded_stack(tmp_path_factory) -> Iterator[EmbeddedStack]:
     stack = EmbeddedStack(tmp_path_factory.mktemp("stack"))
-    stack.start()
+    settings = stack.start()
+    migrate(settings.warehouse_dsn)  # as every deployment does at start-up
     try:
         yield stack
     finally:

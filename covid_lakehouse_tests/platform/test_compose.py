@@ -49,9 +49,9 @@ CODE_SERVER_MODULE = "covid_lakehouse.definitions"
 CODE_SERVER_CMD = ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", CODE_SERVER_MODULE]
 
 DAGSTER_SERVICES = ("code-location", "webserver", "daemon")
-DEFAULT_SERVICES = {"postgres", "minio", "minio-init", *DAGSTER_SERVICES}
+DEFAULT_SERVICES = {"postgres", "minio", "minio-init", "migrate", *DAGSTER_SERVICES}
 DEMO_ONLY_SERVICES = {"mock-apis"}
-ONE_SHOT_SERVICES = {"minio-init"}
+ONE_SHOT_SERVICES = {"minio-init", "migrate"}
 
 _ENV_LINE = re.compile(r"^\s*(?P<comment>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
 

@@ -14,12 +14,8 @@ WEBHOOK_ENV = "RUN_FAILURE_WEBHOOK_URL"
 
 
 def record_failure(warehouse: PostgresResource, *, run_id: str, job_name: str, message: str) -> None:
+    # ops.run_failures is created by migration lib/migrations/0001; `migrate` runs at start-up.
     with warehouse.connection() as conn:
-        PostgresResource.ensure_schema(conn, "ops")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS ops.run_failures (run_id text PRIMARY KEY, job_name text NOT NULL, "
-            "message text, failed_at timestamptz NOT NULL DEFAULT now())"
-        )
         conn.execute(
             sql.SQL("INSERT INTO ops.run_failures (run_id, job_name, message) VALUES (%s, %s, %s) "
                     "ON CONFLICT (run_id) DO NOTHING"),
