@@ -17,6 +17,7 @@ from covid_lakehouse.lib.embedded import EmbeddedStack
 from covid_lakehouse.lib.settings import (
     DAGSTER_STORAGE_URL,
     ServiceSettings,
+    exported,
     external_services_configured,
     project_home,
     redact,
@@ -89,16 +90,8 @@ def services(*, offline_apis: bool = True, home: Path | None = None) -> Iterator
             svc.mock_api_url, svc.demo_env = url, demo_env
             # An explicitly configured source URL wins over the bundled snapshot.
             env.update({k: v for k, v in demo_env.items() if not os.environ.get(k)})
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with exported(env):
             yield svc
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def prepare_dagster_home(home: Path, settings: ServiceSettings) -> Path:

@@ -3,7 +3,6 @@ test session, in a temporary folder, stopped at the end. No mocks of our own com
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -17,7 +16,7 @@ from covid_lakehouse.lib.migrate import migrate
 from covid_lakehouse.lib.postgres import PostgresResource, close_pools
 from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse.lib.s3 import LakeS3Resource
-from covid_lakehouse.lib.settings import EXTERNAL_SERVICE_VARS, ServiceSettings
+from covid_lakehouse.lib.settings import ServiceSettings, exported
 
 
 @pytest.fixture(scope="session")
@@ -36,17 +35,8 @@ def embedded_stack(tmp_path_factory) -> Iterator[EmbeddedStack]:
 def services(embedded_stack: EmbeddedStack) -> Iterator[ServiceSettings]:
     """The embedded services' settings, exported to the environment as a deployment would."""
     settings = embedded_stack.state.settings()
-    env = settings.as_env()
-    saved = {k: os.environ.get(k) for k in [*env, *EXTERNAL_SERVICE_VARS]}
-    os.environ.update(env)
-    try:
+    with exported(settings.as_env()):
         yield settings
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ Kubernetes manifests, so one code path serves all three. Secrets are only ever r
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,21 @@ EXTERNAL_SERVICE_VARS = (WAREHOUSE_DSN, S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_
 
 # Buckets every deployment has: raw (write-once downloads), lakehouse (Iceberg), ad-data (ads domain).
 BUCKETS = ("raw", "lakehouse", "ad-data")
+
+
+@contextmanager
+def exported(env: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, restoring the previous values."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def external_services_configured(environ: dict[str, str] | None = None) -> bool:

@@ -623,7 +623,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def test_helm_values_make_the_same_choices(helm_values, instance_config):
+def test_helm_values_make_the_same_choices(helm_values, instance_config, rendered):
     assert helm_values["runLauncher"]["type"] == "K8sRunLauncher"
     assert helm_values["postgresql"]["enabled"] is False
     assert helm_values["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
@@ -650,7 +650,7 @@ def test_helm_values_make_the_same_choices(helm_values, instance_config):
     [server] = helm_values["dagsterWebserver"]["workspace"]["servers"]
     assert (server["host"], server["port"]) == (deployment["name"], deployment["port"])
     assert server["name"] == yaml.safe_load(
-        generated_config_map(kustomize(OVERLAY), WORKSPACE_CONFIG_MAP)["data"]["workspace.yaml"]
+        generated_config_map(rendered, WORKSPACE_CONFIG_MAP)["data"]["workspace.yaml"]
     )["load_from"][0]["grpc_server"]["location_name"]
 
     # The queue: limits under `concurrency` (the chart writes concurrency.runs), coordinator config
