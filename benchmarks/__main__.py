@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmarks.harness import CASES, as_json
 
-CASE_MODULES = ["benchmarks.io_manager", "benchmarks.ny_testing"]
+CASE_MODULES = ["benchmarks.io_manager", "benchmarks.ny_testing", "benchmarks.marketing", "benchmarks.ads", "benchmarks.omop"]
 
 
 def main(argv: list[str]) -> int:

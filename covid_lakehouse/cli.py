@@ -99,13 +99,27 @@ def _print_demo_summary(svc: runtime.Services, report: runtime.DemoReport, rows,
         if not ok:
             print(f"  {'WARN' if severity == 'WARN' else 'FAIL'} {asset}:{check}")
     print("rows per table:")
-    for name, n in rows:
+    for name, n in _collapse_wide_schemas(rows):
         print(f"  {name}: {n:,}")
     print("where the data lives:")
     for line in svc.describe():
         print(f"  {line}")
     print("next: `make up` opens the Dagster UI on http://127.0.0.1:3000 with this run history;")
     print("      `covid-lakehouse sql \"select ...\"` and `covid-lakehouse psql` query the data.")
+
+
+def _collapse_wide_schemas(rows: list[tuple[str, int]], limit: int = 6) -> list[tuple[str, int]]:
+    """One line for a schema with many tables (62 county tables), one line per table otherwise."""
+    by_schema: dict[str, list[tuple[str, int]]] = {}
+    for name, n in rows:
+        by_schema.setdefault(name.rsplit(".", 1)[0], []).append((name, n))
+    out = []
+    for schema, tables in by_schema.items():
+        if len(tables) > limit:
+            out.append((f"{schema}.* ({len(tables)} tables)", sum(n for _, n in tables)))
+        else:
+            out += tables
+    return out
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -148,8 +148,7 @@ def run_demo(defs, instance) -> DemoReport:
     for sensor in defs.sensors or []:
         if isinstance(sensor, dg.RunStatusSensorDefinition):
             continue
-        with dg.build_sensor_context(instance=instance, definitions=defs,
-                                     repository_def=defs.get_repository_def()) as context:
+        with dg.build_sensor_context(instance=instance, definitions=defs) as context:
             data = sensor.evaluate_tick(context)
         for request in data.dynamic_partitions_requests or []:
             if isinstance(request, dg.AddDynamicPartitionsRequest):

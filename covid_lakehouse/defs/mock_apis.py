@@ -3,6 +3,12 @@
 A registrar adds its routes to the shared MockApi and returns the environment variables that point
 its domain at them ("{base}" is replaced by the server's URL)."""
 
+from covid_lakehouse.defs.marketing import mock_api as marketing_mock_api
+from covid_lakehouse.defs.ny_testing import mock_api as ny_testing_mock_api
 from covid_lakehouse.defs.vaccines import mock_api as vaccines_mock_api
 
-REGISTRARS: list = [vaccines_mock_api.register]
+REGISTRARS: list = [
+    ny_testing_mock_api.register,
+    vaccines_mock_api.register,
+    marketing_mock_api.register,
+]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -19,6 +21,10 @@ _CLIENT_CONFIG = Config(
     connect_timeout=5,
     read_timeout=60,
 )
+
+
+_CLIENTS: dict[tuple, object] = {}
+_CLIENTS_LOCK = threading.Lock()
 
 
 class ObjectExistsError(RuntimeError):
@@ -80,21 +86,30 @@ class LakeS3Resource(S3Resource):
         )
 
     def put_write_once(self, bucket: str, key: str, body: BinaryIO, *, metadata: dict[str, str] | None = None) -> StoredObject:
-        """Upload ``body`` to a key that must not exist yet, with its sha256 stored as object metadata
-        and verified by reading the object's head back. Raw downloads are replayable only if never
-        overwritten."""
-        client = self.get_client()
-        if self.object_exists(bucket, key, client=client):
-            raise ObjectExistsError(f"s3://{bucket}/{key} already exists; raw objects are write-once")
-        digest, size = _sha256_of(body)
+        """Upload ``body`` to a key that must not exist yet (raw data is replayable only if never
+        overwritten). One request: ``If-None-Match: *`` makes the server refuse an existing key
+        atomically, Content-MD5 makes it refuse a body damaged on the way, and the sha256 is kept as
+        object metadata for readers to verify."""
+        digest, md5, size = _digests_of(body)
         body.seek(0)
-        client.upload_fileobj(
-            body, bucket, key, ExtraArgs={"Metadata": {**(metadata or {}), "sha256": digest}}
-        )
-        head = client.head_object(Bucket=bucket, Key=key)
-        if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != digest:
-            raise RuntimeError(f"s3://{bucket}/{key}: stored object does not match what was sent")
+        try:
+            self.cached_client().put_object(
+                Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentMD5=md5,
+                Metadata={**(metadata or {}), "sha256": digest},
+            )
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise ObjectExistsError(f"s3://{bucket}/{key} already exists; raw objects are write-once") from None
+            raise
         return StoredObject(bucket, key, digest, size)
+
+    def cached_client(self):
+        """One client per endpoint and key per process (boto3 clients are thread-safe and slow to build)."""
+        cache_key = (self.endpoint_url, self.aws_access_key_id, self.region_name)
+        with _CLIENTS_LOCK:
+            if cache_key not in _CLIENTS:
+                _CLIENTS[cache_key] = self.get_client()
+            return _CLIENTS[cache_key]
 
     def object_exists(self, bucket: str, key: str, *, client=None) -> bool:
         client = client or self.get_client()
@@ -116,11 +131,13 @@ class LakeS3Resource(S3Resource):
         )
 
 
-def _sha256_of(body: BinaryIO) -> tuple[str, int]:
+def _digests_of(body: BinaryIO) -> tuple[str, str, int]:
+    """sha256 (hex) and Content-MD5 (base64) of a seekable body, in one pass."""
     body.seek(0)
-    digest = hashlib.sha256()
+    sha, md5 = hashlib.sha256(), hashlib.md5()
     size = 0
     for chunk in iter(lambda: body.read(1 << 20), b""):
-        digest.update(chunk)
+        sha.update(chunk)
+        md5.update(chunk)
         size += len(chunk)
-    return digest.hexdigest(), size
+    return sha.hexdigest(), base64.b64encode(md5.digest()).decode(), size
