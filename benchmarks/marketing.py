@@ -1,0 +1,181 @@
+"""Facebook insights at volume: 1,000,000 ad-level rows across 10 ad accounts (10 days x 10,000 ads,
+pages of 500), served by a mock of the Graph API whose rate limit is fixed at one call per
+50 ms per account, loaded by the real asset (HTTP client, raw pages to S3, parsing, staging, audits,
+merge) in one range run.
+
+Floor: the larger of (a) the minimum the rate limit allows (calls per account x 50 ms, accounts in
+parallel) and (b) a plain script that parses the same page bodies (already in memory) and COPYs the
+rows into the same table. Target: 1.3x."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+
+from benchmarks.harness import Measurement, case, measure, result, timed
+
+ACCOUNTS = [f"1000000000{i:02d}" for i in range(10)]
+FIRST_DAY = date(2024, 3, 1)
+DAYS = 10
+ADS = 10_000
+PAGE = 500
+INTERVAL_S = 0.05  # the fixed rate limit: one call per 50 ms per ad account
+TOKEN = "bench-token"
+PATH = "/facebook/v21.0"
+
+_ROW = ('{{"account_id":"{a}","account_name":"Account {a}","account_currency":"USD","campaign_id":"{c}",'
+        '"campaign_name":"Campaign {c}","adset_id":"{c}1","adset_name":"Ad set {c}1","ad_id":"{ad}","ad_name":"Ad {ad}",'
+        '"date_start":"{d}","date_stop":"{d}","impressions":"{i}","clicks":"{k}","spend":"{sp}",'
+        '"actions":[{{"action_type":"link_click","value":"{k}"}},'
+        '{{"action_type":"offsite_conversion.fb_pixel_purchase","value":"{p}"}}]}}')
+
+
+def _metrics(ad: int, day: date) -> tuple[int, int, str, int]:
+    impressions = 100 + (ad * 7919 + day.toordinal()) % 5000
+    clicks = impressions // 20
+    return impressions, clicks, f"{impressions * 123 // 100 / 100:.2f}", clicks // 4
+
+
+def page_body(account: str, day: date, offset: int, after_next: str | None) -> bytes:
+    rows = []
+    for ad in range(offset, min(offset + PAGE, ADS)):
+        i, k, sp, p = _metrics(ad, day)
+        rows.append(_ROW.format(a=account, c=f"{account[-2:]}{ad // 100:03d}", ad=f"{account[-2:]}{ad:06d}",
+                                d=day.isoformat(), i=i, k=k, sp=sp, p=p))
+    paging = {"cursors": {"before": str(offset), "after": str(offset + len(rows))}}
+    if after_next:
+        paging["next"] = after_next
+    return b'{"data":[' + ",".join(rows).encode() + b'],"paging":' + json.dumps(paging).encode() + b"}"
+
+
+def all_pages() -> Iterator[bytes]:
+    for account in ACCOUNTS:
+        for n in range(DAYS):
+            for offset in range(0, ADS, PAGE):
+                more = offset + PAGE < ADS
+                yield page_body(account, FIRST_DAY + timedelta(days=n), offset, "next" if more else None)
+
+
+@contextmanager
+def facebook_mock() -> Iterator[str]:
+    """A lean Graph API stand-in (pages rendered from a template on request) with the fixed rate limit,
+    served from this process while the measured processes run."""
+    import threading
+
+    from covid_lakehouse.lib.api_harness import MockApi, MockRequest, MockResponse
+
+    lock, next_slot = threading.Lock(), {}
+
+    def pace(account: str) -> None:
+        with lock:
+            now = time.monotonic()
+            slot = max(now, next_slot.get(account, now))
+            next_slot[account] = slot + INTERVAL_S
+        time.sleep(max(slot - now, 0.0))
+
+    def insights(req: MockRequest) -> MockResponse:
+        if req.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return MockResponse.json_body({"error": {"message": "Invalid OAuth access token", "code": 190}}, 400)
+        account = re.fullmatch(re.escape(PATH) + r"/act_(\d+)/insights", req.path)[1]
+        pace(account)
+        query = {k: v[-1] for k, v in req.query.items()}
+        window = json.loads(query["time_range"])
+        since = date.fromisoformat(window["since"])
+        if query["level"] == "account":
+            days = [since + timedelta(days=n) for n in range((date.fromisoformat(window["until"]) - since).days + 1)]
+            data = []
+            for day in days:
+                metrics = [_metrics(ad, day) for ad in range(ADS)]
+                data.append({"date_start": day.isoformat(), "date_stop": day.isoformat(),
+                             "impressions": str(sum(m[0] for m in metrics)), "clicks": str(sum(m[1] for m in metrics)),
+                             "spend": f"{sum(float(m[2]) for m in metrics):.2f}"})
+            return MockResponse.json_body({"data": data})
+        offset = int(query.get("after", 0))
+        more = offset + PAGE < ADS
+        return MockResponse(200, page_body(account, since, offset, f"http://mock{req.path}?after={offset + PAGE}" if more else None))
+
+    with MockApi() as api:
+        api.route("GET", PATH + "/*", insights)
+        yield api.url
+
+
+def _reset() -> None:
+    import psycopg
+
+    with psycopg.connect(os.environ["WAREHOUSE_DSN"], autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS marketing CASCADE")
+        conn.execute("DROP SCHEMA IF EXISTS bench_marketing_floor CASCADE")
+
+
+def measure_dagster() -> tuple[float, int]:
+    from benchmarks.common import materialize_timed
+    from covid_lakehouse.defs.marketing.assets import facebook_ad_insights_daily
+    from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
+    from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START_TAG
+    from covid_lakehouse.lib.resources import platform_resources
+
+    _reset()
+    resources = {**platform_resources(),
+                 "marketing_facebook": FacebookAdsResource(page_size=PAGE, max_concurrent_accounts=len(ACCOUNTS))}
+    last = FIRST_DAY + timedelta(days=DAYS - 1)
+    seconds, run = materialize_timed([facebook_ad_insights_daily], resources,
+                                     tags={RANGE_START_TAG: FIRST_DAY.isoformat(), RANGE_END_TAG: last.isoformat()})
+    [event, *_] = run.asset_materializations_for_node("marketing__facebook_ad_insights_daily")
+    return seconds, event.metadata["dagster/row_count"].value
+
+
+def measure_floor() -> tuple[float, int]:
+    """Parse the same pages with json + plain loops and COPY them (pyarrow CSV) into the same table."""
+    import psycopg
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from covid_lakehouse.defs.marketing.tables import FACEBOOK
+
+    _reset()
+    pages = list(all_pages())
+    names = FACEBOOK.arrow_schema.names
+    ddl = FACEBOOK.ddl.replace("{schema}", "bench_marketing_floor")
+
+    def work() -> int:
+        rows = 0
+        with psycopg.connect(os.environ["WAREHOUSE_DSN"]) as conn:
+            conn.execute("CREATE SCHEMA bench_marketing_floor")
+            conn.execute(ddl)
+            with conn.cursor().copy(f"COPY bench_marketing_floor.facebook_ad_insights_daily ({', '.join(names)}) "
+                                    "FROM STDIN (FORMAT csv)") as copy:
+                for number, body in enumerate(pages):
+                    data = json.loads(body)["data"]
+                    columns = {n: [] for n in names}
+                    for r in data:
+                        r["date"], r["actions"], r["raw_object"] = r["date_start"], json.dumps(r["actions"]), f"page-{number}"
+                        for n in names:
+                            columns[n].append(r[n])
+                    buf = io.BytesIO()
+                    pacsv.write_csv(pa.table(columns), buf, pacsv.WriteOptions(include_header=False))
+                    copy.write(buf.getbuffer())
+                    rows += len(data)
+        return rows
+
+    return timed(work)
+
+
+@case("marketing_facebook_1m")
+def run() -> list:
+    baseline = measure("benchmarks.common", "empty_asset")
+    with facebook_mock() as url:
+        os.environ.update({"FACEBOOK_GRAPH_URL": url + PATH, "FACEBOOK_ACCESS_TOKEN": TOKEN,
+                           "FACEBOOK_AD_ACCOUNT_IDS": ",".join(ACCOUNTS)})
+        framework = measure("benchmarks.marketing", "dagster", repeat=1)
+    script = measure("benchmarks.marketing", "floor", repeat=1)
+    calls_per_account = DAYS * -(-ADS // PAGE) + 1  # insight pages + the account totals call
+    rate_floor = calls_per_account * INTERVAL_S
+    floor = Measurement(max(rate_floor, script.seconds), script.peak_rss_mb, script.rows)
+    print(f"  rate-limit minimum {rate_floor:.1f}s, plain parse+COPY script {script.seconds:.1f}s")
+    return [result("marketing_facebook_1m", framework, floor, baseline, target_ratio=1.3)]

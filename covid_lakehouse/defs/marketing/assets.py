@@ -1,0 +1,283 @@
+"""The marketing assets: one typed warehouse table per source, and the cross-platform model.
+
+Each API asset, for the days of its run (one day, or a look-back range in ONE run):
+1. reads the API unit by unit (account / customer / event) on a few threads, landing every page
+   write-once in s3://raw/marketing/<source>/date=<day>/<run_id>-<page>.json BEFORE parsing it;
+2. parses each page into typed rows (an unexpected shape fails the run naming page, record and field);
+3. stages the rows, audits them (blocking checks + WARN reconciliation with the API's own totals) and
+   merges them on the natural key in one transaction: reruns and overlapping windows never duplicate.
+"""
+
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
+from typing import Any
+from urllib.parse import unquote
+
+import dagster as dg
+import pyarrow as pa
+from psycopg import sql
+from pydantic import Field
+
+from covid_lakehouse.defs.marketing import checks, clevertap, facebook, google_ads
+from covid_lakehouse.defs.marketing.clevertap import CleverTapResource
+from covid_lakehouse.defs.marketing.common import RawLanding, RawPage, ordered_parallel, replay_pages
+from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
+from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
+from covid_lakehouse.defs.marketing.load import Published, Spool, stage_audit_publish
+from covid_lakehouse.defs.marketing.partitions import DAILY, window_days
+from covid_lakehouse.defs.marketing.rds import CUSTOMERS, ORDERS, Extract, RdsSourceResource
+from covid_lakehouse.defs.marketing.tables import (
+    AD_PERFORMANCE,
+    CLEVERTAP,
+    FACEBOOK,
+    GOOGLE_ADS,
+    RDS_CUSTOMERS,
+    RDS_ORDERS,
+    SCHEMA,
+    TableSpec,
+    ensure_tables,
+)
+from covid_lakehouse.lib.postgres import PostgresResource
+from covid_lakehouse.lib.s3 import LakeS3Resource
+from covid_lakehouse.lib.wap import Audit, audit_check_specs
+
+GROUP = "marketing"
+# Alert in the UI when a source has not loaded for a day and a bit (the schedule runs daily).
+FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30), warn_window=timedelta(hours=26))
+
+
+def key(name: str) -> dg.AssetKey:
+    return dg.AssetKey([GROUP, name])
+
+
+FACEBOOK_KEY, GOOGLE_ADS_KEY, CLEVERTAP_KEY = key(FACEBOOK.name), key(GOOGLE_ADS.name), key(CLEVERTAP.name)
+RDS_CUSTOMERS_KEY, RDS_ORDERS_KEY, AD_PERFORMANCE_KEY = key(RDS_CUSTOMERS.name), key(RDS_ORDERS.name), key(AD_PERFORMANCE.name)
+
+
+class ApiAssetConfig(dg.Config):
+    replay_run_id: str = Field(
+        default="", description="Instead of calling the API, parse the raw pages that run landed in S3 for these days "
+                                "(e.g. after a parser fix for an API change). Reconciliation totals are skipped.")
+
+
+Parse = Callable[[RawPage, str], pa.Table]  # (page, its raw object URI) -> typed rows
+Reported = dict[tuple[str, date], dict[str, Any]]  # (account/customer/event, day) -> what the API reports
+
+
+def _land_and_parse(landing: RawLanding, pages: Iterator[RawPage], parse: Parse, spool: Spool) -> None:
+    for page in pages:
+        stored = landing.land(page)  # raw first: a page that fails to parse can be replayed once fixed
+        spool.write(parse(page, stored.uri), pages=1)
+
+
+def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, run_id: str,
+            parser_for: Callable[[RawPage], Parse]) -> Callable[[Spool], Reported]:
+    def read(spool: Spool) -> Reported:
+        context.log.info("%s: replaying the raw pages of run %s", source, run_id)
+        for page, uri in replay_pages(s3, source, run_id, window_days(context)):
+            spool.write(parser_for(page)(page, uri), pages=1)
+        if not spool.pages:
+            raise dg.Failure(f"{source}: run {run_id} landed no raw pages for these days", allow_retries=False)
+        return {}
+
+    return read
+
+
+def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spec: TableSpec, audits: list[Audit],
+             asset_key: dg.AssetKey, read: Callable[[Spool], Reported], extra: dict[str, Any]):
+    """Read the source into a spool, then stage, audit and merge the rows; yields the check results,
+    then the materialization."""
+    with warehouse.connection() as conn:
+        ensure_tables(conn, spec)
+    with Spool(spec.arrow_schema) as spool:
+        reported = read(spool)
+        published: Published = yield from stage_audit_publish(
+            warehouse, spec, audits=audits, asset_key=asset_key, data=spool.batches(), reported=reported)
+    counts = published.counts
+    context.log.info("%s: %d rows from %d page(s): %d inserted, %d updated, %d unchanged", spec.name,
+                     published.staged_rows, spool.pages, counts.inserted, counts.updated, counts.unchanged)
+    yield dg.MaterializeResult(metadata={
+        "dagster/row_count": published.staged_rows, "pages": spool.pages, "inserted": counts.inserted,
+        "updated": counts.updated, "unchanged": counts.unchanged, "table": f"{SCHEMA}.{spec.name}", **extra,
+    })
+
+
+def _in_parallel(fn: Callable[[str], Reported], units: list[str], workers: int) -> Reported:
+    reported: Reported = {}
+    for part in ordered_parallel(fn, units, workers):
+        reported.update(part)
+    return reported
+
+
+def _raw_prefix(source: str) -> str:
+    return f"s3://raw/marketing/{source}/"
+
+
+def _asset(spec: TableSpec, audits: list[Audit], description: str, kinds: set[str], pool: str, **kwargs: Any):
+    return dg.asset(key=key(spec.name), group_name=GROUP, partitions_def=DAILY, backfill_policy=dg.BackfillPolicy.single_run(),
+                    check_specs=audit_check_specs(key(spec.name), audits), description=description, kinds=kinds,
+                    pool=pool, freshness_policy=FRESHNESS, **kwargs)
+
+
+@_asset(FACEBOOK, checks.FACEBOOK_AUDITS, "Facebook ad-level insights per day (level=ad, time_increment=1), "
+        "merged on (account_id, ad_id, date); raw pages in s3://raw/marketing/facebook/.",
+        {"facebook", "postgres", "s3"}, "marketing_facebook")
+def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAssetConfig,
+                               marketing_facebook: FacebookAdsResource, s3: LakeS3Resource, warehouse: PostgresResource):
+    extra = {"raw_prefix": _raw_prefix(facebook.SOURCE), "replayed_run": config.replay_run_id}
+    days = window_days(context)
+
+    def read(spool: Spool) -> Reported:
+        api = marketing_facebook.connector()
+        landing = RawLanding(s3, facebook.SOURCE, _run_label(context))
+
+        def read_account(account: str) -> Reported:  # rate limits are per ad account: one thread each
+            for day in days:
+                _land_and_parse(landing, api.pages(account, day), facebook.page_table, spool)
+            return {(account, d): vars(t) for d, t in api.daily_totals(account, days[0], days[-1]).items()}
+
+        return _in_parallel(read_account, marketing_facebook.accounts(), marketing_facebook.max_concurrent_accounts)
+
+    if config.replay_run_id:
+        read = _replay(context, s3, facebook.SOURCE, config.replay_run_id, lambda _: facebook.page_table)
+    yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra)
+
+
+@_asset(GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, "Google Ads ad_group_ad metrics per day (GAQL via searchStream), "
+        "cost = cost_micros / 1e6 in the account currency; merged on (customer_id, ad_group_id, ad_id, date).",
+        {"googleads", "postgres", "s3"}, "marketing_google_ads")
+def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfig,
+                        marketing_google_ads: GoogleAdsResource, s3: LakeS3Resource, warehouse: PostgresResource):
+    extra = {"raw_prefix": _raw_prefix(google_ads.SOURCE), "replayed_run": config.replay_run_id}
+    days = window_days(context)
+
+    def read(spool: Spool) -> Reported:
+        api = marketing_google_ads.connector()
+        landing = RawLanding(s3, google_ads.SOURCE, _run_label(context))
+
+        def read_customer(customer: str) -> Reported:
+            reported: Reported = {}
+
+            def parse(page: RawPage, raw_object: str) -> pa.Table:
+                totals = google_ads.summary_totals(page.doc, raw_object)
+                if totals is not None:
+                    reported[(customer, page.day)] = vars(totals)
+                return google_ads.page_table(page, raw_object)
+
+            for day in days:
+                _land_and_parse(landing, api.pages(customer, day), parse, spool)
+            return reported
+
+        return _in_parallel(read_customer, marketing_google_ads.customers(), marketing_google_ads.max_concurrent_customers)
+
+    if config.replay_run_id:
+        read = _replay(context, s3, google_ads.SOURCE, config.replay_run_id, lambda _: google_ads.page_table)
+    yield from _publish(context, warehouse, GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, GOOGLE_ADS_KEY, read, extra)
+
+
+@_asset(CLEVERTAP, checks.CLEVERTAP_AUDITS, "CleverTap events per name and day (Get Events export), keyed by the "
+        "SHA-256 of the canonical record + occurrence; only pseudonymous profile fields are kept.",
+        {"clevertap", "postgres", "s3"}, "marketing_clevertap")
+def clevertap_events(context: dg.AssetExecutionContext, config: ApiAssetConfig,
+                     marketing_clevertap: CleverTapResource, s3: LakeS3Resource, warehouse: PostgresResource):
+    zone = marketing_clevertap.zone()
+    extra = {"raw_prefix": _raw_prefix(clevertap.SOURCE), "replayed_run": config.replay_run_id}
+    days = window_days(context)
+
+    def read(spool: Spool) -> Reported:
+        api = marketing_clevertap.connector()
+        landing = RawLanding(s3, clevertap.SOURCE, _run_label(context))
+
+        def read_event(event_name: str) -> Reported:
+            reported: Reported = {}
+            for day in days:
+                parser = clevertap.RecordParser(event_name, zone)  # occurrences count within one export
+                _land_and_parse(landing, api.pages(event_name, day), parser.page_table, spool)
+                reported[(event_name, day)] = {"count": api.reported_count(event_name, day)}
+            return reported
+
+        return _in_parallel(read_event, marketing_clevertap.events(), marketing_clevertap.max_concurrent_requests)
+
+    if config.replay_run_id:
+        parsers: dict[tuple[str, date], clevertap.RecordParser] = {}
+
+        def parser_for(page: RawPage) -> Parse:
+            event_name = unquote(page.meta["event-name"])  # one parser per export: occurrences count within it
+            return parsers.setdefault((event_name, page.day), clevertap.RecordParser(event_name, zone)).page_table
+
+        read = _replay(context, s3, clevertap.SOURCE, config.replay_run_id, parser_for)
+    yield from _publish(context, warehouse, CLEVERTAP, checks.CLEVERTAP_AUDITS, CLEVERTAP_KEY, read, extra)
+
+
+def _rds_asset(extract: Extract, asset_key: dg.AssetKey):
+    @_asset(extract.spec, checks.RDS_AUDITS, f"Application table {extract.table} rows whose updated_at falls in the "
+            f"run's days, merged on the primary key.", {"postgres"}, "marketing_rds")
+    def rds_table(context: dg.AssetExecutionContext, marketing_rds: RdsSourceResource, warehouse: PostgresResource):
+        start, end = context.partition_time_window
+        source = marketing_rds.source()
+        if source.demo:
+            context.log.warning("MARKETING_RDS_DSN is unset: reading the generated demo source (demo only)")
+
+        def read(spool: Spool) -> Reported:
+            for batch in source.batches(extract, start, end):
+                spool.write(pa.Table.from_batches([batch]))
+            return {}
+
+        yield from _publish(context, warehouse, extract.spec, checks.RDS_AUDITS, asset_key, read,
+                            {"source": source.describe(), "updated_at_from": start.isoformat(),
+                             "updated_at_before": end.isoformat()})
+
+    return rds_table
+
+
+rds_customers = _rds_asset(CUSTOMERS, RDS_CUSTOMERS_KEY)
+rds_orders = _rds_asset(ORDERS, RDS_ORDERS_KEY)
+
+
+class AdPerformanceConfig(dg.Config):
+    facebook_conversion_action_types: list[str] = Field(
+        default=["offsite_conversion.fb_pixel_purchase"],
+        description="Facebook action types counted as conversions (summed from `actions`); do not list both an "
+                    "aggregate (purchase) and its parts (offsite_conversion.fb_pixel_purchase): that double counts.")
+
+
+_MODEL_SQL = sql.SQL("""
+SELECT 'facebook', account_id, account_name, campaign_id, campaign_name, ad_id, date, impressions, clicks, spend,
+       account_currency,
+       COALESCE((SELECT sum((a ->> 'value')::numeric) FROM jsonb_array_elements(actions) a
+                 WHERE a ->> 'action_type' = ANY(%(action_types)s)), 0)
+FROM {facebook} WHERE date >= %(first)s AND date <= %(last)s
+UNION ALL
+SELECT 'google_ads', customer_id, customer_name, campaign_id, campaign_name, ad_group_id || '~' || ad_id, date,
+       impressions, clicks, cost, currency_code, conversions
+FROM {google} WHERE date >= %(first)s AND date <= %(last)s
+""").format(facebook=FACEBOOK.ident, google=GOOGLE_ADS.ident)
+
+
+@_asset(AD_PERFORMANCE, checks.AD_PERFORMANCE_AUDITS, "One row per platform, account, ad and day: impressions, clicks, "
+        "spend in the account's currency (no FX conversion) and conversions (Facebook: the configured action types; "
+        "Google: metrics.conversions). Google's ad is ad_group_id~ad_id.", {"postgres"}, "marketing_model",
+        deps=[FACEBOOK_KEY, GOOGLE_ADS_KEY])
+def ad_performance_daily(context: dg.AssetExecutionContext, config: AdPerformanceConfig, warehouse: PostgresResource):
+    days = window_days(context)
+    with warehouse.connection() as conn:
+        ensure_tables(conn, FACEBOOK, GOOGLE_ADS, AD_PERFORMANCE)
+    published: Published = yield from stage_audit_publish(
+        warehouse, AD_PERFORMANCE, audits=checks.AD_PERFORMANCE_AUDITS, asset_key=AD_PERFORMANCE_KEY, fill=_MODEL_SQL,
+        fill_params={"action_types": config.facebook_conversion_action_types, "first": days[0], "last": days[-1]})
+    counts = published.counts
+    yield dg.MaterializeResult(metadata={
+        "dagster/row_count": published.staged_rows, "inserted": counts.inserted, "updated": counts.updated,
+        "unchanged": counts.unchanged, "table": f"{SCHEMA}.{AD_PERFORMANCE.name}"})
+
+
+def _run_label(context: dg.AssetExecutionContext) -> str:
+    """The run id, plus the step attempt when retried (raw keys are write-once)."""
+    retry = context.retry_number
+    return context.run_id if not retry else f"{context.run_id}-retry{retry}"
+
+
+ASSETS = [facebook_ad_insights_daily, google_ads_ad_daily, clevertap_events, rds_customers, rds_orders,
+          ad_performance_daily]
+SOURCE_KEYS = {"facebook": [FACEBOOK_KEY, AD_PERFORMANCE_KEY], "google_ads": [GOOGLE_ADS_KEY, AD_PERFORMANCE_KEY],
+               "clevertap": [CLEVERTAP_KEY], "rds": [RDS_CUSTOMERS_KEY, RDS_ORDERS_KEY]}

@@ -1,0 +1,213 @@
+"""CleverTap events export (Get Events API) and the event count used to reconcile it.
+
+POST {api}/1/events.json?batch_size=N with {"event_name", "from", "to"} (dates as YYYYMMDD integers)
+answers with a cursor that is already URL-encoded; GET {api}/1/events.json?cursor=<cursor> returns a
+batch of records and ``next_cursor`` until the export is exhausted. ``ts`` is YYYYMMDDHHMMSS in the
+account's timezone, not epoch seconds. Records carry no id: the key is the SHA-256 of the canonical
+record (with its event name) plus an occurrence number for exact repeats within one export.
+
+Only pseudonymous profile fields (objectId, platform, app version) reach the warehouse; anything else
+in ``profile`` (name, email, phone when an app sends them) stays in the raw page.
+"""
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from datetime import date, datetime
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import dagster as dg
+import pyarrow as pa
+from pydantic import Field
+
+from covid_lakehouse.defs.marketing.common import (
+    RawPage,
+    SettingError,
+    SourceApiError,
+    SourceSchemaError,
+    build_client,
+    env_list,
+    env_setting,
+    load_json,
+)
+from covid_lakehouse.defs.marketing.tables import CLEVERTAP
+from covid_lakehouse.lib.clock import Clock, SystemClock
+from covid_lakehouse.lib.http import HttpClient
+
+SOURCE = "clevertap"
+API_URL_ENV = "CLEVERTAP_API_URL"
+ACCOUNT_ENV = "CLEVERTAP_ACCOUNT_ID"
+PASSCODE_ENV = "CLEVERTAP_PASSCODE"
+EVENTS_ENV = "CLEVERTAP_EVENT_NAMES"
+TIMEZONE_ENV = "CLEVERTAP_TIMEZONE"
+DEFAULT_API_URL = "https://api.clevertap.com"
+COUNT_POLLS = 30
+COUNT_POLL_INTERVAL_S = 2.0
+
+
+def yyyymmdd(day: date) -> int:
+    return int(day.strftime("%Y%m%d"))
+
+
+def event_label(event_name: str) -> str:
+    """A file-name-safe label per event name ("App Launched" -> "app_launched-3f2a1c")."""
+    slug = re.sub(r"[^a-z0-9]+", "_", event_name.lower()).strip("_")[:40] or "event"
+    return f"{slug}-{hashlib.sha256(event_name.encode()).hexdigest()[:6]}"
+
+
+def canonical_key(event_name: str, record: Any) -> str:
+    canonical = json.dumps({"event_name": event_name, "record": record}, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class CleverTapEvents:
+    def __init__(self, http: HttpClient, api_url: str, account_id: str, passcode: str, batch_size: int,
+                 clock: Clock) -> None:
+        self._http, self._api, self._batch = http, api_url.rstrip("/"), batch_size
+        self._headers = {"X-CleverTap-Account-Id": account_id, "X-CleverTap-Passcode": passcode,
+                         "Content-Type": "application/json"}
+        self._clock = clock
+
+    def _checked(self, body: bytes, where: str) -> dict:
+        doc = load_json(SOURCE, where, body)
+        if not isinstance(doc, dict) or "status" not in doc:
+            raise SourceSchemaError(SOURCE, where, f"expected an object with a status, got {type(doc).__name__}")
+        if doc["status"] not in ("success", "partial"):
+            raise SourceApiError(SOURCE, f"{where}: status {doc['status']!r}: {doc.get('error', 'no error text')} "
+                                 f"(code {doc.get('code', '?')})")
+        return doc
+
+    def pages(self, event_name: str, day: date) -> Iterator[RawPage]:
+        """Every batch of one event's records for one day (account timezone)."""
+        where = f"events cursor for {event_name!r} on {day}"
+        response = self._http.post(f"{self._api}/1/events.json", params={"batch_size": self._batch},
+                                   json={"event_name": event_name, "from": yyyymmdd(day), "to": yyyymmdd(day)},
+                                   headers=self._headers)
+        cursor = self._checked(response.content, where).get("cursor")
+        label, number = event_label(event_name), 0
+        while cursor:
+            number += 1
+            page_label = f"{label}-p{number:04d}"
+            # The cursor arrives URL-encoded: encoding it again (params=) would break it. quote() with
+            # "%" safe leaves an encoded cursor as it is and still encodes one sent raw.
+            response = self._http.get(f"{self._api}/1/events.json?cursor={quote(cursor, safe='%')}",
+                                      headers=self._headers)
+            doc = self._checked(response.content, f"{page_label} of {day}")
+            yield RawPage(SOURCE, day, page_label, response.content, doc,
+                          {"event-name": quote(event_name), "page": str(number)})
+            cursor = doc.get("next_cursor")
+
+    def reported_count(self, event_name: str, day: date) -> int:
+        """CleverTap's own count of the event that day (Get Event Count: may answer "partial" with a
+        req_id to poll)."""
+        where = f"event count for {event_name!r} on {day}"
+        response = self._http.post(f"{self._api}/1/counts/events.json",
+                                   json={"event_name": event_name, "from": yyyymmdd(day), "to": yyyymmdd(day)},
+                                   headers=self._headers)
+        doc = self._checked(response.content, where)
+        for _ in range(COUNT_POLLS):
+            if doc["status"] == "success":
+                count = doc.get("count")
+                if isinstance(count, bool) or not isinstance(count, int):
+                    raise SourceSchemaError(SOURCE, where, f"count is {count!r}, expected an integer")
+                return count
+            if not doc.get("req_id"):
+                raise SourceSchemaError(SOURCE, where, "status partial without a req_id")
+            self._clock.sleep(COUNT_POLL_INTERVAL_S)
+            response = self._http.get(f"{self._api}/1/counts/events.json", params={"req_id": doc["req_id"]},
+                                      headers=self._headers)
+            doc = self._checked(response.content, where)
+        raise SourceApiError(SOURCE, f"{where}: still partial after {COUNT_POLLS} polls")
+
+
+def parse_ts(value: Any, where: str, tz: ZoneInfo) -> tuple[date, datetime]:
+    """ts is YYYYMMDDHHMMSS (an integer) in the account's timezone -> (local date, UTC instant)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or len(text) != 14 or not text.isdigit():
+        hint = " (looks like epoch seconds)" if isinstance(value, int) and 9 <= len(str(value)) <= 10 else ""
+        raise SourceSchemaError(SOURCE, where, f"ts is {value!r}{hint}, expected YYYYMMDDHHMMSS")
+    try:
+        local = datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=tz)
+    except ValueError:
+        raise SourceSchemaError(SOURCE, where, f"ts {text} is not a valid date and time") from None
+    return local.date(), local
+
+
+class RecordParser:
+    """Turns the pages of ONE export (event name, day) into rows; counts exact repeats across pages."""
+
+    def __init__(self, event_name: str, tz: ZoneInfo) -> None:
+        self._event, self._tz = event_name, tz
+        self._seen: Counter[str] = Counter()
+
+    def rows(self, doc: dict, where: str, day: date) -> list[dict[str, Any]]:
+        records = doc.get("records")
+        if not isinstance(records, list):
+            raise SourceSchemaError(SOURCE, where, f"expected a 'records' list; fields present: {', '.join(sorted(doc))}")
+        rows = []
+        for i, record in enumerate(records):
+            at = f"{where} records[{i}]"
+            if not isinstance(record, dict):
+                raise SourceSchemaError(SOURCE, at, f"record is {type(record).__name__}, expected an object")
+            if "ts" not in record:
+                raise SourceSchemaError(SOURCE, at, f"missing field ts; present: {', '.join(sorted(record))}")
+            local_day, local_ts = parse_ts(record["ts"], at, self._tz)
+            if local_day != day:
+                raise SourceSchemaError(SOURCE, at, f"ts {record['ts']} is outside the requested day {day}")
+            profile, event_props, session_props = (record.get(k) or {} for k in ("profile", "event_props", "session_props"))
+            for name, value in (("profile", profile), ("event_props", event_props), ("session_props", session_props)):
+                if not isinstance(value, dict):
+                    raise SourceSchemaError(SOURCE, at, f"{name} is {type(value).__name__}, expected an object")
+            key = canonical_key(self._event, record)
+            occurrence = self._seen[key]
+            self._seen[key] += 1
+            rows.append({
+                "event_key": key, "occurrence": occurrence, "event_name": self._event, "event_date": local_day,
+                "event_ts": local_ts, "profile_object_id": profile.get("objectId"),
+                "platform": profile.get("platform"), "app_version": profile.get("app_version"),
+                "event_props": json.dumps(event_props, ensure_ascii=False),
+                "session_props": json.dumps(session_props, ensure_ascii=False),
+            })
+        return rows
+
+    def page_table(self, page: RawPage, raw_object: str) -> pa.Table:
+        rows = self.rows(page.doc, raw_object, page.day)
+        for row in rows:
+            row["raw_object"] = raw_object
+        return pa.Table.from_pylist(rows, schema=CLEVERTAP.arrow_schema)
+
+
+class CleverTapResource(dg.ConfigurableResource):
+    """CleverTap API access. Credentials are read from CLEVERTAP_ACCOUNT_ID / CLEVERTAP_PASSCODE only."""
+
+    api_url: str | None = Field(default=None, description=f"Regional API base (https://<region>.api.clevertap.com); unset: {API_URL_ENV}, else {DEFAULT_API_URL}")
+    event_names: list[str] | None = Field(default=None, description=f"Events to export; unset: {EVENTS_ENV} (comma-separated), else 'App Launched'")
+    timezone: str | None = Field(default=None, description=f"The account's timezone (ts is local time); unset: {TIMEZONE_ENV}, else UTC")
+    batch_size: int = Field(default=5000, description="records per batch (CleverTap's maximum is 5000)")
+    max_concurrent_requests: int = Field(default=2, description="CleverTap answers 429 above a per-account cap on concurrent requests")
+    max_attempts: int = 6
+    max_total_wait_s: float = 300.0
+    backoff_base_s: float = 1.0
+
+    def events(self) -> list[str]:
+        return env_list(self.event_names, EVENTS_ENV, "App Launched")
+
+    def zone(self) -> ZoneInfo:
+        name = env_setting(self.timezone, TIMEZONE_ENV, "UTC")
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise SettingError(f"{TIMEZONE_ENV}: {name!r} is not an IANA timezone") from None
+
+    def connector(self, clock: Clock | None = None) -> CleverTapEvents:
+        http = build_client(clock=clock, auth_hint=f"the environment variables {ACCOUNT_ENV} and {PASSCODE_ENV}",
+                            retry_after_from=None, max_attempts=self.max_attempts,
+                            max_total_wait_s=self.max_total_wait_s, backoff_base_s=self.backoff_base_s)
+        return CleverTapEvents(http, env_setting(self.api_url, API_URL_ENV, DEFAULT_API_URL),
+                               env_setting(None, ACCOUNT_ENV), env_setting(None, PASSCODE_ENV), self.batch_size,
+                               clock or SystemClock())

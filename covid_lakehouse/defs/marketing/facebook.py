@@ -1,0 +1,317 @@
+"""Facebook Marketing API: ad-level daily insights of each ad account.
+
+GET {graph}/act_<id>/insights?level=ad&time_increment=1&time_range={"since","until"}&fields=...
+with cursor paging (paging.cursors.after while paging.next is present). Metrics arrive as JSON
+strings, ``actions`` as a list of {action_type, value} (absent when there are none).
+
+Facebook answers throttling, bad tokens and missing permissions with HTTP 400/403 and an error code in
+the body, so a response hook translates those codes into the HTTP statuses the platform client acts on
+(429: back off as told, 401/403: fail at once). How long to wait comes from the
+x-business-use-case-usage header (estimated_time_to_regain_access, in minutes).
+"""
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from operator import itemgetter
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import requests
+from pydantic import Field
+
+from covid_lakehouse.defs.marketing.common import (
+    RawPage,
+    SettingError,
+    SourceSchemaError,
+    build_client,
+    env_list,
+    env_setting,
+    int_metric,
+    load_json,
+)
+from covid_lakehouse.defs.marketing.tables import FACEBOOK
+from covid_lakehouse.lib.clock import Clock
+from covid_lakehouse.lib.http import HttpClient, parse_retry_after
+
+SOURCE = "facebook"
+TOKEN_ENV = "FACEBOOK_ACCESS_TOKEN"
+GRAPH_URL_ENV = "FACEBOOK_GRAPH_URL"
+ACCOUNTS_ENV = "FACEBOOK_AD_ACCOUNT_IDS"
+DEFAULT_GRAPH_URL = "https://graph.facebook.com/v21.0"
+
+FIELDS = ("account_id", "account_name", "account_currency", "campaign_id", "campaign_name", "adset_id",
+          "adset_name", "ad_id", "ad_name", "date_start", "date_stop", "impressions", "clicks", "spend", "actions")
+REQUIRED = ("account_id", "account_currency", "campaign_id", "ad_id", "date_start", "date_stop",
+            "impressions", "clicks", "spend")
+
+_TEXT = ("account_id", "account_name", "account_currency", "campaign_id", "campaign_name", "adset_id", "adset_name",
+         "ad_id", "ad_name")
+_REQUIRED_TEXT = ("account_id", "account_currency", "campaign_id", "ad_id")
+_DIGITS = r"^[0-9]+$"
+_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
+_FLAT_SCHEMA = pa.schema([f for f in FACEBOOK.arrow_schema if f.name != "raw_object"])
+
+# Error codes (body error.code) -> meaning. https://developers.facebook.com/docs/graph-api/overview/rate-limiting
+THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
+THROTTLE_SUBCODES = frozenset({2446079})
+TOKEN_CODES = frozenset({102, 190, 463, 467})
+TRANSIENT_CODES = frozenset({1, 2})
+
+
+def _is_permission_code(code: int) -> bool:
+    return code == 10 or 200 <= code <= 299
+
+
+def translate_error_status(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    """requests response hook: give Facebook's coded errors the HTTP status that means the same."""
+    if response.status_code not in (400, 403, 500):
+        return response
+    try:
+        error = json.loads(response.content).get("error") or {}
+        code = int(error.get("code"))
+    except (ValueError, TypeError, AttributeError):
+        return response
+    subcode = error.get("error_subcode")
+    if code in THROTTLE_CODES or subcode in THROTTLE_SUBCODES:
+        status, reason = 429, f"Facebook rate limit (error code {code})"
+    elif code in TOKEN_CODES:
+        status, reason = 401, f"Facebook rejected the access token (error code {code})"
+    elif _is_permission_code(code):
+        status, reason = 403, f"Facebook permission missing (error code {code})"
+    elif code in TRANSIENT_CODES:
+        status, reason = 503, f"Facebook temporary error (error code {code})"
+    else:
+        return response
+    response.status_code, response.reason = status, f"{reason}, HTTP {response.status_code}"
+    return response
+
+
+def retry_hint(response: requests.Response) -> float | None:
+    """Seconds Facebook asks us to wait: the longest estimated_time_to_regain_access (minutes) in
+    x-business-use-case-usage, reset_time_duration (seconds) in x-ad-account-usage, or Retry-After."""
+    waits: list[float] = []
+    try:
+        usage = json.loads(response.headers.get("x-business-use-case-usage") or "{}")
+        for entries in usage.values():
+            waits += [60.0 * float(e.get("estimated_time_to_regain_access") or 0) for e in entries]
+    except (ValueError, TypeError, AttributeError):
+        pass
+    try:
+        account = json.loads(response.headers.get("x-ad-account-usage") or "{}")
+        waits.append(float(account.get("reset_time_duration") or 0))
+    except (ValueError, TypeError, AttributeError):
+        pass
+    header = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
+    waits.append(header or 0.0)
+    longest = max(waits)
+    return longest if longest > 0 else None
+
+
+@dataclass(frozen=True)
+class DayTotals:
+    impressions: int
+    clicks: int
+    spend: str
+
+
+def account_id_of(value: str) -> str:
+    digits = value.strip().removeprefix("act_")
+    if not digits.isascii() or not digits.isdigit():
+        raise SettingError(f"{ACCOUNTS_ENV}: {value!r} is not an ad account id (digits, optionally act_<digits>)")
+    return digits
+
+
+class FacebookInsights:
+    def __init__(self, http: HttpClient, graph_url: str, token: str, page_size: int) -> None:
+        self._http, self._graph, self._token, self._page_size = http, graph_url.rstrip("/"), token, page_size
+
+    def _get(self, account_id: str, params: dict[str, Any], where: str) -> tuple[bytes, Any]:
+        response = self._http.get(f"{self._graph}/act_{account_id}/insights", params=params,
+                                  headers={"Authorization": f"Bearer {self._token}"})
+        return response.content, load_json(SOURCE, where, response.content)
+
+    def pages(self, account_id: str, day: date) -> Iterator[RawPage]:
+        """Every page of one account's ad-level insights for one day."""
+        params: dict[str, Any] = {
+            "level": "ad", "time_increment": 1, "fields": ",".join(FIELDS), "limit": self._page_size,
+            "time_range": json.dumps({"since": day.isoformat(), "until": day.isoformat()}),
+        }
+        number = 0
+        while True:
+            number += 1
+            label = f"act_{account_id}-p{number:04d}"
+            body, doc = self._get(account_id, params, f"{label} of {day}")
+            yield RawPage(SOURCE, day, label, body, doc, {"account-id": account_id})
+            paging = doc.get("paging") if isinstance(doc, dict) else None
+            if not isinstance(paging, dict) or not paging.get("next"):
+                return
+            after = (paging.get("cursors") or {}).get("after")
+            if not after:
+                raise SourceSchemaError(SOURCE, f"{label} of {day}", "paging.next is present but paging.cursors.after is not")
+            params["after"] = after
+
+    def daily_totals(self, account_id: str, first: date, last: date) -> dict[date, DayTotals]:
+        """What Facebook reports for the whole account per day (level=account), to reconcile with."""
+        params: dict[str, Any] = {
+            "level": "account", "time_increment": 1, "fields": "impressions,clicks,spend,date_start",
+            "limit": 500, "time_range": json.dumps({"since": first.isoformat(), "until": last.isoformat()}),
+        }
+        totals: dict[date, DayTotals] = {}
+        while True:
+            _, doc = self._get(account_id, params, f"account totals of act_{account_id}")
+            for i, row in enumerate(_data_rows(doc, f"account totals of act_{account_id}")):
+                where = f"account totals of act_{account_id} data[{i}]"
+                day = _iso_date(where, row.get("date_start"))
+                totals[day] = DayTotals(int_metric(SOURCE, where, "impressions", row.get("impressions", "0")),
+                                        int_metric(SOURCE, where, "clicks", row.get("clicks", "0")),
+                                        _decimal_text(where, "spend", row.get("spend", "0")))
+            paging = doc.get("paging") or {}
+            if not paging.get("next") or not (paging.get("cursors") or {}).get("after"):
+                return totals
+            params["after"] = paging["cursors"]["after"]
+
+
+def _data_rows(doc: Any, where: str) -> list[dict]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+        raise SourceSchemaError(SOURCE, where, f"expected an object with a 'data' list, got {keys}")
+    return doc["data"]
+
+
+def _iso_date(where: str, value: Any) -> date:
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise SourceSchemaError(SOURCE, where, f"date {value!r} is not YYYY-MM-DD") from None
+
+
+def _decimal_text(where: str, name: str, value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    body = text.removeprefix("-")
+    whole, _, frac = body.partition(".")
+    if not (whole.isascii() and whole.isdigit() and (not frac or (frac.isascii() and frac.isdigit()))):
+        raise SourceSchemaError(SOURCE, where, f"{name} is {value!r}, expected a decimal string such as \"14.35\"")
+    return text
+
+
+def _actions(where: str, value: Any) -> str:
+    if value is None:
+        return "[]"
+    if not isinstance(value, list) or not all(isinstance(a, dict) and "action_type" in a and "value" in a for a in value):
+        raise SourceSchemaError(SOURCE, where, f"actions is {type(value).__name__}, expected a list of {{action_type, value}}")
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _typed_rows(rows: list, where: str, day: date | None) -> list[dict[str, Any]]:
+    """Row by row: the reference semantics, and the precise error when a page is refused."""
+    typed = []
+    for i, row in enumerate(rows):
+        at = f"{where} data[{i}]"
+        if not isinstance(row, dict):
+            raise SourceSchemaError(SOURCE, at, f"record is {type(row).__name__}, expected an object")
+        missing = [f for f in REQUIRED if f not in row]
+        if missing:
+            raise SourceSchemaError(SOURCE, at, f"missing field(s) {', '.join(missing)}; present: {', '.join(sorted(row))}")
+        for name in _REQUIRED_TEXT:
+            if row[name] is None:
+                raise SourceSchemaError(SOURCE, at, f"{name} is null")
+        start, stop = _iso_date(at, row["date_start"]), _iso_date(at, row["date_stop"])
+        if start != stop or (day is not None and start != day):
+            raise SourceSchemaError(SOURCE, at, f"date_start {start} / date_stop {stop}: expected one row per day"
+                                    + (f" for {day}" if day else ""))
+        typed.append({
+            **{name: None if row.get(name) is None else str(row[name]) for name in _TEXT},
+            "date": start,
+            "impressions": int_metric(SOURCE, at, "impressions", row["impressions"]),
+            "clicks": int_metric(SOURCE, at, "clicks", row["clicks"]),
+            "spend": _decimal_text(at, "spend", row["spend"]),
+            "actions": _actions(at, row.get("actions")),
+        })
+    return typed
+
+
+class _SlowPath(Exception):
+    """The vectorised checks found something: let the row-by-row pass name it (or accept it)."""
+
+
+def _columns(rows: list, day: date | None) -> pa.Table:
+    """Column by column, validated with Arrow kernels: the same result as _typed_rows, fast."""
+    names = (*_TEXT, "date_start", "date_stop", "impressions", "clicks", "spend")
+    get = itemgetter(*names)
+    try:
+        columns = list(zip(*map(get, rows), strict=True)) or [()] * len(names)
+    except (KeyError, TypeError):
+        raise _SlowPath from None  # a record that is not an object, or lacks a field
+    actions: list[str] = []
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    for row in rows:
+        acts = row.get("actions")
+        if acts is None:
+            actions.append("[]")
+        elif type(acts) is list and all(type(a) is dict and "action_type" in a and "value" in a for a in acts):
+            actions.append(dumps(acts))
+        else:
+            raise _SlowPath
+    values = dict(zip(names, columns, strict=True))
+    try:
+        arrays = {name: pa.array(column, pa.string()) for name, column in values.items()}
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        raise _SlowPath from None  # e.g. numbers where strings were expected
+    required = [arrays[n] for n in (*_REQUIRED_TEXT, "date_start", "date_stop", "impressions", "clicks", "spend")]
+    checks = [pc.match_substring_regex(arrays["impressions"], _DIGITS), pc.match_substring_regex(arrays["clicks"], _DIGITS),
+              pc.match_substring_regex(arrays["spend"], _DECIMAL), pc.equal(arrays["date_start"], arrays["date_stop"])]
+    if day is not None:
+        checks.append(pc.equal(arrays["date_start"], pa.scalar(day.isoformat())))
+    if any(a.null_count for a in required) or not all(pc.all(c).as_py() is not False for c in checks):
+        raise _SlowPath
+    try:
+        dates = pc.cast(arrays["date_start"], pa.date32())
+    except pa.ArrowInvalid:
+        raise _SlowPath from None
+    return pa.table({**{n: arrays[n] for n in _TEXT}, "date": dates,
+                     "impressions": pc.cast(arrays["impressions"], pa.int64()),
+                     "clicks": pc.cast(arrays["clicks"], pa.int64()), "spend": arrays["spend"],
+                     "actions": pa.array(actions, pa.string())})
+
+
+def flatten_insights(doc: Any, *, where: str = "response", day: date | None = None) -> pa.Table:
+    """One flat, typed row per ad and day from an insights response (the nested ``actions`` kept as
+    JSON text). Refuses, naming the record and field, anything it does not recognise."""
+    rows = _data_rows(doc, where)
+    try:
+        return _columns(rows, day)
+    except _SlowPath:
+        return pa.Table.from_pylist(_typed_rows(rows, where, day), schema=_FLAT_SCHEMA)
+
+
+def page_table(page: RawPage, raw_object: str) -> pa.Table:
+    table = flatten_insights(page.doc, where=raw_object, day=page.day)
+    return table.append_column("raw_object", pa.array([raw_object] * table.num_rows, pa.string()))
+
+
+class FacebookAdsResource(dg.ConfigurableResource):
+    """Facebook Marketing API access. The token is read from FACEBOOK_ACCESS_TOKEN only (never config)."""
+
+    graph_url: str | None = Field(default=None, description=f"Graph API base incl. version; unset: {GRAPH_URL_ENV}, else {DEFAULT_GRAPH_URL}")
+    ad_account_ids: list[str] | None = Field(default=None, description=f"Ad accounts (act_<id> or <id>); unset: {ACCOUNTS_ENV} (comma-separated)")
+    page_size: int = Field(default=500, description="rows per insights page (limit)")
+    max_concurrent_accounts: int = Field(default=4, description="accounts fetched in parallel (rate limits are per account)")
+    max_attempts: int = 8
+    max_rate_limit_wait_s: float = Field(default=3600.0, description="total seconds one call may wait on rate limits before failing")
+    backoff_base_s: float = 2.0
+
+    def accounts(self) -> list[str]:
+        return [account_id_of(a) for a in env_list(self.ad_account_ids, ACCOUNTS_ENV)]
+
+    def connector(self, clock: Clock | None = None) -> FacebookInsights:
+        session = requests.Session()
+        session.hooks["response"].append(translate_error_status)
+        http = build_client(clock=clock, auth_hint=f"the environment variable {TOKEN_ENV}", retry_after_from=retry_hint,
+                            max_attempts=self.max_attempts, max_total_wait_s=self.max_rate_limit_wait_s,
+                            backoff_base_s=self.backoff_base_s, session=session)
+        return FacebookInsights(http, env_setting(self.graph_url, GRAPH_URL_ENV, DEFAULT_GRAPH_URL),
+                                env_setting(None, TOKEN_ENV), self.page_size)

@@ -1,0 +1,50 @@
+"""Marketing fixtures: the domain's mock APIs on a real loopback server (env pointed at them as
+register() does), a clean ``marketing`` schema, and the product's resources with small pages."""
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from covid_lakehouse.defs.marketing.clevertap import CleverTapResource
+from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
+from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
+from covid_lakehouse.defs.marketing.mock_api import MarketingMock
+from covid_lakehouse.defs.marketing.rds import RdsSourceResource
+from covid_lakehouse.lib.api_harness import MockApi
+
+
+@pytest.fixture
+def mock() -> MarketingMock:
+    """Two accounts/customers with a few ads, pages of 2 rows so that every pull pages."""
+    return MarketingMock(facebook_ads_per_account=3, google_ads_per_customer=3, google_batch_rows=2,
+                         clevertap_events_per_day={"App Launched": 4, "UTM Visited": 2})
+
+
+@pytest.fixture
+def api(mock: MarketingMock, monkeypatch: pytest.MonkeyPatch) -> Iterator[MockApi]:
+    with MockApi() as server:
+        for name, value in mock.install(server).items():
+            monkeypatch.setenv(name, value.replace("{base}", server.url))
+        monkeypatch.delenv("MARKETING_RDS_DSN", raising=False)
+        yield server
+
+
+@pytest.fixture
+def clean_marketing(pg: psycopg.Connection) -> Iterator[None]:
+    for schema in ("marketing", "marketing_rds_source"):
+        pg.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    yield
+    for schema in ("marketing", "marketing_rds_source"):
+        pg.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def marketing_resources(resources: dict, api: MockApi) -> dict:
+    return {
+        **resources,
+        "marketing_facebook": FacebookAdsResource(page_size=2),
+        "marketing_google_ads": GoogleAdsResource(),
+        "marketing_clevertap": CleverTapResource(batch_size=2),
+        "marketing_rds": RdsSourceResource(),
+    }
