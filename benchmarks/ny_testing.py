@@ -1,0 +1,174 @@
+"""ny_testing end to end on the bundled snapshot (1x, 67,671 rows) and a synthetic 10x (676,710 rows):
+the Dagster pipeline (download to S3 write-once, validate, sensor, one run staging once and upserting 62
+county tables with audits) against a plain psycopg script doing the load itself (stream over loopback
+HTTP, parse, COPY to staging, upsert into the county tables). First load and rerun. Target: 2x at 10x.
+
+The framework does more than the floor by design: it keeps the body in S3, parses it twice (validation,
+then load from S3) and runs seven audits; the ratio says what that costs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+from benchmarks.harness import case, measure, result, timed
+
+SCALES = (1, 10)
+TARGET_AT_10X = 2.0
+_DATA_DIR = Path(tempfile.gettempdir()) / "covid_lakehouse_bench_ny_testing"
+
+
+def snapshot_file(scale: int) -> Path:
+    """The rows.json body served for ``scale`` (the bundled snapshot, or a scaled copy made once)."""
+    from covid_lakehouse.defs.ny_testing.raw import SNAPSHOT
+    from covid_lakehouse.defs.ny_testing.snapshot import CSV_HEADER_COLUMNS, scaled_rows, write_rows_json
+
+    if scale == 1:
+        return SNAPSHOT
+    path = _DATA_DIR / f"xdss-u53e_x{scale}.json"
+    if not path.exists():
+        _DATA_DIR.mkdir(parents=True, exist_ok=True)
+        with gzip.open(SNAPSHOT) as f:
+            doc = json.load(f)
+        by_field = {c.field_name: c for c in CSV_HEADER_COLUMNS.values()}
+        columns = [by_field[c["fieldName"]] for c in doc["meta"]["view"]["columns"] if not c["fieldName"].startswith(":")]
+        rows = [r[8:] for r in doc["data"]]  # drop the 8 system values
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            write_rows_json(out, columns, scaled_rows(rows, scale, date_index=0))
+        tmp.replace(path)
+    return path
+
+
+def _serve(path: str):
+    from covid_lakehouse.defs.ny_testing.mock_api import ROWS_PATH
+    from covid_lakehouse.lib.api_harness import MockApi, MockResponse
+
+    api = MockApi().start()
+    api.route("GET", ROWS_PATH, lambda _: MockResponse.file(path, "application/json"))
+    return api, f"{api.url}{ROWS_PATH}?accessType=DOWNLOAD"
+
+
+def _drop_schemas(*schemas: str) -> None:
+    import psycopg
+
+    with psycopg.connect(os.environ["WAREHOUSE_DSN"], autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+# ---- the framework ---------------------------------------------------------------------------------
+def measure_dagster(path: str, rerun: bool = False) -> tuple[float, int]:
+    import dagster as dg
+
+    from covid_lakehouse.defs.ny_testing import build_defs
+    from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings
+    from covid_lakehouse.lib.resources import platform_resources
+
+    schemas = ("bench_ny", "bench_ny_ref", "bench_ny_stg")
+    _drop_schemas(*schemas)
+    api, url = _serve(path)
+    settings = NyTestingSettings(source_url=url, county_schema=schemas[0], reference_schema=schemas[1],
+                                 staging_schema=schemas[2], raw_prefix=f"bench/ny_testing/{uuid.uuid4().hex}")
+    defs = dg.Definitions.merge(build_defs(settings), dg.Definitions(resources=platform_resources()))
+    raw_job = defs.resolve_job_def("ny_testing_raw_job")
+    load_job = defs.resolve_implicit_global_asset_job_def()
+    sensor = defs.resolve_sensor_def("ny_testing_county_partitions")
+    try:
+        with dg.DagsterInstance.ephemeral() as instance:
+            def daily() -> int:
+                assert raw_job.execute_in_process(instance=instance).success
+                with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+                    data = sensor.evaluate_tick(context)
+                for request in data.dynamic_partitions_requests:
+                    instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+                [request] = data.run_requests
+                load = load_job.execute_in_process(instance=instance, asset_selection=list(request.asset_selection),
+                                                   tags=request.tags)
+                [summary] = load.asset_observations_for_node("ny_testing__county_tests")
+                return summary.metadata["staged_rows"].value
+
+            if rerun:
+                daily()
+            return timed(daily)
+    finally:
+        api.stop()
+        _drop_schemas(*schemas)
+
+
+# ---- the floor: a plain script doing the load ------------------------------------------------------
+def measure_floor(path: str, rerun: bool = False) -> tuple[float, int]:
+    import io
+
+    import psycopg
+    import pyarrow.csv as pacsv
+    import requests
+    from psycopg import sql
+
+    from covid_lakehouse.defs.ny_testing.parsing import MEASURES, county_slug, open_rows_json
+
+    schema = "bench_ny_floor"
+    _drop_schemas(schema)
+    api, url = _serve(path)
+    measures = sql.SQL(", ").join(map(sql.Identifier, MEASURES))
+    changed = sql.SQL(" OR ").join(sql.SQL("t.{c} IS DISTINCT FROM EXCLUDED.{c}").format(c=sql.Identifier(m))
+                                   for m in MEASURES)
+    sets = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(m)) for m in MEASURES)
+
+    def load() -> int:
+        with requests.get(url, stream=True, timeout=60) as response, psycopg.connect(os.environ["WAREHOUSE_DSN"]) as conn:
+            response.raise_for_status()
+            reader = open_rows_json(response.raw, source=url)
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            conn.execute("CREATE TEMP TABLE stage (geography text, county text, test_date date, new_positives bigint, "
+                         "cumulative_number_of_positives bigint, total_number_of_tests_performed bigint, "
+                         "cumulative_number_of_tests_performed bigint) ON COMMIT DROP")
+            rows = 0
+            with conn.cursor().copy("COPY stage FROM STDIN (FORMAT csv)") as copy:
+                for batch in reader.batches():
+                    buf = io.BytesIO()
+                    pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
+                    copy.write(buf.getbuffer())
+                    rows += batch.num_rows
+            conn.execute("CREATE INDEX ON stage (county)")
+            counties = [r[0] for r in conn.execute("SELECT DISTINCT county FROM stage WHERE geography = 'COUNTY'")]
+            for county in counties:
+                table = sql.Identifier(schema, county_slug(county))
+                conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (test_date date PRIMARY KEY, new_positives bigint "
+                                     "NOT NULL, cumulative_number_of_positives bigint NOT NULL, "
+                                     "total_number_of_tests_performed bigint NOT NULL, "
+                                     "cumulative_number_of_tests_performed bigint NOT NULL, "
+                                     "load_date timestamptz NOT NULL)").format(table))
+                conn.execute(sql.SQL(
+                    "INSERT INTO {t} AS t (test_date, {m}, load_date) SELECT test_date, {m}, now() FROM stage "
+                    "WHERE geography = 'COUNTY' AND county = %s ON CONFLICT (test_date) DO UPDATE SET {sets}, "
+                    "load_date = now() WHERE {changed}").format(t=table, m=measures, sets=sets, changed=changed),
+                    (county,))
+        return rows
+
+    try:
+        if rerun:
+            load()
+        return timed(load)
+    finally:
+        api.stop()
+        _drop_schemas(schema)
+
+
+@case("ny_testing")
+def run() -> list:
+    baseline = measure("benchmarks.common", "empty_asset")
+    results = []
+    for scale in SCALES:
+        path = str(snapshot_file(scale))
+        for rerun in (False, True):
+            label = f"ny_testing_{scale}x_{'rerun' if rerun else 'first'}"
+            floor = measure("benchmarks.ny_testing", "floor", path=path, rerun=rerun)
+            dagster = measure("benchmarks.ny_testing", "dagster", path=path, rerun=rerun)
+            results.append(result(label, dagster, floor, baseline,
+                                  target_ratio=TARGET_AT_10X if scale == 10 else None))
+    return results

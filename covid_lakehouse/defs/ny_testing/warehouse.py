@@ -1,0 +1,164 @@
+"""Warehouse side of the load: staging, per-county upserts, the reference table and the analyst view.
+
+Layout (schemas are NyTestingSettings fields):
+  ny_testing.<county_slug>              one table per county, test_date primary key
+  ny_testing.all_counties               view: every county table with a county column
+  ny_testing_reference.geography_totals REGION / STATEWIDE rows (not counties), for reconciliation
+  ny_testing_staging.county_tests_<run> UNLOGGED copy of one raw object, dropped when the load ends
+
+Identifiers built from data are validated (parsing.county_slug, then validate_identifier) and quoted;
+county names reach SQL as bound parameters or psycopg literals, never through string formatting.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import pyarrow as pa
+from psycopg import sql
+
+from covid_lakehouse.defs.ny_testing.parsing import MEASURES, UnsafeIdentifierError, slug_map
+from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident, validate_identifier
+
+COUNTY = "COUNTY"
+VIEW = "all_counties"
+REFERENCE_TABLE = "geography_totals"
+COUNTY_COLUMNS = ("test_date", *MEASURES, "load_date")
+# Dagster refuses these in partition keys (dagster._core.definitions.partitions.utils.base).
+_BAD_PARTITION_KEY = re.compile(r"\.\.\.|[\x00-\x1f\x7f]")
+
+
+def county_tables(names: Iterable[str]) -> dict[str, str]:
+    """Table name per county name; raises UnsafeIdentifierError naming the county when a name cannot be
+    a table (no safe slug, two names sharing one, the view's name) or a Dagster partition key."""
+    slugs = slug_map(names)
+    for name, slug in slugs.items():
+        validate_identifier(slug, what=f"table name for county {name!r}")
+        if slug == VIEW:
+            raise UnsafeIdentifierError(f"county {name!r} would take the name of the view {VIEW!r}")
+        if _BAD_PARTITION_KEY.search(name):
+            raise UnsafeIdentifierError(f"county {name!r} cannot be a partition key (control character or '...')")
+    return slugs
+
+
+def _measure_defs() -> sql.Composable:
+    return sql.SQL(", ").join(sql.SQL("{} bigint NOT NULL").format(sql.Identifier(m)) for m in MEASURES)
+
+
+@dataclass(frozen=True)
+class CountyResult:
+    county: str
+    table: str  # schema.table, for people
+    counts: UpsertCounts
+    rows: int  # in the table after the load
+    first_test_date: date | None
+    last_test_date: date | None
+    created: bool
+
+
+class Warehouse:
+    """The SQL of one load. Every method takes or opens its own connection (workers run in parallel)."""
+
+    def __init__(self, warehouse: PostgresResource, *, county_schema: str, reference_schema: str,
+                 staging_schema: str) -> None:
+        self.pg = warehouse
+        self.county_schema = validate_identifier(county_schema, what="schema")
+        self.reference_schema = validate_identifier(reference_schema, what="schema")
+        self.staging_schema = validate_identifier(staging_schema, what="schema")
+
+    # -- staging ------------------------------------------------------------------------------------
+    def staging_table(self, run_id: str) -> sql.Composed:
+        return table_ident(self.staging_schema, "county_tests_" + re.sub(r"[^a-z0-9]", "", run_id.lower())[:32])
+
+    def stage(self, staging: sql.Composed, batches: Iterable[pa.RecordBatch]) -> int:
+        """COPY every parsed row (counties and reference rows) into an UNLOGGED table that the
+        publishing workers read over their own connections; committed on return."""
+        with self.pg.connection() as conn:
+            # Schemas first, here: workers creating them concurrently would collide in the catalog.
+            for schema in (self.staging_schema, self.county_schema, self.reference_schema):
+                PostgresResource.ensure_schema(conn, schema)
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))  # a retried attempt of this run
+            conn.execute(sql.SQL(
+                "CREATE UNLOGGED TABLE {} (geography text NOT NULL, county text NOT NULL, "
+                "test_date date NOT NULL, {})").format(staging, _measure_defs()))
+            rows = PostgresResource.copy_arrow(conn, staging, batches)
+            conn.execute(sql.SQL("CREATE INDEX ON {} (geography, county, test_date)").format(staging))
+            conn.execute(sql.SQL("ANALYZE {}").format(staging))
+        return rows
+
+    def drop_staging(self, staging: sql.Composed) -> None:
+        with self.pg.connection() as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
+
+    # -- counties -----------------------------------------------------------------------------------
+    def publish_county(self, staging: sql.Composed, county: str, slug: str, loaded_at: datetime) -> CountyResult:
+        """Upsert one county's staged rows into its table (created on first sight): new dates are
+        inserted, revised ones updated, identical ones untouched; load_date moves only with the data."""
+        target = table_ident(self.county_schema, slug)
+        with self.pg.connection() as conn:
+            created = not PostgresResource.table_exists(conn, self.county_schema, slug)
+            if created:
+                conn.execute(sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (test_date date PRIMARY KEY, {}, load_date timestamptz NOT NULL)"
+                ).format(target, _measure_defs()))
+                conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                    target, sql.Literal(f"NYS COVID-19 tests for {county} county (health.data.ny.gov xdss-u53e)")))
+            counts = PostgresResource.upsert(
+                conn, target=target, source=staging, key_columns=["test_date"], value_columns=list(MEASURES),
+                touch_columns={"load_date": sql.Literal(loaded_at)},
+                source_filter=sql.SQL("geography = {} AND county = {}").format(sql.Literal(COUNTY),
+                                                                               sql.Literal(county)))
+            rows, first, last = conn.execute(
+                sql.SQL("SELECT count(*), min(test_date), max(test_date) FROM {}").format(target)).fetchone()
+        return CountyResult(county, f"{self.county_schema}.{slug}", counts, rows, first, last, created)
+
+    def existing_tables(self, tables: dict[str, str]) -> dict[str, str]:
+        """The subset of county -> table whose table exists."""
+        with self.pg.connection() as conn:
+            return {c: t for c, t in tables.items() if PostgresResource.table_exists(conn, self.county_schema, t)}
+
+    def refresh_view(self, tables: dict[str, str]) -> int:
+        """(Re)create ny_testing.all_counties over every existing county table; returns how many."""
+        existing = self.existing_tables(tables)
+        if not existing:
+            return 0
+        cols = sql.SQL(", ").join(map(sql.Identifier, COUNTY_COLUMNS))
+        union = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {}::text AS county, {} FROM {}").format(
+                sql.Literal(county), cols, table_ident(self.county_schema, table))
+            for county, table in sorted(existing.items()))
+        view = table_ident(self.county_schema, VIEW)
+        with self.pg.connection() as conn:
+            # Concurrent loads would otherwise race on the view's catalog row ("tuple concurrently updated").
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.county_schema}.{VIEW}",))
+            conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS {}").format(view, union))
+            conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(
+                view, sql.Literal("Every ny_testing county table, with its county name (recreated by each load)")))
+        return len(existing)
+
+    # -- reference rows ---------------------------------------------------------------------------------
+    def publish_reference(self, staging: sql.Composed, loaded_at: datetime) -> UpsertCounts:
+        """Upsert the non-county rows (REGION, STATEWIDE) into ny_testing_reference.geography_totals."""
+        target = table_ident(self.reference_schema, REFERENCE_TABLE)
+        measures = sql.SQL(", ").join(map(sql.Identifier, MEASURES))
+        source = sql.SQL("(SELECT geography, county AS name, test_date, {} FROM {} WHERE geography <> {}) AS staged"
+                         ).format(measures, staging, sql.Literal(COUNTY))
+        with self.pg.connection() as conn:
+            conn.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (geography text NOT NULL, name text NOT NULL, test_date date NOT NULL, "
+                "{}, load_date timestamptz NOT NULL, PRIMARY KEY (geography, name, test_date))"
+            ).format(target, _measure_defs()))
+            return PostgresResource.upsert(
+                conn, target=target, source=source, key_columns=["geography", "name", "test_date"],
+                value_columns=list(MEASURES), touch_columns={"load_date": sql.Literal(loaded_at)})
+
+
+def staged_units(batches: Iterable[pa.RecordBatch], seen: set[tuple[str, str]]) -> Iterator[pa.RecordBatch]:
+    """Pass batches through, noting each (geography, name) on the way (one read feeds COPY and this)."""
+    for batch in batches:
+        pairs = pa.Table.from_batches([batch]).group_by(["geography", "county"]).aggregate([])
+        seen.update(zip(pairs["geography"].to_pylist(), pairs["county"].to_pylist(), strict=True))
+        yield batch
