@@ -57,7 +57,11 @@ def main(argv: list[str]) -> int:
               f"{r.peak_rss_mb:>9.0f}{r.baseline_rss_mb:>9.0f}{r.rows:>12,}{verdict}")
     out = Path(__file__).parent / "results" / "latest.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(as_json(results), indent=2))
+    # `make bench NAME=x` replaces x's figures and keeps the others'
+    previous = json.loads(out.read_text()) if out.exists() else []
+    fresh = as_json(results)
+    names = {r["name"] for r in fresh}
+    out.write_text(json.dumps([r for r in previous if r["name"] not in names] + fresh, indent=2))
     print(f"wrote {out}")
     return 0
 
