@@ -202,6 +202,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ads(args: argparse.Namespace) -> int:
+    """Operate the ads archive: rebuild ads.ads from the raw backups, or restore an archived day."""
+    import datetime as dt
+
+    from covid_lakehouse.lib.lakehouse import LakehouseResource
+    from covid_lakehouse.lib.postgres import PostgresResource
+    from covid_lakehouse.lib.s3 import s3_client
+
+    settings = _settings()
+    warehouse = PostgresResource(dsn=settings.warehouse_dsn)
+    lakehouse = LakehouseResource.from_settings(settings)
+    if args.ads_command == "replay":
+        from covid_lakehouse.defs.ads.replay import replay_from_backup
+
+        with warehouse.connection() as conn:
+            counts = replay_from_backup(conn, s3_client(settings), lakehouse)
+        print(counts)
+    else:
+        from covid_lakehouse.defs.ads.archive import restore_date
+
+        print(restore_date(warehouse, lakehouse, dt.date.fromisoformat(args.date)))
+    return 0
+
+
 def cmd_mock_apis(args: argparse.Namespace) -> int:
     """Serve every domain's mock third-party API (compose `demo` profile)."""
     with runtime.mock_apis(host=args.host, port=args.port) as (url, env):
@@ -256,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="print a published data product")
     report.add_argument("name", choices=["people-per-dose"])
     report.set_defaults(fn=cmd_report)
+    ads = sub.add_parser("ads", help="ads archive operations")
+    ads_sub = ads.add_subparsers(dest="ads_command", required=True)
+    replay = ads_sub.add_parser("replay", help="rebuild ads.ads from the raw backups in s3://ad-data/backup")
+    replay.add_argument("--from-backup", action="store_true", required=True)
+    restore = ads_sub.add_parser("restore", help="move one shown date back from the archive into ads.ads")
+    restore.add_argument("--date", required=True, help="shown date, YYYY-MM-DD")
+    ads.set_defaults(fn=cmd_ads)
     mock = sub.add_parser("mock-apis", help="serve the mock third-party APIs")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=8080)

@@ -4,13 +4,14 @@ Domains never import each other; cross-domain dependencies go through asset keys
 
 import dagster as dg
 
-from covid_lakehouse.defs import marketing, ny_testing, platform, vaccines
+from covid_lakehouse.defs import ads, marketing, ny_testing, platform, vaccines
 from covid_lakehouse.lib.resources import platform_resources
 
 defs = dg.Definitions.merge(
     platform.defs,
     ny_testing.defs,
     vaccines.defs,
+    ads.defs,
     marketing.defs,
     dg.Definitions(resources=platform_resources()),
 )

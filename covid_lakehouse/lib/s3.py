@@ -105,7 +105,9 @@ class LakeS3Resource(S3Resource):
 
     def cached_client(self):
         """One client per endpoint and key per process (boto3 clients are thread-safe and slow to build)."""
-        cache_key = (self.endpoint_url, self.aws_access_key_id, self.region_name)
+        # the secret's digest is part of the key so a rotated or wrong secret never reuses a client
+        secret = hashlib.sha256((self.aws_secret_access_key or "").encode()).hexdigest()
+        cache_key = (self.endpoint_url, self.aws_access_key_id, secret, self.region_name)
         with _CLIENTS_LOCK:
             if cache_key not in _CLIENTS:
                 _CLIENTS[cache_key] = self.get_client()

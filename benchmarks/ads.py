@@ -1,0 +1,120 @@
+"""The ads archive moving 1,000,000 rows from PostgreSQL to the Iceberg archive (the ads_archive asset,
+materialized by Dagster: plan, chunked COPY TO + appends in one Iceberg commit, read-back verification,
+DELETE + reconciliation), against a plain script doing the same steps once, without the state machine:
+COPY TO, parquet (partitioned by shown date) to the same S3 server, read the ids back, DELETE them.
+Target: 2x. Peak memory stays bounded by the archive's 100k-row chunks."""
+
+from __future__ import annotations
+
+import io
+import os
+
+from benchmarks.harness import case, measure, result, timed
+
+ROWS = 1_000_000
+FLOOR_PREFIX = "bench-floor/archive"
+
+
+def _prepare(rows: int) -> None:
+    """ads.ads with ``rows`` ads shown 1 to 11 days ago, an empty archive (untimed setup)."""
+    import psycopg
+    from psycopg import sql
+
+    from covid_lakehouse.defs.ads.archive import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
+    from covid_lakehouse.defs.ads.settings import BUCKET
+    from covid_lakehouse.defs.ads.warehouse import ensure_tables
+    from covid_lakehouse.lib.lakehouse import LakehouseResource
+    from covid_lakehouse.lib.s3 import s3_client
+    from covid_lakehouse.lib.settings import ServiceSettings
+
+    settings = ServiceSettings.from_env()
+    lakehouse = LakehouseResource.from_settings(settings)
+    if lakehouse.table_exists(ARCHIVE_NAMESPACE, ARCHIVE_TABLE):
+        lakehouse.catalog().drop_table((ARCHIVE_NAMESPACE, ARCHIVE_TABLE))
+    client = s3_client(settings)
+    for prefix in ("archive/", FLOOR_PREFIX):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
+    with psycopg.connect(settings.warehouse_dsn) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS ads CASCADE")
+        ensure_tables(conn)
+        conn.execute(sql.SQL(
+            "INSERT INTO ads.ads SELECT gen_random_uuid(), "
+            "(ARRAY['marketing', 'recruiting', 'brand', 'investment'])[1 + i %% 4], "
+            "CASE WHEN i %% 2 = 0 THEN 500 + i %% 500 END, "
+            "CASE WHEN i %% 2 = 0 THEN (500 + i %% 500)::text ELSE '__unknown' END, "
+            "CASE WHEN i %% 5 = 0 THEN 'manual' END, CASE WHEN i %% 5 = 0 THEN i %% 10 = 0 END, "
+            "now() - make_interval(secs => 86400 + i %% 864000), 'backup/date=2024-01-01/bench.json', now(), "
+            "nextval('ads.ads_row_version') FROM generate_series(1, %s) i"), (rows,))
+    with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE ads.ads")
+
+
+def measure_floor(rows: int = ROWS) -> tuple[float, int]:
+    import psycopg
+    import pyarrow.csv as pacsv
+    import pyarrow.dataset as ds
+
+    from covid_lakehouse.lib.s3 import LakeS3Resource
+
+    _prepare(rows)
+    fs = LakeS3Resource(endpoint_url=os.environ["S3_ENDPOINT_URL"], aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"]).arrow_filesystem()
+    base = f"ad-data/{FLOOR_PREFIX}"
+
+    def work() -> int:
+        with psycopg.connect(os.environ["WAREHOUSE_DSN"]) as conn:
+            conn.execute("SET TIME ZONE 'UTC'")
+            buffer = io.BytesIO()
+            with conn.cursor().copy(
+                    "COPY (SELECT ad_id, ad_group, ad_campaign, ad_campaign_raw, ad_scheme_origin, ad_scheme_approved, "
+                    "shown_at, (shown_at AT TIME ZONE 'UTC')::date AS shown_date, backup_key, loaded_at, row_version "
+                    "FROM ads.ads WHERE shown_at < now() - interval '12 hours') TO STDOUT (FORMAT csv, HEADER)") as copy:
+                for data in copy:
+                    buffer.write(data)
+            buffer.seek(0)
+            table = pacsv.read_csv(buffer, convert_options=pacsv.ConvertOptions(
+                true_values=["t"], false_values=["f"], strings_can_be_null=True))
+            del buffer
+            ds.write_dataset(table, base, format="parquet", filesystem=fs, partitioning=["shown_date"],
+                             partitioning_flavor="hive", existing_data_behavior="overwrite_or_ignore")
+            del table
+            ids = ds.dataset(base, format="parquet", filesystem=fs, partitioning="hive").to_table(
+                columns=["ad_id", "row_version"])
+            conn.execute("CREATE TEMP TABLE archived (ad_id uuid, row_version bigint) ON COMMIT DROP")
+            with conn.cursor().copy("COPY archived FROM STDIN (FORMAT csv)") as copy:
+                out = io.BytesIO()
+                pacsv.write_csv(ids, out, pacsv.WriteOptions(include_header=False))
+                copy.write(out.getbuffer())
+            deleted = conn.execute("DELETE FROM ads.ads a USING archived v "
+                                   "WHERE a.ad_id = v.ad_id AND a.row_version = v.row_version").rowcount
+        if deleted != ids.num_rows:
+            raise RuntimeError(f"floor deleted {deleted} of {ids.num_rows} archived rows")
+        return deleted
+
+    return timed(work)
+
+
+def measure_dagster(rows: int = ROWS) -> tuple[float, int]:
+    from benchmarks.common import materialize_timed
+    from covid_lakehouse.defs.ads.assets import ads_archive
+    from covid_lakehouse.defs.ads.settings import AdsSettings
+    from covid_lakehouse.lib.resources import platform_resources
+
+    _prepare(rows)
+    resources = {**platform_resources(), "ads_settings": AdsSettings(archive_retention_hours=12)}
+    seconds, outcome = materialize_timed([ads_archive], resources)
+    archived = outcome.asset_materializations_for_node("ads__ads_archive")[0].metadata["archived_rows"].value
+    if archived != rows:
+        raise RuntimeError(f"the archive moved {archived} of {rows} rows")
+    return seconds, archived
+
+
+@case("ads_archive_1m")
+def run() -> list:
+    baseline = measure("benchmarks.common", "empty_asset")
+    floor = measure("benchmarks.ads", "floor", repeat=2)
+    dagster = measure("benchmarks.ads", "dagster", repeat=2)
+    return [result("ads_archive_1m", dagster, floor, baseline, target_ratio=2.0)]
