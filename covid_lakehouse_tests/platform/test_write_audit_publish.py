@@ -96,3 +96,16 @@ def test_postgres_staged_rows_are_audited_before_publish(services, warehouse, pg
     assert not bad.success
     assert [e.passed for e in bad.get_asset_check_evaluations()] == [False]
     assert pg.execute(f'select array_agg(v order by v) from "{unique_schema}".numbers').fetchone()[0] == [1, 2]
+
+
+def test_iceberg_schema_evolves_by_adding_columns_without_losing_rows(services, lakehouse):
+    ns = "wap_evolve"
+    v1 = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "name": ["a", "b", "c"]})
+    list(lakehouse.write_audit_publish(ns, "people", v1))
+    v2 = pa.table({"id": pa.array([4], pa.int64()), "name": ["d"], "score": pa.array([9.5], pa.float64())})
+    list(lakehouse.write_audit_publish(ns, "people", v2, mode="append"))
+    table = lakehouse.load_table(ns, "people")
+    assert table.schema().column_names == ["id", "name", "score"]
+    rows = sorted(lakehouse.read(ns, "people").to_pylist(), key=lambda r: r["id"])
+    assert rows == [{"id": 1, "name": "a", "score": None}, {"id": 2, "name": "b", "score": None},
+                    {"id": 3, "name": "c", "score": None}, {"id": 4, "name": "d", "score": 9.5}]
