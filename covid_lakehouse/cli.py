@@ -94,7 +94,9 @@ def _print_demo_summary(svc: runtime.Services, report: runtime.DemoReport, rows,
     for key in sorted(set(report.materialized)):
         print(f"  {key} ({report.materialized.count(key)}x)")
     passed = sum(1 for *_, p, _ in report.checks if p)
-    print(f"checks: {passed} passed, {len(report.checks) - passed} failed")
+    warned = sum(1 for *_, p, sev in report.checks if not p and sev == "WARN")
+    failed = len(report.checks) - passed - warned
+    print(f"checks: {passed} passed, {warned} warned, {failed} failed")
     for asset, check, ok, severity in report.checks:
         if not ok:
             print(f"  {'WARN' if severity == 'WARN' else 'FAIL'} {asset}:{check}")
