@@ -84,3 +84,16 @@ def test_an_explicit_dsn_is_used_read_only_and_never_gets_demo_data(services, mo
         conn.read_only = True
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute(f'INSERT INTO "{unique_schema}".orders (id) VALUES (1)')
+
+
+def test_an_unset_dsn_fails_clearly_unless_the_demo_source_is_opted_into(
+        clean_marketing, services, monkeypatch, pg) -> None:
+    monkeypatch.delenv("MARKETING_RDS_DSN", raising=False)
+    monkeypatch.delenv("MARKETING_RDS_DEMO", raising=False)
+
+    with pytest.raises(dg.Failure, match="MARKETING_RDS_DSN is not set.*MARKETING_RDS_DEMO=1"):
+        RdsSourceResource().source()
+    assert pg.execute("SELECT to_regclass('marketing_rds_source.orders') IS NULL").fetchone()[0]  # no fake data
+
+    monkeypatch.setenv("MARKETING_RDS_DEMO", "1")
+    assert RdsSourceResource().source().demo

@@ -216,7 +216,7 @@ def _rds_asset(extract: Extract, asset_key: dg.AssetKey):
         start, end = context.partition_time_window
         source = marketing_rds.source()
         if source.demo:
-            context.log.warning("MARKETING_RDS_DSN is unset: reading the generated demo source (demo only)")
+            context.log.warning("MARKETING_RDS_DEMO=1: reading the generated demo source (demo and tests only)")
 
         def read(spool: Spool) -> Reported:
             for batch in source.batches(extract, start, end):

@@ -42,7 +42,8 @@ class Spool:
     def batches(self) -> Iterator[pa.RecordBatch]:
         self._writer.close()
         self._sink.close()
-        with pa.memory_map(str(self._path)) as source:
+        # read, not memory-mapped: a mapped spool would count the whole load in the process's RSS
+        with pa.OSFile(str(self._path), "rb") as source:
             yield from pa.ipc.open_stream(source)
 
     def close(self) -> None:

@@ -177,6 +177,7 @@ class MarketingMock:
             "CLEVERTAP_EVENT_NAMES": ",".join(self.clevertap_events_per_day),
             "CLEVERTAP_TIMEZONE": "UTC",
             "MARKETING_BOOTSTRAP_DAYS": "3",
+            "MARKETING_RDS_DEMO": "1",  # the demo's app database is generated (never without this opt-in)
         }
 
     # -- Facebook --------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ hashed (SHA-256 of the trimmed, lower-cased address, the form ad platforms use f
 inside the source query: plaintext addresses never leave the source database. Hard deletes are not
 visible through ``updated_at`` (documented limitation).
 
-MARKETING_RDS_DSN points at the source. When it is unset, the resource uses a generated demo source,
-schema ``marketing_rds_source`` in the warehouse database (demo and tests only; see rds_demo.py).
+MARKETING_RDS_DSN points at the source. Only with MARKETING_RDS_DEMO=1 (set by the mock for ``make
+demo`` and tests) does the resource read a generated demo source instead, schema
+``marketing_rds_source`` in the warehouse database (see rds_demo.py): a forgotten DSN in production
+fails the run instead of loading fake data.
 """
 
 import os
@@ -31,6 +33,7 @@ from covid_lakehouse.lib.settings import WAREHOUSE_DSN, redact
 SOURCE = "rds"
 DSN_ENV = "MARKETING_RDS_DSN"
 SCHEMA_ENV = "MARKETING_RDS_SCHEMA"
+DEMO_ENV = "MARKETING_RDS_DEMO"
 FETCH_ROWS = 50_000
 
 
@@ -87,9 +90,13 @@ class RdsSourceResource(dg.ConfigurableResource):
         if dsn:
             schema = self.schema_name or os.environ.get(SCHEMA_ENV) or "public"
             return RdsSource(dsn, validate_identifier(schema, what=SCHEMA_ENV), demo=False)
+        if os.environ.get(DEMO_ENV) != "1":
+            raise dg.Failure(f"{DSN_ENV} is not set: point it at the application database "
+                             f"(or set {DEMO_ENV}=1 to load generated demo data, demo and tests only)",
+                             allow_retries=False)
         warehouse = os.environ.get(WAREHOUSE_DSN)
         if not warehouse:
-            raise dg.Failure(f"{DSN_ENV} is not set (and no {WAREHOUSE_DSN} for the demo source either)",
+            raise dg.Failure(f"{DEMO_ENV}=1 needs {WAREHOUSE_DSN} (the demo source lives in the warehouse database)",
                              allow_retries=False)
         ensure_demo_source(warehouse)
         return RdsSource(warehouse, DEMO_SCHEMA, demo=True)
