@@ -1,0 +1,206 @@
+"""The omop assets. Per tenant (a partition of omop_tenants): landing files -> care_site -> provider
+with its provenance, quarantine and flags, published as Iceberg tables in namespace omop_<tenant>
+with write-audit-publish. Plus omop/demo_source_seed, which prepares the demo tenant."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import dagster as dg
+import pyarrow as pa
+
+from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, provider_audits
+from covid_lakehouse.defs.omop.extract import CARE_SITE_SOURCE, PROVIDER_SOURCE, extract, source_label
+from covid_lakehouse.defs.omop.partitions import tenant_partitions
+from covid_lakehouse.defs.omop.pipeline import append, ingest_landing, processed_files, read_or_empty, utc_now
+from covid_lakehouse.defs.omop.rules import load_specialty_map
+from covid_lakehouse.defs.omop.seed import DEMO_SEED_ENV, seed_demo
+from covid_lakehouse.defs.omop.tenants import Tenant, TenantConfigError, TenantsResource
+from covid_lakehouse.defs.omop.transform import (
+    ProviderBuild,
+    Reconciliation,
+    build_care_sites,
+    build_providers,
+)
+from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse.lib.s3 import LakeS3Resource
+from covid_lakehouse.lib.wap import audit_check_specs
+
+GROUP = "omop"
+# Transient failures (database or S3 unreachable, an Iceberg commit racing another) are retried;
+# bad data and bad configuration raise Failures that are not.
+RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+SOURCE_DB_KEY = dg.AssetKey(["omop", "source_database"])
+CLIENT_FILES_KEY = dg.AssetKey(["omop", "client_files"])
+LANDING_KEY = dg.AssetKey(["omop", "landing_files"])
+CARE_SITE_KEY = dg.AssetKey(["omop", "care_site"])
+PROVIDER_KEY = dg.AssetKey(["omop", "provider"])
+PROVENANCE_KEY = dg.AssetKey(["omop", "provider_provenance"])
+QUARANTINE_KEY = dg.AssetKey(["omop", "quarantine"])
+FLAG_KEY = dg.AssetKey(["omop", "provider_flag"])
+DEMO_SEED_KEY = dg.AssetKey(["omop", "demo_source_seed"])
+TENANT_ASSET_KEYS = [LANDING_KEY, CARE_SITE_KEY, PROVIDER_KEY, PROVENANCE_KEY, QUARANTINE_KEY, FLAG_KEY]
+
+source_database = dg.AssetSpec(
+    SOURCE_DB_KEY, group_name=GROUP, kinds={"postgres"},
+    description="Each tenant's provider and care_site tables in its own PostgreSQL (the system of record), "
+                "read in full with COPY TO on every run; the DSN comes from the environment variable the "
+                "tenants file names.",
+)
+client_files = dg.AssetSpec(
+    CLIENT_FILES_KEY, group_name=GROUP, kinds={"s3"},
+    description="Client CSV and JSON provider drops under each tenant's landing prefix (raw/omop/landing/<tenant>/).",
+)
+
+
+def _tenant(tenants: TenantsResource, name: str) -> Tenant:
+    try:
+        tenant = tenants.get(name)
+        tenant.source_dsn()  # fail now, clearly, if its DSN variable is missing
+        return tenant
+    except TenantConfigError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from err
+
+
+@dg.asset(
+    key=LANDING_KEY, group_name=GROUP, partitions_def=tenant_partitions, deps=[CLIENT_FILES_KEY],
+    retry_policy=RETRY, kinds={"s3", "iceberg"},
+    description="New client files of the tenant, parsed as written into Iceberg tables landing_row (one row per "
+                "line, with file and line number) and landing_file (the manifest: each object key + ETag once).",
+)
+def landing_files(context: dg.AssetExecutionContext, s3: LakeS3Resource, lakehouse: LakehouseResource,
+                  omop_tenants: TenantsResource) -> dg.MaterializeResult:
+    tenant = _tenant(omop_tenants, context.partition_key)
+    report = ingest_landing(tenant, s3.get_client(), lakehouse, run_id=context.run_id)
+    context.log.info("tenant %s: %d new file(s), %d row(s), %d rejected file(s), %d malformed row(s)",
+                     tenant.name, report.files, report.rows, len(report.rejected_files), report.malformed_rows)
+    return dg.MaterializeResult(metadata={
+        "new_files": report.files, "rows_read": report.rows, "malformed_rows": report.malformed_rows,
+        "rejected_files": ", ".join(report.rejected_files) or "none",
+        "landing": f"s3://{tenant.landing_bucket}/{tenant.prefix}",
+    })
+
+
+@dg.asset(
+    key=CARE_SITE_KEY, group_name=GROUP, partitions_def=tenant_partitions, deps=[SOURCE_DB_KEY],
+    check_specs=audit_check_specs(CARE_SITE_KEY, CARE_SITE_AUDITS), retry_policy=RETRY, kinds={"iceberg"},
+    description="OMOP CDM 5.4 care_site from the source database, with care_site_id kept stable by an id map "
+                "keyed on the site code.",
+)
+def care_site(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, omop_tenants: TenantsResource):
+    tenant = _tenant(omop_tenants, context.partition_key)
+    ns = tenant.namespace
+    source = extract(tenant, "care_site", CARE_SITE_SOURCE)
+    build = build_care_sites(source, read_or_empty(lakehouse, ns, tables.T_CARE_SITE_ID_MAP, tables.ID_MAP),
+                             now=utc_now())
+    append(lakehouse, ns, tables.T_CARE_SITE_ID_MAP, build.id_map_additions)  # ids reserved before publishing
+    yield from lakehouse.write_audit_publish(ns, tables.T_CARE_SITE, build.care_site, audits=CARE_SITE_AUDITS,
+                                             asset_key=CARE_SITE_KEY)
+    yield dg.MaterializeResult(metadata={
+        "dagster/row_count": build.care_site.num_rows, "new_care_site_ids": build.new_ids,
+        **lakehouse.snapshot_metadata(ns, tables.T_CARE_SITE),
+    })
+
+
+_OUTPUTS = {
+    PROVIDER_KEY: (tables.T_PROVIDER, tables.PROVIDER,
+                   "OMOP CDM 5.4 provider (plus provider_type_concept_id) merged from the source database, the "
+                   "system of record, and the client files; provider_id stable across runs."),
+    PROVENANCE_KEY: (tables.T_PROVENANCE, tables.PROVENANCE,
+                     "Where each provider came from: every source row (with its hash: new, changed, deleted) and "
+                     "every client ProviderID/IDSource per file, with first and last seen."),
+    QUARANTINE_KEY: (tables.T_QUARANTINE, tables.QUARANTINE,
+                     "Rows and files that could not be used, with a reason code and the record as received."),
+    FLAG_KEY: (tables.T_FLAG, tables.FLAG,
+               "Published but flagged: NPI check digit failures, disagreements between sources (both values), "
+               "unmapped specialties and sites, possible duplicates."),
+}
+PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconciliation(), (), tables.FLAG.empty_table()))
+
+
+@dg.multi_asset(
+    specs=[dg.AssetSpec(key, group_name=GROUP, description=description, kinds={"iceberg"},
+                        deps=[SOURCE_DB_KEY, LANDING_KEY, CARE_SITE_KEY])
+           for key, (_, _, description) in _OUTPUTS.items()],
+    check_specs=PROVIDER_AUDIT_SPECS, partitions_def=tenant_partitions, retry_policy=RETRY, name="omop_provider",
+)
+def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, omop_tenants: TenantsResource):
+    tenant = _tenant(omop_tenants, context.partition_key)
+    ns = tenant.namespace
+    # The extract (database) and the state reads (S3) wait on different servers: run them side by side.
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="omop-read") as pool:
+        source = pool.submit(extract, tenant, "provider", PROVIDER_SOURCE)
+        state = {name: pool.submit(read_or_empty, lakehouse, ns, table, schema) for name, (table, schema) in {
+            "care_sites": (tables.T_CARE_SITE, tables.CARE_SITE),
+            "landing_rows": (tables.T_LANDING_ROW, tables.LANDING_ROW),
+            "landing_files": (tables.T_LANDING_FILE, tables.LANDING_FILE),
+            "id_map": (tables.T_PROVIDER_ID_MAP, tables.ID_MAP),
+            "previous_provenance": (tables.T_PROVENANCE, tables.PROVENANCE),
+        }.items()}
+        processed = pool.submit(processed_files, lakehouse, ns)
+        inputs = {name: future.result() for name, future in state.items()}
+        source, processed = source.result(), processed.result()
+    care_sites = inputs["care_sites"]
+    build = build_providers(source=source, source_object=source_label(tenant, "provider"), processed_files=processed,
+                            specialties=load_specialty_map(), now=utc_now(), **inputs)
+    counts = build.counts
+    context.log.info("tenant %s: %s", tenant.name, counts)
+    append(lakehouse, ns, tables.T_PROVIDER_ID_MAP, build.id_map_additions)  # ids reserved before publishing
+    audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), build.flags)
+    yield from lakehouse.write_audit_publish(ns, tables.T_PROVIDER, build.provider, audits=audits,
+                                             asset_key=PROVIDER_KEY)
+    # The provider snapshot is published; its companions follow, side by side (a failure here is
+    # retried and, the run being deterministic, republishes the same provider rows).
+    companions = [(tables.T_PROVENANCE, build.provenance), (tables.T_QUARANTINE, build.quarantine),
+                  (tables.T_FLAG, build.flags)]
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="omop-publish") as pool:
+        for done in [pool.submit(list, lakehouse.write_audit_publish(ns, table, data)) for table, data in companions]:
+            done.result()
+    append(lakehouse, ns, tables.T_RUN_LOG, tables.conform(_run_log_row(context.run_id, build), tables.RUN_LOG))
+    yield dg.MaterializeResult(asset_key=PROVIDER_KEY, metadata={
+        "dagster/row_count": build.provider.num_rows,
+        "dagster/column_schema": _column_schema(tables.PROVIDER),
+        "source_rows": counts.source_rows, "source_new": counts.source_new, "source_changed": counts.source_changed,
+        "source_unchanged": counts.source_unchanged, "source_deleted": counts.source_deleted,
+        "files_this_run": counts.run_files, "file_rows_read": counts.run_file_rows_read,
+        "file_rows_new": counts.run_file_rows_new, "file_rows_merged": counts.run_file_rows_merged,
+        "file_rows_quarantined": counts.run_file_rows_quarantined,
+        **lakehouse.snapshot_metadata(ns, tables.T_PROVIDER),
+    })
+    yield dg.MaterializeResult(asset_key=PROVENANCE_KEY, metadata={"dagster/row_count": build.provenance.num_rows})
+    yield dg.MaterializeResult(asset_key=QUARANTINE_KEY, metadata={
+        "dagster/row_count": build.quarantine.num_rows, "reasons": dg.MetadataValue.json(build.quarantine_counts())})
+    yield dg.MaterializeResult(asset_key=FLAG_KEY, metadata={
+        "dagster/row_count": build.flags.num_rows, "flags": dg.MetadataValue.json(build.flag_counts())})
+
+
+def _run_log_row(run_id: str, build: ProviderBuild) -> pa.Table:
+    c = build.counts
+    return pa.Table.from_pylist([{
+        "run_id": run_id, "finished_at": utc_now(), "source_rows": c.source_rows, "source_new": c.source_new,
+        "source_changed": c.source_changed, "source_unchanged": c.source_unchanged, "source_deleted": c.source_deleted,
+        "source_quarantined": c.source_quarantined, "files": c.run_files, "file_rows_read": c.run_file_rows_read,
+        "file_rows_new": c.run_file_rows_new, "file_rows_merged": c.run_file_rows_merged,
+        "file_rows_quarantined": c.run_file_rows_quarantined, "providers": c.providers,
+        "flags": build.flags.num_rows, "processed_files": build.run_files,
+    }])
+
+
+def _column_schema(schema: pa.Schema) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
+
+
+@dg.asset(
+    key=DEMO_SEED_KEY, group_name=GROUP, output_required=False, kinds={"postgres", "s3"},
+    description=f"Demo only (runs when {DEMO_SEED_ENV}=1, which the demo sets): seeds the demo tenant's source "
+                "schema with generated providers and drops the sample client file into its landing prefix, each "
+                "only if absent.",
+)
+def demo_source_seed(context: dg.AssetExecutionContext, s3: LakeS3Resource, omop_tenants: TenantsResource):
+    if os.environ.get(DEMO_SEED_ENV) != "1":
+        context.log.info("%s is not 1: nothing to seed", DEMO_SEED_ENV)
+        return
+    seeded = seed_demo(omop_tenants.load(), s3)
+    if seeded:
+        yield dg.MaterializeResult(metadata={"tenants": dg.MetadataValue.json(seeded)})

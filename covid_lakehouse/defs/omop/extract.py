@@ -1,0 +1,62 @@
+"""Full extracts of the tenant's source tables with COPY TO (the source has no change timestamps; new
+and changed rows are found by hashing, downstream). CSV from PostgreSQL is parsed by pyarrow in C."""
+
+from __future__ import annotations
+
+import io
+
+import dagster as dg
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import sql
+
+from covid_lakehouse.defs.omop.tenants import Tenant
+from covid_lakehouse.lib.postgres import table_ident
+
+CARE_SITE_SOURCE = pa.schema([
+    ("care_site_id", pa.int64()), ("care_site_name", pa.string()), ("care_site_source_value", pa.string()),
+])
+PROVIDER_SOURCE = pa.schema([
+    ("provider_id", pa.int64()), ("provider_name", pa.string()), ("npi", pa.string()), ("specialty", pa.string()),
+    ("care_site", pa.string()), ("provider_source_value", pa.string()), ("specialty_source_value", pa.string()),
+    ("provider_id_source_value", pa.string()),
+])
+
+
+def source_label(tenant: Tenant, table: str) -> str:
+    """How provenance names a source table (no host or credentials)."""
+    return f"postgres:{tenant.source_schema}.{table}"
+
+
+def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
+    """COPY ``table`` (the columns of ``schema``) out of the tenant's source database as Arrow.
+
+    Connection errors propagate (the asset's RetryPolicy retries them); a missing table or column is a
+    configuration problem and fails at once with the table named."""
+    target = table_ident(tenant.source_schema, table)
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name in schema.names)
+    buffer = io.BytesIO()
+    try:
+        with psycopg.connect(tenant.source_dsn(), connect_timeout=10,
+                             application_name="covid_lakehouse_omop_extract") as conn:
+            conn.read_only = True
+            with conn.cursor().copy(sql.SQL("COPY {} ({}) TO STDOUT (FORMAT csv)").format(target, columns)) as copy:
+                for chunk in copy:
+                    buffer.write(chunk)
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InvalidSchemaName) as err:
+        raise dg.Failure(
+            description=f"tenant {tenant.name!r}: cannot read source table {tenant.source_schema}.{table}: "
+                        f"{str(err).splitlines()[0]}",
+            allow_retries=False,
+        ) from err
+    buffer.seek(0)
+    if not buffer.getbuffer().nbytes:
+        return schema.empty_table()
+    return pacsv.read_csv(
+        buffer,
+        read_options=pacsv.ReadOptions(column_names=schema.names, block_size=64 << 20),
+        # COPY writes NULL as an empty unquoted field and '' as "": keep the two apart.
+        convert_options=pacsv.ConvertOptions(column_types=schema, null_values=[""], strings_can_be_null=True,
+                                             quoted_strings_can_be_null=False),
+    )

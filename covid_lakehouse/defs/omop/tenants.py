@@ -1,0 +1,127 @@
+"""Tenants: the partners (or a partner's sub-sources) we harmonize for, read from a YAML file.
+
+Each tenant names the environment variable that holds its source database DSN (never the DSN itself),
+the schema of its provider/care_site tables and its landing prefix in S3. The file is the bundled
+``data/tenants.yaml`` unless OMOP_TENANTS_FILE points elsewhere; a federated deployment ships a file
+with its one tenant.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from covid_lakehouse.lib.postgres import UnsafeIdentifierError, validate_identifier
+
+TENANTS_FILE_ENV = "OMOP_TENANTS_FILE"
+BUNDLED_TENANTS_FILE = Path(__file__).parent / "data" / "tenants.yaml"
+NAMESPACE_PREFIX = "omop_"
+# "omop_" + name must stay a valid 63-character identifier (Iceberg namespace, SQL schema).
+MAX_TENANT_NAME = 63 - len(NAMESPACE_PREFIX)
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_\-./]+/$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_FIELDS = {"name", "source_dsn_env", "source_schema", "landing_bucket", "landing_prefix"}
+
+
+class TenantConfigError(ValueError):
+    """The tenants file (or a tenant's environment) is unusable; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    source_dsn_env: str
+    source_schema: str = "public"
+    landing_bucket: str = "raw"
+    landing_prefix: str = ""
+
+    @property
+    def namespace(self) -> str:
+        """The tenant's lakehouse namespace: omop_<tenant>."""
+        return NAMESPACE_PREFIX + self.name
+
+    @property
+    def prefix(self) -> str:
+        return self.landing_prefix or f"omop/landing/{self.name}/"
+
+    def source_dsn(self) -> str:
+        dsn = os.environ.get(self.source_dsn_env)
+        if not dsn:
+            raise TenantConfigError(
+                f"tenant {self.name!r}: environment variable {self.source_dsn_env} (its source database DSN) is not set")
+        return dsn
+
+
+def parse_tenants(text: str, *, origin: str = "tenants file") -> list[Tenant]:
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise TenantConfigError(f"{origin}: not valid YAML ({err})") from err
+    entries = doc.get("tenants") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise TenantConfigError(f"{origin}: expected a mapping with a 'tenants' list")
+    tenants: list[Tenant] = []
+    for i, entry in enumerate(entries, start=1):
+        where = f"{origin}: tenant #{i}"
+        if not isinstance(entry, dict):
+            raise TenantConfigError(f"{where}: expected a mapping, got {type(entry).__name__}")
+        unknown = set(entry) - _FIELDS
+        if unknown:
+            raise TenantConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        if "name" not in entry or "source_dsn_env" not in entry:
+            raise TenantConfigError(f"{where}: 'name' and 'source_dsn_env' are required")
+        tenant = Tenant(**{k: str(v) for k, v in entry.items() if v is not None})
+        _validate(tenant, where)
+        tenants.append(tenant)
+    names = [t.name for t in tenants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise TenantConfigError(f"{origin}: tenant name(s) listed twice: {', '.join(duplicates)}")
+    return tenants
+
+
+def _validate(tenant: Tenant, where: str) -> None:
+    try:
+        validate_identifier(tenant.name, what="tenant name")
+        validate_identifier(tenant.source_schema, what="source_schema")
+    except UnsafeIdentifierError as err:
+        raise TenantConfigError(f"{where}: {err}") from err
+    if len(tenant.name) > MAX_TENANT_NAME:
+        raise TenantConfigError(f"{where}: tenant name {tenant.name!r} is longer than {MAX_TENANT_NAME} characters")
+    if not _ENV_NAME.match(tenant.source_dsn_env):
+        raise TenantConfigError(f"{where}: source_dsn_env {tenant.source_dsn_env!r} is not an environment variable name")
+    if not _BUCKET.match(tenant.landing_bucket):
+        raise TenantConfigError(f"{where}: landing_bucket {tenant.landing_bucket!r} is not a bucket name")
+    if tenant.landing_prefix and (not _PREFIX.match(tenant.landing_prefix) or ".." in tenant.landing_prefix
+                                  or tenant.landing_prefix.startswith("/")):
+        raise TenantConfigError(f"{where}: landing_prefix {tenant.landing_prefix!r} must be a relative key prefix "
+                                "ending in '/'")
+
+
+class TenantsResource(dg.ConfigurableResource):
+    """Where the tenants file is: ``tenants_file``, else $OMOP_TENANTS_FILE, else the bundled one."""
+
+    tenants_file: str = ""
+
+    def path(self) -> Path:
+        return Path(self.tenants_file or os.environ.get(TENANTS_FILE_ENV) or BUNDLED_TENANTS_FILE)
+
+    def load(self) -> list[Tenant]:
+        path = self.path()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise TenantConfigError(f"tenants file {path}: cannot be read ({err.strerror})") from err
+        return parse_tenants(text, origin=f"tenants file {path}")
+
+    def get(self, name: str) -> Tenant:
+        for tenant in self.load():
+            if tenant.name == name:
+                return tenant
+        raise TenantConfigError(f"tenant {name!r} is not in tenants file {self.path()} (removed?)")

@@ -1,0 +1,64 @@
+"""Helpers shared by the omop tests (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+
+from covid_lakehouse.defs.omop import build_defs
+from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
+from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
+from covid_lakehouse.defs.omop.seed import SAMPLE_FILE
+from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
+from covid_lakehouse.lib.resources import platform_resources
+
+SAMPLE_CSV = SAMPLE_FILE.read_bytes()
+
+
+@dataclass
+class OmopEnv:
+    """A few tenants of one tenants file, and what a test needs to drive them."""
+
+    tenants: list[Tenant]
+    resource: TenantsResource
+    path: Path
+
+    @property
+    def tenant(self) -> Tenant:
+        return self.tenants[0]
+
+    def defs(self) -> dg.Definitions:
+        return dg.Definitions.merge(build_defs(self.resource), dg.Definitions(resources=platform_resources()))
+
+
+def write_tenants(path: Path, tenants: list[Tenant]) -> None:
+    lines = ["tenants:"]
+    for t in tenants:
+        lines += [f"  - name: {t.name}", f"    source_dsn_env: {t.source_dsn_env}",
+                  f"    source_schema: {t.source_schema}", f"    landing_bucket: {t.landing_bucket}"]
+        lines += [f"    landing_prefix: {t.landing_prefix}"] if t.landing_prefix else []
+    path.write_text("\n".join(lines) + "\n")
+
+
+def drop_file(s3, tenant: Tenant, name: str, body: bytes) -> str:
+    key = tenant.prefix + name
+    s3.get_client().upload_fileobj(io.BytesIO(body), tenant.landing_bucket, key)
+    return key
+
+
+def run_tenant(env: OmopEnv, tenant: Tenant, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
+    """One run of the tenant's partition, as a sensor or the schedule would request it."""
+    if tenant.name not in instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME):
+        instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, [tenant.name])
+    job = env.defs().resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(instance=instance, asset_selection=TENANT_ASSET_KEYS, partition_key=tenant.name,
+                                  **kwargs)
+
+
+def rows_by(table: pa.Table, column: str) -> dict:
+    """Rows of a small table keyed by one column's values."""
+    return {row[column]: row for row in table.to_pylist()}

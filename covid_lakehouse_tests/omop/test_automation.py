@@ -1,0 +1,99 @@
+"""Sensors and schedule: tenants kept in sync with the tenants file, each landing object picked up once,
+a daily run per tenant; and `make demo`'s procedure materializing the demo tenant end to end."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from covid_lakehouse import runtime
+from covid_lakehouse.defs.omop import build_defs, mock_api, seed
+from covid_lakehouse.defs.omop.assets import PROVIDER_KEY, TENANT_ASSET_KEYS
+from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
+from covid_lakehouse.defs.omop.schedules import omop_daily
+from covid_lakehouse.defs.omop.sensors import omop_landing_sensor, omop_tenants_sensor
+from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
+from covid_lakehouse.lib.api_harness import MockApi
+from covid_lakehouse.lib.resources import platform_resources
+from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, write_tenants
+
+pytestmark = pytest.mark.integration
+
+
+def test_tenants_sensor_adds_and_runs_new_tenants_and_removes_dropped_ones(make_tenants, instance):
+    env = make_tenants(2, providers=0)
+    instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, ["retired", env.tenants[0].name])
+    context = dg.build_sensor_context(instance=instance, resources={"omop_tenants": env.resource})
+    result = omop_tenants_sensor(context)
+    added, deleted = result.dynamic_partitions_requests
+    assert list(added.partition_keys) == [env.tenants[1].name] and list(deleted.partition_keys) == ["retired"]
+    (request,) = result.run_requests
+    assert request.partition_key == env.tenants[1].name and list(request.asset_selection) == TENANT_ASSET_KEYS
+    assert request.tags["covid_lakehouse/pool"] == f"omop:{env.tenants[1].name}"  # one run per tenant at a time
+
+
+def test_tenants_sensor_refuses_an_invalid_tenants_file(tmp_path, instance):
+    path = tmp_path / "t.yaml"
+    path.write_text("tenants:\n  - {name: 'Bad Name', source_dsn_env: X}\n")
+    context = dg.build_sensor_context(instance=instance, resources={"omop_tenants": TenantsResource(
+        tenants_file=str(path))})
+    with pytest.raises(dg.Failure, match="not a safe SQL identifier"):
+        omop_tenants_sensor(context)
+
+
+def test_landing_sensor_requests_a_run_per_tenant_with_new_objects_once(make_tenants, s3, instance, tmp_path):
+    env = make_tenants(3, providers=0)
+    a, b, unregistered = env.tenants
+    broken = Tenant(name="nobucket", source_dsn_env="WAREHOUSE_DSN", landing_bucket="no-such-bucket")
+    write_tenants(env.path, [a, b, unregistered, broken])
+    instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, [a.name, b.name, broken.name])
+    resources = {"omop_tenants": env.resource, "s3": s3}
+
+    def tick(cursor):
+        return omop_landing_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+
+    drop_file(s3, a, "day1.csv", SAMPLE_CSV)
+    drop_file(s3, unregistered, "day1.csv", SAMPLE_CSV)  # not a partition yet: left for a later tick
+    first = tick(None)
+    assert [(r.partition_key, r.tags["omop/trigger"]) for r in first.run_requests] == [(a.name, "1 new file(s)")]
+    assert tick(first.cursor).run_requests == []  # nothing new: nothing requested
+    drop_file(s3, b, "day1.json", b"[]")
+    drop_file(s3, a, "day2.csv", SAMPLE_CSV)
+    third = tick(first.cursor)
+    assert sorted(r.partition_key for r in third.run_requests) == sorted([a.name, b.name])
+    assert len({r.run_key for r in [*first.run_requests, *third.run_requests]}) == 3
+
+
+def test_daily_schedule_requests_one_run_per_tenant():
+    with dg.instance_for_test() as instance:
+        assert isinstance(omop_daily(dg.build_schedule_context(instance=instance)), dg.SkipReason)
+        instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, ["alpha", "beta"])
+        requests = omop_daily(dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime(2024, 5, 2, 5, tzinfo=UTC)))
+    assert [(r.partition_key, r.run_key, r.tags["covid_lakehouse/pool"]) for r in requests] == [
+        ("alpha", "daily:alpha:2024-05-02", "omop:alpha"), ("beta", "daily:beta:2024-05-02", "omop:beta")]
+
+
+def test_demo_procedure_seeds_the_demo_tenant_and_materializes_it_through_the_sensors(
+        services, tmp_path, monkeypatch, s3, pg, lakehouse):
+    # The demo tenant with a schema and landing prefix of its own (other tests may run the real demo).
+    schema, prefix = f"omop_source_demo_{tmp_path.name[-6:].lower().replace('-', '_')}", f"omop/landing/{tmp_path.name}/"
+    path = tmp_path / "tenants.yaml"
+    write_tenants(path, [Tenant(name=seed.DEMO_TENANT, source_dsn_env="WAREHOUSE_DSN", source_schema=schema,
+                                landing_prefix=prefix)])
+    monkeypatch.setattr(seed, "DEMO_PROVIDERS", 300)
+    monkeypatch.setenv(seed.DEMO_SEED_ENV, mock_api.register(MockApi())[seed.DEMO_SEED_ENV])
+    defs = dg.Definitions.merge(build_defs(TenantsResource(tenants_file=str(path))),
+                                dg.Definitions(resources=platform_resources()))
+    try:
+        with dg.instance_for_test() as instance:
+            report = runtime.run_demo(defs, instance)
+            assert report.ok, report.runs
+            assert [label for label, _ in report.runs] == ["unpartitioned assets", "sensor omop_tenants"]
+            assert {k for k in report.materialized} >= {"omop/demo_source_seed", *[
+                k.to_user_string() for k in TENANT_ASSET_KEYS]}
+            assert instance.get_latest_materialization_event(PROVIDER_KEY) is not None
+        assert pg.execute(f'SELECT count(*) FROM "{schema}".provider').fetchone()[0] == 300
+        assert s3.object_exists("raw", prefix + "E4_sample_providers.csv")
+    finally:
+        pg.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
