@@ -148,7 +148,10 @@ def run_demo(defs, instance) -> DemoReport:
     for sensor in defs.sensors or []:
         if isinstance(sensor, dg.RunStatusSensorDefinition):
             continue
-        with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        # evaluate_tick does not bind the code location's resources (the daemon does): pass them.
+        # evaluate_tick resolves partitioned run requests only with an instance_ref (as the daemon has).
+        with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs,
+                                     resources=dict(defs.resources or {})) as context:
             data = sensor.evaluate_tick(context)
         for request in data.dynamic_partitions_requests or []:
             if isinstance(request, dg.AddDynamicPartitionsRequest):
