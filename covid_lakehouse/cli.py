@@ -12,7 +12,7 @@ import time
 
 from covid_lakehouse import runtime
 from covid_lakehouse.lib.embedded import EmbeddedStack, _pg_bin
-from covid_lakehouse.lib.settings import ServiceSettings, external_services_configured, project_home
+from covid_lakehouse.lib.settings import ServiceSettings, exported, external_services_configured, project_home
 
 
 def _settings(start: bool = True) -> ServiceSettings:
@@ -228,6 +228,24 @@ def cmd_ads(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seed(args: argparse.Namespace) -> int:
+    """Generate a tenant's omop source database (the seed's schema), deterministic for the same arguments."""
+    from covid_lakehouse.defs.omop.seed import seed_tenant
+    from covid_lakehouse.defs.omop.tenants import TenantConfigError
+
+    settings = _settings()
+    # The bundled tenants point at WAREHOUSE_DSN: make it (and the other service settings) visible.
+    with exported(dict(settings.as_env())):
+        try:
+            report = seed_tenant(args.tenant, providers=args.providers, dirt_rate=args.dirt_rate, seed=args.seed)
+        except (TenantConfigError, ValueError) as err:
+            print(f"seed omop: {err}", file=sys.stderr)
+            return 2
+    print(f"seeded tenant {args.tenant}: {report.providers:,} providers ({report.planted} planted from the sample "
+          f"file), {report.care_sites} care sites in schema {report.schema} in {report.seconds}s")
+    return 0
+
+
 def cmd_mock_apis(args: argparse.Namespace) -> int:
     """Serve every domain's mock third-party API (compose `demo` profile)."""
     with runtime.mock_apis(host=args.host, port=args.port) as (url, env):
@@ -289,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     restore = ads_sub.add_parser("restore", help="move one shown date back from the archive into ads.ads")
     restore.add_argument("--date", required=True, help="shown date, YYYY-MM-DD")
     ads.set_defaults(fn=cmd_ads)
+    seed = sub.add_parser("seed", help="generate a source database for a domain")
+    seed_sub = seed.add_subparsers(dest="seed_domain", required=True)
+    omop_seed = seed_sub.add_parser("omop", help="a tenant's provider and care_site source tables")
+    omop_seed.add_argument("--tenant", required=True, help="a tenant of the tenants file (e.g. demo)")
+    omop_seed.add_argument("--providers", type=int, required=True, help="number of providers (seed scale: 2000000)")
+    omop_seed.add_argument("--dirt-rate", type=float, default=0.02, help="share of dirty rows (default 0.02)")
+    omop_seed.add_argument("--seed", type=int, default=0, help="random seed (same seed, same rows)")
+    seed.set_defaults(fn=cmd_seed)
     mock = sub.add_parser("mock-apis", help="serve the mock third-party APIs")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=8080)

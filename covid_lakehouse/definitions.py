@@ -4,7 +4,7 @@ Domains never import each other; cross-domain dependencies go through asset keys
 
 import dagster as dg
 
-from covid_lakehouse.defs import ads, marketing, ny_testing, platform, vaccines
+from covid_lakehouse.defs import ads, marketing, ny_testing, omop, platform, vaccines
 from covid_lakehouse.lib.resources import platform_resources
 
 defs = dg.Definitions.merge(
@@ -13,5 +13,6 @@ defs = dg.Definitions.merge(
     vaccines.defs,
     ads.defs,
     marketing.defs,
+    omop.defs,
     dg.Definitions(resources=platform_resources()),
 )
