@@ -253,3 +253,22 @@ def test_the_load_reads_the_parsed_copy_and_falls_back_to_the_json_without_it(ny
     assert again.success
     assert summary(again)["staged_from"] == f"s3://raw/{raw['s3_key']}"
     assert {t: ny.rows(t) for t in before} == before
+
+
+def test_large_staging_is_rewritten_in_county_order_without_changing_its_rows(ny, h, warehouse, pg):
+    """Above shared_buffers the staged rows are reordered so each county's upsert reads its own pages."""
+    wh = Warehouse(warehouse, county_schema=ny.settings.county_schema, reference_schema=ny.settings.reference_schema,
+                   staging_schema=ny.settings.staging_schema)
+    staging = wh.staging_table("order-test")
+    reader = open_rows_json(io.BytesIO(h.rows_json(h.dataset(days=4))), source="test")
+    assert wh.stage(staging, reader.batches()) == 20
+    name = staging.as_string(pg)
+    try:
+        before = sorted(pg.execute(f"SELECT * FROM {name}").fetchall())
+        assert wh.order_staging(staging) is False  # a few rows: far below shared_buffers, left as staged
+        assert wh.order_staging(staging, min_bytes=0) is True
+        in_file_order = pg.execute(f"SELECT geography, county, test_date FROM {name} ORDER BY ctid").fetchall()
+        assert in_file_order == sorted(in_file_order)  # physically in (geography, county, test_date) order
+        assert sorted(pg.execute(f"SELECT * FROM {name}").fetchall()) == before
+    finally:
+        wh.drop_staging(staging)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import tempfile
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
@@ -24,13 +25,16 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from covid_lakehouse.defs.ny_testing.parsing import SCHEMA, open_rows_json
+from covid_lakehouse.defs.ny_testing.parsing import BATCH_ROWS, SCHEMA, open_rows_json
+from covid_lakehouse.defs.ny_testing.spool import UnitSpool
 from covid_lakehouse.defs.ny_testing.warehouse import COUNTY, county_tables, staged_units
 from covid_lakehouse.lib.s3 import LakeS3Resource, ObjectExistsError
 
 SNAPSHOT = Path(__file__).parent / "data" / "xdss-u53e_rows.json.gz"  # see data/SOURCES.md
 PARSED_SUFFIX = ".parsed-v1.parquet"  # bump when the parser's output changes: old files are then ignored
 ROWS_UPDATED_AT = b"rows_updated_at"  # parquet key-value metadata: the source's meta.view.rowsUpdatedAt
+ROW_ORDER = b"row_order"  # parquet key-value metadata: how the rows are ordered
+GROUPED_BY_UNIT = b"grouped by geography, county"
 
 
 def parsed_key(raw_key: str) -> str:
@@ -50,18 +54,24 @@ class RawSummary:
 
 
 def summarize(stream: BinaryIO, *, source: str, parsed_sink: BinaryIO) -> RawSummary:
-    """Parse the whole body once, writing the rows to ``parsed_sink`` as parquet; raises
-    SourceFormatError / UnsafeIdentifierError naming the problem."""
+    """Parse the whole body once, writing the rows to ``parsed_sink`` as parquet grouped by unit
+    (geography, name; see spool.py); raises SourceFormatError / UnsafeIdentifierError naming the problem.
+    Memory stays bounded whatever the size of the body: rows go batch by batch to spool files on disk."""
     reader = open_rows_json(stream, source=source)
     pairs: set[tuple[str, str]] = set()
     first = last = None
     updated = b"" if reader.rows_updated_at is None else str(reader.rows_updated_at).encode()
-    with pq.ParquetWriter(parsed_sink, SCHEMA.with_metadata({ROWS_UPDATED_AT: updated})) as parsed:
+    metadata = {ROWS_UPDATED_AT: updated, ROW_ORDER: GROUPED_BY_UNIT}
+    with tempfile.TemporaryDirectory(prefix="ny_testing_spool_") as spool_dir:
+        spool = UnitSpool(Path(spool_dir), SCHEMA)
         for batch in staged_units(reader.batches(), pairs):
-            parsed.write_batch(batch)
+            spool.add(batch)
             lo, hi = pc.min_max(batch.column("test_date")).values()
             first = lo.as_py() if first is None else min(first, lo.as_py())
             last = hi.as_py() if last is None else max(last, hi.as_py())
+        with pq.ParquetWriter(parsed_sink, SCHEMA.with_metadata(metadata)) as parsed:
+            for batch in spool.batches(BATCH_ROWS):
+                parsed.write_batch(batch)
     counties = sorted(name for geography, name in pairs if geography == COUNTY)
     county_tables(counties)  # fail here, before anything is stored or partitioned
     return RawSummary(
@@ -76,13 +86,23 @@ def summarize(stream: BinaryIO, *, source: str, parsed_sink: BinaryIO) -> RawSum
     )
 
 
-def read_parsed(path: BinaryIO) -> tuple[pq.ParquetFile, int | None] | None:
-    """The parsed rows written by ``summarize`` and the source's rowsUpdatedAt; None if not in our schema."""
-    parsed = pq.ParquetFile(path)
+@dataclass(frozen=True)
+class Parsed:
+    file: pq.ParquetFile
+    rows_updated_at: int | None  # the source's meta.view.rowsUpdatedAt
+    grouped: bool  # rows grouped by unit (geography, name); files written before that are in source order
+
+
+def read_parsed(path: BinaryIO) -> Parsed | None:
+    """The parsed rows written by ``summarize``; None if not in our schema."""
+    # pre_buffer (pyarrow's default) reads every row group iter_batches will visit up front: the whole
+    # file in memory (110 MB at 100x). Without it each 8k-row group is read when its batch is due.
+    parsed = pq.ParquetFile(path, pre_buffer=False)
     if not parsed.schema_arrow.remove_metadata().equals(SCHEMA):
         return None
-    updated = (parsed.schema_arrow.metadata or {}).get(ROWS_UPDATED_AT)
-    return parsed, int(updated) if updated else None
+    metadata = parsed.schema_arrow.metadata or {}
+    updated = metadata.get(ROWS_UPDATED_AT)
+    return Parsed(parsed, int(updated) if updated else None, metadata.get(ROW_ORDER) == GROUPED_BY_UNIT)
 
 
 def put_once(s3: LakeS3Resource, bucket: str, key: str, body: BinaryIO, metadata: dict[str, str]) -> bool:
