@@ -35,7 +35,7 @@ def npi_check_digit(first9: str) -> int:
 
 
 def npi_is_valid(npi: str | None) -> bool:
-    """The reference rule (the transform checks NPIs in DuckDB, the generator in numpy)."""
+    """The reference rule (the transform and the generator use the vectorised npi_check_digits)."""
     return bool(npi) and len(npi) == 10 and npi.isdigit() and npi_check_digit(npi[:9]) == int(npi[9])
 
 

@@ -13,18 +13,30 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.rules import EHR_TYPE_CONCEPT, Specialty, map_specialties, resolve_sites
+from covid_lakehouse.defs.omop.rules import (
+    EHR_TYPE_CONCEPT,
+    Specialty,
+    map_specialties,
+    npi_check_digits,
+    resolve_sites,
+)
 
 MISSING_TOKENS = ("", "null", "none", "n/a", "na", "nan", "nil", "-")
 
 # Row-level cleaning as DuckDB macros. Each is cheap on the common, clean value: the regular
 # expressions only run on values a plain test has singled out.
 MACROS = [
-    "CREATE MACRO squash(s) AS trim(CASE WHEN contains(s, '  ') OR contains(s, chr(9)) OR contains(s, chr(10)) "
-    "OR contains(s, chr(13)) THEN regexp_replace(s, '\\s+', ' ', 'g') ELSE s END)",
+    # trim() removes spaces (and non-ASCII space separators) at either end; it copies every value,
+    # so it only runs on values that may have any (a space at an end, or a non-ASCII character).
+    "CREATE MACRO trim_ends(s) AS CASE WHEN starts_with(s, ' ') OR ends_with(s, ' ') OR strlen(s) <> length(s) "
+    "THEN trim(s) ELSE s END",
+    "CREATE MACRO squash(s) AS CASE WHEN contains(s, '  ') OR contains(s, chr(9)) OR contains(s, chr(10)) "
+    "OR contains(s, chr(13)) THEN trim(regexp_replace(s, '\\s+', ' ', 'g')) ELSE trim_ends(s) END",
     # The literal placeholders clients write for "no value" are no value.
     "CREATE MACRO no_placeholder(t) AS CASE WHEN length(t) <= 4 AND lower(t) IN ({missing}) THEN NULL ELSE t END".format(
         missing=", ".join(f"'{t}'" for t in MISSING_TOKENS)),
@@ -34,7 +46,10 @@ MACROS = [
     "THEN regexp_replace(n, '^(dr|doctor|prof|professor)\\.?\\s+', '', 'i') ELSE n END",
     "CREATE MACRO strip_credential(n) AS CASE WHEN contains(n, ',') "
     "THEN regexp_replace(n, ',\\s*(md|m\\.d\\.|do|d\\.o\\.|phd|ph\\.d\\.)$', '', 'i') ELSE n END",
-    "CREATE MACRO name_key(n) AS trim(regexp_replace(lower(n), '[^a-z0-9]+', ' ', 'g'))",
+    # Lower case, every run of other characters one space; a name already of letters, digits and
+    # single inner spaces only needs lower().
+    "CREATE MACRO name_key(n) AS CASE WHEN regexp_matches(n, '[^A-Za-z0-9 ]|  |^ | $') "
+    "THEN trim(regexp_replace(lower(n), '[^a-z0-9]+', ' ', 'g')) ELSE lower(n) END",
     "CREATE MACRO first_token(n) AS string_split(name_key(n), ' ')[1]",
     "CREATE MACRO last_token(n) AS string_split(name_key(n), ' ')[-1]",
     "CREATE MACRO token_compatible(x, y) AS "
@@ -44,15 +59,9 @@ MACROS = [
     "CREATE MACRO names_compatible(a, b) AS "
     "(token_compatible(first_token(a), first_token(b)) AND token_compatible(last_token(a), last_token(b)))",
     "CREATE MACRO has_initial(n) AS regexp_matches(name_key(n), '(^| )[a-z]( |$)')",
-    # Luhn check of "80840" + the NPI (the prefix adds 24), on the NPI as a number: digit k from
-    # the right is (v // 10^k) % 10, and digits 1, 3, 5, 7, 9 from the right are doubled.
-    "CREATE MACRO luhn_double(d) AS CASE WHEN d > 4 THEN d * 2 - 9 ELSE d * 2 END",
-    "CREATE MACRO npi_valid_number(v) AS (24 + v % 10 + luhn_double((v // 10) % 10) + (v // 100) % 10"
-    " + luhn_double((v // 1000) % 10) + (v // 10000) % 10 + luhn_double((v // 100000) % 10) + (v // 1000000) % 10"
-    " + luhn_double((v // 10000000) % 10) + (v // 100000000) % 10 + luhn_double((v // 1000000000) % 10)) % 10 = 0",
     # Source ids compare without case, punctuation, or the zero padding of all-digit ids ("001" = "1").
-    "CREATE MACRO alnum_upper(x) AS nullif(upper(CASE WHEN regexp_matches(x, '[^A-Za-z0-9]') "
-    "THEN regexp_replace(x, '[^A-Za-z0-9]+', '', 'g') ELSE x END), '')",
+    "CREATE MACRO alnum_upper(x) AS nullif(CASE WHEN regexp_matches(x, '[^A-Z0-9]') "
+    "THEN upper(regexp_replace(x, '[^A-Za-z0-9]+', '', 'g')) ELSE x END, '')",
     "CREATE MACRO unpadded(x) AS CASE WHEN x[1] BETWEEN '0' AND '9' AND regexp_full_match(x, '[0-9]+') "
     "THEN coalesce(nullif(ltrim(x, '0'), ''), '0') ELSE x END",
 ]
@@ -74,6 +83,53 @@ def _used(query: str, params: dict | None) -> dict:
 
 def _to_arrow(con: duckdb.DuckDBPyConnection, query: str, schema: pa.Schema, params: dict | None = None) -> pa.Table:
     return tables.conform(con.sql(query, params=_used(query, params)).to_arrow_table(), schema)
+
+
+class _IdLookup:
+    """gid -> provider_id of every published provider (table ``ids``), sorted once for binary search:
+    attaching ids to millions of rows this way is several times faster than a hash join, and keeps the
+    rows' order."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        rows = con.execute("SELECT gid, id FROM ids").fetchnumpy()
+        gids, ids = np.asarray(rows["gid"], dtype=np.int64), np.asarray(rows["id"], dtype=np.int64)
+        order = np.argsort(gids)
+        self.gids, self.ids = gids[order], ids[order]
+
+    def __call__(self, gids: pa.ChunkedArray | pa.Array) -> pa.Array:
+        """The id of each gid; NULL for one that has none (a quarantined source row)."""
+        if not len(self.gids):
+            return pa.nulls(len(gids), pa.int64())
+        wanted = np.asarray(pc.fill_null(gids, 0).to_numpy(), dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.gids, wanted), len(self.gids) - 1)
+        missing = self.gids[pos] != wanted
+        if gids.null_count:
+            missing |= np.asarray(pc.is_null(gids).to_numpy(zero_copy_only=False))
+        return pa.array(self.ids[pos], pa.int64(), mask=missing)
+
+
+def _int_column(con: duckdb.DuckDBPyConnection, query: str) -> np.ndarray:
+    """The single integer column of ``query`` (which must exclude NULLs) as a numpy array."""
+    (values,) = con.execute(query).fetchnumpy().values()
+    return np.asarray(values, dtype=np.int64)
+
+
+def _register_repeated(con: duckdb.DuckDBPyConnection, name: str, query: str) -> int:
+    """Register as table ``name`` (column ``value``) the values of ``query``'s integer column that
+    occur more than once; returns how many. On millions of mostly distinct values, sorting finds the
+    repeats several times faster than a hash aggregation does."""
+    values = np.sort(_int_column(con, query))
+    repeated = np.unique(values[1:][values[1:] == values[:-1]])
+    con.register(name, pa.table({"value": pa.array(repeated, pa.int64())}))
+    return len(repeated)
+
+
+def _lowest_per_key(con: duckdb.DuckDBPyConnection, table: str, key: str, value: str) -> None:
+    """Keep one row per ``key`` in ``table``, the one with the lowest ``value``. Keys repeat only
+    after overlapping runs, so the (costly) aggregation runs only when one does."""
+    if _register_repeated(con, f"{table}_repeated", f"SELECT {key} FROM {table} WHERE {key} IS NOT NULL"):
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {key}, min({value}) AS {value} FROM {table} "
+                    f"GROUP BY {key}")
 
 
 # ---- care sites -----------------------------------------------------------------------------------
@@ -203,19 +259,21 @@ def build_providers(
     _resolve_identities(con)
     _choose_values(con)
     _assign_ids(con)
-    provider = _to_arrow(con, f"""
-        SELECT ids.id AS provider_id, c.name AS provider_name, c.npi, c.specialty_concept_id, c.care_site_id,
+    provider = con.sql(f"""
+        SELECT c.gid, c.name AS provider_name, c.npi, c.specialty_concept_id, c.care_site_id,
                c.provider_source_value, c.specialty_source_value,
                CASE WHEN c.specialty_source_value IS NOT NULL THEN 0 END AS specialty_source_concept_id,
                CASE WHEN c.in_source THEN {EHR_TYPE_CONCEPT} ELSE 0 END AS provider_type_concept_id
-        FROM chosen c JOIN ids USING (gid)""", tables.PROVIDER)
+        FROM chosen c""").to_arrow_table()
+    ids_of = _IdLookup(con)
+    provider = tables.conform(provider.append_column("provider_id", ids_of(provider["gid"])), tables.PROVIDER)
+    con.register("published", provider)
     return ProviderBuild(
         provider=provider,
-        provenance=_provenance(con, params),
+        provenance=_provenance(con, ids_of, params),
         quarantine=_quarantine(con, params),
         flags=_flags(con, params),
-        id_map_additions=_to_arrow(con, "SELECT natural_key, id, $now AS first_seen_at FROM new_keys ORDER BY id, "
-                                        "natural_key", tables.ID_MAP, params),
+        id_map_additions=_new_keys(con, ids_of, params),
         counts=_reconcile(con, source, provider),
         run_files=[r[0] for r in con.execute("SELECT file_ref FROM files WHERE run ORDER BY 1").fetchall()],
     )
@@ -257,8 +315,8 @@ def _columns(con: duckdb.DuckDBPyConnection, query: str) -> list[list]:
 # macros to plain columns of the layer below (nesting them would multiply the work). Specialty and
 # site values come from the dictionaries.
 _CLEAN = """
-    WITH l1 AS (SELECT *, squash({name}) AS l1_name, trim({npi}) AS l1_npi, trim({psv}) AS l1_psv,
-                       trim({id_source}) AS l1_id_source, trim({client_id}) AS l1_client_id FROM {table}),
+    WITH l1 AS (SELECT *, squash({name}) AS l1_name, trim_ends({npi}) AS l1_npi, trim_ends({psv}) AS l1_psv,
+                       trim_ends({id_source}) AS l1_id_source, trim_ends({client_id}) AS l1_client_id FROM {table}),
     l2 AS (SELECT *, no_placeholder(l1_name) AS l2_name, no_placeholder(l1_npi) AS c_npi,
                   no_placeholder(l1_psv) AS c_psv, no_placeholder(l1_id_source) AS c_id_source,
                   no_placeholder(l1_client_id) AS c_client_id FROM l1),
@@ -268,7 +326,7 @@ _CLEAN = """
                   -- an NPI is ten digits once spaces and dashes are removed, else it is no NPI
                   CASE WHEN regexp_full_match(l3_npi, '[0-9]{{10}}') THEN l3_npi END AS v_npi,
                   unpadded(l3_psv) AS v_sid FROM l3)
-    SELECT l4.*, no_placeholder(trim(l4_name)) AS c_name,  -- "Dr. NULL" is no name either
+    SELECT l4.*, no_placeholder(trim_ends(l4_name)) AS c_name,  -- "Dr. NULL" is no name either
            v_npi::BIGINT AS v_npi_num,  -- ten digits, so one number per NPI: faster joins than text
            m1.clean AS c_specialty, m2.clean AS c_spec_source, coalesce(m2.clean, m1.clean) AS v_spec_value,
            coalesce(nullif(m1.concept_id, 0), nullif(m2.concept_id, 0), CASE WHEN m1.clean IS NOT NULL
@@ -294,9 +352,11 @@ def _clean_source(con: duckdb.DuckDBPyConnection) -> None:
                -- DuckDB's 64-bit hash of the raw row (63 bits kept: Iceberg has no unsigned integers)
                (hash(provider_id, {", ".join(raw)}) & 9223372036854775807)::BIGINT AS row_hash
         FROM ({cleaning})""")
-    # NPIs that identify one source row (the source's UNIQUE is on the raw value).
-    con.execute("CREATE TABLE pg_npi AS SELECT npi_num, min(src_id) AS src_id FROM pg WHERE npi_num IS NOT NULL "
-                "GROUP BY npi_num HAVING count(*) = 1")
+    # NPIs that identify one source row (the source's UNIQUE is on the raw value; cleaning can make
+    # two raw values one NPI).
+    _register_repeated(con, "pg_npi_repeated", "SELECT npi_num FROM pg WHERE npi_num IS NOT NULL")
+    con.execute("CREATE VIEW pg_npi AS SELECT npi_num, src_id FROM pg WHERE npi_num IS NOT NULL "
+                "AND npi_num NOT IN (SELECT value FROM pg_npi_repeated)")
     # What this source row was last run: its hash, provider_id and status.
     con.execute("CREATE TABLE prev_pg AS SELECT TRY_CAST(source_key AS BIGINT) AS src_id, * FROM prev "
                 "WHERE source_system = 'postgres'")
@@ -412,12 +472,7 @@ def _choose_values(con: duckdb.DuckDBPyConnection) -> None:
         SELECT gid, prio, 'client_file', NULL, fid, line_no::VARCHAR, pid, client_id, {_CANDIDATE_COLUMNS}
         FROM fc""")
     con.execute("""
-        CREATE TABLE chosen_all AS
-        SELECT src_id AS gid, name, npi, npi_num, coalesce(concept, 0) AS specialty_concept_id,
-               spec_value AS specialty_source_value, site_id AS care_site_id, psv AS provider_source_value,
-               true AS in_source, NULL::BIGINT AS founding_fid, src_id AS src_order
-        FROM pg WHERE src_id NOT IN (SELECT gid FROM fc)
-        UNION ALL
+        CREATE TABLE chosen_groups AS
         SELECT gid,
                arg_min(name, (prio > 0, has_initial(name), prio)) FILTER (WHERE name IS NOT NULL),
                arg_min(npi, prio) FILTER (WHERE npi IS NOT NULL), arg_min(npi_num, prio) FILTER (WHERE npi IS NOT NULL),
@@ -425,8 +480,17 @@ def _choose_values(con: duckdb.DuckDBPyConnection) -> None:
                arg_min(spec_value, (concept = 0, prio)) FILTER (WHERE concept IS NOT NULL),
                arg_min(site_id, prio) FILTER (WHERE site_id IS NOT NULL),
                arg_min(psv, prio) FILTER (WHERE psv IS NOT NULL),
-               bool_or(source_system = 'postgres'), min(fid), min(src_id)
+               bool_or(source_system = 'postgres') AS in_source, min(fid) AS founding_fid
         FROM mc GROUP BY gid""")
+    # The source rows without file rows are their own choice: a view, not a copy of millions of rows.
+    con.execute("""
+        CREATE VIEW chosen_all AS
+        SELECT src_id AS gid, name, npi, npi_num, coalesce(concept, 0) AS specialty_concept_id,
+               spec_value AS specialty_source_value, site_id AS care_site_id, psv AS provider_source_value,
+               true AS in_source, NULL::BIGINT AS founding_fid
+        FROM pg WHERE src_id NOT IN (SELECT gid FROM chosen_groups)
+        UNION ALL
+        SELECT * FROM chosen_groups""")
     # OMOP requires a provider_name: without one from any source the provider cannot be published.
     con.execute("CREATE VIEW chosen AS SELECT * FROM chosen_all WHERE name IS NOT NULL")
     con.execute("CREATE TABLE nameless AS SELECT gid, in_source FROM chosen_all WHERE name IS NULL")
@@ -446,15 +510,21 @@ def _assign_ids(con: duckdb.DuckDBPyConnection) -> None:
                 "WHERE starts_with(natural_key, 'npi:')")
     con.execute("CREATE TABLE idm_row AS SELECT substr(natural_key, 4)::BIGINT AS src_id, id FROM id_map "
                 "WHERE starts_with(natural_key, 'pg:')")
+    con.execute("CREATE TABLE prev_ids AS SELECT src_id, provider_id FROM prev_pg WHERE provider_id IS NOT NULL")
+    # One row per key, so that the claims below are one row per source row without a GROUP BY.
+    _lowest_per_key(con, "idm_npi", "npi_num", "id")
+    _lowest_per_key(con, "idm_row", "src_id", "id")
+    _lowest_per_key(con, "prev_ids", "src_id", "provider_id")
     con.execute("""
         CREATE TABLE pclaims AS
-        SELECT p.src_id AS gid, CASE WHEN any_value(n.src_id) IS NOT NULL THEN any_value(p.npi) END AS key_npi,
-               min(coalesce(i.id, r.id)) AS key_id, min(pp.provider_id) AS previous_id
-        FROM pg p LEFT JOIN pg_npi n ON n.src_id = p.src_id LEFT JOIN idm_npi i ON i.npi_num = n.npi_num
-             LEFT JOIN idm_row r ON r.src_id = p.src_id AND n.src_id IS NULL
-             LEFT JOIN prev_pg pp ON pp.src_id = p.src_id AND pp.provider_id IS NOT NULL
-        WHERE p.src_id NOT IN (SELECT gid FROM nameless)
-        GROUP BY p.src_id""")
+        WITH p AS (SELECT src_id, npi, CASE WHEN npi_num NOT IN (SELECT value FROM pg_npi_repeated) THEN npi_num END
+                              AS unique_npi
+                   FROM pg WHERE src_id NOT IN (SELECT gid FROM nameless))
+        SELECT p.src_id AS gid, CASE WHEN p.unique_npi IS NOT NULL THEN p.npi END AS key_npi,
+               coalesce(i.id, r.id) AS key_id, pp.provider_id AS previous_id
+        FROM p LEFT JOIN idm_npi i ON i.npi_num = p.unique_npi
+             LEFT JOIN idm_row r ON r.src_id = p.src_id AND p.unique_npi IS NULL
+             LEFT JOIN prev_ids pp ON pp.src_id = p.src_id""")
     # File keys (few), except the NPI key a source row already gives its provider.
     con.execute("""
         CREATE TABLE fkeys AS
@@ -467,50 +537,68 @@ def _assign_ids(con: duckdb.DuckDBPyConnection) -> None:
               AND fc.gid NOT IN (SELECT gid FROM nameless)) k
         LEFT JOIN id_map m ON m.natural_key = k.key
         GROUP BY k.gid, k.key, k.strength""")
+    # Every published provider once, with its strongest claim (NULL: none). pclaims holds exactly the
+    # published providers with a source row (gid = its provider_id); the others are file-only (gid < 0).
     con.execute("""
         CREATE TABLE claims AS
         WITH fclaims AS (SELECT gid, arg_min(mapped_id, (strength, key)) AS id, min(strength) AS strength
                          FROM fkeys WHERE mapped_id IS NOT NULL GROUP BY gid)
         SELECT gid, coalesce(p.key_id, p.previous_id, f.id) AS id,
                CASE WHEN p.key_id IS NOT NULL THEN 0 WHEN p.previous_id IS NOT NULL THEN 1 ELSE f.strength END
-                   AS strength
+                   AS strength, NULL::BIGINT AS founding_fid,
+               -- the key this provider's source row adds to the map
+               CASE WHEN p.key_id IS NULL THEN coalesce('npi:' || p.key_npi, 'pg:' || gid) END AS new_key
         FROM pclaims p LEFT JOIN fclaims f USING (gid)
-        WHERE coalesce(p.key_id, p.previous_id, f.id) IS NOT NULL
         UNION ALL
-        SELECT gid, id, strength FROM fclaims WHERE gid < 0""")
+        SELECT c.gid, f.id, f.strength, c.founding_fid, NULL FROM chosen c LEFT JOIN fclaims f USING (gid)
+        WHERE c.gid < 0""")
+    _register_repeated(con, "contested", "SELECT id FROM claims WHERE id IS NOT NULL")
     con.execute("""
         CREATE TABLE ids AS
-        WITH contested AS (SELECT id FROM claims GROUP BY id HAVING count(*) > 1),
-             losers AS (SELECT gid FROM claims WHERE id IN (SELECT id FROM contested)
+        WITH losers AS (SELECT gid FROM claims WHERE id IN (SELECT value FROM contested)
                         QUALIFY row_number() OVER (PARTITION BY id ORDER BY strength, gid) > 1),
-             kept AS (SELECT gid, id FROM claims WHERE gid NOT IN (SELECT gid FROM losers))
-        SELECT gid, id FROM kept
+             kept AS (SELECT gid, CASE WHEN gid NOT IN (SELECT gid FROM losers) THEN id END AS id,
+                             founding_fid FROM claims)
+        SELECT gid, id FROM kept WHERE id IS NOT NULL
         UNION ALL
-        -- new ids in source order, then file arrival order
+        -- new ids in source order (a source row's gid is its provider_id), then file arrival order
         SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map)
-                    + row_number() OVER (ORDER BY src_order NULLS LAST, founding_fid, gid)
-        FROM chosen WHERE gid NOT IN (SELECT gid FROM kept)""")
+                    + row_number() OVER (ORDER BY gid < 0, founding_fid, gid)
+        FROM kept WHERE id IS NULL""")
     # A file key shared by two providers this run identifies neither: it is not recorded.
     con.execute("""
-        CREATE TABLE new_keys AS
-        SELECT coalesce('npi:' || key_npi, 'pg:' || gid) AS natural_key, id FROM pclaims JOIN ids USING (gid)
-        WHERE key_id IS NULL
-        UNION ALL
-        SELECT key, id FROM fkeys JOIN ids USING (gid)
+        CREATE TABLE new_file_keys AS
+        SELECT key AS natural_key, id FROM fkeys JOIN ids USING (gid)
         WHERE mapped_id IS NULL AND key NOT IN (SELECT key FROM fkeys GROUP BY key HAVING count(DISTINCT gid) > 1)""")
 
 
-def _provenance(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
-    return _to_arrow(con, """
-        SELECT ids.id AS provider_id, 'postgres' AS source_system, pg.src_id::VARCHAR AS source_key, pg.id_source,
-               $source_object AS source_object,
-               CASE WHEN ids.id IS NULL THEN 'quarantined' ELSE 'published' END AS status, pg.row_hash,
+def _new_keys(con: duckdb.DuckDBPyConnection, ids_of: _IdLookup, params: dict) -> pa.Table:
+    """The id map's additions: the new key of each source row (claims.new_key) and of file rows."""
+    source = con.sql("SELECT new_key, gid FROM claims WHERE new_key IS NOT NULL").to_arrow_table()
+    files = con.sql("SELECT natural_key, id FROM new_file_keys").to_arrow_table()
+    keys = pa.table({
+        "natural_key": pa.chunked_array([*source["new_key"].chunks, *files["natural_key"].chunks], pa.string()),
+        "id": pa.chunked_array([ids_of(source["gid"]), *files["id"].cast(pa.int64()).chunks], pa.int64()),
+    }).sort_by([("id", "ascending"), ("natural_key", "ascending")])
+    return tables.conform(keys.append_column("first_seen_at", pa.repeat(pa.scalar(params["now"], tables.TS),
+                                                                          keys.num_rows)), tables.ID_MAP)
+
+
+def _provenance(con: duckdb.DuckDBPyConnection, ids_of: _IdLookup, params: dict) -> pa.Table:
+    # One row per source row: its provider (none when quarantined), first seen and last changed.
+    rows = con.sql("""
+        SELECT pg.src_id AS gid, 'postgres' AS source_system, pg.src_id::VARCHAR AS source_key, pg.id_source,
+               $source_object AS source_object, pg.row_hash,
                coalesce(p.first_seen_at, $now) AS first_seen_at, $now AS last_seen_at,
                CASE WHEN p.row_hash IS NOT DISTINCT FROM pg.row_hash THEN p.last_changed_at ELSE $now END
                    AS last_changed_at
-        FROM pg LEFT JOIN ids ON ids.gid = pg.src_id LEFT JOIN prev_pg p ON p.src_id = pg.src_id
-        UNION ALL
-        SELECT provider_id, source_system, source_key, id_source, source_object, 'deleted', row_hash,
+        FROM pg LEFT JOIN prev_pg p ON p.src_id = pg.src_id""", params=params).to_arrow_table()
+    provider_id = ids_of(rows["gid"])
+    rows = rows.append_column("provider_id", provider_id).append_column(
+        "status", pc.if_else(pc.is_null(provider_id), "quarantined", "published"))
+    # Source rows gone since the last run, and the client ids of each provider per file.
+    others = _to_arrow(con, """
+        SELECT provider_id, source_system, source_key, id_source, source_object, 'deleted' AS status, row_hash,
                first_seen_at, last_seen_at, last_changed_at
         FROM prev_pg WHERE src_id NOT IN (SELECT src_id FROM pg)
         UNION ALL
@@ -518,6 +606,7 @@ def _provenance(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
                min(fc.object_last_modified), max(fc.object_last_modified), max(fc.object_last_modified)
         FROM fc JOIN ids USING (gid)
         GROUP BY ids.id, fc.client_id, fc.id_source, fc.object_key""", tables.PROVENANCE, params)
+    return pa.concat_tables([tables.conform(rows, tables.PROVENANCE), others])
 
 
 def _quarantine(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
@@ -560,6 +649,11 @@ def _flags(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
         f"SELECT c.gid, 'value_conflict', '{column}', {chosen}, {other}, c.source_system, c.fid, c.source_key,"
         f" 'sources disagree; the published value is kept' FROM mc c JOIN chosen ch USING (gid) WHERE {condition}"
         for column, (other, chosen, condition) in CONFLICTS.items())
+    # The NPI check digit (Luhn over "80840" + the first nine digits), in numpy: a dozen integer
+    # operations per NPI, on millions of NPIs.
+    rows = con.execute("SELECT gid, npi_num FROM chosen WHERE npi_num IS NOT NULL").fetchnumpy()
+    gid, npi = (np.asarray(rows[c], dtype=np.int64) for c in ("gid", "npi_num"))
+    con.register("npi_check_failed", pa.table({"gid": gid[npi_check_digits(npi // 10) != npi % 10]}))
     # The rows with something to flag, found in one pass over the source rows (a few percent of them).
     con.execute("""
         CREATE TABLE issues AS
@@ -574,7 +668,7 @@ def _flags(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
         WITH rows AS (SELECT * FROM issues),
         found (gid, flag, column_name, value, other_value, source_system, fid, source_key, detail) AS (
             SELECT gid, 'npi_check_digit', 'npi', npi, NULL, NULL, NULL, NULL, 'fails the NPI Luhn check digit'
-            FROM chosen WHERE npi_num IS NOT NULL AND NOT npi_valid_number(npi_num)
+            FROM chosen WHERE gid IN (SELECT gid FROM npi_check_failed)
             UNION ALL
             SELECT gid, 'npi_malformed', 'npi', NULL, npi_raw, source_system, fid, source_key, 'not 10 digits; ignored'
             FROM rows WHERE npi_raw IS NOT NULL AND npi IS NULL
@@ -587,12 +681,12 @@ def _flags(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
                    'no care site of this name'
             FROM rows WHERE site IS NOT NULL AND site_id IS NULL
             UNION ALL {conflicts}),
-        candidates AS (SELECT ids.id, c.name, name_key(c.name) AS k FROM chosen c JOIN ids USING (gid)
-                       WHERE c.npi IS NULL),
+        candidates AS (SELECT provider_id AS id, provider_name AS name, name_key(provider_name) AS k
+                       FROM published WHERE npi IS NULL),
         -- names sharing a candidate's first letter, with their first and last tokens computed once
         others AS (SELECT id, name, k, string_split(k, ' ')[1] AS ft, string_split(k, ' ')[-1] AS lt FROM (
-                       SELECT ids.id, c.name, name_key(c.name) AS k FROM chosen c JOIN ids USING (gid)
-                       WHERE lower(c.name[1]) IN (SELECT k[1] FROM candidates)))
+                       SELECT provider_id AS id, provider_name AS name, name_key(provider_name) AS k
+                       FROM published WHERE lower(provider_name[1]) IN (SELECT k[1] FROM candidates)))
         SELECT ids.id AS provider_id, x.flag, x.column_name, x.value, x.other_value, NULL AS related_provider_id,
                x.source_system,
                CASE WHEN x.source_system = 'postgres' THEN $source_object ELSE f.object_key END AS source_object,
