@@ -136,13 +136,13 @@ def measure_floor() -> tuple[float, int]:
     import pyarrow.csv as pacsv
     import requests
 
-    from covid_lakehouse.defs.marketing.tables import FACEBOOK
+    from covid_lakehouse.defs.marketing.tables import FACEBOOK, MIGRATION_SCOPE
+    from covid_lakehouse.lib.migrate import ensure_migrated
 
     _reset()
     names = FACEBOOK.arrow_schema.names
     order = ["date_start" if n == "date" else n for n in names]
     fields = [n for n in order if n not in ("actions", "raw_object")]
-    ddl = FACEBOOK.ddl.replace("{schema}", "bench_marketing_floor")
     graph = os.environ["FACEBOOK_GRAPH_URL"]
     bodies: queue.Queue = queue.Queue(maxsize=len(ACCOUNTS) * 2)
 
@@ -182,7 +182,9 @@ def measure_floor() -> tuple[float, int]:
         rows = 0
         with psycopg.connect(os.environ["WAREHOUSE_DSN"]) as conn:
             conn.execute("CREATE SCHEMA bench_marketing_floor")
-            conn.execute(ddl)
+            ensure_migrated(conn, MIGRATION_SCOPE)  # the same table definition as the pipeline's
+            conn.execute("CREATE TABLE bench_marketing_floor.facebook_ad_insights_daily "
+                         "(LIKE marketing.facebook_ad_insights_daily INCLUDING ALL)")
             threads = [threading.Thread(target=fetch, args=(a,), daemon=True) for a in ACCOUNTS]
             for t in threads:
                 t.start()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import dagster as dg
 import psycopg
 import pytest
+from psycopg import sql
 
 from covid_lakehouse.lib.embedded import EmbeddedStack
 from covid_lakehouse.lib.lakehouse import LakehouseResource
@@ -82,3 +83,16 @@ def unique_schema(pg: psycopg.Connection) -> Iterator[str]:
     name = "t_" + uuid.uuid4().hex[:12]
     yield name
     pg.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def reset_domain(pg: psycopg.Connection):
+    """reset_domain(scope, *schemas): drop a domain's schemas and forget its applied migrations, so the
+    next run re-creates its tables from the migration files, as on a new database."""
+
+    def reset(scope: str, *schemas: str) -> None:
+        for schema in schemas or (scope,):
+            pg.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        pg.execute("DELETE FROM ops.schema_migrations WHERE scope = %s", (scope,))
+
+    return reset

@@ -381,13 +381,12 @@ def provision_postgres(superuser_dsn: str, password: str) -> None:
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner)))
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier("dagster")))
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier("lakehouse")))
-    # The analyst reads every published warehouse table, including those created later.
+    # The analyst may connect and can only read; which tables it reads (the published ones) is granted
+    # by the warehouse migrations, next to the tables.
     with psycopg.connect(superuser_dsn.rsplit("/", 1)[0] + "/warehouse", autocommit=True) as conn:
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute("GRANT CONNECT ON DATABASE warehouse TO analyst")
-        conn.execute("ALTER DEFAULT PRIVILEGES FOR ROLE warehouse_writer GRANT SELECT ON TABLES TO analyst")
-        conn.execute("ALTER DEFAULT PRIVILEGES FOR ROLE warehouse_writer GRANT USAGE ON SCHEMAS TO analyst")
-        conn.execute("GRANT USAGE ON SCHEMA public TO analyst")
+        conn.execute("ALTER ROLE analyst SET default_transaction_read_only = on")
         conn.execute("GRANT CREATE ON SCHEMA public TO warehouse_writer")
 
 

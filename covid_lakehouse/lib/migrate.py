@@ -64,32 +64,55 @@ def discover(roots: dict[str, Path] | None = None) -> list[Migration]:
     return sorted(found, key=lambda m: (m.scope != "platform", m.scope, m.version))
 
 
+_CREATE_LEDGER = (
+    "CREATE TABLE IF NOT EXISTS ops.schema_migrations (scope text NOT NULL, version int NOT NULL, "
+    "name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), "
+    "PRIMARY KEY (scope, version))"
+)
+
+
+def _apply_pending(conn: psycopg.Connection, migrations: list[Migration]) -> list[Migration]:
+    """Apply each migration not yet recorded, each in its own transaction (a savepoint inside an open one)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+        conn.execute("CREATE SCHEMA IF NOT EXISTS ops")
+        conn.execute(_CREATE_LEDGER)
+    applied_now = []
+    for migration in migrations:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            row = conn.execute("SELECT checksum FROM ops.schema_migrations WHERE scope = %s AND version = %s",
+                               (migration.scope, migration.version)).fetchone()
+            if row:
+                if row[0] != migration.checksum:
+                    raise MigrationError(
+                        f"{migration.scope} migration {migration.version:04d}_{migration.name} was changed after "
+                        "it was applied; write a new migration instead")
+                continue
+            conn.execute(migration.sql)
+            conn.execute("INSERT INTO ops.schema_migrations (scope, version, name, checksum) VALUES (%s, %s, %s, %s)",
+                         (migration.scope, migration.version, migration.name, migration.checksum))
+            applied_now.append(migration)
+    return applied_now
+
+
 def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[Migration]:
     """Apply every pending migration; returns those applied now. Idempotent."""
     migrations = discover() if migrations is None else migrations
-    applied_now = []
     with psycopg.connect(dsn) as conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-            conn.execute("CREATE SCHEMA IF NOT EXISTS ops")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS ops.schema_migrations (scope text NOT NULL, version int NOT NULL, "
-                "name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), "
-                "PRIMARY KEY (scope, version))"
-            )
-        for migration in migrations:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-                row = conn.execute("SELECT checksum FROM ops.schema_migrations WHERE scope = %s AND version = %s",
-                                   (migration.scope, migration.version)).fetchone()
-                if row:
-                    if row[0] != migration.checksum:
-                        raise MigrationError(
-                            f"{migration.scope} migration {migration.version:04d}_{migration.name} was changed after "
-                            "it was applied; write a new migration instead")
-                    continue
-                conn.execute(migration.sql)
-                conn.execute("INSERT INTO ops.schema_migrations (scope, version, name, checksum) VALUES (%s, %s, %s, %s)",
-                             (migration.scope, migration.version, migration.name, migration.checksum))
-                applied_now.append(migration)
-    return applied_now
+        return _apply_pending(conn, migrations)
+
+
+def ensure_migrated(conn: psycopg.Connection, scope: str, migrations: list[Migration] | None = None) -> list[Migration]:
+    """Called by a domain before it touches its tables: a no-op (one query, no lock) when its scope is up
+    to date, else applies the platform's and the scope's pending migrations on ``conn``. So an asset run
+    in-process (tests, `dagster dev` without `covid-lakehouse migrate`) still finds its tables, while the
+    DDL itself lives only in migration files."""
+    wanted = [m for m in (discover() if migrations is None else migrations) if m.scope in ("platform", scope)]
+    recorded: dict[tuple[str, int], str] = {}
+    if conn.execute("SELECT to_regclass('ops.schema_migrations') IS NOT NULL").fetchone()[0]:
+        recorded = {(s, v): c for s, v, c in conn.execute(
+            "SELECT scope, version, checksum FROM ops.schema_migrations WHERE scope IN ('platform', %s)", (scope,))}
+    if all(recorded.get((m.scope, m.version)) == m.checksum for m in wanted):
+        return []
+    return _apply_pending(conn, wanted)

@@ -15,9 +15,9 @@ from covid_lakehouse_tests.ads.helpers import TcpProxy
 
 
 @pytest.fixture
-def ads_clean(services, pg: psycopg.Connection, s3, lakehouse: LakehouseResource) -> Iterator[None]:
+def ads_clean(services, pg: psycopg.Connection, s3, lakehouse: LakehouseResource, reset_domain) -> Iterator[None]:
     """The ads domain's fixed places (schema ads, Iceberg ads.ads_archive, bucket ad-data) emptied."""
-    pg.execute("DROP SCHEMA IF EXISTS ads CASCADE")
+    reset_domain("ads")
     if lakehouse.table_exists(ARCHIVE_NAMESPACE, ARCHIVE_TABLE):
         lakehouse.catalog().drop_table((ARCHIVE_NAMESPACE, ARCHIVE_TABLE))
     client = s3.get_client()

@@ -31,12 +31,10 @@ def api(mock: MarketingMock, monkeypatch: pytest.MonkeyPatch) -> Iterator[MockAp
 
 
 @pytest.fixture
-def clean_marketing(pg: psycopg.Connection) -> Iterator[None]:
-    for schema in ("marketing", "marketing_rds_source"):
-        pg.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+def clean_marketing(pg: psycopg.Connection, reset_domain) -> Iterator[None]:
+    reset_domain("marketing", "marketing", "marketing_rds_source")
     yield
-    for schema in ("marketing", "marketing_rds_source"):
-        pg.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    reset_domain("marketing", "marketing", "marketing_rds_source")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import psycopg
 import pytest
 
 from covid_lakehouse.lib.embedded import EmbeddedStack, ServiceStartError
+from covid_lakehouse.lib.migrate import migrate
 from covid_lakehouse.lib.settings import BUCKETS
 
 pytestmark = pytest.mark.integration
@@ -28,14 +29,19 @@ def test_s3_enforces_credentials(services):
         client.list_buckets()
 
 
-def test_analyst_reads_published_tables_but_cannot_write(services, embedded_stack, pg, unique_schema):
-    pg.execute(f'create schema "{unique_schema}"')
+def test_analyst_reads_published_tables_and_nothing_else(services, embedded_stack, pg, unique_schema):
+    migrate(services.warehouse_dsn)  # the published tables exist (another test may have reset a domain)
+    pg.execute(f'create schema "{unique_schema}"')  # a schema no migration published
     pg.execute(f'create table "{unique_schema}".t (id int)')
-    pg.execute(f'insert into "{unique_schema}".t values (1)')
-    with psycopg.connect(embedded_stack.state.analyst_dsn()) as analyst:
-        assert analyst.execute(f'select count(*) from "{unique_schema}".t').fetchone()[0] == 1
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            analyst.execute(f'insert into "{unique_schema}".t values (2)')
+    with psycopg.connect(embedded_stack.state.analyst_dsn(), autocommit=True) as analyst:
+        for published in ("ads.ads", "vaccines.people_per_dose", "marketing.ad_performance_daily",
+                          "ny_testing_reference.geography_totals"):
+            analyst.execute(f"select count(*) from {published}")
+        for internal in ("ops.schema_migrations", "ads.archive_batches", f'"{unique_schema}".t'):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                analyst.execute(f"select count(*) from {internal}")
+        with pytest.raises((psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)):
+            analyst.execute("delete from ads.ads")
 
 
 def test_a_second_stack_on_the_same_folder_reuses_the_running_servers(embedded_stack):

@@ -1,6 +1,8 @@
 """Warehouse migrations: ordered, recorded, idempotent, transactional, and an upgrade of a database
 created by the previous version keeps its rows."""
 
+import uuid
+
 import psycopg
 import pytest
 
@@ -74,3 +76,75 @@ def test_migrate_command_applies_the_products_migrations(services, capsys, pg):
     assert pg.execute("SELECT to_regclass('ops.run_failures') IS NOT NULL").fetchone()[0]
     scopes = {s for (s,) in pg.execute("SELECT scope FROM ops.schema_migrations")}
     assert "platform" in scopes
+
+
+@pytest.fixture
+def previous_version_database(services, embedded_stack):
+    """A fresh warehouse database in the state the previous release left it: only the platform's first
+    migration recorded, the domains' tables created by their assets' own DDL (the text of each domain's
+    0001 file, not recorded), and the blanket analyst grants that release's provisioning set."""
+    name = "upgrade_" + uuid.uuid4().hex[:10]
+    superuser = embedded_stack.state.superuser_dsn
+    with psycopg.connect(superuser(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} OWNER warehouse_writer")
+    with psycopg.connect(superuser(name), autocommit=True) as conn:
+        conn.execute(f"GRANT CONNECT ON DATABASE {name} TO analyst")
+        conn.execute("ALTER DEFAULT PRIVILEGES FOR ROLE warehouse_writer GRANT SELECT ON TABLES TO analyst")
+        conn.execute("ALTER DEFAULT PRIVILEGES FOR ROLE warehouse_writer GRANT USAGE ON SCHEMAS TO analyst")
+    dsn = services.warehouse_dsn.rsplit("/", 1)[0] + "/" + name
+    everything = discover()
+    migrate(dsn, [m for m in everything if m.scope == "platform" and m.version == 1])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for m in everything:
+            if m.scope != "platform" and m.version == 1:
+                conn.execute(m.sql)
+    try:
+        yield dsn, embedded_stack.state.analyst_dsn().rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(superuser(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_upgrading_a_database_of_the_previous_version_keeps_every_row(previous_version_database):
+    dsn, analyst_dsn = previous_version_database
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO ads.ads SELECT gen_random_uuid(), 'brand', NULL, '__unknown', NULL, NULL, now(), "
+                     "'backup/x.json', now(), g FROM generate_series(1, 300) g")
+        conn.execute("INSERT INTO vaccines.people_per_dose (state, population, doses_moderna, doses_pfizer, "
+                     "total_doses, loaded_at) VALUES ('Ohio', 11689442, 10, 20, 30, now())")
+        conn.execute("INSERT INTO marketing.rds_orders (order_id, customer_id, status, amount, currency, created_at, "
+                     "source_updated_at) SELECT g, g, 'paid', 9.99, 'USD', now(), now() FROM generate_series(1, 50) g")
+        conn.execute("INSERT INTO ops.run_failures (run_id, job_name) VALUES ('r1', 'j')")
+        # that release's load made a county table as it met the county
+        conn.execute("CREATE TABLE ny_testing.albany (test_date date PRIMARY KEY, new_positives bigint NOT NULL, "
+                     "load_date timestamptz NOT NULL)")
+        conn.execute("INSERT INTO ny_testing.albany SELECT DATE '2020-03-01' + g, g, now() FROM generate_series(0, 99) g")
+        conn.execute("INSERT INTO ny_testing_reference.geography_totals SELECT 'STATEWIDE', 'STATEWIDE', "
+                     "DATE '2020-03-01' + g, 1, 2, 3, 4, now() FROM generate_series(0, 9) g")
+        before = _counts(conn)
+
+    applied = migrate(dsn)
+
+    assert {(m.scope, m.version) for m in applied} >= {("platform", 2), ("ads", 1), ("ads", 2), ("vaccines", 1),
+                                                       ("ny_testing", 1), ("ny_testing", 2)}
+    assert migrate(dsn) == []
+    with psycopg.connect(dsn) as conn:
+        assert _counts(conn) == before == {"ads.ads": 300, "vaccines.people_per_dose": 1, "marketing.rds_orders": 50,
+                                           "ops.run_failures": 1, "ny_testing.albany": 100,
+                                           "ny_testing_reference.geography_totals": 10}
+    with psycopg.connect(dsn, autocommit=True) as conn:  # a county first met after the upgrade
+        conn.execute("CREATE TABLE ny_testing.bronx (test_date date PRIMARY KEY)")
+    # the blanket grants of the previous release are gone; published tables stay readable
+    with psycopg.connect(analyst_dsn, autocommit=True) as analyst:
+        assert analyst.execute("SELECT count(*) FROM ads.ads").fetchone()[0] == 300
+        for county_or_reference in ("ny_testing.albany", "ny_testing.bronx", "ny_testing_reference.geography_totals"):
+            analyst.execute(f"SELECT count(*) FROM {county_or_reference}")
+        for internal in ("ops.run_failures", "ads.archive_pending"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                analyst.execute(f"SELECT count(*) FROM {internal}")
+
+
+def _counts(conn) -> dict[str, int]:
+    tables = ("ads.ads", "vaccines.people_per_dose", "marketing.rds_orders", "ops.run_failures", "ny_testing.albany",
+              "ny_testing_reference.geography_totals")
+    return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}

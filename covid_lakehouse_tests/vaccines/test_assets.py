@@ -72,11 +72,11 @@ def sources(lake) -> VaccineSources:
 
 
 @pytest.fixture
-def fresh_tables(pg) -> Iterator[None]:
-    """Every test starts without the vaccines tables and leaves none behind."""
-    pg.execute("DROP SCHEMA IF EXISTS vaccines CASCADE")
+def fresh_tables(pg, reset_domain) -> Iterator[None]:
+    """Every test starts without the vaccines tables (as on a new database) and leaves none behind."""
+    reset_domain("vaccines")
     yield
-    pg.execute("DROP SCHEMA IF EXISTS vaccines CASCADE")
+    reset_domain("vaccines")
 
 
 def materialize(resources: dict, instance: dg.DagsterInstance, sources: VaccineSources, **overrides):

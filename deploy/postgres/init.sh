@@ -5,7 +5,7 @@
 #   dagster    dagster             Dagster's run/event/schedule storage (DAGSTER_STORAGE_URL)
 #   warehouse  warehouse_writer    the published tables (WAREHOUSE_DSN)
 #   lakehouse  lakehouse_catalog   pyiceberg's SQL catalog (LAKEHOUSE_CATALOG_DSN)
-#   -          analyst             read-only on warehouse: every table, including future ones
+#   -          analyst             read-only on warehouse: the published tables (granted by migrations)
 #
 # The postgres image runs this once, on an empty data directory (/docker-entrypoint-initdb.d), as the
 # superuser over the unix socket. It is also safe to run again against a live server (roles and
@@ -65,24 +65,11 @@ REVOKE ALL ON DATABASE lakehouse FROM PUBLIC;
 GRANT CONNECT ON DATABASE warehouse TO analyst;
 EOSQL
 
-# ---- read-only analyst on warehouse (per-database: default privileges live in the database) -------
+# ---- warehouse: only warehouse_writer creates; the analyst's SELECT grants on published tables come
+# with the warehouse migrations (`covid-lakehouse migrate`), next to the tables they publish -------------
 psql_as_superuser warehouse <<'EOSQL'
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE, CREATE ON SCHEMA public TO warehouse_writer;
-
--- What exists now: every non-system schema and its tables.
-SELECT format('GRANT USAGE ON SCHEMA %I TO analyst', nspname)
-FROM pg_namespace
-WHERE nspname NOT LIKE 'pg\_%' AND nspname <> 'information_schema'
-\gexec
-SELECT format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO analyst', nspname)
-FROM pg_namespace
-WHERE nspname NOT LIKE 'pg\_%' AND nspname <> 'information_schema'
-\gexec
-
--- What warehouse_writer creates later: schemas (one per domain) and their tables and views.
-ALTER DEFAULT PRIVILEGES FOR ROLE warehouse_writer GRANT USAGE ON SCHEMAS TO analyst;
-ALTER DEFAULT PRIVILEGES FOR ROLE warehouse_writer GRANT SELECT ON TABLES TO analyst;
 EOSQL
 
 echo "init.sh: roles dagster, warehouse_writer, lakehouse_catalog, analyst and databases dagster, warehouse, lakehouse are ready"

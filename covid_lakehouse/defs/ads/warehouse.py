@@ -12,6 +12,7 @@ from psycopg import sql
 
 from covid_lakehouse.defs.ads.api import AD_GROUPS, UNKNOWN_CAMPAIGN
 from covid_lakehouse.defs.ads.settings import PG_SCHEMA
+from covid_lakehouse.lib.migrate import ensure_migrated
 from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident
 from covid_lakehouse.lib.wap import Audit, AuditResult
 
@@ -26,49 +27,11 @@ FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew between the API's host and
 UNKNOWN_SHARE_WARN = 0.65  # the API reports about half the campaigns as "__unknown"
 UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
-_DDL = [
-    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(PG_SCHEMA)),
-    sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(sql.Identifier(PG_SCHEMA, "ads_row_version")),
-    sql.SQL("""CREATE TABLE IF NOT EXISTS {ads} (
-        ad_id uuid PRIMARY KEY,
-        ad_group text NOT NULL,
-        ad_campaign integer,
-        ad_campaign_raw text NOT NULL,
-        ad_scheme_origin text,
-        ad_scheme_approved boolean,
-        shown_at timestamptz NOT NULL,
-        backup_key text NOT NULL,
-        loaded_at timestamptz NOT NULL,
-        row_version bigint NOT NULL)""").format(ads=ADS),
-    sql.SQL("CREATE INDEX IF NOT EXISTS ads_shown_at_idx ON {} (shown_at)").format(ADS),
-    sql.SQL("""CREATE TABLE IF NOT EXISTS {batches} (
-        batch_id uuid PRIMARY KEY,
-        cutoff timestamptz NOT NULL,
-        created_at timestamptz NOT NULL,
-        status text NOT NULL CHECK (status IN ('planned', 'committed', 'done')),
-        planned_rows bigint NOT NULL,
-        archived_rows bigint,
-        deleted_rows bigint,
-        kept_rows bigint,
-        snapshot_ids text,
-        finished_at timestamptz)""").format(batches=BATCHES),
-    # The state machine finishes one batch before it starts another.
-    sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS archive_batches_one_open ON {} ((true)) "
-            "WHERE status <> 'done'").format(BATCHES),
-    # No keys or indexes: it holds the one open batch's rows, written once and read whole (hash joins),
-    # and a million index insertions would cost more than the archive's other steps together.
-    sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
-        batch_id uuid NOT NULL,
-        ad_id uuid NOT NULL,
-        row_version bigint NOT NULL)""").format(PENDING),
-]
+MIGRATION_SCOPE = "ads"  # the tables' DDL: covid_lakehouse/defs/ads/migrations/
 
 
 def ensure_tables(conn: psycopg.Connection) -> None:
-    # Serialised: concurrent CREATE ... IF NOT EXISTS can still collide on the catalog.
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('covid_lakehouse.ads.ddl'))")
-    for statement in _DDL:
-        conn.execute(statement)
+    ensure_migrated(conn, MIGRATION_SCOPE)
 
 
 def create_staging(conn: psycopg.Connection, name: str = "ads_staging") -> sql.Identifier:

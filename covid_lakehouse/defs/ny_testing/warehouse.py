@@ -22,8 +22,10 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from covid_lakehouse.defs.ny_testing.parsing import MEASURES, UnsafeIdentifierError, slug_map
+from covid_lakehouse.lib.migrate import ensure_migrated
 from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident, validate_identifier
 
+MIGRATION_SCOPE = "ny_testing"  # schemas, reference table, analyst grants: defs/ny_testing/migrations/
 COUNTY = "COUNTY"
 VIEW = "all_counties"
 REFERENCE_TABLE = "geography_totals"
@@ -78,7 +80,9 @@ class Warehouse:
         """COPY every parsed row (counties and reference rows) into an UNLOGGED table that the
         publishing workers read over their own connections; committed on return."""
         with self.pg.connection() as conn:
-            # Schemas first, here: workers creating them concurrently would collide in the catalog.
+            ensure_migrated(conn, MIGRATION_SCOPE)
+            # Schemas first, here: workers creating them concurrently would collide in the catalog. The
+            # migrations create the default ones; a configured other schema (tests, a second load) is made here.
             for schema in (self.staging_schema, self.county_schema, self.reference_schema):
                 PostgresResource.ensure_schema(conn, schema)
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))  # a retried attempt of this run
@@ -172,6 +176,7 @@ class Warehouse:
         source = sql.SQL("(SELECT geography, county AS name, test_date, {} FROM {} WHERE geography <> {}) AS staged"
                          ).format(measures, staging, sql.Literal(COUNTY))
         with self.pg.connection() as conn:
+            # In the default schema the migration made it; in a configured other one, the same definition here.
             conn.execute(sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (geography text NOT NULL, name text NOT NULL, test_date date NOT NULL, "
                 "{}, load_date timestamptz NOT NULL, PRIMARY KEY (geography, name, test_date))"

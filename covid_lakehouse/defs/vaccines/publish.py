@@ -26,12 +26,14 @@ import pyarrow as pa
 from psycopg import sql
 
 from covid_lakehouse.defs.vaccines.transform import STATES, Result
+from covid_lakehouse.lib.migrate import ensure_migrated
 from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident, validate_identifier
 from covid_lakehouse.lib.wap import Audit, AuditResult, audit_or_raise
 
 SCHEMA = "vaccines"
 PEOPLE_TABLE = "people_per_dose"
 EXCLUDED_TABLE = "excluded_jurisdictions"
+MIGRATION_SCOPE = "vaccines"  # the tables' DDL: covid_lakehouse/defs/vaccines/migrations/
 _LOCK_KEY = "vaccines.people_per_dose publish"
 
 
@@ -158,29 +160,21 @@ def excluded_columns(dose_columns: Sequence[str]) -> list[tuple[str, str, str]]:
     ]
 
 
-def _ensure_table(conn: psycopg.Connection, table: str, columns: list[tuple[str, str, str]],
-                  key: str, not_null: set[str]) -> None:
+def _add_configured_columns(conn: psycopg.Connection, table: str, columns: list[tuple[str, str, str]]) -> None:
     target = table_ident(SCHEMA, table)
-    definitions = [
-        sql.SQL("{} {}{}").format(sql.Identifier(validate_identifier(name, what="column")), sql.SQL(sqltype),
-                                  sql.SQL(" PRIMARY KEY" if name == key else " NOT NULL" if name in not_null else ""))
-        for name, sqltype, _ in columns
-    ]
-    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, sql.SQL(", ").join(definitions)))
-    existing = {r[0] for r in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-        (SCHEMA, table)).fetchall()}
+    existing = set(table_columns(conn, table))
     for name, sqltype, _ in columns:
         if name not in existing:  # a newly configured manufacturer: nullable, NULL until published
             conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                target, sql.Identifier(name), sql.SQL(sqltype)))
+                target, sql.Identifier(validate_identifier(name, what="column")), sql.SQL(sqltype)))
 
 
 def ensure_tables(conn: psycopg.Connection, dose_columns: Sequence[str]) -> None:
-    PostgresResource.ensure_schema(conn, SCHEMA)
-    _ensure_table(conn, PEOPLE_TABLE, people_columns(dose_columns), "state",
-                  {"population", "total_doses", "loaded_at"})
-    _ensure_table(conn, EXCLUDED_TABLE, excluded_columns(dose_columns), "jurisdiction", {"total_doses", "loaded_at"})
+    """The tables come from the domain's migrations; configured manufacturers beyond the defaults add
+    their dose column here (configuration-driven and additive, so not a migration file)."""
+    ensure_migrated(conn, MIGRATION_SCOPE)
+    _add_configured_columns(conn, PEOPLE_TABLE, people_columns(dose_columns))
+    _add_configured_columns(conn, EXCLUDED_TABLE, excluded_columns(dose_columns))
 
 
 def table_columns(conn: psycopg.Connection, table: str) -> list[str]:
