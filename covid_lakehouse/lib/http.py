@@ -187,6 +187,23 @@ class _Redactor:
         return value if unquote_plus(key_raw) in self._safe else REDACTED
 
 
+class _UrllibQueryRedactor(logging.Filter):
+    """urllib3 logs each request line with its full query at DEBUG ("GET /rows?api_key=... HTTP/1.1");
+    anyone turning on DEBUG logging (or a handler at DEBUG on the root logger) would print secrets.
+    Every query value but the generally safe ones is redacted in those records, process-wide."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        redacted = _QUERY_PAIR.sub(
+            lambda m: m[1] + m[2] + "=" + (m[3] if unquote_plus(m[2]) in SAFE_QUERY_PARAMS else REDACTED), text)
+        if redacted != text:
+            record.msg, record.args = redacted, None
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_UrllibQueryRedactor())
+
+
 # --------------------------------------------------------------------------------------------------
 # The client
 

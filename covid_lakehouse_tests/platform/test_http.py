@@ -434,13 +434,16 @@ def test_secrets_never_reach_messages_or_logs(
         (f"{api.url}/rows?api_key={TOKEN}", TransientHttpError),  # a secret already in the URL
     ]
     messages = []
-    # Our own logger at every level; urllib3's DEBUG log prints full URLs: keep it at INFO or above.
-    with caplog.at_level(logging.DEBUG, logger="covid_lakehouse.lib.http"):
+    # Our own logger and urllib3's (whose DEBUG records hold each request line) at every level.
+    with caplog.at_level(logging.DEBUG, logger="covid_lakehouse.lib.http"), \
+            caplog.at_level(logging.DEBUG, logger="urllib3.connectionpool"):
         for url, expected in cases:
             with pytest.raises(expected) as excinfo:
                 client.get(url, params=params, headers=headers)
             messages.append(str(excinfo.value))
     assert len(caplog.records) >= 6  # the retries were logged
+    request_lines = [r.getMessage() for r in caplog.records if r.name == "urllib3.connectionpool" and '"GET ' in r.getMessage()]
+    assert request_lines and all("access_token=REDACTED" in line and "limit=10" in line for line in request_lines)
     for text in [*messages, caplog.text]:
         assert TOKEN not in text and HEADER_TOKEN not in text
     assert "access_token=REDACTED&limit=10" in messages[0]
