@@ -99,9 +99,9 @@ def _drop_schemas(*schemas: str) -> None:
 
 
 def _delete_prefix(bucket: str, prefix: str) -> None:
-    from covid_lakehouse.lib.s3 import LakeS3Resource
+    import boto3
 
-    client = LakeS3Resource.from_env().get_client()
+    client = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"], region_name="us-east-1")
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         for obj in page.get("Contents", []):
             client.delete_object(Bucket=bucket, Key=obj["Key"])
