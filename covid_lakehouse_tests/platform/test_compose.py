@@ -537,9 +537,10 @@ def test_init_sh_creates_the_roles_databases_and_read_only_analyst(config):
     assert "CREATE DATABASE %I OWNER %I" in text
 
     assert re.search(r"GRANT CONNECT ON DATABASE warehouse TO analyst;", text)
-    assert re.search(r"ALTER DEFAULT PRIVILEGES FOR ROLE warehouse_writer GRANT SELECT ON TABLES TO analyst;", text)
-    assert re.search(r"ALTER DEFAULT PRIVILEGES FOR ROLE warehouse_writer GRANT USAGE ON SCHEMAS TO analyst;", text)
-    assert "GRANT SELECT ON ALL TABLES IN SCHEMA %I TO analyst" in text
+    # no blanket grants: each domain migration grants its published tables
+    assert not re.search(r"ALTER DEFAULT PRIVILEGES FOR ROLE warehouse_writer GRANT SELECT ON TABLES TO analyst;", text)
+    assert not re.search(r"ALTER DEFAULT PRIVILEGES FOR ROLE warehouse_writer GRANT USAGE ON SCHEMAS TO analyst;", text)
+    assert "GRANT SELECT ON ALL TABLES IN SCHEMA %I TO analyst" not in text
     assert "ALTER ROLE analyst SET default_transaction_read_only = on;" in text
     for database in DATABASES:
         assert f"REVOKE ALL ON DATABASE {database} FROM PUBLIC;" in text
