@@ -11,6 +11,7 @@ changed is an error, not silently skipped. Iceberg tables evolve through Iceberg
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class Migration:
     def sql(self) -> str:
         return self.path.read_text()
 
-    @property
+    @functools.cached_property  # compared on every ensure_migrated: read and hashed once per process
     def checksum(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
@@ -62,6 +63,12 @@ def discover(roots: dict[str, Path] | None = None) -> list[Migration]:
             versions[version] = path
             found.append(Migration(scope, version, match.group(2), path))
     return sorted(found, key=lambda m: (m.scope != "platform", m.scope, m.version))
+
+
+@functools.cache
+def _packaged() -> tuple[Migration, ...]:
+    """The package's migrations, found once per process: ensure_migrated runs on every asset run."""
+    return tuple(discover())
 
 
 _CREATE_LEDGER = (
@@ -108,7 +115,7 @@ def ensure_migrated(conn: psycopg.Connection, scope: str, migrations: list[Migra
     to date, else applies the platform's and the scope's pending migrations on ``conn``. So an asset run
     in-process (tests, `dagster dev` without `covid-lakehouse migrate`) still finds its tables, while the
     DDL itself lives only in migration files."""
-    wanted = [m for m in (discover() if migrations is None else migrations) if m.scope in ("platform", scope)]
+    wanted = [m for m in (_packaged() if migrations is None else migrations) if m.scope in ("platform", scope)]
     recorded: dict[tuple[str, int], str] = {}
     if conn.execute("SELECT to_regclass('ops.schema_migrations') IS NOT NULL").fetchone()[0]:
         recorded = {(s, v): c for s, v, c in conn.execute(
