@@ -88,7 +88,7 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
     """Read the source into a spool, then stage, audit and merge the rows; yields the check results,
     then the materialization."""
     with warehouse.connection() as conn:
-        ensure_tables(conn, spec)
+        ensure_tables(conn)
     with Spool(spec.arrow_schema) as spool:
         reported = read(spool)
         published: Published = yield from stage_audit_publish(
@@ -261,7 +261,7 @@ FROM {google} WHERE date >= %(first)s AND date <= %(last)s
 def ad_performance_daily(context: dg.AssetExecutionContext, config: AdPerformanceConfig, warehouse: PostgresResource):
     days = window_days(context)
     with warehouse.connection() as conn:
-        ensure_tables(conn, FACEBOOK, GOOGLE_ADS, AD_PERFORMANCE)
+        ensure_tables(conn)
     published: Published = yield from stage_audit_publish(
         warehouse, AD_PERFORMANCE, audits=checks.AD_PERFORMANCE_AUDITS, asset_key=AD_PERFORMANCE_KEY, fill=_MODEL_SQL,
         fill_params={"action_types": config.facebook_conversion_action_types, "first": days[0], "last": days[-1]})

@@ -104,6 +104,6 @@ AD_PERFORMANCE = TableSpec(
 ALL = (FACEBOOK, GOOGLE_ADS, CLEVERTAP, RDS_CUSTOMERS, RDS_ORDERS, AD_PERFORMANCE)
 
 
-def ensure_tables(conn, *specs: TableSpec) -> None:
-    """The tables exist once the domain's migrations have run (idempotent, a no-op when up to date)."""
+def ensure_tables(conn) -> None:
+    """Every marketing table exists once the domain's migrations have run (a no-op when up to date)."""
     ensure_migrated(conn, MIGRATION_SCOPE)
