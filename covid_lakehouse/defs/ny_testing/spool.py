@@ -13,7 +13,7 @@ size of the rows in Arrow form (~60 bytes a row, ~400 MB at 100x), in a director
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +21,17 @@ import pyarrow.compute as pc
 
 MAX_FILES = 256  # units past this many share one file in arrival order (grouping is then partial)
 _WRITE_BUFFER = 1 << 16
+
+
+def unit_codes(batch: pa.RecordBatch) -> tuple[pa.Array, Callable[[int], tuple[str, str]]]:
+    """One integer code per row for its unit (geography, name), and the unit of a code. Kernels only
+    (no Acero group_by, whose worker threads keep memory)."""
+    geography = pc.dictionary_encode(batch.column("geography"))
+    name = pc.dictionary_encode(batch.column("county"))
+    width = max(1, len(name.dictionary))
+    codes = pc.add(pc.multiply(geography.indices.cast(pa.int64()), width), name.indices.cast(pa.int64()))
+    geographies, names = geography.dictionary.to_pylist(), name.dictionary.to_pylist()
+    return codes, lambda code: (geographies[code // width], names[code % width])
 
 
 class UnitSpool:
@@ -43,17 +54,13 @@ class UnitSpool:
     def add(self, batch: pa.RecordBatch) -> None:
         if not batch.num_rows:
             return
-        geography = pc.dictionary_encode(batch.column("geography"))
-        name = pc.dictionary_encode(batch.column("county"))
-        width = max(1, len(name.dictionary))
-        codes = pc.add(pc.multiply(geography.indices.cast(pa.int64()), width), name.indices.cast(pa.int64()))
+        codes, unit_of = unit_codes(batch)
         order = pc.sort_indices(codes)  # stable: each unit keeps the source's order
         grouped = batch.take(order)
         runs = pc.value_counts(codes.take(order))  # in order of first appearance: ascending codes
-        geographies, names = geography.dictionary.to_pylist(), name.dictionary.to_pylist()
         offset = 0
         for code, count in zip(runs.field("values").to_pylist(), runs.field("counts").to_pylist(), strict=True):
-            self._writer((geographies[code // width], names[code % width])).write_batch(grouped.slice(offset, count))
+            self._writer(unit_of(code)).write_batch(grouped.slice(offset, count))
             offset += count
         self.rows += batch.num_rows
 

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from covid_lakehouse.defs.ny_testing.parsing import MEASURES, UnsafeIdentifierError, slug_map
+from covid_lakehouse.defs.ny_testing.spool import unit_codes
 from covid_lakehouse.lib.migrate import ensure_migrated
 from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident, validate_identifier
 
@@ -189,11 +190,6 @@ class Warehouse:
 def staged_units(batches: Iterable[pa.RecordBatch], seen: set[tuple[str, str]]) -> Iterator[pa.RecordBatch]:
     """Pass batches through, noting each (geography, name) on the way (one read feeds COPY and this)."""
     for batch in batches:
-        # Kernels only (no Acero group_by, whose worker threads keep memory): one code per pair.
-        geography = pc.dictionary_encode(batch.column("geography"))
-        county = pc.dictionary_encode(batch.column("county"))
-        width = max(1, len(county.dictionary))
-        codes = pc.add(pc.multiply(geography.indices.cast(pa.int64()), width), county.indices.cast(pa.int64()))
-        geographies, counties = geography.dictionary.to_pylist(), county.dictionary.to_pylist()
-        seen.update((geographies[code // width], counties[code % width]) for code in pc.unique(codes).to_pylist())
+        codes, unit_of = unit_codes(batch)
+        seen.update(unit_of(code) for code in pc.unique(codes).to_pylist())
         yield batch
