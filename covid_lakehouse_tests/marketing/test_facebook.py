@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from covid_lakehouse.defs.marketing import facebook
 from covid_lakehouse.defs.marketing.common import SourceSchemaError
 from covid_lakehouse.defs.marketing.facebook import (
     FacebookAdsResource,
@@ -151,6 +152,20 @@ def test_the_real_fixture_record_flattens_to_typed_columns() -> None:
     assert [a["action_type"] for a in json.loads(row["actions"])] == ["page_engagement", "post_engagement"]
 
 
+def test_the_vectorised_parse_gives_what_the_row_by_row_reference_gives() -> None:
+    base = json.loads((DATA / "facebook_insights_level_ad_airbyte_fixture.json").read_text())["data"][0]
+    rows = [{**base, "ad_id": "1", "ad_name": "Pâtisserie été 🍰"},  # non-ASCII names and an emoji
+            {**base, "ad_id": "2", "actions": [{"action_type": "link_click", "value": "7", "note": "«ü»"}]},
+            {k: v for k, v in {**base, "ad_id": "3", "adset_name": None}.items() if k != "actions"}]
+
+    fast = facebook._columns(rows, None)  # noqa: SLF001 - the fast path must agree with the reference
+    reference = flatten_insights({"data": rows + [{**base, "ad_id": 4}]}).slice(0, 3)  # ad_id 4: a number -> row by row
+
+    assert fast.drop_columns("actions").to_pylist() == reference.drop_columns("actions").to_pylist()
+    assert [json.loads(a) for a in fast["actions"].to_pylist()] == [json.loads(a) for a in reference["actions"].to_pylist()]
+    assert fast["actions"].to_pylist()[2] == "[]" and fast["ad_name"].to_pylist()[0] == "Pâtisserie été 🍰"
+
+
 # The seed (Assessment 1, section 5) flattens {"ads": [{"id", "impressions", "clicks", "spend", "date"}]}
 # into a DataFrame ad_id, impressions, clicks, spend, date.
 SEED_JSON = """
@@ -182,3 +197,9 @@ def test_seed_example_gives_the_seed_table_from_the_shape_the_api_really_sends()
 def test_seed_sample_shape_is_refused_precisely() -> None:
     with pytest.raises(SourceSchemaError, match=r"expected an object with a 'data' list, got \['ads'\]"):
         flatten_insights(json.loads(SEED_JSON))
+
+
+def test_an_insights_body_that_is_not_json_is_refused_and_json_leniency_is_kept() -> None:
+    with pytest.raises(SourceSchemaError, match=r"in act_1-p0002 of 2024-07-01: body is not JSON .* starts b'<html>"):
+        facebook.load_page("act_1-p0002 of 2024-07-01", b"<html>502 Bad Gateway</html>")
+    assert facebook.load_page("p", b'{"data": [], "x": NaN}')["data"] == []  # orjson refuses NaN; json accepts it
