@@ -2,7 +2,9 @@
 the look-back window, merges without duplicates, raw pages, blocking and WARN checks, schema changes,
 the schedule, the bootstrap sensor, and the demo procedure."""
 
+import io
 import json
+import tarfile
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -52,6 +54,12 @@ def raw_keys(s3: LakeS3Resource, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in listing.get("Contents", []))
 
 
+def raw_members(s3: LakeS3Resource, key: str) -> dict[str, bytes]:
+    body = s3.get_client().get_object(Bucket="raw", Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}
+
+
 def test_lookback_rerun_merges_late_attribution_without_duplicates(
         clean_marketing, marketing_resources, instance, pg: psycopg.Connection, mock: MarketingMock, s3) -> None:
     first = materialize([FACEBOOK_KEY, AD_PERFORMANCE_KEY], "2024-07-01", "2024-07-03", marketing_resources, instance)
@@ -75,11 +83,19 @@ def test_lookback_rerun_merges_late_attribution_without_duplicates(
     restated = sum(int(next(a["value"] for a in r["actions"] if a["action_type"] == "offsite_conversion.fb_pixel_purchase"))
                    for account in ACCOUNTS for r in mock.facebook_rows(account, day))
     assert pg.execute("SELECT sum(conversions) FROM marketing.ad_performance_daily WHERE date = %s", (day,)).fetchone()[0] == restated
-    # both runs' pages for 2024-07-02 are kept, write-once, under their own run ids
+    # both runs' pages for 2024-07-02 are kept, write-once, under their own run ids: one tar per account
+    # and day holding its pages as received
     keys = raw_keys(s3, "marketing/facebook/date=2024-07-02/")
-    assert len(keys) == 8 and {k.split("/")[-1][:36] for k in keys} == {first.run_id, second.run_id}
-    stored = pg.execute("SELECT raw_object FROM marketing.facebook_ad_insights_daily WHERE date = '2024-07-05' LIMIT 1").fetchone()[0]
-    assert stored.startswith(f"s3://raw/marketing/facebook/date=2024-07-05/{second.run_id}-act_")
+    assert len(keys) == 4 and {k.split("/")[-1][:36] for k in keys} == {first.run_id, second.run_id}
+    members = {k: raw_members(s3, k) for k in keys}
+    assert all(len(m) == 2 for m in members.values())  # pages of 2 rows: 2 per account and day
+    stored = pg.execute("SELECT raw_object FROM marketing.facebook_ad_insights_daily WHERE date = '2024-07-05' "
+                        "AND ad_id = %s", (mock.facebook_rows(ACCOUNTS[0], date(2024, 7, 5))[-1]["ad_id"],)).fetchone()[0]
+    bundle, _, member = stored.removeprefix("s3://raw/").partition("#")
+    assert bundle.startswith(f"marketing/facebook/date=2024-07-05/{second.run_id}-act_{ACCOUNTS[0]}-p0001")
+    assert member == f"act_{ACCOUNTS[0]}-p0002.json"  # the row's own page inside the bundle
+    page = json.loads(raw_members(s3, bundle)[member])
+    assert page["data"] and all(r["account_id"] == ACCOUNTS[0] for r in page["data"])
 
 
 @pytest.mark.parametrize(("key", "table", "natural_key", "per_day"), [

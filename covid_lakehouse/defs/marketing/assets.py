@@ -1,8 +1,9 @@
 """The marketing assets: one typed warehouse table per source, and the cross-platform model.
 
 Each API asset, for the days of its run (one day, or a look-back range in ONE run):
-1. reads the API unit by unit (account / customer / event) on a few threads, landing every page
-   write-once in s3://raw/marketing/<source>/date=<day>/<run_id>-<page>.json BEFORE parsing it;
+1. reads the API unit by unit (account / customer / event) on a few threads, landing the pages of each
+   unit and day write-once in s3://raw/marketing/<source>/date=<day>/<run_id>-<first page>.tar (one
+   member per page, as received; landed also when a page fails to parse, for replay);
 2. parses each page into typed rows (an unexpected shape fails the run naming page, record and field);
 3. stages the rows, audits them (blocking checks + WARN reconciliation with the API's own totals) and
    merges them on the natural key in one transaction: reruns and overlapping windows never duplicate.
@@ -65,9 +66,9 @@ Reported = dict[tuple[str, date], dict[str, Any]]  # (account/customer/event, da
 
 
 def _land_and_parse(landing: RawLanding, pages: Iterator[RawPage], parse: Parse, spool: Spool) -> None:
-    for page in pages:
-        stored = landing.land(page)  # raw first: a page that fails to parse can be replayed once fixed
-        spool.write(parse(page, stored.uri), pages=1)
+    with landing.bundle() as bundle:  # lands even when a page fails to parse: replayable once fixed
+        for page in pages:
+            spool.write(parse(page, bundle.add(page)), pages=1)
 
 
 def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, run_id: str,

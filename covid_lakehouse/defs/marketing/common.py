@@ -3,8 +3,11 @@ per-API retry budget, raw pages landed write-once in S3, and the error raised on
 
 import io
 import json
+import logging
 import os
 import re
+import tarfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ RAW_BUCKET = "raw"
 RAW_PREFIX = "marketing"
 _RETRY_LABEL = re.compile(r"^retry\d+-")
 _RUN_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}(-retry\d+)?$")
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -99,23 +103,77 @@ class RawPage:
 
 
 class RawLanding:
-    """Writes each page once to s3://raw/marketing/<source>/date=<day>/<run_id>-<label>.json before it
-    is parsed, so any load can be replayed from exactly what the API returned."""
+    """Lands the pages a run receives, exactly as received, write-once in S3 for replay: the pages of one
+    unit (account, customer, event) and day go into ONE object,
+    s3://raw/marketing/<source>/date=<day>/<run_id>-<first page label>.tar, a tar archive with one
+    member per page (<label>.json). One PUT per unit and day rather than per page: at volume a PUT
+    costs more CPU than parsing the page."""
 
-    def __init__(self, s3: LakeS3Resource, source: str, run_id: str) -> None:
-        self._s3, self.source, self.run_id = s3, source, run_id
+    def __init__(self, s3: LakeS3Resource, source: str, run_id: str, max_bundle_bytes: int = 16 << 20) -> None:
+        self._s3, self.source, self.run_id, self.max_bundle_bytes = s3, source, run_id, max_bundle_bytes
 
-    def key(self, day: date, label: str) -> str:
-        return f"{RAW_PREFIX}/{self.source}/date={day.isoformat()}/{self.run_id}-{label}.json"
+    def key(self, day: date, first_label: str) -> str:
+        return f"{RAW_PREFIX}/{self.source}/date={day.isoformat()}/{self.run_id}-{first_label}.tar"
 
-    def land(self, page: RawPage) -> StoredObject:
-        return self._s3.put_write_once(RAW_BUCKET, self.key(page.day, page.label), io.BytesIO(page.body),
-                                       metadata={"source": self.source, "run-id": self.run_id, **page.meta})
+    def bundle(self) -> "RawBundle":
+        return RawBundle(self)
+
+    def land(self, pages: list[RawPage]) -> StoredObject:
+        first = pages[0]
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for page in pages:
+                member = tarfile.TarInfo(_member(page.label))
+                member.size, member.mtime = len(page.body), int(time.time())
+                tar.addfile(member, io.BytesIO(page.body))
+        return self._s3.put_write_once(RAW_BUCKET, self.key(first.day, first.label), archive,
+                                       metadata={"source": self.source, "run-id": self.run_id,
+                                                 "pages": str(len(pages)), **first.meta})
+
+
+class RawBundle:
+    """The pages of one unit and day being read. ``add`` returns the page's raw URI (bundle object +
+    '#member') before the page is parsed; the bundle lands when the unit-day is done, when it would
+    exceed max_bundle_bytes, and also when reading or parsing fails, so that the page that failed is
+    in S3 to be replayed once the parser is fixed. Nothing is published before every page has landed."""
+
+    def __init__(self, landing: RawLanding) -> None:
+        self._landing, self._pages, self._bytes = landing, [], 0
+
+    def add(self, page: RawPage) -> str:
+        if self._pages and (page.day != self._pages[0].day or self._bytes + len(page.body) > self._landing.max_bundle_bytes):
+            self.land()
+        self._pages.append(page)
+        self._bytes += len(page.body)
+        first = self._pages[0]
+        return f"s3://{RAW_BUCKET}/{self._landing.key(first.day, first.label)}#{_member(page.label)}"
+
+    def land(self) -> None:
+        if self._pages:
+            pages, self._pages, self._bytes = self._pages, [], 0
+            self._landing.land(pages)
+
+    def __enter__(self) -> "RawBundle":
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.land()
+            return
+        try:  # keep what was received for replay; the original error is the one to report
+            self.land()
+        except Exception:  # noqa: BLE001
+            logger.exception("%s: could not land the raw pages received before the failure", self._landing.source)
+
+
+def _member(label: str) -> str:
+    return f"{label}.json"
 
 
 def replay_pages(s3: LakeS3Resource, source: str, run_id: str, days: Iterable[date]) -> Iterator[tuple[RawPage, str]]:
     """The pages a run landed, read back from S3 in page order, with their URIs: a load can be redone
-    from exactly what the API returned (after a parser fix, or once the API no longer serves the days)."""
+    from exactly what the API returned (after a parser fix, or once the API no longer serves the days).
+    Reads the tar bundles, and the one-object-per-page .json layout of earlier releases."""
     if not _RUN_ID.match(run_id):
         raise SettingError(f"replay_run_id {run_id!r} is not a run id (a UUID, optionally with -retry<N>)")
     client = s3.get_client()
@@ -127,10 +185,18 @@ def replay_pages(s3: LakeS3Resource, source: str, run_id: str, days: Iterable[da
             keys += [o["Key"] for o in listing.get("Contents", []) if not _RETRY_LABEL.match(o["Key"][len(prefix):])]
         for key in sorted(keys):
             obj = client.get_object(Bucket=RAW_BUCKET, Key=key)
-            body = obj["Body"].read()
+            body, meta = obj["Body"].read(), dict(obj.get("Metadata", {}))
             uri = f"s3://{RAW_BUCKET}/{key}"
-            label = key[len(prefix):].removesuffix(".json")
-            yield RawPage(source, day, label, body, load_json(source, uri, body), dict(obj.get("Metadata", {}))), uri
+            if key.endswith(".json"):
+                label = key[len(prefix):].removesuffix(".json")
+                yield RawPage(source, day, label, body, load_json(source, uri, body), meta), uri
+                continue
+            with tarfile.open(fileobj=io.BytesIO(body), mode="r:") as tar:
+                for member in tar:
+                    page_body = tar.extractfile(member).read()
+                    page_uri = f"{uri}#{member.name}"
+                    yield RawPage(source, day, member.name.removesuffix(".json"), page_body,
+                                  load_json(source, page_uri, page_body), meta), page_uri
 
 
 def ordered_parallel(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
