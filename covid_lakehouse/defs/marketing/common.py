@@ -157,12 +157,12 @@ class RawBundle:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
+        try:
             self.land()
-            return
-        try:  # keep what was received for replay; the original error is the one to report
-            self.land()
-        except Exception:  # noqa: BLE001
+        except Exception:
+            if exc is None:
+                raise
+            # after a failure, keep what was received if we can; the original error is the one to report
             logger.exception("%s: could not land the raw pages received before the failure", self._landing.source)
 
 
