@@ -176,11 +176,11 @@ class PostgresResource(dg.ConfigurableResource):
         audits that on its staged rows before publishing)."""
         touch = touch_columns or {}
         ident = sql.Identifier
+        where = sql.SQL(" WHERE {}").format(source_filter) if source_filter is not None else sql.SQL("")
         src = sql.SQL("(SELECT {select} FROM {source}{where}) AS src").format(
             select=sql.SQL(", ").join([ident(c) for c in (*key_columns, *value_columns)]
                                       + [sql.SQL("{} AS {}").format(expr, ident(c)) for c, expr in touch.items()]),
-            source=source,
-            where=sql.SQL(" WHERE {}").format(source_filter) if source_filter is not None else sql.SQL(""))
+            source=source, where=where)
         keys_match = sql.SQL(" AND ").join(sql.SQL("t.{c} = src.{c}").format(c=ident(c)) for c in key_columns)
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(target))
         updated = conn.execute(sql.SQL(
@@ -195,9 +195,7 @@ class PostgresResource(dg.ConfigurableResource):
         inserted = conn.execute(sql.SQL(
             "INSERT INTO {target} ({columns}) SELECT {columns} FROM {src} WHERE NOT EXISTS (SELECT FROM {target} AS t WHERE {keys_match})"
         ).format(target=target, columns=columns, src=src, keys_match=keys_match)).rowcount
-        total = conn.execute(sql.SQL("SELECT count(*) FROM {source}{where}").format(
-            source=source, where=sql.SQL(" WHERE {}").format(source_filter) if source_filter is not None else sql.SQL(""),
-        )).fetchone()[0]
+        total = conn.execute(sql.SQL("SELECT count(*) FROM {}{}").format(source, where)).fetchone()[0]
         return UpsertCounts(inserted, updated, total - inserted - updated)
 
     @staticmethod
