@@ -1,5 +1,6 @@
 """PostgresResource: identifiers, COPY and the staging + upsert helper, on the real warehouse."""
 
+import psycopg
 import pyarrow as pa
 import pytest
 from psycopg import sql
@@ -74,3 +75,30 @@ def test_error_mid_transaction_leaves_nothing(warehouse, pg, unique_schema):
         conn.execute(sql.SQL("delete from {}").format(table_ident(unique_schema, "target")))
         raise RuntimeError("crash between statements")
     assert pg.execute(f'select count(*) from "{unique_schema}".target').fetchone()[0] == 1
+
+
+def test_upsert_holds_off_other_writers_but_not_readers_until_commit(warehouse, services, unique_schema):
+    """UPDATE-then-INSERT is only safe if no other writer can insert a key in between: the merge must
+    lock the target against writers (a second INSERT cannot get its lock) while readers carry on."""
+    with warehouse.connection() as conn:
+        _make_target(conn, unique_schema)
+    _upsert(warehouse, unique_schema, [(1, "a")])
+    target = f'"{unique_schema}".target'
+    with warehouse.connection() as merging:
+        staging = PostgresResource.create_staging_like(merging, table_ident(unique_schema, "target"), "stage_t", ["id", "v"])
+        PostgresResource.copy_arrow(merging, staging, pa.table({"id": [2], "v": ["b"]}))
+        PostgresResource.upsert(merging, target=table_ident(unique_schema, "target"), source=staging,
+                                key_columns=["id"], value_columns=["v"])
+        # the merge's transaction is still open here: a second session sees the lock it holds
+        with psycopg.connect(services.warehouse_dsn, autocommit=True) as other:
+            modes = {m for (m,) in other.execute(
+                "select mode from pg_locks where relation = %s::regclass and pid = %s and granted",
+                (target, merging.info.backend_pid))}
+            assert "ShareRowExclusiveLock" in modes
+            assert other.execute(f"select count(*) from {target}").fetchone()[0] == 1  # readers not blocked
+            other.execute("set lock_timeout = '50ms'")  # fail fast instead of waiting for the merge's commit
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute(f"insert into {target} (id, v) values (3, 'c')")
+    with psycopg.connect(services.warehouse_dsn, autocommit=True) as other:
+        other.execute(f"insert into {target} (id, v) values (3, 'c')")  # the commit released it
+        assert [r[0] for r in other.execute(f"select id from {target} order by id")] == [1, 2, 3]
