@@ -63,11 +63,15 @@ def test_pages_received_before_a_failure_are_landed_and_the_failure_is_the_error
     assert [p.label for p, _ in replay_pages(s3, "facebook", run_id, [DAY])] == ["act_1-p0001", "act_1-p0002"]
 
 
-def test_a_bundle_is_write_once(s3: LakeS3Resource) -> None:
-    landing = RawLanding(s3, "facebook", str(uuid.uuid4()))
+def test_a_landed_bundle_is_never_overwritten(s3: LakeS3Resource) -> None:
+    run_id = str(uuid.uuid4())
+    landing = RawLanding(s3, "facebook", run_id)
     landing.land([page(1)])
+    rewritten = page(1, filler=10)  # same run, unit and first page: same key, other bytes
     with pytest.raises(ObjectExistsError, match="already exists"):
-        landing.land([page(1)])
+        landing.land([rewritten])
+    [(replayed, _)] = replay_pages(s3, "facebook", run_id, [DAY])
+    assert replayed.body == page(1).body  # what the API first returned is what stays
 
 
 def test_replay_reads_the_one_object_per_page_layout_of_earlier_releases(s3: LakeS3Resource) -> None:
