@@ -72,10 +72,11 @@ def _land_and_parse(landing: RawLanding, pages: Iterator[RawPage], parse: Parse,
 
 
 def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, run_id: str,
-            parser_for: Callable[[RawPage], Parse]) -> Callable[[Spool], Reported]:
+            parser_for: Callable[[RawPage], Parse],
+            decode: Callable[[str, bytes], Any] | None = None) -> Callable[[Spool], Reported]:
     def read(spool: Spool) -> Reported:
         context.log.info("%s: replaying the raw pages of run %s", source, run_id)
-        for page, uri in replay_pages(s3, source, run_id, window_days(context)):
+        for page, uri in replay_pages(s3, source, run_id, window_days(context), decode):
             spool.write(parser_for(page)(page, uri), pages=1)
         if not spool.pages:
             raise dg.Failure(f"{source}: run {run_id} landed no raw pages for these days", allow_retries=False)
@@ -140,7 +141,8 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
         return _in_parallel(read_account, marketing_facebook.accounts(), marketing_facebook.max_concurrent_accounts)
 
     if config.replay_run_id:
-        read = _replay(context, s3, facebook.SOURCE, config.replay_run_id, lambda _: facebook.page_table)
+        read = _replay(context, s3, facebook.SOURCE, config.replay_run_id, lambda _: facebook.page_table,
+                       decode=facebook.load_page)
     yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra)
 
 

@@ -170,10 +170,13 @@ def _member(label: str) -> str:
     return f"{label}.json"
 
 
-def replay_pages(s3: LakeS3Resource, source: str, run_id: str, days: Iterable[date]) -> Iterator[tuple[RawPage, str]]:
+def replay_pages(s3: LakeS3Resource, source: str, run_id: str, days: Iterable[date],
+                 decode: Callable[[str, bytes], Any] | None = None) -> Iterator[tuple[RawPage, str]]:
     """The pages a run landed, read back from S3 in page order, with their URIs: a load can be redone
     from exactly what the API returned (after a parser fix, or once the API no longer serves the days).
-    Reads the tar bundles, and the one-object-per-page .json layout of earlier releases."""
+    Reads the tar bundles, and the one-object-per-page .json layout of earlier releases. ``decode``
+    (where, body) -> document is the source's own decoder, the one its live reads use."""
+    decode = decode or (lambda where, body: load_json(source, where, body))
     if not _RUN_ID.match(run_id):
         raise SettingError(f"replay_run_id {run_id!r} is not a run id (a UUID, optionally with -retry<N>)")
     client = s3.get_client()
@@ -189,14 +192,14 @@ def replay_pages(s3: LakeS3Resource, source: str, run_id: str, days: Iterable[da
             uri = f"s3://{RAW_BUCKET}/{key}"
             if key.endswith(".json"):
                 label = key[len(prefix):].removesuffix(".json")
-                yield RawPage(source, day, label, body, load_json(source, uri, body), meta), uri
+                yield RawPage(source, day, label, body, decode(uri, body), meta), uri
                 continue
             with tarfile.open(fileobj=io.BytesIO(body), mode="r:") as tar:
                 for member in tar:
                     page_body = tar.extractfile(member).read()
                     page_uri = f"{uri}#{member.name}"
                     yield RawPage(source, day, member.name.removesuffix(".json"), page_body,
-                                  load_json(source, page_uri, page_body), meta), page_uri
+                                  decode(page_uri, page_body), meta), page_uri
 
 
 def ordered_parallel(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
