@@ -105,6 +105,7 @@ def _reset() -> None:
 
     with psycopg.connect(os.environ["WAREHOUSE_DSN"], autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS marketing CASCADE")
+        conn.execute("DROP SCHEMA IF EXISTS marketing_staging CASCADE")
         conn.execute("DROP SCHEMA IF EXISTS bench_marketing_floor CASCADE")
         # the domain's migrations re-run from scratch (their records would say the dropped tables exist)
         if conn.execute("SELECT to_regclass('ops.schema_migrations') IS NOT NULL").fetchone()[0]:

@@ -32,9 +32,9 @@ def api(mock: MarketingMock, monkeypatch: pytest.MonkeyPatch) -> Iterator[MockAp
 
 @pytest.fixture
 def clean_marketing(pg: psycopg.Connection, reset_domain) -> Iterator[None]:
-    reset_domain("marketing", "marketing", "marketing_rds_source")
+    reset_domain("marketing", "marketing", "marketing_staging", "marketing_rds_source")
     yield
-    reset_domain("marketing", "marketing", "marketing_rds_source")
+    reset_domain("marketing", "marketing", "marketing_staging", "marketing_rds_source")
 
 
 @pytest.fixture

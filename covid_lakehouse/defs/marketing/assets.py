@@ -24,7 +24,7 @@ from covid_lakehouse.defs.marketing.clevertap import CleverTapResource
 from covid_lakehouse.defs.marketing.common import RawLanding, RawPage, ordered_parallel, replay_pages
 from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
 from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
-from covid_lakehouse.defs.marketing.load import Published, Spool, stage_audit_publish
+from covid_lakehouse.defs.marketing.load import Published, StagingWriter, stage_audit_publish
 from covid_lakehouse.defs.marketing.partitions import DAILY, window_days
 from covid_lakehouse.defs.marketing.rds import CUSTOMERS, ORDERS, Extract, RdsSourceResource
 from covid_lakehouse.defs.marketing.tables import (
@@ -65,20 +65,20 @@ Parse = Callable[[RawPage, str], pa.Table]  # (page, its raw object URI) -> type
 Reported = dict[tuple[str, date], dict[str, Any]]  # (account/customer/event, day) -> what the API reports
 
 
-def _land_and_parse(landing: RawLanding, pages: Iterator[RawPage], parse: Parse, spool: Spool) -> None:
+def _land_and_parse(landing: RawLanding, pages: Iterator[RawPage], parse: Parse, staging: StagingWriter) -> None:
     with landing.bundle() as bundle:  # lands even when a page fails to parse: replayable once fixed
         for page in pages:
-            spool.write(parse(page, bundle.add(page)), pages=1)
+            staging.write(parse(page, bundle.add(page)), pages=1)
 
 
 def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, run_id: str,
             parser_for: Callable[[RawPage], Parse],
-            decode: Callable[[str, bytes], Any] | None = None) -> Callable[[Spool], Reported]:
-    def read(spool: Spool) -> Reported:
+            decode: Callable[[str, bytes], Any] | None = None) -> Callable[[StagingWriter], Reported]:
+    def read(staging: StagingWriter) -> Reported:
         context.log.info("%s: replaying the raw pages of run %s", source, run_id)
         for page, uri in replay_pages(s3, source, run_id, window_days(context), decode):
-            spool.write(parser_for(page)(page, uri), pages=1)
-        if not spool.pages:
+            staging.write(parser_for(page)(page, uri), pages=1)
+        if not staging.pages:
             raise dg.Failure(f"{source}: run {run_id} landed no raw pages for these days", allow_retries=False)
         return {}
 
@@ -86,20 +86,20 @@ def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, 
 
 
 def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spec: TableSpec, audits: list[Audit],
-             asset_key: dg.AssetKey, read: Callable[[Spool], Reported], extra: dict[str, Any]):
-    """Read the source into a spool, then stage, audit and merge the rows; yields the check results,
-    then the materialization."""
+             asset_key: dg.AssetKey, read: Callable[[StagingWriter], Reported], extra: dict[str, Any]):
+    """Read the source, its rows COPYed into a staging table as they come, then audit and merge them;
+    yields the check results, then the materialization."""
     with warehouse.connection() as conn:
         ensure_tables(conn)
-    with Spool(spec.arrow_schema) as spool:
-        reported = read(spool)
+    with StagingWriter(warehouse, spec) as staging:
+        reported = read(staging)
         published: Published = yield from stage_audit_publish(
-            warehouse, spec, audits=audits, asset_key=asset_key, data=spool.batches(), reported=reported)
+            warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported)
     counts = published.counts
     context.log.info("%s: %d rows from %d page(s): %d inserted, %d updated, %d unchanged", spec.name,
-                     published.staged_rows, spool.pages, counts.inserted, counts.updated, counts.unchanged)
+                     published.staged_rows, staging.pages, counts.inserted, counts.updated, counts.unchanged)
     yield dg.MaterializeResult(metadata={
-        "dagster/row_count": published.staged_rows, "pages": spool.pages, "inserted": counts.inserted,
+        "dagster/row_count": published.staged_rows, "pages": staging.pages, "inserted": counts.inserted,
         "updated": counts.updated, "unchanged": counts.unchanged, "table": f"{SCHEMA}.{spec.name}", **extra,
     })
 
@@ -129,13 +129,13 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
     extra = {"raw_prefix": _raw_prefix(facebook.SOURCE), "replayed_run": config.replay_run_id}
     days = window_days(context)
 
-    def read(spool: Spool) -> Reported:
+    def read(staging: StagingWriter) -> Reported:
         api = marketing_facebook.connector()
         landing = RawLanding(s3, facebook.SOURCE, _run_label(context))
 
         def read_account(account: str) -> Reported:  # rate limits are per ad account: one thread each
             for day in days:
-                _land_and_parse(landing, api.pages(account, day), facebook.page_table, spool)
+                _land_and_parse(landing, api.pages(account, day), facebook.page_table, staging)
             return {(account, d): vars(t) for d, t in api.daily_totals(account, days[0], days[-1]).items()}
 
         return _in_parallel(read_account, marketing_facebook.accounts(), marketing_facebook.max_concurrent_accounts)
@@ -154,7 +154,7 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
     extra = {"raw_prefix": _raw_prefix(google_ads.SOURCE), "replayed_run": config.replay_run_id}
     days = window_days(context)
 
-    def read(spool: Spool) -> Reported:
+    def read(staging: StagingWriter) -> Reported:
         api = marketing_google_ads.connector()
         landing = RawLanding(s3, google_ads.SOURCE, _run_label(context))
 
@@ -168,7 +168,7 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
                 return google_ads.page_table(page, raw_object)
 
             for day in days:
-                _land_and_parse(landing, api.pages(customer, day), parse, spool)
+                _land_and_parse(landing, api.pages(customer, day), parse, staging)
             return reported
 
         return _in_parallel(read_customer, marketing_google_ads.customers(), marketing_google_ads.max_concurrent_customers)
@@ -187,7 +187,7 @@ def clevertap_events(context: dg.AssetExecutionContext, config: ApiAssetConfig,
     extra = {"raw_prefix": _raw_prefix(clevertap.SOURCE), "replayed_run": config.replay_run_id}
     days = window_days(context)
 
-    def read(spool: Spool) -> Reported:
+    def read(staging: StagingWriter) -> Reported:
         api = marketing_clevertap.connector()
         landing = RawLanding(s3, clevertap.SOURCE, _run_label(context))
 
@@ -195,7 +195,7 @@ def clevertap_events(context: dg.AssetExecutionContext, config: ApiAssetConfig,
             reported: Reported = {}
             for day in days:
                 parser = clevertap.RecordParser(event_name, zone)  # occurrences count within one export
-                _land_and_parse(landing, api.pages(event_name, day), parser.page_table, spool)
+                _land_and_parse(landing, api.pages(event_name, day), parser.page_table, staging)
                 reported[(event_name, day)] = {"count": api.reported_count(event_name, day)}
             return reported
 
@@ -221,9 +221,9 @@ def _rds_asset(extract: Extract, asset_key: dg.AssetKey):
         if source.demo:
             context.log.warning("MARKETING_RDS_DEMO=1: reading the generated demo source (demo and tests only)")
 
-        def read(spool: Spool) -> Reported:
+        def read(staging: StagingWriter) -> Reported:
             for batch in source.batches(extract, start, end):
-                spool.write(pa.Table.from_batches([batch]))
+                staging.write(pa.Table.from_batches([batch]))
             return {}
 
         yield from _publish(context, warehouse, extract.spec, checks.RDS_AUDITS, asset_key, read,

@@ -1,12 +1,13 @@
-"""How every marketing load reaches the warehouse: rows are spooled to a local Arrow file while the
-API is read (no transaction stays open during rate-limit waits), then staged with COPY, audited and
-merged on the natural key in ONE transaction (platform write-audit-publish)."""
+"""How every marketing load reaches the warehouse: rows are COPYed into a private staging table while
+the source is read (each COPY commits on its own: no transaction stays open during rate-limit waits),
+then audited and merged on the natural key in ONE transaction (platform write-audit-publish)."""
 
-import tempfile
+import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -15,45 +16,127 @@ import pyarrow as pa
 from psycopg import sql
 
 from covid_lakehouse.defs.marketing.tables import TableSpec
-from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts
+from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident
 from covid_lakehouse.lib.wap import Audit, audit_or_raise
 
+STAGING_SCHEMA = "marketing_staging"  # created by migration 0003; analysts cannot read it
+STAGING_STAMP = "%Y%m%d%H%M%S"
+ORPHAN_AFTER = timedelta(days=3)  # a staging table this old belongs to a process that was killed
 
-class Spool:
-    """An Arrow IPC file in a private temporary directory (removed on close); reader threads write
-    each page's rows as soon as it is parsed, so memory holds a page per thread, not the whole load."""
 
-    def __init__(self, schema: pa.Schema) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="marketing-spool-")
-        self._path = Path(self._dir.name) / "rows.arrow"
-        self._sink = pa.OSFile(str(self._path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, schema)
+class StagingWriter:
+    """The rows of one asset run, COPYed into a private UNLOGGED table in marketing_staging while the
+    source is still being read: the warehouse ingests one batch while Python parses the next (as a
+    plain fetch-and-COPY script would), and memory holds a few pages, not the load.
+
+    Reader threads ``write`` parsed pages; one copier thread drains them into the table, each COPY
+    committed on its own, so no transaction stays open across rate-limit waits. The publish transaction
+    audits the table, merges it and drops it; ``close`` drops it when the run fails before that."""
+
+    def __init__(self, warehouse: PostgresResource, spec: TableSpec, max_queued: int = 16) -> None:
+        self._warehouse, self._spec = warehouse, spec
+        self.name = f"{spec.name}__{datetime.now(UTC).strftime(STAGING_STAMP)}_{uuid.uuid4().hex[:8]}"
+        self.table = table_ident(STAGING_SCHEMA, self.name)
+        with warehouse.connection() as conn:
+            _drop_orphans(conn, spec.name)
+            conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
+                self.table, sql.SQL(", ").join(map(sql.Identifier, spec.staged)), spec.ident))
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=max_queued)  # back-pressure on readers
         self._lock = threading.Lock()
+        self._error: BaseException | None = None
         self.rows = 0
         self.pages = 0
+        self._copier = threading.Thread(target=self._copy_loop, name=f"stage-{spec.name}", daemon=True)
+        self._copier.start()
 
     def write(self, table: pa.Table, *, pages: int = 0) -> None:
+        self._raise_if_failed()
         with self._lock:
-            if table.num_rows:
-                self._writer.write_table(table)
-                self.rows += table.num_rows
             self.pages += pages
+        if table.num_rows:
+            self._queue.put(table)
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        self._writer.close()
-        self._sink.close()
-        # read, not memory-mapped: a mapped spool would count the whole load in the process's RSS
-        with pa.OSFile(str(self._path), "rb") as source:
-            yield from pa.ipc.open_stream(source)
+    def flush(self) -> None:
+        """Wait until every row written so far is in the table (committed)."""
+        self._queue.join()
+        self._raise_if_failed()
+
+    def finish(self) -> sql.Identifier:
+        """No more rows: wait until every written row is in the table; returns the table."""
+        self._stop_copier()
+        self._raise_if_failed()
+        return self.table
 
     def close(self) -> None:
-        self._dir.cleanup()
+        self._stop_copier()
+        with self._warehouse.connection() as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.table))
 
-    def __enter__(self) -> "Spool":
+    def _stop_copier(self) -> None:
+        if self._copier.is_alive():
+            self._queue.put(None)  # the copier always consumes (it drains after an error too)
+            self._copier.join()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"{self._spec.name}: staging rows in {STAGING_SCHEMA}.{self.name} failed: "
+                               f"{self._error}") from self._error
+
+    def _next_tables(self) -> tuple[list[pa.Table], bool]:
+        """Waits for one table, then takes whatever else is queued (one COPY for all): (tables, finished)."""
+        tables: list[pa.Table] = []
+        item = self._queue.get()
+        while item is not None:
+            tables.append(item)
+            if len(tables) >= self._queue.maxsize:
+                return tables, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return tables, False
+        return tables, True
+
+    def _copy_loop(self) -> None:
+        taken, finished = 0, False  # taken: tables (and the end marker) not yet marked done
+        try:
+            with self._warehouse.connection() as conn:
+                while not finished:
+                    tables, finished = self._next_tables()
+                    taken = len(tables) + finished
+                    if tables:
+                        self.rows += PostgresResource.copy_arrow(
+                            conn, self.table, (b for t in tables for b in t.to_batches()), columns=self._spec.staged)
+                        conn.commit()  # idle between batches, never idle in transaction
+                    self._done(taken)
+                    taken = 0
+        except BaseException as err:  # reported to the readers, to flush and to finish
+            self._error = err
+            self._done(taken)
+            if not finished:
+                while self._queue.get() is not None:  # keep consuming: no reader blocks on a full queue
+                    self._done(1)
+                self._done(1)
+
+    def _done(self, n: int) -> None:
+        for _ in range(n):
+            self._queue.task_done()
+
+    def __enter__(self) -> "StagingWriter":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drop_orphans(conn: psycopg.Connection, table: str) -> None:
+    """Staging tables left by killed processes (their name carries their creation time)."""
+    cutoff = (datetime.now(UTC) - ORPHAN_AFTER).strftime(STAGING_STAMP)
+    names = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE %s",
+                         (STAGING_SCHEMA, table.replace("_", r"\_") + r"\_\_%")).fetchall()
+    for (name,) in names:
+        stamp = name[len(table) + 2:].split("_", 1)[0]
+        if len(stamp) == len(cutoff) and stamp.isdigit() and stamp < cutoff:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table_ident(STAGING_SCHEMA, name)))
 
 
 @dataclass
@@ -73,24 +156,28 @@ class Published:
 
 
 def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits: Sequence[Audit],
-                        asset_key: dg.AssetKey, data: Iterable[pa.RecordBatch] | None = None,
+                        asset_key: dg.AssetKey, staged: StagingWriter | None = None,
                         fill: sql.Composable | None = None, fill_params: dict[str, Any] | None = None,
                         reported: dict[Any, Any] | None = None) -> Iterator[dg.AssetCheckResult]:
-    """Stage ``data`` (COPY) or the result of ``fill`` (INSERT .. SELECT), run the audits on the staged
-    rows, then merge into the target on its key: new rows inserted, changed rows updated, identical rows
-    untouched. A failing blocking audit raises before the merge and the transaction rolls back.
-    Returns (via StopIteration) a Published."""
+    """Audit the rows a StagingWriter ``staged`` (dropping its table with the publish) or the result of
+    ``fill`` (INSERT .. SELECT into a temporary table), then merge them into the target on its key: new
+    rows inserted, changed rows updated, identical rows untouched. A failing blocking audit raises before
+    the merge and the transaction rolls back. Returns (via StopIteration) a Published."""
+    if (staged is None) == (fill is None):
+        raise ValueError("stage_audit_publish needs exactly one of staged= or fill=")
     with warehouse.connection() as conn:
-        staging = PostgresResource.create_staging_like(conn, spec.ident, f"stg_{spec.name}", columns=spec.staged)
-        if fill is not None:
+        if staged is not None:
+            staging, staged_rows = staged.finish(), staged.rows
+        else:
+            staging = PostgresResource.create_staging_like(conn, spec.ident, f"stg_{spec.name}", columns=spec.staged)
             conn.execute(sql.SQL("INSERT INTO {} ({}) ").format(
                 staging, sql.SQL(", ").join(map(sql.Identifier, spec.staged))) + fill, fill_params)
             staged_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()[0]
-        else:
-            staged_rows = PostgresResource.copy_arrow(conn, staging, data or [], columns=spec.staged)
         yield from audit_or_raise(audits, Staged(conn, staging, spec, reported or {}), asset_key=asset_key,
                                   asset_label=asset_key.to_user_string())
         touch: dict[str, sql.Composable] = {c: sql.Identifier(c) for c in spec.lineage}
         counts = PostgresResource.upsert(conn, target=spec.ident, source=staging, key_columns=spec.key,
                                          value_columns=spec.values, touch_columns={**touch, "updated_at": sql.SQL("now()")})
+        if staged is not None:
+            conn.execute(sql.SQL("DROP TABLE {}").format(staging))  # published: the staged rows go with it
     return Published(staged_rows, counts)

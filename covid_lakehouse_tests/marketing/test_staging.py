@@ -1,0 +1,113 @@
+"""StagingWriter: rows reach a private staging table while the source is still read, without holding a
+transaction open; the publish merges and drops it; a failure leaves neither staged rows nor a half
+publish; tables of killed processes are swept."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import psycopg
+import pyarrow as pa
+import pytest
+from psycopg import sql
+
+from covid_lakehouse.defs.marketing.load import (
+    STAGING_SCHEMA,
+    STAGING_STAMP,
+    StagingWriter,
+    stage_audit_publish,
+)
+from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec, ensure_tables
+from covid_lakehouse.lib.postgres import PostgresResource
+
+pytestmark = pytest.mark.integration
+
+PROBE = TableSpec(name="staging_probe", arrow_schema=pa.schema([("id", pa.int64()), ("v", pa.string()),
+                                                                  ("raw_object", pa.string())]), key=("id",))
+
+
+@pytest.fixture
+def probe(clean_marketing, warehouse: PostgresResource) -> TableSpec:
+    with warehouse.connection() as conn:
+        ensure_tables(conn)  # the marketing_staging schema comes from the domain's migrations
+        conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, v text, raw_object text NOT NULL, "
+                             "updated_at timestamptz NOT NULL DEFAULT now())").format(PROBE.ident))
+    return PROBE
+
+
+def rows(*ids: int, v: str = "x") -> pa.Table:
+    return pa.table({"id": list(ids), "v": [v] * len(ids), "raw_object": ["s3://raw/p#1.json"] * len(ids)},
+                    schema=PROBE.arrow_schema)
+
+
+def exists(pg: psycopg.Connection, name: str) -> bool:
+    return pg.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{STAGING_SCHEMA}.{name}",)).fetchone()[0]
+
+
+def publish(warehouse: PostgresResource, staging: StagingWriter):
+    steps = stage_audit_publish(warehouse, PROBE, audits=[], asset_key=dg.AssetKey([SCHEMA, PROBE.name]), staged=staging)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def test_rows_are_staged_while_the_source_is_read_with_no_transaction_left_open(probe, warehouse, pg) -> None:
+    with StagingWriter(warehouse, probe) as staging:
+        staging.write(rows(1, 2), pages=1)
+        staging.write(rows(3), pages=1)
+        staging.flush()  # as if the reader now waited out a rate limit
+        qualified = f"{STAGING_SCHEMA}.{staging.name}"
+        assert pg.execute(f"SELECT count(*) FROM {qualified}").fetchone()[0] == 3  # committed, visible to others
+        holders = pg.execute("SELECT count(*) FROM pg_locks WHERE relation = %s::regclass", (qualified,)).fetchone()[0]
+        assert holders == 0  # no session sits in a transaction on the staging table between pages
+        assert pg.execute(f"SELECT count(*) FROM {SCHEMA}.staging_probe").fetchone()[0] == 0  # nothing published
+        published = publish(warehouse, staging)
+    assert (published.staged_rows, staging.pages, published.counts.inserted) == (3, 2, 3)
+    assert [r[0] for r in pg.execute(f"SELECT id FROM {SCHEMA}.staging_probe ORDER BY id")] == [1, 2, 3]
+    assert not exists(pg, staging.name)
+
+
+def test_staged_rows_are_hidden_from_analysts_who_read_every_published_table(probe, warehouse, pg) -> None:
+    def analyst_reads(table: str) -> bool:
+        return pg.execute("SELECT has_table_privilege('analyst', %s, 'SELECT')", (table,)).fetchone()[0]
+
+    with StagingWriter(warehouse, probe) as staging:
+        assert analyst_reads(f"{SCHEMA}.staging_probe")  # default privileges of the published schema
+        assert not analyst_reads(f"{STAGING_SCHEMA}.{staging.name}")
+
+
+def test_a_failing_read_drops_the_staged_rows_and_publishes_nothing(probe, warehouse, pg) -> None:
+    with pytest.raises(TimeoutError), StagingWriter(warehouse, probe) as staging:
+        staging.write(rows(1, 2), pages=1)
+        staging.flush()
+        raise TimeoutError("the API stopped answering")
+    assert not exists(pg, staging.name)
+    assert pg.execute(f"SELECT count(*) FROM {SCHEMA}.staging_probe").fetchone()[0] == 0
+
+
+def test_rows_the_warehouse_refuses_fail_the_run_naming_the_table_and_never_block_readers(probe, warehouse, pg) -> None:
+    bad = pa.table({"id": ["not-a-number"], "v": ["x"], "raw_object": ["s3://raw/p#1.json"]})
+    with pytest.raises(RuntimeError) as raised, StagingWriter(warehouse, probe, max_queued=2) as staging:
+        staging.write(bad, pages=1)
+        for n in range(20):  # more than the queue holds: the failed copier must keep consuming
+            staging.write(rows(n), pages=1)
+        publish(warehouse, staging)
+    assert f"staging_probe: staging rows in {STAGING_SCHEMA}.staging_probe__" in str(raised.value)
+    assert "invalid input syntax for type bigint" in str(raised.value)
+    assert not exists(pg, staging.name)
+    assert pg.execute(f"SELECT count(*) FROM {SCHEMA}.staging_probe").fetchone()[0] == 0
+
+
+def test_staging_tables_left_by_killed_processes_are_swept_and_live_ones_kept(probe, warehouse, pg) -> None:
+    fresh = f"staging_probe__{datetime.now(UTC).strftime(STAGING_STAMP)}_0000live"
+    orphan, other = "staging_probe__20200101000000_deadbeef", "other_table__20200101000000_deadbeef"
+    for name in (fresh, orphan, other):
+        pg.execute(f"CREATE UNLOGGED TABLE {STAGING_SCHEMA}.{name} (id bigint)")
+    try:
+        with StagingWriter(warehouse, probe):
+            pass
+        assert (exists(pg, fresh), exists(pg, orphan), exists(pg, other)) == (True, False, True)
+    finally:
+        for name in (fresh, orphan, other):
+            pg.execute(f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{name}")
