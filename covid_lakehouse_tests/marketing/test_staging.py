@@ -18,6 +18,7 @@ from covid_lakehouse.defs.marketing.load import (
 )
 from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec, ensure_tables
 from covid_lakehouse.lib.postgres import PostgresResource
+from covid_lakehouse.lib.wap import Audit, AuditResult, BlockingAuditFailed
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +44,12 @@ def exists(pg: psycopg.Connection, name: str) -> bool:
     return pg.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{STAGING_SCHEMA}.{name}",)).fetchone()[0]
 
 
-def publish(warehouse: PostgresResource, staging: StagingWriter):
-    steps = stage_audit_publish(warehouse, PROBE, audits=[], asset_key=dg.AssetKey([SCHEMA, PROBE.name]), staged=staging)
+def publish(warehouse: PostgresResource, staging: StagingWriter, audits=(), checks: list | None = None):
+    steps = stage_audit_publish(warehouse, PROBE, audits=list(audits), asset_key=dg.AssetKey([SCHEMA, PROBE.name]),
+                                staged=staging)
     while True:
         try:
-            next(steps)
+            (checks if checks is not None else []).append(next(steps))
         except StopIteration as done:
             return done.value
 
@@ -65,6 +67,22 @@ def test_rows_are_staged_while_the_source_is_read_with_no_transaction_left_open(
         published = publish(warehouse, staging)
     assert (published.staged_rows, staging.pages, published.counts.inserted) == (3, 2, 3)
     assert [r[0] for r in pg.execute(f"SELECT id FROM {SCHEMA}.staging_probe ORDER BY id")] == [1, 2, 3]
+    assert not exists(pg, staging.name)
+
+
+def test_a_failing_blocking_audit_rolls_back_the_merge_that_ran_beside_it(probe, warehouse, pg) -> None:
+    with StagingWriter(warehouse, probe) as staging:
+        staging.write(rows(1, 2, v="first"))
+        publish(warehouse, staging)
+    no_threes = Audit("no_id_3", lambda staged: AuditResult(
+        staged.conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id = 3").format(staged.staging)).fetchone()[0] == 0,
+        "id 3 is refused"), blocking=True)
+    checks: list = []
+    with pytest.raises(BlockingAuditFailed, match="no_id_3"), StagingWriter(warehouse, probe) as staging:
+        staging.write(rows(1, 3, v="second"))
+        publish(warehouse, staging, [no_threes], checks)
+    assert [(c.check_name, c.passed) for c in checks] == [("no_id_3", False)]
+    assert pg.execute(f"SELECT id, v FROM {SCHEMA}.staging_probe ORDER BY id").fetchall() == [(1, "first"), (2, "first")]
     assert not exists(pg, staging.name)
 
 

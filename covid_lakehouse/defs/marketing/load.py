@@ -6,6 +6,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from psycopg import sql
 
 from covid_lakehouse.defs.marketing.tables import TableSpec
 from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident
-from covid_lakehouse.lib.wap import Audit, audit_or_raise
+from covid_lakehouse.lib.wap import Audit, BlockingAuditFailed, audit_or_raise, run_audits
 
 STAGING_SCHEMA = "marketing_staging"  # created by migration 0003; analysts cannot read it
 STAGING_STAMP = "%Y%m%d%H%M%S"
@@ -39,7 +40,8 @@ class StagingWriter:
         self.table = table_ident(STAGING_SCHEMA, self.name)
         with warehouse.connection() as conn:
             _drop_orphans(conn, spec.name)
-            conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
+            # no autovacuum: the table lives minutes, and vacuuming it while it fills only competes with the load
+            conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} WITH (autovacuum_enabled = off) AS SELECT {} FROM {} WITH NO DATA").format(
                 self.table, sql.SQL(", ").join(map(sql.Identifier, spec.staged)), spec.ident))
         self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=max_queued)  # back-pressure on readers
         self._lock = threading.Lock()
@@ -160,24 +162,41 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
                         fill: sql.Composable | None = None, fill_params: dict[str, Any] | None = None,
                         reported: dict[Any, Any] | None = None) -> Iterator[dg.AssetCheckResult]:
     """Audit the rows a StagingWriter ``staged`` (dropping its table with the publish) or the result of
-    ``fill`` (INSERT .. SELECT into a temporary table), then merge them into the target on its key: new
-    rows inserted, changed rows updated, identical rows untouched. A failing blocking audit raises before
-    the merge and the transaction rolls back. Returns (via StopIteration) a Published."""
+    ``fill`` (INSERT .. SELECT into a temporary table), and merge them into the target on its key: new
+    rows inserted, changed rows updated, identical rows untouched. Nothing is committed unless every
+    blocking audit passed: a failure raises and the merge's transaction rolls back.
+    Returns (via StopIteration) a Published."""
     if (staged is None) == (fill is None):
         raise ValueError("stage_audit_publish needs exactly one of staged= or fill=")
+    touch: dict[str, sql.Composable] = {c: sql.Identifier(c) for c in spec.lineage}
+
+    def merge(conn: psycopg.Connection, staging: sql.Composable) -> UpsertCounts:
+        return PostgresResource.upsert(conn, target=spec.ident, source=staging, key_columns=spec.key,
+                                       value_columns=spec.values, touch_columns={**touch, "updated_at": sql.SQL("now()")})
+
     with warehouse.connection() as conn:
         if staged is not None:
             staging, staged_rows = staged.finish(), staged.rows
+
+            def audit() -> tuple[list[dg.AssetCheckResult], list]:
+                with warehouse.connection() as own:  # the staged rows are committed: any session reads them
+                    return run_audits(audits, Staged(own, staging, spec, reported or {}), asset_key=asset_key)
+
+            # audits and merge side by side (the warehouse has the cores); the commit waits for the verdict
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"audit-{spec.name}") as pool:
+                verdict = pool.submit(audit)
+                counts = merge(conn, staging)
+                results, failures = verdict.result()
+            yield from results
+            if failures:
+                raise BlockingAuditFailed(asset_key.to_user_string(), failures)
+            conn.execute(sql.SQL("DROP TABLE {}").format(staging))  # published: the staged rows go with it
         else:
             staging = PostgresResource.create_staging_like(conn, spec.ident, f"stg_{spec.name}", columns=spec.staged)
             conn.execute(sql.SQL("INSERT INTO {} ({}) ").format(
                 staging, sql.SQL(", ").join(map(sql.Identifier, spec.staged))) + fill, fill_params)
             staged_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()[0]
-        yield from audit_or_raise(audits, Staged(conn, staging, spec, reported or {}), asset_key=asset_key,
-                                  asset_label=asset_key.to_user_string())
-        touch: dict[str, sql.Composable] = {c: sql.Identifier(c) for c in spec.lineage}
-        counts = PostgresResource.upsert(conn, target=spec.ident, source=staging, key_columns=spec.key,
-                                         value_columns=spec.values, touch_columns={**touch, "updated_at": sql.SQL("now()")})
-        if staged is not None:
-            conn.execute(sql.SQL("DROP TABLE {}").format(staging))  # published: the staged rows go with it
+            yield from audit_or_raise(audits, Staged(conn, staging, spec, reported or {}), asset_key=asset_key,
+                                      asset_label=asset_key.to_user_string())
+            counts = merge(conn, staging)
     return Published(staged_rows, counts)
