@@ -7,12 +7,13 @@ import logging
 import os
 import re
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import dagster as dg
 import requests
@@ -118,40 +119,61 @@ class RawLanding:
     def bundle(self) -> "RawBundle":
         return RawBundle(self)
 
-    def land(self, pages: list[RawPage]) -> StoredObject:
-        first = pages[0]
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for page in pages:
-                member = tarfile.TarInfo(_member(page.label))
-                member.size, member.mtime = len(page.body), int(time.time())
-                tar.addfile(member, io.BytesIO(page.body))
+    def put(self, archive: BinaryIO, first: RawPage, pages: int) -> StoredObject:
+        """One finished tar archive, under the key of its first page."""
         return self._s3.put_write_once(RAW_BUCKET, self.key(first.day, first.label), archive,
-                                       metadata={"source": self.source, "run-id": self.run_id,
-                                                 "pages": str(len(pages)), **first.meta})
+                                       metadata={"source": self.source, "run-id": self.run_id, "pages": str(pages), **first.meta})
+
+    def land(self, pages: list[RawPage]) -> None:
+        """The pages as one bundle (split only past max_bundle_bytes)."""
+        with self.bundle() as bundle:
+            for page in pages:
+                bundle.add(page)
 
 
 class RawBundle:
-    """The pages of one unit and day being read. ``add`` returns the page's raw URI (bundle object +
-    '#member') before the page is parsed; the bundle lands when the unit-day is done, when it would
-    exceed max_bundle_bytes, and also when reading or parsing fails, so that the page that failed is
-    in S3 to be replayed once the parser is fixed. Nothing is published before every page has landed."""
+    """The pages of one unit and day being read, appended to a tar archive as they arrive (in memory up
+    to 1 MiB, then in a temporary file: a reading thread holds one page, not the day's). ``add`` returns
+    the page's raw URI (bundle object + '#member') before the page is parsed; the bundle lands when the
+    unit-day is done, when it would exceed max_bundle_bytes, and also when reading or parsing fails, so
+    that the page that failed is in S3 to be replayed once the parser is fixed. Nothing is published
+    before every page has landed."""
 
     def __init__(self, landing: RawLanding) -> None:
-        self._landing, self._pages, self._bytes = landing, [], 0
+        self._landing = landing
+        self._reset()
+
+    def _reset(self) -> None:
+        self._archive: tempfile.SpooledTemporaryFile | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._first: RawPage | None = None
+        self._pages = self._bytes = 0
 
     def add(self, page: RawPage) -> str:
-        if self._pages and (page.day != self._pages[0].day or self._bytes + len(page.body) > self._landing.max_bundle_bytes):
+        if self._first and (page.day != self._first.day or self._bytes + len(page.body) > self._landing.max_bundle_bytes):
             self.land()
-        self._pages.append(page)
+        if self._first is None:
+            self._archive = tempfile.SpooledTemporaryFile(max_size=1 << 20, prefix="raw-bundle-")
+            self._tar = tarfile.open(fileobj=self._archive, mode="w", format=tarfile.PAX_FORMAT)
+            self._first = page
+        member = tarfile.TarInfo(_member(page.label))
+        member.size, member.mtime = len(page.body), int(time.time())
+        self._tar.addfile(member, io.BytesIO(page.body))
+        self._pages += 1
         self._bytes += len(page.body)
-        first = self._pages[0]
-        return f"s3://{RAW_BUCKET}/{self._landing.key(first.day, first.label)}#{_member(page.label)}"
+        return f"s3://{RAW_BUCKET}/{self._landing.key(self._first.day, self._first.label)}#{_member(page.label)}"
 
     def land(self) -> None:
-        if self._pages:
-            pages, self._pages, self._bytes = self._pages, [], 0
-            self._landing.land(pages)
+        if self._first is None:
+            return
+        first, archive, pages = self._first, self._archive, self._pages
+        try:
+            self._tar.close()
+            archive.seek(0)
+            self._landing.put(archive, first, pages)
+        finally:
+            archive.close()
+            self._reset()
 
     def __enter__(self) -> "RawBundle":
         return self
