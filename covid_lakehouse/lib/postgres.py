@@ -101,6 +101,12 @@ class PostgresResource(dg.ConfigurableResource):
             return 0
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
             target, sql.SQL(", ").join(map(sql.Identifier, columns or first.schema.names)))
+        if isinstance(data, pa.Table) and data.num_rows <= 200_000:  # one chunk: nothing to overlap with
+            buf = io.BytesIO()
+            pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=False))
+            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                copy.write(buf.getbuffer())
+            return data.num_rows
         # Encode CSV in a helper thread (pyarrow releases the GIL) while this one streams to the
         # server: encoding and the server's parsing overlap instead of taking turns.
         encoded: queue.Queue = queue.Queue(maxsize=2)

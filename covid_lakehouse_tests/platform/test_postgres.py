@@ -67,6 +67,18 @@ def test_copy_round_trips_nulls_quotes_and_unicode(warehouse, pg, unique_schema)
     assert got == values
 
 
+def test_copy_sends_every_chunk_of_a_table_and_every_batch_of_a_stream(warehouse, pg, unique_schema):
+    chunked = pa.concat_tables([pa.table({"i": [n, n + 1]}) for n in (0, 2, 4)])  # one table, three chunks
+    assert chunked.column("i").num_chunks == 3
+    stream = (pa.record_batch({"i": [n]}) for n in range(6, 9))
+    with warehouse.connection() as conn:
+        PostgresResource.ensure_schema(conn, unique_schema)
+        conn.execute(sql.SQL("create table {} (i int)").format(table_ident(unique_schema, "c")))
+        copied = [PostgresResource.copy_arrow(conn, table_ident(unique_schema, "c"), data) for data in (chunked, stream)]
+    assert copied == [6, 3]
+    assert [r[0] for r in pg.execute(f'select i from "{unique_schema}".c order by i')] == list(range(9))
+
+
 def test_error_mid_transaction_leaves_nothing(warehouse, pg, unique_schema):
     with warehouse.connection() as conn:
         _make_target(conn, unique_schema)
