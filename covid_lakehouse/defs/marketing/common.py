@@ -154,7 +154,8 @@ class RawBundle:
             self.land()
         if self._first is None:
             self._archive = tempfile.SpooledTemporaryFile(max_size=1 << 20, prefix="raw-bundle-")
-            self._tar = tarfile.open(fileobj=self._archive, mode="w", format=tarfile.PAX_FORMAT)
+            # copybufsize: a page goes into the archive in one write, not in 16 KiB pieces
+            self._tar = tarfile.open(fileobj=self._archive, mode="w", format=tarfile.PAX_FORMAT, copybufsize=4 << 20)
             self._first = page
         member = tarfile.TarInfo(_member(page.label))
         member.size, member.mtime = len(page.body), int(time.time())
