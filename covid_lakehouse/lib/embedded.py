@@ -276,7 +276,10 @@ class EmbeddedStack:
             stale.unlink(missing_ok=True)
         port = free_port()
         logfile = self.logs / "postgres.log"
-        options = f"-h 127.0.0.1 -p {port} -k {self.pgdata} -c max_connections=200 -c fsync=on"
+        # shared_buffers / max_wal_size: the stock 128 MB and 1 GB make a million-row merge evict dirty
+        # pages and checkpoint mid-statement (the bulk-loading advice of the PostgreSQL manual)
+        options = (f"-h 127.0.0.1 -p {port} -k {self.pgdata} -c max_connections=200 -c fsync=on "
+                   "-c shared_buffers=256MB -c max_wal_size=2GB")
         self._pg_command(
             ["pg_ctl", "-D", str(self.pgdata), "-l", str(logfile), "-o", options, "-w", "-t",
              str(int(STARTUP_TIMEOUT_S)), "start"],

@@ -170,7 +170,7 @@ class PostgresResource(dg.ConfigurableResource):
     def upsert(conn: psycopg.Connection, *, target: sql.Composable, source: sql.Composable,
                key_columns: Sequence[str], value_columns: Sequence[str],
                touch_columns: dict[str, sql.Composable] | None = None,
-               source_filter: sql.Composable | None = None) -> UpsertCounts:
+               source_filter: sql.Composable | None = None, source_rows: int | None = None) -> UpsertCounts:
         """Merge ``source`` into ``target`` on the key: new rows inserted, changed rows updated (and their
         ``touch_columns`` set), identical rows untouched, so a rerun writes nothing and load timestamps keep
         meaning "first loaded / last changed".
@@ -179,7 +179,8 @@ class PostgresResource(dg.ConfigurableResource):
         large loads as INSERT .. ON CONFLICT, which inserts row by row speculatively. To keep that safe the
         target is locked against other writers until commit (SHARE ROW EXCLUSIVE: readers are not blocked),
         so no concurrent merge can insert a key in between. The source's keys must be unique (every caller
-        audits that on its staged rows before publishing)."""
+        audits that on its staged rows before publishing). ``source_rows``, when the caller knows it, saves
+        counting the source again."""
         touch = touch_columns or {}
         ident = sql.Identifier
         where = sql.SQL(" WHERE {}").format(source_filter) if source_filter is not None else sql.SQL("")
@@ -201,7 +202,8 @@ class PostgresResource(dg.ConfigurableResource):
         inserted = conn.execute(sql.SQL(
             "INSERT INTO {target} ({columns}) SELECT {columns} FROM {src} WHERE NOT EXISTS (SELECT FROM {target} AS t WHERE {keys_match})"
         ).format(target=target, columns=columns, src=src, keys_match=keys_match)).rowcount
-        total = conn.execute(sql.SQL("SELECT count(*) FROM {}{}").format(source, where)).fetchone()[0]
+        total = source_rows if source_rows is not None else conn.execute(
+            sql.SQL("SELECT count(*) FROM {}{}").format(source, where)).fetchone()[0]
         return UpsertCounts(inserted, updated, total - inserted - updated)
 
     @staticmethod

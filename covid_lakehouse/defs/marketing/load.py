@@ -173,9 +173,10 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
         raise ValueError("stage_audit_publish needs exactly one of staged= or fill=")
     touch: dict[str, sql.Composable] = {c: sql.Identifier(c) for c in spec.lineage}
 
-    def merge(conn: psycopg.Connection, staging: sql.Composable) -> UpsertCounts:
+    def merge(conn: psycopg.Connection, staging: sql.Composable, rows: int) -> UpsertCounts:
         return PostgresResource.upsert(conn, target=spec.ident, source=staging, key_columns=spec.key,
-                                       value_columns=spec.values, touch_columns={**touch, "updated_at": sql.SQL("now()")})
+                                       value_columns=spec.values, touch_columns={**touch, "updated_at": sql.SQL("now()")},
+                                       source_rows=rows)
 
     with warehouse.connection() as conn:
         if staged is not None:
@@ -188,7 +189,7 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
             # audits and merge side by side (the warehouse has the cores); the commit waits for the verdict
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"audit-{spec.name}") as pool:
                 verdict = pool.submit(audit)
-                counts = merge(conn, staging)
+                counts = merge(conn, staging, staged_rows)
                 results, failures = verdict.result()
             yield from results
             if failures:
@@ -201,5 +202,5 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
             staged_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()[0]
             yield from audit_or_raise(audits, Staged(conn, staging, spec, reported or {}), asset_key=asset_key,
                                       asset_label=asset_key.to_user_string())
-            counts = merge(conn, staging)
+            counts = merge(conn, staging, staged_rows)
     return Published(staged_rows, counts)
