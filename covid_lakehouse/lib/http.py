@@ -50,6 +50,7 @@ _CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|cookie|pass|signature", 
 _QUERY_PAIR = re.compile(r"([?&])([^=&\s'\"#]+)=([^&\s'\"#)]*)")
 _MIN_SECRET_LEN = 4  # shorter values are not worth scrubbing from free text (and would mangle it)
 _EXCERPT_BYTES = 4096
+_BODY_READ_BYTES = 1 << 20
 _EXCERPT_CHARS = 300
 REDACTED = "REDACTED"
 
@@ -514,7 +515,12 @@ def _as_is(response: requests.Response) -> requests.Response:
 
 
 def _load_body(response: requests.Response) -> requests.Response:
-    response.content  # noqa: B018 - read now, inside the retry budget
+    """Read the body now, inside the retry budget. ``Response.content`` reads in 10 KiB pieces, a
+    Python round trip each (~1.5 ms of CPU on a 300 KB page); 1 MiB reads, stored where ``content``
+    looks first, give the same bytes."""
+    if response._content is False and not response._content_consumed:
+        response._content = b"".join(response.iter_content(_BODY_READ_BYTES))
+    response.content  # noqa: B018 - marks the body consumed (and reads it, had the shortcut not applied)
     return response
 
 

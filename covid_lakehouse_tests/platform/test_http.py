@@ -290,6 +290,18 @@ def test_ok_statuses_are_returned(api: MockApi, client: HttpClient) -> None:
     assert client.get(f"{api.url}/missing", ok_statuses=(200, 404)).status_code == 404
 
 
+@pytest.mark.parametrize("gzip_encoded", [False, True])
+def test_a_body_of_several_read_sizes_arrives_whole(
+    api: MockApi, client: HttpClient, tmp_path: Path, gzip_encoded: bool
+) -> None:
+    body = random.Random(7).randbytes(2_500_000)  # 2.4 MiB: three of the client's 1 MiB reads
+    served = tmp_path / ("page.bin.gz" if gzip_encoded else "page.bin")
+    served.write_bytes(gzip.compress(body) if gzip_encoded else body)
+    api.route("GET", "/page", lambda req: MockResponse.file(served, "application/octet-stream", gzip_encoded=gzip_encoded))
+    response = client.get(f"{api.url}/page")
+    assert response.content == body
+
+
 def test_unexpected_success_status_is_an_error(api: MockApi, client: HttpClient) -> None:
     api.route("DELETE", "/rows", lambda req: MockResponse(204, content_type=None))
     with pytest.raises(HttpError, match="HTTP 204"):
