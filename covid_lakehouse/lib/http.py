@@ -518,7 +518,7 @@ def _load_body(response: requests.Response) -> requests.Response:
     """Read the body now, inside the retry budget. ``Response.content`` reads in 10 KiB pieces, a
     Python round trip each (~1.5 ms of CPU on a 300 KB page); 1 MiB reads, stored where ``content``
     looks first, give the same bytes."""
-    if response._content is False and not response._content_consumed:
+    if response._content is False and not response._content_consumed and response.raw is not None:
         response._content = b"".join(response.iter_content(_BODY_READ_BYTES))
     response.content  # noqa: B018 - marks the body consumed (and reads it, had the shortcut not applied)
     return response

@@ -180,7 +180,7 @@ class PostgresResource(dg.ConfigurableResource):
         target is locked against other writers until commit (SHARE ROW EXCLUSIVE: readers are not blocked),
         so no concurrent merge can insert a key in between. The source's keys must be unique (every caller
         audits that on its staged rows before publishing). ``source_rows``, when the caller knows it, saves
-        counting the source again."""
+        counting the source again (the rows ``source_filter`` lets through, if both are given)."""
         touch = touch_columns or {}
         ident = sql.Identifier
         where = sql.SQL(" WHERE {}").format(source_filter) if source_filter is not None else sql.SQL("")

@@ -2,6 +2,7 @@
 transaction open; the publish merges and drops it; a failure leaves neither staged rows nor a half
 publish; tables of killed processes are swept."""
 
+import threading
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
+from covid_lakehouse.defs.marketing.checks import KEY_UNIQUE
 from covid_lakehouse.defs.marketing.load import (
     STAGING_SCHEMA,
     STAGING_STAMP,
@@ -106,13 +108,27 @@ def test_a_failing_read_drops_the_staged_rows_and_publishes_nothing(probe, wareh
 
 def test_rows_the_warehouse_refuses_fail_the_run_naming_the_table_and_never_block_readers(probe, warehouse, pg) -> None:
     bad = pa.table({"id": ["not-a-number"], "v": ["x"], "raw_object": ["s3://raw/p#1.json"]})
-    with pytest.raises(RuntimeError) as raised, StagingWriter(warehouse, probe, max_queued=2) as staging:
-        staging.write(bad, pages=1)
-        for n in range(20):  # more than the queue holds: the failed copier must keep consuming
-            staging.write(rows(n), pages=1)
-        publish(warehouse, staging)
-    assert f"staging_probe: staging rows in {STAGING_SCHEMA}.staging_probe__" in str(raised.value)
-    assert "invalid input syntax for type bigint" in str(raised.value)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with StagingWriter(warehouse, probe, max_queued=2) as staging:
+                outcome.append(staging)  # type: ignore[arg-type]
+                staging.write(bad, pages=1)
+                for n in range(20):  # more than the queue holds: the failed copier must keep consuming
+                    staging.write(rows(n), pages=1)
+                publish(warehouse, staging)
+        except BaseException as err:
+            outcome.append(err)
+
+    reader = threading.Thread(target=run, daemon=True)
+    reader.start()
+    reader.join(timeout=120)  # a guard, not a synchronisation: a blocked reader would hang here
+    assert not reader.is_alive(), "a reader stayed blocked on the queue of a failed copier"
+    staging, raised = outcome
+    assert isinstance(raised, RuntimeError)
+    assert f"staging_probe: staging rows in {STAGING_SCHEMA}.staging_probe__" in str(raised)
+    assert "invalid input syntax for type bigint" in str(raised)
     assert not exists(pg, staging.name)
     assert pg.execute(f"SELECT count(*) FROM {SCHEMA}.staging_probe").fetchone()[0] == 0
 
@@ -120,12 +136,34 @@ def test_rows_the_warehouse_refuses_fail_the_run_naming_the_table_and_never_bloc
 def test_staging_tables_left_by_killed_processes_are_swept_and_live_ones_kept(probe, warehouse, pg) -> None:
     fresh = f"staging_probe__{datetime.now(UTC).strftime(STAGING_STAMP)}_0000live"
     orphan, other = "staging_probe__20200101000000_deadbeef", "other_table__20200101000000_deadbeef"
-    for name in (fresh, orphan, other):
-        pg.execute(f"CREATE UNLOGGED TABLE {STAGING_SCHEMA}.{name} (id bigint)")
+    look_alike = "stagingxprobe__20200101000000_deadbeef"  # "_" must not match any character
+    foreign = "staging_probe__20200101000000_NotOurs"  # a name this code never makes: left alone
+    names = (fresh, orphan, other, look_alike, foreign)
+    for name in names:
+        pg.execute(f'CREATE UNLOGGED TABLE {STAGING_SCHEMA}."{name}" (id bigint)')
     try:
         with StagingWriter(warehouse, probe):
             pass
-        assert (exists(pg, fresh), exists(pg, orphan), exists(pg, other)) == (True, False, True)
+        assert [exists(pg, f'"{n}"') for n in names] == [True, False, True, True, True]
     finally:
-        for name in (fresh, orphan, other):
-            pg.execute(f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{name}")
+        for name in names:
+            pg.execute(f'DROP TABLE IF EXISTS {STAGING_SCHEMA}."{name}"')
+
+
+def test_columns_are_staged_by_name_whatever_their_order(probe, warehouse, pg) -> None:
+    reordered = rows(1, v="kept").select(["raw_object", "v", "id"])
+    with StagingWriter(warehouse, probe) as staging:
+        staging.write(reordered)
+        publish(warehouse, staging)
+    assert pg.execute(f"SELECT id, v FROM {SCHEMA}.staging_probe").fetchall() == [(1, "kept")]
+    with StagingWriter(warehouse, probe) as staging, pytest.raises(ValueError, match=r"lack column\(s\) \['raw_object'\]"):
+        staging.write(rows(2).drop_columns(["raw_object"]))
+
+
+def test_duplicate_keys_fail_the_key_audit_not_the_merge(probe, warehouse, pg) -> None:
+    checks: list = []
+    with pytest.raises(BlockingAuditFailed, match="natural_key_unique"), StagingWriter(warehouse, probe) as staging:
+        staging.write(rows(7, 7, 8))  # new to the target: the merge itself would trip over the primary key
+        publish(warehouse, staging, [KEY_UNIQUE], checks)
+    assert [(c.check_name, c.passed) for c in checks] == [("natural_key_unique", False)]
+    assert pg.execute(f"SELECT count(*) FROM {SCHEMA}.staging_probe").fetchone()[0] == 0

@@ -17,7 +17,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from covid_lakehouse.defs.marketing.tables import TableSpec
-from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident
+from covid_lakehouse.lib.postgres import PostgresResource, UnsafeIdentifierError, UpsertCounts, table_ident
 from covid_lakehouse.lib.wap import Audit, BlockingAuditFailed, audit_or_raise, run_audits
 
 STAGING_SCHEMA = "marketing_staging"  # created by migration 0003; analysts cannot read it
@@ -53,6 +53,11 @@ class StagingWriter:
 
     def write(self, table: pa.Table, *, pages: int = 0) -> None:
         self._raise_if_failed()
+        if table.schema.names != self._spec.staged:  # COPY maps columns by position
+            missing = sorted(set(self._spec.staged) - set(table.schema.names))
+            if missing:
+                raise ValueError(f"{self._spec.name}: rows to stage lack column(s) {missing}")
+            table = table.select(self._spec.staged)
         with self._lock:
             self.pages += pages
         if table.num_rows:
@@ -140,8 +145,12 @@ def _drop_orphans(conn: psycopg.Connection, table: str) -> None:
                          (STAGING_SCHEMA, table.replace("_", r"\_") + r"\_\_%")).fetchall()
     for (name,) in names:
         stamp = name[len(table) + 2:].split("_", 1)[0]
+        try:
+            orphan = table_ident(STAGING_SCHEMA, name)
+        except UnsafeIdentifierError:
+            continue  # not a name this code makes: someone else's table, leave it
         if len(stamp) == len(cutoff) and stamp.isdigit() and stamp < cutoff:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table_ident(STAGING_SCHEMA, name)))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(orphan))
 
 
 @dataclass
@@ -189,11 +198,16 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
             # audits and merge side by side (the warehouse has the cores); the commit waits for the verdict
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"audit-{spec.name}") as pool:
                 verdict = pool.submit(audit)
-                counts = merge(conn, staging, staged_rows)
+                try:
+                    counts, merge_error = merge(conn, staging, staged_rows), None
+                except psycopg.Error as err:  # e.g. duplicate keys: the audits say why, in their own words
+                    merge_error = err
                 results, failures = verdict.result()
             yield from results
             if failures:
-                raise BlockingAuditFailed(asset_key.to_user_string(), failures)
+                raise BlockingAuditFailed(asset_key.to_user_string(), failures) from merge_error
+            if merge_error is not None:
+                raise merge_error
             conn.execute(sql.SQL("DROP TABLE {}").format(staging))  # published: the staged rows go with it
         else:
             staging = PostgresResource.create_staging_like(conn, spec.ident, f"stg_{spec.name}", columns=spec.staged)
