@@ -49,7 +49,11 @@ def case(name: str):
 def measure(module: str, role: str, repeat: int = 3, **params) -> Measurement:
     """Best of ``repeat`` fresh-process runs of ``module.measure_<role>(**params)`` (which returns
     (seconds, rows)); best-of because noise on a shared machine only ever adds time."""
-    runs = [_measure_once(module, role, params) for _ in range(repeat)]
+    return best_of([_measure_once(module, role, params) for _ in range(repeat)])
+
+
+def best_of(runs: list[Measurement]) -> Measurement:
+    """The fastest run, with the highest peak RSS of them all (memory is not noise)."""
     best = min(runs, key=lambda m: m.seconds)
     return Measurement(best.seconds, max(m.peak_rss_mb for m in runs), best.rows)
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
 
-from benchmarks.harness import Measurement, case, measure, result, timed
+from benchmarks.harness import Measurement, best_of, case, measure, result, timed
 
 ACCOUNTS = [f"1000000000{i:02d}" for i in range(10)]
 FIRST_DAY = date(2024, 3, 1)
@@ -217,8 +217,11 @@ def run() -> list:
     with facebook_mock() as url:
         os.environ.update({"FACEBOOK_GRAPH_URL": url + PATH, "FACEBOOK_ACCESS_TOKEN": TOKEN,
                            "FACEBOOK_AD_ACCOUNT_IDS": ",".join(ACCOUNTS)})
-        framework = measure("benchmarks.marketing", "dagster", repeat=1)
-        script = measure("benchmarks.marketing", "floor", repeat=1)
+        # best of 3 each, the two alternating so a slow spell of the shared VM hits both: a single pair
+        # of runs moved the ratio between 1.15x and 1.5x with no code change
+        pairs = [(measure("benchmarks.marketing", "dagster", repeat=1), measure("benchmarks.marketing", "floor", repeat=1))
+                 for _ in range(3)]
+    framework, script = (best_of([pair[i] for pair in pairs]) for i in (0, 1))
     calls_per_account = DAYS * -(-ADS // PAGE) + 1  # insight pages + the account totals call
     rate_floor = calls_per_account * INTERVAL_S
     floor = Measurement(max(rate_floor, script.seconds), script.peak_rss_mb, script.rows)

@@ -30,7 +30,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from benchmarks.harness import Measurement, case, measure, result, timed
+from benchmarks.harness import Measurement, best_of, case, measure, result, timed
 
 PROVIDERS = 2_000_000
 TARGET = 3.0
@@ -318,11 +318,6 @@ def measure_seed_row_by_row(sample: int = ROW_BY_ROW_SAMPLE) -> tuple[float, int
 
 
 # ---- the case ------------------------------------------------------------------------------------------
-def _best(runs: list[Measurement]) -> Measurement:
-    best = min(runs, key=lambda m: m.seconds)
-    return Measurement(best.seconds, max(m.peak_rss_mb for m in runs), best.rows)
-
-
 @case("omop_tenant_run_2m")
 def run() -> list:
     measure("benchmarks.omop", "prepare", repeat=1)
@@ -333,7 +328,7 @@ def run() -> list:
     for _ in range(REPEAT):
         floors.append(measure("benchmarks.omop", "floor", repeat=1))
         firsts.append(measure("benchmarks.omop", "dagster", repeat=1))
-    floor, first = _best(floors), _best(firsts)
+    floor, first = best_of(floors), best_of(firsts)
     rerun = measure("benchmarks.omop", "dagster_rerun", repeat=2)
 
     # (b)
