@@ -63,6 +63,30 @@ def test_pages_received_before_a_failure_are_landed_and_the_failure_is_the_error
     assert [p.label for p, _ in replay_pages(s3, "facebook", run_id, [DAY])] == ["act_1-p0001", "act_1-p0002"]
 
 
+class _ShortBody(bytes):
+    """A body that ends before its stated length: the archive write fails after the member's header and
+    part of its data, as it would on a full disk."""
+
+    def __len__(self) -> int:
+        return super().__len__() + 1_000
+
+
+def test_a_page_that_cannot_be_written_whole_leaves_the_bundle_readable(s3: LakeS3Resource) -> None:
+    run_id = str(uuid.uuid4())
+    good, broken = page(1, filler=700), page(2, filler=700)
+    broken = RawPage(broken.source, broken.day, broken.label, _ShortBody(broken.body), broken.doc, broken.meta)
+    with pytest.raises(OSError), RawLanding(s3, "facebook", run_id).bundle() as bundle:
+        bundle.add(good)
+        bundle.add(broken)
+    [(replayed, _)] = replay_pages(s3, "facebook", run_id, [DAY])  # the whole page, and only it
+    assert replayed.body == good.body
+
+    lone = str(uuid.uuid4())  # a bundle whose only page failed lands nothing
+    with pytest.raises(OSError), RawLanding(s3, "facebook", lone).bundle() as bundle:
+        bundle.add(broken)
+    assert keys(s3, lone) == []
+
+
 def test_a_landed_bundle_is_never_overwritten(s3: LakeS3Resource) -> None:
     run_id = str(uuid.uuid4())
     landing = RawLanding(s3, "facebook", run_id)

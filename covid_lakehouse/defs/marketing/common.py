@@ -159,7 +159,14 @@ class RawBundle:
             self._first = page
         member = tarfile.TarInfo(_member(page.label))
         member.size, member.mtime = len(page.body), int(time.time())
-        self._tar.addfile(member, io.BytesIO(page.body))
+        whole = self._tar.offset
+        try:
+            self._tar.addfile(member, io.BytesIO(page.body))
+        except BaseException:
+            # only whole pages land: a half-written member would make the whole unit-day unreadable
+            self._archive.seek(whole)
+            self._archive.truncate()
+            raise
         self._pages += 1
         self._bytes += len(page.body)
         return f"s3://{RAW_BUCKET}/{self._landing.key(self._first.day, self._first.label)}#{_member(page.label)}"
@@ -171,7 +178,8 @@ class RawBundle:
         try:
             self._tar.close()
             archive.seek(0)
-            self._landing.put(archive, first, pages)
+            if pages:  # none when the bundle's first page could not be written
+                self._landing.put(archive, first, pages)
         finally:
             archive.close()
             self._reset()
