@@ -62,6 +62,22 @@ def close_pools() -> None:
         _POOLS.clear()
 
 
+def _csv(data: pa.Table | pa.RecordBatch) -> io.BytesIO:
+    buf = io.BytesIO()
+    pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=False))
+    return buf
+
+
+def _send_csv(conn: psycopg.Connection, copy_sql: sql.Composable, encoded: Iterable[tuple[int, io.BytesIO]]) -> int:
+    """Stream (rows, CSV) chunks through one COPY; returns the rows sent."""
+    rows = 0
+    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for n, buf in encoded:
+            copy.write(buf.getbuffer())
+            rows += n
+    return rows
+
+
 @dataclass(frozen=True)
 class UpsertCounts:
     inserted: int
@@ -102,11 +118,7 @@ class PostgresResource(dg.ConfigurableResource):
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
             target, sql.SQL(", ").join(map(sql.Identifier, columns or first.schema.names)))
         if isinstance(data, pa.Table) and data.num_rows <= 200_000:  # one chunk: nothing to overlap with
-            buf = io.BytesIO()
-            pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=False))
-            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                copy.write(buf.getbuffer())
-            return data.num_rows
+            return _send_csv(conn, copy_sql, [(data.num_rows, _csv(data))])
         # Encode CSV in a helper thread (pyarrow releases the GIL) while this one streams to the
         # server: encoding and the server's parsing overlap instead of taking turns.
         encoded: queue.Queue = queue.Queue(maxsize=2)
@@ -115,31 +127,27 @@ class PostgresResource(dg.ConfigurableResource):
             try:
                 for batch in chain([first], batches):
                     if batch.num_rows:
-                        buf = io.BytesIO()
-                        pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
-                        encoded.put((batch.num_rows, buf))
+                        encoded.put((batch.num_rows, _csv(batch)))
                 encoded.put(None)
             except BaseException as err:  # surfaced in the sending thread
                 encoded.put(err)
 
+        def received() -> Iterator[tuple[int, io.BytesIO]]:
+            while (item := encoded.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
         encoder = threading.Thread(target=encode, name="copy-encoder", daemon=True)
         encoder.start()
-        rows = 0
         try:
-            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                while (item := encoded.get()) is not None:
-                    if isinstance(item, BaseException):
-                        raise item
-                    n, buf = item
-                    copy.write(buf.getbuffer())
-                    rows += n
+            return _send_csv(conn, copy_sql, received())
         finally:
             while encoder.is_alive():  # after a failed COPY, unblock the encoder so it can finish
                 try:
                     encoded.get(timeout=0.1)
                 except queue.Empty:
                     pass
-        return rows
 
     @staticmethod
     def fetch_arrow(conn: psycopg.Connection, query: sql.Composable, params: Sequence | None = None,
