@@ -90,10 +90,11 @@ def test_a_page_that_cannot_be_written_whole_leaves_the_bundle_readable(s3: Lake
 def test_a_landed_bundle_is_never_overwritten(s3: LakeS3Resource) -> None:
     run_id = str(uuid.uuid4())
     landing = RawLanding(s3, "facebook", run_id)
-    landing.land([page(1)])
+    with landing.bundle() as bundle:
+        bundle.add(page(1))
     rewritten = page(1, filler=10)  # same run, unit and first page: same key, other bytes
-    with pytest.raises(ObjectExistsError, match="already exists"):
-        landing.land([rewritten])
+    with pytest.raises(ObjectExistsError, match="already exists"), landing.bundle() as bundle:
+        bundle.add(rewritten)
     [(replayed, _)] = replay_pages(s3, "facebook", run_id, [DAY])
     assert replayed.body == page(1).body  # what the API first returned is what stays
 

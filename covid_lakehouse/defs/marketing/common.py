@@ -124,12 +124,6 @@ class RawLanding:
         return self._s3.put_write_once(RAW_BUCKET, self.key(first.day, first.label), archive,
                                        metadata={"source": self.source, "run-id": self.run_id, "pages": str(pages), **first.meta})
 
-    def land(self, pages: list[RawPage]) -> None:
-        """The pages as one bundle (split only past max_bundle_bytes)."""
-        with self.bundle() as bundle:
-            for page in pages:
-                bundle.add(page)
-
 
 class RawBundle:
     """The pages of one unit and day being read, appended to a tar archive as they arrive (in memory up
