@@ -111,8 +111,9 @@ def _delete_prefix(bucket: str, prefix: str) -> None:
 def measure_dagster(path: str, rerun: bool = False) -> tuple[float, int]:
     import dagster as dg
 
-    from covid_lakehouse.defs.ny_testing import build_defs
+    from covid_lakehouse.defs.ny_testing.definitions import defs as ny_testing_defs
     from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings
+    from covid_lakehouse.lib.policies import rebuilt
     from covid_lakehouse.lib.resources import platform_resources
 
     schemas = ("bench_ny", "bench_ny_ref", "bench_ny_stg")
@@ -120,7 +121,7 @@ def measure_dagster(path: str, rerun: bool = False) -> tuple[float, int]:
     api, url = _serve(path)
     settings = NyTestingSettings(source_url=url, county_schema=schemas[0], reference_schema=schemas[1],
                                  staging_schema=schemas[2], raw_prefix=f"bench/ny_testing/{uuid.uuid4().hex}")
-    defs = dg.Definitions.merge(build_defs(settings), dg.Definitions(resources=platform_resources()))
+    defs = rebuilt(ny_testing_defs, resources={**platform_resources(), "ny_testing": settings})
     raw_job = defs.resolve_job_def("ny_testing_raw_job")
     load_job = defs.resolve_implicit_global_asset_job_def()
     sensor = defs.resolve_sensor_def("ny_testing_county_partitions")

@@ -117,9 +117,10 @@ class _Tenants:
     def __init__(self, schemas_and_prefixes: list[tuple[str, str]]):
         import dagster as dg
 
-        from covid_lakehouse.defs.omop import build_defs
+        from covid_lakehouse.defs.omop.definitions import defs as omop_defs
         from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
         from covid_lakehouse.defs.omop.tenants import TenantsResource
+        from covid_lakehouse.lib.policies import rebuilt
         from covid_lakehouse.lib.resources import platform_resources
 
         run = uuid.uuid4().hex[:8]
@@ -129,8 +130,8 @@ class _Tenants:
         self.path.write_text("tenants:\n" + "".join(
             f"  - {{name: {name}, source_dsn_env: WAREHOUSE_DSN, source_schema: {schema}, landing_prefix: {prefix}}}\n"
             for name, (schema, prefix) in zip(self.names, schemas_and_prefixes, strict=True)))
-        defs = dg.Definitions.merge(build_defs(TenantsResource(tenants_file=str(self.path))),
-                                    dg.Definitions(resources=platform_resources()))
+        defs = rebuilt(omop_defs, resources={**platform_resources(),
+                                             "omop_tenants": TenantsResource(tenants_file=str(self.path))})
         self.job = defs.resolve_implicit_global_asset_job_def()
         # created before the clock starts, as in a deployment
         self.instance = dg.DagsterInstance.ephemeral()

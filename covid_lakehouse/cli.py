@@ -76,10 +76,10 @@ def cmd_demo(_: argparse.Namespace) -> int:
     started = time.monotonic()
     with runtime.services(offline_apis=True) as svc:
         runtime.prepare_dagster_home(svc.home, svc.settings)
-        from covid_lakehouse.definitions import defs
+        from covid_lakehouse.definitions import code_location
 
         with dg.DagsterInstance.get() as instance:
-            report = runtime.run_demo(defs, instance)
+            report = runtime.run_demo(code_location(), instance)
         rows = runtime.table_row_counts(svc.settings) + runtime.lakehouse_row_counts(svc.settings)
         _print_demo_summary(svc, report, rows, time.monotonic() - started)
     return 0 if report.ok else 1

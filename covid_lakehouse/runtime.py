@@ -102,10 +102,12 @@ def prepare_dagster_home(home: Path, settings: ServiceSettings) -> Path:
     if not source.exists():
         raise FileNotFoundError(f"{source} not found: run covid-lakehouse from the repository checkout")
     config = yaml.safe_load(source.read_text())
+    # Without a Dagster database (external services without one) run history stays on local disk.
     if settings.dagster_storage_url:
         os.environ[DAGSTER_STORAGE_URL] = settings.dagster_storage_url
-    else:  # external services without a Dagster database: keep run history on local disk
-        config.pop("storage", None)
+        # postgresql+psycopg2://: SQLAlchemy 2.1 would pick psycopg 3 for postgresql://, and
+        # dagster-postgres' LISTEN/NOTIFY needs psycopg2.
+        config["storage"] = {"postgres": {"postgres_url": {"env": DAGSTER_STORAGE_URL}}}
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dagster_home

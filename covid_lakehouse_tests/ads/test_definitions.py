@@ -7,8 +7,8 @@ import dagster as dg
 import pytest
 
 from covid_lakehouse import runtime
-from covid_lakehouse.defs.ads import defs
 from covid_lakehouse.defs.ads.backup import list_backup_keys
+from covid_lakehouse.defs.ads.definitions import defs
 from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse_tests.ads.helpers import assert_invariant
 

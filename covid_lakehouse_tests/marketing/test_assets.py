@@ -12,7 +12,6 @@ import dagster as dg
 import psycopg
 import pytest
 
-from covid_lakehouse.defs.marketing import defs as marketing_defs
 from covid_lakehouse.defs.marketing.assets import (
     AD_PERFORMANCE_KEY,
     ASSETS,
@@ -23,6 +22,7 @@ from covid_lakehouse.defs.marketing.assets import (
     RDS_ORDERS_KEY,
     ApiAssetConfig,
 )
+from covid_lakehouse.defs.marketing.definitions import defs as marketing_defs
 from covid_lakehouse.defs.marketing.mock_api import FACEBOOK_PATH, MarketingMock, change_schema
 from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START_TAG
 from covid_lakehouse.defs.marketing.schedules import marketing_daily

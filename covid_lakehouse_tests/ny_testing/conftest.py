@@ -21,12 +21,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from covid_lakehouse.defs.ny_testing import build_defs
+from covid_lakehouse.defs.ny_testing.definitions import defs as ny_testing_defs
 from covid_lakehouse.defs.ny_testing.mock_api import ROWS_PATH
 from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings
 from covid_lakehouse.defs.ny_testing.snapshot import CSV_HEADER_COLUMNS, ColumnSpec, write_rows_json
 from covid_lakehouse.lib.api_harness import MockApi, MockResponse
 from covid_lakehouse.lib.clock import FakeClock
+from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import HttpResource
 
 SNAPSHOT = resources.files("covid_lakehouse.defs.ny_testing") / "data" / "xdss-u53e_rows.json.gz"
@@ -83,7 +84,7 @@ class NyPipeline:
     def __init__(self, api: MockApi, settings: NyTestingSettings, resources: dict, http: HttpResource,
                  instance: dg.DagsterInstance, pg: psycopg.Connection, clock: FakeClock) -> None:
         self.api, self.settings, self.instance, self.pg, self.clock = api, settings, instance, pg, clock
-        self.defs = dg.Definitions.merge(build_defs(settings), dg.Definitions(resources={**resources, "http": http}))
+        self.defs = rebuilt(ny_testing_defs, resources={**resources, "http": http, "ny_testing": settings})
         self.body = b""
         self.cursor: str | None = None
         api.route("GET", ROWS_PATH, lambda _: MockResponse(200, self.body))

@@ -10,12 +10,13 @@ import dagster as dg
 import pytest
 from dagster._utils.schedules import cron_string_iterator
 
-from covid_lakehouse.defs.ny_testing import build_defs, defs
 from covid_lakehouse.defs.ny_testing.assets import county_tests
+from covid_lakehouse.defs.ny_testing.definitions import defs
 from covid_lakehouse.defs.ny_testing.mock_api import register
 from covid_lakehouse.defs.ny_testing.resources import LIVE_URL, SOURCE_URL_ENV, NyTestingSettings
 from covid_lakehouse.defs.ny_testing.schedules import ny_testing_daily
 from covid_lakehouse.lib.api_harness import MockApi
+from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -129,7 +130,7 @@ def test_the_demo_loads_the_full_bundled_snapshot_offline(services, resources, i
     with MockApi() as api:
         env = register(api)
         monkeypatch.setenv(SOURCE_URL_ENV, env[SOURCE_URL_ENV].replace("{base}", api.url))
-        merged = dg.Definitions.merge(build_defs(NyTestingSettings(**ny_settings)), dg.Definitions(resources=resources))
+        merged = rebuilt(defs, resources={**defs.resources, **resources, "ny_testing": NyTestingSettings(**ny_settings)})
         download, load = run_demo_steps(merged, instance)
     assert download.success and load.success
 

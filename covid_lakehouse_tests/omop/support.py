@@ -9,11 +9,12 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
-from covid_lakehouse.defs.omop import build_defs
 from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
+from covid_lakehouse.defs.omop.definitions import defs as omop_defs
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
 from covid_lakehouse.defs.omop.seed import SAMPLE_FILE
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
+from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
 
 SAMPLE_CSV = SAMPLE_FILE.read_bytes()
@@ -32,7 +33,7 @@ class OmopEnv:
         return self.tenants[0]
 
     def defs(self) -> dg.Definitions:
-        return dg.Definitions.merge(build_defs(self.resource), dg.Definitions(resources=platform_resources()))
+        return rebuilt(omop_defs, resources={**platform_resources(), "omop_tenants": self.resource})
 
 
 def write_tenants(path: Path, tenants: list[Tenant]) -> None:

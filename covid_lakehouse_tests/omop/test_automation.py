@@ -7,13 +7,15 @@ import dagster as dg
 import pytest
 
 from covid_lakehouse import runtime
-from covid_lakehouse.defs.omop import build_defs, mock_api, seed
+from covid_lakehouse.defs.omop import mock_api, seed
 from covid_lakehouse.defs.omop.assets import PROVIDER_KEY, TENANT_ASSET_KEYS
+from covid_lakehouse.defs.omop.definitions import defs as omop_defs
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
 from covid_lakehouse.defs.omop.schedules import omop_daily
 from covid_lakehouse.defs.omop.sensors import omop_landing_sensor, omop_tenants_sensor
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
 from covid_lakehouse.lib.api_harness import MockApi
+from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, write_tenants
 
@@ -83,8 +85,7 @@ def test_demo_procedure_seeds_the_demo_tenant_and_materializes_it_through_the_se
                                 landing_prefix=prefix)])
     monkeypatch.setattr(seed, "DEMO_PROVIDERS", 300)
     monkeypatch.setenv(seed.DEMO_SEED_ENV, mock_api.register(MockApi())[seed.DEMO_SEED_ENV])
-    defs = dg.Definitions.merge(build_defs(TenantsResource(tenants_file=str(path))),
-                                dg.Definitions(resources=platform_resources()))
+    defs = rebuilt(omop_defs, resources={**platform_resources(), "omop_tenants": TenantsResource(tenants_file=str(path))})
     try:
         with dg.instance_for_test() as instance:
             report = runtime.run_demo(defs, instance)

@@ -22,20 +22,15 @@ BIN = Path(sys.executable).parent
 
 
 def test_definitions_load_with_every_domain_and_resource(services):
-    from covid_lakehouse.definitions import defs
+    from covid_lakehouse.definitions import code_location
+
+    defs = code_location()
 
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"platform/smoke_warehouse", "platform/smoke_lakehouse"} <= keys
     assert {"warehouse", "warehouse_io_manager", "s3", "lakehouse", "http"} <= set(defs.resources)
     defs.resolve_all_job_defs()  # every job resolves against the resources
-
-
-def test_dg_check_defs_passes(services):
-    result = subprocess.run([str(BIN / "dg"), "check", "defs"], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, env={**os.environ})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "All definitions loaded successfully" in result.stdout + result.stderr
 
 
 def test_demo_materializes_every_asset_and_reports_it(services, tmp_path, capsys, monkeypatch):

@@ -105,7 +105,9 @@ def _click(driver, xpath: str) -> None:
 
 def test_every_domain_asset_group_is_listed(ui, services):
     driver, port = ui
-    from covid_lakehouse.definitions import defs
+    from covid_lakehouse.definitions import code_location
+
+    defs = code_location()
 
     groups = {}
     for key in defs.resolve_asset_graph().materializable_asset_keys:

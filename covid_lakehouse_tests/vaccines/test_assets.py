@@ -14,8 +14,8 @@ import dagster as dg
 import pytest
 
 from covid_lakehouse import runtime
-from covid_lakehouse.defs.vaccines import defs as vaccines_defs
 from covid_lakehouse.defs.vaccines.assets import PEOPLE_PER_DOSE_KEY, RAW_KEY, people_per_dose, raw_sources
+from covid_lakehouse.defs.vaccines.definitions import defs as vaccines_defs
 from covid_lakehouse.defs.vaccines.mock_api import ALLOCATION_FILES, POPULATION_FILE, lake_path, register
 from covid_lakehouse.defs.vaccines.report import ReportUnavailable, people_per_dose_report
 from covid_lakehouse.defs.vaccines.resources import (

@@ -1,24 +1,2 @@
 """Marketing: Facebook Ads, Google Ads, CleverTap and the app's RDS database -> typed warehouse tables
 and one cross-platform model, marketing.ad_performance_daily (see docs/marketing.md)."""
-
-import dagster as dg
-
-from covid_lakehouse.defs.marketing.assets import ASSETS
-from covid_lakehouse.defs.marketing.clevertap import CleverTapResource
-from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
-from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
-from covid_lakehouse.defs.marketing.rds import RdsSourceResource
-from covid_lakehouse.defs.marketing.schedules import marketing_daily
-from covid_lakehouse.defs.marketing.sensors import marketing_bootstrap
-
-defs = dg.Definitions(
-    assets=ASSETS,
-    schedules=[marketing_daily],
-    sensors=[marketing_bootstrap],
-    resources={
-        "marketing_facebook": FacebookAdsResource(),
-        "marketing_google_ads": GoogleAdsResource(),
-        "marketing_clevertap": CleverTapResource(),
-        "marketing_rds": RdsSourceResource(),
-    },
-)

@@ -1,8 +1,1 @@
 """Platform assets: a smoke test of every service the domains rely on, and run-failure alerting."""
-
-import dagster as dg
-
-from covid_lakehouse.defs.platform.assets import smoke_lakehouse, smoke_warehouse
-from covid_lakehouse.defs.platform.sensors import record_run_failures
-
-defs = dg.Definitions(assets=[smoke_warehouse, smoke_lakehouse], sensors=[record_run_failures])

@@ -1,0 +1,15 @@
+"""What the vaccines domain registers in the code location (loaded by dg.load_from_defs_folder)."""
+
+import dagster as dg
+
+from covid_lakehouse.defs.vaccines.assets import people_per_dose, raw_sources
+from covid_lakehouse.defs.vaccines.resources import VaccineSources
+from covid_lakehouse.defs.vaccines.schedules import vaccines_refresh, vaccines_weekly
+
+defs = dg.Definitions(
+    assets=[raw_sources, people_per_dose],
+    jobs=[vaccines_refresh],
+    schedules=[vaccines_weekly],
+    # No config here: the URLs are resolved from the environment when a run starts (see resources.py).
+    resources={"vaccine_sources": VaccineSources()},
+)
