@@ -98,6 +98,19 @@ def _drop_schemas(*schemas: str) -> None:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def _fresh_ny_testing() -> None:
+    """The domain's schemas as on a new database: dropped, forgotten and migrated again (untimed)."""
+    import psycopg
+
+    from covid_lakehouse.defs.ny_testing.warehouse import COUNTY_SCHEMA, REFERENCE_SCHEMA, STAGING_SCHEMA
+    from covid_lakehouse.lib.migrate import ensure_migrated
+
+    _drop_schemas(COUNTY_SCHEMA, REFERENCE_SCHEMA, STAGING_SCHEMA)
+    with psycopg.connect(os.environ["WAREHOUSE_DSN"]) as conn:
+        conn.execute("DELETE FROM ops.schema_migrations WHERE scope = 'ny_testing'")
+        ensure_migrated(conn, "ny_testing")
+
+
 def _delete_prefix(bucket: str, prefix: str) -> None:
     import boto3
 
@@ -116,12 +129,10 @@ def measure_dagster(path: str, rerun: bool = False) -> tuple[float, int]:
     from covid_lakehouse.lib.policies import rebuilt
     from covid_lakehouse.lib.resources import platform_resources
 
-    schemas = ("bench_ny", "bench_ny_ref", "bench_ny_stg")
-    _drop_schemas(*schemas)
+    _fresh_ny_testing()
     api, url = _serve(path)
-    settings = NyTestingSettings(source_url=url, county_schema=schemas[0], reference_schema=schemas[1],
-                                 staging_schema=schemas[2], raw_prefix=f"bench/ny_testing/{uuid.uuid4().hex}")
-    defs = rebuilt(ny_testing_defs, resources={**platform_resources(), "ny_testing": settings})
+    settings = NyTestingSettings(source_url=url, raw_prefix=f"bench/ny_testing/{uuid.uuid4().hex}")
+    defs = rebuilt(ny_testing_defs, resources={**platform_resources(), "ny_testing_settings": settings})
     raw_job = defs.resolve_job_def("ny_testing_raw_job")
     load_job = defs.resolve_implicit_global_asset_job_def()
     sensor = defs.resolve_sensor_def("ny_testing_county_partitions")
@@ -144,7 +155,7 @@ def measure_dagster(path: str, rerun: bool = False) -> tuple[float, int]:
             return timed(daily)
     finally:
         api.stop()
-        _drop_schemas(*schemas)
+        _fresh_ny_testing()
         _delete_prefix(settings.raw_bucket, settings.raw_prefix)  # 1.3 GB per run at 100x
 
 

@@ -257,6 +257,16 @@ def cmd_mock_apis(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(_: argparse.Namespace) -> int:
+    """Print the table of every setting (the README's Configuration table is this output)."""
+    from covid_lakehouse.definitions import code_location
+    from covid_lakehouse.lib.settings import settings_table
+
+    code_location()  # every domain declares its settings when its modules load
+    print(settings_table(), end="")
+    return 0
+
+
 def cmd_migrate(_: argparse.Namespace) -> int:
     from covid_lakehouse.lib.migrate import migrate
 
@@ -319,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=8080)
     mock.set_defaults(fn=cmd_mock_apis)
+    sub.add_parser("settings", help="print every environment variable the product reads (markdown)").set_defaults(
+        fn=cmd_settings)
     sub.add_parser("migrate", help="apply pending warehouse migrations").set_defaults(fn=cmd_migrate)
     sub.add_parser("stop", help="stop the embedded services").set_defaults(fn=cmd_stop)
     sub.add_parser("clean", help="stop the embedded services and delete their data").set_defaults(fn=cmd_clean)

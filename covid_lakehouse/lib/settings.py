@@ -1,8 +1,15 @@
-"""The product's configuration contract: every setting comes from the environment.
+"""The product's configuration contract: every setting comes from the environment, declared once here
+or in the domain that reads it, with ``setting(...)``.
+
+One mechanism: a resource field that must always be set is bound with ``dg.EnvVar(X.name)``; a value with
+a default (or read when a run starts, so that tests, the demo and deployments can point an imported code
+location elsewhere) goes through ``Setting.get``/``require``: the resource's configured value, else the
+environment variable, else the declared default. Every declared setting is listed in the README's table
+(``covid-lakehouse settings`` prints it; a test keeps the two equal). Secrets are only ever read here or
+through ``dg.EnvVar`` and never logged.
 
 The same names are set by the embedded stack (laptop, tests, CI), by docker-compose.yml and by the
-Kubernetes manifests, so one code path serves all three. Secrets are only ever read here or through
-``dg.EnvVar`` and never logged.
+Kubernetes manifests, so one code path serves all three.
 """
 
 from __future__ import annotations
@@ -13,17 +20,114 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-# Connection settings shared by every deployment mode.
-WAREHOUSE_DSN = "WAREHOUSE_DSN"  # postgresql://user:pw@host:port/warehouse (psycopg 3)
-LAKEHOUSE_CATALOG_DSN = "LAKEHOUSE_CATALOG_DSN"  # postgresql+psycopg2://... (pyiceberg SQL catalog)
-LAKEHOUSE_WAREHOUSE = "LAKEHOUSE_WAREHOUSE"  # s3://lakehouse/warehouse
-S3_ENDPOINT_URL = "S3_ENDPOINT_URL"  # http://127.0.0.1:8333 or https://minio.example
-AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
-AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
-AWS_REGION = "AWS_REGION"
-DAGSTER_STORAGE_URL = "DAGSTER_STORAGE_URL"  # postgresql+psycopg2://... used by dagster.yaml
-RUN_FAILURE_WEBHOOK_URL = "RUN_FAILURE_WEBHOOK_URL"  # optional: POSTed on every failed run
-COVID_LAKEHOUSE_HOME = "COVID_LAKEHOUSE_HOME"  # project-local state (embedded data, DAGSTER_HOME)
+import dagster as dg
+
+
+class SettingError(dg.Failure):
+    """A setting is missing or malformed; the message names the environment variable. Not retried:
+    the same configuration would fail again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(description=message, allow_retries=False)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable the product reads. ``name`` may hold one ``{}`` for a family of
+    variables (VACCINES_{}_URL, shown as VACCINES_<MANUFACTURER>_URL): ``named(part)`` gives one."""
+
+    name: str
+    doc: str
+    default: str | None = None
+    secret: bool = False
+    scope: str = "platform"  # the domain that reads it; "platform" for lib/ and deployment settings
+    placeholder: str = ""  # what fills the {} of a family, as the README shows it
+
+    def named(self, part: str) -> Setting:
+        return Setting(self.name.format(part.upper()), self.doc, self.default, self.secret, self.scope)
+
+    @property
+    def shown_name(self) -> str:
+        return self.name.format(f"<{self.placeholder}>") if self.placeholder else self.name
+
+    def get(self, configured: object = None) -> str | None:
+        """The resource's configured value, else the environment variable, else the default."""
+        if configured not in (None, ""):
+            return str(configured)
+        return os.environ.get(self.name) or self.default
+
+    def require(self, configured: object = None) -> str:
+        value = self.get(configured)
+        if not value:
+            raise SettingError(f"{self.name} is not set (and no value is configured on the resource): {self.doc}")
+        return value
+
+    def values(self, configured: list[str] | None = None) -> list[str]:
+        """A comma-separated list (or the resource's configured list); empty entries dropped."""
+        raw = configured if configured else self.require().split(",")
+        values = [v.strip() for v in raw if v.strip()]
+        if not values:
+            raise SettingError(f"{self.name} is empty: {self.doc}")
+        return values
+
+    def number(self, configured: float | None = None, *, minimum: float | None = None) -> float | None:
+        value = self.get(configured)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise SettingError(f"{self.name}={value!r} is not a number: {self.doc}") from None
+        if minimum is not None and number < minimum:
+            raise SettingError(f"{self.name} must be at least {minimum:g}, got {number:g}: {self.doc}")
+        return number
+
+
+SETTINGS: dict[str, Setting] = {}
+
+
+def setting(name: str, doc: str, *, default: str | None = None, secret: bool = False,
+            scope: str = "platform", placeholder: str = "") -> Setting:
+    """Declare a setting (at import time of the module that reads it)."""
+    if ("{}" in name) != bool(placeholder):
+        raise ValueError(f"setting {name}: a family name has one {{}} and a placeholder, others neither")
+    declared = Setting(name, doc, default, secret, scope, placeholder)
+    if SETTINGS.get(name, declared) != declared:
+        raise ValueError(f"setting {name} is declared twice with different attributes")
+    SETTINGS[name] = declared
+    return declared
+
+
+def settings_table() -> str:
+    """The README's table of every declared setting (import the code location first to declare all)."""
+    lines = ["| variable | read by | default | secret | meaning |", "|---|---|---|---|---|"]
+    for s in sorted(SETTINGS.values(), key=lambda s: (s.scope != "platform", s.scope, s.name)):
+        default = f"`{s.default}`" if s.default else ""
+        doc = s.doc.replace("|", "\\|")
+        lines.append(f"| `{s.shown_name}` | {s.scope} | {default} | {'yes' if s.secret else ''} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+# Connection settings shared by every deployment mode (the names, as other modules use them).
+WAREHOUSE_DSN = setting("WAREHOUSE_DSN", "`postgresql://user:pw@host:port/warehouse`: the published tables",
+                        secret=True).name
+LAKEHOUSE_CATALOG_DSN = setting(
+    "LAKEHOUSE_CATALOG_DSN", "`postgresql+psycopg2://…/lakehouse`: pyiceberg's SQL catalog (default: the "
+    "warehouse database)", secret=True).name
+LAKEHOUSE_WAREHOUSE = setting("LAKEHOUSE_WAREHOUSE", "where Iceberg data files are written",
+                              default="s3://lakehouse/warehouse").name
+S3_ENDPOINT_URL = setting("S3_ENDPOINT_URL", "S3 / MinIO endpoint, e.g. `http://127.0.0.1:8333`").name
+AWS_ACCESS_KEY_ID = setting("AWS_ACCESS_KEY_ID", "S3 access key id").name
+AWS_SECRET_ACCESS_KEY = setting("AWS_SECRET_ACCESS_KEY", "S3 secret key", secret=True).name
+AWS_REGION = setting("AWS_REGION", "S3 region", default="us-east-1").name
+DAGSTER_STORAGE_URL = setting(
+    "DAGSTER_STORAGE_URL", "`postgresql+psycopg2://…/dagster`: Dagster's run storage (written into "
+    "DAGSTER_HOME/dagster.yaml by `covid-lakehouse up`/`demo`; compose and Kubernetes set it)", secret=True).name
+RUN_FAILURE_WEBHOOK_URL = setting(
+    "RUN_FAILURE_WEBHOOK_URL", "optional: every failed run is POSTed here (Slack-compatible JSON) and recorded "
+    "in `ops.run_failures`", secret=True).name
+COVID_LAKEHOUSE_HOME = setting(
+    "COVID_LAKEHOUSE_HOME", "where embedded data and DAGSTER_HOME live", default="./.covid_lakehouse").name
 
 # What the embedded stack needs from outside to count as "external services mode".
 EXTERNAL_SERVICE_VARS = (WAREHOUSE_DSN, S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)

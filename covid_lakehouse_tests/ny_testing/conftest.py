@@ -25,6 +25,7 @@ from covid_lakehouse.defs.ny_testing.definitions import defs as ny_testing_defs
 from covid_lakehouse.defs.ny_testing.mock_api import ROWS_PATH
 from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings
 from covid_lakehouse.defs.ny_testing.snapshot import CSV_HEADER_COLUMNS, ColumnSpec, write_rows_json
+from covid_lakehouse.defs.ny_testing.warehouse import COUNTY_SCHEMA, REFERENCE_SCHEMA, STAGING_SCHEMA
 from covid_lakehouse.lib.api_harness import MockApi, MockResponse
 from covid_lakehouse.lib.clock import FakeClock
 from covid_lakehouse.lib.policies import rebuilt
@@ -84,7 +85,7 @@ class NyPipeline:
     def __init__(self, api: MockApi, settings: NyTestingSettings, resources: dict, http: HttpResource,
                  instance: dg.DagsterInstance, pg: psycopg.Connection, clock: FakeClock) -> None:
         self.api, self.settings, self.instance, self.pg, self.clock = api, settings, instance, pg, clock
-        self.defs = rebuilt(ny_testing_defs, resources={**resources, "http": http, "ny_testing": settings})
+        self.defs = rebuilt(ny_testing_defs, resources={**resources, "http": http, "ny_testing_settings": settings})
         self.body = b""
         self.cursor: str | None = None
         api.route("GET", ROWS_PATH, lambda _: MockResponse(200, self.body))
@@ -126,13 +127,13 @@ class NyPipeline:
         return list(self.instance.get_dynamic_partitions("ny_testing_counties"))
 
     def tables(self, schema: str | None = None) -> set[str]:
-        schema = schema or self.settings.county_schema
+        schema = schema or COUNTY_SCHEMA
         rows = self.pg.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
                                (schema,)).fetchall()
         return {r[0] for r in rows}
 
     def rows(self, table: str, schema: str | None = None) -> dict[date, dict]:
-        schema = schema or self.settings.county_schema
+        schema = schema or COUNTY_SCHEMA
         cur = self.pg.execute(sql.SQL("SELECT * FROM {} ORDER BY test_date").format(sql.Identifier(schema, table)))
         names = [d.name for d in cur.description]
         return {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
@@ -170,15 +171,22 @@ def h() -> type[Helpers]:
     return Helpers
 
 
+def empty_ny_testing_schemas(pg: psycopg.Connection) -> None:
+    """The domain's schemas as the migrations leave them: no county table, view or staging table, an
+    empty reference table (the schemas are fixed, so tests share them and start from this state)."""
+    pg.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(COUNTY_SCHEMA, "all_counties")))
+    for schema in (COUNTY_SCHEMA, STAGING_SCHEMA):
+        for (table,) in pg.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall():
+            pg.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, table)))
+    pg.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(REFERENCE_SCHEMA, "geography_totals")))
+
+
 @pytest.fixture
 def ny_settings(unique_schema: str, pg: psycopg.Connection) -> Iterator[dict]:
-    """NyTestingSettings fields giving each test its own schemas and raw prefix (dropped afterwards)."""
-    settings = {"county_schema": unique_schema, "reference_schema": f"{unique_schema}_ref",
-                "staging_schema": f"{unique_schema}_stg", "raw_prefix": f"tests/{unique_schema}/xdss-u53e",
-                "max_workers": 3}
-    yield settings
-    for schema in (settings["reference_schema"], settings["staging_schema"]):
-        pg.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    """NyTestingSettings fields giving each test its own raw prefix, on emptied domain schemas."""
+    empty_ny_testing_schemas(pg)
+    yield {"raw_prefix": f"tests/{unique_schema}/xdss-u53e", "max_workers": 3}
+    empty_ny_testing_schemas(pg)
 
 
 @pytest.fixture

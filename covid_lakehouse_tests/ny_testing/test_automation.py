@@ -15,6 +15,7 @@ from covid_lakehouse.defs.ny_testing.definitions import defs
 from covid_lakehouse.defs.ny_testing.mock_api import register
 from covid_lakehouse.defs.ny_testing.resources import LIVE_URL, SOURCE_URL_ENV, NyTestingSettings
 from covid_lakehouse.defs.ny_testing.schedules import ny_testing_daily
+from covid_lakehouse.defs.ny_testing.warehouse import COUNTY_SCHEMA, REFERENCE_SCHEMA
 from covid_lakehouse.lib.api_harness import MockApi
 from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
@@ -130,7 +131,7 @@ def test_the_demo_loads_the_full_bundled_snapshot_offline(services, resources, i
     with MockApi() as api:
         env = register(api)
         monkeypatch.setenv(SOURCE_URL_ENV, env[SOURCE_URL_ENV].replace("{base}", api.url))
-        merged = rebuilt(defs, resources={**defs.resources, **resources, "ny_testing": NyTestingSettings(**ny_settings)})
+        merged = rebuilt(defs, resources={**defs.resources, **resources, "ny_testing_settings": NyTestingSettings(**ny_settings)})
         download, load = run_demo_steps(merged, instance)
     assert download.success and load.success
 
@@ -138,7 +139,7 @@ def test_the_demo_loads_the_full_bundled_snapshot_offline(services, resources, i
     assert raw.metadata["data_source"].value.startswith("bundled offline snapshot (thru 2022-09-13")
     assert (raw.metadata["rows"].value, raw.metadata["county_count"].value) == (67_671, 62)
 
-    schema = ny_settings["county_schema"]
+    schema = COUNTY_SCHEMA
     tables = pg.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND "
                         "table_type = 'BASE TABLE'", (schema,)).fetchone()[0]
     assert tables == 62
@@ -150,7 +151,7 @@ def test_the_demo_loads_the_full_bundled_snapshot_offline(services, resources, i
                           "WHERE test_date = '2022-09-13'").fetchone()
     assert lawrence == (30, 24411, 280, 607022)  # the export's first line
     reference = pg.execute(f'SELECT count(DISTINCT (geography, name)), count(*) FROM '
-                           f'"{ny_settings["reference_schema"]}".geography_totals').fetchone()
+                           f'"{REFERENCE_SCHEMA}".geography_totals').fetchone()
     assert reference == (11, 11 * 927)  # 10 regions + statewide
     outcome = {e.check_name: (e.passed, e.severity.value) for e in load.get_asset_check_evaluations()}
     assert outcome == {

@@ -10,7 +10,12 @@ import pytest
 
 from covid_lakehouse.defs.ny_testing.assets import _publish_counties
 from covid_lakehouse.defs.ny_testing.parsing import open_rows_json
-from covid_lakehouse.defs.ny_testing.warehouse import Warehouse
+from covid_lakehouse.defs.ny_testing.warehouse import (
+    COUNTY_SCHEMA,
+    REFERENCE_SCHEMA,
+    STAGING_SCHEMA,
+    Warehouse,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +33,7 @@ def test_each_county_gets_its_own_table_with_the_six_columns(ny, h, pg):
     result = ny.daily()
     assert result.success
 
-    schema = ny.settings.county_schema
+    schema = COUNTY_SCHEMA
     assert ny.tables() == {"albany", "new_york", "st_lawrence", "all_counties"}  # no REGION/STATEWIDE table
     columns = pg.execute(
         "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
@@ -49,7 +54,7 @@ def test_each_county_gets_its_own_table_with_the_six_columns(ny, h, pg):
 
     # REGION and STATEWIDE rows live outside the county schema, for reconciliation.
     reference = pg.execute(
-        f'SELECT geography, name, count(*) FROM "{ny.settings.reference_schema}".geography_totals '
+        f'SELECT geography, name, count(*) FROM "{REFERENCE_SCHEMA}".geography_totals '
         "GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
     assert reference == [("REGION", "New York City", 3), ("STATEWIDE", "STATEWIDE", 3)]
 
@@ -110,12 +115,12 @@ def test_a_rerun_adds_nothing_and_keeps_load_dates(ny, h, pg):
     assert ny.daily().success
     before = {t: ny.rows(t) for t in ("albany", "new_york", "st_lawrence")}
     reference_before = pg.execute(
-        f'SELECT * FROM "{ny.settings.reference_schema}".geography_totals ORDER BY 1, 2, 3').fetchall()
+        f'SELECT * FROM "{REFERENCE_SCHEMA}".geography_totals ORDER BY 1, 2, 3').fetchall()
 
     rerun = ny.daily()  # a new download of the same data, a new sensor tick, a new load
     assert rerun.success
     assert {t: ny.rows(t) for t in before} == before  # same rows, same load_date
-    assert pg.execute(f'SELECT * FROM "{ny.settings.reference_schema}".geography_totals ORDER BY 1, 2, 3'
+    assert pg.execute(f'SELECT * FROM "{REFERENCE_SCHEMA}".geography_totals ORDER BY 1, 2, 3'
                       ).fetchall() == reference_before
     counts = {c: (m["inserted"], m["updated"], m["unchanged"]) for c, m in h.materialized(rerun).items()}
     assert counts == {"Albany": (0, 0, 3), "New York": (0, 0, 3), "St. Lawrence": (0, 0, 3)}
@@ -176,7 +181,7 @@ def test_a_new_county_in_the_response_becomes_a_partition_and_a_table(ny, h):
     assert ny.tables() == {"albany", "new_york", "bronx", "yates", "all_counties"}
     assert len(ny.rows("yates")) == 3
     assert h.materialized(result)["Bronx"]["table_created"] is True
-    view = ny.pg.execute(f'SELECT DISTINCT county FROM "{ny.settings.county_schema}".all_counties ORDER BY 1')
+    view = ny.pg.execute(f'SELECT DISTINCT county FROM "{COUNTY_SCHEMA}".all_counties ORDER BY 1')
     assert [r[0] for r in view] == ["Albany", "Bronx", "New York", "Yates"]
 
 
@@ -202,7 +207,7 @@ def test_a_county_that_disappears_keeps_its_table_and_is_reported(ny, h, capsys)
     assert present.metadata["missing_counties"].value == ["St. Lawrence"]
     assert set(h.materialized(result)) == {"Albany", "New York"}
     assert "absent from the source: table kept" in summary(result)["load_summary"]
-    view = ny.pg.execute(f'SELECT count(*) FROM "{ny.settings.county_schema}".all_counties '
+    view = ny.pg.execute(f'SELECT count(*) FROM "{COUNTY_SCHEMA}".all_counties '
                          "WHERE county = 'St. Lawrence'").fetchone()[0]
     assert view == 3  # still in the analysts' view
 
@@ -213,19 +218,18 @@ def test_loads_run_through_a_worker_pool_and_leave_no_staging_behind(ny, h, pg):
     assert result.success
     assert len(h.materialized(result)) == 7
     leftovers = pg.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
-                           (ny.settings.staging_schema,)).fetchone()[0]
+                           (STAGING_SCHEMA,)).fetchone()[0]
     assert leftovers == 0
     # every row of one run shares the run's load_date
-    stamps = pg.execute(f'SELECT count(DISTINCT load_date) FROM "{ny.settings.county_schema}".all_counties')
+    stamps = pg.execute(f'SELECT count(DISTINCT load_date) FROM "{COUNTY_SCHEMA}".all_counties')
     assert stamps.fetchone()[0] == 1
     assert summary(result)["counties_held_back"] == []
 
 
 def test_one_county_failing_to_publish_leaves_the_others_committed(ny, h, warehouse, pg):
     """Each county is its own transaction on its own connection: a broken table fails alone."""
-    schema = ny.settings.county_schema
-    wh = Warehouse(warehouse, county_schema=schema, reference_schema=ny.settings.reference_schema,
-                   staging_schema=ny.settings.staging_schema)
+    schema = COUNTY_SCHEMA
+    wh = Warehouse(warehouse)
     staging = wh.staging_table("unit-test")
     reader = open_rows_json(io.BytesIO(h.rows_json(h.dataset())), source="test")
     assert wh.stage(staging, reader.batches()) == 15
@@ -257,8 +261,7 @@ def test_the_load_reads_the_parsed_copy_and_falls_back_to_the_json_without_it(ny
 
 def test_large_staging_is_rewritten_in_county_order_without_changing_its_rows(ny, h, warehouse, pg):
     """Above shared_buffers the staged rows are reordered so each county's upsert reads its own pages."""
-    wh = Warehouse(warehouse, county_schema=ny.settings.county_schema, reference_schema=ny.settings.reference_schema,
-                   staging_schema=ny.settings.staging_schema)
+    wh = Warehouse(warehouse)
     staging = wh.staging_table("order-test")
     reader = open_rows_json(io.BytesIO(h.rows_json(h.dataset(days=4))), source="test")
     assert wh.stage(staging, reader.batches()) == 20
@@ -266,7 +269,8 @@ def test_large_staging_is_rewritten_in_county_order_without_changing_its_rows(ny
     try:
         before = sorted(pg.execute(f"SELECT * FROM {name}").fetchall())
         assert wh.order_staging(staging) is False  # a few rows: far below shared_buffers, left as staged
-        assert wh.order_staging(staging, min_bytes=0) is True
+        # An operator's lower threshold (NyTestingSettings.order_staging_above_mb) reorders it.
+        assert Warehouse(warehouse, order_staging_above_mb=0).order_staging(staging) is True
         in_file_order = pg.execute(f"SELECT geography, county, test_date FROM {name} ORDER BY ctid").fetchall()
         assert in_file_order == sorted(in_file_order)  # physically in (geography, county, test_date) order
         assert sorted(pg.execute(f"SELECT * FROM {name}").fetchall()) == before

@@ -22,7 +22,7 @@ from covid_lakehouse.defs.vaccines.resources import (
     DEFAULT_ALLOCATION_URLS,
     DEFAULT_POPULATION_URL,
     SourceConfigError,
-    VaccineSources,
+    VaccinesSettings,
     public_url,
 )
 from covid_lakehouse.defs.vaccines.schedules import vaccines_refresh, vaccines_weekly
@@ -65,9 +65,9 @@ def api(lake) -> Iterator[MockApi]:
 
 
 @pytest.fixture
-def sources(lake) -> VaccineSources:
+def sources(lake) -> VaccinesSettings:
     env = lake[1]
-    return VaccineSources(allocation_urls={"moderna": env["VACCINES_MODERNA_URL"], "pfizer": env["VACCINES_PFIZER_URL"]},
+    return VaccinesSettings(allocation_urls={"moderna": env["VACCINES_MODERNA_URL"], "pfizer": env["VACCINES_PFIZER_URL"]},
                           population_url=env["VACCINES_POPULATION_URL"])
 
 
@@ -79,9 +79,9 @@ def fresh_tables(pg, reset_domain) -> Iterator[None]:
     reset_domain("vaccines")
 
 
-def materialize(resources: dict, instance: dg.DagsterInstance, sources: VaccineSources, **overrides):
+def materialize(resources: dict, instance: dg.DagsterInstance, sources: VaccinesSettings, **overrides):
     return dg.materialize([raw_sources, people_per_dose], instance=instance, raise_on_error=False,
-                          resources={**resources, "vaccine_sources": sources, **overrides})
+                          resources={**resources, "vaccines_settings": sources, **overrides})
 
 
 def published(pg) -> tuple[list[tuple], list[tuple]]:
@@ -275,7 +275,7 @@ def test_failing_check_also_rolls_back_a_new_manufacturer_column(ref, lake, api,
     tables = published(pg)
     janssen_file = ref.FIXTURES / "cdc_full_Rwritecsv_janssen_thru_2021-06-21.csv"
     lake[0].route("GET", JANSSEN_PATH, lambda _: MockResponse.file(janssen_file, "text/csv"))
-    three = VaccineSources(allocation_urls={**sources.allocation_urls, "janssen": lake[0].url + JANSSEN_PATH},
+    three = VaccinesSettings(allocation_urls={**sources.allocation_urls, "janssen": lake[0].url + JANSSEN_PATH},
                            population_url=sources.population_url)
     serve(api, POPULATION_PATH, POPULATION_FILE.read_bytes()
           + b'0500000US72001,72001,"Adjuntas Municipio, Puerto Rico",' + b",".join([b"1"] * 11) + b"\r\n")
@@ -374,7 +374,7 @@ def test_janssen_is_added_by_configuration_and_removed_again(ref, lake, api, sou
     lake[0].route("GET", JANSSEN_PATH, lambda _: MockResponse.file(janssen_file, "text/csv"))
     assert materialize(resources, instance, sources).success  # published with two manufacturers first
 
-    three = VaccineSources(allocation_urls={**sources.allocation_urls, "janssen": lake[0].url + JANSSEN_PATH},
+    three = VaccinesSettings(allocation_urls={**sources.allocation_urls, "janssen": lake[0].url + JANSSEN_PATH},
                            population_url=sources.population_url)
     result = materialize(resources, instance, three)
     assert result.success
@@ -398,29 +398,29 @@ def test_sources_resolve_config_then_environment_then_lake(monkeypatch) -> None:
     for name in ("VACCINES_MANUFACTURERS", "VACCINES_MODERNA_URL", "VACCINES_PFIZER_URL", "VACCINES_JANSSEN_URL",
                  "VACCINES_POPULATION_URL"):
         monkeypatch.delenv(name, raising=False)
-    assert VaccineSources().allocations() == DEFAULT_ALLOCATION_URLS
-    assert VaccineSources().population() == DEFAULT_POPULATION_URL
+    assert VaccinesSettings().allocations() == DEFAULT_ALLOCATION_URLS
+    assert VaccinesSettings().population() == DEFAULT_POPULATION_URL
 
     monkeypatch.setenv("VACCINES_MODERNA_URL", "http://mirror/moderna.csv")
     monkeypatch.setenv("VACCINES_POPULATION_URL", "http://mirror/pop.csv")
-    assert VaccineSources().allocations() == {"moderna": "http://mirror/moderna.csv",
+    assert VaccinesSettings().allocations() == {"moderna": "http://mirror/moderna.csv",
                                               "pfizer": DEFAULT_ALLOCATION_URLS["pfizer"]}
-    assert VaccineSources().population() == "http://mirror/pop.csv"
-    assert VaccineSources(population_url="http://config/pop.csv").population() == "http://config/pop.csv"
+    assert VaccinesSettings().population() == "http://mirror/pop.csv"
+    assert VaccinesSettings(population_url="http://config/pop.csv").population() == "http://config/pop.csv"
 
     monkeypatch.setenv("VACCINES_MANUFACTURERS", "moderna, pfizer, janssen")
     with pytest.raises(SourceConfigError, match="VACCINES_JANSSEN_URL is not set"):
-        VaccineSources().allocations()
+        VaccinesSettings().allocations()
     monkeypatch.setenv("VACCINES_JANSSEN_URL", "https://data.cdc.gov/resource/w9zu-fywh.csv?$limit=50000")
-    assert list(VaccineSources().allocations()) == ["moderna", "pfizer", "janssen"]
+    assert list(VaccinesSettings().allocations()) == ["moderna", "pfizer", "janssen"]
 
     with pytest.raises(SourceConfigError, match="lower-case name"):
-        VaccineSources(allocation_urls={"J&J; drop": "http://x/j.csv"}).allocations()
+        VaccinesSettings(allocation_urls={"J&J; drop": "http://x/j.csv"}).allocations()
     assert public_url("https://u:pw@h/r.csv?$limit=5&$$app_token=secret") == "https://h/r.csv?$limit=5&$$app_token=REDACTED"
 
 
 def test_a_bad_configuration_fails_at_once_without_retries(api, resources, instance) -> None:
-    result = materialize(resources, instance, VaccineSources(allocation_urls={"moderna": "ftp://x/m.csv"}))
+    result = materialize(resources, instance, VaccinesSettings(allocation_urls={"moderna": "ftp://x/m.csv"}))
     assert not result.success
     error = result.failure_data_for_node(RAW_KEY.to_python_identifier()).error.message
     assert "moderna: 'ftp://x/m.csv' is not an http(s) URL" in error
@@ -438,7 +438,7 @@ def test_mock_api_registrar_points_the_domain_at_the_lake_paths() -> None:
 
 
 def test_domain_definitions_run_like_the_demo(lake, api, services, instance, pg, monkeypatch, fresh_tables) -> None:
-    """The Definitions as shipped (VaccineSources() unconfigured) pointed at the mock by environment
+    """The Definitions as shipped (VaccinesSettings() unconfigured) pointed at the mock by environment
     variables set after import, as `make demo` does, and run by the demo's own runner."""
     for name, value in lake[1].items():
         monkeypatch.setenv(name, value)

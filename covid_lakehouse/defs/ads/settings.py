@@ -1,9 +1,10 @@
 """Where the ads domain keeps its data, and the settings an operator may change (from the environment)."""
 
-import os
 from datetime import timedelta
 
 import dagster as dg
+
+from covid_lakehouse.lib.settings import SettingError, setting
 
 # Fixed names: the seed's contract ("ad-data/backup", "ad-data/archive") and the warehouse table.
 BUCKET = "ad-data"
@@ -13,10 +14,13 @@ ARCHIVE_NAMESPACE = "ads"
 ARCHIVE_TABLE = "ads_archive"
 ARCHIVE_LOCATION = f"s3://{BUCKET}/archive/{ARCHIVE_TABLE}"
 
-API_URL_ENV = "ADS_API_URL"
-ARCHIVE_RETENTION_ENV = "ADS_ARCHIVE_RETENTION_HOURS"
-BACKUP_RETENTION_ENV = "ADS_BACKUP_RETENTION_DAYS"
-DEFAULT_ARCHIVE_RETENTION = timedelta(hours=24)
+API_URL = setting("ADS_API_URL", "the ad API (no public default; `make demo`/`make up` serve the bundled mock)",
+                  scope="ads")
+ARCHIVE_RETENTION = setting("ADS_ARCHIVE_RETENTION_HOURS", "ads shown longer ago than this are archived and deleted",
+                            default="24", scope="ads")
+BACKUP_RETENTION = setting("ADS_BACKUP_RETENTION_DAYS", "raw API backups older than this are deleted (unset: kept "
+                           "forever)", scope="ads")
+API_URL_ENV, ARCHIVE_RETENTION_ENV, BACKUP_RETENTION_ENV = API_URL.name, ARCHIVE_RETENTION.name, BACKUP_RETENTION.name
 
 
 class AdsSettings(dg.ConfigurableResource):
@@ -32,40 +36,14 @@ class AdsSettings(dg.ConfigurableResource):
     backup_retention_days: int | None = None  # ADS_BACKUP_RETENTION_DAYS, default: keep forever
 
     def resolved_api_url(self) -> str:
-        url = self.api_url or os.environ.get(API_URL_ENV)
-        if not url:
-            raise dg.Failure(
-                description=f"the ads API URL is not configured: set the environment variable {API_URL_ENV} "
-                "(there is no public default; `make demo` and `make up` set it to the bundled mock API)",
-                allow_retries=False,
-            )
-        return url
+        return API_URL.require(self.api_url)
 
     def archive_retention(self) -> timedelta:
-        hours = self.archive_retention_hours
-        if hours is None:
-            hours = _env_number(ARCHIVE_RETENTION_ENV, DEFAULT_ARCHIVE_RETENTION.total_seconds() / 3600)
+        hours = ARCHIVE_RETENTION.number(self.archive_retention_hours)
         if hours <= 0:
-            raise dg.Failure(description=f"archive retention must be positive hours, got {hours}",
-                             allow_retries=False)
+            raise SettingError(f"{ARCHIVE_RETENTION.name}: archive retention must be positive hours, got {hours:g}")
         return timedelta(hours=hours)
 
     def backup_retention_days_resolved(self) -> int | None:
-        days = self.backup_retention_days
-        if days is None and os.environ.get(BACKUP_RETENTION_ENV):
-            days = int(_env_number(BACKUP_RETENTION_ENV, 0))
-        if days is not None and days < 1:
-            raise dg.Failure(description=f"backup retention must be at least 1 day, got {days}",
-                             allow_retries=False)
-        return days
-
-
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise dg.Failure(description=f"environment variable {name}={raw!r} is not a number",
-                         allow_retries=False) from None
+        days = BACKUP_RETENTION.number(self.backup_retention_days, minimum=1)
+        return None if days is None else int(days)

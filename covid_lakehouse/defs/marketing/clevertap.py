@@ -30,21 +30,25 @@ from covid_lakehouse.defs.marketing.common import (
     SourceApiError,
     SourceSchemaError,
     build_client,
-    env_list,
-    env_setting,
     load_json,
 )
 from covid_lakehouse.defs.marketing.tables import CLEVERTAP
 from covid_lakehouse.lib.clock import Clock, SystemClock
 from covid_lakehouse.lib.http import HttpClient
+from covid_lakehouse.lib.settings import setting
 
 SOURCE = "clevertap"
-API_URL_ENV = "CLEVERTAP_API_URL"
-ACCOUNT_ENV = "CLEVERTAP_ACCOUNT_ID"
-PASSCODE_ENV = "CLEVERTAP_PASSCODE"
-EVENTS_ENV = "CLEVERTAP_EVENT_NAMES"
-TIMEZONE_ENV = "CLEVERTAP_TIMEZONE"
 DEFAULT_API_URL = "https://api.clevertap.com"
+API_URL = setting("CLEVERTAP_API_URL", "regional API base (https://<region>.api.clevertap.com)",
+                  default=DEFAULT_API_URL, scope="marketing")
+ACCOUNT = setting("CLEVERTAP_ACCOUNT_ID", "CleverTap account id", scope="marketing")
+PASSCODE = setting("CLEVERTAP_PASSCODE", "CleverTap passcode", secret=True, scope="marketing")
+EVENTS = setting("CLEVERTAP_EVENT_NAMES", "comma-separated events to export", default="App Launched",
+                 scope="marketing")
+TIMEZONE = setting("CLEVERTAP_TIMEZONE", "the account's IANA time zone (event timestamps are local to it)",
+                   default="UTC", scope="marketing")
+API_URL_ENV, ACCOUNT_ENV, PASSCODE_ENV, EVENTS_ENV, TIMEZONE_ENV = (API_URL.name, ACCOUNT.name, PASSCODE.name,
+                                                                    EVENTS.name, TIMEZONE.name)
 COUNT_POLLS = 30
 COUNT_POLL_INTERVAL_S = 2.0
 
@@ -195,10 +199,10 @@ class CleverTapResource(dg.ConfigurableResource):
     backoff_base_s: float = 1.0
 
     def events(self) -> list[str]:
-        return env_list(self.event_names, EVENTS_ENV, "App Launched")
+        return EVENTS.values(self.event_names)
 
     def zone(self) -> ZoneInfo:
-        name = env_setting(self.timezone, TIMEZONE_ENV, "UTC")
+        name = TIMEZONE.require(self.timezone)
         try:
             return ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):
@@ -208,6 +212,5 @@ class CleverTapResource(dg.ConfigurableResource):
         http = build_client(clock=clock, auth_hint=f"the environment variables {ACCOUNT_ENV} and {PASSCODE_ENV}",
                             retry_after_from=None, max_attempts=self.max_attempts,
                             max_total_wait_s=self.max_total_wait_s, backoff_base_s=self.backoff_base_s)
-        return CleverTapEvents(http, env_setting(self.api_url, API_URL_ENV, DEFAULT_API_URL),
-                               env_setting(None, ACCOUNT_ENV), env_setting(None, PASSCODE_ENV), self.batch_size,
-                               clock or SystemClock())
+        return CleverTapEvents(http, API_URL.require(self.api_url), ACCOUNT.require(), PASSCODE.require(),
+                               self.batch_size, clock or SystemClock())

@@ -4,7 +4,6 @@ per-API retry budget, raw pages landed write-once in S3, and the error raised on
 import io
 import json
 import logging
-import os
 import re
 import tarfile
 import tempfile
@@ -21,6 +20,7 @@ import requests
 from covid_lakehouse.lib.clock import Clock
 from covid_lakehouse.lib.http import HttpClient, RetryHint
 from covid_lakehouse.lib.s3 import LakeS3Resource, StoredObject
+from covid_lakehouse.lib.settings import SettingError
 
 RAW_BUCKET = "raw"
 RAW_PREFIX = "marketing"
@@ -29,29 +29,6 @@ _RUN_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}(-retry\d+)?$")
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class SettingError(ValueError):
-    """A required setting is missing or malformed (names the environment variable)."""
-
-
-def env_setting(configured: str | None, env_name: str, default: str | None = None) -> str:
-    """Resource config, else the environment variable, else the default; read when a run starts so
-    that the demo, tests and deployments can point an imported code location elsewhere."""
-    value = configured if configured not in (None, "") else os.environ.get(env_name) or default
-    if not value:
-        raise SettingError(f"{env_name} is not set (and no value is configured on the resource)")
-    return value
-
-
-def env_list(configured: list[str] | None, env_name: str, default: str | None = None) -> list[str]:
-    if configured:
-        return [v.strip() for v in configured if v.strip()]
-    raw = env_setting(None, env_name, default)
-    values = [v.strip() for v in raw.split(",") if v.strip()]
-    if not values:
-        raise SettingError(f"{env_name} is empty")
-    return values
 
 
 class SourceSchemaError(dg.Failure):

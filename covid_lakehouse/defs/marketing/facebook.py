@@ -29,20 +29,22 @@ from covid_lakehouse.defs.marketing.common import (
     SettingError,
     SourceSchemaError,
     build_client,
-    env_list,
-    env_setting,
     int_metric,
     load_json,
 )
 from covid_lakehouse.defs.marketing.tables import FACEBOOK
 from covid_lakehouse.lib.clock import Clock
 from covid_lakehouse.lib.http import HttpClient, parse_retry_after
+from covid_lakehouse.lib.settings import setting
 
 SOURCE = "facebook"
-TOKEN_ENV = "FACEBOOK_ACCESS_TOKEN"
-GRAPH_URL_ENV = "FACEBOOK_GRAPH_URL"
-ACCOUNTS_ENV = "FACEBOOK_AD_ACCOUNT_IDS"
 DEFAULT_GRAPH_URL = "https://graph.facebook.com/v21.0"
+TOKEN = setting("FACEBOOK_ACCESS_TOKEN", "Marketing API access token (a system user's, ads_read)", secret=True,
+                scope="marketing")
+GRAPH_URL = setting("FACEBOOK_GRAPH_URL", "Graph API base, version included", default=DEFAULT_GRAPH_URL,
+                    scope="marketing")
+ACCOUNTS = setting("FACEBOOK_AD_ACCOUNT_IDS", "comma-separated ad accounts (act_<id> or <id>)", scope="marketing")
+TOKEN_ENV, GRAPH_URL_ENV, ACCOUNTS_ENV = TOKEN.name, GRAPH_URL.name, ACCOUNTS.name
 
 FIELDS = ("account_id", "account_name", "account_currency", "campaign_id", "campaign_name", "adset_id",
           "adset_name", "ad_id", "ad_name", "date_start", "date_stop", "impressions", "clicks", "spend", "actions")
@@ -318,7 +320,7 @@ class FacebookAdsResource(dg.ConfigurableResource):
     backoff_base_s: float = 2.0
 
     def accounts(self) -> list[str]:
-        return [account_id_of(a) for a in env_list(self.ad_account_ids, ACCOUNTS_ENV)]
+        return [account_id_of(a) for a in ACCOUNTS.values(self.ad_account_ids)]
 
     def connector(self, clock: Clock | None = None) -> FacebookInsights:
         session = requests.Session()
@@ -326,5 +328,4 @@ class FacebookAdsResource(dg.ConfigurableResource):
         http = build_client(clock=clock, auth_hint=f"the environment variable {TOKEN_ENV}", retry_after_from=retry_hint,
                             max_attempts=self.max_attempts, max_total_wait_s=self.max_rate_limit_wait_s,
                             backoff_base_s=self.backoff_base_s, session=session)
-        return FacebookInsights(http, env_setting(self.graph_url, GRAPH_URL_ENV, DEFAULT_GRAPH_URL),
-                                env_setting(None, TOKEN_ENV), self.page_size)
+        return FacebookInsights(http, GRAPH_URL.require(self.graph_url), TOKEN.require(), self.page_size)

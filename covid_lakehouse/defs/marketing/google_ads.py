@@ -9,7 +9,6 @@ retryDelay Google names (or with backoff).
 """
 
 import json
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -27,26 +26,33 @@ from covid_lakehouse.defs.marketing.common import (
     SettingError,
     SourceSchemaError,
     build_client,
-    env_list,
-    env_setting,
     int_metric,
     load_json,
 )
 from covid_lakehouse.defs.marketing.tables import GOOGLE_ADS
 from covid_lakehouse.lib.clock import Clock, SystemClock
 from covid_lakehouse.lib.http import AuthError, ClientError, HttpClient, parse_retry_after
+from covid_lakehouse.lib.settings import setting
 
 SOURCE = "google_ads"
-API_URL_ENV = "GOOGLE_ADS_API_URL"
-TOKEN_URL_ENV = "GOOGLE_OAUTH_TOKEN_URL"
-CUSTOMERS_ENV = "GOOGLE_ADS_CUSTOMER_IDS"
-LOGIN_CUSTOMER_ENV = "GOOGLE_ADS_LOGIN_CUSTOMER_ID"
-DEVELOPER_TOKEN_ENV = "GOOGLE_ADS_DEVELOPER_TOKEN"
-CLIENT_ID_ENV = "GOOGLE_ADS_CLIENT_ID"
-CLIENT_SECRET_ENV = "GOOGLE_ADS_CLIENT_SECRET"
-REFRESH_TOKEN_ENV = "GOOGLE_ADS_REFRESH_TOKEN"
 DEFAULT_API_URL = "https://googleads.googleapis.com/v21"
 DEFAULT_TOKEN_URL = "https://oauth2.googleapis.com/token"
+API_URL = setting("GOOGLE_ADS_API_URL", "Google Ads REST base, version included", default=DEFAULT_API_URL,
+                  scope="marketing")
+TOKEN_URL = setting("GOOGLE_OAUTH_TOKEN_URL", "OAuth 2.0 token endpoint", default=DEFAULT_TOKEN_URL, scope="marketing")
+CUSTOMERS = setting("GOOGLE_ADS_CUSTOMER_IDS", "comma-separated customer ids (10 digits, dashes allowed)",
+                    scope="marketing")
+LOGIN_CUSTOMER = setting("GOOGLE_ADS_LOGIN_CUSTOMER_ID", "optional: the manager account the customers are read "
+                         "through", scope="marketing")
+DEVELOPER_TOKEN = setting("GOOGLE_ADS_DEVELOPER_TOKEN", "Google Ads API developer token", secret=True,
+                          scope="marketing")
+CLIENT_ID = setting("GOOGLE_ADS_CLIENT_ID", "OAuth client id", scope="marketing")
+CLIENT_SECRET = setting("GOOGLE_ADS_CLIENT_SECRET", "OAuth client secret", secret=True, scope="marketing")
+REFRESH_TOKEN = setting("GOOGLE_ADS_REFRESH_TOKEN", "OAuth refresh token", secret=True, scope="marketing")
+API_URL_ENV, TOKEN_URL_ENV, CUSTOMERS_ENV, LOGIN_CUSTOMER_ENV = (API_URL.name, TOKEN_URL.name, CUSTOMERS.name,
+                                                                 LOGIN_CUSTOMER.name)
+DEVELOPER_TOKEN_ENV, CLIENT_ID_ENV, CLIENT_SECRET_ENV, REFRESH_TOKEN_ENV = (
+    DEVELOPER_TOKEN.name, CLIENT_ID.name, CLIENT_SECRET.name, REFRESH_TOKEN.name)
 CREDENTIALS_HINT = f"the environment variables {DEVELOPER_TOKEN_ENV}, {CLIENT_ID_ENV}, {CLIENT_SECRET_ENV}, {REFRESH_TOKEN_ENV}"
 
 QUERY = (
@@ -104,9 +110,8 @@ class OAuthToken:
 
     def _current(self) -> str:
         if self._token is None or self._clock.now() >= self._expires:
-            form = {"grant_type": "refresh_token", "client_id": env_setting(None, CLIENT_ID_ENV),
-                    "client_secret": env_setting(None, CLIENT_SECRET_ENV),
-                    "refresh_token": env_setting(None, REFRESH_TOKEN_ENV)}
+            form = {"grant_type": "refresh_token", "client_id": CLIENT_ID.require(),
+                    "client_secret": CLIENT_SECRET.require(), "refresh_token": REFRESH_TOKEN.require()}
             try:
                 response = self._http.post(self._url, data=form)
             except ClientError as err:  # invalid_grant / invalid_client arrive as 400
@@ -239,14 +244,13 @@ class GoogleAdsResource(dg.ConfigurableResource):
     backoff_base_s: float = 1.0
 
     def customers(self) -> list[str]:
-        return [customer_id_of(c) for c in env_list(self.customer_ids, CUSTOMERS_ENV)]
+        return [customer_id_of(c) for c in CUSTOMERS.values(self.customer_ids)]
 
     def connector(self, clock: Clock | None = None) -> GoogleAdsReports:
         http = build_client(clock=clock, auth_hint=CREDENTIALS_HINT, retry_after_from=retry_hint,
                             max_attempts=self.max_attempts, max_total_wait_s=self.max_total_wait_s,
                             backoff_base_s=self.backoff_base_s)
-        login = self.login_customer_id or os.environ.get(LOGIN_CUSTOMER_ENV)
-        token = OAuthToken(http, env_setting(self.token_url, TOKEN_URL_ENV, DEFAULT_TOKEN_URL), clock or SystemClock())
-        return GoogleAdsReports(http, env_setting(self.api_url, API_URL_ENV, DEFAULT_API_URL), token,
-                                env_setting(None, DEVELOPER_TOKEN_ENV),
+        login = LOGIN_CUSTOMER.get(self.login_customer_id)
+        token = OAuthToken(http, TOKEN_URL.require(self.token_url), clock or SystemClock())
+        return GoogleAdsReports(http, API_URL.require(self.api_url), token, DEVELOPER_TOKEN.require(),
                                 customer_id_of(login) if login else None)

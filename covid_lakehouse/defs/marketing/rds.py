@@ -13,7 +13,6 @@ demo`` and tests) does the resource read a generated demo source instead, schema
 fails the run instead of loading fake data.
 """
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,12 +27,15 @@ from covid_lakehouse.defs.marketing.common import SourceSchemaError
 from covid_lakehouse.defs.marketing.rds_demo import DEMO_SCHEMA, ensure_demo_source
 from covid_lakehouse.defs.marketing.tables import RDS_CUSTOMERS, RDS_ORDERS, TableSpec
 from covid_lakehouse.lib.postgres import validate_identifier
-from covid_lakehouse.lib.settings import WAREHOUSE_DSN, redact
+from covid_lakehouse.lib.settings import SETTINGS, WAREHOUSE_DSN, redact, setting
 
 SOURCE = "rds"
-DSN_ENV = "MARKETING_RDS_DSN"
-SCHEMA_ENV = "MARKETING_RDS_SCHEMA"
-DEMO_ENV = "MARKETING_RDS_DEMO"
+DSN = setting("MARKETING_RDS_DSN", "the application database (use sslmode=verify-full and a read-only role)",
+              secret=True, scope="marketing")
+SCHEMA = setting("MARKETING_RDS_SCHEMA", "the application database's schema", default="public", scope="marketing")
+DEMO = setting("MARKETING_RDS_DEMO", "1: load generated demo data from the warehouse database (demo and tests only)",
+               scope="marketing")
+DSN_ENV, SCHEMA_ENV, DEMO_ENV = DSN.name, SCHEMA.name, DEMO.name
 FETCH_ROWS = 50_000
 
 
@@ -86,15 +88,15 @@ class RdsSourceResource(dg.ConfigurableResource):
     schema_name: str | None = Field(default=None, description=f"Source schema; unset: {SCHEMA_ENV}, else public")
 
     def source(self) -> RdsSource:
-        dsn = os.environ.get(DSN_ENV)
+        dsn = DSN.get()
         if dsn:
-            schema = self.schema_name or os.environ.get(SCHEMA_ENV) or "public"
+            schema = SCHEMA.require(self.schema_name)
             return RdsSource(dsn, validate_identifier(schema, what=SCHEMA_ENV), demo=False)
-        if os.environ.get(DEMO_ENV) != "1":
+        if DEMO.get() != "1":
             raise dg.Failure(f"{DSN_ENV} is not set: point it at the application database "
                              f"(or set {DEMO_ENV}=1 to load generated demo data, demo and tests only)",
                              allow_retries=False)
-        warehouse = os.environ.get(WAREHOUSE_DSN)
+        warehouse = SETTINGS[WAREHOUSE_DSN].get()
         if not warehouse:
             raise dg.Failure(f"{DEMO_ENV}=1 needs {WAREHOUSE_DSN} (the demo source lives in the warehouse database)",
                              allow_retries=False)

@@ -3,7 +3,6 @@ run the schedule would (once, remembered in its cursor). Stopped by default in d
 backfill is the deliberate way to load history; `make demo` ticks it to materialize a few days."""
 
 import json
-import os
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -11,17 +10,18 @@ import dagster as dg
 from covid_lakehouse.defs.marketing.assets import GROUP, SOURCE_KEYS
 from covid_lakehouse.defs.marketing.partitions import LOOKBACK_DAYS
 from covid_lakehouse.defs.marketing.schedules import lookback_run_request
+from covid_lakehouse.lib.settings import SettingError, setting
 
-BOOTSTRAP_DAYS_ENV = "MARKETING_BOOTSTRAP_DAYS"  # shortens the first window (the demo uses 3)
+BOOTSTRAP_DAYS = setting("MARKETING_BOOTSTRAP_DAYS", "shortens the first load's window to this many days (the "
+                         "demo uses 3); unset: each source's look-back window", scope="marketing")
+BOOTSTRAP_DAYS_ENV = BOOTSTRAP_DAYS.name
 
 
 def bootstrap_days() -> int | None:
-    raw = os.environ.get(BOOTSTRAP_DAYS_ENV)
-    if not raw:
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{BOOTSTRAP_DAYS_ENV} must be a positive number of days, got {raw!r}")
-    return int(raw)
+    days = BOOTSTRAP_DAYS.number(minimum=1)
+    if days is not None and days != int(days):
+        raise SettingError(f"{BOOTSTRAP_DAYS_ENV} must be a whole number of days, got {days:g}")
+    return None if days is None else int(days)
 
 
 @dg.sensor(name="marketing_bootstrap", target=dg.AssetSelection.groups(GROUP), minimum_interval_seconds=300,

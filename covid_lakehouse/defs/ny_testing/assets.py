@@ -68,10 +68,10 @@ _BAD_SOURCE = (SourceFormatError, UnsafeCountyError, UnsafeTableError)
     "checked to parse, kept write-once in S3 (raw/ny_testing/xdss-u53e/sha256=<digest>.json).",
 )
 def raw_rows_json(context: dg.AssetExecutionContext, http: HttpResource, s3: LakeS3Resource,
-                  ny_testing: NyTestingSettings) -> dg.MaterializeResult:
-    url = ny_testing.resolved_source_url()
+                  ny_testing_settings: NyTestingSettings) -> dg.MaterializeResult:
+    url = ny_testing_settings.resolved_source_url()
     shown = display_url(url)
-    bucket, prefix = ny_testing.raw_bucket, ny_testing.raw_prefix.strip("/")
+    bucket, prefix = ny_testing_settings.raw_bucket, ny_testing_settings.raw_prefix.strip("/")
     with tempfile.TemporaryFile() as body:
         with http.client() as client:  # streams to the file; retries 429/5xx/cut-short bodies
             download = client.download(url, body)
@@ -155,17 +155,16 @@ class CountyLoadConfig(dg.Config):
     "REGION/STATEWIDE rows go to ny_testing_reference.geography_totals.",
 )
 def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, warehouse: PostgresResource,
-                 s3: LakeS3Resource, ny_testing: NyTestingSettings):
+                 s3: LakeS3Resource, ny_testing_settings: NyTestingSettings):
     raw_key = config.raw_key or context.run.tags.get(RAW_KEY_TAG) or _latest_raw_key(context.instance)
     counties = list(context.partition_keys)
     tables = _county_tables(context.instance.get_dynamic_partitions(COUNTY_PARTITIONS_NAME))
     loaded_at = datetime.now(UTC)  # one load_date for every row this run inserts or revises
-    wh = Warehouse(warehouse, county_schema=ny_testing.county_schema, reference_schema=ny_testing.reference_schema,
-                   staging_schema=ny_testing.staging_schema)
+    wh = Warehouse(warehouse, order_staging_above_mb=ny_testing_settings.order_staging_above_mb)
     staging = wh.staging_table(context.run_id)
     try:
         seen: set[tuple[str, str]] = set()
-        with _raw_rows(s3, ny_testing.raw_bucket, raw_key) as (batches, rows_updated_at, staged_from, grouped):
+        with _raw_rows(s3, ny_testing_settings.raw_bucket, raw_key) as (batches, rows_updated_at, staged_from, grouped):
             staged_rows = wh.stage(staging, staged_units(batches, seen))
         in_source = {name for geography, name in seen if geography == COUNTY}
         # Rows in source order (the JSON fallback, an older parsed file) are regrouped when that pays.
@@ -175,12 +174,12 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
                          "; rewritten in county order (larger than shared_buffers)" if reordered else "")
 
         with warehouse.connection() as conn:
-            staged = Staged(conn, staging, counties, rows_updated_at, loaded_at.date(), ny_testing.max_age_days)
+            staged = Staged(conn, staging, counties, rows_updated_at, loaded_at.date(), ny_testing_settings.max_age_days)
             results, failures = run_audits(AUDITS, staged, asset_key=COUNTY_KEY)
         yield from results  # before anything is published
         blocked = blocked_units(failures)
         publish = [c for c in counties if c in in_source and not blocked.county_blocked(c)]
-        loaded, errors = _publish_counties(wh, staging, publish, tables, loaded_at, ny_testing.max_workers)
+        loaded, errors = _publish_counties(wh, staging, publish, tables, loaded_at, ny_testing_settings.max_workers)
         for county in sorted(loaded):
             yield dg.AssetMaterialization(asset_key=COUNTY_KEY, partition=county,
                                           metadata=_county_metadata(loaded[county], raw_key))
@@ -191,7 +190,7 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
 
     yield dg.AssetObservation(asset_key=COUNTY_KEY, metadata=_run_summary(
         counties, in_source, loaded, errors, blocked, failures, reference, in_view, raw_key, staged_from,
-        staged_rows, ny_testing.county_schema))
+        staged_rows, wh.county_schema))
     if errors:  # infrastructure, not data: the RetryPolicy reruns the step (loads are idempotent)
         names = ", ".join(sorted(errors))
         first = next(iter(errors.values()))

@@ -12,5 +12,5 @@ defs = dg.Definitions(
     jobs=[raw_job],
     schedules=[ny_testing_daily],
     sensors=[ny_testing_county_partitions],
-    resources={"ny_testing": NyTestingSettings()},
+    resources={"ny_testing_settings": NyTestingSettings()},
 )

@@ -1,6 +1,6 @@
 """Warehouse side of the load: staging, per-county upserts, the reference table and the analyst view.
 
-Layout (schemas are NyTestingSettings fields):
+Layout (the schemas and the reference table are made by defs/ny_testing/migrations/; county tables here):
   ny_testing.<county_slug>              one table per county, test_date primary key
   ny_testing.all_counties               view: every county table with a county column
   ny_testing_reference.geography_totals REGION / STATEWIDE rows (not counties), for reconciliation
@@ -27,6 +27,9 @@ from covid_lakehouse.lib.migrate import ensure_migrated
 from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident, validate_identifier
 
 MIGRATION_SCOPE = "ny_testing"  # schemas, reference table, analyst grants: defs/ny_testing/migrations/
+COUNTY_SCHEMA = "ny_testing"  # one table per county + the all_counties view, nothing else
+REFERENCE_SCHEMA = "ny_testing_reference"  # REGION / STATEWIDE rows, for reconciliation
+STAGING_SCHEMA = "ny_testing_staging"  # one UNLOGGED table per running load, dropped after it
 COUNTY = "COUNTY"
 VIEW = "all_counties"
 REFERENCE_TABLE = "geography_totals"
@@ -66,12 +69,13 @@ class CountyResult:
 class Warehouse:
     """The SQL of one load. Every method takes or opens its own connection (workers run in parallel)."""
 
-    def __init__(self, warehouse: PostgresResource, *, county_schema: str, reference_schema: str,
-                 staging_schema: str) -> None:
+    county_schema = COUNTY_SCHEMA
+    reference_schema = REFERENCE_SCHEMA
+    staging_schema = STAGING_SCHEMA
+
+    def __init__(self, warehouse: PostgresResource, *, order_staging_above_mb: int | None = None) -> None:
         self.pg = warehouse
-        self.county_schema = validate_identifier(county_schema, what="schema")
-        self.reference_schema = validate_identifier(reference_schema, what="schema")
-        self.staging_schema = validate_identifier(staging_schema, what="schema")
+        self.order_staging_above_mb = order_staging_above_mb
 
     # -- staging ------------------------------------------------------------------------------------
     def staging_table(self, run_id: str) -> sql.Composed:
@@ -81,11 +85,7 @@ class Warehouse:
         """COPY every parsed row (counties and reference rows) into an UNLOGGED table that the
         publishing workers read over their own connections; committed on return."""
         with self.pg.connection() as conn:
-            ensure_migrated(conn, MIGRATION_SCOPE)
-            # Schemas first, here: workers creating them concurrently would collide in the catalog. The
-            # migrations create the default ones; a configured other schema (tests, a second load) is made here.
-            for schema in (self.staging_schema, self.county_schema, self.reference_schema):
-                PostgresResource.ensure_schema(conn, schema)
+            ensure_migrated(conn, MIGRATION_SCOPE)  # the schemas and the reference table
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))  # a retried attempt of this run
             conn.execute(sql.SQL(
                 "CREATE UNLOGGED TABLE {} (geography text NOT NULL, county text NOT NULL, "
@@ -95,23 +95,23 @@ class Warehouse:
             conn.execute(sql.SQL("ANALYZE {}").format(staging))
         return rows
 
-    def order_staging(self, staging: sql.Composed, *, min_bytes: int | None = None) -> bool:
-        """Rewrite the staged rows in (geography, county, test_date) order when they outgrow shared_buffers;
-        True if it did.
+    def order_staging(self, staging: sql.Composed) -> bool:
+        """Rewrite the staged rows in (geography, county, test_date) order when they outgrow shared_buffers
+        (or the configured ``order_staging_above_mb``); True if it did.
 
         The source lists every geography for a day before the next day, so each county's rows sit on
         nearly every page of the staging table: each county's upsert would read the whole table, from
         disk once it no longer fits in shared_buffers (62 x 550 MB at 100x the snapshot). In key order
         a county's rows are contiguous, and the audits' GROUP BY and window scans follow the index.
-        Below that size the table is read from memory and the rewrite would cost more than it saves.
-        ``min_bytes`` replaces the shared_buffers threshold (tests)."""
+        Below that size the table is read from memory and the rewrite would cost more than it saves."""
+        above = None if self.order_staging_above_mb is None else self.order_staging_above_mb * 1024 * 1024
         with self.pg.connection() as conn:
             name = staging.as_string(conn)
             big, index = conn.execute(
                 "SELECT pg_relation_size(%s::regclass) > coalesce(%s, pg_size_bytes(current_setting('shared_buffers'))), "
                 "(SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                 "WHERE i.indrelid = %s::regclass LIMIT 1)",
-                (name, min_bytes, name)).fetchone()
+                (name, above, name)).fetchone()
             if not big or index is None:
                 return False
             conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # the sort, in memory as far as it goes
@@ -177,11 +177,6 @@ class Warehouse:
         source = sql.SQL("(SELECT geography, county AS name, test_date, {} FROM {} WHERE geography <> {}) AS staged"
                          ).format(measures, staging, sql.Literal(COUNTY))
         with self.pg.connection() as conn:
-            # In the default schema the migration made it; in a configured other one, the same definition here.
-            conn.execute(sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (geography text NOT NULL, name text NOT NULL, test_date date NOT NULL, "
-                "{}, load_date timestamptz NOT NULL, PRIMARY KEY (geography, name, test_date))"
-            ).format(target, _measure_defs()))
             return PostgresResource.upsert(
                 conn, target=target, source=source, key_columns=["geography", "name", "test_date"],
                 value_columns=list(MEASURES), touch_columns={"load_date": sql.Literal(loaded_at)})

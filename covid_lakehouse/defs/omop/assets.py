@@ -2,7 +2,6 @@
 with its provenance, quarantine and flags, published as Iceberg tables in namespace omop_<tenant>
 with write-audit-publish. Plus omop/demo_source_seed, which prepares the demo tenant."""
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -24,6 +23,7 @@ from covid_lakehouse.defs.omop.transform import (
 )
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.s3 import LakeS3Resource
+from covid_lakehouse.lib.settings import SETTINGS
 from covid_lakehouse.lib.wap import audit_check_specs
 
 GROUP = "omop"
@@ -198,7 +198,7 @@ def _column_schema(schema: pa.Schema) -> dg.TableSchema:
                 "only if absent.",
 )
 def demo_source_seed(context: dg.AssetExecutionContext, s3: LakeS3Resource, omop_tenants: TenantsResource):
-    if os.environ.get(DEMO_SEED_ENV) != "1":
+    if SETTINGS[DEMO_SEED_ENV].get() != "1":
         context.log.info("%s is not 1: nothing to seed", DEMO_SEED_ENV)
         return
     seeded = seed_demo(omop_tenants.load(), s3)

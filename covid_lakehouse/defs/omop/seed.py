@@ -28,6 +28,7 @@ from covid_lakehouse.defs.omop.rules import DATA_DIR, npi_check_digits
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
 from covid_lakehouse.lib.postgres import PostgresResource, table_ident, validate_identifier
 from covid_lakehouse.lib.s3 import LakeS3Resource
+from covid_lakehouse.lib.settings import setting
 
 CARE_SITES = [
     ("City Hospital", "CSH01"),
@@ -78,7 +79,8 @@ PROVIDER_COLUMNS = ["provider_name", "npi", "specialty", "care_site", "provider_
 SAMPLE_FILE = DATA_DIR / "E4_sample_providers.csv"
 # The demo: tenant "demo" of the bundled tenants file, seeded by omop/demo_source_seed when the demo
 # environment sets OMOP_DEMO_SEED=1.
-DEMO_SEED_ENV = "OMOP_DEMO_SEED"
+DEMO_SEED_ENV = setting("OMOP_DEMO_SEED", "1: omop/demo_source_seed seeds the demo tenant (demo and tests only)",
+                        scope="omop").name
 DEMO_TENANT = "demo"
 DEMO_PROVIDERS = 20_000
 _NPI_SPACE = 900_000_000  # 9-digit bases 100000000..999999999

@@ -8,7 +8,6 @@ with its one tenant.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,15 @@ import dagster as dg
 import yaml
 
 from covid_lakehouse.lib.postgres import UnsafeIdentifierError, validate_identifier
+from covid_lakehouse.lib.settings import setting
 
-TENANTS_FILE_ENV = "OMOP_TENANTS_FILE"
 BUNDLED_TENANTS_FILE = Path(__file__).parent / "data" / "tenants.yaml"
+TENANTS_FILE = setting("OMOP_TENANTS_FILE", "the tenants file (YAML): each tenant's source and landing prefix; "
+                       "unset: the bundled covid_lakehouse/defs/omop/data/tenants.yaml", scope="omop")
+TENANTS_FILE_ENV = TENANTS_FILE.name
+# The variable each tenant names in the tenants file (source_dsn_env) holds its source database DSN.
+SOURCE_DSN = setting("{}", "a tenant's source database DSN, in the variable its tenants-file entry names",
+                     secret=True, scope="omop", placeholder="source_dsn_env")
 NAMESPACE_PREFIX = "omop_"
 # "omop_" + name must stay a valid 63-character identifier (Iceberg namespace, SQL schema).
 MAX_TENANT_NAME = 63 - len(NAMESPACE_PREFIX)
@@ -51,7 +56,7 @@ class Tenant:
         return self.landing_prefix or f"omop/landing/{self.name}/"
 
     def source_dsn(self) -> str:
-        dsn = os.environ.get(self.source_dsn_env)
+        dsn = SOURCE_DSN.named(self.source_dsn_env).get()
         if not dsn:
             raise TenantConfigError(
                 f"tenant {self.name!r}: environment variable {self.source_dsn_env} (its source database DSN) is not set")
@@ -110,7 +115,7 @@ class TenantsResource(dg.ConfigurableResource):
     tenants_file: str = ""
 
     def path(self) -> Path:
-        return Path(self.tenants_file or os.environ.get(TENANTS_FILE_ENV) or BUNDLED_TENANTS_FILE)
+        return Path(TENANTS_FILE.get(self.tenants_file) or BUNDLED_TENANTS_FILE)
 
     def load(self) -> list[Tenant]:
         path = self.path()

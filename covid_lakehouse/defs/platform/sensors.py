@@ -2,15 +2,15 @@
 RUN_FAILURE_WEBHOOK_URL is set, posted to that webhook (Slack-compatible JSON)."""
 
 
-import os
 
 import dagster as dg
 import requests
 from psycopg import sql
 
 from covid_lakehouse.lib.postgres import PostgresResource
+from covid_lakehouse.lib.settings import RUN_FAILURE_WEBHOOK_URL, SETTINGS
 
-WEBHOOK_ENV = "RUN_FAILURE_WEBHOOK_URL"
+WEBHOOK_ENV = RUN_FAILURE_WEBHOOK_URL
 
 
 def record_failure(warehouse: PostgresResource, *, run_id: str, job_name: str, message: str) -> None:
@@ -35,6 +35,6 @@ def record_run_failures(context: dg.RunFailureSensorContext, warehouse: Postgres
     run = context.dagster_run
     message = context.failure_event.message or "run failed"
     record_failure(warehouse, run_id=run.run_id, job_name=run.job_name, message=message)
-    url = os.environ.get(WEBHOOK_ENV)
+    url = SETTINGS[WEBHOOK_ENV].get()
     if url:
         post_webhook(url, run_id=run.run_id, job_name=run.job_name, message=message)

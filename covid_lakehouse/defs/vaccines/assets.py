@@ -19,7 +19,7 @@ import dagster as dg
 import pandas as pd
 
 from covid_lakehouse.defs.vaccines import publish
-from covid_lakehouse.defs.vaccines.resources import VaccineSources, public_url
+from covid_lakehouse.defs.vaccines.resources import VaccinesSettings, public_url
 from covid_lakehouse.defs.vaccines.sources import (
     SourceFormatError,
     is_truncated,
@@ -88,11 +88,11 @@ def _bad_source(err: Exception, what: str) -> dg.Failure:
     description="CDC weekly vaccine allocations (one CSV per configured manufacturer) and 2018 county "
     "populations, downloaded, parsed, and kept write-once in S3 (bucket raw, content-addressed keys).",
 )
-def raw_sources(context: dg.AssetExecutionContext, vaccine_sources: VaccineSources, http: HttpResource,
+def raw_sources(context: dg.AssetExecutionContext, vaccines_settings: VaccinesSettings, http: HttpResource,
                 s3: LakeS3Resource) -> dg.MaterializeResult:
     try:
-        wanted = [(ALLOCATIONS, name, url) for name, url in vaccine_sources.allocations().items()]
-        wanted.append((POPULATION, POPULATION, vaccine_sources.population()))
+        wanted = [(ALLOCATIONS, name, url) for name, url in vaccines_settings.allocations().items()]
+        wanted.append((POPULATION, POPULATION, vaccines_settings.population()))
     except ValueError as err:  # SourceConfigError, UnsafeIdentifierError: fix the configuration
         raise _bad_source(err, "Nothing was downloaded; see docs/vaccines.md for the configuration.") from None
     stored: list[StoredSource] = []

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from covid_lakehouse.defs.vaccines.assets import people_per_dose, raw_sources
-from covid_lakehouse.defs.vaccines.resources import VaccineSources
+from covid_lakehouse.defs.vaccines.resources import VaccinesSettings
 from covid_lakehouse.defs.vaccines.schedules import vaccines_refresh, vaccines_weekly
 
 defs = dg.Definitions(
@@ -11,5 +11,5 @@ defs = dg.Definitions(
     jobs=[vaccines_refresh],
     schedules=[vaccines_weekly],
     # No config here: the URLs are resolved from the environment when a run starts (see resources.py).
-    resources={"vaccine_sources": VaccineSources()},
+    resources={"vaccines_settings": VaccinesSettings()},
 )

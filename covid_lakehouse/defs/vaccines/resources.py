@@ -13,9 +13,7 @@ Adding Janssen (single dose) is configuration only: VACCINES_MANUFACTURERS=moder
 VACCINES_JANSSEN_URL=https://data.cdc.gov/resource/w9zu-fywh.csv?$limit=50000.
 """
 
-import os
 import re
-from collections.abc import Mapping
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import dagster as dg
@@ -24,6 +22,7 @@ from pydantic import Field
 from covid_lakehouse.defs.vaccines.transform import dose_column
 from covid_lakehouse.lib.http import SAFE_QUERY_PARAMS
 from covid_lakehouse.lib.postgres import validate_identifier
+from covid_lakehouse.lib.settings import setting
 
 LAKE = "https://covid19-lake.s3.us-east-2.amazonaws.com"
 DEFAULT_ALLOCATION_URLS: dict[str, str] = {
@@ -32,8 +31,13 @@ DEFAULT_ALLOCATION_URLS: dict[str, str] = {
 }
 DEFAULT_POPULATION_URL = f"{LAKE}/static-datasets/csv/CountyPopulation/County_Population.csv"
 
-MANUFACTURERS_ENV = "VACCINES_MANUFACTURERS"
-POPULATION_ENV = "VACCINES_POPULATION_URL"
+MANUFACTURERS = setting("VACCINES_MANUFACTURERS", "comma-separated manufacturers whose allocations are loaded",
+                        default=",".join(DEFAULT_ALLOCATION_URLS), scope="vaccines")
+ALLOCATION_URL = setting("VACCINES_{}_URL", "weekly allocations CSV of one manufacturer (long layout); defaults: "
+                         "the covid19-lake Moderna and Pfizer files", scope="vaccines", placeholder="MANUFACTURER")
+POPULATION_URL = setting("VACCINES_POPULATION_URL", "the 2018 county population CSV",
+                         default=DEFAULT_POPULATION_URL, scope="vaccines")
+MANUFACTURERS_ENV, POPULATION_ENV = MANUFACTURERS.name, POPULATION_URL.name
 _MANUFACTURER = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -43,14 +47,14 @@ class SourceConfigError(ValueError):
 
 def url_env(manufacturer: str) -> str:
     """'moderna' -> 'VACCINES_MODERNA_URL'."""
-    return f"VACCINES_{manufacturer.upper()}_URL"
+    return ALLOCATION_URL.named(manufacturer).name
 
 
-def allocation_urls_from_env(environ: Mapping[str, str]) -> dict[str, str]:
-    names = [m.strip().lower() for m in environ.get(MANUFACTURERS_ENV, ",".join(DEFAULT_ALLOCATION_URLS)).split(",")]
+def allocation_urls_from_env() -> dict[str, str]:
+    names = [m.strip().lower() for m in MANUFACTURERS.require().split(",")]
     urls: dict[str, str] = {}
     for name in filter(None, names):
-        url = environ.get(url_env(name)) or DEFAULT_ALLOCATION_URLS.get(name)
+        url = ALLOCATION_URL.named(name).get() or DEFAULT_ALLOCATION_URLS.get(name)
         if not url:
             raise SourceConfigError(
                 f"{MANUFACTURERS_ENV} lists {name!r} but {url_env(name)} is not set (there is no default "
@@ -72,7 +76,7 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-class VaccineSources(dg.ConfigurableResource):
+class VaccinesSettings(dg.ConfigurableResource):
     """The vaccines domain's source URLs (see the module docstring for defaults and precedence)."""
 
     allocation_urls: dict[str, str] | None = Field(
@@ -90,7 +94,7 @@ class VaccineSources(dg.ConfigurableResource):
         if self.allocation_urls is not None:
             urls = {name.strip().lower(): url for name, url in self.allocation_urls.items()}
         else:
-            urls = allocation_urls_from_env(os.environ)
+            urls = allocation_urls_from_env()
         if not urls:
             raise SourceConfigError("no allocation sources configured")
         for name, url in urls.items():
@@ -102,7 +106,7 @@ class VaccineSources(dg.ConfigurableResource):
         return urls
 
     def population(self) -> str:
-        url = self.population_url or os.environ.get(POPULATION_ENV) or DEFAULT_POPULATION_URL
+        url = POPULATION_URL.require(self.population_url)
         if not url.startswith(("http://", "https://")):
             raise SourceConfigError(f"population: {public_url(url)!r} is not an http(s) URL")
         return url
