@@ -1,6 +1,7 @@
 """Measurement plumbing: every measured piece of work runs in a fresh Python process, which reports
 its own wall time and peak RSS, so the framework's and the floor's memory are comparable and one
-case never inflates another's figures."""
+case never inflates another's figures. A case takes a Scale: its full size, or the smoke run's tiny
+one (`make bench-smoke`), which goes through the same code with fewer rows and one run per figure."""
 
 from __future__ import annotations
 
@@ -13,7 +14,23 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-CASES: dict[str, Callable[[], list[Result]]] = {}
+
+@dataclass(frozen=True)
+class Scale:
+    smoke: bool = False
+
+    def size(self, full, smoke):
+        """``full`` for a benchmark run, ``smoke`` for the smoke run."""
+        return smoke if self.smoke else full
+
+    def repeat(self, full: int) -> int:
+        return 1 if self.smoke else full
+
+
+FULL = Scale()
+SMOKE = Scale(smoke=True)
+
+CASES: dict[str, Callable[[Scale], list[Result]]] = {}
 
 
 @dataclass
