@@ -9,9 +9,10 @@ from __future__ import annotations
 import io
 import os
 
-from benchmarks.harness import case, measure, result, timed
+from benchmarks.harness import Scale, case, measure, result, timed
 
 ROWS = 1_000_000
+SMOKE_ROWS = 5_000
 FLOOR_PREFIX = "bench-floor/archive"
 
 
@@ -20,9 +21,9 @@ def _prepare(rows: int) -> None:
     import psycopg
     from psycopg import sql
 
-    from covid_lakehouse.defs.ads.archive import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
-    from covid_lakehouse.defs.ads.settings import BUCKET
-    from covid_lakehouse.defs.ads.warehouse import ensure_tables
+    from benchmarks.common import reset_domain
+    from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE, BUCKET, PG_SCHEMA
+    from covid_lakehouse.defs.ads.warehouse import MIGRATION_SCOPE, ensure_tables
     from covid_lakehouse.lib.lakehouse import LakehouseResource
     from covid_lakehouse.lib.s3 import s3_client
     from covid_lakehouse.lib.settings import ServiceSettings
@@ -37,8 +38,8 @@ def _prepare(rows: int) -> None:
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
                 client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
+    reset_domain(MIGRATION_SCOPE, PG_SCHEMA)
     with psycopg.connect(settings.warehouse_dsn) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS ads CASCADE")
         ensure_tables(conn)
         conn.execute(sql.SQL(
             "INSERT INTO ads.ads SELECT gen_random_uuid(), "
@@ -113,8 +114,9 @@ def measure_dagster(rows: int = ROWS) -> tuple[float, int]:
 
 
 @case("ads_archive_1m")
-def run() -> list:
-    baseline = measure("benchmarks.common", "empty_asset")
-    floor = measure("benchmarks.ads", "floor", repeat=2)
-    dagster = measure("benchmarks.ads", "dagster", repeat=2)
+def run(scale: Scale) -> list:
+    rows, repeat = scale.size(ROWS, SMOKE_ROWS), scale.repeat(2)
+    baseline = measure("benchmarks.common", "empty_asset", repeat=scale.repeat(3))
+    floor = measure("benchmarks.ads", "floor", repeat=repeat, rows=rows)
+    dagster = measure("benchmarks.ads", "dagster", repeat=repeat, rows=rows)
     return [result("ads_archive_1m", dagster, floor, baseline, target_ratio=2.0)]

@@ -1,6 +1,9 @@
-"""Pieces shared by benchmark cases: the empty-asset baseline and a Dagster materialization helper."""
+"""Pieces shared by benchmark cases: the empty-asset baseline, a Dagster materialization helper and the
+reset of a domain's warehouse schemas."""
 
 from __future__ import annotations
+
+import os
 
 import dagster as dg
 
@@ -30,3 +33,17 @@ def measure_empty_asset() -> tuple[float, int]:
 
     seconds, _ = materialize_timed([empty], {})
     return seconds, 0
+
+
+def reset_domain(scope: str, *schemas: str) -> None:
+    """Drop ``schemas`` and forget the migration records of ``scope``, so the domain's migrations run
+    again from scratch: with its records left in ops.schema_migrations, ensure_migrated would take the
+    dropped tables for existing ones and never recreate them."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(os.environ["WAREHOUSE_DSN"], autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        if conn.execute("SELECT to_regclass('ops.schema_migrations') IS NOT NULL").fetchone()[0]:
+            conn.execute("DELETE FROM ops.schema_migrations WHERE scope = %s", (scope,))

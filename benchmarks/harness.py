@@ -1,6 +1,7 @@
 """Measurement plumbing: every measured piece of work runs in a fresh Python process, which reports
 its own wall time and peak RSS, so the framework's and the floor's memory are comparable and one
-case never inflates another's figures."""
+case never inflates another's figures. A case takes a Scale: its full size, or the smoke run's tiny
+one (`make bench-smoke`), which goes through the same code with fewer rows and one run per figure."""
 
 from __future__ import annotations
 
@@ -13,7 +14,23 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-CASES: dict[str, Callable[[], list[Result]]] = {}
+
+@dataclass(frozen=True)
+class Scale:
+    smoke: bool = False
+
+    def size(self, full, smoke):
+        """``full`` for a benchmark run, ``smoke`` for the smoke run."""
+        return smoke if self.smoke else full
+
+    def repeat(self, full: int) -> int:
+        return 1 if self.smoke else full
+
+
+FULL = Scale()
+SMOKE = Scale(smoke=True)
+
+CASES: dict[str, Callable[[Scale], list[Result]]] = {}
 
 
 @dataclass
@@ -92,9 +109,19 @@ def _child(payload: str) -> None:
     spec = json.loads(payload)
     module = importlib.import_module(spec["module"])
     seconds, rows = getattr(module, f"measure_{spec['role']}")(**spec["params"])
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    peak_mb = peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 1024 / 1024
-    print(json.dumps({"seconds": seconds, "rows": rows, "peak_rss_mb": peak_mb}))
+    print(json.dumps({"seconds": seconds, "rows": rows, "peak_rss_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. On Linux VmHWM, not ru_maxrss: ru_maxrss keeps the peak of the
+    memory the process had before exec, i.e. the runner's RSS when it spawned this child, so every child
+    started after the runner grew (ny_testing loads the snapshot in it) reported at least that much."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+        return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
 
 
 if __name__ == "__main__":

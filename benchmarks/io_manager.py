@@ -9,9 +9,10 @@ import os
 import numpy as np
 import pandas as pd
 
-from benchmarks.harness import case, measure, result, timed
+from benchmarks.harness import Scale, case, measure, result, timed
 
 ROWS = 1_000_000
+SMOKE_ROWS = 10_000
 TABLE = "bench_io"
 
 
@@ -82,8 +83,9 @@ def measure_dagster(rows: int = ROWS) -> tuple[float, int]:
 
 
 @case("io_manager_1m")
-def run() -> list:
-    baseline = measure("benchmarks.common", "empty_asset")
-    floor = measure("benchmarks.io_manager", "floor")
-    dagster = measure("benchmarks.io_manager", "dagster")
+def run(scale: Scale) -> list:
+    rows, repeat = scale.size(ROWS, SMOKE_ROWS), scale.repeat(3)
+    baseline = measure("benchmarks.common", "empty_asset", repeat=repeat)
+    floor = measure("benchmarks.io_manager", "floor", repeat=repeat, rows=rows)
+    dagster = measure("benchmarks.io_manager", "dagster", repeat=repeat, rows=rows)
     return [result("io_manager_1m", dagster, floor, baseline, target_ratio=1.5)]

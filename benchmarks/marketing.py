@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
 
-from benchmarks.harness import Measurement, best_of, case, measure, result, timed
+from benchmarks.harness import Measurement, Scale, best_of, case, measure, result, timed
 
-ACCOUNTS = [f"1000000000{i:02d}" for i in range(10)]
 FIRST_DAY = date(2024, 3, 1)
-DAYS = 10
-ADS = 10_000
+ACCOUNTS, DAYS, ADS = 10, 10, 10_000  # ad accounts x days x ads per account and day
+SMOKE_ACCOUNTS, SMOKE_DAYS, SMOKE_ADS = 2, 2, 1_000
 PAGE = 500
 INTERVAL_S = 0.05  # the fixed rate limit: one call per 50 ms per ad account
 TOKEN = "bench-token"
@@ -43,9 +42,13 @@ def _metrics(ad: int, day: date) -> tuple[int, int, str, int]:
     return impressions, clicks, f"{impressions * 123 // 100 / 100:.2f}", clicks // 4
 
 
-def page_body(account: str, day: date, offset: int, after_next: str | None) -> bytes:
+def account_ids(accounts: int) -> list[str]:
+    return [f"1000000000{i:02d}" for i in range(accounts)]
+
+
+def page_body(account: str, day: date, offset: int, after_next: str | None, ads: int = ADS) -> bytes:
     rows = []
-    for ad in range(offset, min(offset + PAGE, ADS)):
+    for ad in range(offset, min(offset + PAGE, ads)):
         i, k, sp, p = _metrics(ad, day)
         rows.append(_ROW.format(a=account, c=f"{account[-2:]}{ad // 100:03d}", ad=f"{account[-2:]}{ad:06d}",
                                 d=day.isoformat(), i=i, k=k, sp=sp, p=p))
@@ -56,7 +59,7 @@ def page_body(account: str, day: date, offset: int, after_next: str | None) -> b
 
 
 @contextmanager
-def facebook_mock() -> Iterator[str]:
+def facebook_mock(ads: int = ADS) -> Iterator[str]:
     """A lean Graph API stand-in (pages rendered from a template on request) with the fixed rate limit,
     served from this process while the measured processes run."""
     import threading
@@ -84,14 +87,15 @@ def facebook_mock() -> Iterator[str]:
             days = [since + timedelta(days=n) for n in range((date.fromisoformat(window["until"]) - since).days + 1)]
             data = []
             for day in days:
-                metrics = [_metrics(ad, day) for ad in range(ADS)]
+                metrics = [_metrics(ad, day) for ad in range(ads)]
                 data.append({"date_start": day.isoformat(), "date_stop": day.isoformat(),
                              "impressions": str(sum(m[0] for m in metrics)), "clicks": str(sum(m[1] for m in metrics)),
                              "spend": f"{sum(float(m[2]) for m in metrics):.2f}"})
             return MockResponse.json_body({"data": data})
         offset = int(query.get("after", 0))
-        more = offset + PAGE < ADS
-        return MockResponse(200, page_body(account, since, offset, f"http://mock{req.path}?after={offset + PAGE}" if more else None))
+        more = offset + PAGE < ads
+        next_url = f"http://mock{req.path}?after={offset + PAGE}" if more else None
+        return MockResponse(200, page_body(account, since, offset, next_url, ads))
 
     with MockApi() as api:
         api.route("GET", PATH + "/*", insights)
@@ -99,20 +103,13 @@ def facebook_mock() -> Iterator[str]:
 
 
 def _reset() -> None:
-    import psycopg
+    from benchmarks.common import reset_domain
+    from covid_lakehouse.defs.marketing.tables import MIGRATION_SCOPE, SCHEMA
 
-    from covid_lakehouse.defs.marketing.tables import MIGRATION_SCOPE
-
-    with psycopg.connect(os.environ["WAREHOUSE_DSN"], autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS marketing CASCADE")
-        conn.execute("DROP SCHEMA IF EXISTS marketing_staging CASCADE")
-        conn.execute("DROP SCHEMA IF EXISTS bench_marketing_floor CASCADE")
-        # the domain's migrations re-run from scratch (their records would say the dropped tables exist)
-        if conn.execute("SELECT to_regclass('ops.schema_migrations') IS NOT NULL").fetchone()[0]:
-            conn.execute("DELETE FROM ops.schema_migrations WHERE scope = %s", (MIGRATION_SCOPE,))
+    reset_domain(MIGRATION_SCOPE, SCHEMA, "marketing_staging", "bench_marketing_floor")
 
 
-def measure_dagster() -> tuple[float, int]:
+def measure_dagster(accounts: int = ACCOUNTS, days: int = DAYS) -> tuple[float, int]:
     from benchmarks.common import materialize_timed
     from covid_lakehouse.defs.marketing.assets import facebook_ad_insights_daily
     from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
@@ -121,15 +118,15 @@ def measure_dagster() -> tuple[float, int]:
 
     _reset()
     resources = {**platform_resources(),
-                 "marketing_facebook": FacebookAdsResource(page_size=PAGE, max_concurrent_accounts=len(ACCOUNTS))}
-    last = FIRST_DAY + timedelta(days=DAYS - 1)
+                 "marketing_facebook": FacebookAdsResource(page_size=PAGE, max_concurrent_accounts=accounts)}
+    last = FIRST_DAY + timedelta(days=days - 1)
     seconds, run = materialize_timed([facebook_ad_insights_daily], resources,
                                      tags={RANGE_START_TAG: FIRST_DAY.isoformat(), RANGE_END_TAG: last.isoformat()})
     [event, *_] = run.asset_materializations_for_node("marketing__facebook_ad_insights_daily")
     return seconds, event.metadata["dagster/row_count"].value
 
 
-def measure_floor() -> tuple[float, int]:
+def measure_floor(accounts: int = ACCOUNTS, days: int = DAYS) -> tuple[float, int]:
     """A plain script doing the same work: fetch every insights page from the same mock (same rate
     limit, one thread per account), decode with json, build columns, COPY (pyarrow CSV) into the same
     table while the pages arrive. No raw landing, reconciliation, staging or merge."""
@@ -150,7 +147,7 @@ def measure_floor() -> tuple[float, int]:
     order = ["date_start" if n == "date" else n for n in names]
     fields = [n for n in order if n not in ("actions", "raw_object")]
     graph = os.environ["FACEBOOK_GRAPH_URL"]
-    bodies: queue.Queue = queue.Queue(maxsize=len(ACCOUNTS) * 2)
+    bodies: queue.Queue = queue.Queue(maxsize=accounts * 2)
 
     def fetch(account: str) -> None:  # one thread per account: the rate limit is per account
         try:
@@ -161,7 +158,7 @@ def measure_floor() -> tuple[float, int]:
 
     def fetch_pages(account: str) -> None:
         session = requests.Session()
-        for n in range(DAYS):
+        for n in range(days):
             day = (FIRST_DAY + timedelta(days=n)).isoformat()
             params = {"level": "ad", "time_increment": 1, "limit": PAGE,
                       "time_range": json.dumps({"since": day, "until": day})}
@@ -191,7 +188,7 @@ def measure_floor() -> tuple[float, int]:
             ensure_migrated(conn, MIGRATION_SCOPE)  # the same table definition as the pipeline's
             conn.execute("CREATE TABLE bench_marketing_floor.facebook_ad_insights_daily "
                          "(LIKE marketing.facebook_ad_insights_daily INCLUDING ALL)")
-            threads = [threading.Thread(target=fetch, args=(a,), daemon=True) for a in ACCOUNTS]
+            threads = [threading.Thread(target=fetch, args=(a,), daemon=True) for a in account_ids(accounts)]
             for t in threads:
                 t.start()
             with conn.cursor().copy(f"COPY bench_marketing_floor.facebook_ad_insights_daily ({', '.join(names)}) "
@@ -212,17 +209,19 @@ def measure_floor() -> tuple[float, int]:
 
 
 @case("marketing_facebook_1m")
-def run() -> list:
-    baseline = measure("benchmarks.common", "empty_asset")
-    with facebook_mock() as url:
+def run(scale: Scale) -> list:
+    accounts, days, ads = scale.size((ACCOUNTS, DAYS, ADS), (SMOKE_ACCOUNTS, SMOKE_DAYS, SMOKE_ADS))
+    baseline = measure("benchmarks.common", "empty_asset", repeat=scale.repeat(3))
+    with facebook_mock(ads) as url:
         os.environ.update({"FACEBOOK_GRAPH_URL": url + PATH, "FACEBOOK_ACCESS_TOKEN": TOKEN,
-                           "FACEBOOK_AD_ACCOUNT_IDS": ",".join(ACCOUNTS)})
+                           "FACEBOOK_AD_ACCOUNT_IDS": ",".join(account_ids(accounts))})
         # best of 3 each, the two alternating so a slow spell of the shared VM hits both: a single pair
         # of runs moved the ratio between 1.15x and 1.5x with no code change
-        pairs = [(measure("benchmarks.marketing", "dagster", repeat=1), measure("benchmarks.marketing", "floor", repeat=1))
-                 for _ in range(3)]
+        pairs = [(measure("benchmarks.marketing", "dagster", repeat=1, accounts=accounts, days=days),
+                  measure("benchmarks.marketing", "floor", repeat=1, accounts=accounts, days=days))
+                 for _ in range(scale.repeat(3))]
     framework, script = (best_of([pair[i] for pair in pairs]) for i in (0, 1))
-    calls_per_account = DAYS * -(-ADS // PAGE) + 1  # insight pages + the account totals call
+    calls_per_account = days * -(-ads // PAGE) + 1  # insight pages + the account totals call
     rate_floor = calls_per_account * INTERVAL_S
     floor = Measurement(max(rate_floor, script.seconds), script.peak_rss_mb, script.rows)
     print(f"  rate-limit minimum {rate_floor:.1f}s, plain fetch+parse+COPY script {script.seconds:.1f}s")

@@ -23,9 +23,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from benchmarks.harness import case, measure, result, timed
+from benchmarks.harness import Scale, case, measure, result, timed
 
 SCALES = (1, 10, 100)
+SMOKE_SCALES = (1, 2)  # of the probe body instead of the whole snapshot
 TARGET_RATIO = {10: 2.0, 100: 2.0}
 TARGET_RSS_OVER_BASELINE_MB = {10: 150, 100: 300}
 REPEAT = {1: 3, 10: 3, 100: 1}
@@ -56,29 +57,28 @@ def _write_once(path: Path, columns: list, rows) -> Path:
     return path
 
 
-def snapshot_file(scale: int) -> Path:
-    """The rows.json body served for ``scale`` (the bundled snapshot, or a scaled copy made once and kept
-    in the temp dir: 134 MB at 10x, 1.3 GB at 100x, which takes ~3 minutes to write)."""
+def snapshot_file(scale: int, last_days: int | None = None) -> Path:
+    """The rows.json body served for ``scale``: the bundled snapshot, or a copy made once and kept in the
+    temp dir (134 MB at 10x, 1.3 GB at 100x, which takes ~3 minutes to write). With ``last_days``, only
+    the snapshot's last days: every geography (62 county partitions) and hardly any rows."""
     from covid_lakehouse.defs.ny_testing.raw import SNAPSHOT
     from covid_lakehouse.defs.ny_testing.snapshot import scaled_rows
 
-    if scale == 1:
+    if scale == 1 and last_days is None:
         return SNAPSHOT
-    path = _DATA_DIR / f"xdss-u53e_x{scale}.json"
+    path = _DATA_DIR / f"xdss-u53e{f'_last{last_days}days' if last_days else ''}_x{scale}.json"
     if not path.exists():
         columns, rows = _snapshot_rows()
-        _write_once(path, columns, scaled_rows(rows, scale, date_index=0))
+        if last_days:
+            last = sorted({r[0] for r in rows})[-last_days:]
+            rows = [r for r in rows if r[0] in last]
+        _write_once(path, columns, scaled_rows(rows, scale, date_index=0) if scale > 1 else rows)
     return path
 
 
 def probe_file() -> Path:
-    """The snapshot's last PROBE_DAYS days: every geography (62 county partitions) and hardly any rows."""
-    path = _DATA_DIR / f"xdss-u53e_last{PROBE_DAYS}days.json"
-    if not path.exists():
-        columns, rows = _snapshot_rows()
-        last = sorted({r[0] for r in rows})[-PROBE_DAYS:]
-        _write_once(path, columns, [r for r in rows if r[0] in last])
-    return path
+    """The snapshot's last PROBE_DAYS days (730 rows)."""
+    return snapshot_file(1, PROBE_DAYS)
 
 
 def _serve(path: str):
@@ -219,22 +219,23 @@ def measure_floor(path: str, rerun: bool = False) -> tuple[float, int]:
 
 
 @case("ny_testing")
-def run() -> list:
-    baseline = measure("benchmarks.common", "empty_asset")
-    probe = measure("benchmarks.ny_testing", "dagster", path=str(probe_file()))
+def run(scale: Scale) -> list:
+    baseline = measure("benchmarks.common", "empty_asset", repeat=scale.repeat(3))
+    probe = measure("benchmarks.ny_testing", "dagster", repeat=scale.repeat(3), path=str(probe_file()))
     print(f"  ny_testing: empty-asset baseline {baseline.peak_rss_mb:.0f} MB; the pipeline on a "
           f"{probe.rows}-row probe (all 62 counties) peaks at {probe.peak_rss_mb:.0f} MB "
           f"(+{probe.peak_rss_mb - baseline.peak_rss_mb:.0f} MB: imports and Dagster, not data)", flush=True)
     results = []
-    for scale in SCALES:
-        path = str(snapshot_file(scale))
+    for times in scale.size(SCALES, SMOKE_SCALES):
+        path = str(snapshot_file(times, scale.size(None, PROBE_DAYS)))
+        repeat = scale.repeat(REPEAT.get(times, 1))
         for rerun in (False, True):
-            label = f"ny_testing_{scale}x_{'rerun' if rerun else 'first'}"
-            floor = measure("benchmarks.ny_testing", "floor", repeat=REPEAT[scale], path=path, rerun=rerun)
-            dagster = measure("benchmarks.ny_testing", "dagster", repeat=REPEAT[scale], path=path, rerun=rerun)
-            results.append(result(label, dagster, floor, baseline, target_ratio=TARGET_RATIO.get(scale)))
+            label = f"ny_testing_{times}x_{'rerun' if rerun else 'first'}"
+            floor = measure("benchmarks.ny_testing", "floor", repeat=repeat, path=path, rerun=rerun)
+            dagster = measure("benchmarks.ny_testing", "dagster", repeat=repeat, path=path, rerun=rerun)
+            results.append(result(label, dagster, floor, baseline, target_ratio=TARGET_RATIO.get(times)))
             over = dagster.peak_rss_mb - baseline.peak_rss_mb
-            limit = TARGET_RSS_OVER_BASELINE_MB.get(scale)
+            limit = TARGET_RSS_OVER_BASELINE_MB.get(times)
             verdict = "" if limit is None else f" (target +{limit} MB: {'ok' if over <= limit else 'OVER'})"
             print(f"  {label}: {dagster.seconds:.1f} s vs floor {floor.seconds:.1f} s "
                   f"({dagster.seconds / floor.seconds:.2f}x); peak {dagster.peak_rss_mb:.0f} MB = baseline "

@@ -28,9 +28,10 @@ import os
 import statistics
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.harness import Measurement, best_of, case, measure, result, timed
+from benchmarks.harness import Measurement, Scale, best_of, case, measure, result, timed
 
 PROVIDERS = 2_000_000
 TARGET = 3.0
@@ -319,31 +320,44 @@ def measure_seed_row_by_row(sample: int = ROW_BY_ROW_SAMPLE) -> tuple[float, int
 
 
 # ---- the case ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sizes:
+    providers: int
+    row_by_row_sample: int
+    tenants: int
+    tenant_providers: int
+
+
+FULL_SIZES = Sizes(PROVIDERS, ROW_BY_ROW_SAMPLE, TENANTS, TENANT_PROVIDERS)
+SMOKE_SIZES = Sizes(providers=20_000, row_by_row_sample=1_000, tenants=3, tenant_providers=2_000)
+
+
 @case("omop_tenant_run_2m")
-def run() -> list:
-    measure("benchmarks.omop", "prepare", repeat=1)
-    baseline = measure("benchmarks.common", "empty_asset")
+def run(scale: Scale) -> list:
+    size = scale.size(FULL_SIZES, SMOKE_SIZES)
+    measure("benchmarks.omop", "prepare", repeat=1, providers=size.providers)
+    baseline = measure("benchmarks.common", "empty_asset", repeat=scale.repeat(3))
 
     # (a) alternately, so that load from elsewhere on the machine weighs on floor and run alike
     floors, firsts = [], []
-    for _ in range(REPEAT):
+    for _ in range(scale.repeat(REPEAT)):
         floors.append(measure("benchmarks.omop", "floor", repeat=1))
         firsts.append(measure("benchmarks.omop", "dagster", repeat=1))
     floor, first = best_of(floors), best_of(firsts)
-    rerun = measure("benchmarks.omop", "dagster_rerun", repeat=2)
+    rerun = measure("benchmarks.omop", "dagster_rerun", repeat=scale.repeat(2))
 
     # (b)
-    seeding = measure("benchmarks.omop", "seed", repeat=1)
-    copy_only = measure("benchmarks.omop", "seed_copy_only", repeat=1)
-    sample = measure("benchmarks.omop", "seed_row_by_row", repeat=1)
-    row_by_row = Measurement(sample.seconds * PROVIDERS / sample.rows, sample.peak_rss_mb, PROVIDERS)
+    seeding = measure("benchmarks.omop", "seed", repeat=1, providers=size.providers)
+    copy_only = measure("benchmarks.omop", "seed_copy_only", repeat=1, providers=size.providers)
+    sample = measure("benchmarks.omop", "seed_row_by_row", repeat=1, sample=size.row_by_row_sample)
+    row_by_row = Measurement(sample.seconds * size.providers / sample.rows, sample.peak_rss_mb, size.providers)
 
     # (c)
-    measure("benchmarks.omop", "prepare_tenants", repeat=1)
-    floor_tenants = measure("benchmarks.omop", "floor_tenants", repeat=1)
+    measure("benchmarks.omop", "prepare_tenants", repeat=1, tenants=size.tenants, providers=size.tenant_providers)
+    floor_tenants = measure("benchmarks.omop", "floor_tenants", repeat=1, tenants=size.tenants)
     side = _TMP / "tenants.json"
     _TMP.mkdir(parents=True, exist_ok=True)
-    tenants = measure("benchmarks.omop", "tenants", repeat=1, details=str(side))
+    tenants = measure("benchmarks.omop", "tenants", repeat=1, tenants=size.tenants, details=str(side))
     passes = json.loads(side.read_text())
     tenants_rerun = Measurement(passes["rerun"]["seconds"], tenants.peak_rss_mb, passes["rerun"]["rows"])
 
@@ -354,8 +368,8 @@ def run() -> list:
         result("omop_100_tenants_20k", tenants, floor_tenants, baseline, target_ratio=None),
         result("omop_100_tenants_20k_rerun", tenants_rerun, floor_tenants, baseline, target_ratio=None),
     ]
-    overhead = (tenants.seconds - first.seconds) / (TENANTS - 1)
-    floor_overhead = (floor_tenants.seconds - floor.seconds) / (TENANTS - 1)
+    overhead = (tenants.seconds - first.seconds) / (size.tenants - 1)
+    floor_overhead = (floor_tenants.seconds - floor.seconds) / (size.tenants - 1)
     details = {
         "tenant_run_2m": {"seconds": first.seconds, "floor_seconds": floor.seconds,
                           "ratio": round(first.seconds / floor.seconds, 2), "target_ratio": TARGET,
@@ -367,7 +381,7 @@ def run() -> list:
                     "row_by_row_extrapolated_seconds": round(row_by_row.seconds, 1),
                     "copy_only_seconds": copy_only.seconds},
         "tenants_100x20k": {
-            "tenants": TENANTS, "providers_per_tenant": TENANT_PROVIDERS, "first_seconds": tenants.seconds,
+            "tenants": size.tenants, "providers_per_tenant": size.tenant_providers, "first_seconds": tenants.seconds,
             "rerun_seconds": passes["rerun"]["seconds"], "floor_seconds": floor_tenants.seconds,
             "peak_rss_mb": tenants.peak_rss_mb,
             "first_run_per_tenant": _spread(passes["first"]["runs"]),
@@ -377,19 +391,22 @@ def run() -> list:
             "empty_dagster_run_seconds": baseline.seconds,
         },
     }
-    DETAILS.parent.mkdir(exist_ok=True)
-    DETAILS.write_text(json.dumps(details, indent=2))
+    if not scale.smoke:  # the smoke run's tiny figures must not replace the real ones
+        DETAILS.parent.mkdir(exist_ok=True)
+        DETAILS.write_text(json.dumps(details, indent=2))
     print(f"  (a) first run {first.seconds:.1f} s vs floor {floor.seconds:.1f} s: {first.seconds / floor.seconds:.2f}x "
           f"(target {TARGET:.0f}x), peak {first.peak_rss_mb:.0f} MB vs floor {floor.peak_rss_mb:.0f} MB; "
           f"rerun {rerun.seconds:.1f} s ({rerun.seconds / floor.seconds:.2f}x)")
-    print(f"  (b) seeding 2,000,000: {seeding.seconds:.1f} s (target < {SEED_TARGET_SECONDS:.0f} s: "
+    print(f"  (b) seeding {size.providers:,}: {seeding.seconds:.1f} s (target < {SEED_TARGET_SECONDS:.0f} s: "
           f"{'ok' if seeding.seconds < SEED_TARGET_SECONDS else 'MISSED'}); row-by-row INSERT: {sample.rows:,} rows in "
-          f"{sample.seconds:.1f} s, extrapolated {row_by_row.seconds:.0f} s for 2,000,000; COPY alone {copy_only.seconds:.1f} s")
-    print(f"  (c) {TENANTS} tenants x {TENANT_PROVIDERS:,}: first runs {tenants.seconds:.0f} s "
-          f"({tenants.seconds / TENANTS:.2f} s a tenant), reruns {passes['rerun']['seconds']:.0f} s, floor "
+          f"{sample.seconds:.1f} s, extrapolated {row_by_row.seconds:.0f} s for {size.providers:,}; "
+          f"COPY alone {copy_only.seconds:.1f} s")
+    print(f"  (c) {size.tenants} tenants x {size.tenant_providers:,}: first runs {tenants.seconds:.0f} s "
+          f"({tenants.seconds / size.tenants:.2f} s a tenant), reruns {passes['rerun']['seconds']:.0f} s, floor "
           f"{floor_tenants.seconds:.0f} s; overhead per additional tenant {overhead:.2f} s "
           f"(floor's {floor_overhead:.3f} s); an empty Dagster run {baseline.seconds:.2f} s")
-    print(f"  details: {DETAILS}")
+    if not scale.smoke:
+        print(f"  details: {DETAILS}")
     return results
 
 
