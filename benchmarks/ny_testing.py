@@ -23,6 +23,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from benchmarks.common import reset_domain
 from benchmarks.harness import Scale, case, measure, result, timed
 
 SCALES = (1, 10, 100)
@@ -105,9 +106,8 @@ def _fresh_ny_testing() -> None:
     from covid_lakehouse.defs.ny_testing.warehouse import COUNTY_SCHEMA, REFERENCE_SCHEMA, STAGING_SCHEMA
     from covid_lakehouse.lib.migrate import ensure_migrated
 
-    _drop_schemas(COUNTY_SCHEMA, REFERENCE_SCHEMA, STAGING_SCHEMA)
+    reset_domain("ny_testing", COUNTY_SCHEMA, REFERENCE_SCHEMA, STAGING_SCHEMA)
     with psycopg.connect(os.environ["WAREHOUSE_DSN"]) as conn:
-        conn.execute("DELETE FROM ops.schema_migrations WHERE scope = 'ny_testing'")
         ensure_migrated(conn, "ny_testing")
 
 

@@ -27,8 +27,14 @@ from covid_lakehouse.defs.ads.warehouse import STAGING_COLUMNS
 from covid_lakehouse.defs.marketing import tables as marketing
 from covid_lakehouse.defs.ny_testing import parsing as ny_parsing
 from covid_lakehouse.defs.ny_testing.assets import COUNTY_TABLE_SCHEMA
-from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings
-from covid_lakehouse.defs.ny_testing.warehouse import COUNTY_COLUMNS, REFERENCE_TABLE, Warehouse
+from covid_lakehouse.defs.ny_testing.warehouse import (
+    COUNTY_COLUMNS,
+    COUNTY_SCHEMA,
+    REFERENCE_SCHEMA,
+    REFERENCE_TABLE,
+    STAGING_SCHEMA,
+    Warehouse,
+)
 from covid_lakehouse.defs.vaccines import publish as vaccines
 from covid_lakehouse.defs.vaccines.resources import DEFAULT_ALLOCATION_URLS
 from covid_lakehouse.defs.vaccines.transform import dose_column
@@ -154,27 +160,20 @@ def test_vaccines_columns_are_their_tables(conn):
 
 
 def test_ny_testing_tables_made_in_python_match_the_migration(conn, migrated):
-    """The reference table exists by migration in the default schema and by publish_reference's DDL in
-    a configured one; county tables and staging are made by the load. All must agree with the specs."""
-    defaults = NyTestingSettings()
-    other = {"county_schema": "specs_ny", "reference_schema": "specs_ny_ref", "staging_schema": "specs_ny_stg"}
-    warehouse = Warehouse(PostgresResource(dsn=migrated), **other)
+    """The reference table exists by migration only; county tables and staging are made by the load.
+    All must agree with the specs, and a load publishes into the migrated reference table."""
+    warehouse = Warehouse(PostgresResource(dsn=migrated))
     staging = warehouse.staging_table("specs")
     warehouse.stage(staging, iter([]))
     warehouse.publish_county(staging, "Albany", "albany", datetime.now(UTC))
-    warehouse.publish_reference(staging, datetime.now(UTC))
+    warehouse.publish_reference(staging, datetime.now(UTC))  # upserts into the migrated table's columns
+    assert primary_key(conn, REFERENCE_SCHEMA, REFERENCE_TABLE) == ("geography", "name", "test_date")
 
-    migrated_reference = table_columns(conn, defaults.reference_schema, REFERENCE_TABLE)
-    python_reference = table_columns(conn, other["reference_schema"], REFERENCE_TABLE)
-    assert [(c.name, c.data_type) for c in python_reference] == [(c.name, c.data_type) for c in migrated_reference]
-    assert (primary_key(conn, other["reference_schema"], REFERENCE_TABLE)
-            == primary_key(conn, defaults.reference_schema, REFERENCE_TABLE) == ("geography", "name", "test_date"))
-
-    county = table_columns(conn, other["county_schema"], "albany")
+    county = table_columns(conn, COUNTY_SCHEMA, "albany")
     assert_same_columns([(c.name, c.type) for c in COUNTY_TABLE_SCHEMA.columns], county, "COUNTY_TABLE_SCHEMA")
     assert [c.name for c in county] == list(COUNTY_COLUMNS)
-    assert declared_key(COUNTY_TABLE_SCHEMA) == primary_key(conn, other["county_schema"], "albany")
+    assert declared_key(COUNTY_TABLE_SCHEMA) == primary_key(conn, COUNTY_SCHEMA, "albany")
 
-    staged = table_columns(conn, other["staging_schema"], "county_tests_specs")  # staging_table("specs")
+    staged = table_columns(conn, STAGING_SCHEMA, "county_tests_specs")  # staging_table("specs")
     assert [c.name for c in staged] == ny_parsing.SCHEMA.names  # the parsed batches are COPYed in this order
     assert_arrow_fits(ny_parsing.SCHEMA, staged, "ny_testing parsing.SCHEMA")
