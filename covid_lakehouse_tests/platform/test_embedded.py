@@ -1,12 +1,18 @@
 """The embedded stack: real servers on loopback, reused between commands, clear errors."""
 
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
 import boto3
 import psycopg
 import pytest
 
-from covid_lakehouse.lib.embedded import EmbeddedStack, ServiceStartError
+from covid_lakehouse.lib.embedded import EmbeddedStack, ServiceStartError, StackState
 from covid_lakehouse.lib.migrate import migrate
-from covid_lakehouse.lib.settings import BUCKETS
+from covid_lakehouse.lib.settings import BUCKETS, COVID_LAKEHOUSE_HOME
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +82,46 @@ def test_stop_then_start_keeps_data(tmp_path):
             assert conn.execute("select v from kept").fetchone()[0] == 42
     finally:
         restarted.stop()
+
+
+def test_clean_after_stop_leaves_its_caller_alive_and_removes_the_home(tmp_path):
+    # After a stop the state file records PID 0; signalling it used to hit the caller's process group, so
+    # `make clean` printed "Terminated" and a script running it died. The script here runs the CLI as
+    # `make clean` does, in its own session so a regression kills the script, not pytest.
+    home = tmp_path / "home"
+    stack = EmbeddedStack(home)
+    stack.start()
+    stack.stop()
+    assert json.loads((home / "stack.json").read_text())["s3_pid"] == 0
+    script = (
+        "import subprocess, sys\n"
+        "for command in ('stop', 'clean'):\n"
+        "    subprocess.run([sys.executable, '-m', 'covid_lakehouse.cli', command], check=True)\n"
+        "print('caller still running')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, COVID_LAKEHOUSE_HOME: str(home)},
+                          capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert done.returncode == 0, done.stderr
+    assert "caller still running" in done.stdout
+    assert not home.exists()
+
+
+def test_stop_and_clean_never_signal_a_process_that_is_not_our_server(tmp_path):
+    # After a reboot the recorded PIDs may belong to anything; this stand-in waits on its stdin.
+    bystander = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        stack = EmbeddedStack(tmp_path / "rebooted")
+        stack.pgdata.mkdir(parents=True)
+        stack.logs.mkdir()
+        (stack.pgdata / "postmaster.pid").write_text(f"{bystander.pid}\n{stack.pgdata}\n")
+        stack.state_file.write_text(json.dumps(asdict(StackState(
+            pg_port=1, pg_password="p", pg_pid=bystander.pid, s3_port=2, s3_pid=bystander.pid,
+            s3_access_key="k", s3_secret_key="s"))))
+        stack.stop()
+        assert bystander.poll() is None
+        stack.clean()
+        assert bystander.poll() is None
+        assert not stack.home.exists()
+    finally:
+        bystander.stdin.close()
+        assert bystander.wait(timeout=10) == 0  # it ended on its own, untouched by any signal

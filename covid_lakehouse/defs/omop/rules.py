@@ -1,6 +1,6 @@
 """Mapping rules applied to distinct source values (a few dozen per run, whatever the row count): NPI
 check digits, care site name resolution and specialty concepts. Row-level cleaning runs in DuckDB
-(transform.py); every rule is documented in docs/data-quality.md."""
+(transform/); every rule is documented in docs/data-quality.md."""
 
 from __future__ import annotations
 

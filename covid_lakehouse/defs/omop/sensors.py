@@ -16,7 +16,7 @@ from covid_lakehouse.lib.s3 import LakeS3Resource
 
 # Runs of one tenant should queue behind each other: the run queue limits runs per value of these
 # tags (pool: one at a time in dagster.yaml; tenant: per data partner in the deployments). Other
-# tenants run alongside. Overlapping runs stay correct (see transform._assign_ids), only wasteful.
+# tenants run alongside. Overlapping runs stay correct (see transform/ids.py), only wasteful.
 TENANT_POOL_TAG = "covid_lakehouse/pool"
 TENANT_TAG = "covid_lakehouse/tenant"
 

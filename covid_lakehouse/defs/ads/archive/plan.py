@@ -1,0 +1,35 @@
+"""Step 1, plan: one transaction writes a batch row (status 'planned') to ads.archive_batches and the
+candidates' (ad_id, row_version) to ads.archive_pending, reading ads.ads rows shown before the cutoff."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from covid_lakehouse.defs.ads.archive.state import Batch
+from covid_lakehouse.defs.ads.warehouse import ADS, BATCHES, PENDING
+
+log = logging.getLogger(__name__)
+
+
+def plan_batch(conn: psycopg.Connection, *, cutoff: datetime, now: datetime) -> Batch | None:
+    batch_id = str(uuid.uuid4())
+    with conn.transaction():
+        conn.execute(sql.SQL("INSERT INTO {} (batch_id, cutoff, created_at, status, planned_rows) "
+                             "VALUES (%s, %s, %s, 'planned', 0)").format(BATCHES), (batch_id, cutoff, now))
+        planned = conn.execute(sql.SQL("INSERT INTO {} (batch_id, ad_id, row_version) "
+                                       "SELECT %s, ad_id, row_version FROM {} WHERE shown_at < %s").format(
+            PENDING, ADS), (batch_id, cutoff)).rowcount
+        if planned == 0:
+            raise psycopg.Rollback()  # nothing old enough: leave no empty batch behind
+        conn.execute(sql.SQL("UPDATE {} SET planned_rows = %s WHERE batch_id = %s").format(BATCHES),
+                     (planned, batch_id))
+        conn.execute(sql.SQL("ANALYZE {}").format(PENDING))  # fresh statistics: the joins below are hash joins
+    if planned == 0:
+        return None
+    log.info("archive batch %s planned: %d rows shown before %s", batch_id, planned, cutoff.isoformat())
+    return Batch(batch_id, cutoff, now, "planned", planned)

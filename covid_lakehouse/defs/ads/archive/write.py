@@ -1,0 +1,131 @@
+"""Step 2, write: the batch's rows still at their planned version (ads.archive_pending joined to
+ads.ads, streamed by COPY TO) become parquet files, registered in ONE Iceberg snapshot of ads.ads_archive
+tagged with the batch id."""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import date
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from psycopg import sql
+from pyiceberg.io.pyarrow import parquet_file_to_data_file
+
+from covid_lakehouse.defs.ads.archive.state import BATCH_PROPERTY, Batch, Hook
+from covid_lakehouse.defs.ads.archive.table import ARCHIVE_ARROW, TIMESTAMP_UTC
+from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
+from covid_lakehouse.defs.ads.warehouse import ADS, PENDING
+from covid_lakehouse.lib.lakehouse import LakehouseResource
+
+log = logging.getLogger(__name__)
+
+
+_ROW_FIELDS = ARCHIVE_ARROW.names[:-2]  # what PostgreSQL provides; the batch adds the last two
+_CSV_READ = pacsv.ReadOptions(column_names=_ROW_FIELDS, block_size=4 << 20)
+_CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)  # ad_campaign_raw is free text from the API
+_CSV_CONVERT = pacsv.ConvertOptions(
+    column_types={f.name: f.type for f in ARCHIVE_ARROW if f.name in _ROW_FIELDS},
+    true_values=["t"], false_values=["f"], strings_can_be_null=True, quoted_strings_can_be_null=False)
+
+
+def write_batch(conn: psycopg.Connection, lakehouse: LakehouseResource, batch: Batch, chunk_rows: int,
+                 hook: Hook) -> None:
+    """Write the batch's rows as parquet files (one per chunk and shown date) under the table's data
+    location, then register them all in ONE snapshot tagged with the batch id. A crash before that
+    commit leaves the table unchanged (only unreferenced files, named per attempt, behind)."""
+    table = lakehouse.load_table(ARCHIVE_NAMESPACE, ARCHIVE_TABLE)
+    attempt = uuid.uuid4().hex[:8]
+    data_files = []
+    for chunk in _planned_rows(conn, batch.batch_id, chunk_rows):
+        for day, rows in _split_by_day(_with_batch_columns(chunk, batch)):
+            path = f"{table.location()}/data/shown_date={day}/{batch.batch_id}-{attempt}-{len(data_files):05d}.parquet"
+            with table.io.new_output(path).create(overwrite=True) as stream:
+                pq.write_table(rows, stream, compression="zstd")
+            # Reads the footer back: the file landed, and Iceberg gets its statistics and partition.
+            data_files.append(parquet_file_to_data_file(table.io, table.metadata, path))
+        hook("chunk_written")
+    if not data_files:
+        return
+    with table.transaction() as tx, tx.update_snapshot(
+            snapshot_properties={BATCH_PROPERTY: batch.batch_id}).fast_append() as append:
+        for data_file in data_files:
+            append.append_data_file(data_file)
+    log.info("archive batch %s: %d of %d planned rows appended to %s.%s in %d files", batch.batch_id,
+             sum(f.record_count for f in data_files), batch.planned_rows, ARCHIVE_NAMESPACE, ARCHIVE_TABLE,
+             len(data_files))
+
+
+def _split_by_day(rows: pa.Table) -> Iterator[tuple[date, pa.Table]]:
+    """(shown_date, rows of that date): a data file must hold one partition."""
+    rows = rows.take(pc.sort_indices(rows, [("shown_date", "ascending")]))
+    start = 0
+    for item in pc.value_counts(rows["shown_date"]):
+        count = item["counts"].as_py()
+        yield item["values"].as_py(), rows.slice(start, count)
+        start += count
+
+
+def _planned_rows(conn: psycopg.Connection, batch_id: str, chunk_rows: int) -> Iterator[pa.Table]:
+    """The batch's rows still at their planned version, ``chunk_rows`` at a time: one COPY TO streamed
+    through pyarrow's CSV reader, so memory holds about one chunk. Ordered by shown date, so a chunk
+    spans one or two partitions (Iceberg splits a chunk by partition, at a cost per partition)."""
+    query = sql.SQL(
+        "COPY (SELECT a.ad_id, a.ad_group, a.ad_campaign, a.ad_campaign_raw, a.ad_scheme_origin, "
+        "a.ad_scheme_approved, a.shown_at, (a.shown_at AT TIME ZONE 'UTC')::date AS shown_date, a.backup_key, "
+        "a.loaded_at, a.row_version FROM {pending} p "
+        "JOIN {ads} a ON a.ad_id = p.ad_id AND a.row_version = p.row_version "
+        "WHERE p.batch_id = %s ORDER BY shown_date) TO STDOUT (FORMAT csv)").format(pending=PENDING, ads=ADS)
+    with conn.cursor() as cur, cur.copy(query, (batch_id,)) as copy:
+        stream = io.BufferedReader(_CopyStream(copy), 1 << 20)
+        if not stream.peek(1):
+            return
+        reader = pacsv.open_csv(stream, read_options=_CSV_READ, parse_options=_CSV_PARSE,
+                                convert_options=_CSV_CONVERT)
+        buffered: list[pa.RecordBatch] = []
+        rows = 0
+        for batch in reader:
+            buffered.append(batch)
+            rows += batch.num_rows
+            while rows >= chunk_rows:
+                table = pa.Table.from_batches(buffered)
+                yield table.slice(0, chunk_rows)
+                rest = table.slice(chunk_rows)
+                buffered, rows = rest.to_batches(), rest.num_rows
+        if rows:
+            yield pa.Table.from_batches(buffered, schema=reader.schema)
+
+
+class _CopyStream(io.RawIOBase):
+    """A COPY TO STDOUT as a readable binary stream."""
+
+    def __init__(self, copy: psycopg.Copy) -> None:
+        self._chunks = iter(copy)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def _with_batch_columns(chunk: pa.Table, batch: Batch) -> pa.Table:
+    n = chunk.num_rows
+    columns = [*chunk.columns, pa.array([batch.batch_id] * n, pa.string()),
+               pa.array([batch.created_at] * n, TIMESTAMP_UTC)]
+    return pa.Table.from_arrays(columns, schema=ARCHIVE_ARROW)

@@ -1,0 +1,49 @@
+"""Care sites: OMOP care_site rows with stable ids.
+
+Reads ``source`` (care sites from PostgreSQL) and ``id_map_rows`` (the append-only id map); writes the
+view ``id_map``, ``care_site_candidates`` (cleaned rows with their natural key) and ``care_site_ids``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyarrow as pa
+
+from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.defs.omop.transform.session import connect, to_arrow
+
+
+@dataclass
+class CareSiteBuild:
+    care_site: pa.Table
+    id_map_additions: pa.Table
+    new_ids: int
+
+
+def build_care_sites(source: pa.Table, id_map: pa.Table, *, now: datetime) -> CareSiteBuild:
+    """Natural key: care_site_source_value (the site code), else the normalised name."""
+    con = connect()
+    con.register("source", source)
+    con.register("id_map_rows", id_map)
+    # A key appended twice by overlapping runs counts with its lowest id (see assign_ids).
+    con.execute("CREATE VIEW id_map AS SELECT natural_key, min(id) AS id FROM id_map_rows GROUP BY natural_key")
+    con.execute("""
+        CREATE TABLE care_site_candidates AS
+        SELECT care_site_id AS src_id, clean_text(care_site_name) AS name, clean_text(care_site_source_value) AS code,
+               coalesce('code:' || upper(clean_text(care_site_source_value)),
+                        'name:' || name_key(clean_text(care_site_name))) AS natural_key
+        FROM source""")
+    con.execute("""
+        CREATE TABLE care_site_ids AS
+        SELECT care_site_candidates.natural_key, m.id FROM care_site_candidates JOIN id_map m USING (natural_key)
+        UNION ALL
+        SELECT natural_key, (SELECT coalesce(max(id), 0) FROM id_map) + row_number() OVER (ORDER BY min(src_id))
+        FROM care_site_candidates WHERE natural_key NOT IN (SELECT natural_key FROM id_map) GROUP BY natural_key""")
+    care_site = to_arrow(con, """
+        SELECT care_site_ids.id AS care_site_id, care_site_candidates.name AS care_site_name, care_site_candidates.code AS care_site_source_value
+        FROM care_site_candidates LEFT JOIN care_site_ids USING (natural_key) ORDER BY care_site_id""", tables.CARE_SITE)
+    additions = to_arrow(con, """
+        SELECT natural_key, id, $now AS first_seen_at FROM care_site_ids
+        WHERE natural_key NOT IN (SELECT natural_key FROM id_map) ORDER BY id""", tables.ID_MAP, {"now": now})
+    return CareSiteBuild(care_site, additions, additions.num_rows)

@@ -1,0 +1,88 @@
+"""Output: flags, findings kept with the published data.
+
+Reads ``chosen``, ``merge_candidates``, ``clean_source_rows``, ``file_candidates``, ``nameless``, ``published``,
+``provider_ids`` and ``clean_file_rows``; writes ``npi_check_failed`` and ``rows_to_flag``."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.defs.omop.rules import npi_check_digits
+from covid_lakehouse.defs.omop.transform.session import to_arrow
+
+CONFLICTS = {
+    "provider_name": ("c.name", "ch.name", "c.name IS NOT NULL AND NOT names_compatible(c.name, ch.name)"),
+    "npi": ("c.npi", "ch.npi", "c.npi IS NOT NULL AND c.npi <> ch.npi"),
+    "specialty_concept_id": ("c.concept || ' (' || c.spec_value || ')'",
+                             "ch.specialty_concept_id || ' (' || ch.specialty_source_value || ')'",
+                             "c.concept > 0 AND ch.specialty_concept_id > 0 AND c.concept <> ch.specialty_concept_id"),
+    "care_site_id": ("c.site_id || ' (' || c.site || ')'", "ch.care_site_id::VARCHAR",
+                     "c.site_id IS NOT NULL AND c.site_id <> ch.care_site_id"),
+    "provider_source_value": ("c.psv", "ch.provider_source_value",
+                              "c.sid IS NOT NULL AND c.sid <> unpadded(alnum_upper(ch.provider_source_value))"),
+}
+
+
+def build_flags(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
+    """Findings kept with the published data: NPI check digit failures, malformed NPIs, unmapped
+    specialties and sites, disagreements between sources (both values), possible duplicates."""
+    conflicts = "\n            UNION ALL ".join(
+        f"SELECT c.gid, 'value_conflict', '{column}', {chosen}, {other}, c.source_system, c.fid, c.source_key,"
+        f" 'sources disagree; the published value is kept' FROM merge_candidates c JOIN chosen ch USING (gid) WHERE {condition}"
+        for column, (other, chosen, condition) in CONFLICTS.items())
+    # The NPI check digit (Luhn over "80840" + the first nine digits), in numpy: a dozen integer
+    # operations per NPI, on millions of NPIs.
+    rows = con.execute("SELECT gid, npi_num FROM chosen WHERE npi_num IS NOT NULL").fetchnumpy()
+    gid, npi = (np.asarray(rows[c], dtype=np.int64) for c in ("gid", "npi_num"))
+    con.register("npi_check_failed", pa.table({"gid": gid[npi_check_digits(npi // 10) != npi % 10]}))
+    # The rows with something to flag, found in one pass over the source rows (a few percent of them).
+    con.execute("""
+        CREATE TABLE rows_to_flag AS
+        SELECT src_id AS gid, 'postgres' AS source_system, NULL::BIGINT AS fid, src_id::VARCHAR AS source_key,
+               npi, npi_raw, concept, specialty, spec_source, site, site_id
+        FROM clean_source_rows WHERE ((npi_raw IS NOT NULL AND npi IS NULL) OR concept = 0 OR (site IS NOT NULL AND site_id IS NULL))
+                      AND src_id NOT IN (SELECT gid FROM nameless)
+        UNION ALL
+        SELECT gid, 'client_file', fid, line_no::VARCHAR, npi, npi_raw, concept, specialty, spec_source, site, site_id
+        FROM file_candidates WHERE gid NOT IN (SELECT gid FROM nameless)""")
+    return to_arrow(con, f"""
+        WITH rows AS (SELECT * FROM rows_to_flag),
+        found (gid, flag, column_name, value, other_value, source_system, fid, source_key, detail) AS (
+            SELECT gid, 'npi_check_digit', 'npi', npi, NULL, NULL, NULL, NULL, 'fails the NPI Luhn check digit'
+            FROM chosen WHERE gid IN (SELECT gid FROM npi_check_failed)
+            UNION ALL
+            SELECT gid, 'npi_malformed', 'npi', NULL, npi_raw, source_system, fid, source_key, 'not 10 digits; ignored'
+            FROM rows WHERE npi_raw IS NOT NULL AND npi IS NULL
+            UNION ALL
+            SELECT gid, 'specialty_unmapped', 'specialty_concept_id', '0', coalesce(specialty, spec_source),
+                   source_system, fid, source_key, 'no Medicare Specialty concept for this label'
+            FROM rows WHERE concept = 0
+            UNION ALL
+            SELECT gid, 'care_site_unmapped', 'care_site_id', NULL, site, source_system, fid, source_key,
+                   'no care site of this name'
+            FROM rows WHERE site IS NOT NULL AND site_id IS NULL
+            UNION ALL {conflicts}),
+        candidates AS (SELECT provider_id AS id, provider_name AS name, name_key(provider_name) AS k
+                       FROM published WHERE npi IS NULL),
+        -- names sharing a candidate's first letter, with their first and last tokens computed once
+        others AS (SELECT id, name, k, string_split(k, ' ')[1] AS ft, string_split(k, ' ')[-1] AS lt FROM (
+                       SELECT provider_id AS id, provider_name AS name, name_key(provider_name) AS k
+                       FROM published WHERE lower(provider_name[1]) IN (SELECT k[1] FROM candidates)))
+        SELECT provider_ids.id AS provider_id, x.flag, x.column_name, x.value, x.other_value, NULL AS related_provider_id,
+               x.source_system,
+               CASE WHEN x.source_system = 'postgres' THEN $source_object ELSE clean_file_rows.object_key END AS source_object,
+               x.source_key, x.detail
+        FROM found x JOIN provider_ids USING (gid) LEFT JOIN clean_file_rows ON clean_file_rows.fid = x.fid
+        UNION ALL
+        -- A provider without an NPI whose name is compatible with another provider's may be that
+        -- provider: flagged for review, never merged (two valid NPIs are two people, so only
+        -- NPI-less providers are candidates).
+        SELECT c.id, 'possible_duplicate', 'provider_name', c.name, arg_min(o.name, o.id), min(o.id), NULL, NULL, NULL,
+               count(*) || ' provider(s) with a compatible name'
+        FROM (SELECT *, string_split(k, ' ')[1] AS ft, string_split(k, ' ')[-1] AS lt FROM candidates) c
+             JOIN others o ON o.id <> c.id AND o.ft[1] = c.ft[1] AND o.lt[1] = c.lt[1]
+                  AND token_compatible(c.ft, o.ft) AND token_compatible(c.lt, o.lt)
+        GROUP BY c.id, c.name""", tables.FLAG, params)

@@ -1,0 +1,114 @@
+"""Step 6: stable provider ids from the append-only id map, and the map's additions.
+
+Reads ``id_map``, ``previous_source_provenance``, ``clean_source_rows``, ``source_npi_repeated``, ``nameless``,
+``file_candidates``, ``source_row_by_npi`` and ``chosen``; writes ``id_map_by_npi``, ``id_map_by_source_row``,
+``previous_ids``, ``source_claims``, ``file_keys``, ``claims``, ``contested_ids``, ``provider_ids`` and
+``new_file_keys``. new_id_map_keys reads ``claims`` and ``new_file_keys``."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.defs.omop.transform.session import IdLookup, lowest_per_key, register_repeated
+
+
+def assign_ids(con: duckdb.DuckDBPyConnection) -> None:
+    """Stable provider_ids from the append-only id map (natural key -> id). A provider's claims,
+    strongest first: its source row's NPI (npi:<npi>; pg:<provider_id> for a row without a usable
+    NPI); the provider_id its source row had in the previous run (so an NPI corrected in the source
+    keeps its provider); the NPIs, source ids and client ProviderIDs of its file rows. If two
+    providers claim one id, the stronger claim keeps it and the other gets a new id. New keys are
+    appended to the map.
+
+    The run queue keeps one tenant's runs apart, but should two overlap they may both append a key:
+    the lowest id recorded for a key is the one that counts, so the map never yields two ids."""
+    collect_claims(con)
+    settle_claims(con)
+
+
+def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
+    """The claims of source rows (``source_claims``) and file rows (``file_keys``) on ids of the map."""
+    con.execute("CREATE TABLE id_map_by_npi AS SELECT TRY_CAST(substr(natural_key, 5) AS BIGINT) AS npi_num, id FROM id_map "
+                "WHERE starts_with(natural_key, 'npi:')")
+    con.execute("CREATE TABLE id_map_by_source_row AS SELECT substr(natural_key, 4)::BIGINT AS src_id, id FROM id_map "
+                "WHERE starts_with(natural_key, 'pg:')")
+    con.execute("CREATE TABLE previous_ids AS SELECT src_id, provider_id FROM previous_source_provenance WHERE provider_id IS NOT NULL")
+    # One row per key, so that the claims below are one row per source row without a GROUP BY.
+    lowest_per_key(con, "id_map_by_npi", "npi_num", "id")
+    lowest_per_key(con, "id_map_by_source_row", "src_id", "id")
+    lowest_per_key(con, "previous_ids", "src_id", "provider_id")
+    con.execute("""
+        CREATE TABLE source_claims AS
+        WITH p AS (SELECT src_id, npi, CASE WHEN npi_num NOT IN (SELECT value FROM source_npi_repeated) THEN npi_num END
+                              AS unique_npi
+                   FROM clean_source_rows WHERE src_id NOT IN (SELECT gid FROM nameless))
+        SELECT p.src_id AS gid, CASE WHEN p.unique_npi IS NOT NULL THEN p.npi END AS key_npi,
+               coalesce(i.id, r.id) AS key_id, pp.provider_id AS previous_id
+        FROM p LEFT JOIN id_map_by_npi i ON i.npi_num = p.unique_npi
+             LEFT JOIN id_map_by_source_row r ON r.src_id = p.src_id AND p.unique_npi IS NULL
+             LEFT JOIN previous_ids pp ON pp.src_id = p.src_id""")
+    # File keys (few), except the NPI key a source row already gives its provider.
+    con.execute("""
+        CREATE TABLE file_keys AS
+        SELECT k.gid, k.key, k.strength, min(m.id) AS mapped_id FROM (
+            SELECT DISTINCT file_candidates.gid, k.key, k.strength
+            FROM file_candidates CROSS JOIN LATERAL (VALUES ('npi:' || file_candidates.npi, 2), ('sid:' || file_candidates.sid, 3), ('pid:' || file_candidates.pid, 4))
+                 AS k(key, strength)
+                 LEFT JOIN source_row_by_npi p ON p.src_id = file_candidates.gid
+            WHERE k.key IS NOT NULL AND NOT (k.strength = 2 AND file_candidates.npi_num IS NOT DISTINCT FROM p.npi_num)
+              AND file_candidates.gid NOT IN (SELECT gid FROM nameless)) k
+        LEFT JOIN id_map m ON m.natural_key = k.key
+        GROUP BY k.gid, k.key, k.strength""")
+
+
+def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
+    """Every published provider's strongest claim (``claims``); contested ids to the stronger claim,
+    new ids for the rest (``provider_ids``); the file keys to record (``new_file_keys``)."""
+    # Every published provider once, with its strongest claim (NULL: none). source_claims holds exactly the
+    # published providers with a source row (gid = its provider_id); the others are file-only (gid < 0).
+    con.execute("""
+        CREATE TABLE claims AS
+        WITH file_claims AS (SELECT gid, arg_min(mapped_id, (strength, key)) AS id, min(strength) AS strength
+                         FROM file_keys WHERE mapped_id IS NOT NULL GROUP BY gid)
+        SELECT gid, coalesce(p.key_id, p.previous_id, f.id) AS id,
+               CASE WHEN p.key_id IS NOT NULL THEN 0 WHEN p.previous_id IS NOT NULL THEN 1 ELSE f.strength END
+                   AS strength, NULL::BIGINT AS founding_fid,
+               -- the key this provider's source row adds to the map
+               CASE WHEN p.key_id IS NULL THEN coalesce('npi:' || p.key_npi, 'pg:' || gid) END AS new_key
+        FROM source_claims p LEFT JOIN file_claims f USING (gid)
+        UNION ALL
+        SELECT c.gid, f.id, f.strength, c.founding_fid, NULL FROM chosen c LEFT JOIN file_claims f USING (gid)
+        WHERE c.gid < 0""")
+    register_repeated(con, "contested_ids", "SELECT id FROM claims WHERE id IS NOT NULL")
+    con.execute("""
+        CREATE TABLE provider_ids AS
+        WITH losers AS (SELECT gid FROM claims WHERE id IN (SELECT value FROM contested_ids)
+                        QUALIFY row_number() OVER (PARTITION BY id ORDER BY strength, gid) > 1),
+             kept AS (SELECT gid, CASE WHEN gid NOT IN (SELECT gid FROM losers) THEN id END AS id,
+                             founding_fid FROM claims)
+        SELECT gid, id FROM kept WHERE id IS NOT NULL
+        UNION ALL
+        -- new ids in source order (a source row's gid is its provider_id), then file arrival order
+        SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map)
+                    + row_number() OVER (ORDER BY gid < 0, founding_fid, gid)
+        FROM kept WHERE id IS NULL""")
+    # A file key shared by two providers this run identifies neither: it is not recorded.
+    con.execute("""
+        CREATE TABLE new_file_keys AS
+        SELECT key AS natural_key, id FROM file_keys JOIN provider_ids USING (gid)
+        WHERE mapped_id IS NULL AND key NOT IN (SELECT key FROM file_keys GROUP BY key HAVING count(DISTINCT gid) > 1)""")
+
+
+
+def new_id_map_keys(con: duckdb.DuckDBPyConnection, ids_of: IdLookup, params: dict) -> pa.Table:
+    """The id map's additions: the new key of each source row (claims.new_key) and of file rows."""
+    source = con.sql("SELECT new_key, gid FROM claims WHERE new_key IS NOT NULL").to_arrow_table()
+    files = con.sql("SELECT natural_key, id FROM new_file_keys").to_arrow_table()
+    keys = pa.table({
+        "natural_key": pa.chunked_array([*source["new_key"].chunks, *files["natural_key"].chunks], pa.string()),
+        "id": pa.chunked_array([ids_of(source["gid"]), *files["id"].cast(pa.int64()).chunks], pa.int64()),
+    }).sort_by([("id", "ascending"), ("natural_key", "ascending")])
+    return tables.conform(keys.append_column("first_seen_at", pa.repeat(pa.scalar(params["now"], tables.TS),
+                                                                          keys.num_rows)), tables.ID_MAP)

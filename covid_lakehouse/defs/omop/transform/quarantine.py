@@ -1,0 +1,30 @@
+"""Output: the quarantine, rows that could not be published and why.
+
+Reads ``files``, ``quarantined_file_rows``, ``clean_file_rows``, ``file_candidates``, ``nameless`` and ``source``."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.defs.omop.transform.session import to_arrow
+
+
+def build_quarantine(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
+    return to_arrow(con, """
+        SELECT 'client_file' AS source_system, object_key AS source_object, NULL AS source_key, reason, detail,
+               NULL AS record, ingested_at AS detected_at
+        FROM files WHERE status = 'rejected'
+        UNION ALL
+        SELECT 'client_file', clean_file_rows.object_key, clean_file_rows.line_no::VARCHAR, q.reason, q.detail, clean_file_rows.record, clean_file_rows.ingested_at
+        FROM quarantined_file_rows q JOIN clean_file_rows USING (fid)
+        UNION ALL
+        SELECT 'client_file', file_candidates.object_key, file_candidates.line_no::VARCHAR, 'missing_provider_name',
+               'no source gives this provider a name', file_candidates.record, file_candidates.ingested_at
+        FROM file_candidates WHERE gid IN (SELECT gid FROM nameless)
+        UNION ALL
+        SELECT 'postgres', $source_object, s.provider_id::VARCHAR, 'missing_provider_name',
+               'no source gives this provider a name', to_json(s)::VARCHAR, $now
+        FROM source s WHERE s.provider_id IN (SELECT gid FROM nameless)
+        ORDER BY 1, 2, try_cast(source_key AS BIGINT)""", tables.QUARANTINE, params)

@@ -1,0 +1,53 @@
+"""Output: the reconciled counts (Reconciliation), each taken from a different table than the one it
+is compared with.
+
+Reads ``clean_source_rows``, ``previous_source_provenance``, ``chosen``, ``nameless``, ``clean_file_rows``,
+``files``, ``quarantined_file_rows`` and ``file_candidates``."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from covid_lakehouse.defs.omop.transform.results import Reconciliation
+
+
+def count_reconciliation(con: duckdb.DuckDBPyConnection, source: pa.Table, provider: pa.Table) -> Reconciliation:
+    """Each count is taken from a different table than the one it is compared with, so a row lost or
+    duplicated by a join shows up as an unbalanced equation."""
+    run_rows = "(SELECT fid FROM clean_file_rows WHERE file_ref IN (SELECT file_ref FROM files WHERE run))"
+    quarantined = "(SELECT fid FROM quarantined_file_rows UNION SELECT fid FROM file_candidates WHERE gid IN (SELECT gid FROM nameless))"
+    attached = "(SELECT fid FROM file_candidates WHERE gid NOT IN (SELECT gid FROM nameless))"
+    founding = "(SELECT founding_fid FROM chosen WHERE NOT in_source)"
+    counts = con.execute(f"""
+        WITH diff AS (SELECT CASE WHEN p.src_id IS NULL THEN 'new'
+                                  WHEN p.row_hash = clean_source_rows.row_hash AND p.status <> 'deleted' THEN 'unchanged'
+                                  ELSE 'changed' END AS kind
+                      FROM clean_source_rows LEFT JOIN previous_source_provenance p USING (src_id))
+        SELECT
+            (SELECT count(*) FROM diff WHERE kind = 'new'),
+            (SELECT count(*) FROM diff WHERE kind = 'changed'),
+            (SELECT count(*) FROM diff WHERE kind = 'unchanged'),
+            (SELECT count(*) FROM previous_source_provenance WHERE status <> 'deleted' AND src_id NOT IN (SELECT src_id FROM clean_source_rows)),
+            (SELECT count(*) FROM chosen WHERE in_source),
+            (SELECT count(*) FROM nameless WHERE in_source),
+            (SELECT count(*) FROM clean_file_rows),
+            (SELECT count(*) FROM chosen WHERE NOT in_source),
+            (SELECT count(*) FROM {attached}),
+            (SELECT count(*) FROM {quarantined}),
+            (SELECT count(*) FROM files WHERE run),
+            (SELECT count(*) FROM {run_rows}),
+            (SELECT count(*) FROM {founding} WHERE founding_fid IN {run_rows}),
+            (SELECT count(*) FROM {attached} WHERE fid IN {run_rows}),
+            (SELECT count(*) FROM {quarantined} WHERE fid IN {run_rows})
+    """).fetchone()
+    (new, changed, unchanged, deleted, published, src_quarantined, file_rows, file_only, attached_rows,
+     file_quarantined, run_files, run_read, run_new, run_attached, run_quarantined) = counts
+    return Reconciliation(
+        source_rows=source.num_rows, source_new=new, source_changed=changed, source_unchanged=unchanged,
+        source_deleted=deleted, source_published=published, source_quarantined=src_quarantined,
+        file_rows=file_rows, file_rows_new=file_only, file_rows_merged=attached_rows - file_only,
+        file_rows_quarantined=file_quarantined, run_files=run_files, run_file_rows_read=run_read,
+        run_file_rows_new=run_new, run_file_rows_merged=run_attached - run_new,
+        run_file_rows_quarantined=run_quarantined, file_only_providers=file_only, providers=provider.num_rows,
+    )

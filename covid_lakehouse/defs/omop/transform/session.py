@@ -1,0 +1,118 @@
+"""The DuckDB session every transform step runs in: an in-memory connection with the row-cleaning
+macros, and the helpers the steps share (Arrow results conformed to a schema; numpy fast paths that
+stand in for joins and aggregations on millions of rows: IdLookup reads ``provider_ids``,
+register_repeated and lowest_per_key register ``<name>`` / ``<table>_repeated``)."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from covid_lakehouse.defs.omop import tables
+
+MISSING_TOKENS = ("", "null", "none", "n/a", "na", "nan", "nil", "-")
+
+# Row-level cleaning as DuckDB macros. Each is cheap on the common, clean value: the regular
+# expressions only run on values a plain test has singled out.
+MACROS = [
+    # trim() removes spaces (and non-ASCII space separators) at either end; it copies every value,
+    # so it only runs on values that may have any (a space at an end, or a non-ASCII character).
+    "CREATE MACRO trim_ends(s) AS CASE WHEN starts_with(s, ' ') OR ends_with(s, ' ') OR strlen(s) <> length(s) "
+    "THEN trim(s) ELSE s END",
+    "CREATE MACRO squash(s) AS CASE WHEN contains(s, '  ') OR contains(s, chr(9)) OR contains(s, chr(10)) "
+    "OR contains(s, chr(13)) THEN trim(regexp_replace(s, '\\s+', ' ', 'g')) ELSE trim_ends(s) END",
+    # The literal placeholders clients write for "no value" are no value.
+    "CREATE MACRO no_placeholder(t) AS CASE WHEN length(t) <= 4 AND lower(t) IN ({missing}) THEN NULL ELSE t END".format(
+        missing=", ".join(f"'{t}'" for t in MISSING_TOKENS)),
+    "CREATE MACRO clean_text(s) AS no_placeholder(squash(s))",
+    # Titles before and credentials after a name are not part of it ("Dr. John Doe", "Jane Roe, MD").
+    "CREATE MACRO strip_title(n) AS CASE WHEN lower(left(n, 2)) IN ('dr', 'do', 'pr') "
+    "THEN regexp_replace(n, '^(dr|doctor|prof|professor)\\.?\\s+', '', 'i') ELSE n END",
+    "CREATE MACRO strip_credential(n) AS CASE WHEN contains(n, ',') "
+    "THEN regexp_replace(n, ',\\s*(md|m\\.d\\.|do|d\\.o\\.|phd|ph\\.d\\.)$', '', 'i') ELSE n END",
+    # Lower case, every run of other characters one space; a name already of letters, digits and
+    # single inner spaces only needs lower().
+    "CREATE MACRO name_key(n) AS CASE WHEN regexp_matches(n, '[^A-Za-z0-9 ]|  |^ | $') "
+    "THEN trim(regexp_replace(lower(n), '[^a-z0-9]+', ' ', 'g')) ELSE lower(n) END",
+    "CREATE MACRO first_token(n) AS string_split(name_key(n), ' ')[1]",
+    "CREATE MACRO last_token(n) AS string_split(name_key(n), ' ')[-1]",
+    "CREATE MACRO token_compatible(x, y) AS "
+    "(x = y OR (length(x) = 1 AND starts_with(y, x)) OR (length(y) = 1 AND starts_with(x, y)))",
+    # Same person's name written two ways: "J. Doe" ~ "John Doe", "Jane S." ~ "Jane Smith"; not
+    # "Johnathan Doe" ~ "John Doe".
+    "CREATE MACRO names_compatible(a, b) AS "
+    "(token_compatible(first_token(a), first_token(b)) AND token_compatible(last_token(a), last_token(b)))",
+    "CREATE MACRO has_initial(n) AS regexp_matches(name_key(n), '(^| )[a-z]( |$)')",
+    # Source ids compare without case, punctuation, or the zero padding of all-digit ids ("001" = "1").
+    "CREATE MACRO alnum_upper(x) AS nullif(CASE WHEN regexp_matches(x, '[^A-Z0-9]') "
+    "THEN upper(regexp_replace(x, '[^A-Za-z0-9]+', '', 'g')) ELSE x END, '')",
+    "CREATE MACRO unpadded(x) AS CASE WHEN x[1] BETWEEN '0' AND '9' AND regexp_full_match(x, '[0-9]+') "
+    "THEN coalesce(nullif(ltrim(x, '0'), ''), '0') ELSE x END",
+]
+
+
+def connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET enable_progress_bar = false")  # it would print into the run's logs
+    con.execute("SET TimeZone = 'UTC'")
+    for macro in MACROS:
+        con.execute(macro)
+    return con
+
+
+def used_params(query: str, params: dict | None) -> dict:
+    """DuckDB rejects unused named parameters: pass only those the query mentions."""
+    return {k: v for k, v in (params or {}).items() if f"${k}" in query}
+
+
+def to_arrow(con: duckdb.DuckDBPyConnection, query: str, schema: pa.Schema, params: dict | None = None) -> pa.Table:
+    return tables.conform(con.sql(query, params=used_params(query, params)).to_arrow_table(), schema)
+
+
+class IdLookup:
+    """gid -> provider_id of every published provider (table ``provider_ids``), sorted once for binary search:
+    attaching ids to millions of rows this way is several times faster than a hash join, and keeps the
+    rows' order."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        rows = con.execute("SELECT gid, id FROM provider_ids").fetchnumpy()
+        gids, ids = np.asarray(rows["gid"], dtype=np.int64), np.asarray(rows["id"], dtype=np.int64)
+        order = np.argsort(gids)
+        self.gids, self.ids = gids[order], ids[order]
+
+    def __call__(self, gids: pa.ChunkedArray | pa.Array) -> pa.Array:
+        """The id of each gid; NULL for one that has none (a quarantined source row)."""
+        if not len(self.gids):
+            return pa.nulls(len(gids), pa.int64())
+        wanted = np.asarray(pc.fill_null(gids, 0).to_numpy(), dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.gids, wanted), len(self.gids) - 1)
+        missing = self.gids[pos] != wanted
+        if gids.null_count:
+            missing |= np.asarray(pc.is_null(gids).to_numpy(zero_copy_only=False))
+        return pa.array(self.ids[pos], pa.int64(), mask=missing)
+
+
+def int_column(con: duckdb.DuckDBPyConnection, query: str) -> np.ndarray:
+    """The single integer column of ``query`` (which must exclude NULLs) as a numpy array."""
+    (values,) = con.execute(query).fetchnumpy().values()
+    return np.asarray(values, dtype=np.int64)
+
+
+def register_repeated(con: duckdb.DuckDBPyConnection, name: str, query: str) -> int:
+    """Register as table ``name`` (column ``value``) the values of ``query``'s integer column that
+    occur more than once; returns how many. On millions of mostly distinct values, sorting finds the
+    repeats several times faster than a hash aggregation does."""
+    values = np.sort(int_column(con, query))
+    repeated = np.unique(values[1:][values[1:] == values[:-1]])
+    con.register(name, pa.table({"value": pa.array(repeated, pa.int64())}))
+    return len(repeated)
+
+
+def lowest_per_key(con: duckdb.DuckDBPyConnection, table: str, key: str, value: str) -> None:
+    """Keep one row per ``key`` in ``table``, the one with the lowest ``value``. Keys repeat only
+    after overlapping runs, so the (costly) aggregation runs only when one does."""
+    if register_repeated(con, f"{table}_repeated", f"SELECT {key} FROM {table} WHERE {key} IS NOT NULL"):
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {key}, min({value}) AS {value} FROM {table} "
+                    f"GROUP BY {key}")

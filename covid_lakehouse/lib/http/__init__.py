@@ -1,0 +1,35 @@
+"""HTTP client for third-party APIs: errors classified before retrying, one retry budget per call.
+
+Modules: ``client`` (HttpClient and its retry loop; the policy is in its docstring), ``errors`` (what a
+call raises), ``redaction`` (secrets kept out of messages and logs), ``bodies`` (reading bodies,
+download results, Retry-After).
+"""
+
+from covid_lakehouse.lib.http.bodies import DownloadResult, parse_retry_after
+from covid_lakehouse.lib.http.client import AUTH_STATUSES, TRANSIENT_STATUSES, HttpClient, RetryHint
+from covid_lakehouse.lib.http.errors import (
+    AuthError,
+    ClientError,
+    HttpError,
+    RateLimitedError,
+    RetriesExhaustedError,
+    TransientHttpError,
+)
+from covid_lakehouse.lib.http.redaction import REDACTED, SAFE_QUERY_PARAMS
+
+__all__ = [
+    "AUTH_STATUSES",
+    "REDACTED",
+    "SAFE_QUERY_PARAMS",
+    "TRANSIENT_STATUSES",
+    "AuthError",
+    "ClientError",
+    "DownloadResult",
+    "HttpClient",
+    "HttpError",
+    "RateLimitedError",
+    "RetriesExhaustedError",
+    "RetryHint",
+    "TransientHttpError",
+    "parse_retry_after",
+]
