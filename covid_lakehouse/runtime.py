@@ -92,6 +92,7 @@ def services(*, stand_ins: bool = True, home: Path | None = None, command: str =
             prepared = dev.sources.prepare(settings)
             svc.mock_api_url, svc.demo_sources_created = url, prepared.done
             svc.demo_env = {**api_env, **prepared.env}
+            # An explicitly configured setting wins over its stand-in.
             env.update({k: v for k, v in svc.demo_env.items() if not os.environ.get(k)})
         with exported(env):
             yield svc

@@ -7,6 +7,7 @@ created only if absent, and skipped when its real setting is configured (the con
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from covid_lakehouse.defs.marketing.rds import DSN_ENV
@@ -22,11 +23,12 @@ class Prepared:
     done: dict[str, dict] = field(default_factory=dict)  # what was created now, per source
 
 
-def prepare(settings: ServiceSettings) -> Prepared:
+def prepare(settings: ServiceSettings, environ: Mapping[str, str] | None = None) -> Prepared:
     """Create every demo source that is absent; returns the settings that point the product at them.
-    A source whose setting is already in the environment is left alone."""
+    A source whose setting is already in ``environ`` (default: the process environment) is left alone."""
+    environ = os.environ if environ is None else environ
     prepared = Prepared()
-    if not os.environ.get(TENANTS_FILE_ENV):
+    if not environ.get(TENANTS_FILE_ENV):
         s3 = LakeS3Resource(endpoint_url=settings.s3_endpoint_url, aws_access_key_id=settings.aws_access_key_id,
                             aws_secret_access_key=settings.aws_secret_access_key, region_name=settings.aws_region)
         with exported(settings.as_env()):  # the demo tenant's DSN variable is WAREHOUSE_DSN
@@ -34,7 +36,7 @@ def prepare(settings: ServiceSettings) -> Prepared:
         prepared.env.update(env)
         if done:
             prepared.done["omop"] = done
-    if not os.environ.get(DSN_ENV):
+    if not environ.get(DSN_ENV):
         created = marketing_rds.ensure_demo_source(settings.warehouse_dsn)
         prepared.env.update(marketing_rds.demo_env(settings.warehouse_dsn))
         if created:
