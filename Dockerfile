@@ -1,8 +1,11 @@
 # syntax=docker/dockerfile:1
 # One image for every Dagster process of covid_lakehouse: the code server (default CMD), the
-# webserver, the daemon and the demo mock APIs differ only by command (see docker-compose.yml).
+# webserver and the daemon differ only by command (see docker-compose.yml). The default (last) stage,
+# runtime, is the production image: it holds the product only. The `dev` stage adds the stand-ins
+# (covid_lakehouse_dev: the offline mock APIs) for compose's demo profile.
 #
-#   docker build -t covid-lakehouse:local .
+#   docker build -t covid-lakehouse:local .                      # production
+#   docker build --target dev -t covid-lakehouse-dev:local .     # mock APIs (demo)
 #
 # Build stage: resolve and install into a virtualenv; the runtime stage copies only that venv, so no
 # pip cache, build backend or source tree ends up in the image.
@@ -34,6 +37,21 @@ COPY covid_lakehouse ./covid_lakehouse
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps . \
     && pip check
+
+
+# The stand-ins on top of the build: the same venv, reinstalled with covid_lakehouse_dev. Only
+# compose's mock-apis service (build.target: dev) runs it; nothing here reaches the runtime stage.
+FROM build AS dev
+
+COPY covid_lakehouse_dev ./covid_lakehouse_dev
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps . \
+    && pip check \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mockapi
+
+USER mockapi
+EXPOSE 8080
+CMD ["covid-lakehouse", "mock-apis", "--host", "0.0.0.0", "--port", "8080"]
 
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -48,7 +48,7 @@ bench-smoke: venv
 
 # Static checks.
 lint: venv
-	$(BIN)/ruff check covid_lakehouse covid_lakehouse_tests benchmarks tools
+	$(BIN)/ruff check covid_lakehouse covid_lakehouse_dev covid_lakehouse_tests benchmarks tools
 
 # Stop the embedded services and delete local data and the virtualenv.
 clean:

@@ -64,7 +64,7 @@ def facebook_mock(ads: int = ADS) -> Iterator[str]:
     served from this process while the measured processes run."""
     import threading
 
-    from covid_lakehouse.lib.api_harness import MockApi, MockRequest, MockResponse
+    from covid_lakehouse_dev.apis.harness import MockApi, MockRequest, MockResponse
 
     lock, next_slot = threading.Lock(), {}
 

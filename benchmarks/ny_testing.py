@@ -83,8 +83,8 @@ def probe_file() -> Path:
 
 
 def _serve(path: str):
-    from covid_lakehouse.defs.ny_testing.mock_api import ROWS_PATH
-    from covid_lakehouse.lib.api_harness import MockApi, MockResponse
+    from covid_lakehouse_dev.apis.harness import MockApi, MockResponse
+    from covid_lakehouse_dev.apis.ny_testing import ROWS_PATH
 
     api = MockApi().start()
     api.route("GET", ROWS_PATH, lambda _: MockResponse.file(path, "application/json"))

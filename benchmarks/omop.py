@@ -64,7 +64,7 @@ def day_files(providers: int) -> dict[str, bytes]:
     import numpy as np
 
     from covid_lakehouse.defs.omop.rules import npi_check_digits
-    from covid_lakehouse.defs.omop.seed import SAMPLE_FILE, SPECIALTY_VARIANTS, provider_rows
+    from covid_lakehouse_dev.seeds.omop import SAMPLE_FILE, SPECIALTY_VARIANTS, provider_rows
 
     known = provider_rows(providers, 0.02, 0).slice(providers // 2, 5_000).to_pylist()
     lines = ["ProviderName,ProviderID,NPI,Specialty,SiteName,SourceID,SpecSource,IDSource"]
@@ -86,7 +86,7 @@ def day_files(providers: int) -> dict[str, bytes]:
 # ---- setup (in a child process, untimed by the case) -------------------------------------------------
 def measure_prepare(providers: int = PROVIDERS) -> tuple[float, int]:
     """Seed the 2M source and drop the day's files (once per session)."""
-    from covid_lakehouse.defs.omop.seed import seed_source
+    from covid_lakehouse_dev.seeds.omop import seed_source
 
     def work() -> int:
         seed_source(_dsn(), providers=providers, schema=SOURCE_SCHEMA)
@@ -100,7 +100,7 @@ def measure_prepare(providers: int = PROVIDERS) -> tuple[float, int]:
 
 def measure_prepare_tenants(tenants: int = TENANTS, providers: int = TENANT_PROVIDERS) -> tuple[float, int]:
     """Seed one source schema per tenant (different data: seed = tenant number) and drop the sample file."""
-    from covid_lakehouse.defs.omop.seed import SAMPLE_FILE, seed_source
+    from covid_lakehouse_dev.seeds.omop import SAMPLE_FILE, seed_source
 
     def work() -> int:
         for i in range(tenants):
@@ -262,7 +262,7 @@ def measure_floor_tenants(tenants: int = TENANTS) -> tuple[float, int]:
 
 # ---- seeding ------------------------------------------------------------------------------------------
 def measure_seed(providers: int = PROVIDERS) -> tuple[float, int]:
-    from covid_lakehouse.defs.omop.seed import seed_source
+    from covid_lakehouse_dev.seeds.omop import seed_source
 
     return timed(lambda: seed_source(_dsn(), providers=providers, schema="bench_omop_seed").providers)
 
@@ -272,7 +272,7 @@ def measure_seed_copy_only(providers: int = PROVIDERS) -> tuple[float, int]:
     import psycopg
     import pyarrow.csv as pacsv
 
-    from covid_lakehouse.defs.omop.seed import PROVIDER_COLUMNS, provider_rows
+    from covid_lakehouse_dev.seeds.omop import PROVIDER_COLUMNS, provider_rows
 
     buffer = io.BytesIO()
     pacsv.write_csv(provider_rows(providers, 0.02, 0), buffer, pacsv.WriteOptions(include_header=False))
@@ -294,7 +294,7 @@ def measure_seed_row_by_row(sample: int = ROW_BY_ROW_SAMPLE) -> tuple[float, int
     transaction, into the seed's table with its constraints (what a plain generator script does)."""
     import psycopg
 
-    from covid_lakehouse.defs.omop.seed import PROVIDER_COLUMNS, provider_rows
+    from covid_lakehouse_dev.seeds.omop import PROVIDER_COLUMNS, provider_rows
 
     rows = [tuple(r.values()) for r in provider_rows(sample, 0.02, 0).select(PROVIDER_COLUMNS).to_pylist()]
     insert = (f"INSERT INTO bench_omop_rows ({', '.join(PROVIDER_COLUMNS)}) "

@@ -74,7 +74,7 @@ def cmd_demo(_: argparse.Namespace) -> int:
     import dagster as dg
 
     started = time.monotonic()
-    with runtime.services(offline_apis=True) as svc:
+    with runtime.services(stand_ins=True, command="demo") as svc:
         runtime.prepare_dagster_home(svc.home, svc.settings)
         from covid_lakehouse.definitions import code_location
 
@@ -125,8 +125,9 @@ def _collapse_wide_schemas(rows: list[tuple[str, int]], limit: int = 6) -> list[
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Dagster UI + daemon on the embedded (or configured) services until Ctrl-C."""
-    with runtime.services(offline_apis=not args.live) as svc:
+    """Dagster UI + daemon on the embedded (or configured) services until Ctrl-C. The demo sources are
+    prepared (by runtime.services) before the daemon starts, so its first sensor ticks find them."""
+    with runtime.services(stand_ins=not args.live, command="up") as svc:
         runtime.prepare_dagster_home(svc.home, svc.settings)
         workspace = str(runtime.REPO_ROOT / "workspace.yaml")
         bin_dir = os.path.dirname(sys.executable)
@@ -230,12 +231,16 @@ def cmd_ads(args: argparse.Namespace) -> int:
 
 def cmd_seed(args: argparse.Namespace) -> int:
     """Generate a tenant's omop source database (the seed's schema), deterministic for the same arguments."""
-    from covid_lakehouse.defs.omop.seed import seed_tenant
-    from covid_lakehouse.defs.omop.tenants import TenantConfigError
+    from covid_lakehouse.defs.omop.tenants import TENANTS_FILE_ENV, TenantConfigError
+
+    runtime.dev_package("seed")
+    from covid_lakehouse_dev.seeds.omop import seed_tenant
+    from covid_lakehouse_dev.sources.omop import TENANTS_FILE
 
     settings = _settings()
-    # The bundled tenants point at WAREHOUSE_DSN: make it (and the other service settings) visible.
-    with exported(dict(settings.as_env())):
+    # The demo tenants point at WAREHOUSE_DSN: make it (and the other service settings) visible.
+    env = {**settings.as_env(), TENANTS_FILE_ENV: os.environ.get(TENANTS_FILE_ENV) or str(TENANTS_FILE)}
+    with exported(env):
         try:
             report = seed_tenant(args.tenant, providers=args.providers, dirt_rate=args.dirt_rate, seed=args.seed)
         except (TenantConfigError, ValueError) as err:
@@ -248,7 +253,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def cmd_mock_apis(args: argparse.Namespace) -> int:
     """Serve every domain's mock third-party API (compose `demo` profile)."""
-    with runtime.mock_apis(host=args.host, port=args.port) as (url, env):
+    dev = runtime.dev_package("mock-apis")
+    with dev.apis.serve(host=args.host, port=args.port) as (url, env):
         print(f"mock APIs on {url}")
         for name, value in env.items():
             print(f"  {name}={value}")
@@ -297,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the Dagster UI and daemon (Ctrl-C stops everything)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=3000)
-    up.add_argument("--live", action="store_true", help="use the live public APIs instead of bundled snapshots")
+    up.add_argument("--live", action="store_true",
+                    help="use the live public APIs and the configured sources, no stand-ins (no covid_lakehouse_dev)")
     up.set_defaults(fn=cmd_up)
     sub.add_parser("env", help="print export lines for the warehouse, S3 and lakehouse").set_defaults(fn=cmd_env)
     psql = sub.add_parser("psql", help="open psql on the warehouse")
@@ -339,7 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except runtime.DevPackageMissing as err:
+        print(err, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""How the product runs on one machine: services (embedded or external), DAGSTER_HOME, the offline
-mock APIs, and the demo that materializes everything once and summarises it.
+"""How the product runs on one machine: services (embedded or external), DAGSTER_HOME, the stand-ins
+(offline mock APIs and demo sources, from the development package covid_lakehouse_dev, imported
+lazily), and the demo that materializes everything once and summarises it.
 
 Used by the CLI; tests drive the same functions."""
 
@@ -33,6 +34,7 @@ class Services:
     home: Path
     mock_api_url: str | None = None
     demo_env: dict[str, str] = field(default_factory=dict)
+    demo_sources_created: dict[str, dict] = field(default_factory=dict)  # what the stand-ins created now
 
     def describe(self) -> list[str]:
         kind = "embedded" if self.embedded else "external"
@@ -48,30 +50,30 @@ class Services:
         return lines
 
 
-def _domain_mock_apis():
-    """Each domain that calls a third-party API bundles a snapshot and a mock of that API."""
-    from covid_lakehouse.defs import mock_apis
-
-    return mock_apis.REGISTRARS
+class DevPackageMissing(RuntimeError):
+    """The stand-ins are needed but covid_lakehouse_dev is not installed (e.g. the production image)."""
 
 
-@contextmanager
-def mock_apis(host: str = "127.0.0.1", port: int = 0) -> Iterator[tuple[str, dict[str, str]]]:
-    """Serve every domain's mock API; yields the base URL and the env vars pointing domains at it."""
-    from covid_lakehouse.lib.api_harness import MockApi
-
-    api = MockApi(host=host, port=port)
-    env: dict[str, str] = {}
-    for register in _domain_mock_apis():
-        env.update(register(api))
-    with api:
-        yield api.url, {k: v.replace("{base}", api.url) for k, v in env.items()}
+def dev_package(command: str):
+    """covid_lakehouse_dev, imported only here and only when a command needs the stand-ins."""
+    try:
+        import covid_lakehouse_dev.apis
+        import covid_lakehouse_dev.sources
+    except ModuleNotFoundError as err:
+        if err.name is None or not err.name.startswith("covid_lakehouse_dev"):
+            raise
+        raise DevPackageMissing(f"covid-lakehouse {command} needs the development package covid_lakehouse_dev: "
+                                "install the project from a checkout with `make venv`") from None
+    return covid_lakehouse_dev
 
 
 @contextmanager
-def services(*, offline_apis: bool = True, home: Path | None = None) -> Iterator[Services]:
+def services(*, stand_ins: bool = True, home: Path | None = None, command: str = "up") -> Iterator[Services]:
     """Use the configured external services, or start the embedded ones (stopped on exit only if
-    started here); optionally serve the bundled API snapshots and point the domains at them."""
+    started here). With ``stand_ins``, serve the bundled API snapshots and prepare the demo sources
+    (before the caller runs anything), pointing the domains at both; an explicitly configured
+    setting wins over its stand-in."""
+    dev = dev_package(command) if stand_ins else None  # before starting anything
     home = home or project_home()
     with ExitStack() as stack:
         if external_services_configured():
@@ -85,11 +87,13 @@ def services(*, offline_apis: bool = True, home: Path | None = None) -> Iterator
         migrate(settings.warehouse_dsn)  # the same start-up step compose and k8s run
         svc = Services(settings=settings, embedded=embedded, home=home)
         env = dict(settings.as_env())
-        if offline_apis:
-            url, demo_env = stack.enter_context(mock_apis())
-            svc.mock_api_url, svc.demo_env = url, demo_env
-            # An explicitly configured source URL wins over the bundled snapshot.
-            env.update({k: v for k, v in demo_env.items() if not os.environ.get(k)})
+        if dev:
+            url, api_env = stack.enter_context(dev.apis.serve())
+            prepared = dev.sources.prepare(settings)
+            svc.mock_api_url, svc.demo_sources_created = url, prepared.done
+            svc.demo_env = {**api_env, **prepared.env}
+            # An explicitly configured setting wins over its stand-in.
+            env.update({k: v for k, v in svc.demo_env.items() if not os.environ.get(k)})
         with exported(env):
             yield svc
 

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from covid_lakehouse.defs.ads.mock_api import register
 from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE, BUCKET, AdsSettings
-from covid_lakehouse.lib.api_harness import MockApi
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.resources import HttpResource
+from covid_lakehouse_dev.apis.ads import register
+from covid_lakehouse_dev.apis.harness import MockApi
 from covid_lakehouse_tests.ads.helpers import TcpProxy
 
 

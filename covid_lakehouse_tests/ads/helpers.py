@@ -9,11 +9,11 @@ import dagster as dg
 import psycopg
 
 from covid_lakehouse.defs.ads.api import parse_ads
-from covid_lakehouse.defs.ads.mock_api import AdsMock
 from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
 from covid_lakehouse.defs.ads.warehouse import create_staging, ensure_tables, stage_pages, upsert_staged
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.postgres import PostgresResource
+from covid_lakehouse_dev.apis.ads import AdsMock
 
 NOW = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)  # the mock's clock in archive tests: shown_at spans ~28 h before
 

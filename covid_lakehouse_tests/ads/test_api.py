@@ -7,11 +7,11 @@ import uuid
 import pytest
 
 from covid_lakehouse.defs.ads.api import AdsApiError, AdsPayloadError, fetch_page, parse_ads, safe_url
-from covid_lakehouse.defs.ads.mock_api import PATH, AdsMock, register
 from covid_lakehouse.defs.ads.settings import AdsSettings
-from covid_lakehouse.lib.api_harness import Fault, MockApi
 from covid_lakehouse.lib.clock import FakeClock
 from covid_lakehouse.lib.http import HttpClient, TransientHttpError
+from covid_lakehouse_dev.apis.ads import PATH, AdsMock, register
+from covid_lakehouse_dev.apis.harness import Fault, MockApi
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from covid_lakehouse.defs.ads.archive import (
     archive_old_rows,
 )
 from covid_lakehouse.defs.ads.assets import RECONCILIATION_CHECK, ads, ads_archive
-from covid_lakehouse.defs.ads.mock_api import AdsMock
 from covid_lakehouse.defs.ads.settings import AdsSettings
 from covid_lakehouse.runtime import REPO_ROOT
+from covid_lakehouse_dev.apis.ads import AdsMock
 from covid_lakehouse_tests.ads.helpers import (
     NOW,
     archived_rows,

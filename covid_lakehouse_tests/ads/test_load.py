@@ -8,11 +8,11 @@ import pytest
 
 from covid_lakehouse.defs.ads.assets import ADS_KEY, ads
 from covid_lakehouse.defs.ads.backup import list_backup_keys, parse_backup_key
-from covid_lakehouse.defs.ads.mock_api import PATH
 from covid_lakehouse.defs.ads.settings import BUCKET, AdsSettings
-from covid_lakehouse.lib.api_harness import Fault, MockApi
 from covid_lakehouse.lib.embedded import free_port
 from covid_lakehouse.lib.s3 import LakeS3Resource
+from covid_lakehouse_dev.apis.ads import PATH
+from covid_lakehouse_dev.apis.harness import Fault, MockApi
 from covid_lakehouse_tests.ads.helpers import live_ids, materialize
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import pytest
 from covid_lakehouse.defs.ads.archive import archive_old_rows
 from covid_lakehouse.defs.ads.assets import ads
 from covid_lakehouse.defs.ads.backup import BackupError, backup_key, list_backup_keys, purge_backups
-from covid_lakehouse.defs.ads.mock_api import PATH
 from covid_lakehouse.defs.ads.replay import replay_from_backup
+from covid_lakehouse_dev.apis.ads import PATH
 from covid_lakehouse_tests.ads.helpers import assert_invariant, live_ids, materialize
 
 pytestmark = pytest.mark.integration

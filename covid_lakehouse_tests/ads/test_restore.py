@@ -9,8 +9,8 @@ from datetime import date, timedelta
 import pytest
 
 from covid_lakehouse.defs.ads.archive import ArchiveBusyError, archive_old_rows, restore_date
-from covid_lakehouse.defs.ads.mock_api import AdsMock
 from covid_lakehouse.runtime import REPO_ROOT
+from covid_lakehouse_dev.apis.ads import AdsMock
 from covid_lakehouse_tests.ads.helpers import NOW, archived_rows, assert_invariant, live_ids, load_rows
 
 pytestmark = pytest.mark.integration

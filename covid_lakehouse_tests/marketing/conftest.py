@@ -1,5 +1,6 @@
 """Marketing fixtures: the domain's mock APIs on a real loopback server (env pointed at them as
-register() does), a clean ``marketing`` schema, and the product's resources with small pages."""
+register() does), a clean ``marketing`` schema, the demo application database (as `make demo`
+prepares it), and the product's resources with small pages."""
 
 from collections.abc import Iterator
 
@@ -9,9 +10,10 @@ import pytest
 from covid_lakehouse.defs.marketing.clevertap import CleverTapResource
 from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
 from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
-from covid_lakehouse.defs.marketing.mock_api import MarketingMock
 from covid_lakehouse.defs.marketing.rds import RdsSourceResource
-from covid_lakehouse.lib.api_harness import MockApi
+from covid_lakehouse_dev.apis.harness import MockApi
+from covid_lakehouse_dev.apis.marketing import MarketingMock
+from covid_lakehouse_dev.sources import marketing_rds
 
 
 @pytest.fixture
@@ -27,7 +29,17 @@ def api(mock: MarketingMock, monkeypatch: pytest.MonkeyPatch) -> Iterator[MockAp
         for name, value in mock.install(server).items():
             monkeypatch.setenv(name, value.replace("{base}", server.url))
         monkeypatch.delenv("MARKETING_RDS_DSN", raising=False)
+        monkeypatch.delenv("MARKETING_RDS_SCHEMA", raising=False)
         yield server
+
+
+@pytest.fixture
+def rds_demo_source(clean_marketing, api: MockApi, services, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The generated application database, pointed at through the real settings; its schema."""
+    marketing_rds.ensure_demo_source(services.warehouse_dsn)
+    for name, value in marketing_rds.demo_env(services.warehouse_dsn).items():
+        monkeypatch.setenv(name, value)
+    return marketing_rds.DEMO_SCHEMA
 
 
 @pytest.fixture

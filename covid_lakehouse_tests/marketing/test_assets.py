@@ -23,13 +23,13 @@ from covid_lakehouse.defs.marketing.assets import (
     ApiAssetConfig,
 )
 from covid_lakehouse.defs.marketing.definitions import defs as marketing_defs
-from covid_lakehouse.defs.marketing.mock_api import FACEBOOK_PATH, MarketingMock, change_schema
 from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START_TAG
 from covid_lakehouse.defs.marketing.schedules import marketing_daily
 from covid_lakehouse.defs.marketing.sensors import marketing_bootstrap
-from covid_lakehouse.lib.api_harness import MockApi
 from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse.lib.s3 import LakeS3Resource
+from covid_lakehouse_dev.apis.harness import MockApi
+from covid_lakehouse_dev.apis.marketing import FACEBOOK_PATH, MarketingMock, change_schema
 
 pytestmark = pytest.mark.integration
 ACCOUNTS = ("798085168510957", "798085168510958")
@@ -235,7 +235,8 @@ def test_bootstrap_sensor_requests_each_unloaded_source_once(instance, monkeypat
     assert not again.run_requests and again.skip_message.startswith("every source has been loaded or requested")
 
 
-def test_demo_procedure_materializes_every_marketing_asset(clean_marketing, api: MockApi, services, instance) -> None:
+def test_demo_procedure_materializes_every_marketing_asset(clean_marketing, api: MockApi, rds_demo_source,
+                                                         services, instance) -> None:
     """What `make demo` does (runtime.run_demo): tick every sensor, run its requests through the
     implicit asset job, with the product's own resources and the mock's environment."""
     defs = dg.Definitions.merge(marketing_defs, dg.Definitions(resources=platform_resources()))

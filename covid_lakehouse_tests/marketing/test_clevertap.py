@@ -16,15 +16,15 @@ from covid_lakehouse.defs.marketing.clevertap import (
     parse_ts,
 )
 from covid_lakehouse.defs.marketing.common import SourceSchemaError
-from covid_lakehouse.defs.marketing.mock_api import (
+from covid_lakehouse.lib.clock import FakeClock
+from covid_lakehouse.lib.http import AuthError, ClientError, RateLimitedError
+from covid_lakehouse_dev.apis.harness import Fault, MockApi, MockResponse
+from covid_lakehouse_dev.apis.marketing import (
     CLEVERTAP_PATH,
     DATA,
     change_schema,
     clevertap_rate_limit_fault,
 )
-from covid_lakehouse.lib.api_harness import Fault, MockApi, MockResponse
-from covid_lakehouse.lib.clock import FakeClock
-from covid_lakehouse.lib.http import AuthError, ClientError, RateLimitedError
 
 DAY = date(2024, 7, 1)
 EVENTS = f"{CLEVERTAP_PATH}/1/events.json"

@@ -16,15 +16,15 @@ from covid_lakehouse.defs.marketing.facebook import (
     flatten_insights,
     page_table,
 )
-from covid_lakehouse.defs.marketing.mock_api import (
+from covid_lakehouse.lib.clock import FakeClock
+from covid_lakehouse.lib.http import AuthError, RateLimitedError
+from covid_lakehouse_dev.apis.harness import Fault, MockApi, MockResponse
+from covid_lakehouse_dev.apis.marketing import (
     DATA,
     FACEBOOK_PATH,
     change_schema,
     facebook_rate_limit_fault,
 )
-from covid_lakehouse.lib.api_harness import Fault, MockApi, MockResponse
-from covid_lakehouse.lib.clock import FakeClock
-from covid_lakehouse.lib.http import AuthError, RateLimitedError
 
 ACCOUNT = "798085168510957"
 DAY = date(2024, 7, 1)

@@ -12,15 +12,15 @@ from covid_lakehouse.defs.marketing.google_ads import (
     flatten_stream,
     summary_totals,
 )
-from covid_lakehouse.defs.marketing.mock_api import (
+from covid_lakehouse.lib.clock import FakeClock
+from covid_lakehouse.lib.http import AuthError
+from covid_lakehouse_dev.apis.harness import Fault, MockApi
+from covid_lakehouse_dev.apis.marketing import (
     GOOGLE_PATH,
     GOOGLE_TOKEN_PATH,
     change_schema,
     google_rate_limit_fault,
 )
-from covid_lakehouse.lib.api_harness import Fault, MockApi
-from covid_lakehouse.lib.clock import FakeClock
-from covid_lakehouse.lib.http import AuthError
 
 CUSTOMER = "1234567890"
 DAY = date(2024, 7, 1)

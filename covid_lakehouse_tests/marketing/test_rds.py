@@ -1,4 +1,4 @@
-"""The RDS extraction against a real PostgreSQL source (the generated demo schema): incremental by
+"""The RDS extraction against a real PostgreSQL source (the demo schema of covid_lakehouse_dev): incremental by
 updated_at, merged on the primary key, e-mails hashed at the source, source schema changes reported."""
 
 import hashlib
@@ -26,7 +26,7 @@ def orders_meta(result: dg.ExecuteInProcessResult) -> dict:
 
 
 def test_rows_are_extracted_by_updated_at_and_merged_on_the_primary_key(
-        clean_marketing, marketing_resources, instance, pg: psycopg.Connection) -> None:
+        clean_marketing, rds_demo_source, marketing_resources, instance, pg: psycopg.Connection) -> None:
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     first, last = today - timedelta(days=45), today - timedelta(days=1)
     assert run(first, last, marketing_resources, instance).success
@@ -55,8 +55,8 @@ def test_rows_are_extracted_by_updated_at_and_merged_on_the_primary_key(
     assert pg.execute("SELECT count(*) FROM marketing.rds_orders").fetchone()[0] == expected
 
 
-def test_a_changed_source_schema_fails_naming_the_column(clean_marketing, marketing_resources, instance, pg) -> None:
-    RdsSourceResource().source()  # generates the demo source
+def test_a_changed_source_schema_fails_naming_the_column(clean_marketing, rds_demo_source, marketing_resources,
+                                                         instance, pg) -> None:
     pg.execute("ALTER TABLE marketing_rds_source.orders RENAME COLUMN amount TO total_amount")
     yesterday = datetime.now(UTC) - timedelta(days=1)
 
@@ -69,7 +69,7 @@ def test_a_changed_source_schema_fails_naming_the_column(clean_marketing, market
     assert pg.execute("SELECT count(*) FROM marketing.rds_orders").fetchone()[0] == 0
 
 
-def test_an_explicit_dsn_is_used_read_only_and_never_gets_demo_data(services, monkeypatch, pg, unique_schema) -> None:
+def test_an_explicit_dsn_is_used_read_only(services, monkeypatch, pg, unique_schema) -> None:
     pg.execute(f'CREATE SCHEMA "{unique_schema}"')
     pg.execute(f'CREATE TABLE "{unique_schema}".orders (id bigint PRIMARY KEY, customer_id bigint, status text, '
                'amount numeric, currency text, created_at timestamptz, updated_at timestamptz)')
@@ -78,22 +78,16 @@ def test_an_explicit_dsn_is_used_read_only_and_never_gets_demo_data(services, mo
 
     source = RdsSourceResource().source()
 
-    assert (source.schema, source.demo) == (unique_schema, False)
-    assert pg.execute("SELECT to_regclass('marketing_rds_source.orders') IS NULL").fetchone()[0]
+    assert source.schema == unique_schema
     with psycopg.connect(source.dsn) as conn:
         conn.read_only = True
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute(f'INSERT INTO "{unique_schema}".orders (id) VALUES (1)')
 
 
-def test_an_unset_dsn_fails_clearly_unless_the_demo_source_is_opted_into(
-        clean_marketing, services, monkeypatch, pg) -> None:
+def test_an_unset_dsn_fails_clearly_and_creates_nothing(clean_marketing, services, monkeypatch, pg) -> None:
     monkeypatch.delenv("MARKETING_RDS_DSN", raising=False)
-    monkeypatch.delenv("MARKETING_RDS_DEMO", raising=False)
 
-    with pytest.raises(dg.Failure, match="MARKETING_RDS_DSN is not set.*MARKETING_RDS_DEMO=1"):
+    with pytest.raises(dg.Failure, match="MARKETING_RDS_DSN is not set: point it at the application database"):
         RdsSourceResource().source()
     assert pg.execute("SELECT to_regclass('marketing_rds_source.orders') IS NULL").fetchone()[0]  # no fake data
-
-    monkeypatch.setenv("MARKETING_RDS_DEMO", "1")
-    assert RdsSourceResource().source().demo

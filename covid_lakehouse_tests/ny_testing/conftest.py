@@ -22,14 +22,14 @@ import pytest
 from psycopg import sql
 
 from covid_lakehouse.defs.ny_testing.definitions import defs as ny_testing_defs
-from covid_lakehouse.defs.ny_testing.mock_api import ROWS_PATH
 from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings
 from covid_lakehouse.defs.ny_testing.snapshot import CSV_HEADER_COLUMNS, ColumnSpec, write_rows_json
 from covid_lakehouse.defs.ny_testing.warehouse import COUNTY_SCHEMA, REFERENCE_SCHEMA, STAGING_SCHEMA
-from covid_lakehouse.lib.api_harness import MockApi, MockResponse
 from covid_lakehouse.lib.clock import FakeClock
 from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import HttpResource
+from covid_lakehouse_dev.apis.harness import MockApi, MockResponse
+from covid_lakehouse_dev.apis.ny_testing import ROWS_PATH
 
 SNAPSHOT = resources.files("covid_lakehouse.defs.ny_testing") / "data" / "xdss-u53e_rows.json.gz"
 COLUMNS: list[ColumnSpec] = list(CSV_HEADER_COLUMNS.values())  # test_date ... test_positive, geography

@@ -12,13 +12,13 @@ from dagster._utils.schedules import cron_string_iterator
 
 from covid_lakehouse.defs.ny_testing.assets import county_tests
 from covid_lakehouse.defs.ny_testing.definitions import defs
-from covid_lakehouse.defs.ny_testing.mock_api import register
 from covid_lakehouse.defs.ny_testing.resources import LIVE_URL, SOURCE_URL_ENV, NyTestingSettings
 from covid_lakehouse.defs.ny_testing.schedules import ny_testing_daily
 from covid_lakehouse.defs.ny_testing.warehouse import COUNTY_SCHEMA, REFERENCE_SCHEMA
-from covid_lakehouse.lib.api_harness import MockApi
 from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
+from covid_lakehouse_dev.apis.harness import MockApi
+from covid_lakehouse_dev.apis.ny_testing import register
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
@@ -127,7 +127,7 @@ def run_demo_steps(merged: dg.Definitions, instance: dg.DagsterInstance) -> list
 @pytest.mark.slow
 def test_the_demo_loads_the_full_bundled_snapshot_offline(services, resources, instance, pg, ny_settings,
                                                           monkeypatch):
-    """The demo's path: mock_api.register serves the bundled snapshot, the env var points the domain at it."""
+    """The demo's path: covid_lakehouse_dev.apis.ny_testing.register serves the bundled snapshot, the env var points the domain at it."""
     with MockApi() as api:
         env = register(api)
         monkeypatch.setenv(SOURCE_URL_ENV, env[SOURCE_URL_ENV].replace("{base}", api.url))

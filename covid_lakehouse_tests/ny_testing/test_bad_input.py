@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from covid_lakehouse.defs.ny_testing.snapshot import ColumnSpec
-from covid_lakehouse.lib.api_harness import Fault, MockResponse
+from covid_lakehouse_dev.apis.harness import Fault, MockResponse
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from covid_lakehouse.defs.omop.seed import seed_source
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
+from covid_lakehouse_dev.seeds.omop import seed_source
 from covid_lakehouse_tests.omop.support import OmopEnv, write_tenants
 
 

@@ -12,10 +12,10 @@ import pyarrow as pa
 from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.definitions import defs as omop_defs
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
-from covid_lakehouse.defs.omop.seed import SAMPLE_FILE
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
 from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
+from covid_lakehouse_dev.seeds.omop import SAMPLE_FILE
 
 SAMPLE_CSV = SAMPLE_FILE.read_bytes()
 

@@ -7,16 +7,15 @@ import dagster as dg
 import pytest
 
 from covid_lakehouse import runtime
-from covid_lakehouse.defs.omop import mock_api, seed
 from covid_lakehouse.defs.omop.assets import PROVIDER_KEY, TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.definitions import defs as omop_defs
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
 from covid_lakehouse.defs.omop.schedules import omop_daily
 from covid_lakehouse.defs.omop.sensors import omop_landing_sensor, omop_tenants_sensor
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
-from covid_lakehouse.lib.api_harness import MockApi
 from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
+from covid_lakehouse_dev.sources import omop as demo_sources
 from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, write_tenants
 
 pytestmark = pytest.mark.integration
@@ -41,6 +40,15 @@ def test_tenants_sensor_refuses_an_invalid_tenants_file(tmp_path, instance):
         tenants_file=str(path))})
     with pytest.raises(dg.Failure, match="not a safe SQL identifier"):
         omop_tenants_sensor(context)
+
+
+def test_tenants_sensor_without_a_tenants_file_skips_and_keeps_the_partitions(monkeypatch, instance):
+    monkeypatch.delenv("OMOP_TENANTS_FILE", raising=False)
+    instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, ["acme"])
+    context = dg.build_sensor_context(instance=instance, resources={"omop_tenants": TenantsResource()})
+    result = omop_tenants_sensor(context)
+    assert isinstance(result, dg.SkipReason) and "OMOP_TENANTS_FILE is not set" in result.skip_message
+    assert instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME) == ["acme"]
 
 
 def test_landing_sensor_requests_a_run_per_tenant_with_new_objects_once(make_tenants, s3, instance, tmp_path):
@@ -76,25 +84,26 @@ def test_daily_schedule_requests_one_run_per_tenant():
         ("alpha", "daily:alpha:2024-05-02", "omop:alpha"), ("beta", "daily:beta:2024-05-02", "omop:beta")]
 
 
-def test_demo_procedure_seeds_the_demo_tenant_and_materializes_it_through_the_sensors(
-        services, tmp_path, monkeypatch, s3, pg, lakehouse):
+def test_demo_procedure_materializes_a_prepared_demo_tenant_through_the_sensors(
+        services, tmp_path, s3, pg, lakehouse):
     # The demo tenant with a schema and landing prefix of its own (other tests may run the real demo).
     schema, prefix = f"omop_source_demo_{tmp_path.name[-6:].lower().replace('-', '_')}", f"omop/landing/{tmp_path.name}/"
     path = tmp_path / "tenants.yaml"
-    write_tenants(path, [Tenant(name=seed.DEMO_TENANT, source_dsn_env="WAREHOUSE_DSN", source_schema=schema,
-                                landing_prefix=prefix)])
-    monkeypatch.setattr(seed, "DEMO_PROVIDERS", 300)
-    monkeypatch.setenv(seed.DEMO_SEED_ENV, mock_api.register(MockApi())[seed.DEMO_SEED_ENV])
+    tenant = Tenant(name=demo_sources.DEMO_TENANT, source_dsn_env="WAREHOUSE_DSN", source_schema=schema,
+                    landing_prefix=prefix)
+    write_tenants(path, [tenant])
     defs = rebuilt(omop_defs, resources={**platform_resources(), "omop_tenants": TenantsResource(tenants_file=str(path))})
     try:
+        # What `covid-lakehouse demo`/`up` do before anything runs; a second time there is nothing to do.
+        assert demo_sources.prepare_tenant(tenant, s3, providers=300) == {
+            "seeded_providers": 300, "landing_file": prefix + "E4_sample_providers.csv"}
+        assert demo_sources.prepare_tenant(tenant, s3, providers=300) == {}
         with dg.instance_for_test() as instance:
             report = runtime.run_demo(defs, instance)
             assert report.ok, report.runs
-            assert [label for label, _ in report.runs] == ["unpartitioned assets", "sensor omop_tenants"]
-            assert {k for k in report.materialized} >= {"omop/demo_source_seed", *[
-                k.to_user_string() for k in TENANT_ASSET_KEYS]}
+            assert [label for label, _ in report.runs] == ["sensor omop_tenants"]
+            assert set(report.materialized) >= {k.to_user_string() for k in TENANT_ASSET_KEYS}
             assert instance.get_latest_materialization_event(PROVIDER_KEY) is not None
         assert pg.execute(f'SELECT count(*) FROM "{schema}".provider').fetchone()[0] == 300
-        assert s3.object_exists("raw", prefix + "E4_sample_providers.csv")
     finally:
         pg.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -11,13 +11,13 @@ from covid_lakehouse.defs.omop.rules import (
     npi_is_valid,
     resolve_sites,
 )
-from covid_lakehouse.defs.omop.seed import CARE_SITES, SAMPLE_FILE_NPIS
 from covid_lakehouse.defs.omop.tenants import (
-    BUNDLED_TENANTS_FILE,
     TenantConfigError,
     TenantsResource,
     parse_tenants,
 )
+from covid_lakehouse_dev.seeds.omop import CARE_SITES, SAMPLE_FILE_NPIS
+from covid_lakehouse_dev.sources.omop import TENANTS_FILE as DEMO_TENANTS_FILE
 
 SITES = {i: name for i, (name, _) in enumerate(CARE_SITES, start=1)}
 
@@ -61,11 +61,18 @@ def test_abbreviated_and_full_specialties_map_to_medicare_specialty_concepts():
     }
 
 
-def test_bundled_tenants_file_is_valid(monkeypatch):
-    monkeypatch.delenv("OMOP_TENANTS_FILE", raising=False)
+def test_the_demo_tenants_file_is_valid(monkeypatch):
+    monkeypatch.setenv("OMOP_TENANTS_FILE", str(DEMO_TENANTS_FILE))
     tenants = TenantsResource().load()
-    assert TenantsResource().path() == BUNDLED_TENANTS_FILE
     assert [(t.name, t.namespace, t.prefix) for t in tenants] == [("demo", "omop_demo", "omop/landing/demo/")]
+
+
+def test_without_a_tenants_file_there_are_no_tenants(monkeypatch):
+    # The product bundles no tenants: a deployment names its file (the demo names the dev package's).
+    monkeypatch.delenv("OMOP_TENANTS_FILE", raising=False)
+    assert TenantsResource().path() is None and TenantsResource().load() == []
+    with pytest.raises(TenantConfigError, match="'demo': no tenants file .OMOP_TENANTS_FILE is not set"):
+        TenantsResource().get("demo")
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -4,8 +4,8 @@ import psycopg
 import pytest
 
 from covid_lakehouse.defs.omop.rules import npi_is_valid
-from covid_lakehouse.defs.omop.seed import CARE_SITES, PLANTED, seed_source, seed_tenant
 from covid_lakehouse.lib.postgres import UnsafeIdentifierError
+from covid_lakehouse_dev.seeds.omop import CARE_SITES, PLANTED, seed_source, seed_tenant
 
 pytestmark = pytest.mark.integration
 

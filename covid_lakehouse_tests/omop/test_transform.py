@@ -13,8 +13,8 @@ import pytest
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.landing import parse_landing_file
 from covid_lakehouse.defs.omop.rules import load_specialty_map
-from covid_lakehouse.defs.omop.seed import CARE_SITES, PLANTED, PROVIDER_COLUMNS, provider_rows
 from covid_lakehouse.defs.omop.transform import ProviderBuild, build_care_sites, build_providers
+from covid_lakehouse_dev.seeds.omop import CARE_SITES, PLANTED, PROVIDER_COLUMNS, provider_rows
 from covid_lakehouse_tests.omop.support import SAMPLE_CSV, rows_by
 
 T0 = datetime(2024, 5, 1, 6, tzinfo=UTC)

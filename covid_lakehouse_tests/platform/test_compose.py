@@ -251,10 +251,14 @@ def test_dagster_services_share_one_image_and_environment(config):
         assert services[name]["environment"] == reference["environment"], name
 
 
-def test_mock_apis_uses_the_image_and_gets_no_secrets(placeholder_env, demo_config):
+def test_mock_apis_uses_the_dev_stage_and_gets_no_secrets(placeholder_env, demo_config):
     _, values = placeholder_env
     mock = demo_config["services"]["mock-apis"]
-    assert mock["image"] == demo_config["services"]["code-location"]["image"]
+    # The stand-ins live in the Dockerfile's dev stage only; the Dagster services run the production stage.
+    assert mock["build"]["target"] == "dev"
+    assert mock["image"] != demo_config["services"]["code-location"]["image"]
+    for name in DAGSTER_SERVICES:
+        assert demo_config["services"][name]["build"]["target"] == "runtime", name
     assert mock["profiles"] == ["demo"]
     assert mock["command"][:2] == ["covid-lakehouse", "mock-apis"]
     leaked = [v for v in (mock.get("environment") or {}).values() if v and any(s in v for s in values.values())]
@@ -407,6 +411,29 @@ def test_dockerfile_runtime_image():
 
     all_runs = " ".join(args for stage in stages for name, args in stage if name == "RUN")
     assert re.search(r"pip install (--no-deps )?\.", all_runs)
+
+
+def test_only_the_dev_stage_gets_the_stand_ins():
+    stages = {}
+    for stage in _dockerfile_stages()[1:]:
+        base, _, name = stage[0][1].partition(" AS ")
+        stages[name.strip()] = (base.strip(), stage)
+
+    def contents(name: str) -> list[tuple[str, str]]:
+        """A stage's instructions, its base stage's, and those of the stages it copies from."""
+        base, instructions = stages[name]
+        held = list(instructions) + (contents(base) if base in stages else [])
+        for instruction, args in instructions:
+            if instruction == "COPY" and args.startswith("--from="):
+                held += contents(args.split()[0].removeprefix("--from="))
+        return held
+
+    def has_stand_ins(name: str) -> bool:
+        return any(i == "COPY" and "covid_lakehouse_dev" in args for i, args in contents(name))
+
+    assert not has_stand_ins("runtime"), "the production stage must not contain covid_lakehouse_dev"
+    assert has_stand_ins("dev")
+    assert list(stages)[-1] == "runtime", "the production stage stays the default target of `docker build`"
 
 
 def test_code_server_module_exists():

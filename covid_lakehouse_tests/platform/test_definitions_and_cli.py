@@ -116,7 +116,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_runtime_points_domains_at_the_bundled_snapshots_unless_configured(services, monkeypatch, tmp_path):
-    with runtime.services(offline_apis=True, home=tmp_path) as svc:
+    with runtime.services(stand_ins=True, home=tmp_path) as svc:
         assert svc.embedded is None  # external services mode: the session's servers via env vars
         urls = {name: value for name, value in svc.demo_env.items() if value.startswith("http")}
         assert urls, "at least one domain points at a mock API"

@@ -23,7 +23,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from covid_lakehouse.lib.api_harness import Fault, MockApi, MockRequest, MockResponse
 from covid_lakehouse.lib.clock import FakeClock
 from covid_lakehouse.lib.http import (
     AuthError,
@@ -35,6 +34,7 @@ from covid_lakehouse.lib.http import (
     TransientHttpError,
     parse_retry_after,
 )
+from covid_lakehouse_dev.apis.harness import Fault, MockApi, MockRequest, MockResponse
 
 ROWS = {"data": [{"county": "Albany", "positive": 3}]}
 START = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)

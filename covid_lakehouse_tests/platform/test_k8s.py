@@ -142,7 +142,8 @@ def env_references(node: Any) -> Iterator[str]:
 
 
 def dockerfile_cmd() -> list[str]:
-    [cmd] = [line for line in DOCKERFILE.read_text().splitlines() if line.startswith("CMD ")]
+    """The production image's CMD: the last stage's (the dev stage before it has its own)."""
+    cmd = [line for line in DOCKERFILE.read_text().splitlines() if line.startswith("CMD ")][-1]
     return json.loads(cmd.removeprefix("CMD "))
 
 

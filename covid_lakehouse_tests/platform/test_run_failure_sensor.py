@@ -4,7 +4,7 @@ import dagster as dg
 import pytest
 
 from covid_lakehouse.defs.platform.sensors import WEBHOOK_ENV, record_run_failures
-from covid_lakehouse.lib.api_harness import MockApi, MockResponse
+from covid_lakehouse_dev.apis.harness import MockApi, MockResponse
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import covid_lakehouse.defs.vaccines as vaccines
+from covid_lakehouse_dev.apis.vaccines import DATA  # the bundled demo snapshot the offline API serves
 
-DATA = Path(vaccines.__file__).parent / "data"  # the bundled demo snapshot
 FIXTURES = Path(__file__).parent / "fixtures"
 
 MODERNA_DEMO = DATA / "soda_b7pe-5nws_moderna_limit1000_2022-02-20.csv"

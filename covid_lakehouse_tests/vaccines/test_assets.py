@@ -16,7 +16,6 @@ import pytest
 from covid_lakehouse import runtime
 from covid_lakehouse.defs.vaccines.assets import PEOPLE_PER_DOSE_KEY, RAW_KEY, people_per_dose, raw_sources
 from covid_lakehouse.defs.vaccines.definitions import defs as vaccines_defs
-from covid_lakehouse.defs.vaccines.mock_api import ALLOCATION_FILES, POPULATION_FILE, lake_path, register
 from covid_lakehouse.defs.vaccines.report import ReportUnavailable, people_per_dose_report
 from covid_lakehouse.defs.vaccines.resources import (
     DEFAULT_ALLOCATION_URLS,
@@ -27,8 +26,9 @@ from covid_lakehouse.defs.vaccines.resources import (
 )
 from covid_lakehouse.defs.vaccines.schedules import vaccines_refresh, vaccines_weekly
 from covid_lakehouse.defs.vaccines.transform import FOLDED_CITIES, STATES
-from covid_lakehouse.lib.api_harness import Fault, MockApi, MockResponse
 from covid_lakehouse.lib.resources import HttpResource, platform_resources
+from covid_lakehouse_dev.apis.harness import Fault, MockApi, MockResponse
+from covid_lakehouse_dev.apis.vaccines import ALLOCATION_FILES, POPULATION_FILE, lake_path, register
 
 pytestmark = pytest.mark.integration
 

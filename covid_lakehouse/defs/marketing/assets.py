@@ -218,8 +218,6 @@ def _rds_asset(extract: Extract, asset_key: dg.AssetKey):
     def rds_table(context: dg.AssetExecutionContext, marketing_rds: RdsSourceResource, warehouse: PostgresResource):
         start, end = context.partition_time_window
         source = marketing_rds.source()
-        if source.demo:
-            context.log.warning("MARKETING_RDS_DEMO=1: reading the generated demo source (demo and tests only)")
 
         def read(staging: StagingWriter) -> Reported:
             for batch in source.batches(extract, start, end):

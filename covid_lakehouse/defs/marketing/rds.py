@@ -7,10 +7,9 @@ hashed (SHA-256 of the trimmed, lower-cased address, the form ad platforms use f
 inside the source query: plaintext addresses never leave the source database. Hard deletes are not
 visible through ``updated_at`` (documented limitation).
 
-MARKETING_RDS_DSN points at the source. Only with MARKETING_RDS_DEMO=1 (set by the mock for ``make
-demo`` and tests) does the resource read a generated demo source instead, schema
-``marketing_rds_source`` in the warehouse database (see rds_demo.py): a forgotten DSN in production
-fails the run instead of loading fake data.
+MARKETING_RDS_DSN points at the source (MARKETING_RDS_SCHEMA names its schema); unset, a run fails
+saying so. ``make demo``/``make up`` point both at a generated source in the warehouse database
+(covid_lakehouse_dev/sources/marketing_rds.py).
 """
 
 from collections.abc import Iterator
@@ -24,18 +23,15 @@ from psycopg import sql
 from pydantic import Field
 
 from covid_lakehouse.defs.marketing.common import SourceSchemaError
-from covid_lakehouse.defs.marketing.rds_demo import DEMO_SCHEMA, ensure_demo_source
 from covid_lakehouse.defs.marketing.tables import RDS_CUSTOMERS, RDS_ORDERS, TableSpec
 from covid_lakehouse.lib.postgres import validate_identifier
-from covid_lakehouse.lib.settings import SETTINGS, WAREHOUSE_DSN, redact, setting
+from covid_lakehouse.lib.settings import redact, setting
 
 SOURCE = "rds"
 DSN = setting("MARKETING_RDS_DSN", "the application database (use sslmode=verify-full and a read-only role)",
               secret=True, scope="marketing")
 SCHEMA = setting("MARKETING_RDS_SCHEMA", "the application database's schema", default="public", scope="marketing")
-DEMO = setting("MARKETING_RDS_DEMO", "1: load generated demo data from the warehouse database (demo and tests only)",
-               scope="marketing")
-DSN_ENV, SCHEMA_ENV, DEMO_ENV = DSN.name, SCHEMA.name, DEMO.name
+DSN_ENV, SCHEMA_ENV = DSN.name, SCHEMA.name
 FETCH_ROWS = 50_000
 
 
@@ -58,10 +54,9 @@ ORDERS = Extract("orders", RDS_ORDERS,
 class RdsSource:
     dsn: str
     schema: str
-    demo: bool
 
     def describe(self) -> str:
-        return f"{redact(self.dsn)} schema {self.schema}" + (" (generated demo source)" if self.demo else "")
+        return f"{redact(self.dsn)} schema {self.schema}"
 
     def batches(self, extract: Extract, start: datetime, end: datetime) -> Iterator[pa.RecordBatch]:
         """Rows with start <= updated_at < end, as Arrow batches of the target's staging schema."""
@@ -89,16 +84,7 @@ class RdsSourceResource(dg.ConfigurableResource):
 
     def source(self) -> RdsSource:
         dsn = DSN.get()
-        if dsn:
-            schema = SCHEMA.require(self.schema_name)
-            return RdsSource(dsn, validate_identifier(schema, what=SCHEMA_ENV), demo=False)
-        if DEMO.get() != "1":
-            raise dg.Failure(f"{DSN_ENV} is not set: point it at the application database "
-                             f"(or set {DEMO_ENV}=1 to load generated demo data, demo and tests only)",
-                             allow_retries=False)
-        warehouse = SETTINGS[WAREHOUSE_DSN].get()
-        if not warehouse:
-            raise dg.Failure(f"{DEMO_ENV}=1 needs {WAREHOUSE_DSN} (the demo source lives in the warehouse database)",
-                             allow_retries=False)
-        ensure_demo_source(warehouse)
-        return RdsSource(warehouse, DEMO_SCHEMA, demo=True)
+        if not dsn:
+            raise dg.Failure(f"{DSN_ENV} is not set: point it at the application database", allow_retries=False)
+        schema = SCHEMA.require(self.schema_name)
+        return RdsSource(dsn, validate_identifier(schema, what=SCHEMA_ENV))

@@ -1,6 +1,6 @@
 """The omop assets. Per tenant (a partition of omop_tenants): landing files -> care_site -> provider
 with its provenance, quarantine and flags, published as Iceberg tables in namespace omop_<tenant>
-with write-audit-publish. Plus omop/demo_source_seed, which prepares the demo tenant."""
+with write-audit-publish."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +13,6 @@ from covid_lakehouse.defs.omop.extract import CARE_SITE_SOURCE, PROVIDER_SOURCE,
 from covid_lakehouse.defs.omop.partitions import tenant_partitions
 from covid_lakehouse.defs.omop.pipeline import append, ingest_landing, processed_files, read_or_empty, utc_now
 from covid_lakehouse.defs.omop.rules import load_specialty_map
-from covid_lakehouse.defs.omop.seed import DEMO_SEED_ENV, seed_demo
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantConfigError, TenantsResource
 from covid_lakehouse.defs.omop.transform import (
     ProviderBuild,
@@ -23,7 +22,6 @@ from covid_lakehouse.defs.omop.transform import (
 )
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.s3 import LakeS3Resource
-from covid_lakehouse.lib.settings import SETTINGS
 from covid_lakehouse.lib.wap import audit_check_specs
 
 GROUP = "omop"
@@ -39,7 +37,6 @@ PROVIDER_KEY = dg.AssetKey(["omop", "provider"])
 PROVENANCE_KEY = dg.AssetKey(["omop", "provider_provenance"])
 QUARANTINE_KEY = dg.AssetKey(["omop", "quarantine"])
 FLAG_KEY = dg.AssetKey(["omop", "provider_flag"])
-DEMO_SEED_KEY = dg.AssetKey(["omop", "demo_source_seed"])
 TENANT_ASSET_KEYS = [LANDING_KEY, CARE_SITE_KEY, PROVIDER_KEY, PROVENANCE_KEY, QUARANTINE_KEY, FLAG_KEY]
 
 source_database = dg.AssetSpec(
@@ -189,18 +186,3 @@ def _run_log_row(run_id: str, build: ProviderBuild) -> pa.Table:
 
 def _column_schema(schema: pa.Schema) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
-
-
-@dg.asset(
-    key=DEMO_SEED_KEY, group_name=GROUP, output_required=False, kinds={"postgres", "s3"},
-    description=f"Demo only (runs when {DEMO_SEED_ENV}=1, which the demo sets): seeds the demo tenant's source "
-                "schema with generated providers and drops the sample client file into its landing prefix, each "
-                "only if absent.",
-)
-def demo_source_seed(context: dg.AssetExecutionContext, s3: LakeS3Resource, omop_tenants: TenantsResource):
-    if SETTINGS[DEMO_SEED_ENV].get() != "1":
-        context.log.info("%s is not 1: nothing to seed", DEMO_SEED_ENV)
-        return
-    seeded = seed_demo(omop_tenants.load(), s3)
-    if seeded:
-        yield dg.MaterializeResult(metadata={"tenants": dg.MetadataValue.json(seeded)})

@@ -5,7 +5,6 @@ import dagster as dg
 from covid_lakehouse.defs.omop.assets import (
     care_site,
     client_files,
-    demo_source_seed,
     landing_files,
     provider,
     source_database,
@@ -15,7 +14,7 @@ from covid_lakehouse.defs.omop.sensors import omop_landing_sensor, omop_tenant_j
 from covid_lakehouse.defs.omop.tenants import TenantsResource
 
 defs = dg.Definitions(
-    assets=[source_database, client_files, landing_files, care_site, provider, demo_source_seed],
+    assets=[source_database, client_files, landing_files, care_site, provider],
     jobs=[omop_tenant_job],
     schedules=[omop_daily],
     # The landing sensor first: in the demo's single tick it skips the not-yet-registered tenant,

@@ -11,7 +11,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.landing import LandingObject, list_landing
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME, tenant_partitions
-from covid_lakehouse.defs.omop.tenants import TenantConfigError, TenantsResource
+from covid_lakehouse.defs.omop.tenants import TENANTS_FILE_ENV, TenantConfigError, TenantsResource
 from covid_lakehouse.lib.s3 import LakeS3Resource
 
 # Runs of one tenant should queue behind each other: the run queue limits runs per value of these
@@ -35,7 +35,10 @@ def tenant_run_request(tenant: str, *, run_key: str | None, reason: str) -> dg.R
            default_status=dg.DefaultSensorStatus.RUNNING,
            description=f"Keeps the {TENANT_PARTITIONS_NAME} partitions equal to the tenants file (adds new tenants "
                        "and runs them once, removes dropped ones; their lakehouse tables are kept).")
-def omop_tenants_sensor(context: dg.SensorEvaluationContext, omop_tenants: TenantsResource) -> dg.SensorResult:
+def omop_tenants_sensor(context: dg.SensorEvaluationContext,
+                        omop_tenants: TenantsResource) -> dg.SensorResult | dg.SkipReason:
+    if omop_tenants.path() is None:  # unconfigured is not "no tenants": registered partitions stay
+        return dg.SkipReason(f"{TENANTS_FILE_ENV} is not set: no tenants file to follow")
     try:
         wanted = [t.name for t in omop_tenants.load()]
     except TenantConfigError as err:  # a broken file changes nothing; the tick shows why

@@ -1,9 +1,9 @@
 """Tenants: the partners (or a partner's sub-sources) we harmonize for, read from a YAML file.
 
 Each tenant names the environment variable that holds its source database DSN (never the DSN itself),
-the schema of its provider/care_site tables and its landing prefix in S3. The file is the bundled
-``data/tenants.yaml`` unless OMOP_TENANTS_FILE points elsewhere; a federated deployment ships a file
-with its one tenant.
+the schema of its provider/care_site tables and its landing prefix in S3. OMOP_TENANTS_FILE names the
+file; unset, the deployment has no tenants (the demo points it at covid_lakehouse_dev's demo tenants
+file). A federated deployment ships a file with its one tenant.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import yaml
 from covid_lakehouse.lib.postgres import UnsafeIdentifierError, validate_identifier
 from covid_lakehouse.lib.settings import setting
 
-BUNDLED_TENANTS_FILE = Path(__file__).parent / "data" / "tenants.yaml"
 TENANTS_FILE = setting("OMOP_TENANTS_FILE", "the tenants file (YAML): each tenant's source and landing prefix; "
-                       "unset: the bundled covid_lakehouse/defs/omop/data/tenants.yaml", scope="omop")
+                       "unset: no tenants (the demo points it at covid_lakehouse_dev's demo tenants)", scope="omop")
 TENANTS_FILE_ENV = TENANTS_FILE.name
 # The variable each tenant names in the tenants file (source_dsn_env) holds its source database DSN.
 SOURCE_DSN = setting("{}", "a tenant's source database DSN, in the variable its tenants-file entry names",
@@ -110,15 +109,18 @@ def _validate(tenant: Tenant, where: str) -> None:
 
 
 class TenantsResource(dg.ConfigurableResource):
-    """Where the tenants file is: ``tenants_file``, else $OMOP_TENANTS_FILE, else the bundled one."""
+    """Where the tenants file is: ``tenants_file``, else $OMOP_TENANTS_FILE; neither: no tenants."""
 
     tenants_file: str = ""
 
-    def path(self) -> Path:
-        return Path(TENANTS_FILE.get(self.tenants_file) or BUNDLED_TENANTS_FILE)
+    def path(self) -> Path | None:
+        configured = TENANTS_FILE.get(self.tenants_file)
+        return Path(configured) if configured else None
 
     def load(self) -> list[Tenant]:
         path = self.path()
+        if path is None:
+            return []
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as err:
@@ -126,7 +128,10 @@ class TenantsResource(dg.ConfigurableResource):
         return parse_tenants(text, origin=f"tenants file {path}")
 
     def get(self, name: str) -> Tenant:
+        path = self.path()
+        if path is None:
+            raise TenantConfigError(f"tenant {name!r}: no tenants file ({TENANTS_FILE_ENV} is not set)")
         for tenant in self.load():
             if tenant.name == name:
                 return tenant
-        raise TenantConfigError(f"tenant {name!r} is not in tenants file {self.path()} (removed?)")
+        raise TenantConfigError(f"tenant {name!r} is not in tenants file {path} (removed?)")

@@ -1,5 +1,5 @@
 """The third-party ad API as given by the exercise (its extract.py is the contract): every call returns
-a JSON list of 100 random ads. Served offline on the platform's MockApi for tests, `make demo` and
+a JSON list of 100 random ads. Served offline on the dev package's MockApi for tests, `make demo` and
 `make up`; its failure switches (fail_next, transform) come from the harness."""
 
 import json
@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from covid_lakehouse.lib.api_harness import MockApi, MockRequest, MockResponse
+from covid_lakehouse_dev.apis.harness import MockApi, MockRequest, MockResponse
 
 PATH = "/ads/api/ads"
 ADS_PER_CALL = 100

@@ -1,11 +1,16 @@
-"""A generated application database for the demo and the tests (never used when MARKETING_RDS_DSN is
-set): schema marketing_rds_source in the warehouse database with customers and orders whose
-updated_at spreads over the last weeks, like a live app's. Generated once; deterministic."""
+"""A generated application database for the demo and the tests: schema marketing_rds_source in the
+warehouse database with customers and orders whose updated_at spreads over the last weeks, like a live
+app's. Generated once (only if empty); deterministic. The product reads it like any RDS source, through
+MARKETING_RDS_DSN and MARKETING_RDS_SCHEMA (``demo_env``).
+
+Writes: marketing_rds_source.customers, marketing_rds_source.orders."""
 
 import random
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+
+from covid_lakehouse.defs.marketing.rds import DSN_ENV, SCHEMA_ENV
 
 DEMO_SCHEMA = "marketing_rds_source"
 CUSTOMERS = 300
@@ -26,14 +31,20 @@ _DDL = (
 )
 
 
-def ensure_demo_source(dsn: str, now: datetime | None = None) -> None:
+def demo_env(warehouse_dsn: str) -> dict[str, str]:
+    """The settings that point the marketing domain at the demo source."""
+    return {DSN_ENV: warehouse_dsn, SCHEMA_ENV: DEMO_SCHEMA}
+
+
+def ensure_demo_source(dsn: str, now: datetime | None = None) -> bool:
+    """Create and fill the demo source unless it holds rows; True if it was filled now."""
     now = now or datetime.now(UTC)
     with psycopg.connect(dsn) as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('covid_lakehouse.marketing.rds_demo'))")
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('covid_lakehouse_dev.sources.marketing_rds'))")
         for statement in _DDL:
             conn.execute(statement)
         if conn.execute("SELECT EXISTS (SELECT 1 FROM marketing_rds_source.customers)").fetchone()[0]:
-            return
+            return False
         rng = random.Random(4)
         start = now - timedelta(days=SPREAD_DAYS)
 
@@ -59,3 +70,4 @@ def ensure_demo_source(dsn: str, now: datetime | None = None) -> None:
             with cur.copy("COPY marketing_rds_source.orders FROM STDIN") as copy:
                 for row in orders:
                     copy.write_row(row)
+    return True

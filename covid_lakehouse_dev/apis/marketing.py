@@ -1,11 +1,10 @@
 """Offline stand-ins for the Facebook Marketing API, the Google Ads API (with its OAuth token endpoint)
-and the CleverTap export API, in the response shapes of data/ (see data/SOURCES.md).
+and the CleverTap export API, in the response shapes of data/marketing/ (see data/marketing/SOURCES.md).
 
 Rows are generated deterministically for any requested day from the real fixture records, so the demo
 and the tests can ask for any window. Each API checks its credentials, pages like the real one, and
 can be switched to failure modes: ``*_rate_limit_fault()`` with ``api.fail_next``, transient 5xx with
-the harness' ``Fault.server_error``, a changed response schema with ``change_schema``, and a fixed
-throughput cap (``facebook_min_interval_s``) for the benchmark.
+the harness' ``Fault.server_error`` and a changed response schema with ``change_schema``.
 """
 
 import base64
@@ -15,7 +14,6 @@ import json
 import random
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -24,9 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
-from covid_lakehouse.lib.api_harness import Fault, MockApi, MockRequest, MockResponse
+from covid_lakehouse_dev.apis.harness import Fault, MockApi, MockRequest, MockResponse
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "data" / "marketing"
 FACEBOOK_PATH = "/facebook/v21.0"
 GOOGLE_PATH = "/google-ads/v21"
 GOOGLE_TOKEN_PATH = "/google-oauth/token"
@@ -139,7 +137,6 @@ class MarketingMock:
     facebook_accounts: dict[str, str] = field(default_factory=lambda: {"798085168510957": "USD", "798085168510958": "EUR"})
     facebook_ads_per_account: int = 5
     facebook_default_limit: int = 25
-    facebook_min_interval_s: float = 0.0  # per account: a fixed throughput cap (benchmark)
     facebook_revision: int = 0  # bump to restate conversions (late attribution)
     google_customers: dict[str, str] = field(default_factory=lambda: {"1234567890": "USD", "2345678901": "GBP"})
     google_ads_per_customer: int = 4
@@ -148,7 +145,6 @@ class MarketingMock:
     clevertap_max_concurrent: int = 3
     clevertap_count_partial: bool = False  # answer counts with "partial" + req_id first, to be polled
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _next_slot: dict[str, float] = field(default_factory=dict, repr=False)
     _in_flight: int = field(default=0, repr=False)
 
     def install(self, api: MockApi) -> dict[str, str]:
@@ -177,7 +173,6 @@ class MarketingMock:
             "CLEVERTAP_EVENT_NAMES": ",".join(self.clevertap_events_per_day),
             "CLEVERTAP_TIMEZONE": "UTC",
             "MARKETING_BOOTSTRAP_DAYS": "3",
-            "MARKETING_RDS_DEMO": "1",  # the demo's app database is generated (never without this opt-in)
         }
 
     # -- Facebook --------------------------------------------------------------------------------
@@ -207,15 +202,6 @@ class MarketingMock:
             rows.append(row)
         return rows
 
-    def _pace(self, key: str) -> None:
-        if not self.facebook_min_interval_s:
-            return
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next_slot.get(key, now))
-            self._next_slot[key] = slot + self.facebook_min_interval_s
-        time.sleep(max(slot - now, 0.0))
-
     def _facebook(self, req: MockRequest) -> MockResponse:
         def error(status: int, code: int, message: str, subcode: int | None = None) -> MockResponse:
             body: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "mock"}
@@ -232,7 +218,6 @@ class MarketingMock:
             return error(400, 100, f"Unsupported get request. Object with ID '{req.path.split('/')[-2]}' does not "
                          "exist, cannot be loaded due to missing permissions, or does not support this operation", 33)
         account = match[1]
-        self._pace(account)
         try:
             window = json.loads(query["time_range"])
             days = _day_range(window["since"], window["until"])

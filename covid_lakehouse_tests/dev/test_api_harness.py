@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from covid_lakehouse.lib.api_harness import Fault, MockApi, MockRequest, MockResponse
+from covid_lakehouse_dev.apis.harness import Fault, MockApi, MockRequest, MockResponse
 
 ROWS = {"data": [{"county": "Albany", "positive": 3}, {"county": "Bronx", "positive": 7}]}
 

@@ -1,7 +1,7 @@
 """Offline stand-in for the covid19-lake bucket: the bundled snapshot served at the lake's paths.
 
 The allocation files are byte-identical to the lake's; the population is our bundled Census PEP 2018
-export (the lake's County_Population.csv layout is parsed too, see data/SOURCES.md).
+export (the lake's County_Population.csv layout is parsed too, see data/vaccines/SOURCES.md).
 """
 
 from pathlib import Path
@@ -13,9 +13,9 @@ from covid_lakehouse.defs.vaccines.resources import (
     POPULATION_ENV,
     url_env,
 )
-from covid_lakehouse.lib.api_harness import MockApi, MockRequest, MockResponse
+from covid_lakehouse_dev.apis.harness import MockApi, MockRequest, MockResponse
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "data" / "vaccines"
 PREFIX = "/covid19-lake"  # the lake's bucket, as the first path segment
 
 

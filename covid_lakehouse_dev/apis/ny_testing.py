@@ -2,7 +2,7 @@
 
 from covid_lakehouse.defs.ny_testing.raw import SNAPSHOT
 from covid_lakehouse.defs.ny_testing.resources import SOURCE_URL_ENV
-from covid_lakehouse.lib.api_harness import MockApi, MockResponse
+from covid_lakehouse_dev.apis.harness import MockApi, MockResponse
 
 ROWS_PATH = "/ny_testing/api/views/xdss-u53e/rows.json"
 

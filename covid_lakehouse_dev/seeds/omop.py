@@ -10,13 +10,14 @@ digit; name with a title ("Dr. "), in lower case with stray spaces, or the liter
 abbreviated, unknown or missing; care site name abbreviated, unknown or missing. Rows are COPYed,
 constraints added afterwards (2,000,000 providers load in seconds).
 
-Demo and tests only: ``seed_source`` replaces the two tables in the given schema.
+Demo, tests and benchmarks only: ``seed_source`` replaces the two tables in the given schema.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -24,11 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from covid_lakehouse.defs.omop.rules import DATA_DIR, npi_check_digits
-from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
+from covid_lakehouse.defs.omop.rules import npi_check_digits
+from covid_lakehouse.defs.omop.tenants import TenantsResource
 from covid_lakehouse.lib.postgres import PostgresResource, table_ident, validate_identifier
-from covid_lakehouse.lib.s3 import LakeS3Resource
-from covid_lakehouse.lib.settings import setting
 
 CARE_SITES = [
     ("City Hospital", "CSH01"),
@@ -76,13 +75,7 @@ SAMPLE_FILE_NPIS = ["1234567890", "2345678901", "3456789012", "6789012345", "789
                     "9012345678", "0123456789", "1234567800", "2345678909", "3456789018", "4567890127"]
 PROVIDER_COLUMNS = ["provider_name", "npi", "specialty", "care_site", "provider_source_value",
                     "specialty_source_value", "provider_id_source_value"]
-SAMPLE_FILE = DATA_DIR / "E4_sample_providers.csv"
-# The demo: tenant "demo" of the bundled tenants file, seeded by omop/demo_source_seed when the demo
-# environment sets OMOP_DEMO_SEED=1.
-DEMO_SEED_ENV = setting("OMOP_DEMO_SEED", "1: omop/demo_source_seed seeds the demo tenant (demo and tests only)",
-                        scope="omop").name
-DEMO_TENANT = "demo"
-DEMO_PROVIDERS = 20_000
+SAMPLE_FILE = Path(__file__).parent / "data" / "E4_sample_providers.csv"  # see data/SOURCES.md
 _NPI_SPACE = 900_000_000  # 9-digit bases 100000000..999999999
 _NPI_STRIDE = 694_847_539  # coprime with _NPI_SPACE: i -> (i * stride + offset) mod space is a permutation
 
@@ -134,39 +127,6 @@ def seed_tenant(tenant: str, *, providers: int, dirt_rate: float = 0.02, seed: i
     found = (tenants or TenantsResource()).get(tenant)
     return seed_source(found.source_dsn(), providers=providers, dirt_rate=dirt_rate, seed=seed,
                        schema=found.source_schema)
-
-
-def upload_sample_file(tenant: Tenant, s3: LakeS3Resource) -> str | None:
-    """Drop the sample client file into the tenant's landing prefix unless it is there; its key if put."""
-    key = tenant.prefix + SAMPLE_FILE.name
-    if s3.object_exists(tenant.landing_bucket, key):
-        return None
-    with SAMPLE_FILE.open("rb") as body:
-        s3.put_write_once(tenant.landing_bucket, key, body, metadata={"origin": "covid_lakehouse demo"})
-    return key
-
-
-def seed_demo(tenants: list[Tenant], s3: LakeS3Resource, *, providers: int | None = None) -> dict[str, dict]:
-    """Prepare the demo tenant: seed its source unless its provider table exists, drop the sample file
-    unless present. Returns what was done, per tenant (empty when there was nothing to do)."""
-    done: dict[str, dict] = {}
-    for tenant in tenants:
-        if tenant.name != DEMO_TENANT:
-            continue
-        dsn = tenant.source_dsn()
-        with psycopg.connect(dsn) as conn:
-            qualified = sql.SQL("{}").format(table_ident(tenant.source_schema, "provider")).as_string(conn)
-            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified,)).fetchone()[0]
-        actions = {}
-        if not exists:
-            report = seed_source(dsn, providers=providers or DEMO_PROVIDERS, schema=tenant.source_schema)
-            actions["seeded_providers"] = report.providers
-        uploaded = upload_sample_file(tenant, s3)
-        if uploaded:
-            actions["landing_file"] = uploaded
-        if actions:
-            done[tenant.name] = actions
-    return done
 
 
 def provider_rows(providers: int, dirt_rate: float, seed: int) -> pa.Table:
