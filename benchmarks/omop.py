@@ -220,7 +220,10 @@ def _floor_work(targets: list[tuple[str, str]]) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
+    from psycopg import sql
     from pyarrow import fs
+
+    from covid_lakehouse.lib.postgres import copy_csv_options, copy_out_sql
 
     endpoint = os.environ["S3_ENDPOINT_URL"]
     s3fs = fs.S3FileSystem(endpoint_override=endpoint.split("://", 1)[1], scheme=endpoint.split("://", 1)[0],
@@ -233,11 +236,11 @@ def _floor_work(targets: list[tuple[str, str]]) -> int:
         with psycopg.connect(_dsn()) as conn:
             for table in ("care_site", "provider"):
                 buffer = io.BytesIO()
-                with conn.cursor().copy(f"COPY {schema}.{table} TO STDOUT (FORMAT csv, HEADER)") as copy:
+                with conn.cursor().copy(copy_out_sql(sql.Identifier(schema, table), header=True)) as copy:
                     for chunk in copy:
                         buffer.write(chunk)
                 buffer.seek(0)
-                data = pacsv.read_csv(buffer, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+                data = pacsv.read_csv(buffer, **copy_csv_options(header=True))  # the product's exact reader
                 pq.write_table(data, f"{out}/{table}.parquet", filesystem=s3fs)
                 if table == "provider":
                     rows += data.num_rows

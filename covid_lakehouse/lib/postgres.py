@@ -89,6 +89,37 @@ class UpsertCounts:
         return self.inserted + self.updated + self.unchanged
 
 
+# ---- COPY out -> Arrow: one exact round trip for every reader of PostgreSQL's CSV ---------------------
+# PostgreSQL writes NULL as an unquoted empty field. With FORCE_QUOTE * every other value is quoted, and
+# pyarrow is told that only an unquoted empty field is NULL: its default null words (NA, N/A, NULL, null,
+# nan, ...) would turn real text into NULL, and '' must stay ''.
+COPY_OUT_OPTIONS = sql.SQL("(FORMAT csv, FORCE_QUOTE *, ENCODING 'UTF8')")
+COPY_OUT_OPTIONS_WITH_HEADER = sql.SQL("(FORMAT csv, HEADER, FORCE_QUOTE *, ENCODING 'UTF8')")
+
+
+def copy_out_sql(source: sql.Composable, *, header: bool = False) -> sql.Composed:
+    """``COPY <source> TO STDOUT`` in the CSV dialect :func:`copy_csv_options` reads back exactly;
+    ``source`` is ``table (columns)`` or ``(query)``."""
+    return sql.SQL("COPY {} TO STDOUT {}").format(source, COPY_OUT_OPTIONS_WITH_HEADER if header else COPY_OUT_OPTIONS)
+
+
+def copy_csv_options(schema: pa.Schema | None = None, *, header: bool = False, block_size: int = 4 << 20,
+                     ) -> dict[str, object]:
+    """pyarrow.csv read/parse/convert options for :func:`copy_out_sql` output, as keyword arguments of
+    ``pacsv.read_csv`` / ``pacsv.open_csv``. ``schema`` names and types the columns (without it the header
+    names them and pyarrow infers types); booleans are PostgreSQL's t/f; values may hold newlines."""
+    read = (pacsv.ReadOptions(block_size=block_size) if header or schema is None
+            else pacsv.ReadOptions(column_names=schema.names, block_size=block_size))
+    types = {f.name: f.type for f in schema} if schema is not None else None
+    return {
+        "read_options": read,
+        "parse_options": pacsv.ParseOptions(newlines_in_values=True),
+        "convert_options": pacsv.ConvertOptions(
+            column_types=types, null_values=[""], true_values=["t"], false_values=["f"],
+            strings_can_be_null=True, quoted_strings_can_be_null=False),
+    }
+
+
 class PostgresResource(dg.ConfigurableResource):
     """Warehouse connections. ``dsn`` comes from the WAREHOUSE_DSN environment variable."""
 

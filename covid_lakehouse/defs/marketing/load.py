@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -17,12 +17,12 @@ import pyarrow as pa
 from psycopg import sql
 
 from covid_lakehouse.defs.marketing.tables import TableSpec
-from covid_lakehouse.lib.postgres import PostgresResource, UnsafeIdentifierError, UpsertCounts, table_ident
+from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident
+from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 from covid_lakehouse.lib.wap import Audit, BlockingAuditFailed, audit_or_raise, run_audits
 
 STAGING_SCHEMA = "marketing_staging"  # created by migration 0003; analysts cannot read it
 STAGING_STAMP = "%Y%m%d%H%M%S"
-ORPHAN_AFTER = timedelta(days=3)  # a staging table this old belongs to a process that was killed
 
 
 class StagingWriter:
@@ -39,10 +39,11 @@ class StagingWriter:
         self.name = f"{spec.name}__{datetime.now(UTC).strftime(STAGING_STAMP)}_{uuid.uuid4().hex[:8]}"
         self.table = table_ident(STAGING_SCHEMA, self.name)
         with warehouse.connection() as conn:
-            _drop_orphans(conn, spec.name)
+            sweep_staging(conn, STAGING_SCHEMA)  # staging of runs no longer in progress (killed ones too)
             # no autovacuum: the table lives minutes, and vacuuming it while it fills only competes with the load
             conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} WITH (autovacuum_enabled = off) AS SELECT {} FROM {} WITH NO DATA").format(
                 self.table, sql.SQL(", ").join(map(sql.Identifier, spec.staged)), spec.ident))
+            claim_staging(conn, self.table)
         self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=max_queued)  # back-pressure on readers
         self._lock = threading.Lock()
         self._error: BaseException | None = None
@@ -136,21 +137,6 @@ class StagingWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _drop_orphans(conn: psycopg.Connection, table: str) -> None:
-    """Staging tables left by killed processes (their name carries their creation time)."""
-    cutoff = (datetime.now(UTC) - ORPHAN_AFTER).strftime(STAGING_STAMP)
-    names = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE %s",
-                         (STAGING_SCHEMA, table.replace("_", r"\_") + r"\_\_%")).fetchall()
-    for (name,) in names:
-        stamp = name[len(table) + 2:].split("_", 1)[0]
-        try:
-            orphan = table_ident(STAGING_SCHEMA, name)
-        except UnsafeIdentifierError:
-            continue  # not a name this code makes: someone else's table, leave it
-        if len(stamp) == len(cutoff) and stamp.isdigit() and stamp < cutoff:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(orphan))
 
 
 @dataclass

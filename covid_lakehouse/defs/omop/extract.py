@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 
 from covid_lakehouse.defs.omop.tenants import Tenant
-from covid_lakehouse.lib.postgres import table_ident
+from covid_lakehouse.lib.postgres import copy_csv_options, copy_out_sql, table_ident
 
 CARE_SITE_SOURCE = pa.schema([
     ("care_site_id", pa.int64()), ("care_site_name", pa.string()), ("care_site_source_value", pa.string()),
@@ -41,7 +41,7 @@ def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
         with psycopg.connect(tenant.source_dsn(), connect_timeout=10,
                              application_name="covid_lakehouse_omop_extract") as conn:
             conn.read_only = True
-            with conn.cursor().copy(sql.SQL("COPY {} ({}) TO STDOUT (FORMAT csv)").format(target, columns)) as copy:
+            with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
                 for chunk in copy:
                     buffer.write(chunk)
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InvalidSchemaName) as err:
@@ -53,10 +53,4 @@ def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
     buffer.seek(0)
     if not buffer.getbuffer().nbytes:
         return schema.empty_table()
-    return pacsv.read_csv(
-        buffer,
-        read_options=pacsv.ReadOptions(column_names=schema.names, block_size=64 << 20),
-        # COPY writes NULL as an empty unquoted field and '' as "": keep the two apart.
-        convert_options=pacsv.ConvertOptions(column_types=schema, null_values=[""], strings_can_be_null=True,
-                                             quoted_strings_can_be_null=False),
-    )
+    return pacsv.read_csv(buffer, **copy_csv_options(schema, block_size=64 << 20))
