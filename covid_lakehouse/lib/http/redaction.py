@@ -27,7 +27,8 @@ REDACTED = "REDACTED"
 class Redactor:
     """Hides one request's query values (except safe ones), userinfo and credential headers."""
 
-    def __init__(self, url: str, safe_params: frozenset[str], headers: Mapping[str, str]) -> None:
+    def __init__(self, url: str, safe_params: frozenset[str], headers: Mapping[str, str],
+                 secret_headers: frozenset[str] = frozenset()) -> None:
         self._safe = safe_params
         secrets: set[str] = set()
         parts = urlsplit(url)
@@ -37,7 +38,7 @@ class Redactor:
         if parts.password:
             secrets.add(parts.password)
         for name, value in headers.items():
-            if _CREDENTIAL_HEADER.search(name):
+            if _CREDENTIAL_HEADER.search(name) or name.lower() in secret_headers:
                 secrets |= {value, *value.split()}  # "Bearer abc" -> also "abc"
         self._secrets = sorted((s for s in secrets if len(s) >= _MIN_SECRET_LEN), key=len, reverse=True)
         self.url = self.redact_url(url)
