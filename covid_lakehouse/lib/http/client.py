@@ -95,7 +95,8 @@ class HttpClient:
     and ends up in AuthError messages. ``retry_after_from(response)`` returns the seconds a transient
     response (429/5xx) asks us to wait; the default reads Retry-After. Request bodies must be
     replayable (bytes, str, dict or json), since a retry sends them again. ``secret_headers`` names
-    headers whose values are scrubbed from messages besides those that look like credentials.
+    headers whose values are scrubbed from messages besides those that look like credentials;
+    ``secret_path`` hides the URL's path too (a webhook URL is its own credential).
     ``max_body_bytes`` and ``transfer_deadline_s`` default to HTTP_MAX_BODY_MB and HTTP_CALL_DEADLINE_S.
     """
 
@@ -118,6 +119,7 @@ class HttpClient:
         transfer_deadline_s: float | None = None,
         secret_headers: Iterable[str] = (),
         max_redirects: int = 10,
+        secret_path: bool = False,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -139,6 +141,7 @@ class HttpClient:
                                      else default_transfer_deadline_s())
         self._secret_headers = frozenset(h.lower() for h in secret_headers)
         self._max_redirects = max_redirects
+        self._secret_path = secret_path
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -265,7 +268,8 @@ class HttpClient:
         request = requests.Request(method, url, params=params, headers=all_headers, json=json, data=data)
         prepared = self._session.prepare_request(request)
         assert prepared.url is not None
-        redactor = Redactor(prepared.url, self._safe_params, prepared.headers, self._secret_headers)
+        redactor = Redactor(prepared.url, self._safe_params, prepared.headers, self._secret_headers,
+                            self._secret_path)
         deadline = Deadline(self._clock, self._max_total_wait + self._transfer_deadline_s)
         limits = {"max_bytes": self._max_body_bytes, "deadline": deadline, "read_timeout": self._timeout[1]}
         waited = 0.0
