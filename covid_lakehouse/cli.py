@@ -11,7 +11,7 @@ import sys
 import time
 
 from covid_lakehouse import runtime
-from covid_lakehouse.lib.embedded import EmbeddedStack, _pg_bin
+from covid_lakehouse.lib.embedded import EmbeddedStack, pg_bin
 from covid_lakehouse.lib.settings import ServiceSettings, exported, external_services_configured, project_home
 
 
@@ -30,7 +30,7 @@ def cmd_env(_: argparse.Namespace) -> int:
 
 def cmd_psql(args: argparse.Namespace) -> int:
     settings = _settings()
-    psql = _pg_bin("psql")
+    psql = pg_bin("psql")
     os.execv(str(psql), [str(psql), settings.warehouse_dsn, *args.psql_args])
     return 0  # not reached
 
