@@ -6,12 +6,11 @@ import argparse
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 
 from covid_lakehouse import runtime
-from covid_lakehouse.lib.embedded import EmbeddedStack, _pg_bin
+from covid_lakehouse.lib.embedded import EmbeddedStack, pg_bin
 from covid_lakehouse.lib.settings import (
     ServiceSettings,
     exported,
@@ -54,7 +53,7 @@ def psql_invocation(dsn: str) -> tuple[list[str], dict[str, str]]:
 
 def cmd_psql(args: argparse.Namespace) -> int:
     settings = _settings()
-    psql = _pg_bin("psql")
+    psql = pg_bin("psql")
     argv, env = psql_invocation(settings.warehouse_dsn)
     extra = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args  # `psql -- -c ...`
     with exported(env):
@@ -155,64 +154,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     prepared (by runtime.services) before the daemon starts, so its first sensor ticks find them."""
     with runtime.services(stand_ins=not args.live, command="up") as svc:
         runtime.prepare_dagster_home(svc.home, svc.settings)
-        workspace = str(runtime.REPO_ROOT / "workspace.yaml")
-        bin_dir = os.path.dirname(sys.executable)
-        procs = [
-            subprocess.Popen([os.path.join(bin_dir, "dagster-webserver"), "-h", args.host, "-p", str(args.port),
-                              "-w", workspace], start_new_session=True),
-            subprocess.Popen([os.path.join(bin_dir, "dagster-daemon"), "run", "-w", workspace],
-                             start_new_session=True),
-        ]
+        procs = runtime.start_dagster(args.host, args.port)
         for line in svc.describe():
             print(line)
         print(f"Dagster UI: http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True)
-        stop = _wait_for_signal_or_exit(procs)
-        _terminate_tree(procs)
+        stop = runtime.wait_for_signal_or_exit(procs)
+        runtime.terminate_tree(procs)
     return 0 if stop else 1
-
-
-def _terminate_tree(procs: list[subprocess.Popen]) -> None:
-    """Stop the webserver and daemon and every process they spawned (their gRPC code servers run in
-    sessions of their own and would otherwise linger until a heartbeat times out)."""
-    import psutil
-
-    tree = []
-    for proc in procs:
-        try:
-            tree += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    for p in tree:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=20)
-    for p in alive:
-        p.kill()
-    psutil.wait_procs(alive, timeout=5)
-    for proc in procs:
-        proc.wait()
-
-
-def _wait_for_signal_or_exit(procs: list[subprocess.Popen]) -> bool:
-    """Block until SIGINT/SIGTERM (True) or a child exits on its own (False)."""
-    received: list[int] = []
-
-    def handler(signum, _frame):
-        received.append(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not received:
-            if any(p.poll() is not None for p in procs):
-                print("a Dagster process exited; stopping the rest", file=sys.stderr)
-                return False
-            time.sleep(0.5)  # polling the children; the signal handler ends the loop
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    return True
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import pytest
 
 from covid_lakehouse.defs.ads.archive import ARCHIVE_NAMESPACE, ARCHIVE_TABLE, archive_old_rows
 from covid_lakehouse_dev.apis.ads import AdsMock
-from covid_lakehouse_tests.ads.helpers import NOW, assert_invariant, load_rows
+from covid_lakehouse_tests.ads.support import NOW, assert_invariant, load_rows
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from covid_lakehouse.defs.ads.assets import ads
 from covid_lakehouse.defs.ads.replay import replay_from_backup
 from covid_lakehouse_dev.apis.ads import PATH, AdsMock
 from covid_lakehouse_dev.apis.harness import MockApi, MockResponse
-from covid_lakehouse_tests.ads.helpers import assert_invariant, live_ids, materialize
+from covid_lakehouse_tests.ads.support import assert_invariant, live_ids, materialize
 
 pytestmark = pytest.mark.integration
 

@@ -5,16 +5,17 @@ import pytest
 from psycopg import sql
 
 from covid_lakehouse.defs.ny_testing.warehouse import STAGING_SCHEMA
-from covid_lakehouse_tests.platform.staging_support import leave_staging, tables
+from covid_lakehouse_tests.ny_testing.support import dataset
+from covid_lakehouse_tests.platform.support import leave_staging, tables
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_ny_testing_load_sweeps_staging_of_ended_runs_first(ny, h, pg, instance):
+def test_a_ny_testing_load_sweeps_staging_of_ended_runs_first(ny, pg, instance):
     finished = leave_staging(instance, pg, STAGING_SCHEMA)
     kept = tables(pg, STAGING_SCHEMA) - finished
     try:
-        ny.serve(h.dataset())
+        ny.serve(dataset())
         assert ny.daily().success
         assert tables(pg, STAGING_SCHEMA) == kept  # its own staging dropped too, when it ended
     finally:

@@ -7,7 +7,7 @@ import pytest
 from psycopg import sql
 
 from covid_lakehouse.lib.staging import sweep_staging
-from covid_lakehouse_tests.platform.staging_support import leave_staging, tables
+from covid_lakehouse_tests.platform.support import leave_staging, tables
 
 pytestmark = pytest.mark.integration
 

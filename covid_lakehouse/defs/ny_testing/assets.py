@@ -184,7 +184,7 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
         yield from results  # before anything is published
         blocked = blocked_units(failures)
         publish = [c for c in counties if c in in_source and not blocked.county_blocked(c)]
-        loaded, errors = _publish_counties(wh, staging, publish, tables, loaded_at, ny_testing_settings.max_workers)
+        loaded, errors = publish_counties(wh, staging, publish, tables, loaded_at, ny_testing_settings.max_workers)
         for county in sorted(loaded):
             yield dg.AssetMaterialization(asset_key=COUNTY_KEY, partition=county,
                                           metadata=_county_metadata(loaded[county], raw_key))
@@ -261,7 +261,7 @@ def _county_tables(partition_keys: list[str]) -> dict[str, str]:
         raise dg.Failure(f"{err}; nothing published", allow_retries=False) from None
 
 
-def _publish_counties(wh: Warehouse, staging, counties: list[str], tables: dict[str, str], loaded_at: datetime,
+def publish_counties(wh: Warehouse, staging, counties: list[str], tables: dict[str, str], loaded_at: datetime,
                       max_workers: int) -> tuple[dict[str, CountyResult], dict[str, Exception]]:
     """Upsert each county on its own pooled connection and transaction; one county's failure leaves the
     others' commits in place."""
