@@ -12,7 +12,13 @@ import time
 
 from covid_lakehouse import runtime
 from covid_lakehouse.lib.embedded import EmbeddedStack, _pg_bin
-from covid_lakehouse.lib.settings import ServiceSettings, exported, external_services_configured, project_home
+from covid_lakehouse.lib.settings import (
+    ServiceSettings,
+    exported,
+    external_services_configured,
+    project_home,
+    redact_text,
+)
 
 
 def _settings(start: bool = True) -> ServiceSettings:
@@ -24,14 +30,35 @@ def _settings(start: bool = True) -> ServiceSettings:
 def cmd_env(_: argparse.Namespace) -> int:
     """Print export lines (the embedded stack is started and left running if needed)."""
     for name, value in _settings().as_env().items():
-        print(f"export {name}='{value}'")
+        print(f"export {name}={_single_quoted(value)}")
     return 0
+
+
+def _single_quoted(value: str) -> str:
+    """Shell-safe: inside '...' nothing is special; an embedded ' closes, is escaped and reopens."""
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def psql_invocation(dsn: str) -> tuple[list[str], dict[str, str]]:
+    """psql's arguments without the password (a command line is visible to every user in `ps`) and the
+    environment that carries it (PGPASSWORD, read only by psql itself)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from covid_lakehouse.lib.postgres import check_dsn
+
+    params = conninfo_to_dict(check_dsn(dsn))
+    password = params.pop("password", None)
+    env = {"PGPASSWORD": str(password)} if password else {}
+    return [make_conninfo(**params)], env
 
 
 def cmd_psql(args: argparse.Namespace) -> int:
     settings = _settings()
     psql = _pg_bin("psql")
-    os.execv(str(psql), [str(psql), settings.warehouse_dsn, *args.psql_args])
+    argv, env = psql_invocation(settings.warehouse_dsn)
+    extra = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args  # `psql -- -c ...`
+    with exported(env):
+        os.execv(str(psql), [str(psql), *argv, *extra])
     return 0  # not reached
 
 
@@ -42,12 +69,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
     """Query warehouse and lakehouse tables with DuckDB: name them warehouse.<schema>.<table> and
     lakehouse.<namespace>.<table>. DuckDB cannot reach S3 or PostgreSQL offline, so each referenced
     table is read with pyarrow/psycopg and handed to DuckDB as Arrow."""
-    import psycopg
     from dagster_duckdb import DuckDBResource
     from psycopg import sql as pgsql
 
     from covid_lakehouse.lib.lakehouse import LakehouseResource
-    from covid_lakehouse.lib.postgres import PostgresResource
+    from covid_lakehouse.lib.postgres import PostgresResource, connect
 
     settings = _settings()
     os.environ.update(settings.as_env())
@@ -58,7 +84,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
             if catalog == "lakehouse":
                 data = LakehouseResource.from_settings(settings).read(schema, table)
             else:
-                with psycopg.connect(settings.warehouse_dsn) as conn:
+                with connect(settings.warehouse_dsn) as conn:
                     data = PostgresResource.fetch_arrow(conn, pgsql.SQL("SELECT * FROM {}").format(
                         pgsql.Identifier(schema, table)))
             duck.register("_incoming", data)
@@ -191,12 +217,11 @@ def _wait_for_signal_or_exit(procs: list[subprocess.Popen]) -> bool:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print a published data product for people who want the numbers, not the UI."""
-    import psycopg
-
     from covid_lakehouse.defs.vaccines.report import ReportUnavailable, people_per_dose_report
+    from covid_lakehouse.lib.postgres import connect
 
     settings = _settings()
-    with psycopg.connect(settings.warehouse_dsn) as conn:
+    with connect(settings.warehouse_dsn) as conn:
         try:
             print(people_per_dose_report(conn))
         except ReportUnavailable as err:
@@ -351,6 +376,27 @@ def main(argv: list[str] | None = None) -> int:
     except runtime.DevPackageMissing as err:
         print(err, file=sys.stderr)
         return 2
+    except Exception as err:
+        import psycopg
+
+        from covid_lakehouse.lib.postgres import DsnError
+
+        if not isinstance(err, psycopg.Error | DsnError):
+            raise
+        # libpq echoes parts of a malformed connection string, the password included: print it without.
+        print(f"covid-lakehouse: {type(err).__name__}: {redact_text(str(err), *_known_dsns())}", file=sys.stderr)
+        return 1
+
+
+def _known_dsns() -> list[str]:
+    from covid_lakehouse.lib.settings import (
+        DAGSTER_STORAGE_URL,
+        LAKEHOUSE_CATALOG_DSN,
+        SETTINGS,
+        WAREHOUSE_DSN,
+    )
+
+    return [v for v in (SETTINGS[n].get() for n in (WAREHOUSE_DSN, LAKEHOUSE_CATALOG_DSN, DAGSTER_STORAGE_URL)) if v]
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
+
+from covid_lakehouse.lib.settings import redact, redact_text
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -40,6 +43,37 @@ def table_ident(schema: str, table: str) -> sql.Composed:
     return sql.Identifier(validate_identifier(schema, what="schema"), validate_identifier(table, what="table"))
 
 
+class DsnError(dg.Failure):
+    """A connection string is malformed or its server refused: the message never holds the password
+    (libpq echoes parts of a malformed DSN, the password included). Not retried: same DSN, same error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(description=message, allow_retries=False)
+
+
+def check_dsn(dsn: str, name: str = "WAREHOUSE_DSN") -> str:
+    """``dsn`` if libpq can parse it, else DsnError naming the setting, with the password hidden."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error as err:
+        problem = redact_text(str(err).strip(), dsn)
+    else:  # libpq parses but does not check numbers until it connects (a pool would retry for 30 s)
+        port = str(params.get("port") or "")
+        if not port or all(p.strip().isdigit() for p in port.split(",")):
+            return dsn
+        problem = f"port {port!r} is not a number"
+    raise DsnError(f"{name} is not a valid PostgreSQL connection string ({redact(dsn)}): {problem}")
+
+
+def connect(dsn: str, name: str = "WAREHOUSE_DSN", **kwargs: object) -> psycopg.Connection:
+    """psycopg.connect with the password kept out of every error (malformed DSN, refused connection)."""
+    check_dsn(dsn, name)
+    try:
+        return psycopg.connect(dsn, **kwargs)  # type: ignore[arg-type]
+    except psycopg.Error as err:
+        raise DsnError(f"cannot connect with {name} ({redact(dsn)}): {redact_text(str(err).strip(), dsn)}") from None
+
+
 # One pool per DSN per process: Dagster builds resources per step, pools must outlive them.
 _POOLS: dict[str, ConnectionPool] = {}
 _POOLS_LOCK = threading.Lock()
@@ -49,6 +83,7 @@ def _pool(dsn: str, max_size: int) -> ConnectionPool:
     with _POOLS_LOCK:
         pool = _POOLS.get(dsn)
         if pool is None or pool.closed:
+            check_dsn(dsn)  # before the pool's workers log libpq's error, which echoes the DSN
             pool = ConnectionPool(dsn, min_size=0, max_size=max_size, open=True, timeout=30,
                                   kwargs={"application_name": "covid_lakehouse"})
             _POOLS[dsn] = pool

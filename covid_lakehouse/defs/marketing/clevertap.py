@@ -34,7 +34,7 @@ from covid_lakehouse.defs.marketing.common import (
 )
 from covid_lakehouse.defs.marketing.tables import CLEVERTAP
 from covid_lakehouse.lib.clock import Clock, SystemClock
-from covid_lakehouse.lib.http import HttpClient
+from covid_lakehouse.lib.http import HttpClient, PageGuard
 from covid_lakehouse.lib.settings import setting
 
 SOURCE = "clevertap"
@@ -94,7 +94,9 @@ class CleverTapEvents:
                                    headers=self._headers)
         cursor = self._checked(response.content, where).get("cursor")
         label, number = event_label(event_name), 0
+        guard = PageGuard(f"{SOURCE} {where} on {day}")
         while cursor:
+            guard.advance(cursor)  # a repeated cursor or too many pages: fail instead of looping forever
             number += 1
             page_label = f"{label}-p{number:04d}"
             # The cursor arrives URL-encoded: encoding it again (params=) would break it. quote() with

@@ -34,7 +34,7 @@ from covid_lakehouse.defs.marketing.common import (
 )
 from covid_lakehouse.defs.marketing.tables import FACEBOOK
 from covid_lakehouse.lib.clock import Clock
-from covid_lakehouse.lib.http import HttpClient, parse_retry_after
+from covid_lakehouse.lib.http import HttpClient, PageGuard, parse_retry_after
 from covid_lakehouse.lib.settings import setting
 
 SOURCE = "facebook"
@@ -143,7 +143,7 @@ class FacebookInsights:
             "level": "ad", "time_increment": 1, "fields": ",".join(FIELDS), "limit": self._page_size,
             "time_range": json.dumps({"since": day.isoformat(), "until": day.isoformat()}),
         }
-        number = 0
+        number, guard = 0, PageGuard(f"{SOURCE} act_{account_id} insights of {day}")
         while True:
             number += 1
             label = f"act_{account_id}-p{number:04d}"
@@ -155,6 +155,7 @@ class FacebookInsights:
             after = (paging.get("cursors") or {}).get("after")
             if not after:
                 raise SourceSchemaError(SOURCE, f"{label} of {day}", "paging.next is present but paging.cursors.after is not")
+            guard.advance(after)  # a repeated cursor or too many pages: fail instead of looping forever
             params["after"] = after
 
     def daily_totals(self, account_id: str, first: date, last: date) -> dict[date, DayTotals]:
@@ -164,6 +165,7 @@ class FacebookInsights:
             "limit": 500, "time_range": json.dumps({"since": first.isoformat(), "until": last.isoformat()}),
         }
         totals: dict[date, DayTotals] = {}
+        guard = PageGuard(f"{SOURCE} account totals of act_{account_id}")
         while True:
             _, doc = self._get(account_id, params, f"account totals of act_{account_id}")
             for i, row in enumerate(_data_rows(doc, f"account totals of act_{account_id}")):
@@ -175,6 +177,7 @@ class FacebookInsights:
             paging = doc.get("paging") or {}
             if not paging.get("next") or not (paging.get("cursors") or {}).get("after"):
                 return totals
+            guard.advance(paging["cursors"]["after"])
             params["after"] = paging["cursors"]["after"]
 
 

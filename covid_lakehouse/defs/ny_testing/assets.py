@@ -19,7 +19,11 @@ from pydantic import Field
 from covid_lakehouse.defs.ny_testing.checks import AUDITS, Blocked, Staged, blocked_units
 from covid_lakehouse.defs.ny_testing.parsing import BATCH_ROWS, MEASURES, SourceFormatError, open_rows_json
 from covid_lakehouse.defs.ny_testing.parsing import UnsafeIdentifierError as UnsafeCountyError
-from covid_lakehouse.defs.ny_testing.partitions import COUNTY_PARTITIONS_NAME, county_partitions
+from covid_lakehouse.defs.ny_testing.partitions import (
+    COUNTY_PARTITIONS_NAME,
+    check_new_counties,
+    county_partitions,
+)
 from covid_lakehouse.defs.ny_testing.raw import (
     bundled_snapshot_sha256,
     display_url,
@@ -88,6 +92,7 @@ def raw_rows_json(context: dg.AssetExecutionContext, http: HttpResource, s3: Lak
                 if summary.rows == 0:  # the source has had tens of thousands of rows since 2020
                     raise SourceFormatError(shown, "the download has no data rows (a well-formed but empty "
                                             "rows.json): the source is broken, not the epidemic over")
+                check_new_counties(context.instance, summary.counties, shown)  # refused whole past the cap
             except _BAD_SOURCE as err:
                 quarantine = f"{prefix}/quarantine/sha256={download.sha256}.body"
                 put_once(s3, bucket, quarantine, body, {"source": shown})

@@ -8,7 +8,11 @@ table, is logged here and reported by the county_tests check ``counties_present`
 import dagster as dg
 
 from covid_lakehouse.defs.ny_testing.assets import COUNTY_KEY, RAW_KEY, RAW_KEY_TAG
-from covid_lakehouse.defs.ny_testing.partitions import COUNTY_PARTITIONS_NAME, county_partitions
+from covid_lakehouse.defs.ny_testing.partitions import (
+    COUNTY_PARTITIONS_NAME,
+    check_new_counties,
+    county_partitions,
+)
 from covid_lakehouse.lib.policies import max_runtime
 
 
@@ -30,7 +34,8 @@ def ny_testing_county_partitions(context: dg.SensorEvaluationContext) -> dg.Sens
     metadata = event.asset_materialization.metadata
     in_source = list(metadata["counties"].value)
     existing = list(context.instance.get_dynamic_partitions(COUNTY_PARTITIONS_NAME))
-    new = sorted(set(in_source) - set(existing))
+    # The raw asset refuses such downloads; checked again so that no path adds more than the cap.
+    new = check_new_counties(context.instance, in_source, metadata["s3_key"].value)
     gone = sorted(set(existing) - set(in_source))
     if new:
         context.log.info("adding %d county partition(s): %s", len(new), ", ".join(new))

@@ -175,7 +175,7 @@ def open_rows_json(stream: BinaryIO, *, source: str, batch_rows: int = BATCH_ROW
     the ``data`` array. The stream is read once and not closed here.
     """
     head = sniff(stream, source)
-    tape = Tape(stream, head)
+    tape = Tape(stream, head, source)
     meta = read_meta(tape, source)
     tape.rewind()  # the data pass re-reads the (small) meta at C speed, then streams the rows
     return RowsJsonReader(tape, meta, source=source, batch_rows=batch_rows)
