@@ -89,6 +89,9 @@ def raw_rows_json(context: dg.AssetExecutionContext, http: HttpResource, s3: Lak
         with tempfile.TemporaryFile() as parsed:
             try:
                 summary = summarize(body, source=shown, parsed_sink=parsed)
+                if summary.rows == 0:  # the source has had tens of thousands of rows since 2020
+                    raise SourceFormatError(shown, "the download has no data rows (a well-formed but empty "
+                                            "rows.json): the source is broken, not the epidemic over")
                 check_new_counties(context.instance, summary.counties, shown)  # refused whole past the cap
             except _BAD_SOURCE as err:
                 quarantine = f"{prefix}/quarantine/sha256={download.sha256}.body"

@@ -13,6 +13,7 @@ from covid_lakehouse.defs.ny_testing.partitions import (
     check_new_counties,
     county_partitions,
 )
+from covid_lakehouse.lib.policies import max_runtime
 
 
 @dg.sensor(
@@ -53,6 +54,7 @@ def ny_testing_county_partitions(context: dg.SensorEvaluationContext) -> dg.Sens
             "dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[-1],
             RAW_KEY_TAG: metadata["s3_key"].value,  # load exactly the download that triggered this run
+            **max_runtime(hours=3),  # an asset-selection run inherits no job tags
         },
     )
     return dg.SensorResult(
