@@ -25,8 +25,8 @@ from urllib.parse import parse_qs, quote, urlencode
 from covid_lakehouse_dev.apis.harness import Fault, MockApi, MockRequest, MockResponse
 
 DATA = Path(__file__).parent / "data" / "marketing"
-FACEBOOK_PATH = "/facebook/v21.0"
-GOOGLE_PATH = "/google-ads/v21"
+FACEBOOK_PATH = "/facebook"  # + /<version>/act_<id>/insights
+GOOGLE_PATH = "/google-ads"  # + /<version>/customers/<id>/googleAds:searchStream
 GOOGLE_TOKEN_PATH = "/google-oauth/token"
 CLEVERTAP_PATH = "/clevertap"
 
@@ -144,6 +144,10 @@ class MarketingMock:
     clevertap_events_per_day: dict[str, int] = field(default_factory=lambda: {"App Launched": 7, "UTM Visited": 3})
     clevertap_max_concurrent: int = 3
     clevertap_count_partial: bool = False  # answer counts with "partial" + req_id first, to be polled
+    # Versions past their sunset. Facebook (data/marketing/facebook_version_errors_DOC_DERIVED.json):
+    # "reject" answers error #2635, "upgrade" serves the call as the newest version with the warning header.
+    facebook_expired_versions: dict[str, str] = field(default_factory=lambda: {"v21.0": "reject", "v22.0": "upgrade"})
+    google_sunset_versions: frozenset[str] = frozenset({"v19", "v20", "v21", "v22"})  # 404 on the versioned path
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _in_flight: int = field(default=0, repr=False)
 
@@ -157,9 +161,11 @@ class MarketingMock:
         api.route("GET", CLEVERTAP_PATH + "/1/counts/events.json", self._clevertap_count_result)
         return {
             "FACEBOOK_GRAPH_URL": "{base}" + FACEBOOK_PATH,
+            "FACEBOOK_GRAPH_API_VERSION": "v27.0",
             "FACEBOOK_ACCESS_TOKEN": FACEBOOK_TOKEN,
             "FACEBOOK_AD_ACCOUNT_IDS": ",".join(f"act_{a}" for a in self.facebook_accounts),
             "GOOGLE_ADS_API_URL": "{base}" + GOOGLE_PATH,
+            "GOOGLE_ADS_API_VERSION": "v26",
             "GOOGLE_OAUTH_TOKEN_URL": "{base}" + GOOGLE_TOKEN_PATH,
             "GOOGLE_ADS_DEVELOPER_TOKEN": GOOGLE_DEVELOPER_TOKEN,
             "GOOGLE_ADS_CLIENT_ID": GOOGLE_CLIENT_ID,
@@ -213,11 +219,19 @@ class MarketingMock:
         token = req.headers.get("Authorization", "").removeprefix("Bearer ") or query.get("access_token", "")
         if token != FACEBOOK_TOKEN:
             return error(400, 190, "Invalid OAuth access token - Cannot parse access token")
-        match = re.fullmatch(re.escape(FACEBOOK_PATH) + r"/act_(\d+)/insights", req.path)
-        if not match or match[1] not in self.facebook_accounts:
+        match = re.fullmatch(re.escape(FACEBOOK_PATH) + r"/(v\d+\.\d+)/act_(\d+)/insights", req.path)
+        if not match or match[2] not in self.facebook_accounts:
             return error(400, 100, f"Unsupported get request. Object with ID '{req.path.split('/')[-2]}' does not "
                          "exist, cannot be loaded due to missing permissions, or does not support this operation", 33)
-        account = match[1]
+        version, account = match[1], match[2]
+        expired = self.facebook_expired_versions.get(version)
+        if expired == "reject":
+            doc = copy.deepcopy(_fixture("facebook_version_errors_DOC_DERIVED.json")["deprecated_version_error"])
+            return MockResponse.json_body(doc["json"], doc["status_code"])
+        extra_headers = {}
+        if expired == "upgrade":
+            header = _fixture("facebook_version_errors_DOC_DERIVED.json")["auto_upgrade_header"]
+            extra_headers[header["name"]] = header["value"].format(version=version)
         try:
             window = json.loads(query["time_range"])
             days = _day_range(window["since"], window["until"])
@@ -245,7 +259,7 @@ class MarketingMock:
                 nxt = {**query, "after": cursors["after"]}
                 nxt.pop("access_token", None)
                 doc["paging"]["next"] = f"http://{req.headers.get('Host')}{req.path}?{urlencode(nxt)}"
-        return MockResponse.json_body(doc)
+        return MockResponse.json_body(doc, headers=extra_headers)
 
     def _facebook_account_total(self, account: str, day: date) -> dict[str, Any]:
         rows = self.facebook_rows(account, day)
@@ -300,7 +314,11 @@ class MarketingMock:
                          {"authenticationError": "OAUTH_TOKEN_INVALID"})
         if req.headers.get("developer-token") != GOOGLE_DEVELOPER_TOKEN:
             return error(401, "UNAUTHENTICATED", "The developer token is not valid.", {"authenticationError": "DEVELOPER_TOKEN_INVALID"})
-        match = re.fullmatch(re.escape(GOOGLE_PATH) + r"/customers/(\d+)/googleAds:searchStream", req.path)
+        version = req.path.removeprefix(GOOGLE_PATH + "/").split("/", 1)[0]
+        if version in self.google_sunset_versions:  # the versioned path no longer exists: Google's HTML 404 page
+            page = (DATA / "google_ads_404_DOC_DERIVED.html").read_bytes()
+            return MockResponse(404, page, {"Content-Type": "text/html; charset=UTF-8"})
+        match = re.fullmatch(re.escape(GOOGLE_PATH) + r"/v\d+/customers/(\d+)/googleAds:searchStream", req.path)
         if not match or match[1] not in self.google_customers or req.headers.get("login-customer-id") != GOOGLE_MANAGER_ID:
             return error(403, "PERMISSION_DENIED", "User doesn't have permission to access customer.",
                          {"authorizationError": "USER_PERMISSION_DENIED"})

@@ -10,7 +10,7 @@ Each API asset, for the days of its run (one day, or a look-back range in ONE ru
 """
 
 from collections.abc import Callable, Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -86,7 +86,8 @@ def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, 
 
 
 def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spec: TableSpec, audits: list[Audit],
-             asset_key: dg.AssetKey, read: Callable[[StagingWriter], Reported], extra: dict[str, Any]):
+             asset_key: dg.AssetKey, read: Callable[[StagingWriter], Reported], extra: dict[str, Any],
+             notices: dict[str, Any] | None = None):
     """Read the source, its rows COPYed into a staging table as they come, then audit and merge them;
     yields the check results, then the materialization."""
     with warehouse.connection() as conn:
@@ -94,7 +95,7 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
     with StagingWriter(warehouse, spec) as staging:
         reported = read(staging)
         published: Published = yield from stage_audit_publish(
-            warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported)
+            warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported, notices=notices)
     counts = published.counts
     context.log.info("%s: %d rows from %d page(s): %d inserted, %d updated, %d unchanged", spec.name,
                      published.staged_rows, staging.pages, counts.inserted, counts.updated, counts.unchanged)
@@ -129,8 +130,11 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
     extra = {"raw_prefix": _raw_prefix(facebook.SOURCE), "replayed_run": config.replay_run_id}
     days = window_days(context)
 
+    notices: dict[str, Any] = {}
+
     def read(staging: StagingWriter) -> Reported:
         api = marketing_facebook.connector()
+        notices["api_version"] = api.version
         landing = RawLanding(s3, facebook.SOURCE, _run_label(context))
 
         def read_account(account: str) -> Reported:  # rate limits are per ad account: one thread each
@@ -138,12 +142,14 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
                 _land_and_parse(landing, api.pages(account, day), facebook.page_table, staging)
             return {(account, d): vars(t) for d, t in api.daily_totals(account, days[0], days[-1]).items()}
 
-        return _in_parallel(read_account, marketing_facebook.accounts(), marketing_facebook.max_concurrent_accounts)
+        reported = _in_parallel(read_account, marketing_facebook.accounts(), marketing_facebook.max_concurrent_accounts)
+        notices["api_version_notices"] = api.version_notices(_today())
+        return reported
 
     if config.replay_run_id:
         read = _replay(context, s3, facebook.SOURCE, config.replay_run_id, lambda _: facebook.page_table,
                        decode=facebook.load_page)
-    yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra)
+    yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra, notices)
 
 
 @_asset(GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, "Google Ads ad_group_ad metrics per day (GAQL via searchStream), "
@@ -154,8 +160,11 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
     extra = {"raw_prefix": _raw_prefix(google_ads.SOURCE), "replayed_run": config.replay_run_id}
     days = window_days(context)
 
+    notices: dict[str, Any] = {}
+
     def read(staging: StagingWriter) -> Reported:
         api = marketing_google_ads.connector()
+        notices.update(api_version=api.version, api_version_notices=api.version_notices(_today()))
         landing = RawLanding(s3, google_ads.SOURCE, _run_label(context))
 
         def read_customer(customer: str) -> Reported:
@@ -175,7 +184,7 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
 
     if config.replay_run_id:
         read = _replay(context, s3, google_ads.SOURCE, config.replay_run_id, lambda _: google_ads.page_table)
-    yield from _publish(context, warehouse, GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, GOOGLE_ADS_KEY, read, extra)
+    yield from _publish(context, warehouse, GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, GOOGLE_ADS_KEY, read, extra, notices)
 
 
 @_asset(CLEVERTAP, checks.CLEVERTAP_AUDITS, "CleverTap events per name and day (Get Events export), keyed by the "
@@ -270,6 +279,10 @@ def ad_performance_daily(context: dg.AssetExecutionContext, config: AdPerformanc
     yield dg.MaterializeResult(metadata={
         "dagster/row_count": published.staged_rows, "inserted": counts.inserted, "updated": counts.updated,
         "unchanged": counts.unchanged, "table": f"{SCHEMA}.{AD_PERFORMANCE.name}"})
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
 
 
 def _run_label(context: dg.AssetExecutionContext) -> str:

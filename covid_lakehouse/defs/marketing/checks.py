@@ -82,6 +82,20 @@ def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable],
     return audit
 
 
+def _api_version_current(staged: Staged) -> AuditResult:
+    version = staged.notices.get("api_version")
+    if version is None:
+        return AuditResult(True, "no API call in this run (replay): the API version was not used")
+    notices = staged.notices.get("api_version_notices") or []
+    if not notices:
+        return AuditResult(True, f"API version {version}: no sunset within 60 days, no version warning received",
+                           {"version": version})
+    return AuditResult(False, f"API version {version}: {notices[0]}", {"version": version, "notices": notices})
+
+
+API_VERSION_CURRENT = Audit("api_version_current", _api_version_current, blocking=False,
+                            description="The API version in use is not within 60 days of its announced sunset and the "
+                                        "API sent no version warning (WARN: vendors move dates)")
 KEY_UNIQUE = Audit("natural_key_unique", _key_unique, blocking=True,
                    description="Each natural key appears once in the staged rows (else the merge would be ambiguous)")
 CLICKS_LE_IMPRESSIONS = Audit("clicks_not_above_impressions", _clicks_not_above_impressions, blocking=True,
@@ -102,12 +116,12 @@ def _sum(column: str) -> sql.Composable:
 
 
 FACEBOOK_AUDITS = [
-    KEY_UNIQUE, CLICKS_LE_IMPRESSIONS, spend_not_negative("spend"),
+    API_VERSION_CURRENT, KEY_UNIQUE, CLICKS_LE_IMPRESSIONS, spend_not_negative("spend"),
     totals_match_api("Impressions, clicks and spend per account and day equal Facebook's account-level insights",
                      ("account_id", "date"), {"impressions": _sum("impressions"), "clicks": _sum("clicks"), "spend": _sum("spend")}),
 ]
 GOOGLE_ADS_AUDITS = [
-    KEY_UNIQUE, CLICKS_LE_IMPRESSIONS, spend_not_negative("cost_micros"),
+    API_VERSION_CURRENT, KEY_UNIQUE, CLICKS_LE_IMPRESSIONS, spend_not_negative("cost_micros"),
     totals_match_api("Impressions, clicks and cost per customer and day equal the searchStream summary row",
                      ("customer_id", "date"), {"impressions": _sum("impressions"), "clicks": _sum("clicks"),
                                                "cost_micros": _sum("cost_micros")}),

@@ -11,6 +11,7 @@ x-business-use-case-usage header (estimated_time_to_regain_access, in minutes).
 """
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 import requests
 from pydantic import Field
 
+from covid_lakehouse.defs.marketing import versions
 from covid_lakehouse.defs.marketing.common import (
     RawPage,
     SettingError,
@@ -33,18 +35,21 @@ from covid_lakehouse.defs.marketing.common import (
     load_json,
 )
 from covid_lakehouse.defs.marketing.tables import FACEBOOK
+from covid_lakehouse.defs.marketing.versions import UnsupportedApiVersion
 from covid_lakehouse.lib.clock import Clock
-from covid_lakehouse.lib.http import HttpClient, parse_retry_after
+from covid_lakehouse.lib.http import ClientError, HttpClient, parse_retry_after
 from covid_lakehouse.lib.settings import setting
 
 SOURCE = "facebook"
-DEFAULT_GRAPH_URL = "https://graph.facebook.com/v21.0"
+DEFAULT_GRAPH_URL = "https://graph.facebook.com"
 TOKEN = setting("FACEBOOK_ACCESS_TOKEN", "Marketing API access token (a system user's, ads_read)", secret=True,
                 scope="marketing")
-GRAPH_URL = setting("FACEBOOK_GRAPH_URL", "Graph API base, version included", default=DEFAULT_GRAPH_URL,
-                    scope="marketing")
+GRAPH_URL = setting("FACEBOOK_GRAPH_URL", "Graph API host, without the version (see FACEBOOK_GRAPH_API_VERSION)",
+                    default=DEFAULT_GRAPH_URL, scope="marketing")
+API_VERSION = setting("FACEBOOK_GRAPH_API_VERSION", "Marketing API version (vNN.N); move on before its sunset "
+                      "(docs/marketing.md, 'API versions')", default=versions.newest("facebook"), scope="marketing")
 ACCOUNTS = setting("FACEBOOK_AD_ACCOUNT_IDS", "comma-separated ad accounts (act_<id> or <id>)", scope="marketing")
-TOKEN_ENV, GRAPH_URL_ENV, ACCOUNTS_ENV = TOKEN.name, GRAPH_URL.name, ACCOUNTS.name
+TOKEN_ENV, GRAPH_URL_ENV, ACCOUNTS_ENV, API_VERSION_ENV = TOKEN.name, GRAPH_URL.name, ACCOUNTS.name, API_VERSION.name
 
 FIELDS = ("account_id", "account_name", "account_currency", "campaign_id", "campaign_name", "adset_id",
           "adset_name", "ad_id", "ad_name", "date_start", "date_stop", "impressions", "clicks", "spend", "actions")
@@ -63,6 +68,9 @@ THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
 THROTTLE_SUBCODES = frozenset({2446079})
 TOKEN_CODES = frozenset({102, 190, 463, 467})
 TRANSIENT_CODES = frozenset({1, 2})
+VERSION_GONE_CODES = frozenset({2635})  # "You are calling a deprecated version of the Ads API"
+VERSION_GONE_STATUS = 410  # what the hook gives #2635: a 4xx is never retried; the connector names the setting
+VERSION_WARNING_HEADER = "X-Ad-Api-Version-Warning"  # a call on an expired version, served auto-upgraded
 
 
 def _is_permission_code(code: int) -> bool:
@@ -79,7 +87,9 @@ def translate_error_status(response: requests.Response, *args: Any, **kwargs: An
     except (ValueError, TypeError, AttributeError):
         return response
     subcode = error.get("error_subcode")
-    if code in THROTTLE_CODES or subcode in THROTTLE_SUBCODES:
+    if code in VERSION_GONE_CODES:
+        status, reason = VERSION_GONE_STATUS, f"Facebook no longer serves this API version (error code {code})"
+    elif code in THROTTLE_CODES or subcode in THROTTLE_SUBCODES:
         status, reason = 429, f"Facebook rate limit (error code {code})"
     elif code in TOKEN_CODES:
         status, reason = 401, f"Facebook rejected the access token (error code {code})"
@@ -91,6 +101,22 @@ def translate_error_status(response: requests.Response, *args: Any, **kwargs: An
         return response
     response.status_code, response.reason = status, f"{reason}, HTTP {response.status_code}"
     return response
+
+
+class ResponseHooks:
+    """The session's response hook: translates coded errors (translate_error_status) and keeps every
+    version warning header seen, for the run's WARN check."""
+
+    def __init__(self) -> None:
+        self.version_warnings: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        warning = response.headers.get(VERSION_WARNING_HEADER)
+        if warning:
+            with self._lock:
+                self.version_warnings.add(warning)
+        return translate_error_status(response)
 
 
 def retry_hint(response: requests.Response) -> float | None:
@@ -129,12 +155,25 @@ def account_id_of(value: str) -> str:
 
 
 class FacebookInsights:
-    def __init__(self, http: HttpClient, graph_url: str, token: str, page_size: int) -> None:
-        self._http, self._graph, self._token, self._page_size = http, graph_url.rstrip("/"), token, page_size
+    def __init__(self, http: HttpClient, graph_url: str, version: str, token: str, page_size: int,
+                 hooks: ResponseHooks | None = None) -> None:
+        self._http, self._token, self._page_size = http, token, page_size
+        self.version, self._graph = version, f"{graph_url.rstrip('/')}/{version}"
+        self._hooks = hooks or ResponseHooks()
+
+    def version_notices(self, today: date) -> list[str]:
+        """Why the version in use needs attention: the sunset table, and the warning headers received."""
+        return versions.sunset_warnings(SOURCE, self.version, today) + [
+            f"{VERSION_WARNING_HEADER}: {w}" for w in sorted(self._hooks.version_warnings)]
 
     def _get(self, account_id: str, params: dict[str, Any], where: str) -> tuple[bytes, Any]:
-        response = self._http.get(f"{self._graph}/act_{account_id}/insights", params=params,
-                                  headers={"Authorization": f"Bearer {self._token}"})
+        try:
+            response = self._http.get(f"{self._graph}/act_{account_id}/insights", params=params,
+                                      headers={"Authorization": f"Bearer {self._token}"})
+        except ClientError as err:
+            if err.status == VERSION_GONE_STATUS:
+                raise UnsupportedApiVersion(SOURCE, self.version, API_VERSION, err.detail) from None
+            raise
         return response.content, load_page(where, response.content)
 
     def pages(self, account_id: str, day: date) -> Iterator[RawPage]:
@@ -311,7 +350,8 @@ def page_table(page: RawPage, raw_object: str) -> pa.Table:
 class FacebookAdsResource(dg.ConfigurableResource):
     """Facebook Marketing API access. The token is read from FACEBOOK_ACCESS_TOKEN only (never config)."""
 
-    graph_url: str | None = Field(default=None, description=f"Graph API base incl. version; unset: {GRAPH_URL_ENV}, else {DEFAULT_GRAPH_URL}")
+    graph_url: str | None = Field(default=None, description=f"Graph API host, no version; unset: {GRAPH_URL_ENV}, else {DEFAULT_GRAPH_URL}")
+    api_version: str | None = Field(default=None, description=f"Marketing API version; unset: {API_VERSION_ENV}, else {API_VERSION.default}")
     ad_account_ids: list[str] | None = Field(default=None, description=f"Ad accounts (act_<id> or <id>); unset: {ACCOUNTS_ENV} (comma-separated)")
     page_size: int = Field(default=500, description="rows per insights page (limit)")
     max_concurrent_accounts: int = Field(default=4, description="accounts fetched in parallel (rate limits are per account)")
@@ -323,9 +363,11 @@ class FacebookAdsResource(dg.ConfigurableResource):
         return [account_id_of(a) for a in ACCOUNTS.values(self.ad_account_ids)]
 
     def connector(self, clock: Clock | None = None) -> FacebookInsights:
-        session = requests.Session()
-        session.hooks["response"].append(translate_error_status)
+        version = versions.version_setting_value(SOURCE, API_VERSION, self.api_version)
+        graph = versions.base_url(GRAPH_URL, API_VERSION, self.graph_url)
+        hooks, session = ResponseHooks(), requests.Session()
+        session.hooks["response"].append(hooks)
         http = build_client(clock=clock, auth_hint=f"the environment variable {TOKEN_ENV}", retry_after_from=retry_hint,
                             max_attempts=self.max_attempts, max_total_wait_s=self.max_rate_limit_wait_s,
                             backoff_base_s=self.backoff_base_s, session=session)
-        return FacebookInsights(http, GRAPH_URL.require(self.graph_url), TOKEN.require(), self.page_size)
+        return FacebookInsights(http, graph, version, TOKEN.require(), self.page_size, hooks)

@@ -21,6 +21,7 @@ import pyarrow as pa
 import requests
 from pydantic import Field
 
+from covid_lakehouse.defs.marketing import versions
 from covid_lakehouse.defs.marketing.common import (
     RawPage,
     SettingError,
@@ -30,15 +31,18 @@ from covid_lakehouse.defs.marketing.common import (
     load_json,
 )
 from covid_lakehouse.defs.marketing.tables import GOOGLE_ADS
+from covid_lakehouse.defs.marketing.versions import UnsupportedApiVersion
 from covid_lakehouse.lib.clock import Clock, SystemClock
-from covid_lakehouse.lib.http import AuthError, ClientError, HttpClient, parse_retry_after
+from covid_lakehouse.lib.http import AuthError, ClientError, HttpClient, HttpError, parse_retry_after
 from covid_lakehouse.lib.settings import setting
 
 SOURCE = "google_ads"
-DEFAULT_API_URL = "https://googleads.googleapis.com/v21"
+DEFAULT_API_URL = "https://googleads.googleapis.com"
 DEFAULT_TOKEN_URL = "https://oauth2.googleapis.com/token"
-API_URL = setting("GOOGLE_ADS_API_URL", "Google Ads REST base, version included", default=DEFAULT_API_URL,
-                  scope="marketing")
+API_URL = setting("GOOGLE_ADS_API_URL", "Google Ads REST host, without the version (see GOOGLE_ADS_API_VERSION)",
+                  default=DEFAULT_API_URL, scope="marketing")
+API_VERSION = setting("GOOGLE_ADS_API_VERSION", "Google Ads API version (vNN); move on before its sunset "
+                      "(docs/marketing.md, 'API versions')", default=versions.newest("google_ads"), scope="marketing")
 TOKEN_URL = setting("GOOGLE_OAUTH_TOKEN_URL", "OAuth 2.0 token endpoint", default=DEFAULT_TOKEN_URL, scope="marketing")
 CUSTOMERS = setting("GOOGLE_ADS_CUSTOMER_IDS", "comma-separated customer ids (10 digits, dashes allowed)",
                     scope="marketing")
@@ -61,6 +65,8 @@ QUERY = (
     "metrics.cost_micros, metrics.conversions FROM ad_group_ad WHERE segments.date BETWEEN '{day}' AND '{day}'"
 )
 METRICS = frozenset({"impressions", "clicks", "costMicros", "conversions"})
+# A retired version: REST answers 404 on the versioned path, gRPC UNIMPLEMENTED (HTTP 501 through the gateway).
+VERSION_GONE_STATUSES = frozenset({404, 501})
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
 
 
@@ -134,10 +140,14 @@ class Totals:
 
 
 class GoogleAdsReports:
-    def __init__(self, http: HttpClient, api_url: str, token: OAuthToken, developer_token: str,
+    def __init__(self, http: HttpClient, api_url: str, version: str, token: OAuthToken, developer_token: str,
                  login_customer_id: str | None) -> None:
-        self._http, self._api, self._token = http, api_url.rstrip("/"), token
+        self._http, self._token = http, token
+        self.version, self._api = version, f"{api_url.rstrip('/')}/{version}"
         self._developer_token, self._login = developer_token, login_customer_id
+
+    def version_notices(self, today: date) -> list[str]:
+        return versions.sunset_warnings(SOURCE, self.version, today)
 
     def pages(self, customer_id: str, day: date) -> Iterator[RawPage]:
         """The searchStream response for one customer and day (one body: the stream is not paged)."""
@@ -145,8 +155,13 @@ class GoogleAdsReports:
         if self._login:
             headers["login-customer-id"] = self._login
         body = {"query": QUERY.format(day=day.isoformat()), "summaryRowSetting": "SUMMARY_ROW_WITH_RESULTS"}
-        response = self._http.post(f"{self._api}/customers/{customer_id}/googleAds:searchStream",
-                                   json=body, headers=headers)
+        try:
+            response = self._http.post(f"{self._api}/customers/{customer_id}/googleAds:searchStream",
+                                       json=body, headers=headers)
+        except HttpError as err:  # ClientError (404) or HttpError (501): neither is retried by the client
+            if err.status in VERSION_GONE_STATUSES:
+                raise UnsupportedApiVersion(SOURCE, self.version, API_VERSION, err.detail) from None
+            raise
         label = f"{customer_id}-p0001"
         doc = load_json(SOURCE, f"{label} of {day}", response.content)
         yield RawPage(SOURCE, day, label, response.content, doc, {"customer-id": customer_id})
@@ -234,7 +249,8 @@ class GoogleAdsResource(dg.ConfigurableResource):
     """Google Ads API access. Credentials are read from the environment only: GOOGLE_ADS_DEVELOPER_TOKEN,
     GOOGLE_ADS_CLIENT_ID, GOOGLE_ADS_CLIENT_SECRET, GOOGLE_ADS_REFRESH_TOKEN."""
 
-    api_url: str | None = Field(default=None, description=f"REST base incl. version; unset: {API_URL_ENV}, else {DEFAULT_API_URL}")
+    api_url: str | None = Field(default=None, description=f"REST host, no version; unset: {API_URL_ENV}, else {DEFAULT_API_URL}")
+    api_version: str | None = Field(default=None, description=f"API version; unset: {API_VERSION.name}, else {API_VERSION.default}")
     token_url: str | None = Field(default=None, description=f"OAuth token endpoint; unset: {TOKEN_URL_ENV}, else {DEFAULT_TOKEN_URL}")
     customer_ids: list[str] | None = Field(default=None, description=f"Customer ids; unset: {CUSTOMERS_ENV} (comma-separated)")
     login_customer_id: str | None = Field(default=None, description=f"Manager account id; unset: {LOGIN_CUSTOMER_ENV} (optional)")
@@ -252,5 +268,7 @@ class GoogleAdsResource(dg.ConfigurableResource):
                             backoff_base_s=self.backoff_base_s)
         login = LOGIN_CUSTOMER.get(self.login_customer_id)
         token = OAuthToken(http, TOKEN_URL.require(self.token_url), clock or SystemClock())
-        return GoogleAdsReports(http, API_URL.require(self.api_url), token, DEVELOPER_TOKEN.require(),
+        version = versions.version_setting_value(SOURCE, API_VERSION, self.api_version)
+        return GoogleAdsReports(http, versions.base_url(API_URL, API_VERSION, self.api_url), version, token,
+                                DEVELOPER_TOKEN.require(),
                                 customer_id_of(login) if login else None)
