@@ -147,6 +147,9 @@ class MarketingMock:
     # Versions past their sunset. Facebook (data/marketing/facebook_version_errors_DOC_DERIVED.json):
     # "reject" answers error #2635, "upgrade" serves the call as the newest version with the warning header.
     facebook_expired_versions: dict[str, str] = field(default_factory=lambda: {"v21.0": "reject", "v22.0": "upgrade"})
+    # searchStream broken off mid-stream: "error" ends the array after the first batch (shape:
+    # data/marketing/google_ads_stream_error_DOC_DERIVED.json), or "no_summary" drops the summary row.
+    google_stream_fault: str | None = None
     google_sunset_versions: frozenset[str] = frozenset({"v19", "v20", "v21", "v22"})  # 404 on the versioned path
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _in_flight: int = field(default=0, repr=False)
@@ -338,6 +341,11 @@ class MarketingMock:
                 "clicks": str(sum(int(r["metrics"].get("clicks", "0")) for r in results)),
                 "costMicros": str(sum(int(r["metrics"]["costMicros"]) for r in results)),
                 "conversions": sum(r["metrics"].get("conversions", 0.0) for r in results)}}
+        if self.google_stream_fault == "error":
+            batches = [*batches[:1], _fixture("google_ads_stream_error_DOC_DERIVED.json")["stream_element"]]
+            batches[0].pop("summaryRow", None)
+        elif self.google_stream_fault == "no_summary":
+            batches[-1].pop("summaryRow", None)
         return MockResponse.json_body(batches)
 
     # -- CleverTap ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from covid_lakehouse.defs.marketing import versions
 from covid_lakehouse.defs.marketing.common import (
     RawPage,
     SettingError,
+    SourceApiError,
     SourceSchemaError,
     build_client,
     int_metric,
@@ -238,7 +239,31 @@ def summary_totals(doc: Any, where: str) -> Totals | None:
     return None
 
 
+def _describe_error(error: Any) -> str:
+    if not isinstance(error, dict):
+        return repr(error)[:300]
+    codes = [f"{k}={v}" for e in _values_of(error, "errors") if isinstance(e, list) for item in e
+             if isinstance(item, dict) for k, v in (item.get("errorCode") or {}).items()]
+    text = f"{error.get('status', '?')} (code {error.get('code', '?')}): {error.get('message', 'no message')}"
+    return text + (f" [{', '.join(codes)}]" if codes else "")
+
+
+def check_stream(doc: Any, where: str, *, summary_expected: bool = True) -> None:
+    """A stream that broke off is not a smaller load: an element with an ``error`` member (HTTP 200 was
+    already sent when the error happened), or no summary row although the query asked for one, fails
+    the customer-day, naming the error."""
+    batches = _batches(doc, where)
+    for i, batch in enumerate(batches):
+        if "error" in batch:
+            raise SourceApiError(SOURCE, f"{where} [{i}]: the stream carries an error after {i} batch(es), so it is "
+                                 f"incomplete and nothing is published: {_describe_error(batch['error'])}")
+    if summary_expected and not any("summaryRow" in b for b in batches):
+        raise SourceApiError(SOURCE, f"{where}: no summaryRow although the query asked for SUMMARY_ROW_WITH_RESULTS: "
+                             "the stream is incomplete and nothing is published")
+
+
 def page_table(page: RawPage, raw_object: str) -> pa.Table:
+    check_stream(page.doc, raw_object)
     rows = flatten_stream(page.doc, where=raw_object, day=page.day)
     for row in rows:
         row["raw_object"] = raw_object
