@@ -72,15 +72,24 @@ def _land_and_parse(landing: RawLanding, pages: Iterator[RawPage], parse: Parse,
 
 
 def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, run_id: str,
-            parser_for: Callable[[RawPage], Parse],
-            decode: Callable[[str, bytes], Any] | None = None) -> Callable[[StagingWriter], Reported]:
+            parser_for: Callable[[RawPage], Parse], notices: dict[str, Any],
+            decode: Callable[[str, bytes], Any] | None = None,
+            reported_of: Callable[[RawPage, str], Reported] | None = None) -> Callable[[StagingWriter], Reported]:
+    """Read from the raw pages of ``run_id``. The reconciliation uses what the pages themselves carry
+    (``reported_of``: Google's summary rows); totals fetched by separate calls (Facebook's account
+    insights, CleverTap's count) were not landed, and the check says so."""
+    notices["replayed_run"] = run_id
+
     def read(staging: StagingWriter) -> Reported:
         context.log.info("%s: replaying the raw pages of run %s", source, run_id)
+        reported: Reported = {}
         for page, uri in replay_pages(s3, source, run_id, window_days(context), decode):
+            if reported_of is not None:
+                reported.update(reported_of(page, uri))
             staging.write(parser_for(page)(page, uri), pages=1)
         if not staging.pages:
             raise dg.Failure(f"{source}: run {run_id} landed no raw pages for these days", allow_retries=False)
-        return {}
+        return reported
 
     return read
 
@@ -147,7 +156,7 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
         return reported
 
     if config.replay_run_id:
-        read = _replay(context, s3, facebook.SOURCE, config.replay_run_id, lambda _: facebook.page_table,
+        read = _replay(context, s3, facebook.SOURCE, config.replay_run_id, lambda _: facebook.page_table, notices,
                        decode=facebook.load_page)
     yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra, notices)
 
@@ -171,10 +180,9 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
             reported: Reported = {}
 
             def parse(page: RawPage, raw_object: str) -> pa.Table:
-                totals = google_ads.summary_totals(page.doc, raw_object)
-                if totals is not None:
-                    reported[(customer, page.day)] = vars(totals)
-                return google_ads.page_table(page, raw_object)
+                table = google_ads.page_table(page, raw_object)  # refuses a broken stream first
+                reported.update(_summary_of(page, raw_object))
+                return table
 
             for day in days:
                 _land_and_parse(landing, api.pages(customer, day), parse, staging)
@@ -183,8 +191,14 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
         return _in_parallel(read_customer, marketing_google_ads.customers(), marketing_google_ads.max_concurrent_customers)
 
     if config.replay_run_id:
-        read = _replay(context, s3, google_ads.SOURCE, config.replay_run_id, lambda _: google_ads.page_table)
+        read = _replay(context, s3, google_ads.SOURCE, config.replay_run_id, lambda _: google_ads.page_table, notices,
+                       reported_of=_summary_of)
     yield from _publish(context, warehouse, GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, GOOGLE_ADS_KEY, read, extra, notices)
+
+
+def _summary_of(page: RawPage, raw_object: str) -> Reported:
+    totals = google_ads.summary_totals(page.doc, raw_object)
+    return {} if totals is None else {(page.meta.get("customer-id") or page.label.split("-", 1)[0], page.day): vars(totals)}
 
 
 @_asset(CLEVERTAP, checks.CLEVERTAP_AUDITS, "CleverTap events per name and day (Get Events export), keyed by the "
@@ -193,6 +207,7 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
 def clevertap_events(context: dg.AssetExecutionContext, config: ApiAssetConfig,
                      marketing_clevertap: CleverTapResource, s3: LakeS3Resource, warehouse: PostgresResource):
     zone = marketing_clevertap.zone()
+    notices: dict[str, Any] = {}
     extra = {"raw_prefix": _raw_prefix(clevertap.SOURCE), "replayed_run": config.replay_run_id}
     days = window_days(context)
 
@@ -217,8 +232,8 @@ def clevertap_events(context: dg.AssetExecutionContext, config: ApiAssetConfig,
             event_name = unquote(page.meta["event-name"])  # one parser per export: occurrences count within it
             return parsers.setdefault((event_name, page.day), clevertap.RecordParser(event_name, zone)).page_table
 
-        read = _replay(context, s3, clevertap.SOURCE, config.replay_run_id, parser_for)
-    yield from _publish(context, warehouse, CLEVERTAP, checks.CLEVERTAP_AUDITS, CLEVERTAP_KEY, read, extra)
+        read = _replay(context, s3, clevertap.SOURCE, config.replay_run_id, parser_for, notices)
+    yield from _publish(context, warehouse, CLEVERTAP, checks.CLEVERTAP_AUDITS, CLEVERTAP_KEY, read, extra, notices)
 
 
 def _rds_asset(extract: Extract, asset_key: dg.AssetKey):

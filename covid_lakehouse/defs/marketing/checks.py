@@ -1,8 +1,10 @@
 """Data-quality audits run on staged rows before anything is published (platform write-audit-publish).
 
-Blocking: the natural key is unique, clicks never exceed impressions, spend is never negative.
-WARN: the loaded totals reconcile with what the API itself reports for the same days (Facebook's
-account-level insights, Google's summary row, CleverTap's event count)."""
+Blocking only what real data cannot do: a null or repeated natural key, negative impressions, clicks
+or spend, and totals that differ from the API's own figures beyond RECONCILE_TOLERANCE.
+WARN (reported with the rows, never blocking): clicks above impressions (real ad x day rows do that:
+Facebook counts every click, Google counts clicks on cached pages and clicks after midnight on the
+next day), any difference from the API's totals, and the API version (versions.py)."""
 
 from collections.abc import Callable
 from decimal import Decimal
@@ -39,24 +41,50 @@ def _violations(staged: Staged, condition: sql.Composable, what: str, ok: str) -
 
 
 def _clicks_not_above_impressions(staged: Staged) -> AuditResult:
-    return _violations(staged, sql.SQL("clicks > impressions"), "with more clicks than impressions",
-                       "clicks <= impressions in every staged row")
+    result = _violations(staged, sql.SQL("clicks > impressions"), "with more clicks than impressions",
+                         "clicks <= impressions in every staged row")
+    if result.passed:
+        return result
+    rows = staged.conn.execute(sql.SQL("SELECT {}, clicks, impressions FROM {} WHERE clicks > impressions "
+                                       "ORDER BY clicks - impressions DESC LIMIT 50").format(
+        sql.SQL(", ").join(map(sql.Identifier, staged.spec.key)), staged.staging)).fetchall()
+    names = [*staged.spec.key, "clicks", "impressions"]
+    return AuditResult(False, result.description, {**result.metadata, "rows": [dict(zip(names, map(str, r), strict=True))
+                                                                                for r in rows]})
 
 
-def _not_negative(column: str) -> Callable[[Staged], AuditResult]:
+def _not_negative(columns: tuple[str, ...]) -> Callable[[Staged], AuditResult]:
     def audit(staged: Staged) -> AuditResult:
-        return _violations(staged, sql.SQL("{} < 0").format(sql.Identifier(column)), f"with negative {column}",
-                           f"{column} >= 0 in every staged row")
+        condition = sql.SQL(" OR ").join(sql.SQL("{} < 0").format(sql.Identifier(c)) for c in columns)
+        return _violations(staged, condition, f"with a negative {' / '.join(columns)}",
+                           f"{', '.join(columns)} >= 0 in every staged row")
 
     return audit
 
 
-def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable],
-              tolerance: Decimal = Decimal("0.01")) -> Callable[[Staged], AuditResult]:
-    """Compare staged sums per group with ``staged.reported`` {group tuple: {measure: value}}."""
+def _keys_not_null(staged: Staged) -> AuditResult:
+    condition = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in staged.spec.key)
+    return _violations(staged, condition, f"with a null key column ({', '.join(staged.spec.key)})",
+                       "no key column is null")
+
+
+# Beyond this the loaded totals are not the API's: 1% of the API's figure, and at least one unit
+# (an impression, a click, a currency unit or micro, an event). Smaller differences only warn.
+RECONCILE_TOLERANCE = Decimal("0.01")
+RECONCILE_MIN_UNITS = Decimal(1)
+
+
+def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable], tolerance: Decimal = Decimal("0.01"),
+              relative: Decimal | None = None) -> Callable[[Staged], AuditResult]:
+    """Compare staged sums per group with ``staged.reported`` {group tuple: {measure: value}}: a
+    difference above ``tolerance`` (absolute), or above ``relative`` x the API's figure when larger."""
 
     def audit(staged: Staged) -> AuditResult:
         if not staged.reported:
+            replayed = staged.notices.get("replayed_run")
+            if replayed:
+                return AuditResult(True, f"replay of run {replayed}: the API's totals are not part of the landed raw "
+                                   "pages, so this load is not reconciled", {"replayed_run": replayed})
             return AuditResult(True, "the API reported no totals for these days")
         cols = sql.SQL(", ").join(map(sql.Identifier, group_by))
         sums = sql.SQL(", ").join(expr for expr in measures.values())
@@ -68,7 +96,7 @@ def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable],
             got = loaded.get(tuple(map(str, group)), dict.fromkeys(measures, 0))
             for measure in measures:
                 want, have = Decimal(str(expected[measure])), Decimal(str(got[measure] or 0))
-                if abs(want - have) > tolerance:
+                if abs(want - have) > max(tolerance, (relative or 0) * abs(want)):
                     mismatches.append({"group": "/".join(map(str, group)), "measure": measure,
                                        "api": str(want), "loaded": str(have)})
         if mismatches:
@@ -76,7 +104,8 @@ def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable],
             return AuditResult(False, f"{len(mismatches)} total(s) differ from the API's own figures, e.g. "
                                f"{first['group']} {first['measure']}: API {first['api']}, loaded {first['loaded']}",
                                {"mismatches": mismatches[:50]})
-        return AuditResult(True, f"{len(staged.reported)} group total(s) match the API's own figures",
+        within = "match" if relative is None else f"are within {relative:.0%} (min {tolerance} unit) of"
+        return AuditResult(True, f"{len(staged.reported)} group total(s) {within} the API's own figures",
                            {"groups": len(staged.reported)})
 
     return audit
@@ -98,17 +127,23 @@ API_VERSION_CURRENT = Audit("api_version_current", _api_version_current, blockin
                                         "API sent no version warning (WARN: vendors move dates)")
 KEY_UNIQUE = Audit("natural_key_unique", _key_unique, blocking=True,
                    description="Each natural key appears once in the staged rows (else the merge would be ambiguous)")
-CLICKS_LE_IMPRESSIONS = Audit("clicks_not_above_impressions", _clicks_not_above_impressions, blocking=True,
-                              description="clicks <= impressions in every staged row")
+KEYS_NOT_NULL = Audit("keys_not_null", _keys_not_null, blocking=True, description="No natural key column is null")
+CLICKS_LE_IMPRESSIONS = Audit("clicks_not_above_impressions", _clicks_not_above_impressions, blocking=False,
+                              description="clicks <= impressions (WARN: real ad x day rows may break it; the rows "
+                                          "are listed in the metadata)")
 
 
-def spend_not_negative(column: str) -> Audit:
-    return Audit("spend_not_negative", _not_negative(column), blocking=True,
-                 description=f"{column} >= 0 in every staged row")
+def metrics_not_negative(spend: str) -> Audit:
+    return Audit("metrics_not_negative", _not_negative(("impressions", "clicks", spend)), blocking=True,
+                 description=f"impressions, clicks and {spend} >= 0 in every staged row")
 
 
-def totals_match_api(description: str, group_by: tuple[str, ...], measures: dict[str, sql.Composable]) -> Audit:
-    return Audit("totals_match_api", reconcile(group_by, measures), blocking=False, description=description)
+def totals_match_api(description: str, group_by: tuple[str, ...], measures: dict[str, sql.Composable]) -> list[Audit]:
+    """WARN on any difference from the API's totals; block beyond RECONCILE_TOLERANCE."""
+    return [Audit("totals_match_api", reconcile(group_by, measures), blocking=False, description=description),
+            Audit("totals_within_tolerance", reconcile(group_by, measures, RECONCILE_MIN_UNITS, RECONCILE_TOLERANCE),
+                  blocking=True, description=f"{description}, within {RECONCILE_TOLERANCE:.0%} (at least "
+                                             f"{RECONCILE_MIN_UNITS} unit): beyond that nothing is published")]
 
 
 def _sum(column: str) -> sql.Composable:
@@ -116,20 +151,20 @@ def _sum(column: str) -> sql.Composable:
 
 
 FACEBOOK_AUDITS = [
-    API_VERSION_CURRENT, KEY_UNIQUE, CLICKS_LE_IMPRESSIONS, spend_not_negative("spend"),
-    totals_match_api("Impressions, clicks and spend per account and day equal Facebook's account-level insights",
+    API_VERSION_CURRENT, KEY_UNIQUE, KEYS_NOT_NULL, CLICKS_LE_IMPRESSIONS, metrics_not_negative("spend"),
+    *totals_match_api("Impressions, clicks and spend per account and day equal Facebook's account-level insights",
                      ("account_id", "date"), {"impressions": _sum("impressions"), "clicks": _sum("clicks"), "spend": _sum("spend")}),
 ]
 GOOGLE_ADS_AUDITS = [
-    API_VERSION_CURRENT, KEY_UNIQUE, CLICKS_LE_IMPRESSIONS, spend_not_negative("cost_micros"),
-    totals_match_api("Impressions, clicks and cost per customer and day equal the searchStream summary row",
+    API_VERSION_CURRENT, KEY_UNIQUE, KEYS_NOT_NULL, CLICKS_LE_IMPRESSIONS, metrics_not_negative("cost_micros"),
+    *totals_match_api("Impressions, clicks and cost per customer and day equal the searchStream summary row",
                      ("customer_id", "date"), {"impressions": _sum("impressions"), "clicks": _sum("clicks"),
                                                "cost_micros": _sum("cost_micros")}),
 ]
 CLEVERTAP_AUDITS = [
-    KEY_UNIQUE,
-    totals_match_api("Events per name and day equal CleverTap's Get Event Count",
+    KEY_UNIQUE, KEYS_NOT_NULL,
+    *totals_match_api("Events per name and day equal CleverTap's Get Event Count",
                      ("event_name", "event_date"), {"count": sql.SQL("count(*)")}),
 ]
-RDS_AUDITS = [KEY_UNIQUE]
-AD_PERFORMANCE_AUDITS = [KEY_UNIQUE, CLICKS_LE_IMPRESSIONS, spend_not_negative("spend")]
+RDS_AUDITS = [KEY_UNIQUE, KEYS_NOT_NULL]
+AD_PERFORMANCE_AUDITS = [KEY_UNIQUE, KEYS_NOT_NULL, CLICKS_LE_IMPRESSIONS, metrics_not_negative("spend")]
