@@ -144,6 +144,9 @@ class MarketingMock:
     clevertap_events_per_day: dict[str, int] = field(default_factory=lambda: {"App Launched": 7, "UTM Visited": 3})
     clevertap_max_concurrent: int = 3
     clevertap_count_partial: bool = False  # answer counts with "partial" + req_id first, to be polled
+    clevertap_honour_events_param: bool = True  # False: summaries even with events=false (other export-time fields)
+    clevertap_not_ready_polls: int = 0  # the first N GETs of each cursor answer code 2 "not ready"
+    clevertap_exports: int = field(default=0, repr=False)  # profiles are filled at export time: they change per export
     # Versions past their sunset. Facebook (data/marketing/facebook_version_errors_DOC_DERIVED.json):
     # "reject" answers error #2635, "upgrade" serves the call as the newest version with the warning header.
     facebook_expired_versions: dict[str, str] = field(default_factory=lambda: {"v21.0": "reject", "v22.0": "upgrade"})
@@ -153,6 +156,7 @@ class MarketingMock:
     google_sunset_versions: frozenset[str] = frozenset({"v19", "v20", "v21", "v22"})  # 404 on the versioned path
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _in_flight: int = field(default=0, repr=False)
+    _not_ready_seen: dict[str, int] = field(default_factory=dict, repr=False)
 
     def install(self, api: MockApi) -> dict[str, str]:
         api.route("GET", FACEBOOK_PATH + "/*", self._facebook)
@@ -350,12 +354,21 @@ class MarketingMock:
 
     # -- CleverTap ---------------------------------------------------------------------------------
 
-    def clevertap_records(self, event: str, day: date) -> list[dict[str, Any]]:
+    def clevertap_records(self, event: str, day: date, export: int = 0, summaries: bool = True) -> list[dict[str, Any]]:
+        """The day's records as export number ``export`` sends them: CleverTap fills ``profile`` when it
+        exports (the event summaries' count / last_seen grow), and leaves the summaries out when the
+        export was asked with events=false."""
         template = _fixture("clevertap_get_events_records_fixture.json")["records"][0]
         records = []
         for i in range(self.clevertap_events_per_day.get(event, 0)):
             rng = _rng("clevertap", event, i, day)
             record = copy.deepcopy(template)
+            if summaries:
+                for summary in record["profile"]["events"].values():
+                    summary["count"] += export
+                    summary["last_seen"] += 86_400 * export
+            else:
+                del record["profile"]["events"]
             record["profile"]["objectId"] = f"__g{hashlib.md5(f'{event}{i}{day}'.encode()).hexdigest()}"
             record["profile"]["app_version"] = f"1.1.{rng.randint(5, 9)}"
             record["ts"] = int(f"{day:%Y%m%d}{rng.randint(0, 23):02d}{rng.randint(0, 59):02d}{rng.randint(0, 59):02d}")
@@ -388,8 +401,12 @@ class MarketingMock:
                 return denied
             body = req.json()
             start, end = (datetime.strptime(str(body.get(k)), "%Y%m%d").date() for k in ("from", "to"))
+            with self._lock:
+                self.clevertap_exports += 1
+                export = self.clevertap_exports
             state = {"e": body["event_name"], "f": start.isoformat(), "t": end.isoformat(), "o": 0,
-                     "b": int(req.query.get("batch_size", ["5000"])[-1])}
+                     "b": int(req.query.get("batch_size", ["5000"])[-1]), "x": export,
+                     "s": req.query.get("events", ["true"])[-1] != "false" or not self.clevertap_honour_events_param}
             return MockResponse.json_body({"status": "success", "cursor": _encode_cursor(state)})
 
         return self._clevertap_limited(handle)
@@ -402,7 +419,13 @@ class MarketingMock:
                 state = _decode_cursor(req.query["cursor"][-1])
             except (KeyError, ValueError):
                 return MockResponse.json_body({"status": "fail", "error": "Invalid cursor", "code": 400}, 400)
-            records = [r for d in _day_range(state["f"], state["t"]) for r in self.clevertap_records(state["e"], d)]
+            with self._lock:  # "not ready" answers per cursor, counted here
+                polls = self._not_ready_seen.get(req.query["cursor"][-1], 0)
+                self._not_ready_seen[req.query["cursor"][-1]] = polls + 1
+            if polls < self.clevertap_not_ready_polls:
+                return MockResponse.json_body(_fixture("clevertap_not_ready_DOC_DERIVED.json")["json"])
+            records = [r for d in _day_range(state["f"], state["t"])
+                       for r in self.clevertap_records(state["e"], d, state.get("x", 0), state.get("s", True))]
             batch = records[state["o"]: state["o"] + state["b"]]
             doc: dict[str, Any] = {"status": "success", "records": batch}
             if state["o"] + state["b"] < len(records):

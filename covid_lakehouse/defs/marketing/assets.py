@@ -21,6 +21,7 @@ from pydantic import Field
 
 from covid_lakehouse.defs.marketing import checks, clevertap, facebook, google_ads
 from covid_lakehouse.defs.marketing.clevertap import CleverTapResource
+from covid_lakehouse.defs.marketing.clevertap_rekey import rekey_legacy_rows
 from covid_lakehouse.defs.marketing.common import RawLanding, RawPage, ordered_parallel, replay_pages
 from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
 from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
@@ -202,13 +203,21 @@ def _summary_of(page: RawPage, raw_object: str) -> Reported:
 
 
 @_asset(CLEVERTAP, checks.CLEVERTAP_AUDITS, "CleverTap events per name and day (Get Events export), keyed by the "
-        "SHA-256 of the canonical record + occurrence; only pseudonymous profile fields are kept.",
+        "SHA-256 of the event's identity (name, objectId, ts, event_props, session_props) + occurrence; only "
+        "pseudonymous profile fields are kept.",
         {"clevertap", "postgres", "s3"}, "marketing_clevertap")
 def clevertap_events(context: dg.AssetExecutionContext, config: ApiAssetConfig,
                      marketing_clevertap: CleverTapResource, s3: LakeS3Resource, warehouse: PostgresResource):
     zone = marketing_clevertap.zone()
     notices: dict[str, Any] = {}
-    extra = {"raw_prefix": _raw_prefix(clevertap.SOURCE), "replayed_run": config.replay_run_id}
+    with warehouse.connection() as conn:  # before anything is staged: the old keys would duplicate the window
+        ensure_tables(conn)
+        rekeyed = rekey_legacy_rows(conn, marketing_clevertap.rekey_zone())
+    if rekeyed["rekeyed"] or rekeyed["deleted"]:
+        context.log.info("clevertap: re-keyed %d row(s) to the event identity, removed %d duplicate(s) of the old keys",
+                         rekeyed["rekeyed"], rekeyed["deleted"])
+    extra = {"raw_prefix": _raw_prefix(clevertap.SOURCE), "replayed_run": config.replay_run_id,
+             "rekeyed_legacy_rows": rekeyed["rekeyed"], "removed_legacy_duplicates": rekeyed["deleted"]}
     days = window_days(context)
 
     def read(staging: StagingWriter) -> Reported:

@@ -122,6 +122,33 @@ def _api_version_current(staged: Staged) -> AuditResult:
     return AuditResult(False, f"API version {version}: {notices[0]}", {"version": version, "notices": notices})
 
 
+_IDENTITY = ("event_name", "profile_object_id", "event_ts", "event_props", "session_props")
+
+
+def _event_identity_unique(staged: Staged) -> AuditResult:
+    """The staged rows plus the published rows of the same days that the merge will not overwrite: one
+    event (same identity fields) under two keys means a key that changed between reads, and the merge
+    would keep both copies."""
+    identity = sql.SQL(", ").join(map(sql.Identifier, _IDENTITY))
+    rows = staged.conn.execute(sql.SQL("""
+        WITH span AS (SELECT min(event_date) AS lo, max(event_date) AS hi FROM {staging}),
+        everything AS (
+            SELECT event_key, {identity} FROM {staging}
+            UNION ALL
+            SELECT p.event_key, {p_identity} FROM {target} p, span
+            WHERE p.event_date BETWEEN span.lo AND span.hi AND NOT EXISTS (
+                SELECT 1 FROM {staging} s WHERE s.event_key = p.event_key AND s.occurrence = p.occurrence))
+        SELECT event_name, profile_object_id, event_ts, count(DISTINCT event_key) FROM everything
+        GROUP BY {identity} HAVING count(DISTINCT event_key) > 1 LIMIT %s""").format(
+        staging=staged.staging, target=staged.spec.ident, identity=identity,
+        p_identity=sql.SQL(", ").join(sql.Identifier("p", c) for c in _IDENTITY)), (SAMPLE,)).fetchall()
+    if not rows:
+        return AuditResult(True, "no event appears under two keys in the staged and published rows of these days")
+    return AuditResult(False, f"{len(rows)}+ event(s) appear under more than one key in the staged + published rows of "
+                       f"these days, e.g. {rows[0][0]!r} of {rows[0][1]!r} at {rows[0][2].isoformat()} under "
+                       f"{rows[0][3]} keys", {"examples": [list(map(str, r)) for r in rows]})
+
+
 API_VERSION_CURRENT = Audit("api_version_current", _api_version_current, blocking=False,
                             description="The API version in use is not within 60 days of its announced sunset and the "
                                         "API sent no version warning (WARN: vendors move dates)")
@@ -161,8 +188,11 @@ GOOGLE_ADS_AUDITS = [
                      ("customer_id", "date"), {"impressions": _sum("impressions"), "clicks": _sum("clicks"),
                                                "cost_micros": _sum("cost_micros")}),
 ]
+EVENT_IDENTITY_UNIQUE = Audit("event_identity_unique", _event_identity_unique, blocking=True,
+                              description="No event (name, objectId, ts, event_props, session_props) appears under two "
+                                          "keys in the staged rows plus the published rows of the same days")
 CLEVERTAP_AUDITS = [
-    KEY_UNIQUE, KEYS_NOT_NULL,
+    KEY_UNIQUE, KEYS_NOT_NULL, EVENT_IDENTITY_UNIQUE,
     *totals_match_api("Events per name and day equal CleverTap's Get Event Count",
                      ("event_name", "event_date"), {"count": sql.SQL("count(*)")}),
 ]

@@ -63,7 +63,8 @@ CLEVERTAP = TableSpec(
         ("event_key", pa.string()), ("occurrence", pa.int32()), ("event_name", pa.string()),
         ("event_date", pa.date32()), ("event_ts", pa.timestamp("us", tz="UTC")), ("profile_object_id", pa.string()),
         ("platform", pa.string()), ("app_version", pa.string()), ("event_props", pa.string()),
-        ("session_props", pa.string()), ("raw_object", pa.string()),
+        ("session_props", pa.string()), ("key_version", pa.int16()), ("account_timezone", pa.string()),
+        ("raw_object", pa.string()),
     ]),
     key=("event_key", "occurrence"),
 )
