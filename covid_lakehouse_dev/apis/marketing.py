@@ -138,6 +138,11 @@ class MarketingMock:
     facebook_ads_per_account: int = 5
     facebook_default_limit: int = 25
     facebook_revision: int = 0  # bump to restate conversions (late attribution)
+    # Real Meta behaviour the mock keeps: level=ad leaves out DELETED/ARCHIVED ads unless asked for with
+    # filtering on ad.effective_status, while the account totals include them.
+    facebook_deleted_ads: int = 0  # the last N ads of each account are deleted (half) or archived
+    facebook_max_rows_per_call: int | None = None  # level=ad limit above: code 1 "Please reduce the amount of data"
+    facebook_max_days_per_call: int | None = None  # level=account ranges longer: the same code 1
     google_customers: dict[str, str] = field(default_factory=lambda: {"1234567890": "USD", "2345678901": "GBP"})
     google_ads_per_customer: int = 4
     google_batch_rows: int = 10_000
@@ -147,7 +152,7 @@ class MarketingMock:
     clevertap_honour_events_param: bool = True  # False: summaries even with events=false (other export-time fields)
     clevertap_not_ready_polls: int = 0  # the first N GETs of each cursor answer code 2 "not ready"
     clevertap_exports: int = field(default=0, repr=False)  # profiles are filled at export time: they change per export
-    # Versions past their sunset. Facebook (data/marketing/facebook_version_errors_DOC_DERIVED.json):
+    # Versions past their sunset. Facebook (data/marketing/facebook_errors_DOC_DERIVED.json):
     # "reject" answers error #2635, "upgrade" serves the call as the newest version with the warning header.
     facebook_expired_versions: dict[str, str] = field(default_factory=lambda: {"v21.0": "reject", "v22.0": "upgrade"})
     # searchStream broken off mid-stream: "error" ends the array after the first batch (shape:
@@ -189,6 +194,10 @@ class MarketingMock:
         }
 
     # -- Facebook --------------------------------------------------------------------------------
+
+    def facebook_status(self, ad: int) -> str:
+        from_end = self.facebook_ads_per_account - ad
+        return "ACTIVE" if from_end > self.facebook_deleted_ads else ("DELETED" if from_end % 2 else "ARCHIVED")
 
     def facebook_rows(self, account: str, day: date) -> list[dict[str, Any]]:
         template = _fixture("facebook_insights_level_ad_airbyte_fixture.json")["data"][0]
@@ -233,11 +242,11 @@ class MarketingMock:
         version, account = match[1], match[2]
         expired = self.facebook_expired_versions.get(version)
         if expired == "reject":
-            doc = copy.deepcopy(_fixture("facebook_version_errors_DOC_DERIVED.json")["deprecated_version_error"])
+            doc = copy.deepcopy(_fixture("facebook_errors_DOC_DERIVED.json")["deprecated_version_error"])
             return MockResponse.json_body(doc["json"], doc["status_code"])
         extra_headers = {}
         if expired == "upgrade":
-            header = _fixture("facebook_version_errors_DOC_DERIVED.json")["auto_upgrade_header"]
+            header = _fixture("facebook_errors_DOC_DERIVED.json")["auto_upgrade_header"]
             extra_headers[header["name"]] = header["value"].format(version=version)
         try:
             window = json.loads(query["time_range"])
@@ -250,11 +259,24 @@ class MarketingMock:
         if query.get("level") == "account":
             rows = [self._facebook_account_total(account, d) for d in days]
         elif query.get("level") == "ad":
-            rows = [r for d in days for r in self.facebook_rows(account, d)]
+            try:
+                asked = {s for f in json.loads(query.get("filtering", "[]")) if f.get("field") == "ad.effective_status"
+                         for s in f.get("value", [])} or {"ACTIVE"}
+            except (ValueError, AttributeError):
+                return error(400, 100, "(#100) filtering must be a JSON list of {field, operator, value}")
+            rows = [r for d in days for ad, r in enumerate(self.facebook_rows(account, d))
+                    if self.facebook_status(ad) in asked]
         else:
             return error(400, 100, "(#100) this mock serves level=ad and level=account")
         rows = [{k: v for k, v in r.items() if k in fields} for r in rows]
         limit = int(query.get("limit", self.facebook_default_limit))
+        too_much = (query.get("level") == "ad" and self.facebook_max_rows_per_call is not None
+                    and limit > self.facebook_max_rows_per_call) or (
+            query.get("level") == "account" and self.facebook_max_days_per_call is not None
+            and len(days) > self.facebook_max_days_per_call)
+        if too_much:
+            doc = _fixture("facebook_errors_DOC_DERIVED.json")["reduce_data_error"]
+            return MockResponse.json_body(doc["json"], doc["status_code"])
         offset = int(base64.b64decode(query["after"]).decode()) if "after" in query else 0
         page = rows[offset: offset + limit]
         doc: dict[str, Any] = {"data": page}

@@ -14,7 +14,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
@@ -29,6 +29,7 @@ from covid_lakehouse.defs.marketing import versions
 from covid_lakehouse.defs.marketing.common import (
     RawPage,
     SettingError,
+    SourceApiError,
     SourceSchemaError,
     build_client,
     int_metric,
@@ -70,7 +71,16 @@ TOKEN_CODES = frozenset({102, 190, 463, 467})
 TRANSIENT_CODES = frozenset({1, 2})
 VERSION_GONE_CODES = frozenset({2635})  # "You are calling a deprecated version of the Ads API"
 VERSION_GONE_STATUS = 410  # what the hook gives #2635: a 4xx is never retried; the connector names the setting
-VERSION_WARNING_HEADER = "X-Ad-Api-Version-Warning"  # a call on an expired version, served auto-upgraded
+VERSION_WARNING_HEADER = "X-Ad-Api-Version-Warning"
+# Code 1 "Please reduce the amount of data you're asking for": a smaller request, never the same again
+REDUCE_DATA_STATUS = 413
+NOT_TRANSIENT_STATUS = 422  # the body says is_transient: false: a 4xx the client never retries
+MIN_PAGE_SIZE = 25
+# Every ad status, DELETED and ARCHIVED included: level=ad leaves those ads out by default although Meta
+# keeps their spend for 28 days (the list a public insights client passes; Meta's ad effective_status enum).
+AD_STATUSES = ("ACTIVE", "PAUSED", "DELETED", "PENDING_REVIEW", "DISAPPROVED", "PREAPPROVED", "PENDING_BILLING_INFO",
+               "CAMPAIGN_PAUSED", "ARCHIVED", "ADSET_PAUSED", "IN_PROCESS", "WITH_ISSUES")
+EVERY_AD = json.dumps([{"field": "ad.effective_status", "operator": "IN", "value": list(AD_STATUSES)}])  # a call on an expired version, served auto-upgraded
 
 
 def _is_permission_code(code: int) -> bool:
@@ -86,7 +96,7 @@ def translate_error_status(response: requests.Response, *args: Any, **kwargs: An
         code = int(error.get("code"))
     except (ValueError, TypeError, AttributeError):
         return response
-    subcode = error.get("error_subcode")
+    subcode, transient = error.get("error_subcode"), error.get("is_transient")
     if code in VERSION_GONE_CODES:
         status, reason = VERSION_GONE_STATUS, f"Facebook no longer serves this API version (error code {code})"
     elif code in THROTTLE_CODES or subcode in THROTTLE_SUBCODES:
@@ -95,7 +105,11 @@ def translate_error_status(response: requests.Response, *args: Any, **kwargs: An
         status, reason = 401, f"Facebook rejected the access token (error code {code})"
     elif _is_permission_code(code):
         status, reason = 403, f"Facebook permission missing (error code {code})"
-    elif code in TRANSIENT_CODES:
+    elif code == 1 and "reduce the amount of data" in str(error.get("message", "")).lower():
+        status, reason = REDUCE_DATA_STATUS, f"Facebook asks for less data per request (error code {code})"
+    elif transient is False:  # Facebook says so: retrying the same request cannot help
+        status, reason = NOT_TRANSIENT_STATUS, f"Facebook error code {code}, is_transient false"
+    elif code in TRANSIENT_CODES or transient is True:
         status, reason = 503, f"Facebook temporary error (error code {code})"
     else:
         return response
@@ -119,6 +133,19 @@ class ResponseHooks:
         return translate_error_status(response)
 
 
+def throttle_hint(floor_s: float):
+    """retry_hint, but a throttled call (429 after the hook) without usage headers waits at least
+    ``floor_s``: Facebook's throttles last minutes, and a few seconds of backoff only burn attempts."""
+
+    def hint(response: requests.Response) -> float | None:
+        asked = retry_hint(response)
+        if response.status_code == 429:
+            return max(asked or 0.0, floor_s)
+        return asked
+
+    return hint
+
+
 def retry_hint(response: requests.Response) -> float | None:
     """Seconds Facebook asks us to wait: the longest estimated_time_to_regain_access (minutes) in
     x-business-use-case-usage, reset_time_duration (seconds) in x-ad-account-usage, or Retry-After."""
@@ -138,6 +165,12 @@ def retry_hint(response: requests.Response) -> float | None:
     waits.append(header or 0.0)
     longest = max(waits)
     return longest if longest > 0 else None
+
+
+class _ReduceData(Exception):
+    def __init__(self, error: ClientError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -173,20 +206,33 @@ class FacebookInsights:
         except ClientError as err:
             if err.status == VERSION_GONE_STATUS:
                 raise UnsupportedApiVersion(SOURCE, self.version, API_VERSION, err.detail) from None
+            if err.status == REDUCE_DATA_STATUS:
+                raise _ReduceData(err) from None
             raise
         return response.content, load_page(where, response.content)
+
+    def _get_page(self, account_id: str, params: dict[str, Any], where: str) -> tuple[bytes, Any]:
+        """One page; asked for less data, the same page again with half the rows, down to MIN_PAGE_SIZE."""
+        while True:
+            try:
+                return self._get(account_id, params, where)
+            except _ReduceData as reduce:
+                if params["limit"] <= MIN_PAGE_SIZE:
+                    raise SourceApiError(SOURCE, f"{where}: Facebook still asks for less data at {params['limit']} rows "
+                                         f"per page ({reduce.error.detail})") from None
+                params["limit"] = max(params["limit"] // 2, MIN_PAGE_SIZE)
 
     def pages(self, account_id: str, day: date) -> Iterator[RawPage]:
         """Every page of one account's ad-level insights for one day."""
         params: dict[str, Any] = {
             "level": "ad", "time_increment": 1, "fields": ",".join(FIELDS), "limit": self._page_size,
-            "time_range": json.dumps({"since": day.isoformat(), "until": day.isoformat()}),
+            "time_range": json.dumps({"since": day.isoformat(), "until": day.isoformat()}), "filtering": EVERY_AD,
         }
         number = 0
         while True:
             number += 1
             label = f"act_{account_id}-p{number:04d}"
-            body, doc = self._get(account_id, params, f"{label} of {day}")
+            body, doc = self._get_page(account_id, params, f"{label} of {day}")
             yield RawPage(SOURCE, day, label, body, doc, {"account-id": account_id})
             paging = doc.get("paging") if isinstance(doc, dict) else None
             if not isinstance(paging, dict) or not paging.get("next"):
@@ -197,7 +243,19 @@ class FacebookInsights:
             params["after"] = after
 
     def daily_totals(self, account_id: str, first: date, last: date) -> dict[date, DayTotals]:
-        """What Facebook reports for the whole account per day (level=account), to reconcile with."""
+        """What Facebook reports for the whole account per day (level=account), to reconcile with.
+        Asked for less data, each half of the date range is asked on its own."""
+        try:
+            return self._daily_totals(account_id, first, last)
+        except _ReduceData as reduce:
+            if first == last:
+                raise SourceApiError(SOURCE, f"account totals of act_{account_id} on {first}: Facebook asks for less "
+                                     f"data even for one day ({reduce.error.detail})") from None
+            middle = first + (last - first) // 2
+            return {**self.daily_totals(account_id, first, middle),
+                    **self.daily_totals(account_id, middle + timedelta(days=1), last)}
+
+    def _daily_totals(self, account_id: str, first: date, last: date) -> dict[date, DayTotals]:
         params: dict[str, Any] = {
             "level": "account", "time_increment": 1, "fields": "impressions,clicks,spend,date_start",
             "limit": 500, "time_range": json.dumps({"since": first.isoformat(), "until": last.isoformat()}),
@@ -358,6 +416,7 @@ class FacebookAdsResource(dg.ConfigurableResource):
     max_attempts: int = 8
     max_rate_limit_wait_s: float = Field(default=3600.0, description="total seconds one call may wait on rate limits before failing")
     backoff_base_s: float = 2.0
+    min_throttle_wait_s: float = Field(default=60.0, description="a throttled call without usage headers waits at least this")
 
     def accounts(self) -> list[str]:
         return [account_id_of(a) for a in ACCOUNTS.values(self.ad_account_ids)]
@@ -367,7 +426,7 @@ class FacebookAdsResource(dg.ConfigurableResource):
         graph = versions.base_url(GRAPH_URL, API_VERSION, self.graph_url)
         hooks, session = ResponseHooks(), requests.Session()
         session.hooks["response"].append(hooks)
-        http = build_client(clock=clock, auth_hint=f"the environment variable {TOKEN_ENV}", retry_after_from=retry_hint,
+        http = build_client(clock=clock, auth_hint=f"the environment variable {TOKEN_ENV}", retry_after_from=throttle_hint(self.min_throttle_wait_s),
                             max_attempts=self.max_attempts, max_total_wait_s=self.max_rate_limit_wait_s,
                             backoff_base_s=self.backoff_base_s, session=session)
         return FacebookInsights(http, graph, version, TOKEN.require(), self.page_size, hooks)
