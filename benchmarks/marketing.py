@@ -79,6 +79,8 @@ def facebook_mock(ads: int = ADS) -> Iterator[str]:
     def insights(req: MockRequest) -> MockResponse:
         if req.headers.get("Authorization") != f"Bearer {TOKEN}":
             return MockResponse.json_body({"error": {"message": "Invalid OAuth access token", "code": 190}}, 400)
+        if not req.path.endswith("/insights"):  # the account object: its time zone
+            return MockResponse.json_body({"timezone_name": "America/Los_Angeles"})
         account = re.fullmatch(re.escape(PATH) + r"/act_(\d+)/insights", req.path)[1]
         pace(account)
         query = {k: v[-1] for k, v in req.query.items()}

@@ -39,6 +39,9 @@ GOOGLE_REFRESH_TOKEN = "demo-refresh-token"
 GOOGLE_ACCESS_TOKEN = "demo-google-access-token"
 GOOGLE_MANAGER_ID = "9998887776"
 CLEVERTAP_ACCOUNT = "DEMO-ACCOUNT-ID"
+# Each ad account reports days in its own time zone (Facebook timezone_name, Google customer.time_zone).
+FACEBOOK_TIMEZONES = {"798085168510957": "America/Los_Angeles", "798085168510958": "Europe/Berlin"}
+GOOGLE_TIMEZONES = {"1234567890": "America/New_York", "2345678901": "Europe/London"}
 CLEVERTAP_PASSCODE = "demo-passcode"
 
 
@@ -235,6 +238,10 @@ class MarketingMock:
         token = req.headers.get("Authorization", "").removeprefix("Bearer ") or query.get("access_token", "")
         if token != FACEBOOK_TOKEN:
             return error(400, 190, "Invalid OAuth access token - Cannot parse access token")
+        account_object = re.fullmatch(re.escape(FACEBOOK_PATH) + r"/v\d+\.\d+/act_(\d+)", req.path)
+        if account_object and account_object[1] in self.facebook_accounts:  # GET act_<id>?fields=timezone_name
+            return MockResponse.json_body({"timezone_name": FACEBOOK_TIMEZONES.get(account_object[1], "America/Los_Angeles"),
+                                           "id": f"act_{account_object[1]}"})
         match = re.fullmatch(re.escape(FACEBOOK_PATH) + r"/(v\d+\.\d+)/act_(\d+)/insights", req.path)
         if not match or match[2] not in self.facebook_accounts:
             return error(400, 100, f"Unsupported get request. Object with ID '{req.path.split('/')[-2]}' does not "
@@ -314,7 +321,8 @@ class MarketingMock:
                 metrics["conversions"] = float(rng.randint(0, clicks // 5))
             result = copy.deepcopy(_fixture("google_ads_rest_shapes_DOC_DERIVED.json")["searchStream_response"][0]["results"][0])
             result["customer"] = {"resourceName": f"customers/{customer}", "id": customer,
-                                  "descriptiveName": f"Demo customer {customer[-4:]}", "currencyCode": self.google_customers[customer]}
+                                  "descriptiveName": f"Demo customer {customer[-4:]}", "currencyCode": self.google_customers[customer],
+                                  "timeZone": GOOGLE_TIMEZONES.get(customer, "America/New_York")}
             result["campaign"].update(resourceName=f"customers/{customer}/campaigns/{campaign}", id=campaign, name=f"Brand {ad // 2}")
             result["adGroup"].update(resourceName=f"customers/{customer}/adGroups/{group}", id=group, name=f"Group {ad // 2}")
             result["adGroupAd"].update(resourceName=f"customers/{customer}/adGroupAds/{group}~{ad_id}",
@@ -356,7 +364,7 @@ class MarketingMock:
         if not dates:
             return error(400, "INVALID_ARGUMENT", "Query error: a finite date range is required.", {"queryError": "EXPECTED_FILTERS_ON_DATE_RANGE"})
         results = [r for d in _day_range(dates[1], dates[2]) for r in self.google_results(match[1], d)]
-        mask = "customer.id,customer.descriptiveName,customer.currencyCode,campaign.id,campaign.name,adGroup.id,adGroup.name," \
+        mask = "customer.id,customer.descriptiveName,customer.currencyCode,customer.timeZone,campaign.id,campaign.name,adGroup.id,adGroup.name," \
                "adGroupAd.ad.id,segments.date,metrics.impressions,metrics.clicks,metrics.costMicros,metrics.conversions"
         size = self.google_batch_rows
         batches = [{"results": results[i: i + size], "fieldMask": mask, "requestId": "mock"}

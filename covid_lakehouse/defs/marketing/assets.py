@@ -279,17 +279,17 @@ _MODEL_SQL = sql.SQL("""
 SELECT 'facebook', account_id, account_name, campaign_id, campaign_name, ad_id, date, impressions, clicks, spend,
        account_currency,
        COALESCE((SELECT sum((a ->> 'value')::numeric) FROM jsonb_array_elements(actions) a
-                 WHERE a ->> 'action_type' = ANY(%(action_types)s)), 0)
+                 WHERE a ->> 'action_type' = ANY(%(action_types)s)), 0), account_timezone
 FROM {facebook} WHERE date >= %(first)s AND date <= %(last)s
 UNION ALL
 SELECT 'google_ads', customer_id, customer_name, campaign_id, campaign_name, ad_group_id || '~' || ad_id, date,
-       impressions, clicks, cost, currency_code, conversions
+       impressions, clicks, cost, currency_code, conversions, account_timezone
 FROM {google} WHERE date >= %(first)s AND date <= %(last)s
 """).format(facebook=FACEBOOK.ident, google=GOOGLE_ADS.ident)
 
 
-@_asset(AD_PERFORMANCE, checks.AD_PERFORMANCE_AUDITS, "One row per platform, account, ad and day: impressions, clicks, "
-        "spend in the account's currency (no FX conversion) and conversions (Facebook: the configured action types; "
+@_asset(AD_PERFORMANCE, checks.AD_PERFORMANCE_AUDITS, "One row per platform, account, ad and day (the day in the ad account's "
+        "own time zone, kept in account_timezone): impressions, clicks, spend in the account's currency (no FX conversion) and conversions (Facebook: the configured action types; "
         "Google: metrics.conversions). Google's ad is ad_group_id~ad_id.", {"postgres"}, "marketing_model",
         deps=[FACEBOOK_KEY, GOOGLE_ADS_KEY])
 def ad_performance_daily(context: dg.AssetExecutionContext, config: AdPerformanceConfig, warehouse: PostgresResource):

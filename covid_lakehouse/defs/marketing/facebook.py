@@ -62,7 +62,7 @@ _TEXT = ("account_id", "account_name", "account_currency", "campaign_id", "campa
 _REQUIRED_TEXT = ("account_id", "account_currency", "campaign_id", "ad_id")
 _DIGITS = r"^[0-9]+$"
 _DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
-_FLAT_SCHEMA = pa.schema([f for f in FACEBOOK.arrow_schema if f.name != "raw_object"])
+_FLAT_SCHEMA = pa.schema([f for f in FACEBOOK.arrow_schema if f.name not in ("raw_object", "account_timezone")])
 
 # Error codes (body error.code) -> meaning. https://developers.facebook.com/docs/graph-api/overview/rate-limiting
 THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
@@ -193,6 +193,8 @@ class FacebookInsights:
         self._http, self._token, self._page_size = http, token, page_size
         self.version, self._graph = version, f"{graph_url.rstrip('/')}/{version}"
         self._hooks = hooks or ResponseHooks()
+        self._zones: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def version_notices(self, today: date) -> list[str]:
         """Why the version in use needs attention: the sunset table, and the warning headers received."""
@@ -222,8 +224,31 @@ class FacebookInsights:
                                          f"per page ({reduce.error.detail})") from None
                 params["limit"] = max(params["limit"] // 2, MIN_PAGE_SIZE)
 
+    def account_timezone(self, account_id: str) -> str:
+        """The ad account's time zone (timezone_name): the zone of date_start. Asked once per account."""
+        with self._lock:
+            known = self._zones.get(account_id)
+        if known:
+            return known
+        where = f"ad account act_{account_id}"
+        try:
+            response = self._http.get(f"{self._graph}/act_{account_id}", params={"fields": "timezone_name"},
+                                      headers={"Authorization": f"Bearer {self._token}"})
+        except ClientError as err:
+            if err.status == VERSION_GONE_STATUS:
+                raise UnsupportedApiVersion(SOURCE, self.version, API_VERSION, err.detail) from None
+            raise
+        doc = load_json(SOURCE, where, response.content)
+        zone = doc.get("timezone_name") if isinstance(doc, dict) else None
+        if not isinstance(zone, str) or not zone:
+            raise SourceSchemaError(SOURCE, where, f"no timezone_name in {sorted(doc) if isinstance(doc, dict) else doc!r}")
+        with self._lock:
+            self._zones[account_id] = zone
+        return zone
+
     def pages(self, account_id: str, day: date) -> Iterator[RawPage]:
-        """Every page of one account's ad-level insights for one day."""
+        """Every page of one account's ad-level insights for one day (the account's own day)."""
+        meta: dict[str, str] = {}
         params: dict[str, Any] = {
             "level": "ad", "time_increment": 1, "fields": ",".join(FIELDS), "limit": self._page_size,
             "time_range": json.dumps({"since": day.isoformat(), "until": day.isoformat()}), "filtering": EVERY_AD,
@@ -233,7 +258,9 @@ class FacebookInsights:
             number += 1
             label = f"act_{account_id}-p{number:04d}"
             body, doc = self._get_page(account_id, params, f"{label} of {day}")
-            yield RawPage(SOURCE, day, label, body, doc, {"account-id": account_id})
+            # the zone after the first page: an error of the insights call (version, token) is the one to see
+            meta = meta or {"account-id": account_id, "account-timezone": self.account_timezone(account_id)}
+            yield RawPage(SOURCE, day, label, body, doc, meta)
             paging = doc.get("paging") if isinstance(doc, dict) else None
             if not isinstance(paging, dict) or not paging.get("next"):
                 return
@@ -401,7 +428,11 @@ def flatten_insights(doc: Any, *, where: str = "response", day: date | None = No
 
 
 def page_table(page: RawPage, raw_object: str) -> pa.Table:
+    """The page's rows; ``date`` is the day in the ad account's time zone (date_start), which the page's
+    meta names (None for pages landed before it was kept)."""
     table = flatten_insights(page.doc, where=raw_object, day=page.day)
+    zone = page.meta.get("account-timezone")
+    table = table.append_column("account_timezone", pa.array([zone] * table.num_rows, pa.string()))
     return table.append_column("raw_object", pa.array([raw_object] * table.num_rows, pa.string()))
 
 

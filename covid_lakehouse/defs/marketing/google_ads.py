@@ -61,7 +61,7 @@ DEVELOPER_TOKEN_ENV, CLIENT_ID_ENV, CLIENT_SECRET_ENV, REFRESH_TOKEN_ENV = (
 CREDENTIALS_HINT = f"the environment variables {DEVELOPER_TOKEN_ENV}, {CLIENT_ID_ENV}, {CLIENT_SECRET_ENV}, {REFRESH_TOKEN_ENV}"
 
 QUERY = (
-    "SELECT customer.id, customer.descriptive_name, customer.currency_code, campaign.id, campaign.name, "
+    "SELECT customer.id, customer.descriptive_name, customer.currency_code, customer.time_zone, campaign.id, campaign.name, "
     "ad_group.id, ad_group.name, ad_group_ad.ad.id, segments.date, metrics.impressions, metrics.clicks, "
     "metrics.cost_micros, metrics.conversions FROM ad_group_ad WHERE segments.date BETWEEN '{day}' AND '{day}'"
 )
@@ -213,6 +213,8 @@ def flatten_stream(doc: Any, *, where: str = "response", day: date | None = None
                 "customer_id": str(_path(result, at, "customer", "id")),
                 "customer_name": _path(result, at, "customer", "descriptiveName", required=False),
                 "currency_code": _path(result, at, "customer", "currencyCode"),
+                # segments.date is the day in this zone (the account's, set when it was created)
+                "account_timezone": _path(result, at, "customer", "timeZone"),
                 "campaign_id": str(_path(result, at, "campaign", "id")),
                 "campaign_name": _path(result, at, "campaign", "name", required=False),
                 "ad_group_id": str(_path(result, at, "adGroup", "id")),
