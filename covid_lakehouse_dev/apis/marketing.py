@@ -145,6 +145,9 @@ class MarketingMock:
     # filtering on ad.effective_status, while the account totals include them.
     facebook_deleted_ads: int = 0  # the last N ads of each account are deleted (half) or archived
     facebook_max_rows_per_call: int | None = None  # level=ad limit above: code 1 "Please reduce the amount of data"
+    facebook_report_polls: int = 1  # an async report run answers "Job Running" this many times first
+    facebook_report_outcome: str = "Job Completed"  # or "Job Failed"
+    _facebook_runs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     facebook_max_days_per_call: int | None = None  # level=account ranges longer: the same code 1
     google_customers: dict[str, str] = field(default_factory=lambda: {"1234567890": "USD", "2345678901": "GBP"})
     google_ads_per_customer: int = 4
@@ -168,6 +171,7 @@ class MarketingMock:
 
     def install(self, api: MockApi) -> dict[str, str]:
         api.route("GET", FACEBOOK_PATH + "/*", self._facebook)
+        api.route("POST", FACEBOOK_PATH + "/*", self._facebook_report_start)
         api.route("POST", GOOGLE_TOKEN_PATH, self._google_token)
         api.route("POST", GOOGLE_PATH + "/*", self._google_search_stream)
         api.route("POST", CLEVERTAP_PATH + "/1/events.json", self._clevertap_cursor)
@@ -238,6 +242,9 @@ class MarketingMock:
         token = req.headers.get("Authorization", "").removeprefix("Bearer ") or query.get("access_token", "")
         if token != FACEBOOK_TOKEN:
             return error(400, 190, "Invalid OAuth access token - Cannot parse access token")
+        report_run = re.fullmatch(re.escape(FACEBOOK_PATH) + r"/(v\d+\.\d+)/(\d+)(/insights)?", req.path)
+        if report_run and report_run[2] in self._facebook_runs:
+            return self._facebook_report_run(req, report_run[1], report_run[2], bool(report_run[3]), query)
         account_object = re.fullmatch(re.escape(FACEBOOK_PATH) + r"/v\d+\.\d+/act_(\d+)", req.path)
         if account_object and account_object[1] in self.facebook_accounts:  # GET act_<id>?fields=timezone_name
             return MockResponse.json_body({"timezone_name": FACEBOOK_TIMEZONES.get(account_object[1], "America/Los_Angeles"),
@@ -246,7 +253,13 @@ class MarketingMock:
         if not match or match[2] not in self.facebook_accounts:
             return error(400, 100, f"Unsupported get request. Object with ID '{req.path.split('/')[-2]}' does not "
                          "exist, cannot be loaded due to missing permissions, or does not support this operation", 33)
-        version, account = match[1], match[2]
+        return self._facebook_insights(req, match[1], match[2], query)
+
+    def _facebook_insights(self, req: MockRequest, version: str, account: str, query: dict[str, str]) -> MockResponse:
+        def error(status: int, code: int, message: str) -> MockResponse:
+            return MockResponse.json_body({"error": {"message": message, "type": "OAuthException", "code": code,
+                                                     "fbtrace_id": "mock"}}, status)
+
         expired = self.facebook_expired_versions.get(version)
         if expired == "reject":
             doc = copy.deepcopy(_fixture("facebook_errors_DOC_DERIVED.json")["deprecated_version_error"])
@@ -296,6 +309,33 @@ class MarketingMock:
                 nxt.pop("access_token", None)
                 doc["paging"]["next"] = f"http://{req.headers.get('Host')}{req.path}?{urlencode(nxt)}"
         return MockResponse.json_body(doc, headers=extra_headers)
+
+    def _facebook_report_start(self, req: MockRequest) -> MockResponse:
+        """POST act_<id>/insights: an async report run of the query (its parameters in the query string)."""
+        match = re.fullmatch(re.escape(FACEBOOK_PATH) + r"/v\d+\.\d+/act_(\d+)/insights", req.path)
+        if req.headers.get("Authorization") != f"Bearer {FACEBOOK_TOKEN}" or not match or match[1] not in self.facebook_accounts:
+            return MockResponse.json_body({"error": {"message": "Invalid request", "type": "OAuthException", "code": 100}}, 400)
+        with self._lock:
+            run_id = str(6_000_000_000_000 + len(self._facebook_runs))
+            self._facebook_runs[run_id] = {"account": match[1], "query": {k: v[-1] for k, v in req.query.items()}, "polls": 0}
+        return MockResponse.json_body({"report_run_id": run_id})
+
+    def _facebook_report_run(self, req: MockRequest, version: str, run_id: str, results: bool,
+                             query: dict[str, str]) -> MockResponse:
+        """GET <report_run_id>: the run's status (Running for facebook_report_polls polls, then Completed
+        or facebook_report_outcome); GET <report_run_id>/insights: its rows, paged like the sync edge."""
+        run = self._facebook_runs[run_id]
+        if not results:
+            with self._lock:
+                run["polls"] += 1
+                running = run["polls"] <= self.facebook_report_polls
+            state = "Job Running" if running else self.facebook_report_outcome
+            doc = copy.deepcopy(_fixture("facebook_report_run_DOC_DERIVED.json")["status"])
+            doc.update(id=run_id, account_id=run["account"], async_status=state,
+                       async_percent_completion=50 if running else 100)
+            return MockResponse.json_body(doc)
+        paging = {k: query[k] for k in ("limit", "after") if k in query}
+        return self._facebook_insights(req, version, run["account"], {**run["query"], **paging})
 
     def _facebook_account_total(self, account: str, day: date) -> dict[str, Any]:
         rows = self.facebook_rows(account, day)

@@ -147,9 +147,12 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
         notices["api_version"] = api.version
         landing = RawLanding(s3, facebook.SOURCE, _run_label(context))
 
+        report_run = marketing_facebook.use_report_runs(len(days))  # e.g. the daily 28-day look-back
+        notices["report_runs"] = report_run
+
         def read_account(account: str) -> Reported:  # rate limits are per ad account: one thread each
             for day in days:
-                _land_and_parse(landing, api.pages(account, day), facebook.page_table, staging)
+                _land_and_parse(landing, api.pages(account, day, report_run=report_run), facebook.page_table, staging)
             return {(account, d): vars(t) for d, t in api.daily_totals(account, days[0], days[-1]).items()}
 
         reported = _in_parallel(read_account, marketing_facebook.accounts(), marketing_facebook.max_concurrent_accounts)

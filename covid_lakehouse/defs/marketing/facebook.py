@@ -37,7 +37,7 @@ from covid_lakehouse.defs.marketing.common import (
 )
 from covid_lakehouse.defs.marketing.tables import FACEBOOK
 from covid_lakehouse.defs.marketing.versions import UnsupportedApiVersion
-from covid_lakehouse.lib.clock import Clock
+from covid_lakehouse.lib.clock import Clock, SystemClock
 from covid_lakehouse.lib.http import ClientError, HttpClient, parse_retry_after
 from covid_lakehouse.lib.settings import setting
 
@@ -189,8 +189,11 @@ def account_id_of(value: str) -> str:
 
 class FacebookInsights:
     def __init__(self, http: HttpClient, graph_url: str, version: str, token: str, page_size: int,
-                 hooks: ResponseHooks | None = None) -> None:
+                 hooks: ResponseHooks | None = None, clock: Clock | None = None, report_poll_s: float = 10.0,
+                 report_budget_s: float = 1800.0) -> None:
         self._http, self._token, self._page_size = http, token, page_size
+        self._clock = clock or SystemClock()
+        self._report_poll_s, self._report_budget_s = report_poll_s, report_budget_s
         self.version, self._graph = version, f"{graph_url.rstrip('/')}/{version}"
         self._hooks = hooks or ResponseHooks()
         self._zones: dict[str, str] = {}
@@ -201,10 +204,12 @@ class FacebookInsights:
         return versions.sunset_warnings(SOURCE, self.version, today) + [
             f"{VERSION_WARNING_HEADER}: {w}" for w in sorted(self._hooks.version_warnings)]
 
-    def _get(self, account_id: str, params: dict[str, Any], where: str) -> tuple[bytes, Any]:
+    def _get(self, account_id: str, params: dict[str, Any], where: str, *, path: str | None = None,
+             method: str = "GET") -> tuple[bytes, Any]:
+        """One call of the insights edge (or ``path``); Facebook's coded errors as this connector's errors."""
         try:
-            response = self._http.get(f"{self._graph}/act_{account_id}/insights", params=params,
-                                      headers={"Authorization": f"Bearer {self._token}"})
+            response = self._http.request(method, f"{self._graph}/{path or f'act_{account_id}/insights'}",
+                                          params=params, headers={"Authorization": f"Bearer {self._token}"})
         except ClientError as err:
             if err.status == VERSION_GONE_STATUS:
                 raise UnsupportedApiVersion(SOURCE, self.version, API_VERSION, err.detail) from None
@@ -213,11 +218,11 @@ class FacebookInsights:
             raise
         return response.content, load_page(where, response.content)
 
-    def _get_page(self, account_id: str, params: dict[str, Any], where: str) -> tuple[bytes, Any]:
+    def _get_page(self, account_id: str, params: dict[str, Any], where: str, path: str | None = None) -> tuple[bytes, Any]:
         """One page; asked for less data, the same page again with half the rows, down to MIN_PAGE_SIZE."""
         while True:
             try:
-                return self._get(account_id, params, where)
+                return self._get(account_id, params, where, path=path)
             except _ReduceData as reduce:
                 if params["limit"] <= MIN_PAGE_SIZE:
                     raise SourceApiError(SOURCE, f"{where}: Facebook still asks for less data at {params['limit']} rows "
@@ -246,18 +251,47 @@ class FacebookInsights:
             self._zones[account_id] = zone
         return zone
 
-    def pages(self, account_id: str, day: date) -> Iterator[RawPage]:
-        """Every page of one account's ad-level insights for one day (the account's own day)."""
-        meta: dict[str, str] = {}
-        params: dict[str, Any] = {
-            "level": "ad", "time_increment": 1, "fields": ",".join(FIELDS), "limit": self._page_size,
+    def pages(self, account_id: str, day: date, *, report_run: bool = False) -> Iterator[RawPage]:
+        """Every page of one account's ad-level insights for one day (the account's own day): read
+        directly, or with ``report_run`` from an async insights report run (for large windows, as
+        production connectors do: Facebook computes the report at its pace instead of timing out)."""
+        query: dict[str, Any] = {
+            "level": "ad", "time_increment": 1, "fields": ",".join(FIELDS),
             "time_range": json.dumps({"since": day.isoformat(), "until": day.isoformat()}), "filtering": EVERY_AD,
         }
+        if not report_run:
+            yield from self._paged(account_id, day, {**query, "limit": self._page_size}, None)
+            return
+        run_id = self._report_run(account_id, query, f"report run of act_{account_id} for {day}")
+        yield from self._paged(account_id, day, {"limit": self._page_size}, f"{run_id}/insights")
+
+    def _report_run(self, account_id: str, query: dict[str, Any], where: str) -> str:
+        """POST the insights query as an async report run and wait until Facebook completed it."""
+        _, doc = self._get(account_id, query, where, method="POST")
+        run_id = str(doc.get("report_run_id", "")) if isinstance(doc, dict) else ""
+        if not run_id.isascii() or not run_id.isdigit():
+            raise SourceSchemaError(SOURCE, where, f"expected a numeric report_run_id, got {doc!r}"[:300])
+        waited = 0.0
+        while True:
+            _, status = self._get(account_id, {"fields": "async_status,async_percent_completion"}, where, path=run_id)
+            state = status.get("async_status") if isinstance(status, dict) else None
+            if state == "Job Completed" and status.get("async_percent_completion") == 100:
+                return run_id
+            if state in ("Job Failed", "Job Skipped"):
+                raise SourceApiError(SOURCE, f"{where}: report run {run_id} ended with {state!r}")
+            if waited + self._report_poll_s > self._report_budget_s:
+                raise SourceApiError(SOURCE, f"{where}: report run {run_id} still {state!r} "
+                                     f"({status.get('async_percent_completion')}%) after {waited:.0f}s")
+            self._clock.sleep(self._report_poll_s)
+            waited += self._report_poll_s
+
+    def _paged(self, account_id: str, day: date, params: dict[str, Any], path: str | None) -> Iterator[RawPage]:
+        meta: dict[str, str] = {}
         number = 0
         while True:
             number += 1
             label = f"act_{account_id}-p{number:04d}"
-            body, doc = self._get_page(account_id, params, f"{label} of {day}")
+            body, doc = self._get_page(account_id, params, f"{label} of {day}", path)
             # the zone after the first page: an error of the insights call (version, token) is the one to see
             meta = meta or {"account-id": account_id, "account-timezone": self.account_timezone(account_id)}
             yield RawPage(SOURCE, day, label, body, doc, meta)
@@ -447,6 +481,10 @@ class FacebookAdsResource(dg.ConfigurableResource):
     max_attempts: int = 8
     max_rate_limit_wait_s: float = Field(default=3600.0, description="total seconds one call may wait on rate limits before failing")
     backoff_base_s: float = 2.0
+    report_run_min_days: int = Field(default=14, description="windows of at least this many days are read through "
+                                     "async insights report runs (0: never)")
+    report_poll_s: float = Field(default=10.0, description="seconds between polls of a report run")
+    report_budget_s: float = Field(default=1800.0, description="how long one report run may take")
     min_throttle_wait_s: float = Field(default=60.0, description="a throttled call without usage headers waits at least this")
 
     def accounts(self) -> list[str]:
@@ -460,4 +498,8 @@ class FacebookAdsResource(dg.ConfigurableResource):
         http = build_client(clock=clock, auth_hint=f"the environment variable {TOKEN_ENV}", retry_after_from=throttle_hint(self.min_throttle_wait_s),
                             max_attempts=self.max_attempts, max_total_wait_s=self.max_rate_limit_wait_s,
                             backoff_base_s=self.backoff_base_s, session=session)
-        return FacebookInsights(http, graph, version, TOKEN.require(), self.page_size, hooks)
+        return FacebookInsights(http, graph, version, TOKEN.require(), self.page_size, hooks, clock,
+                                self.report_poll_s, self.report_budget_s)
+
+    def use_report_runs(self, days: int) -> bool:
+        return 0 < self.report_run_min_days <= days
