@@ -141,12 +141,14 @@ class StagingWriter:
 
 @dataclass
 class Staged:
-    """What an audit sees: the open transaction, the staging table, and what the API reported."""
+    """What an audit sees: the open transaction, the staging table, what the API reported, and what the
+    read noticed on the way (e.g. the API version in use and its warnings)."""
 
     conn: psycopg.Connection
     staging: sql.Identifier
     spec: TableSpec
     reported: dict[Any, Any] = field(default_factory=dict)
+    notices: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,8 @@ class Published:
 def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits: Sequence[Audit],
                         asset_key: dg.AssetKey, staged: StagingWriter | None = None,
                         fill: sql.Composable | None = None, fill_params: dict[str, Any] | None = None,
-                        reported: dict[Any, Any] | None = None) -> Iterator[dg.AssetCheckResult]:
+                        reported: dict[Any, Any] | None = None,
+                        notices: dict[str, Any] | None = None) -> Iterator[dg.AssetCheckResult]:
     """Audit the rows a StagingWriter ``staged`` (dropping its table with the publish) or the result of
     ``fill`` (INSERT .. SELECT into a temporary table), and merge them into the target on its key: new
     rows inserted, changed rows updated, identical rows untouched. Nothing is committed unless every
@@ -179,7 +182,7 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
 
             def audit() -> tuple[list[dg.AssetCheckResult], list]:
                 with warehouse.connection() as own:  # the staged rows are committed: any session reads them
-                    return run_audits(audits, Staged(own, staging, spec, reported or {}), asset_key=asset_key)
+                    return run_audits(audits, Staged(own, staging, spec, reported or {}, notices or {}), asset_key=asset_key)
 
             # audits and merge side by side (the warehouse has the cores); the commit waits for the verdict
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"audit-{spec.name}") as pool:
@@ -200,7 +203,7 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
             conn.execute(sql.SQL("INSERT INTO {} ({}) ").format(
                 staging, sql.SQL(", ").join(map(sql.Identifier, spec.staged))) + fill, fill_params)
             staged_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()[0]
-            yield from audit_or_raise(audits, Staged(conn, staging, spec, reported or {}), asset_key=asset_key,
+            yield from audit_or_raise(audits, Staged(conn, staging, spec, reported or {}, notices or {}), asset_key=asset_key,
                                       asset_label=asset_key.to_user_string())
             counts = merge(conn, staging, staged_rows)
     return Published(staged_rows, counts)
