@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.defs.omop import assets, tables
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY, TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.fingerprint import postgres_part
 from covid_lakehouse_tests.omop.support import FULL_REFRESH, SAMPLE_CSV, drop_file, run_tenant
@@ -69,6 +69,8 @@ def test_an_unchanged_tenant_is_skipped_and_keeps_exactly_what_it_published(make
 
     second = run_tenant(env, tenant, instance)
     assert _skipped(second)
+    assert {e.step_key for e in second.all_events if e.event_type_value == "STEP_SKIPPED"} == {
+        "omop__care_site", "omop_provider"}  # extract, transform and publish never started
     observed = _observations(second)
     assert set(observed) == set(TENANT_ASSET_KEYS)
     assert observed[PROVIDER_KEY]["no_change"] is True
@@ -128,6 +130,27 @@ def test_every_kind_of_change_runs_the_tenant_and_equals_a_full_refresh(make_ten
         assert run_tenant(env, tenant, instance, run_config=FULL_REFRESH).success
         assert _outputs(lakehouse, ns) == after, f"{name}: differs from a full refresh"
         assert _skipped(run_tenant(env, tenant, instance)), f"{name}: the unchanged rerun was not skipped"
+
+
+def test_a_change_made_while_a_run_extracts_is_seen_by_the_next_run(make_tenants, lakehouse, instance, pg,
+                                                                  monkeypatch):
+    """The fingerprint is taken before any extract: a write that lands between the two is published by
+    this run or the next, never recorded as already published."""
+    env = make_tenants(providers=50)
+    tenant, ns = env.tenant, env.tenant.namespace
+    real = assets.extract
+
+    def extract_after_a_concurrent_write(tenant_, table, schema):
+        if table == "provider":
+            CHANGES["update"](pg, None, tenant_)
+        return real(tenant_, table, schema)
+
+    monkeypatch.setattr(assets, "extract", extract_after_a_concurrent_write)
+    assert not _skipped(run_tenant(env, tenant, instance))
+    monkeypatch.undo()
+    assert not _skipped(run_tenant(env, tenant, instance))  # the run above read more than it fingerprinted
+    assert _skipped(run_tenant(env, tenant, instance))
+    assert "Grace Hopper" in lakehouse.read(ns, tables.T_PROVIDER)["provider_name"].to_pylist()
 
 
 def test_source_fingerprint_sees_every_change_but_a_reload_of_the_same_rows(make_tenants, pg):
