@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from covid_lakehouse.defs.omop import assets, tables
+from covid_lakehouse.defs.omop import assets, fingerprint, tables
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY, TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.fingerprint import postgres_part
 from covid_lakehouse_tests.omop.support import FULL_REFRESH, SAMPLE_CSV, drop_file, run_tenant
@@ -110,9 +110,12 @@ CHANGES = {
                                                                   b"Lin Wu,501,1000000002\n"),
     "file replaced, same key": lambda pg, s3, t: drop_file(s3, t, "d2/more.csv", b"ProviderName,ProviderID,NPI\n"
                                                                                  b"Lin Wu,501,1000000001\n"),
+    # Taken-in rows stay in landing_row: the outputs need not change, but the run is not skipped.
+    "file deleted": lambda pg, s3, t: s3.get_client().delete_object(Bucket=t.landing_bucket, Key=t.prefix + "d2/more.csv"),
 }
 
-SCHEMA_ONLY = {"column added", "column retyped"}  # the columns we extract read the same: outputs stay
+# Changes the outputs need not show: the columns we extract read the same; a deleted file's rows were taken in.
+OUTPUTS_MAY_STAY = {"column added", "column retyped", "file deleted"}
 
 
 def test_every_kind_of_change_runs_the_tenant_and_equals_a_full_refresh(make_tenants, s3, lakehouse, instance, pg):
@@ -125,7 +128,7 @@ def test_every_kind_of_change_runs_the_tenant_and_equals_a_full_refresh(make_ten
         changed = run_tenant(env, tenant, instance)
         assert not _skipped(changed), f"{name}: a changed tenant was skipped"
         after = _outputs(lakehouse, ns)
-        if name not in SCHEMA_ONLY:
+        if name not in OUTPUTS_MAY_STAY:
             assert after != before, f"{name}: the change did not reach the outputs"
         assert run_tenant(env, tenant, instance, run_config=FULL_REFRESH).success
         assert _outputs(lakehouse, ns) == after, f"{name}: differs from a full refresh"
@@ -151,6 +154,16 @@ def test_a_change_made_while_a_run_extracts_is_seen_by_the_next_run(make_tenants
     assert not _skipped(run_tenant(env, tenant, instance))  # the run above read more than it fingerprinted
     assert _skipped(run_tenant(env, tenant, instance))
     assert "Grace Hopper" in lakehouse.read(ns, tables.T_PROVIDER)["provider_name"].to_pylist()
+
+
+def test_a_deploy_that_changes_the_omop_code_runs_every_tenant_once(make_tenants, instance, monkeypatch):
+    env = make_tenants(providers=20)
+    tenant = env.tenant
+    assert not _skipped(run_tenant(env, tenant, instance))
+    assert _skipped(run_tenant(env, tenant, instance))
+    monkeypatch.setattr(fingerprint, "code_digest", lambda: "another version of the transform")
+    assert not _skipped(run_tenant(env, tenant, instance))
+    assert _skipped(run_tenant(env, tenant, instance))
 
 
 def test_source_fingerprint_sees_every_change_but_a_reload_of_the_same_rows(make_tenants, pg):
