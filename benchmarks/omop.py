@@ -139,16 +139,20 @@ class _Tenants:
         self.instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, self.names)
 
     def run(self, name: str) -> int:
-        """One tenant partition run; the providers it published."""
+        """One tenant partition run; the providers it published (or kept, when nothing changed)."""
         from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
 
         outcome = self.job.execute_in_process(instance=self.instance, asset_selection=TENANT_ASSET_KEYS,
                                               partition_key=name)
         if not outcome.success:
             raise RuntimeError(f"omop benchmark run of {name} failed")
-        [event] = [e for e in outcome.get_asset_materialization_events()
-                   if e.asset_key.to_user_string() == "omop/provider"]
-        return event.materialization.metadata["dagster/row_count"].value
+        published = [e.materialization.metadata["dagster/row_count"].value
+                     for e in outcome.get_asset_materialization_events() if e.asset_key.to_user_string() == "omop/provider"]
+        # An unchanged tenant is skipped: its "no change" observation carries what it had published.
+        kept = [e.asset_observation_data.asset_observation.metadata["providers"].value for e in outcome.all_events
+                if e.event_type_value == "ASSET_OBSERVATION" and e.asset_key.to_user_string() == "omop/provider"]
+        [rows] = published or kept
+        return rows
 
     def close(self) -> None:
         self.instance.dispose()
