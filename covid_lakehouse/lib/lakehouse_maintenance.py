@@ -33,7 +33,7 @@ class TableReport:
     young_orphans: int = 0  # unreferenced but younger than the margin: maybe a run still writing
 
 
-def _bucket_key(uri: str) -> tuple[str, str]:
+def bucket_key(uri: str) -> tuple[str, str]:
     parts = urlsplit(uri)  # s3://bucket/key, s3a://…: the scheme does not matter, the object does
     return parts.netloc, parts.path.lstrip("/")
 
@@ -68,11 +68,11 @@ def referenced_files(table) -> set[tuple[str, str]]:
         paths.add(path)
         # Deleted entries too: never delete a file any remaining manifest still mentions.
         paths.update(e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=False))
-    return {_bucket_key(p) for p in paths}
+    return {bucket_key(p) for p in paths}
 
 
 def _objects_under(s3_client, location: str) -> Iterator[tuple[str, str, datetime]]:
-    bucket, prefix = _bucket_key(location.rstrip("/") + "/")  # the slash: table "a" is not under "ab"
+    bucket, prefix = bucket_key(location.rstrip("/") + "/")  # the slash: table "a" is not under "ab"
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             yield bucket, obj["Key"], obj["LastModified"]

@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from covid_lakehouse.defs.ads.archive import archive_old_rows, restore_date
-from covid_lakehouse.lib.lakehouse_maintenance import _bucket_key, maintain_table
+from covid_lakehouse.lib.lakehouse_maintenance import bucket_key, maintain_table
 from covid_lakehouse_dev.apis.ads import AdsMock
-from covid_lakehouse_tests.ads.helpers import NOW, archived_rows, assert_invariant, load_rows
+from covid_lakehouse_tests.ads.support import NOW, archived_rows, assert_invariant, load_rows
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def test_the_archive_invariant_holds_after_maintenance(ads_clean, warehouse, lak
     restore_date(warehouse, lakehouse, DAY)  # a delete snapshot on top of the batch's append
     archived = sorted(archived_rows(lakehouse))
     table = lakehouse.load_table("ads", "ads_archive")
-    bucket, key = _bucket_key(f"{table.metadata.location}/data/shown_date={DAY}/crashed-attempt-00000.parquet")
+    bucket, key = bucket_key(f"{table.metadata.location}/data/shown_date={DAY}/crashed-attempt-00000.parquet")
     s3.get_client().put_object(Bucket=bucket, Key=key, Body=b"PAR1 never committed")
     assert len(table.metadata.snapshots) >= 2
 

@@ -4,11 +4,13 @@ inspection) and the sensor has nothing to load, so every county table keeps its 
 
 import pytest
 
+from covid_lakehouse_tests.ny_testing.support import dataset
+
 pytestmark = pytest.mark.integration
 
 
-def test_a_download_with_zero_rows_fails_and_stores_nothing(ny, h, s3):
-    ny.serve(h.dataset())
+def test_a_download_with_zero_rows_fails_and_stores_nothing(ny, s3):
+    ny.serve(dataset())
     assert ny.download().success
     assert ny.run(ny.tick().run_requests[0]).success
     before = {t: ny.rows(t) for t in ("albany", "new_york", "st_lawrence")}

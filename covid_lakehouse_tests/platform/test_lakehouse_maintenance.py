@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from covid_lakehouse.defs.platform.maintenance import ORPHAN_MARGIN_HOURS, lakehouse_maintenance
-from covid_lakehouse.lib.lakehouse_maintenance import _bucket_key, maintain_table, referenced_files
+from covid_lakehouse.lib.lakehouse_maintenance import bucket_key, maintain_table, referenced_files
 from covid_lakehouse.lib.policies import MAX_RUNTIME_TAG
 from covid_lakehouse.runtime import REPO_ROOT
 
@@ -34,7 +34,7 @@ def table(lakehouse):
 
 
 def _objects(s3, table) -> set[tuple[str, str]]:
-    bucket, prefix = _bucket_key(table.metadata.location + "/")
+    bucket, prefix = bucket_key(table.metadata.location + "/")
     pages = s3.get_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return {(bucket, o["Key"]) for page in pages for o in page.get("Contents", [])}
 
@@ -42,7 +42,7 @@ def _objects(s3, table) -> set[tuple[str, str]]:
 def _orphan(s3, table, name: str) -> tuple[tuple[str, str], datetime]:
     """An unreferenced parquet file under the table's data folder, as a failed commit leaves; and its
     LastModified as S3 reports it (the clock maintenance compares with)."""
-    bucket, key = _bucket_key(f"{table.metadata.location}/data/{name}.parquet")
+    bucket, key = bucket_key(f"{table.metadata.location}/data/{name}.parquet")
     client = s3.get_client()
     client.put_object(Bucket=bucket, Key=key, Body=b"PAR1 not committed")
     return (bucket, key), client.head_object(Bucket=bucket, Key=key)["LastModified"]
@@ -53,10 +53,10 @@ def test_old_snapshots_expire_and_only_their_files_go(lakehouse, s3, table):
     current = tbl.current_snapshot()
     live = referenced_files(tbl)
     # Of the current snapshot only: what a reader of the table needs.
-    needed = {_bucket_key(current.manifest_list)}
+    needed = {bucket_key(current.manifest_list)}
     for manifest in current.manifests(tbl.io):
-        needed.add(_bucket_key(manifest.manifest_path))
-        needed |= {_bucket_key(e.data_file.file_path) for e in manifest.fetch_manifest_entry(tbl.io)}
+        needed.add(bucket_key(manifest.manifest_path))
+        needed |= {bucket_key(e.data_file.file_path) for e in manifest.fetch_manifest_entry(tbl.io)}
     assert len(tbl.metadata.snapshots) == 5
 
     later = datetime.now(UTC) + RETENTION + timedelta(days=1)  # every snapshot and file is old by then
@@ -69,7 +69,7 @@ def test_old_snapshots_expire_and_only_their_files_go(lakehouse, s3, table):
     remaining = _objects(s3, tbl)
     assert needed <= remaining  # nothing a live snapshot references was deleted
     assert referenced_files(tbl) <= remaining
-    assert report.deleted_files and all(_bucket_key(u) in live - referenced_files(tbl) for u in report.deleted_files)
+    assert report.deleted_files and all(bucket_key(u) in live - referenced_files(tbl) for u in report.deleted_files)
     assert tbl.scan().to_arrow()["id"].to_pylist() == list(range(200, 210))
 
 
