@@ -14,6 +14,7 @@ from covid_lakehouse import runtime
 from covid_lakehouse.lib.embedded import EmbeddedStack, _pg_bin
 from covid_lakehouse.lib.settings import (
     ServiceSettings,
+    SettingError,
     exported,
     external_services_configured,
     project_home,
@@ -299,9 +300,15 @@ def cmd_settings(_: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
+    """The start-up step everything waits for: refuses weak secrets (placeholders, short), then migrates."""
+    from covid_lakehouse.definitions import code_location
     from covid_lakehouse.lib.migrate import migrate
+    from covid_lakehouse.lib.secret_policy import check_secrets
 
-    applied = migrate(_settings().warehouse_dsn)
+    code_location()  # every domain declares its (secret) settings when its modules load
+    settings = _settings()
+    check_secrets({**os.environ, **settings.as_env()})
+    applied = migrate(settings.warehouse_dsn)
     for m in applied:
         print(f"applied {m.scope} {m.version:04d}_{m.name}")
     print(f"warehouse schema up to date ({len(applied)} applied now)")
@@ -375,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except runtime.DevPackageMissing as err:
         print(err, file=sys.stderr)
+        return 2
+    except SettingError as err:  # names the variable; the value is never printed
+        print(f"covid-lakehouse: {err.description}", file=sys.stderr)
         return 2
     except Exception as err:
         import psycopg
