@@ -307,7 +307,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
     code_location()  # every domain declares its (secret) settings when its modules load
     settings = _settings()
-    check_secrets({**os.environ, **settings.as_env()})
+    check_secrets(settings.as_env())
     applied = migrate(settings.warehouse_dsn)
     for m in applied:
         print(f"applied {m.scope} {m.version:04d}_{m.name}")

@@ -10,7 +10,6 @@ authentication) has nothing to check.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 
@@ -35,14 +34,14 @@ def _secret_parts(value: str) -> list[str]:
     return [value]
 
 
-def weak_secrets(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Every secret setting that is set and weak: {variable: the problem}. The value is never shown."""
-    env = os.environ if environ is None else environ
+def weak_secrets(values: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every secret setting that is set and weak: {variable: the problem}; ``values`` (e.g. the embedded
+    stack's settings) take precedence over the environment. The value is never shown."""
     problems: dict[str, str] = {}
     for setting in SETTINGS.values():
         if not setting.secret or "{}" in setting.name:  # a family's members are named by data (tenants file)
             continue
-        value = env.get(setting.name)
+        value = (values or {}).get(setting.name) or setting.get()
         if not value:
             continue
         for part in _secret_parts(value):
@@ -53,9 +52,9 @@ def weak_secrets(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return problems
 
 
-def check_secrets(environ: Mapping[str, str] | None = None) -> None:
+def check_secrets(values: Mapping[str, str] | None = None) -> None:
     """Raise WeakSecretError naming each weak secret (see the module docstring)."""
-    problems = weak_secrets(environ)
+    problems = weak_secrets(values)
     if problems:
         lines = "; ".join(f"{name} {problem}" for name, problem in sorted(problems.items()))
         raise WeakSecretError(
