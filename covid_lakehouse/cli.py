@@ -268,7 +268,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
     env = {**settings.as_env(), TENANTS_FILE_ENV: os.environ.get(TENANTS_FILE_ENV) or str(TENANTS_FILE)}
     with exported(env):
         try:
-            report = seed_tenant(args.tenant, providers=args.providers, dirt_rate=args.dirt_rate, seed=args.seed)
+            report = seed_tenant(args.tenant, providers=args.providers, dirt_rate=args.dirt_rate, seed=args.seed,
+                                 drop_existing_source=args.drop_existing_source)
         except (TenantConfigError, ValueError) as err:
             print(f"seed omop: {err}", file=sys.stderr)
             return 2
@@ -363,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     omop_seed.add_argument("--providers", type=int, required=True, help="number of providers (seed scale: 2000000)")
     omop_seed.add_argument("--dirt-rate", type=float, default=0.02, help="share of dirty rows (default 0.02)")
     omop_seed.add_argument("--seed", type=int, default=0, help="random seed (same seed, same rows)")
+    omop_seed.add_argument("--drop-existing-source", action="store_true",
+                           help="replace the source tables of a tenant not marked `demo: true` (they are dropped)")
     seed.set_defaults(fn=cmd_seed)
     mock = sub.add_parser("mock-apis", help="serve the mock third-party APIs")
     mock.add_argument("--host", default="127.0.0.1")
