@@ -13,6 +13,7 @@ from covid_lakehouse import runtime
 from covid_lakehouse.lib.embedded import EmbeddedStack, pg_bin
 from covid_lakehouse.lib.settings import (
     ServiceSettings,
+    SettingError,
     exported,
     external_services_configured,
     project_home,
@@ -215,7 +216,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
     env = {**settings.as_env(), TENANTS_FILE_ENV: os.environ.get(TENANTS_FILE_ENV) or str(TENANTS_FILE)}
     with exported(env):
         try:
-            report = seed_tenant(args.tenant, providers=args.providers, dirt_rate=args.dirt_rate, seed=args.seed)
+            report = seed_tenant(args.tenant, providers=args.providers, dirt_rate=args.dirt_rate, seed=args.seed,
+                                 drop_existing_source=args.drop_existing_source)
         except (TenantConfigError, ValueError) as err:
             print(f"seed omop: {err}", file=sys.stderr)
             return 2
@@ -247,9 +249,15 @@ def cmd_settings(_: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
+    """The start-up step everything waits for: refuses weak secrets (placeholders, short), then migrates."""
+    from covid_lakehouse.definitions import code_location
     from covid_lakehouse.lib.migrate import migrate
+    from covid_lakehouse.lib.secret_policy import check_secrets
 
-    applied = migrate(_settings().warehouse_dsn)
+    code_location()  # every domain declares its (secret) settings when its modules load
+    settings = _settings()
+    check_secrets(settings.as_env())
+    applied = migrate(settings.warehouse_dsn)
     for m in applied:
         print(f"applied {m.scope} {m.version:04d}_{m.name}")
     print(f"warehouse schema up to date ({len(applied)} applied now)")
@@ -304,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     omop_seed.add_argument("--providers", type=int, required=True, help="number of providers (seed scale: 2000000)")
     omop_seed.add_argument("--dirt-rate", type=float, default=0.02, help="share of dirty rows (default 0.02)")
     omop_seed.add_argument("--seed", type=int, default=0, help="random seed (same seed, same rows)")
+    omop_seed.add_argument("--drop-existing-source", action="store_true",
+                           help="replace the source tables of a tenant not marked `demo: true` (they are dropped)")
     seed.set_defaults(fn=cmd_seed)
     mock = sub.add_parser("mock-apis", help="serve the mock third-party APIs")
     mock.add_argument("--host", default="127.0.0.1")
@@ -323,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except runtime.DevPackageMissing as err:
         print(err, file=sys.stderr)
+        return 2
+    except SettingError as err:  # names the variable; the value is never printed
+        print(f"covid-lakehouse: {err.description}", file=sys.stderr)
         return 2
     except Exception as err:
         import psycopg

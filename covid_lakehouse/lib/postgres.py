@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from covid_lakehouse.lib.settings import redact, redact_text
+from covid_lakehouse.lib.settings import redact, redact_text, setting
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -49,6 +49,64 @@ class DsnError(dg.Failure):
 
     def __init__(self, message: str) -> None:
         super().__init__(description=message, allow_retries=False)
+
+
+DDL_LOCK_TIMEOUT_S = setting(
+    "WAREHOUSE_DDL_LOCK_TIMEOUT_S", "how long one DDL statement on a published relation (a view rebuild, an "
+    "ADD COLUMN) waits for a lock another session holds before it gives up and tries again", default="10")
+DDL_LOCK_ATTEMPTS = setting(
+    "WAREHOUSE_DDL_LOCK_ATTEMPTS", "attempts of such a DDL statement (each waiting WAREHOUSE_DDL_LOCK_TIMEOUT_S) "
+    "before the step fails, naming the "
+    "blocking sessions", default="3")
+
+
+class DdlLockTimeoutError(dg.Failure):
+    """A DDL statement could not get its lock within the bounded attempts: another session (typically
+    an analyst's open transaction) holds the relation. Not retried by the step's RetryPolicy: the
+    attempts were the retry, and the blocker needs a person (or its idle_in_transaction timeout)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(description=message, allow_retries=False)
+
+
+def run_ddl(conn: psycopg.Connection, statement: sql.Composable, *, relation: str, what: str) -> None:
+    """Execute a statement that takes a strong lock on ``relation`` ("schema.name") with a lock_timeout
+    (WAREHOUSE_DDL_LOCK_TIMEOUT_S) and bounded attempts (WAREHOUSE_DDL_LOCK_ATTEMPTS), each in a
+    savepoint so the caller's transaction survives a timeout. Without this, one idle open transaction
+    reading the relation makes the statement, and every later reader queued behind it, wait forever.
+    Past the attempts: DdlLockTimeoutError naming the sessions holding locks on the relation (pid, user,
+    application, state; never their query text, which may hold data)."""
+    timeout_ms = max(1, round(DDL_LOCK_TIMEOUT_S.number(minimum=0.001) * 1000))
+    attempts = int(DDL_LOCK_ATTEMPTS.number(minimum=1))
+    previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+    for _ in range(attempts):
+        try:
+            with conn.transaction():  # a savepoint inside the caller's transaction
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{timeout_ms}ms",))
+                conn.execute(statement)
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
+            return
+        except psycopg.errors.LockNotAvailable:
+            continue  # the wait itself is the back-off
+    holders = lock_holders(conn, relation)
+    raise DdlLockTimeoutError(
+        f"{what}: could not lock {relation} in {attempts} attempt(s) of {timeout_ms / 1000:g}s "
+        f"(WAREHOUSE_DDL_LOCK_TIMEOUT_S, WAREHOUSE_DDL_LOCK_ATTEMPTS); held by "
+        + ("; ".join(holders) if holders else "a session that has since ended")
+        + ". End or commit that session (an administrator can run SELECT pg_terminate_backend(pid)), then rerun.")
+
+
+def lock_holders(conn: psycopg.Connection, relation: str) -> list[str]:
+    """Who holds a lock on ``relation`` (sessions other than ours), as 'pid N (user U, application A,
+    state S)'. pg_blocking_pids needs a session that is still waiting, so the granted locks are read
+    instead; usename and application_name are visible to every role, the query text is never read."""
+    rows = conn.execute(
+        "SELECT DISTINCT a.pid, a.usename, a.application_name, a.state "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'relation' AND l.granted AND l.relation = to_regclass(%s) "
+        "AND l.pid <> pg_backend_pid() ORDER BY a.pid", (relation,)).fetchall()
+    return [f"pid {pid} (user {user or '?'}, application {app or '-'!r}"
+            + (f", state {state!r}" if state else "") + ")" for pid, user, app, state in rows]
 
 
 def check_dsn(dsn: str, name: str = "WAREHOUSE_DSN") -> str:

@@ -121,10 +121,21 @@ def seed_source(dsn: str, *, providers: int, dirt_rate: float = 0.02, seed: int 
     return SeedReport(schema, len(CARE_SITES), rows.num_rows, len(PLANTED), round(time.perf_counter() - started, 2))
 
 
+class SourceProtectedError(ValueError):
+    """Seeding would drop a tenant's source tables, its system of record, without permission."""
+
+
 def seed_tenant(tenant: str, *, providers: int, dirt_rate: float = 0.02, seed: int = 0,
-                tenants: TenantsResource | None = None) -> SeedReport:
-    """Seed a tenant's source, found in the tenants file (its DSN variable and schema)."""
+                tenants: TenantsResource | None = None, drop_existing_source: bool = False) -> SeedReport:
+    """Seed a tenant's source, found in the tenants file (its DSN variable and schema). Seeding drops
+    and recreates the source tables: only for a tenant marked ``demo: true`` in the tenants file, or with
+    ``drop_existing_source`` (`--drop-existing-source`) said explicitly."""
     found = (tenants or TenantsResource()).get(tenant)
+    if not (found.demo or drop_existing_source):
+        raise SourceProtectedError(
+            f"tenant {tenant!r} is not marked `demo: true` in the tenants file: seeding would drop its source "
+            f"tables {found.source_schema}.provider and {found.source_schema}.care_site (its system of record). "
+            "Pass --drop-existing-source to replace them anyway.")
     return seed_source(found.source_dsn(), providers=providers, dirt_rate=dirt_rate, seed=seed,
                        schema=found.source_schema)
 

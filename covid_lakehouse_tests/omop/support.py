@@ -44,6 +44,7 @@ def write_tenants(path: Path, tenants: list[Tenant]) -> None:
         lines += [f"  - name: {t.name}", f"    source_dsn_env: {t.source_dsn_env}",
                   f"    source_schema: {t.source_schema}", f"    landing_bucket: {t.landing_bucket}"]
         lines += [f"    landing_prefix: {t.landing_prefix}"] if t.landing_prefix else []
+        lines += ["    demo: true"] if t.demo else []
     path.write_text("\n".join(lines) + "\n")
 
 

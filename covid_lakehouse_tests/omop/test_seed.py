@@ -56,7 +56,7 @@ def test_seed_rejects_bad_arguments(services):
 
 def test_seed_tenant_uses_the_tenants_file(make_tenants, pg):
     env = make_tenants(providers=0)
-    report = seed_tenant(env.tenant.name, providers=50, tenants=env.resource)
+    report = seed_tenant(env.tenant.name, providers=50, tenants=env.resource, drop_existing_source=True)
     assert report.schema == env.tenant.source_schema
     assert pg.execute(f'SELECT count(*) FROM "{env.tenant.source_schema}".provider').fetchone()[0] == 50
 
@@ -66,7 +66,8 @@ def test_cli_seed_omop_seeds_a_tenant_of_the_tenants_file(make_tenants, pg, monk
 
     env = make_tenants(providers=0)
     monkeypatch.setenv("OMOP_TENANTS_FILE", str(env.path))
-    assert cli.main(["seed", "omop", "--tenant", env.tenant.name, "--providers", "120", "--dirt-rate", "0"]) == 0
+    assert cli.main(["seed", "omop", "--tenant", env.tenant.name, "--providers", "120", "--dirt-rate", "0",
+                     "--drop-existing-source"]) == 0
     assert f"seeded tenant {env.tenant.name}: 120 providers" in capsys.readouterr().out
     npis = [r[0] for r in pg.execute(f'SELECT npi FROM "{env.tenant.source_schema}".provider').fetchall()]
     assert len(npis) == 120 and all(npi_is_valid(n) for n in npis[len(PLANTED):])

@@ -46,9 +46,14 @@ ALTER ROLE warehouse_writer  WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASS
 ALTER ROLE lakehouse_catalog WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'lakehouse_pw';
 ALTER ROLE analyst           WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'analyst_pw';
 
--- The analyst can only read, even if someone grants it more by mistake.
+-- The analyst is read-only because of its grants: CONNECT on warehouse and SELECT on published tables
+-- only (the migrations grant those). These settings are defaults for tools, not a guarantee: any role
+-- may change them in its own session. idle_in_transaction_session_timeout ends a forgotten open
+-- transaction, whose locks would otherwise make the platform's view rebuilds and ALTER TABLEs wait.
+-- Mirrored by covid_lakehouse.lib.embedded.postgres.ANALYST_DEFAULTS.
 ALTER ROLE analyst SET default_transaction_read_only = on;
 ALTER ROLE analyst SET statement_timeout = '15min';
+ALTER ROLE analyst SET idle_in_transaction_session_timeout = '10min';
 
 -- Databases, each owned by its role (CREATE DATABASE cannot run inside a DO block: \gexec).
 SELECT format('CREATE DATABASE %I OWNER %I', db, owner)

@@ -25,7 +25,13 @@ from psycopg import sql
 from covid_lakehouse.defs.ny_testing.parsing import MEASURES, UnsafeIdentifierError, slug_map
 from covid_lakehouse.defs.ny_testing.spool import unit_codes
 from covid_lakehouse.lib.migrate import ensure_migrated
-from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident, validate_identifier
+from covid_lakehouse.lib.postgres import (
+    PostgresResource,
+    UpsertCounts,
+    run_ddl,
+    table_ident,
+    validate_identifier,
+)
 from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 
 MIGRATION_SCOPE = "ny_testing"  # schemas, reference table, analyst grants: defs/ny_testing/migrations/
@@ -168,7 +174,10 @@ class Warehouse:
         with self.pg.connection() as conn:
             # Concurrent loads would otherwise race on the view's catalog row ("tuple concurrently updated").
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.county_schema}.{VIEW}",))
-            conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS {}").format(view, union))
+            # An open transaction reading the view (an analyst's) must not hang the load: bounded waits.
+            run_ddl(conn, sql.SQL("CREATE OR REPLACE VIEW {} AS {}").format(view, union),
+                    relation=f"{self.county_schema}.{VIEW}", what="rebuilding the all-counties view "
+                    "(the county tables are published)")
             conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(
                 view, sql.Literal("Every ny_testing county table, with its county name (recreated by each load)")))
         return len(existing)

@@ -30,7 +30,7 @@ MAX_TENANT_NAME = 63 - len(NAMESPACE_PREFIX)
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_\-./]+/$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-_FIELDS = {"name", "source_dsn_env", "source_schema", "landing_bucket", "landing_prefix"}
+_FIELDS = {"name", "source_dsn_env", "source_schema", "landing_bucket", "landing_prefix", "demo"}
 
 
 class TenantConfigError(ValueError):
@@ -44,6 +44,7 @@ class Tenant:
     source_schema: str = "public"
     landing_bucket: str = "raw"
     landing_prefix: str = ""
+    demo: bool = False  # generated data: `covid-lakehouse seed omop` may replace its source tables
 
     @property
     def namespace(self) -> str:
@@ -80,7 +81,9 @@ def parse_tenants(text: str, *, origin: str = "tenants file") -> list[Tenant]:
             raise TenantConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         if "name" not in entry or "source_dsn_env" not in entry:
             raise TenantConfigError(f"{where}: 'name' and 'source_dsn_env' are required")
-        tenant = Tenant(**{k: str(v) for k, v in entry.items() if v is not None})
+        if not isinstance(entry.get("demo", False), bool):
+            raise TenantConfigError(f"{where}: 'demo' must be true or false, got {entry['demo']!r}")
+        tenant = Tenant(**{k: v if k == "demo" else str(v) for k, v in entry.items() if v is not None})
         _validate(tenant, where)
         tenants.append(tenant)
     names = [t.name for t in tenants]

@@ -27,7 +27,13 @@ from psycopg import sql
 
 from covid_lakehouse.defs.vaccines.transform import STATES, Result
 from covid_lakehouse.lib.migrate import ensure_migrated
-from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident, validate_identifier
+from covid_lakehouse.lib.postgres import (
+    PostgresResource,
+    UpsertCounts,
+    run_ddl,
+    table_ident,
+    validate_identifier,
+)
 from covid_lakehouse.lib.wap import Audit, AuditResult, audit_or_raise
 
 SCHEMA = "vaccines"
@@ -165,8 +171,9 @@ def _add_configured_columns(conn: psycopg.Connection, table: str, columns: list[
     existing = set(table_columns(conn, table))
     for name, sqltype, _ in columns:
         if name not in existing:  # a newly configured manufacturer: nullable, NULL until published
-            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                target, sql.Identifier(validate_identifier(name, what="column")), sql.SQL(sqltype)))
+            run_ddl(conn, sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                target, sql.Identifier(validate_identifier(name, what="column")), sql.SQL(sqltype)),
+                relation=f"{SCHEMA}.{table}", what=f"adding column {name}")
 
 
 def ensure_tables(conn: psycopg.Connection, dose_columns: Sequence[str]) -> None:

