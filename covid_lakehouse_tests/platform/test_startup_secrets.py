@@ -10,7 +10,7 @@ import pytest
 from covid_lakehouse import cli
 from covid_lakehouse.lib.secret_policy import check_secrets
 from covid_lakehouse.lib.settings import ServiceSettings
-from covid_lakehouse_tests.platform.test_compose import env_example_variables
+from covid_lakehouse_tests.platform.support import env_example_variables
 
 
 def _with_password(dsn: str, password: str) -> str:
