@@ -158,7 +158,7 @@ def test_the_vectorised_parse_gives_what_the_row_by_row_reference_gives() -> Non
             {**base, "ad_id": "2", "actions": [{"action_type": "link_click", "value": "7", "note": "«ü»"}]},
             {k: v for k, v in {**base, "ad_id": "3", "adset_name": None}.items() if k != "actions"}]
 
-    fast = facebook._columns(rows, None)  # noqa: SLF001 - the fast path must agree with the reference
+    fast = facebook.parse._columns(rows, None)  # noqa: SLF001 - the fast path must agree with the reference
     reference = flatten_insights({"data": rows + [{**base, "ad_id": 4}]}).slice(0, 3)  # ad_id 4: a number -> row by row
 
     assert fast.drop_columns("actions").to_pylist() == reference.drop_columns("actions").to_pylist()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -25,6 +26,7 @@ from covid_lakehouse.defs.ny_testing.partitions import (
     county_partitions,
 )
 from covid_lakehouse.defs.ny_testing.raw import (
+    RawSummary,
     bundled_snapshot_sha256,
     display_url,
     parsed_key,
@@ -40,6 +42,7 @@ from covid_lakehouse.defs.ny_testing.warehouse import (
     county_tables,
     staged_units,
 )
+from covid_lakehouse.lib.http import DownloadResult
 from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.postgres import UnsafeIdentifierError as UnsafeTableError
 from covid_lakehouse.lib.resources import HttpResource
@@ -107,11 +110,18 @@ def raw_rows_json(context: dg.AssetExecutionContext, http: HttpResource, s3: Lak
             # Derived from the object just stored (same digest in its name): spares the load a second parse.
             parsed_size = parsed.tell()
             put_once(s3, bucket, parsed_key(key), parsed, {"parsed-from": key})
-    bundled = download.sha256 == bundled_snapshot_sha256()
-    updated = summary.rows_updated_at
     context.log.info("%s: %d rows, %d counties -> s3://%s/%s%s", shown, summary.rows, len(summary.counties),
                      bucket, key, " (already stored)" if reused else "")
-    return dg.MaterializeResult(metadata={
+    metadata = _stored_metadata(shown, bucket, key, download, summary, reused, parsed_size)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _stored_metadata(shown: str, bucket: str, key: str, download: DownloadResult, summary: RawSummary,
+                     reused: bool, parsed_size: int) -> dict[str, Any]:
+    """The raw asset's metadata: where the download came from and went, and what it holds."""
+    bundled = download.sha256 == bundled_snapshot_sha256()
+    updated = summary.rows_updated_at
+    return {
         "data_source": ("bundled offline snapshot (thru 2022-09-13, data/xdss-u53e_rows.json.gz) served at " + shown
                         if bundled else f"downloaded from {shown}"),
         "s3_key": key,
@@ -131,7 +141,7 @@ def raw_rows_json(context: dg.AssetExecutionContext, http: HttpResource, s3: Lak
         "rows_updated_at": datetime.fromtimestamp(updated, UTC).isoformat() if updated is not None else "unknown",
         "column_mapping": summary.column_mapping,
         "ignored_columns": summary.ignored_columns,
-    })
+    }
 
 
 def _previous_download(instance: dg.DagsterInstance, key: str) -> dict | None:

@@ -3,16 +3,18 @@ as a short error excerpt; and the Retry-After header."""
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 import urllib3
 
+from covid_lakehouse.lib.http.errors import IncompleteBody
 from covid_lakehouse.lib.http.limits import Deadline
 
 _EXCERPT_BYTES = 4096
@@ -112,3 +114,34 @@ def error_excerpt(response: requests.Response) -> str:
     if title:
         text = f"HTML page: {title[1]}"
     return " ".join(text.split())[:_EXCERPT_CHARS]
+
+
+def sink_consumer(sink: BinaryIO, chunk_size: int) -> Callable[..., DownloadResult]:
+    """The client's ``consume`` for a download: streams the body into ``sink`` from where it is now,
+    hashing it; each attempt first rewinds and truncates the sink to that start."""
+    start = sink.tell()
+
+    def consume(response: requests.Response, **limits: Any) -> DownloadResult:
+        sink.seek(start)
+        sink.truncate()
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in read_chunks(response, chunk_size=chunk_size, **limits):
+                digest.update(chunk)
+                sink.write(chunk)
+                size += len(chunk)
+        except BaseException:
+            sink.seek(start)
+            sink.truncate()  # nothing of a refused body stays behind (a retry rewinds anyway)
+            raise
+        finally:
+            response.close()
+        declared = response.headers.get("Content-Length")
+        if declared is not None and "Content-Encoding" not in response.headers and size != int(declared):
+            raise IncompleteBody(f"received {size} of {declared} bytes")
+        return DownloadResult(
+            size, digest.hexdigest(), response.headers.get("Content-Type"), response.status_code
+        )
+
+    return consume

@@ -8,11 +8,11 @@ and ClientError are also ``dagster.Failure``s with ``allow_retries=False``: retr
 a Dagster RetryPolicy neither multiplies them nor repeats a call that cannot succeed.
 
 Every call is bounded whatever the server does (see ``limits``): decoded body bytes (max_body_bytes),
-a total deadline over all attempts (the retry wait budget plus transfer_deadline_s), and redirects:
-followed only to http(s) and never from https to http; a redirect to another origin (scheme, host,
-port) drops every header but a few harmless ones (so Authorization, API keys, passcodes, developer
-tokens and cookies stay home) and is refused when the request body would be sent there again
-(307/308). requests itself would strip only Authorization and re-send the body.
+a total deadline over all attempts (the retry wait budget plus transfer_deadline_s), and redirects
+(see ``redirects``): followed only to http(s) and never from https to http; a redirect to another
+origin (scheme, host, port) drops every header but a few harmless ones (so Authorization, API keys,
+passcodes, developer tokens and cookies stay home) and is refused when the request body would be sent
+there again (307/308). requests itself would strip only Authorization and re-send the body.
 
 Messages and logs show the URL with every query value redacted except a short safe list, and scrub
 those values (and credential-like header values) from exception texts and body excerpts; headers are
@@ -22,20 +22,18 @@ the full URL, secrets included.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
-from urllib.parse import SplitResult, urljoin, urlsplit
 
 import requests
 import urllib3
-from requests.utils import requote_uri
 
 from covid_lakehouse.lib.clock import Clock, SystemClock
+from covid_lakehouse.lib.http import redirects
 from covid_lakehouse.lib.http.bodies import (
     BodyLimitError,
     DownloadResult,
@@ -43,26 +41,21 @@ from covid_lakehouse.lib.http.bodies import (
     error_excerpt,
     load_body,
     parse_retry_after,
-    read_chunks,
+    sink_consumer,
 )
 from covid_lakehouse.lib.http.errors import (
     TRANSIENT_EXCEPTIONS,
     AuthError,
-    BodyTooLargeError,
     ClientError,
-    DeadlineExceededError,
     HttpError,
-    IncompleteBody,
     RateLimitedError,
-    RedirectRefusedError,
     TransientHttpError,
 )
 from covid_lakehouse.lib.http.limits import (
-    MAX_BODY_MB,
-    TRANSFER_DEADLINE_S,
     Deadline,
     default_max_body_bytes,
     default_transfer_deadline_s,
+    limit_error,
 )
 from covid_lakehouse.lib.http.redaction import SAFE_QUERY_PARAMS, Redactor
 
@@ -73,9 +66,6 @@ AUTH_STATUSES = frozenset({401, 403})
 
 T = TypeVar("T")
 RetryHint = Callable[[requests.Response], "float | None"]
-# Headers still sent after a redirect to another origin; every other one may carry a credential.
-_KEPT_ACROSS_ORIGINS = frozenset({"user-agent", "accept", "accept-encoding", "accept-language", "connection"})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -215,32 +205,7 @@ class HttpClient:
         """
         if not sink.seekable():
             raise ValueError("download() needs a seekable sink so that a retry can rewind it")
-        start = sink.tell()
-
-        def consume(response: requests.Response, **limits: Any) -> DownloadResult:
-            sink.seek(start)
-            sink.truncate()
-            digest = hashlib.sha256()
-            size = 0
-            try:
-                for chunk in read_chunks(response, chunk_size=chunk_size, **limits):
-                    digest.update(chunk)
-                    sink.write(chunk)
-                    size += len(chunk)
-            except BaseException:
-                sink.seek(start)
-                sink.truncate()  # nothing of a refused body stays behind (a retry rewinds anyway)
-                raise
-            finally:
-                response.close()
-            declared = response.headers.get("Content-Length")
-            if declared is not None and "Content-Encoding" not in response.headers and size != int(declared):
-                raise IncompleteBody(f"received {size} of {declared} bytes")
-            return DownloadResult(
-                size, digest.hexdigest(), response.headers.get("Content-Type"), response.status_code
-            )
-
-        return self._call("GET", url, params, headers, None, None, (200,), consume)
+        return self._call("GET", url, params, headers, None, None, (200,), sink_consumer(sink, chunk_size))
 
     def close(self) -> None:
         self._session.close()
@@ -280,7 +245,9 @@ class HttpClient:
             try:
                 if deadline.passed():
                     raise BodyLimitError("deadline", "no attempt left before the deadline")
-                response = self._send(method, prepared, deadline, redactor, attempt)
+                response = redirects.send(self._session, method, prepared, timeouts=self._timeout,
+                                          max_redirects=self._max_redirects, deadline=deadline, redactor=redactor,
+                                          attempt=attempt)
                 if response.status_code in ok_statuses:
                     return consume(response, **limits)
                 failure = self._classify(method, redactor, response, attempt)
@@ -305,16 +272,21 @@ class HttpClient:
                     method, redactor.url, redactor.scrub(self._describe(exc)), attempts=attempt
                 ) from None
 
-            give_up, wait = self._plan_wait(attempt, waited, failure.hint, deadline.remaining())
-            if give_up:
-                error = RateLimitedError if failure.status == 429 else TransientHttpError
-                detail = f"{give_up} after {attempt} attempt(s) and {waited:.1f}s of waiting; last: {failure.detail}"
-                raise error(method, redactor.url, detail, status=failure.status, body_excerpt=failure.excerpt,
-                            attempts=attempt) from None
-            logger.warning("%s %s: attempt %d/%d failed (%s); retrying in %.2fs",
-                           method, redactor.url, attempt, self._max_attempts, failure.detail, wait)
-            self._clock.sleep(wait)
-            waited += wait
+            waited += self._wait_or_give_up(method, redactor, failure, attempt, waited, deadline)
+
+    def _wait_or_give_up(self, method: str, redactor: Redactor, failure: _Attempt, attempt: int,
+                         waited: float, deadline: Deadline) -> float:
+        """Sleep before the next attempt and return how long, or raise when the budget is spent."""
+        give_up, wait = self._plan_wait(attempt, waited, failure.hint, deadline.remaining())
+        if give_up:
+            error = RateLimitedError if failure.status == 429 else TransientHttpError
+            detail = f"{give_up} after {attempt} attempt(s) and {waited:.1f}s of waiting; last: {failure.detail}"
+            raise error(method, redactor.url, detail, status=failure.status, body_excerpt=failure.excerpt,
+                        attempts=attempt) from None
+        logger.warning("%s %s: attempt %d/%d failed (%s); retrying in %.2fs",
+                       method, redactor.url, attempt, self._max_attempts, failure.detail, wait)
+        self._clock.sleep(wait)
+        return wait
 
     def _plan_wait(self, attempt: int, waited: float, hint: float | None,
                    until_deadline: float = float("inf")) -> tuple[str | None, float]:
@@ -335,70 +307,11 @@ class HttpClient:
             return "wait budget spent", 0.0
         return None, min(wait, remaining, until_deadline)
 
-    # -- bounds: deadline, size, redirects --------------------------------------------------------
-
     def _limit_error(self, exc: BodyLimitError, method: str, redactor: Redactor,
                      response: requests.Response | None, attempt: int) -> HttpError:
         status = response.status_code if response is not None else None
-        if exc.kind == "size":
-            return BodyTooLargeError(method, redactor.url, f"{exc}; nothing was kept (cap: the source's own "
-                                     f"setting, else {MAX_BODY_MB.name})", status=status, attempts=attempt)
-        return DeadlineExceededError(
-            method, redactor.url, f"the call's deadline of {self._max_total_wait + self._transfer_deadline_s:g}s "
-            f"(retry wait budget + {TRANSFER_DEADLINE_S.name}) passed: {exc}", status=status, attempts=attempt)
+        return limit_error(exc, method, redactor.url, status, attempt, self._max_total_wait + self._transfer_deadline_s)
 
-    def _send(self, method: str, prepared: requests.PreparedRequest, deadline: Deadline, redactor: Redactor,
-              attempt: int) -> requests.Response:
-        """One attempt, following redirects ourselves (see the module docstring)."""
-        request = prepared.copy()
-        for _ in range(self._max_redirects + 1):
-            timeout = (deadline.cap(self._timeout[0]), deadline.cap(self._timeout[1]))
-            # Always stream: the body is then read by the caller's consume, inside the retry budget.
-            settings = self._session.merge_environment_settings(request.url, {}, True, None, None)
-            response = self._session.send(request, timeout=timeout, allow_redirects=False, **settings)
-            if not response.is_redirect:
-                return response
-            request = self._redirected(method, request, response, redactor, attempt)
-        raise RedirectRefusedError(method, redactor.url, f"more than {self._max_redirects} redirects",
-                                   attempts=attempt)
-
-    def _redirected(self, method: str, request: requests.PreparedRequest, response: requests.Response,
-                    redactor: Redactor, attempt: int) -> requests.PreparedRequest:
-        status = response.status_code
-        location = self._session.get_redirect_target(response) or ""
-        response.close()
-        assert request.url is not None
-        old = urlsplit(request.url)
-        if location.startswith("//"):
-            location = f"{old.scheme}:{location}"
-        target = requote_uri(urljoin(request.url, location))
-        new = urlsplit(target)
-
-        def refuse(why: str) -> RedirectRefusedError:
-            return RedirectRefusedError(method, redactor.url, f"HTTP {status} redirect to "
-                                        f"{redactor.scrub(redactor.redact_url(target))} refused: {why}",
-                                        status=status, attempts=attempt)
-
-        if new.scheme not in _DEFAULT_PORTS or not new.hostname:
-            raise refuse("not an http(s) URL")
-        if old.scheme == "https" and new.scheme != "https":
-            raise refuse("it would leave https for plain http")
-        follow = request.copy()
-        follow.url = target
-        if (status == 303 and follow.method != "HEAD") or (status in (301, 302) and follow.method == "POST"):
-            follow.method = "GET"  # what browsers and requests do
-        if status not in (307, 308):  # only these keep the method and body
-            follow.body = None
-            for name in ("Content-Length", "Content-Type", "Transfer-Encoding"):
-                follow.headers.pop(name, None)
-        if _origin(old) != _origin(new):
-            if follow.body is not None:
-                raise refuse("the request body would be sent to another origin")
-            for name in [n for n in follow.headers if n.lower() not in _KEPT_ACROSS_ORIGINS]:
-                del follow.headers[name]  # credentials (Authorization, API keys, cookies) stay home
-            logger.info("%s %s: following a redirect to %s without credentials", method, redactor.url,
-                        redactor.scrub(redactor.redact_url(target)))
-        return follow
 
     def _classify(
         self, method: str, redactor: Redactor, response: requests.Response, attempt: int
@@ -435,7 +348,3 @@ class HttpClient:
             return f"{name}: {errno[0].strip()}"
         return f"{name}: {' '.join(text.split())[:200]}"
 
-
-
-def _origin(parts: SplitResult) -> tuple[str, str | None, int | None]:
-    return parts.scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)

@@ -10,11 +10,16 @@ fails after the cap and never lands whole in memory or on disk.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from covid_lakehouse.lib.clock import Clock
+from covid_lakehouse.lib.http.errors import BodyTooLargeError, DeadlineExceededError, HttpError
 from covid_lakehouse.lib.settings import setting
+
+if TYPE_CHECKING:  # bodies imports this module (Deadline)
+    from covid_lakehouse.lib.http.bodies import BodyLimitError
 
 MAX_BODY_MB = setting(
     "HTTP_MAX_BODY_MB", "decoded megabytes one HTTP response body may have (gzip counted decoded); a larger "
@@ -54,6 +59,17 @@ class Deadline:
     def cap(self, timeout: float) -> float:
         """A socket timeout that does not outlive the deadline (never 0: that would mean non-blocking)."""
         return max(min(timeout, self.remaining()), 0.001)
+
+
+def limit_error(exc: BodyLimitError, method: str, url: str, status: int | None, attempt: int,
+                deadline_s: float) -> HttpError:
+    """The named error of a bound ``read_chunks`` hit: the body's size cap or the call's deadline."""
+    if exc.kind == "size":
+        return BodyTooLargeError(method, url, f"{exc}; nothing was kept (cap: the source's own "
+                                 f"setting, else {MAX_BODY_MB.name})", status=status, attempts=attempt)
+    return DeadlineExceededError(
+        method, url, f"the call's deadline of {deadline_s:g}s "
+        f"(retry wait budget + {TRANSFER_DEADLINE_S.name}) passed: {exc}", status=status, attempts=attempt)
 
 
 class PagingError(dg.Failure):
