@@ -13,8 +13,8 @@ Where a dataset lives, from the asset's metadata:
 - ``lakehouse/partition_column``: loading a namespace-per-partition dataset adds the partition key
   as this column (default ``partition``), so several tenants concatenate into one table.
 
-A write is ONE Iceberg snapshot (the whole table, or the partition's slice with an overwrite filter):
-readers see the previous snapshot or the new one. Audits run in the asset on the data before it is
+A write is ONE Iceberg transaction (the whole table, or the partition's slice with an overwrite
+filter: its delete and append commit together): readers see the previous snapshot or the new one. Audits run in the asset on the data before it is
 returned; a failing blocking audit raises there, so nothing reaches this IO manager.
 """
 
@@ -96,7 +96,7 @@ class LakehouseIOManager(dg.ConfigurableIOManager):
                                      f"namespace")
                 if self.lakehouse.table_exists(namespace, table):
                     overwrite_filter = _row_filter(self.lakehouse.load_table(namespace, table), column, partitions)
-        # One snapshot: the table, or the slice of this run's partitions, replaced atomically.
+        # One commit: the table, or the slice of this run's partitions, replaced atomically.
         list(self.lakehouse.write_audit_publish(namespace, table, data, overwrite_filter=overwrite_filter))
         context.add_output_metadata({
             "dagster/row_count": data.num_rows,
