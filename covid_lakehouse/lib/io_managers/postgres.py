@@ -95,6 +95,11 @@ class PostgresDbClient(DbClient):
             connection.execute(sql.SQL("DELETE FROM {}").format(target))
 
     @staticmethod
+    def get_table_name(table_slice: TableSlice) -> str:
+        # schema.table, as the dagster/table_name metadata that names tables for loading
+        return f"{table_slice.schema}.{table_slice.table}"
+
+    @staticmethod
     def ensure_schema_exists(context: dg.OutputContext, table_slice: TableSlice, connection: psycopg.Connection) -> None:
         PostgresResource.ensure_schema(connection, table_slice.schema)
 
