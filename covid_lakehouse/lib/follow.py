@@ -32,8 +32,8 @@ def follow_sensor(name: str, upstream: dg.AssetKey, downstream: dg.AssetsDefinit
         if partitions_def is None:
             runs = [dg.RunRequest(run_key=f"{name}:{cursor}", asset_selection=[downstream.key])]
         else:
-            ordered = [k for k in partitions_def.get_partition_keys(dynamic_partitions_store=context.instance)
-                       if k in new]
+            with dg.partition_loading_context(dynamic_partitions_store=context.instance):
+                ordered = [k for k in partitions_def.get_partition_keys() if k in new]
             if not ordered:
                 return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason("no partition of the downstream"))
             if one_run_per_partition:

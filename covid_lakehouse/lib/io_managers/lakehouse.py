@@ -111,8 +111,7 @@ class LakehouseIOManager(dg.ConfigurableIOManager):
         template, table = _location(context.asset_key, metadata)
         partitions = _partitions(context)
         if "{partition}" in template:
-            keys = partitions if isinstance(partitions, list) else context.asset_partitions_def.get_partition_keys(
-                dynamic_partitions_store=context.instance)
+            keys = partitions if isinstance(partitions, list) else self._every_partition(template, table)
             column = str(metadata.get(PARTITION_COLUMN) or "partition")
             parts = [self._read(context, template.format(partition=k), table, None, None) for k in keys]
             parts = [p if column in p.column_names else p.append_column(column, pa.array([k] * p.num_rows, pa.string()))
@@ -122,6 +121,15 @@ class LakehouseIOManager(dg.ConfigurableIOManager):
             data = self._read(context, template, table, metadata.get(PARTITION_EXPR), partitions)
         want = context.dagster_type.typing_type
         return data if want is pa.Table else data.to_pandas()
+
+    def _every_partition(self, template: str, table: str) -> list[str]:
+        """An unpartitioned reader (or a notebook) of a namespace-per-partition dataset reads every
+        partition whose namespace holds the table."""
+        head, tail = template.split("{partition}", 1)
+        names = sorted(ns[0] for ns in self.lakehouse.catalog().list_namespaces() if len(ns) == 1)
+        return [n[len(head):len(n) - len(tail)] for n in names
+                if n.startswith(head) and n.endswith(tail) and len(n) > len(head) + len(tail)
+                and self.lakehouse.table_exists(n, table)]
 
     def _read(self, context: dg.InputContext, namespace: str, table: str, column: str | None,
               partitions: TimeWindow | list[str] | None) -> pa.Table:
