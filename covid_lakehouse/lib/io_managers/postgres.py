@@ -27,6 +27,7 @@ import pyarrow as pa
 from dagster._core.definitions.partitions.utils import TimeWindow
 from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 from covid_lakehouse.lib.postgres import PostgresResource, _pool, table_ident, validate_identifier
 
@@ -78,6 +79,28 @@ def lock_table_for_write(connection: psycopg.Connection, schema: str, table: str
     except psycopg.errors.LockNotAvailable:
         raise TableLockTimeout(f"{qualified}: another run has been writing it for more than {timeout_s:g} s "
                                "(lock_timeout); nothing written, rerun when it has finished") from None
+
+
+# Loaded as their text: Arrow has no uuid type, and json values are not one Arrow type per column.
+_AS_TEXT = ("uuid", "json", "jsonb")
+
+
+def _fetch_arrow(connection: psycopg.Connection, query: sql.Composable, params: list, batch_rows: int = 50_000
+                 ) -> pa.Table:
+    """Rows through a server-side cursor, converted batch by batch (the client never holds every row as
+    Python tuples at once)."""
+    with connection.cursor(name="io_manager_load") as cur:
+        for name in _AS_TEXT:
+            cur.adapters.register_loader(name, TextLoader)
+        cur.execute(query, params)
+        chunks = []
+        while rows := cur.fetchmany(batch_rows):
+            names = [d.name for d in cur.description]
+            chunks.append(pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows]))
+        names = [d.name for d in cur.description]
+    if not chunks:
+        return pa.table({n: pa.array([], pa.null()) for n in names})
+    return pa.concat_tables(chunks, promote_options="permissive")
 
 
 class PostgresDbClient(DbClient):
@@ -147,7 +170,7 @@ class ArrowPostgresTypeHandler(DbTypeHandler[pa.Table]):
         if table_slice.partition_dimensions:
             where, params = _slice_where(table_slice)
             query = sql.SQL("{} WHERE {}").format(query, where)
-        return PostgresResource.fetch_arrow(connection, query, params)
+        return _fetch_arrow(connection, query, params)
 
     @property
     def supported_types(self) -> Sequence[type]:
