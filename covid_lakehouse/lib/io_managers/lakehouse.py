@@ -137,6 +137,8 @@ class LakehouseIOManager(dg.ConfigurableIOManager):
             raise dg.Failure(f"Iceberg table {namespace}.{table} does not exist: materialize "
                              f"{context.asset_key.to_user_string()} first", allow_retries=False)
         tbl = self.lakehouse.load_table(namespace, table)
-        if column and partitions is not None:  # only the partitions asked for: pruned in the scan
-            return tbl.scan(row_filter=_row_filter(tbl, column, partitions)).to_arrow()
-        return tbl.scan().to_arrow()
+        # Only the columns (the input's "columns" metadata) and partitions asked for: pruned in the scan.
+        selected = tuple((context.definition_metadata or {}).get("columns") or ("*",))
+        if column and partitions is not None:
+            return tbl.scan(row_filter=_row_filter(tbl, column, partitions), selected_fields=selected).to_arrow()
+        return tbl.scan(selected_fields=selected).to_arrow()
