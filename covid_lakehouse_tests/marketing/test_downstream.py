@@ -58,7 +58,7 @@ def test_cost_per_conversion_reads_and_replaces_only_its_days(model, resources, 
 
 
 def test_the_sensor_requests_one_run_over_the_days_the_model_published(instance):
-    sensor = cost_follows_model
+    sensor = cost_follows_model()
     for day in ("2024-03-04", "2024-03-02", "2024-03-03"):
         instance.report_runless_asset_event(dg.AssetMaterialization(AD_PERFORMANCE_KEY, partition=day))
     result = sensor(dg.build_sensor_context(instance=instance))

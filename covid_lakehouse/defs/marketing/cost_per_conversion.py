@@ -2,8 +2,8 @@
 
 ad_performance_daily keeps its own merge (natural keys, loaded_at); it loads here as an input through
 the warehouse IO manager, only the days of the run, and the result is written by it to
-marketing.cost_per_conversion_daily, the run's days replaced in one transaction. The sensor below
-runs it over the days each model run published."""
+marketing.cost_per_conversion_daily, the run's days replaced in one transaction. The sensor built by
+cost_follows_model runs it over the days each model run published."""
 
 from decimal import Decimal
 
@@ -57,4 +57,8 @@ def cost_per_conversion_daily(context: dg.AssetExecutionContext, ad_performance:
     return result
 
 
-cost_follows_model = follow_sensor("marketing_cost_per_conversion", AD_PERFORMANCE_KEY, cost_per_conversion_daily)
+
+def cost_follows_model() -> dg.SensorDefinition:
+    """Built in definitions.py, after the bootstrap sensor: its tick sees what the bootstrap's runs made
+    (load_from_defs_folder also collects module-level sensors, in module-name order)."""
+    return follow_sensor("marketing_cost_per_conversion", AD_PERFORMANCE_KEY, cost_per_conversion_daily)

@@ -14,7 +14,7 @@ from covid_lakehouse.defs.marketing.sensors import marketing_bootstrap
 defs = dg.Definitions(
     assets=[*ASSETS, cost_per_conversion_daily],
     schedules=[marketing_daily],
-    sensors=[marketing_bootstrap, cost_follows_model],
+    sensors=[marketing_bootstrap, cost_follows_model()],
     resources={
         "marketing_facebook": FacebookAdsResource(),
         "marketing_google_ads": GoogleAdsResource(),
