@@ -129,3 +129,27 @@ def test_a_failing_blocking_audit_stops_the_output_before_the_io_manager(service
     assert not result.success
     assert [e.passed for e in result.get_asset_check_evaluations()] == [False]
     assert pg.execute(f'SELECT amount FROM "{unique_schema}".amounts ORDER BY 1').fetchall() == [(1,), (2,)]
+
+
+def test_day_slices_are_utc_days_whatever_the_servers_time_zone(services, pg, unique_schema):
+    # A session in Tokyo casts a date to its midnight there (15:00 UTC the day before).
+    tokyo = services.warehouse_dsn + ("&" if "?" in services.warehouse_dsn else "?") + "options=-c%20TimeZone%3DAsia/Tokyo"
+    days = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-04")
+
+    @dg.asset(key=[unique_schema, "daily"], partitions_def=days, io_manager_key="warehouse_io_manager",
+              metadata={"partition_expr": "day"})
+    def daily(context: dg.AssetExecutionContext) -> pa.Table:
+        return pa.table({"day": [context.partition_time_window.start.date()], "run": [context.run_id]})
+
+    loaded = {}
+
+    @dg.asset(partitions_def=days)
+    def reader(context: dg.AssetExecutionContext, daily: pd.DataFrame) -> None:
+        loaded[context.partition_key] = [str(d) for d in daily["day"]]
+
+    io = {"warehouse_io_manager": PostgresIOManager(dsn=tokyo)}
+    for day in ("2024-01-01", "2024-01-02", "2024-01-02"):
+        assert dg.materialize([daily, reader], partition_key=day, resources=io).success
+    rows = pg.execute(f'SELECT day, count(*) FROM "{unique_schema}".daily GROUP BY day ORDER BY day').fetchall()
+    assert [(str(d), n) for d, n in rows] == [("2024-01-01", 1), ("2024-01-02", 1)]
+    assert loaded == {"2024-01-01": ["2024-01-01"], "2024-01-02": ["2024-01-02"]}

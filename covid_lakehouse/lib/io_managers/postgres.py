@@ -108,6 +108,7 @@ class PostgresDbClient(DbClient):
     def delete_table_slice(context: dg.OutputContext, table_slice: TableSlice, connection: psycopg.Connection) -> None:
         lock_table_for_write(connection, table_slice.schema, table_slice.table,
                              float(context.resource_config.get("lock_timeout_s", 60.0)))
+        connection.execute("SET LOCAL TIME ZONE 'UTC'")  # time windows are UTC; a date column is cast in TimeZone
         if not PostgresResource.table_exists(connection, table_slice.schema, table_slice.table):
             return
         target = table_ident(table_slice.schema, table_slice.table)
