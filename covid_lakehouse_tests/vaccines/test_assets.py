@@ -446,7 +446,8 @@ def test_domain_definitions_run_like_the_demo(lake, api, services, instance, pg,
     dg.Definitions.validate_loadable(defs)
     report = runtime.run_demo(defs, instance)
     assert report.ok
-    assert set(report.materialized) == {"vaccines/raw_sources", "vaccines/people_per_dose"}
+    assert set(report.materialized) == {"vaccines/raw_sources", "vaccines/people_per_dose",
+                                        "vaccines/people_per_dose_ranking"}
     assert {(c, p) for _, c, p, _ in report.checks} >= {("population_total", True), ("sources_not_truncated", False)}
     assert pg.execute("SELECT count(*) FROM vaccines.people_per_dose").fetchone()[0] == 51
 
