@@ -57,7 +57,9 @@ def measure_floor(rows: int = ROWS) -> tuple[float, int]:
     import psycopg
     import pyarrow.csv as pacsv
     import pyarrow.dataset as ds
+    from psycopg import sql
 
+    from covid_lakehouse.lib.postgres import copy_csv_options, copy_out_sql
     from covid_lakehouse.lib.s3 import LakeS3Resource
 
     _prepare(rows)
@@ -69,15 +71,14 @@ def measure_floor(rows: int = ROWS) -> tuple[float, int]:
         with psycopg.connect(os.environ["WAREHOUSE_DSN"]) as conn:
             conn.execute("SET TIME ZONE 'UTC'")
             buffer = io.BytesIO()
-            with conn.cursor().copy(
-                    "COPY (SELECT ad_id, ad_group, ad_campaign, ad_campaign_raw, ad_scheme_origin, ad_scheme_approved, "
+            with conn.cursor().copy(copy_out_sql(sql.SQL(
+                    "(SELECT ad_id, ad_group, ad_campaign, ad_campaign_raw, ad_scheme_origin, ad_scheme_approved, "
                     "shown_at, (shown_at AT TIME ZONE 'UTC')::date AS shown_date, backup_key, loaded_at, row_version "
-                    "FROM ads.ads WHERE shown_at < now() - interval '12 hours') TO STDOUT (FORMAT csv, HEADER)") as copy:
+                    "FROM ads.ads WHERE shown_at < now() - interval '12 hours')"), header=True)) as copy:
                 for data in copy:
                     buffer.write(data)
             buffer.seek(0)
-            table = pacsv.read_csv(buffer, convert_options=pacsv.ConvertOptions(
-                true_values=["t"], false_values=["f"], strings_can_be_null=True))
+            table = pacsv.read_csv(buffer, **copy_csv_options(header=True))  # the product's exact reader
             del buffer
             ds.write_dataset(table, base, format="parquet", filesystem=fs, partitioning=["shown_date"],
                              partitioning_flavor="hive", existing_data_behavior="overwrite_or_ignore")

@@ -5,9 +5,10 @@ with audits) against a plain psycopg script doing the load itself (stream over l
 to staging, upsert into the county tables). First load and rerun.
 
 Targets: the pipeline within 2x of the floor at 10x and 100x (1x is reported without one); peak RSS within
-150 MB of the empty-asset baseline at 10x and 300 MB at 100x. A "probe" run of the same pipeline on a
-730-row body (10 days, all 73 geographies) shows the part of the peak that is the code location's imports
-and Dagster's own work rather than data. 100x runs once per figure (not best of 3): one first load takes
+150 MB of the probe's at 10x and 300 MB at 100x. The "probe" is the same pipeline on a 730-row body (10
+days, all 73 geographies): its peak is the code location's imports and Dagster's own work, so what a
+larger body adds over it is memory that grows with the data. (Until each child reported its own peak,
+the runner's memory hid that fixed part and the targets were stated against the empty-asset baseline.) 100x runs once per figure (not best of 3): one first load takes
 minutes on two cores.
 
 The framework does more than the floor by design: it keeps the body in S3, parses it once to validate and
@@ -29,7 +30,7 @@ from benchmarks.harness import Scale, case, measure, result, timed
 SCALES = (1, 10, 100)
 SMOKE_SCALES = (1, 2)  # of the probe body instead of the whole snapshot
 TARGET_RATIO = {10: 2.0, 100: 2.0}
-TARGET_RSS_OVER_BASELINE_MB = {10: 150, 100: 300}
+TARGET_RSS_OVER_PROBE_MB = {10: 150, 100: 300}
 REPEAT = {1: 3, 10: 3, 100: 1}
 PROBE_DAYS = 10
 _DATA_DIR = Path(tempfile.gettempdir()) / "covid_lakehouse_bench_ny_testing"
@@ -234,10 +235,10 @@ def run(scale: Scale) -> list:
             floor = measure("benchmarks.ny_testing", "floor", repeat=repeat, path=path, rerun=rerun)
             dagster = measure("benchmarks.ny_testing", "dagster", repeat=repeat, path=path, rerun=rerun)
             results.append(result(label, dagster, floor, baseline, target_ratio=TARGET_RATIO.get(times)))
-            over = dagster.peak_rss_mb - baseline.peak_rss_mb
-            limit = TARGET_RSS_OVER_BASELINE_MB.get(times)
+            over = dagster.peak_rss_mb - probe.peak_rss_mb
+            limit = TARGET_RSS_OVER_PROBE_MB.get(times)
             verdict = "" if limit is None else f" (target +{limit} MB: {'ok' if over <= limit else 'OVER'})"
             print(f"  {label}: {dagster.seconds:.1f} s vs floor {floor.seconds:.1f} s "
-                  f"({dagster.seconds / floor.seconds:.2f}x); peak {dagster.peak_rss_mb:.0f} MB = baseline "
-                  f"+{over:.0f} MB{verdict}; floor peak {floor.peak_rss_mb:.0f} MB", flush=True)
+                  f"({dagster.seconds / floor.seconds:.2f}x); peak {dagster.peak_rss_mb:.0f} MB = probe "
+                  f"{over:+.0f} MB{verdict}; floor peak {floor.peak_rss_mb:.0f} MB", flush=True)
     return results

@@ -139,16 +139,20 @@ class _Tenants:
         self.instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, self.names)
 
     def run(self, name: str) -> int:
-        """One tenant partition run; the providers it published."""
+        """One tenant partition run; the providers it published (or kept, when nothing changed)."""
         from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
 
         outcome = self.job.execute_in_process(instance=self.instance, asset_selection=TENANT_ASSET_KEYS,
                                               partition_key=name)
         if not outcome.success:
             raise RuntimeError(f"omop benchmark run of {name} failed")
-        [event] = [e for e in outcome.get_asset_materialization_events()
-                   if e.asset_key.to_user_string() == "omop/provider"]
-        return event.materialization.metadata["dagster/row_count"].value
+        published = [e.materialization.metadata["dagster/row_count"].value
+                     for e in outcome.get_asset_materialization_events() if e.asset_key.to_user_string() == "omop/provider"]
+        # An unchanged tenant is skipped: its "no change" observation carries what it had published.
+        kept = [e.asset_observation_data.asset_observation.metadata["providers"].value for e in outcome.all_events
+                if e.event_type_value == "ASSET_OBSERVATION" and e.asset_key.to_user_string() == "omop/provider"]
+        [rows] = published or kept
+        return rows
 
     def close(self) -> None:
         self.instance.dispose()
@@ -220,7 +224,10 @@ def _floor_work(targets: list[tuple[str, str]]) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
+    from psycopg import sql
     from pyarrow import fs
+
+    from covid_lakehouse.lib.postgres import copy_csv_options, copy_out_sql
 
     endpoint = os.environ["S3_ENDPOINT_URL"]
     s3fs = fs.S3FileSystem(endpoint_override=endpoint.split("://", 1)[1], scheme=endpoint.split("://", 1)[0],
@@ -233,11 +240,11 @@ def _floor_work(targets: list[tuple[str, str]]) -> int:
         with psycopg.connect(_dsn()) as conn:
             for table in ("care_site", "provider"):
                 buffer = io.BytesIO()
-                with conn.cursor().copy(f"COPY {schema}.{table} TO STDOUT (FORMAT csv, HEADER)") as copy:
+                with conn.cursor().copy(copy_out_sql(sql.Identifier(schema, table), header=True)) as copy:
                     for chunk in copy:
                         buffer.write(chunk)
                 buffer.seek(0)
-                data = pacsv.read_csv(buffer, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+                data = pacsv.read_csv(buffer, **copy_csv_options(header=True))  # the product's exact reader
                 pq.write_table(data, f"{out}/{table}.parquet", filesystem=s3fs)
                 if table == "provider":
                     rows += data.num_rows

@@ -6,13 +6,18 @@ import argparse
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 
 from covid_lakehouse import runtime
-from covid_lakehouse.lib.embedded import EmbeddedStack, _pg_bin
-from covid_lakehouse.lib.settings import ServiceSettings, exported, external_services_configured, project_home
+from covid_lakehouse.lib.embedded import EmbeddedStack, pg_bin
+from covid_lakehouse.lib.settings import (
+    ServiceSettings,
+    exported,
+    external_services_configured,
+    project_home,
+    redact_text,
+)
 
 
 def _settings(start: bool = True) -> ServiceSettings:
@@ -24,14 +29,35 @@ def _settings(start: bool = True) -> ServiceSettings:
 def cmd_env(_: argparse.Namespace) -> int:
     """Print export lines (the embedded stack is started and left running if needed)."""
     for name, value in _settings().as_env().items():
-        print(f"export {name}='{value}'")
+        print(f"export {name}={_single_quoted(value)}")
     return 0
+
+
+def _single_quoted(value: str) -> str:
+    """Shell-safe: inside '...' nothing is special; an embedded ' closes, is escaped and reopens."""
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def psql_invocation(dsn: str) -> tuple[list[str], dict[str, str]]:
+    """psql's arguments without the password (a command line is visible to every user in `ps`) and the
+    environment that carries it (PGPASSWORD, read only by psql itself)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from covid_lakehouse.lib.postgres import check_dsn
+
+    params = conninfo_to_dict(check_dsn(dsn))
+    password = params.pop("password", None)
+    env = {"PGPASSWORD": str(password)} if password else {}
+    return [make_conninfo(**params)], env
 
 
 def cmd_psql(args: argparse.Namespace) -> int:
     settings = _settings()
-    psql = _pg_bin("psql")
-    os.execv(str(psql), [str(psql), settings.warehouse_dsn, *args.psql_args])
+    psql = pg_bin("psql")
+    argv, env = psql_invocation(settings.warehouse_dsn)
+    extra = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args  # `psql -- -c ...`
+    with exported(env):
+        os.execv(str(psql), [str(psql), *argv, *extra])
     return 0  # not reached
 
 
@@ -42,12 +68,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
     """Query warehouse and lakehouse tables with DuckDB: name them warehouse.<schema>.<table> and
     lakehouse.<namespace>.<table>. DuckDB cannot reach S3 or PostgreSQL offline, so each referenced
     table is read with pyarrow/psycopg and handed to DuckDB as Arrow."""
-    import psycopg
     from dagster_duckdb import DuckDBResource
     from psycopg import sql as pgsql
 
     from covid_lakehouse.lib.lakehouse import LakehouseResource
-    from covid_lakehouse.lib.postgres import PostgresResource
+    from covid_lakehouse.lib.postgres import PostgresResource, connect
 
     settings = _settings()
     os.environ.update(settings.as_env())
@@ -58,7 +83,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
             if catalog == "lakehouse":
                 data = LakehouseResource.from_settings(settings).read(schema, table)
             else:
-                with psycopg.connect(settings.warehouse_dsn) as conn:
+                with connect(settings.warehouse_dsn) as conn:
                     data = PostgresResource.fetch_arrow(conn, pgsql.SQL("SELECT * FROM {}").format(
                         pgsql.Identifier(schema, table)))
             duck.register("_incoming", data)
@@ -129,74 +154,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     prepared (by runtime.services) before the daemon starts, so its first sensor ticks find them."""
     with runtime.services(stand_ins=not args.live, command="up") as svc:
         runtime.prepare_dagster_home(svc.home, svc.settings)
-        workspace = str(runtime.REPO_ROOT / "workspace.yaml")
-        bin_dir = os.path.dirname(sys.executable)
-        procs = [
-            subprocess.Popen([os.path.join(bin_dir, "dagster-webserver"), "-h", args.host, "-p", str(args.port),
-                              "-w", workspace], start_new_session=True),
-            subprocess.Popen([os.path.join(bin_dir, "dagster-daemon"), "run", "-w", workspace],
-                             start_new_session=True),
-        ]
+        procs = runtime.start_dagster(args.host, args.port)
         for line in svc.describe():
             print(line)
         print(f"Dagster UI: http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True)
-        stop = _wait_for_signal_or_exit(procs)
-        _terminate_tree(procs)
+        stop = runtime.wait_for_signal_or_exit(procs)
+        runtime.terminate_tree(procs)
     return 0 if stop else 1
-
-
-def _terminate_tree(procs: list[subprocess.Popen]) -> None:
-    """Stop the webserver and daemon and every process they spawned (their gRPC code servers run in
-    sessions of their own and would otherwise linger until a heartbeat times out)."""
-    import psutil
-
-    tree = []
-    for proc in procs:
-        try:
-            tree += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    for p in tree:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=20)
-    for p in alive:
-        p.kill()
-    psutil.wait_procs(alive, timeout=5)
-    for proc in procs:
-        proc.wait()
-
-
-def _wait_for_signal_or_exit(procs: list[subprocess.Popen]) -> bool:
-    """Block until SIGINT/SIGTERM (True) or a child exits on its own (False)."""
-    received: list[int] = []
-
-    def handler(signum, _frame):
-        received.append(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not received:
-            if any(p.poll() is not None for p in procs):
-                print("a Dagster process exited; stopping the rest", file=sys.stderr)
-                return False
-            time.sleep(0.5)  # polling the children; the signal handler ends the loop
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    return True
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print a published data product for people who want the numbers, not the UI."""
-    import psycopg
-
     from covid_lakehouse.defs.vaccines.report import ReportUnavailable, people_per_dose_report
+    from covid_lakehouse.lib.postgres import connect
 
     settings = _settings()
-    with psycopg.connect(settings.warehouse_dsn) as conn:
+    with connect(settings.warehouse_dsn) as conn:
         try:
             print(people_per_dose_report(conn))
         except ReportUnavailable as err:
@@ -351,6 +324,27 @@ def main(argv: list[str] | None = None) -> int:
     except runtime.DevPackageMissing as err:
         print(err, file=sys.stderr)
         return 2
+    except Exception as err:
+        import psycopg
+
+        from covid_lakehouse.lib.postgres import DsnError
+
+        if not isinstance(err, psycopg.Error | DsnError):
+            raise
+        # libpq echoes parts of a malformed connection string, the password included: print it without.
+        print(f"covid-lakehouse: {type(err).__name__}: {redact_text(str(err), *_known_dsns())}", file=sys.stderr)
+        return 1
+
+
+def _known_dsns() -> list[str]:
+    from covid_lakehouse.lib.settings import (
+        DAGSTER_STORAGE_URL,
+        LAKEHOUSE_CATALOG_DSN,
+        SETTINGS,
+        WAREHOUSE_DSN,
+    )
+
+    return [v for v in (SETTINGS[n].get() for n in (WAREHOUSE_DSN, LAKEHOUSE_CATALOG_DSN, DAGSTER_STORAGE_URL)) if v]
 
 
 if __name__ == "__main__":

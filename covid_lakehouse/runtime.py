@@ -7,6 +7,10 @@ Used by the CLI; tests drive the same functions."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -197,3 +201,59 @@ def lakehouse_row_counts(settings: ServiceSettings) -> list[tuple[str, int]]:
             total = int(snapshot.summary.get("total-records", 0)) if snapshot and snapshot.summary else 0
             counts.append((f"lakehouse {'.'.join(ident)}", total))
     return counts
+
+
+def start_dagster(host: str, port: int) -> list[subprocess.Popen]:
+    """The webserver and the daemon on the workspace, each in a session of its own (stopped with
+    terminate_tree)."""
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    bin_dir = os.path.dirname(sys.executable)
+    return [
+        subprocess.Popen([os.path.join(bin_dir, "dagster-webserver"), "-h", host, "-p", str(port), "-w", workspace],
+                         start_new_session=True),
+        subprocess.Popen([os.path.join(bin_dir, "dagster-daemon"), "run", "-w", workspace], start_new_session=True),
+    ]
+
+
+def terminate_tree(procs: list[subprocess.Popen]) -> None:
+    """Stop the webserver and daemon and every process they spawned (their gRPC code servers run in
+    sessions of their own and would otherwise linger until a heartbeat times out)."""
+    import psutil
+
+    tree = []
+    for proc in procs:
+        try:
+            tree += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for p in tree:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    for proc in procs:
+        proc.wait()
+
+
+def wait_for_signal_or_exit(procs: list[subprocess.Popen]) -> bool:
+    """Block until SIGINT/SIGTERM (True) or a child exits on its own (False)."""
+    received: list[int] = []
+
+    def handler(signum, _frame):
+        received.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not received:
+            if any(p.poll() is not None for p in procs):
+                print("a Dagster process exited; stopping the rest", file=sys.stderr)
+                return False
+            time.sleep(0.5)  # polling the children; the signal handler ends the loop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return True

@@ -5,7 +5,8 @@ Each scope keeps its own ordered files ``NNNN_description.sql``: the platform's 
 (found by path, so the platform never imports a domain). A migration runs in its own transaction
 together with its row in ``ops.schema_migrations``, so it is applied completely or not at all; a
 transaction-level advisory lock lets several processes start at once; an applied file whose content
-changed is an error, not silently skipped. Iceberg tables evolve through Iceberg schema evolution
+changed is an error, not silently skipped. A recorded migration whose schemas or tables are gone (dropped
+by hand) is an error too: never re-applied onto an unknown state. Iceberg tables evolve through Iceberg schema evolution
 (LakehouseResource.ensure_table unions new columns).
 """
 
@@ -22,6 +23,16 @@ import psycopg
 PACKAGE = Path(__file__).resolve().parent.parent
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_ID = 0x636F7669  # "covi": one migrator at a time per database
+# What a migration creates and drops, read from its SQL outside comments and $$-quoted bodies (a DO
+# block's DDL may be conditional): schemas, and tables, sequences and views named schema.name.
+_IDENT = r'"?([a-z_][a-z0-9_]*)"?'
+_CREATES = re.compile(r"\bCREATE\s+(?:UNLOGGED\s+)?(SCHEMA|TABLE|SEQUENCE|(?:MATERIALIZED\s+)?VIEW)\s+"
+                      rf"(?:IF\s+NOT\s+EXISTS\s+)?{_IDENT}(?:\.{_IDENT})?", re.IGNORECASE)
+_DROPS = re.compile(r"\bDROP\s+(SCHEMA|TABLE|SEQUENCE|(?:MATERIALIZED\s+)?VIEW)\s+(?:IF\s+EXISTS\s+)?"
+                    rf"{_IDENT}(?:\.{_IDENT})?", re.IGNORECASE)
+_RENAMES = re.compile(rf"\bALTER\s+(?:TABLE|SEQUENCE|VIEW)\s+(?:IF\s+EXISTS\s+)?{_IDENT}\.{_IDENT}\s+RENAME\s+TO\s+{_IDENT}",
+                      re.IGNORECASE)
+_NOT_DDL = re.compile(r"--[^\n]*|/\*.*?\*/|\$([a-z_]*)\$.*?\$\1\$", re.IGNORECASE | re.DOTALL)
 
 
 class MigrationError(RuntimeError):
@@ -42,6 +53,36 @@ class Migration:
     @functools.cached_property  # compared on every ensure_migrated: read and hashed once per process
     def checksum(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    @functools.cached_property
+    def ddl(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(created, dropped) objects as ("schema" | "relation", name); a rename drops and creates."""
+        text = _NOT_DDL.sub(" ", self.sql)
+        created, dropped = set(), set()
+        for found, target in ((_CREATES.finditer(text), created), (_DROPS.finditer(text), dropped)):
+            for match in found:
+                kind, first, second = match.groups()
+                if kind.upper() == "SCHEMA":
+                    target.add(("schema", first.lower()))
+                elif second:  # unqualified names depend on search_path: not checked
+                    target.add(("relation", f"{first}.{second}".lower()))
+        for schema, old, new in (m.groups() for m in _RENAMES.finditer(text)):
+            dropped.add(("relation", f"{schema}.{old}".lower()))
+            created.add(("relation", f"{schema}.{new}".lower()))
+        return created, dropped
+
+
+def expected_objects(migrations: list[Migration]) -> dict[tuple[str, str], Migration]:
+    """Each object the migrations leave behind, with the migration that created it: created, and not
+    dropped by a later migration of its scope."""
+    objects: dict[tuple[str, str], Migration] = {}
+    for migration in sorted(migrations, key=lambda m: (m.scope, m.version)):
+        created, dropped = migration.ddl
+        for obj in dropped:
+            objects.pop(obj, None)
+        for obj in created:
+            objects[obj] = migration
+    return objects
 
 
 def discover(roots: dict[str, Path] | None = None) -> list[Migration]:
@@ -116,10 +157,36 @@ def ensure_migrated(conn: psycopg.Connection, scope: str, migrations: list[Migra
     in-process (tests, `dagster dev` without `covid-lakehouse migrate`) still finds its tables, while the
     DDL itself lives only in migration files."""
     wanted = [m for m in (_packaged() if migrations is None else migrations) if m.scope in ("platform", scope)]
+    objects = expected_objects(wanted)
     recorded: dict[tuple[str, int], str] = {}
+    missing: list[tuple[str, str]] = []
     if conn.execute("SELECT to_regclass('ops.schema_migrations') IS NOT NULL").fetchone()[0]:
-        recorded = {(s, v): c for s, v, c in conn.execute(
-            "SELECT scope, version, checksum FROM ops.schema_migrations WHERE scope IN ('platform', %s)", (scope,))}
+        # One query: the ledger rows, and which objects of a recorded migration are gone.
+        kinds, names = [k for k, _ in objects], [n for _, n in objects]
+        scopes, versions = [m.scope for m in objects.values()], [m.version for m in objects.values()]
+        rows = conn.execute(
+            "SELECT l.scope, l.version, l.checksum, (SELECT array_agg(o.kind || ':' || o.name) "
+            "FROM unnest(%(kinds)s::text[], %(names)s::text[], %(scopes)s::text[], %(versions)s::int[]) "
+            "AS o(kind, name, scope, version) WHERE o.scope = l.scope AND o.version = l.version AND CASE o.kind "
+            "WHEN 'schema' THEN NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = o.name) "
+            "ELSE to_regclass(o.name) IS NULL END) FROM ops.schema_migrations l WHERE l.scope IN ('platform', %(scope)s)",
+            {"kinds": kinds, "names": names, "scopes": scopes, "versions": versions, "scope": scope}).fetchall()
+        recorded = {(s, v): c for s, v, c, _ in rows}
+        missing = [tuple(item.split(":", 1)) for *_, gone in rows for item in gone or []]
+    if missing:
+        raise _missing_objects_error(missing, objects)
     if all(recorded.get((m.scope, m.version)) == m.checksum for m in wanted):
         return []
     return _apply_pending(conn, wanted)
+
+
+def _missing_objects_error(missing: list[tuple[str, str]], objects: dict[tuple[str, str], Migration]) -> MigrationError:
+    gone = sorted(missing, key=lambda obj: (objects[obj].scope, objects[obj].version, obj))
+    scopes = sorted({objects[obj].scope for obj in gone})
+    listed = "; ".join(f"{kind} {name} (created by {objects[(kind, name)].scope} migration "
+                       f"{objects[(kind, name)].version:04d}_{objects[(kind, name)].name})" for kind, name in gone)
+    return MigrationError(
+        f"ops.schema_migrations records migrations as applied whose objects are gone: {listed}. Not re-applying "
+        "onto an unknown state. Restore them from a backup; or, to start the domain over empty, drop its "
+        f"remaining schemas and forget its records (DELETE FROM ops.schema_migrations WHERE scope IN "
+        f"({', '.join(repr(s) for s in scopes)})), then run `covid-lakehouse migrate`.")

@@ -13,6 +13,16 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+# Run monitoring (dagster.yaml `run_monitoring`) fails a run still going after this many seconds, and
+# the run-failure sensor reports it; a run without the tag gets the instance's max_runtime_seconds.
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+
+
+def max_runtime(*, hours: float) -> dict[str, str]:
+    """The run tag bounding a job's runs. Put it on the job (schedule and sensor runs of a named job
+    inherit its tags) and on the RunRequests of schedules/sensors that target an asset selection."""
+    return {MAX_RUNTIME_TAG: str(int(hours * 3600))}
+
 
 @dataclass(frozen=True)
 class AssetPolicy:

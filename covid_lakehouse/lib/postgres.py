@@ -17,7 +17,10 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
+
+from covid_lakehouse.lib.settings import redact, redact_text
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -40,6 +43,37 @@ def table_ident(schema: str, table: str) -> sql.Composed:
     return sql.Identifier(validate_identifier(schema, what="schema"), validate_identifier(table, what="table"))
 
 
+class DsnError(dg.Failure):
+    """A connection string is malformed or its server refused: the message never holds the password
+    (libpq echoes parts of a malformed DSN, the password included). Not retried: same DSN, same error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(description=message, allow_retries=False)
+
+
+def check_dsn(dsn: str, name: str = "WAREHOUSE_DSN") -> str:
+    """``dsn`` if libpq can parse it, else DsnError naming the setting, with the password hidden."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error as err:
+        problem = redact_text(str(err).strip(), dsn)
+    else:  # libpq parses but does not check numbers until it connects (a pool would retry for 30 s)
+        port = str(params.get("port") or "")
+        if not port or all(p.strip().isdigit() for p in port.split(",")):
+            return dsn
+        problem = f"port {port!r} is not a number"
+    raise DsnError(f"{name} is not a valid PostgreSQL connection string ({redact(dsn)}): {problem}")
+
+
+def connect(dsn: str, name: str = "WAREHOUSE_DSN", **kwargs: object) -> psycopg.Connection:
+    """psycopg.connect with the password kept out of every error (malformed DSN, refused connection)."""
+    check_dsn(dsn, name)
+    try:
+        return psycopg.connect(dsn, **kwargs)  # type: ignore[arg-type]
+    except psycopg.Error as err:
+        raise DsnError(f"cannot connect with {name} ({redact(dsn)}): {redact_text(str(err).strip(), dsn)}") from None
+
+
 # One pool per DSN per process: Dagster builds resources per step, pools must outlive them.
 _POOLS: dict[str, ConnectionPool] = {}
 _POOLS_LOCK = threading.Lock()
@@ -49,6 +83,7 @@ def _pool(dsn: str, max_size: int) -> ConnectionPool:
     with _POOLS_LOCK:
         pool = _POOLS.get(dsn)
         if pool is None or pool.closed:
+            check_dsn(dsn)  # before the pool's workers log libpq's error, which echoes the DSN
             pool = ConnectionPool(dsn, min_size=0, max_size=max_size, open=True, timeout=30,
                                   kwargs={"application_name": "covid_lakehouse"})
             _POOLS[dsn] = pool
@@ -87,6 +122,37 @@ class UpsertCounts:
     @property
     def total(self) -> int:
         return self.inserted + self.updated + self.unchanged
+
+
+# ---- COPY out -> Arrow: one exact round trip for every reader of PostgreSQL's CSV ---------------------
+# PostgreSQL writes NULL as an unquoted empty field. With FORCE_QUOTE * every other value is quoted, and
+# pyarrow is told that only an unquoted empty field is NULL: its default null words (NA, N/A, NULL, null,
+# nan, ...) would turn real text into NULL, and '' must stay ''.
+COPY_OUT_OPTIONS = sql.SQL("(FORMAT csv, FORCE_QUOTE *, ENCODING 'UTF8')")
+COPY_OUT_OPTIONS_WITH_HEADER = sql.SQL("(FORMAT csv, HEADER, FORCE_QUOTE *, ENCODING 'UTF8')")
+
+
+def copy_out_sql(source: sql.Composable, *, header: bool = False) -> sql.Composed:
+    """``COPY <source> TO STDOUT`` in the CSV dialect :func:`copy_csv_options` reads back exactly;
+    ``source`` is ``table (columns)`` or ``(query)``."""
+    return sql.SQL("COPY {} TO STDOUT {}").format(source, COPY_OUT_OPTIONS_WITH_HEADER if header else COPY_OUT_OPTIONS)
+
+
+def copy_csv_options(schema: pa.Schema | None = None, *, header: bool = False, block_size: int = 4 << 20,
+                     ) -> dict[str, object]:
+    """pyarrow.csv read/parse/convert options for :func:`copy_out_sql` output, as keyword arguments of
+    ``pacsv.read_csv`` / ``pacsv.open_csv``. ``schema`` names and types the columns (without it the header
+    names them and pyarrow infers types); booleans are PostgreSQL's t/f; values may hold newlines."""
+    read = (pacsv.ReadOptions(block_size=block_size) if header or schema is None
+            else pacsv.ReadOptions(column_names=schema.names, block_size=block_size))
+    types = {f.name: f.type for f in schema} if schema is not None else None
+    return {
+        "read_options": read,
+        "parse_options": pacsv.ParseOptions(newlines_in_values=True),
+        "convert_options": pacsv.ConvertOptions(
+            column_types=types, null_values=[""], true_values=["t"], false_values=["f"],
+            strings_can_be_null=True, quoted_strings_can_be_null=False),
+    }
 
 
 class PostgresResource(dg.ConfigurableResource):

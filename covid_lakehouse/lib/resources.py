@@ -23,11 +23,15 @@ class HttpResource(dg.ConfigurableResource):
     max_total_wait_s: float = 300.0
 
     def client(self, *, clock: Clock | None = None, auth_hint: str | None = None,
-               retry_after_from: RetryHint | None = None) -> HttpClient:
+               retry_after_from: RetryHint | None = None, max_body_bytes: int | None = None,
+               secret_path: bool = False) -> HttpClient:
+        """``max_body_bytes``: a source's own cap on decoded bytes (default HTTP_MAX_BODY_MB); the call
+        deadline and redirect policy are the client's (see covid_lakehouse.lib.http.limits)."""
         return HttpClient(clock=clock, timeout=(self.connect_timeout_s, self.read_timeout_s),
                           max_attempts=self.max_attempts, backoff_base=self.backoff_base_s,
                           max_total_wait=self.max_total_wait_s, auth_hint=auth_hint,
-                          retry_after_from=retry_after_from)
+                          retry_after_from=retry_after_from, max_body_bytes=max_body_bytes,
+                          secret_path=secret_path)
 
 
 def platform_resources() -> dict[str, object]:

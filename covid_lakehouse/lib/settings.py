@@ -15,6 +15,7 @@ Kubernetes manifests, so one code path serves all three.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -220,12 +221,37 @@ def sqlalchemy_url(dsn: str) -> str:
     raise ValueError(f"not a PostgreSQL URL: {redact(dsn)}")
 
 
-def redact(url: str) -> str:
-    """A URL safe to log: the password replaced."""
-    from urllib.parse import urlsplit, urlunsplit
+_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s'\"]*)@")
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
 
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+
+def redact(url: str) -> str:
+    """A URL or connection string safe to log: the password replaced, even when it is malformed (no
+    parsing that could fail; a password containing '@' is hidden up to the last '@')."""
+    return redact_text(url, url)
+
+
+def redact_text(text: str, *dsns: str) -> str:
+    """``text`` (an error message, a command line) with every password hidden: those of ``dsns``
+    wherever they appear (libpq echoes parts of a malformed DSN), and any URI userinfo or password=..."""
+    for dsn in dsns:
+        for secret in dsn_passwords(dsn):
+            text = text.replace(secret, "***")
+    text = _URI_PASSWORD.sub(lambda m: m["head"] + "***@", text)
+    return _KV_PASSWORD.sub(lambda m: m["head"] + "***", text)
+
+
+def dsn_passwords(dsn: str) -> set[str]:
+    """The password(s) a DSN holds, as written and percent-decoded (without parsing it)."""
+    from urllib.parse import unquote
+
+    found: set[str] = set()
+    scheme, sep, rest = dsn.partition("://")
+    if sep:
+        userinfo = rest.rpartition("@")[0]
+        if ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+            found |= {password, unquote(password)}
+    for match in _KV_PASSWORD.finditer(dsn):
+        found |= {match["pw"], match["pw"].strip("'")}
+    return {s for s in found if len(s) >= 3}

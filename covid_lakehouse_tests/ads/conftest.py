@@ -1,5 +1,5 @@
 """Fixtures of the ads domain: its mock API, a clean ads state on the session's real PostgreSQL and S3
-per test, and a lakehouse whose S3 connection can be cut mid-run (helpers.py has the rest)."""
+per test, and a lakehouse whose S3 connection can be cut mid-run (support.py has the rest)."""
 
 from collections.abc import Iterator
 
@@ -11,7 +11,7 @@ from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.resources import HttpResource
 from covid_lakehouse_dev.apis.ads import register
 from covid_lakehouse_dev.apis.harness import MockApi
-from covid_lakehouse_tests.ads.helpers import TcpProxy
+from covid_lakehouse_tests.ads.support import TcpProxy
 
 
 @pytest.fixture

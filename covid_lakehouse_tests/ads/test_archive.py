@@ -21,7 +21,7 @@ from covid_lakehouse.defs.ads.assets import RECONCILIATION_CHECK, ads, ads_archi
 from covid_lakehouse.defs.ads.settings import AdsSettings
 from covid_lakehouse.runtime import REPO_ROOT
 from covid_lakehouse_dev.apis.ads import AdsMock
-from covid_lakehouse_tests.ads.helpers import (
+from covid_lakehouse_tests.ads.support import (
     NOW,
     archived_rows,
     assert_invariant,
@@ -128,7 +128,7 @@ def test_postgres_connection_lost_between_archive_commit_and_delete(loaded, ware
 def test_archive_killed_after_each_step_recovers_on_rerun(loaded, warehouse, lakehouse, pg, step):
     old = _old_ids(pg)
     worker = subprocess.run(
-        [sys.executable, "-m", "covid_lakehouse_tests.ads.archive_worker", "archive", step, NOW.isoformat(),
+        [sys.executable, "-m", "covid_lakehouse_tests.ads.support", "archive", step, NOW.isoformat(),
          str(RETENTION.total_seconds() / 3600), str(CHUNK)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert worker.returncode == -9, worker.stderr[-2000:]

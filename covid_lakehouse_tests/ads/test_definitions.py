@@ -10,7 +10,7 @@ from covid_lakehouse import runtime
 from covid_lakehouse.defs.ads.backup import list_backup_keys
 from covid_lakehouse.defs.ads.definitions import defs
 from covid_lakehouse.lib.resources import platform_resources
-from covid_lakehouse_tests.ads.helpers import assert_invariant
+from covid_lakehouse_tests.ads.support import assert_invariant
 
 
 def test_jobs_schedules_and_checks():

@@ -13,7 +13,7 @@ from covid_lakehouse.lib.embedded import free_port
 from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse_dev.apis.ads import PATH
 from covid_lakehouse_dev.apis.harness import Fault, MockApi
-from covid_lakehouse_tests.ads.helpers import live_ids, materialize
+from covid_lakehouse_tests.ads.support import live_ids, materialize
 
 pytestmark = pytest.mark.integration
 

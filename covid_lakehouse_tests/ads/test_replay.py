@@ -10,7 +10,7 @@ from covid_lakehouse.defs.ads.assets import ads
 from covid_lakehouse.defs.ads.backup import BackupError, backup_key, list_backup_keys, purge_backups
 from covid_lakehouse.defs.ads.replay import replay_from_backup
 from covid_lakehouse_dev.apis.ads import PATH
-from covid_lakehouse_tests.ads.helpers import assert_invariant, live_ids, materialize
+from covid_lakehouse_tests.ads.support import assert_invariant, live_ids, materialize
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from covid_lakehouse.defs.ads.archive import ArchiveBusyError, archive_old_rows, restore_date
 from covid_lakehouse.runtime import REPO_ROOT
 from covid_lakehouse_dev.apis.ads import AdsMock
-from covid_lakehouse_tests.ads.helpers import NOW, archived_rows, assert_invariant, live_ids, load_rows
+from covid_lakehouse_tests.ads.support import NOW, archived_rows, assert_invariant, live_ids, load_rows
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def test_restored_values_match_what_was_archived(archived, warehouse, lakehouse,
 
 def test_restore_killed_between_postgres_insert_and_archive_delete(archived, warehouse, lakehouse, pg):
     on_day = _archived_on(lakehouse, DAY)
-    worker = subprocess.run([sys.executable, "-m", "covid_lakehouse_tests.ads.archive_worker", "restore", "restored",
+    worker = subprocess.run([sys.executable, "-m", "covid_lakehouse_tests.ads.support", "restore", "restored",
                              DAY.isoformat()], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert worker.returncode == -9, worker.stderr[-2000:]
     assert on_day <= live_ids(pg) and _archived_on(lakehouse, DAY) == on_day  # briefly in both places

@@ -136,27 +136,27 @@ def test_a_failing_blocking_check_publishes_nothing(clean_marketing, marketing_r
     assert materialize([FACEBOOK_KEY], "2024-07-01", "2024-07-01", marketing_resources, instance).success
     before = pg.execute("SELECT sum(clicks), max(updated_at) FROM marketing.facebook_ad_insights_daily").fetchone()
 
-    def more_clicks_than_impressions(body: bytes) -> bytes:
+    def negative_spend(body: bytes) -> bytes:  # what real data cannot do (negative counts fail the parse)
         doc = json.loads(body)
-        for row in doc["data"]:
+        for row in doc.get("data", []):  # the account object (time zone) has no data
             if "ad_id" in row:
-                row["clicks"] = str(int(row["impressions"]) + 1)
+                row["spend"] = "-0.50"
         return json.dumps(doc).encode()
 
-    api.transform(f"{FACEBOOK_PATH}/*", more_clicks_than_impressions)
+    api.transform(f"{FACEBOOK_PATH}/*", negative_spend)
     result = materialize([FACEBOOK_KEY], "2024-07-01", "2024-07-01", marketing_resources, instance)
 
     assert not result.success
-    check = checks(result)[("facebook_ad_insights_daily", "clicks_not_above_impressions")]
+    check = checks(result)[("facebook_ad_insights_daily", "metrics_not_negative")]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
-    assert check.description.startswith("6 staged row(s) with more clicks than impressions")
+    assert check.description.startswith("6 staged row(s) with a negative impressions / clicks / spend")
     assert pg.execute("SELECT sum(clicks), max(updated_at) FROM marketing.facebook_ad_insights_daily").fetchone() == before
 
 
 def test_totals_that_differ_from_the_api_warn_without_blocking(clean_marketing, marketing_resources, instance, api: MockApi) -> None:
     def inflate_account_totals(body: bytes) -> bytes:
         doc = json.loads(body)
-        for row in doc["data"]:
+        for row in doc.get("data", []):  # the account object (time zone) has no data
             if "ad_id" not in row:  # level=account rows
                 row["impressions"] = str(int(row["impressions"]) + 10)
         return json.dumps(doc).encode()

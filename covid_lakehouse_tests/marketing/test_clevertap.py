@@ -12,7 +12,7 @@ from covid_lakehouse.defs.marketing.clevertap import (
     CleverTapEvents,
     CleverTapResource,
     RecordParser,
-    canonical_key,
+    event_identity,
     parse_ts,
 )
 from covid_lakehouse.defs.marketing.common import SourceSchemaError
@@ -138,5 +138,7 @@ def test_only_pseudonymous_profile_fields_are_kept() -> None:
 
     assert row["profile_object_id"] == "__g9e75e20dcf3d41ee9f1ebd907663164e" and row["platform"] == "Android"
     assert "person@example.com" not in json.dumps(row, default=str)
-    assert row["event_key"] == canonical_key("App Launched", doc["records"][0])
+    record = doc["records"][0]
+    assert row["event_key"] == event_identity("App Launched", record["profile"]["objectId"], record["ts"],
+                                              record["event_props"], record["session_props"])
     assert json.loads(row["session_props"])["utm_source"] == "google-play"

@@ -19,6 +19,7 @@ from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse_dev.apis.harness import MockApi
 from covid_lakehouse_dev.apis.ny_testing import register
+from covid_lakehouse_tests.ny_testing.support import COUNTY_KEY, dataset, materialized
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
@@ -47,17 +48,17 @@ def test_the_schedule_crosses_the_dst_change_at_nine_local():
     assert [t.astimezone(dt.UTC).hour for t in (next(ticks), next(ticks))] == [14, 13]
 
 
-def test_the_sensor_adds_partitions_requests_one_run_over_all_and_keeps_a_cursor(ny, h):
+def test_the_sensor_adds_partitions_requests_one_run_over_all_and_keeps_a_cursor(ny):
     assert ny.tick().skip_message.endswith("has not been materialized yet")
 
-    ny.serve(h.dataset(("St. Lawrence", "Albany", "New York")))
+    ny.serve(dataset(("St. Lawrence", "Albany", "New York")))
     assert ny.download().success
     data = ny.tick()
     [add] = data.dynamic_partitions_requests
     assert add.partitions_def_name == "ny_testing_counties"
     assert list(add.partition_keys) == ["Albany", "New York", "St. Lawrence"]  # names as they appear, sorted
     [request] = data.run_requests
-    assert request.asset_selection == [h.COUNTY_KEY]
+    assert request.asset_selection == [COUNTY_KEY]
     assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("Albany", "St. Lawrence")
     assert request.tags["ny_testing/raw_key"] == ny.latest_raw()["s3_key"]
     first_cursor = data.cursor
@@ -67,7 +68,7 @@ def test_the_sensor_adds_partitions_requests_one_run_over_all_and_keeps_a_cursor
     assert again.run_requests == [] and not again.dynamic_partitions_requests
     assert "no download since" in again.skip_message
 
-    ny.serve(h.dataset(("St. Lawrence", "Albany", "New York", "Bronx")))
+    ny.serve(dataset(("St. Lawrence", "Albany", "New York", "Bronx")))
     assert ny.download().success
     data = ny.tick()
     [add] = data.dynamic_partitions_requests
@@ -76,7 +77,7 @@ def test_the_sensor_adds_partitions_requests_one_run_over_all_and_keeps_a_cursor
     assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("Albany", "Bronx")
     assert int(data.cursor) > int(first_cursor)
     result = ny.run(request)
-    assert set(h.materialized(result)) == {"Albany", "Bronx", "New York", "St. Lawrence"}
+    assert set(materialized(result)) == {"Albany", "Bronx", "New York", "St. Lawrence"}
 
 
 def test_the_definitions_resolve_with_the_platform_resources(services):

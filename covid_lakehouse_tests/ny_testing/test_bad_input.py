@@ -9,6 +9,7 @@ import pytest
 
 from covid_lakehouse.defs.ny_testing.snapshot import ColumnSpec
 from covid_lakehouse_dev.apis.harness import Fault, MockResponse
+from covid_lakehouse_tests.ny_testing.support import COLUMNS, dataset
 
 pytestmark = pytest.mark.integration
 
@@ -19,9 +20,9 @@ HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Site Currently Unavailable</t
 
 
 @pytest.fixture
-def loaded(ny, h):
+def loaded(ny):
     """Good data loaded once; returns a snapshot of every county table to compare with afterwards."""
-    ny.serve(h.dataset())
+    ny.serve(dataset())
     assert ny.daily().success
     ny.api.reset()  # forget the good requests: each test counts its own
     return {t: ny.rows(t) for t in ("albany", "new_york", "st_lawrence")}
@@ -60,7 +61,7 @@ def test_an_html_outage_page_is_retried_then_fails_clearly(ny, loaded):
     (HTML_PAGE, "received an HTML page instead of rows.json (title: 'Site Currently Unavailable')"),
     (SODA_ERROR, "the API returned an error: 'Internal error' (code 500)"),
 ])
-def test_an_error_body_served_with_200_is_quarantined_not_stored(ny, h, s3, loaded, body, problem):
+def test_an_error_body_served_with_200_is_quarantined_not_stored(ny, s3, loaded, body, problem):
     ny.api.fail_next("/ny_testing/*", Fault.custom(MockResponse(200, body)))
     error = error_of(ny.download())
     assert problem in error
@@ -72,8 +73,8 @@ def test_an_error_body_served_with_200_is_quarantined_not_stored(ny, h, s3, load
     assert_untouched(ny, loaded)
 
 
-def test_a_body_cut_short_in_transit_is_retried_and_then_loads(ny, h, loaded):
-    ny.serve(h.dataset(days=4))
+def test_a_body_cut_short_in_transit_is_retried_and_then_loads(ny, loaded):
+    ny.serve(dataset(days=4))
     ny.api.fail_next("/ny_testing/*", Fault.truncated(0.5))
     assert ny.download().success
     assert len(ny.api.requests) == 2
@@ -90,8 +91,8 @@ def test_a_truncated_json_document_fails_with_where_it_ends(ny, s3, loaded):
     assert_untouched(ny, loaded)
 
 
-def test_rate_limited_then_success_waits_as_asked(ny, h, loaded):
-    ny.serve(h.dataset(days=4))
+def test_rate_limited_then_success_waits_as_asked(ny, loaded):
+    ny.serve(dataset(days=4))
     ny.api.fail_next("/ny_testing/*", Fault.rate_limited(retry_after=30))
     assert ny.download().success
     assert len(ny.api.requests) == 2
@@ -109,17 +110,17 @@ def test_server_errors_exhausting_the_budget_fail_clearly(ny, loaded):
 
 
 @pytest.mark.parametrize("http_settings", [{"max_attempts": 3, "read_timeout_s": 0.3}])
-def test_a_timeout_is_retried(ny, h, loaded, http_settings):
-    ny.serve(h.dataset(days=4))
+def test_a_timeout_is_retried(ny, loaded, http_settings):
+    ny.serve(dataset(days=4))
     ny.api.fail_next("/ny_testing/*", Fault.slow(3))
     assert ny.download().success
     assert len(ny.api.requests) == 2
 
 
-def test_a_renamed_column_and_a_new_one_are_handled(ny, h, loaded):
+def test_a_renamed_column_and_a_new_one_are_handled(ny, loaded):
     columns = [ColumnSpec("total_new_positives", "Total New Positives", "number") if c.field_name == "new_positives"
-               else c for c in h.COLUMNS] + [ColumnSpec("notes", "Notes")]
-    rows = [r + ["revised"] for r in h.dataset(days=4)]
+               else c for c in COLUMNS] + [ColumnSpec("notes", "Notes")]
+    rows = [r + ["revised"] for r in dataset(days=4)]
     ny.serve(rows, columns)
     assert ny.download().success
     raw = ny.latest_raw()
@@ -131,9 +132,9 @@ def test_a_renamed_column_and_a_new_one_are_handled(ny, h, loaded):
     assert {d: r for d, r in albany.items() if d.day < 14} == loaded["albany"]  # same values: untouched
 
 
-def test_a_missing_column_fails_naming_it(ny, h, s3, loaded):
-    columns = [c for c in h.COLUMNS if c.field_name != "cumulative_number_of_tests"]
-    ny.serve([r[:5] + r[6:] for r in h.dataset(days=4)], columns)
+def test_a_missing_column_fails_naming_it(ny, s3, loaded):
+    columns = [c for c in COLUMNS if c.field_name != "cumulative_number_of_tests"]
+    ny.serve([r[:5] + r[6:] for r in dataset(days=4)], columns)
     error = error_of(ny.download())
     assert "missing required column(s) ['cumulative_number_of_tests_performed']" in error
     assert len(quarantined(ny, s3)) == 1
@@ -145,8 +146,8 @@ def test_a_missing_column_fails_naming_it(ny, h, s3, loaded):
     ("St Lawrence", "counties 'St Lawrence' and 'St. Lawrence' both map to 'st_lawrence'"),
     ("All Counties", "would take the name of the view 'all_counties'"),
 ])
-def test_a_county_name_unsafe_as_a_table_fails_before_anything_is_stored(ny, h, s3, loaded, county, problem):
-    ny.serve(h.dataset(("Albany", "New York", "St. Lawrence", county)))
+def test_a_county_name_unsafe_as_a_table_fails_before_anything_is_stored(ny, s3, loaded, county, problem):
+    ny.serve(dataset(("Albany", "New York", "St. Lawrence", county)))
     error = error_of(ny.download())
     assert problem in error
     assert len(quarantined(ny, s3)) == 1

@@ -8,7 +8,7 @@ import io
 import dagster as dg
 import pytest
 
-from covid_lakehouse.defs.ny_testing.assets import _publish_counties
+from covid_lakehouse.defs.ny_testing.assets import publish_counties
 from covid_lakehouse.defs.ny_testing.parsing import open_rows_json
 from covid_lakehouse.defs.ny_testing.warehouse import (
     COUNTY_SCHEMA,
@@ -16,6 +16,7 @@ from covid_lakehouse.defs.ny_testing.warehouse import (
     STAGING_SCHEMA,
     Warehouse,
 )
+from covid_lakehouse_tests.ny_testing.support import COUNTY_KEY, checks, dataset, materialized, rows_json
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +29,8 @@ def summary(result) -> dict:
     return {k: v.value for k, v in observation.metadata.items()}
 
 
-def test_each_county_gets_its_own_table_with_the_six_columns(ny, h, pg):
-    ny.serve(h.dataset())
+def test_each_county_gets_its_own_table_with_the_six_columns(ny, pg):
+    ny.serve(dataset())
     result = ny.daily()
     assert result.success
 
@@ -62,7 +63,7 @@ def test_each_county_gets_its_own_table_with_the_six_columns(ny, h, pg):
     assert view == [("Albany", 3), ("New York", 3), ("St. Lawrence", 3)]
 
     # One materialization per county partition, with that county's figures.
-    per_county = h.materialized(result)
+    per_county = materialized(result)
     assert set(per_county) == {"Albany", "New York", "St. Lawrence"}
     assert per_county["St. Lawrence"]["dagster/row_count"] == 3
     assert per_county["St. Lawrence"]["dagster/table_name"] == f"{schema}.st_lawrence"
@@ -77,8 +78,8 @@ def test_each_county_gets_its_own_table_with_the_six_columns(ny, h, pg):
     assert run["reference_rows"] == "6 inserted, 0 updated, 0 unchanged"
 
 
-def test_the_raw_download_is_kept_write_once_and_described(ny, h, s3):
-    ny.serve(h.dataset())
+def test_the_raw_download_is_kept_write_once_and_described(ny, s3):
+    ny.serve(dataset())
     assert ny.download().success
     raw = ny.latest_raw()
     stored = s3.get_client().get_object(Bucket="raw", Key=raw["s3_key"])
@@ -103,15 +104,15 @@ def test_the_raw_download_is_kept_write_once_and_described(ny, h, s3):
     assert ny.latest_raw() == {**raw, "already_stored": True}
 
     # Bytes stored before but not by the last download: validated again, the object is not rewritten.
-    ny.serve(h.dataset(days=4))
+    ny.serve(dataset(days=4))
     assert ny.download().success
-    ny.serve(h.dataset())
+    ny.serve(dataset())
     assert ny.download().success
     assert ny.latest_raw()["s3_key"] == raw["s3_key"] and ny.latest_raw()["already_stored"] is True
 
 
-def test_a_rerun_adds_nothing_and_keeps_load_dates(ny, h, pg):
-    ny.serve(h.dataset())
+def test_a_rerun_adds_nothing_and_keeps_load_dates(ny, pg):
+    ny.serve(dataset())
     assert ny.daily().success
     before = {t: ny.rows(t) for t in ("albany", "new_york", "st_lawrence")}
     reference_before = pg.execute(
@@ -122,13 +123,13 @@ def test_a_rerun_adds_nothing_and_keeps_load_dates(ny, h, pg):
     assert {t: ny.rows(t) for t in before} == before  # same rows, same load_date
     assert pg.execute(f'SELECT * FROM "{REFERENCE_SCHEMA}".geography_totals ORDER BY 1, 2, 3'
                       ).fetchall() == reference_before
-    counts = {c: (m["inserted"], m["updated"], m["unchanged"]) for c, m in h.materialized(rerun).items()}
+    counts = {c: (m["inserted"], m["updated"], m["unchanged"]) for c, m in materialized(rerun).items()}
     assert counts == {"Albany": (0, 0, 3), "New York": (0, 0, 3), "St. Lawrence": (0, 0, 3)}
     assert summary(rerun)["reference_rows"] == "0 inserted, 0 updated, 6 unchanged"
 
 
-def test_a_revised_row_gets_a_new_load_date_and_the_others_keep_theirs(ny, h):
-    rows = h.dataset()
+def test_a_revised_row_gets_a_new_load_date_and_the_others_keep_theirs(ny):
+    rows = dataset()
     ny.serve(rows)
     assert ny.daily().success
     before = ny.rows("albany")
@@ -145,12 +146,12 @@ def test_a_revised_row_gets_a_new_load_date_and_the_others_keep_theirs(ny, h):
     assert after[day2]["new_positives"] == 9
     assert after[day2]["load_date"] > before[day2]["load_date"]
     assert {d: r for d, r in after.items() if d != day2} == {d: r for d, r in before.items() if d != day2}
-    albany = h.materialized(result)["Albany"]
+    albany = materialized(result)["Albany"]
     assert (albany["inserted"], albany["updated"], albany["unchanged"]) == (0, 1, 2)
 
 
-def test_any_earlier_download_can_be_replayed(ny, h):
-    rows = h.dataset()
+def test_any_earlier_download_can_be_replayed(ny):
+    rows = dataset()
     ny.serve(rows)
     assert ny.daily().success
     first_key = ny.latest_raw()["s3_key"]
@@ -162,35 +163,35 @@ def test_any_earlier_download_can_be_replayed(ny, h):
 
     job = ny.defs.resolve_implicit_global_asset_job_def()
     replay = job.execute_in_process(
-        instance=ny.instance, asset_selection=[h.COUNTY_KEY], partition_key="Albany",
+        instance=ny.instance, asset_selection=[COUNTY_KEY], partition_key="Albany",
         run_config={"ops": {"ny_testing__county_tests": {"config": {"raw_key": first_key}}}})
     assert replay.success
     assert ny.rows("albany")[dt.date(2022, 9, 11)]["new_positives"] == 5
-    assert set(h.materialized(replay)) == {"Albany"}  # a single-partition run touches only its county
+    assert set(materialized(replay)) == {"Albany"}  # a single-partition run touches only its county
 
 
-def test_a_new_county_in_the_response_becomes_a_partition_and_a_table(ny, h):
-    ny.serve(h.dataset(("Albany", "New York")))
+def test_a_new_county_in_the_response_becomes_a_partition_and_a_table(ny):
+    ny.serve(dataset(("Albany", "New York")))
     assert ny.daily().success
     assert ny.partitions() == ["Albany", "New York"]
 
-    ny.serve(h.dataset(("Albany", "New York", "Yates", "Bronx")))
+    ny.serve(dataset(("Albany", "New York", "Yates", "Bronx")))
     result = ny.daily()
     assert result.success
     assert ny.partitions() == ["Albany", "New York", "Bronx", "Yates"]  # new ones added after the old
     assert ny.tables() == {"albany", "new_york", "bronx", "yates", "all_counties"}
     assert len(ny.rows("yates")) == 3
-    assert h.materialized(result)["Bronx"]["table_created"] is True
+    assert materialized(result)["Bronx"]["table_created"] is True
     view = ny.pg.execute(f'SELECT DISTINCT county FROM "{COUNTY_SCHEMA}".all_counties ORDER BY 1')
     assert [r[0] for r in view] == ["Albany", "Bronx", "New York", "Yates"]
 
 
-def test_a_county_that_disappears_keeps_its_table_and_is_reported(ny, h, capsys):
-    ny.serve(h.dataset(("Albany", "New York", "St. Lawrence")))
+def test_a_county_that_disappears_keeps_its_table_and_is_reported(ny, capsys):
+    ny.serve(dataset(("Albany", "New York", "St. Lawrence")))
     assert ny.daily().success
     kept = ny.rows("st_lawrence")
 
-    ny.serve(h.dataset(("Albany", "New York"), days=4))
+    ny.serve(dataset(("Albany", "New York"), days=4))
     assert ny.download().success
     capsys.readouterr()
     data = ny.tick()
@@ -202,21 +203,21 @@ def test_a_county_that_disappears_keeps_its_table_and_is_reported(ny, h, capsys)
     assert ny.partitions() == ["Albany", "New York", "St. Lawrence"]
     assert ny.rows("st_lawrence") == kept
     assert len(ny.rows("albany")) == 4
-    present = h.checks(result)["counties_present"]
+    present = checks(result)["counties_present"]
     assert present.passed is False and present.severity.value == "WARN"
     assert present.metadata["missing_counties"].value == ["St. Lawrence"]
-    assert set(h.materialized(result)) == {"Albany", "New York"}
+    assert set(materialized(result)) == {"Albany", "New York"}
     assert "absent from the source: table kept" in summary(result)["load_summary"]
     view = ny.pg.execute(f'SELECT count(*) FROM "{COUNTY_SCHEMA}".all_counties '
                          "WHERE county = 'St. Lawrence'").fetchone()[0]
     assert view == 3  # still in the analysts' view
 
 
-def test_loads_run_through_a_worker_pool_and_leave_no_staging_behind(ny, h, pg):
-    ny.serve(h.dataset(("Albany", "Bronx", "Cayuga", "Delaware", "Essex", "Fulton", "Greene")))
+def test_loads_run_through_a_worker_pool_and_leave_no_staging_behind(ny, pg):
+    ny.serve(dataset(("Albany", "Bronx", "Cayuga", "Delaware", "Essex", "Fulton", "Greene")))
     result = ny.daily()
     assert result.success
-    assert len(h.materialized(result)) == 7
+    assert len(materialized(result)) == 7
     leftovers = pg.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
                            (STAGING_SCHEMA,)).fetchone()[0]
     assert leftovers == 0
@@ -226,16 +227,16 @@ def test_loads_run_through_a_worker_pool_and_leave_no_staging_behind(ny, h, pg):
     assert summary(result)["counties_held_back"] == []
 
 
-def test_one_county_failing_to_publish_leaves_the_others_committed(ny, h, warehouse, pg):
+def test_one_county_failing_to_publish_leaves_the_others_committed(ny, warehouse, pg):
     """Each county is its own transaction on its own connection: a broken table fails alone."""
     schema = COUNTY_SCHEMA
     wh = Warehouse(warehouse)
     staging = wh.staging_table("unit-test")
-    reader = open_rows_json(io.BytesIO(h.rows_json(h.dataset())), source="test")
+    reader = open_rows_json(io.BytesIO(rows_json(dataset())), source="test")
     assert wh.stage(staging, reader.batches()) == 15
     pg.execute(f'CREATE TABLE "{schema}".albany (test_date date PRIMARY KEY)')  # not the table we expect
 
-    loaded, errors = _publish_counties(wh, staging, ["Albany", "New York", "St. Lawrence"],
+    loaded, errors = publish_counties(wh, staging, ["Albany", "New York", "St. Lawrence"],
                                        {"Albany": "albany", "New York": "new_york", "St. Lawrence": "st_lawrence"},
                                        dt.datetime.now(dt.UTC), max_workers=2)
     wh.drop_staging(staging)
@@ -244,26 +245,26 @@ def test_one_county_failing_to_publish_leaves_the_others_committed(ny, h, wareho
     assert len(ny.rows("new_york")) == 3 and ny.rows("albany") == {}
 
 
-def test_the_load_reads_the_parsed_copy_and_falls_back_to_the_json_without_it(ny, h, s3):
-    ny.serve(h.dataset())
+def test_the_load_reads_the_parsed_copy_and_falls_back_to_the_json_without_it(ny, s3):
+    ny.serve(dataset())
     first = ny.daily()
     raw = ny.latest_raw()
     assert summary(first)["staged_from"] == f"s3://raw/{raw['parsed_key']}"
     before = {t: ny.rows(t) for t in ("albany", "new_york", "st_lawrence")}
 
     s3.get_client().delete_object(Bucket="raw", Key=raw["parsed_key"])  # e.g. stored by an older parser
-    again = ny.run(dg.RunRequest(asset_selection=[h.COUNTY_KEY], tags={
+    again = ny.run(dg.RunRequest(asset_selection=[COUNTY_KEY], tags={
         "dagster/asset_partition_range_start": "Albany", "dagster/asset_partition_range_end": "St. Lawrence"}))
     assert again.success
     assert summary(again)["staged_from"] == f"s3://raw/{raw['s3_key']}"
     assert {t: ny.rows(t) for t in before} == before
 
 
-def test_large_staging_is_rewritten_in_county_order_without_changing_its_rows(ny, h, warehouse, pg):
+def test_large_staging_is_rewritten_in_county_order_without_changing_its_rows(ny, warehouse, pg):
     """Above shared_buffers the staged rows are reordered so each county's upsert reads its own pages."""
     wh = Warehouse(warehouse)
     staging = wh.staging_table("order-test")
-    reader = open_rows_json(io.BytesIO(h.rows_json(h.dataset(days=4))), source="test")
+    reader = open_rows_json(io.BytesIO(rows_json(dataset(days=4))), source="test")
     assert wh.stage(staging, reader.batches()) == 20
     name = staging.as_string(pg)
     try:

@@ -155,7 +155,7 @@ def test_batches_respect_batch_rows_and_count_rows_across_batches() -> None:
 
 def test_batches_join_small_chunks_exactly_and_keep_row_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     # Rows are held as Python values a chunk at a time (bounded memory) and joined into batches.
-    monkeypatch.setattr(parsing_rows, "_CHUNK_ROWS", 2)
+    monkeypatch.setattr(parsing_rows, "CHUNK_ROWS", 2)
     batches = list(open_rows_json(io.BytesIO(body()), source=SOURCE, batch_rows=3).batches())
     assert [b.num_rows for b in batches] == [3, 2]
     assert pa.Table.from_batches(batches).equals(parse(body()))

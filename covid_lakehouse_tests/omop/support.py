@@ -18,6 +18,8 @@ from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse_dev.seeds.omop import SAMPLE_FILE
 
 SAMPLE_CSV = SAMPLE_FILE.read_bytes()
+# Run config forcing a tenant run even when its sources did not change.
+FULL_REFRESH = {"ops": {"omop__landing_files": {"config": {"full_refresh": True}}}}
 
 
 @dataclass

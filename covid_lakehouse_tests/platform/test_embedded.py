@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import boto3
 import psycopg
@@ -15,6 +17,8 @@ from covid_lakehouse.lib.migrate import migrate
 from covid_lakehouse.lib.settings import BUCKETS, COVID_LAKEHOUSE_HOME
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_services_listen_on_loopback_with_roles_and_buckets(services, embedded_stack):
@@ -93,10 +97,18 @@ def test_clean_after_stop_leaves_its_caller_alive_and_removes_the_home(tmp_path)
     stack.start()
     stack.stop()
     assert json.loads((home / "stack.json").read_text())["s3_pid"] == 0
+    # The project's own Makefile, in a scratch project whose venv's covid-lakehouse is this one, so
+    # `make clean` runs exactly as a user's does without removing this checkout's venv.
+    project = tmp_path / "project"
+    (project / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(REPO / "Makefile", project / "Makefile")
+    cli = project / ".venv" / "bin" / "covid-lakehouse"
+    cli.write_text(f"#!/bin/sh\nexec {sys.executable} -m covid_lakehouse.cli \"$@\"\n")
+    cli.chmod(0o755)
     script = (
         "import subprocess, sys\n"
-        "for command in ('stop', 'clean'):\n"
-        "    subprocess.run([sys.executable, '-m', 'covid_lakehouse.cli', command], check=True)\n"
+        f"subprocess.run([sys.executable, '-m', 'covid_lakehouse.cli', 'stop'], check=True)\n"
+        f"subprocess.run(['make', '-C', {str(project)!r}, 'clean'], check=True)\n"
         "print('caller still running')\n"
     )
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ, COVID_LAKEHOUSE_HOME: str(home)},
@@ -104,6 +116,7 @@ def test_clean_after_stop_leaves_its_caller_alive_and_removes_the_home(tmp_path)
     assert done.returncode == 0, done.stderr
     assert "caller still running" in done.stdout
     assert not home.exists()
+    assert not (project / ".venv").exists()  # make clean went on to remove the venv
 
 
 def test_stop_and_clean_never_signal_a_process_that_is_not_our_server(tmp_path):

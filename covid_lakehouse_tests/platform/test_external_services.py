@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from covid_lakehouse.lib.embedded import EmbeddedStack, _pg_bin
-from covid_lakehouse_tests.platform.test_compose import compose_service_environment, write_placeholder_env
+from covid_lakehouse.lib.embedded import EmbeddedStack, pg_bin
+from covid_lakehouse_tests.platform.support import compose_service_environment, write_placeholder_env
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def compose_like_services(tmp_path_factory):
     stack.start()
     state = stack.state
     # Provision exactly as the postgres container's init script does (it re-applies passwords).
-    env = {**os.environ, "PATH": f"{_pg_bin('psql').parent}:{os.environ['PATH']}", "PGHOST": "127.0.0.1",
+    env = {**os.environ, "PATH": f"{pg_bin('psql').parent}:{os.environ['PATH']}", "PGHOST": "127.0.0.1",
            "PGPORT": str(state.pg_port), "PGPASSWORD": state.pg_password, "POSTGRES_USER": "postgres",
            **{k: secrets[k] for k in ("DAGSTER_DB_PASSWORD", "WAREHOUSE_DB_PASSWORD", "LAKEHOUSE_DB_PASSWORD",
                                       "ANALYST_DB_PASSWORD")}}

@@ -29,6 +29,7 @@ from covid_lakehouse.defs.vaccines.transform import FOLDED_CITIES, STATES
 from covid_lakehouse.lib.resources import HttpResource, platform_resources
 from covid_lakehouse_dev.apis.harness import Fault, MockApi, MockResponse
 from covid_lakehouse_dev.apis.vaccines import ALLOCATION_FILES, POPULATION_FILE, lake_path, register
+from covid_lakehouse_tests.vaccines import support as ref
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +145,7 @@ def expected_state(ref, state: str) -> dict:
 # ---- the happy path -----------------------------------------------------------------------------
 
 
-def test_publishes_51_states_with_figures_from_the_raw_files(ref, api, sources, resources, instance, pg, s3,
+def test_publishes_51_states_with_figures_from_the_raw_files(api, sources, resources, instance, pg, s3,
                                                              fresh_tables) -> None:
     result = materialize(resources, instance, sources)
     assert result.success
@@ -269,7 +270,7 @@ def test_failing_blocking_check_keeps_the_published_tables(api, sources, resourc
     assert published(pg) == tables
 
 
-def test_failing_check_also_rolls_back_a_new_manufacturer_column(ref, lake, api, sources, resources, instance, pg,
+def test_failing_check_also_rolls_back_a_new_manufacturer_column(lake, api, sources, resources, instance, pg,
                                                                   fresh_tables) -> None:
     assert materialize(resources, instance, sources).success
     tables = published(pg)
@@ -318,7 +319,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_fails_clearly_and_leaves_everything_intact(ref, case, lake, api, sources, resources, instance,
+def test_bad_input_fails_clearly_and_leaves_everything_intact(case, lake, api, sources, resources, instance,
                                                               pg, s3, fresh_tables) -> None:
     path, body, content_type, message = BAD_INPUTS[case]
     assert materialize(resources, instance, sources).success
@@ -368,7 +369,7 @@ def test_an_outage_that_clears_within_the_budget_is_invisible(api, sources, reso
 # ---- configuration ------------------------------------------------------------------------------
 
 
-def test_janssen_is_added_by_configuration_and_removed_again(ref, lake, api, sources, resources, instance, pg,
+def test_janssen_is_added_by_configuration_and_removed_again(lake, api, sources, resources, instance, pg,
                                                               fresh_tables) -> None:
     janssen_file = ref.FIXTURES / "cdc_full_Rwritecsv_janssen_thru_2021-06-21.csv"
     lake[0].route("GET", JANSSEN_PATH, lambda _: MockResponse.file(janssen_file, "text/csv"))
@@ -473,7 +474,7 @@ def test_weekly_schedule_refreshes_the_whole_domain() -> None:
 # ---- the report -----------------------------------------------------------------------------------
 
 
-def test_report_prints_the_states_sorted_by_people_per_dose(ref, api, sources, resources, instance, pg,
+def test_report_prints_the_states_sorted_by_people_per_dose(api, sources, resources, instance, pg,
                                                             fresh_tables) -> None:
     with pytest.raises(ReportUnavailable, match="not been published yet"):
         people_per_dose_report(pg)

@@ -17,6 +17,7 @@ from covid_lakehouse.defs.vaccines.sources import (
     parse_allocations,
     parse_population,
 )
+from covid_lakehouse_tests.vaccines import support as ref
 
 
 def _parse(path: Path, manufacturer: str | None = None) -> pd.DataFrame:
@@ -30,7 +31,7 @@ def _week(raw: str) -> dt.date:
 # --- allocations: every long layout ---------------------------------------------------------------
 
 
-def test_every_long_layout_matches_the_raw_rows(ref, long_file: Path) -> None:
+def test_every_long_layout_matches_the_raw_rows(long_file: Path) -> None:
     raw = ref.raw_rows(long_file)
     parsed = _parse(long_file, ref.manufacturer_of(long_file))
 
@@ -47,7 +48,7 @@ def test_every_long_layout_matches_the_raw_rows(ref, long_file: Path) -> None:
     assert set(parsed["week"].dt.day_of_week) == {0}  # CDC allocation weeks are Mondays
 
 
-def test_the_three_header_styles_give_the_same_frame(ref) -> None:
+def test_the_three_header_styles_give_the_same_frame() -> None:
     """SODA snake_case + ISO timestamps, CDC display headers + MM/DD/YYYY and R's write.csv copy."""
     def week_of(path: Path) -> pd.DataFrame:
         frame = _parse(path, "moderna")
@@ -66,7 +67,7 @@ def test_the_three_header_styles_give_the_same_frame(ref) -> None:
         pd.testing.assert_frame_equal(frames[0], other)
 
 
-def test_janssen_has_no_second_dose_column_so_second_dose_is_zero(ref) -> None:
+def test_janssen_has_no_second_dose_column_so_second_dose_is_zero() -> None:
     path = ref.FIXTURES / "cdc_full_Rwritecsv_janssen_thru_2021-06-21.csv"
     parsed = _parse(path, "janssen")
     assert (parsed["second_dose"] == 0).all()
@@ -123,7 +124,7 @@ def test_wide_layout_is_rejected_not_misread(wide_file: Path) -> None:
         ("soda_outage_json_error_2022-01-12.csv.txt", "'Internal error' (status=500)"),
     ],
 )
-def test_outage_bodies_are_rejected_with_their_message(ref, name: str, quoted: str) -> None:
+def test_outage_bodies_are_rejected_with_their_message(name: str, quoted: str) -> None:
     url = "https://data.cdc.gov/resource/b7pe-5nws.csv"
     with pytest.raises(SourceFormatError) as err:
         parse_allocations((ref.FIXTURES / name).read_bytes(), source=url, manufacturer="moderna")
@@ -132,7 +133,7 @@ def test_outage_bodies_are_rejected_with_their_message(ref, name: str, quoted: s
     assert "<" not in str(err.value)  # the HTML is reduced to its text
 
 
-def test_missing_column_is_named_and_found_columns_listed(ref) -> None:
+def test_missing_column_is_named_and_found_columns_listed() -> None:
     rows = list(csv.reader(io.StringIO(ref.MODERNA_DEMO.read_text())))
     body = ref.csv_bytes([c for i, c in enumerate(rows[0]) if i != 1], [r[:1] + r[2:] for r in rows[1:]])
     with pytest.raises(SourceFormatError) as err:
@@ -142,7 +143,7 @@ def test_missing_column_is_named_and_found_columns_listed(ref) -> None:
     assert "found 'jurisdiction', '_1st_dose_allocations', '_2nd_dose_allocations'" in message
 
 
-def test_non_numeric_dose_names_column_line_and_value(ref) -> None:
+def test_non_numeric_dose_names_column_line_and_value() -> None:
     rows = list(csv.reader(io.StringIO(ref.MODERNA_DEMO.read_text())))
     rows[5][3] = "N/A"  # file line 6
     with pytest.raises(SourceFormatError, match=r"column '_2nd_dose_allocations', line 6: 'N/A' is not a whole number"):
@@ -162,7 +163,7 @@ def test_bad_date_is_an_error() -> None:
         parse_allocations(body, source="x.csv", manufacturer="moderna")
 
 
-def test_repeated_jurisdiction_week_is_an_error(ref) -> None:
+def test_repeated_jurisdiction_week_is_an_error() -> None:
     body = ref.MODERNA_DEMO.read_bytes()
     first_row = body.splitlines(keepends=True)[1]
     with pytest.raises(SourceFormatError, match="'Connecticut' appears twice for week 2021-06-21"):
@@ -179,7 +180,7 @@ def test_empty_bodies_are_errors(body: bytes) -> None:
 
 
 @pytest.mark.parametrize("manufacturer, dataset", [("moderna", "b7pe-5nws"), ("pfizer", "saz5-9hgg")])
-def test_lake_snapshots_are_flagged_as_truncated(ref, manufacturer: str, dataset: str) -> None:
+def test_lake_snapshots_are_flagged_as_truncated(manufacturer: str, dataset: str) -> None:
     path = ref.MODERNA_DEMO if manufacturer == "moderna" else ref.PFIZER_DEMO
     raw = ref.raw_rows(path)
     per_week = Counter(r["week"] for r in raw)
@@ -193,14 +194,14 @@ def test_lake_snapshots_are_flagged_as_truncated(ref, manufacturer: str, dataset
     assert f"https://data.cdc.gov/resource/{dataset}.csv?$limit=50000" in warning
 
 
-def test_first_1000_rows_of_a_complete_series_are_flagged(ref) -> None:
+def test_first_1000_rows_of_a_complete_series_are_flagged() -> None:
     path = ref.FIXTURES / "cdc_full_Rwritecsv_pfizer_thru_2021-06-21.csv"
     cut = b"".join(path.read_bytes().splitlines(keepends=True)[:1001])
     assert is_truncated(parse_allocations(cut, source="cut.csv", manufacturer="pfizer"),
                         source="cut.csv", manufacturer="pfizer") is not None
 
 
-def test_complete_series_are_not_flagged(ref, complete_file: Path) -> None:
+def test_complete_series_are_not_flagged(complete_file: Path) -> None:
     manufacturer = ref.manufacturer_of(complete_file)
     parsed = _parse(complete_file, manufacturer)
     assert is_truncated(parsed, source=complete_file.name, manufacturer=manufacturer) is None
@@ -210,7 +211,7 @@ def test_complete_series_are_not_flagged(ref, complete_file: Path) -> None:
 
 
 @pytest.mark.parametrize("path_name", ["PEP_2018", "COUNTY_POPULATION"])
-def test_population_layouts_total_327_167_434(ref, path_name: str) -> None:
+def test_population_layouts_total_327_167_434(path_name: str) -> None:
     path = getattr(ref, path_name)
     population = parse_population(path.read_bytes(), source=path.name)
     assert list(population.columns) == ["state", "county", "population"]
@@ -220,7 +221,7 @@ def test_population_layouts_total_327_167_434(ref, path_name: str) -> None:
     assert population["state"].nunique() == 51
 
 
-def test_population_layouts_agree_and_match_the_raw_file(ref) -> None:
+def test_population_layouts_agree_and_match_the_raw_file() -> None:
     pep = parse_population(ref.PEP_2018.read_bytes(), source="pep")
     lake = parse_population(ref.COUNTY_POPULATION.read_bytes(), source="lake")
     pd.testing.assert_frame_equal(pep, lake)
@@ -231,19 +232,19 @@ def test_population_layouts_agree_and_match_the_raw_file(ref) -> None:
     assert "Id" not in set(pep["state"]) and "Geography" not in set(pep["county"])
 
 
-def test_population_utf8_copy_of_the_aff_export(ref) -> None:
+def test_population_utf8_copy_of_the_aff_export() -> None:
     utf8 = ref.PEP_2018.read_bytes().decode("latin-1").encode("utf-8")
     pd.testing.assert_frame_equal(
         parse_population(utf8, source="utf8"), parse_population(ref.PEP_2018.read_bytes(), source="latin1")
     )
 
 
-def test_population_unknown_layout_is_an_error(ref) -> None:
+def test_population_unknown_layout_is_an_error() -> None:
     with pytest.raises(SourceFormatError, match=r"^vaccines\.csv: not a 2018 county population file.*found 'jurisdiction'"):
         parse_population(ref.MODERNA_DEMO.read_bytes(), source="vaccines.csv")
 
 
-def test_population_non_numeric_estimate_is_an_error(ref) -> None:
+def test_population_non_numeric_estimate_is_an_error() -> None:
     lines = ref.COUNTY_POPULATION.read_text().splitlines(keepends=True)
     lines[3] = lines[3].rsplit(",", 1)[0] + ",(X)\n"
     with pytest.raises(SourceFormatError, match=r"column 'Population Estimate 2018', line 4: '\(X\)'"):

@@ -13,6 +13,7 @@ from covid_lakehouse.defs.vaccines.transform import (
     UnknownJurisdictionError,
     people_per_dose,
 )
+from covid_lakehouse_tests.vaccines import support as ref
 
 TERRITORIES_AND_FEDERAL = {
     "Federal Entities", "Puerto Rico", "U.S. Virgin Islands", "Guam", "American Samoa", "Mariana Islands",
@@ -26,7 +27,7 @@ def demo(demo_inputs):
 
 
 @pytest.fixture(scope="module")
-def raw_doses(ref) -> dict[str, int]:
+def raw_doses() -> dict[str, int]:
     return ref.raw_doses_by_jurisdiction(ref.MODERNA_DEMO, ref.PFIZER_DEMO)
 
 
@@ -52,7 +53,7 @@ def test_one_row_per_state_and_dc_sorted(demo) -> None:
         ("District of Columbia", ["District of Columbia"]),
     ],
 )
-def test_state_figures_match_the_raw_files(demo, ref, raw_doses, state: str, parts: list[str]) -> None:
+def test_state_figures_match_the_raw_files(demo, raw_doses, state: str, parts: list[str]) -> None:
     expected_doses = sum(raw_doses[p] for p in parts)
     expected_population = ref.raw_pep_population_by_state()[state]
     row = demo.table.set_index("state").loc[state]
@@ -88,7 +89,7 @@ def test_allocation_weeks(demo) -> None:
     assert table.loc["New York", "first_allocation_week"] == pd.Timestamp("2021-03-08")
 
 
-def test_three_manufacturers_from_the_complete_series(ref) -> None:
+def test_three_manufacturers_from_the_complete_series() -> None:
     allocations = {}
     for name in ("moderna", "pfizer", "janssen"):
         path = ref.FIXTURES / f"cdc_full_Rwritecsv_{name}_thru_2021-06-21.csv"
@@ -109,7 +110,7 @@ def test_three_manufacturers_from_the_complete_series(ref) -> None:
     assert result.unaccounted_doses == 0
 
 
-def test_footnoted_names_count_for_their_state(ref) -> None:
+def test_footnoted_names_count_for_their_state() -> None:
     """The Pfizer long_complete file writes "Minnesota***" and "Federal Entities ****"."""
     path = ref.FIXTURES / "soda_saz5-9hgg_pfizer_long_complete_2021-02-24.csv"
     allocations = {"pfizer": parse_allocations(path.read_bytes(), source=path.name, manufacturer="pfizer")}

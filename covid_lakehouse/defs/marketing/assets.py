@@ -10,7 +10,7 @@ Each API asset, for the days of its run (one day, or a look-back range in ONE ru
 """
 
 from collections.abc import Callable, Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -21,6 +21,7 @@ from pydantic import Field
 
 from covid_lakehouse.defs.marketing import checks, clevertap, facebook, google_ads
 from covid_lakehouse.defs.marketing.clevertap import CleverTapResource
+from covid_lakehouse.defs.marketing.clevertap_rekey import rekey_legacy_rows
 from covid_lakehouse.defs.marketing.common import RawLanding, RawPage, ordered_parallel, replay_pages
 from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
 from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
@@ -72,21 +73,31 @@ def _land_and_parse(landing: RawLanding, pages: Iterator[RawPage], parse: Parse,
 
 
 def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, run_id: str,
-            parser_for: Callable[[RawPage], Parse],
-            decode: Callable[[str, bytes], Any] | None = None) -> Callable[[StagingWriter], Reported]:
+            parser_for: Callable[[RawPage], Parse], notices: dict[str, Any],
+            decode: Callable[[str, bytes], Any] | None = None,
+            reported_of: Callable[[RawPage, str], Reported] | None = None) -> Callable[[StagingWriter], Reported]:
+    """Read from the raw pages of ``run_id``. The reconciliation uses what the pages themselves carry
+    (``reported_of``: Google's summary rows); totals fetched by separate calls (Facebook's account
+    insights, CleverTap's count) were not landed, and the check says so."""
+    notices["replayed_run"] = run_id
+
     def read(staging: StagingWriter) -> Reported:
         context.log.info("%s: replaying the raw pages of run %s", source, run_id)
+        reported: Reported = {}
         for page, uri in replay_pages(s3, source, run_id, window_days(context), decode):
+            if reported_of is not None:
+                reported.update(reported_of(page, uri))
             staging.write(parser_for(page)(page, uri), pages=1)
         if not staging.pages:
             raise dg.Failure(f"{source}: run {run_id} landed no raw pages for these days", allow_retries=False)
-        return {}
+        return reported
 
     return read
 
 
 def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spec: TableSpec, audits: list[Audit],
-             asset_key: dg.AssetKey, read: Callable[[StagingWriter], Reported], extra: dict[str, Any]):
+             asset_key: dg.AssetKey, read: Callable[[StagingWriter], Reported], extra: dict[str, Any],
+             notices: dict[str, Any] | None = None):
     """Read the source, its rows COPYed into a staging table as they come, then audit and merge them;
     yields the check results, then the materialization."""
     with warehouse.connection() as conn:
@@ -94,7 +105,7 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
     with StagingWriter(warehouse, spec) as staging:
         reported = read(staging)
         published: Published = yield from stage_audit_publish(
-            warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported)
+            warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported, notices=notices)
     counts = published.counts
     context.log.info("%s: %d rows from %d page(s): %d inserted, %d updated, %d unchanged", spec.name,
                      published.staged_rows, staging.pages, counts.inserted, counts.updated, counts.unchanged)
@@ -129,21 +140,29 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
     extra = {"raw_prefix": _raw_prefix(facebook.SOURCE), "replayed_run": config.replay_run_id}
     days = window_days(context)
 
+    notices: dict[str, Any] = {}
+
     def read(staging: StagingWriter) -> Reported:
         api = marketing_facebook.connector()
+        notices["api_version"] = api.version
         landing = RawLanding(s3, facebook.SOURCE, _run_label(context))
+
+        report_run = marketing_facebook.use_report_runs(len(days))  # e.g. the daily 28-day look-back
+        notices["report_runs"] = report_run
 
         def read_account(account: str) -> Reported:  # rate limits are per ad account: one thread each
             for day in days:
-                _land_and_parse(landing, api.pages(account, day), facebook.page_table, staging)
+                _land_and_parse(landing, api.pages(account, day, report_run=report_run), facebook.page_table, staging)
             return {(account, d): vars(t) for d, t in api.daily_totals(account, days[0], days[-1]).items()}
 
-        return _in_parallel(read_account, marketing_facebook.accounts(), marketing_facebook.max_concurrent_accounts)
+        reported = _in_parallel(read_account, marketing_facebook.accounts(), marketing_facebook.max_concurrent_accounts)
+        notices["api_version_notices"] = api.version_notices(_today())
+        return reported
 
     if config.replay_run_id:
-        read = _replay(context, s3, facebook.SOURCE, config.replay_run_id, lambda _: facebook.page_table,
+        read = _replay(context, s3, facebook.SOURCE, config.replay_run_id, lambda _: facebook.page_table, notices,
                        decode=facebook.load_page)
-    yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra)
+    yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra, notices)
 
 
 @_asset(GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, "Google Ads ad_group_ad metrics per day (GAQL via searchStream), "
@@ -154,18 +173,20 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
     extra = {"raw_prefix": _raw_prefix(google_ads.SOURCE), "replayed_run": config.replay_run_id}
     days = window_days(context)
 
+    notices: dict[str, Any] = {}
+
     def read(staging: StagingWriter) -> Reported:
         api = marketing_google_ads.connector()
+        notices.update(api_version=api.version, api_version_notices=api.version_notices(_today()))
         landing = RawLanding(s3, google_ads.SOURCE, _run_label(context))
 
         def read_customer(customer: str) -> Reported:
             reported: Reported = {}
 
             def parse(page: RawPage, raw_object: str) -> pa.Table:
-                totals = google_ads.summary_totals(page.doc, raw_object)
-                if totals is not None:
-                    reported[(customer, page.day)] = vars(totals)
-                return google_ads.page_table(page, raw_object)
+                table = google_ads.page_table(page, raw_object)  # refuses a broken stream first
+                reported.update(_summary_of(page, raw_object))
+                return table
 
             for day in days:
                 _land_and_parse(landing, api.pages(customer, day), parse, staging)
@@ -174,17 +195,32 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
         return _in_parallel(read_customer, marketing_google_ads.customers(), marketing_google_ads.max_concurrent_customers)
 
     if config.replay_run_id:
-        read = _replay(context, s3, google_ads.SOURCE, config.replay_run_id, lambda _: google_ads.page_table)
-    yield from _publish(context, warehouse, GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, GOOGLE_ADS_KEY, read, extra)
+        read = _replay(context, s3, google_ads.SOURCE, config.replay_run_id, lambda _: google_ads.page_table, notices,
+                       reported_of=_summary_of)
+    yield from _publish(context, warehouse, GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, GOOGLE_ADS_KEY, read, extra, notices)
+
+
+def _summary_of(page: RawPage, raw_object: str) -> Reported:
+    totals = google_ads.summary_totals(page.doc, raw_object)
+    return {} if totals is None else {(page.meta.get("customer-id") or page.label.split("-", 1)[0], page.day): vars(totals)}
 
 
 @_asset(CLEVERTAP, checks.CLEVERTAP_AUDITS, "CleverTap events per name and day (Get Events export), keyed by the "
-        "SHA-256 of the canonical record + occurrence; only pseudonymous profile fields are kept.",
+        "SHA-256 of the event's identity (name, objectId, ts, event_props, session_props) + occurrence; only "
+        "pseudonymous profile fields are kept.",
         {"clevertap", "postgres", "s3"}, "marketing_clevertap")
 def clevertap_events(context: dg.AssetExecutionContext, config: ApiAssetConfig,
                      marketing_clevertap: CleverTapResource, s3: LakeS3Resource, warehouse: PostgresResource):
     zone = marketing_clevertap.zone()
-    extra = {"raw_prefix": _raw_prefix(clevertap.SOURCE), "replayed_run": config.replay_run_id}
+    notices: dict[str, Any] = {}
+    with warehouse.connection() as conn:  # before anything is staged: the old keys would duplicate the window
+        ensure_tables(conn)
+        rekeyed = rekey_legacy_rows(conn, marketing_clevertap.rekey_zone())
+    if rekeyed["rekeyed"] or rekeyed["deleted"]:
+        context.log.info("clevertap: re-keyed %d row(s) to the event identity, removed %d duplicate(s) of the old keys",
+                         rekeyed["rekeyed"], rekeyed["deleted"])
+    extra = {"raw_prefix": _raw_prefix(clevertap.SOURCE), "replayed_run": config.replay_run_id,
+             "rekeyed_legacy_rows": rekeyed["rekeyed"], "removed_legacy_duplicates": rekeyed["deleted"]}
     days = window_days(context)
 
     def read(staging: StagingWriter) -> Reported:
@@ -208,8 +244,8 @@ def clevertap_events(context: dg.AssetExecutionContext, config: ApiAssetConfig,
             event_name = unquote(page.meta["event-name"])  # one parser per export: occurrences count within it
             return parsers.setdefault((event_name, page.day), clevertap.RecordParser(event_name, zone)).page_table
 
-        read = _replay(context, s3, clevertap.SOURCE, config.replay_run_id, parser_for)
-    yield from _publish(context, warehouse, CLEVERTAP, checks.CLEVERTAP_AUDITS, CLEVERTAP_KEY, read, extra)
+        read = _replay(context, s3, clevertap.SOURCE, config.replay_run_id, parser_for, notices)
+    yield from _publish(context, warehouse, CLEVERTAP, checks.CLEVERTAP_AUDITS, CLEVERTAP_KEY, read, extra, notices)
 
 
 def _rds_asset(extract: Extract, asset_key: dg.AssetKey):
@@ -246,17 +282,17 @@ _MODEL_SQL = sql.SQL("""
 SELECT 'facebook', account_id, account_name, campaign_id, campaign_name, ad_id, date, impressions, clicks, spend,
        account_currency,
        COALESCE((SELECT sum((a ->> 'value')::numeric) FROM jsonb_array_elements(actions) a
-                 WHERE a ->> 'action_type' = ANY(%(action_types)s)), 0)
+                 WHERE a ->> 'action_type' = ANY(%(action_types)s)), 0), account_timezone
 FROM {facebook} WHERE date >= %(first)s AND date <= %(last)s
 UNION ALL
 SELECT 'google_ads', customer_id, customer_name, campaign_id, campaign_name, ad_group_id || '~' || ad_id, date,
-       impressions, clicks, cost, currency_code, conversions
+       impressions, clicks, cost, currency_code, conversions, account_timezone
 FROM {google} WHERE date >= %(first)s AND date <= %(last)s
 """).format(facebook=FACEBOOK.ident, google=GOOGLE_ADS.ident)
 
 
-@_asset(AD_PERFORMANCE, checks.AD_PERFORMANCE_AUDITS, "One row per platform, account, ad and day: impressions, clicks, "
-        "spend in the account's currency (no FX conversion) and conversions (Facebook: the configured action types; "
+@_asset(AD_PERFORMANCE, checks.AD_PERFORMANCE_AUDITS, "One row per platform, account, ad and day (the day in the ad account's "
+        "own time zone, kept in account_timezone): impressions, clicks, spend in the account's currency (no FX conversion) and conversions (Facebook: the configured action types; "
         "Google: metrics.conversions). Google's ad is ad_group_id~ad_id.", {"postgres"}, "marketing_model",
         deps=[FACEBOOK_KEY, GOOGLE_ADS_KEY],
         # Merged by stage_audit_publish; loads as an input (the run's days) through the warehouse IO manager.
@@ -273,6 +309,10 @@ def ad_performance_daily(context: dg.AssetExecutionContext, config: AdPerformanc
     yield dg.MaterializeResult(metadata={
         "dagster/row_count": published.staged_rows, "inserted": counts.inserted, "updated": counts.updated,
         "unchanged": counts.unchanged, "table": f"{SCHEMA}.{AD_PERFORMANCE.name}"})
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
 
 
 def _run_label(context: dg.AssetExecutionContext) -> str:

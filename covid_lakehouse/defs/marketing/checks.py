@@ -1,8 +1,10 @@
 """Data-quality audits run on staged rows before anything is published (platform write-audit-publish).
 
-Blocking: the natural key is unique, clicks never exceed impressions, spend is never negative.
-WARN: the loaded totals reconcile with what the API itself reports for the same days (Facebook's
-account-level insights, Google's summary row, CleverTap's event count)."""
+Blocking only what real data cannot do: a null or repeated natural key, negative impressions, clicks
+or spend, and totals that differ from the API's own figures beyond RECONCILE_TOLERANCE.
+WARN (reported with the rows, never blocking): clicks above impressions (real ad x day rows do that:
+Facebook counts every click, Google counts clicks on cached pages and clicks after midnight on the
+next day), any difference from the API's totals, and the API version (versions.py)."""
 
 from collections.abc import Callable
 from decimal import Decimal
@@ -39,24 +41,50 @@ def _violations(staged: Staged, condition: sql.Composable, what: str, ok: str) -
 
 
 def _clicks_not_above_impressions(staged: Staged) -> AuditResult:
-    return _violations(staged, sql.SQL("clicks > impressions"), "with more clicks than impressions",
-                       "clicks <= impressions in every staged row")
+    result = _violations(staged, sql.SQL("clicks > impressions"), "with more clicks than impressions",
+                         "clicks <= impressions in every staged row")
+    if result.passed:
+        return result
+    rows = staged.conn.execute(sql.SQL("SELECT {}, clicks, impressions FROM {} WHERE clicks > impressions "
+                                       "ORDER BY clicks - impressions DESC LIMIT 50").format(
+        sql.SQL(", ").join(map(sql.Identifier, staged.spec.key)), staged.staging)).fetchall()
+    names = [*staged.spec.key, "clicks", "impressions"]
+    return AuditResult(False, result.description, {**result.metadata, "rows": [dict(zip(names, map(str, r), strict=True))
+                                                                                for r in rows]})
 
 
-def _not_negative(column: str) -> Callable[[Staged], AuditResult]:
+def _not_negative(columns: tuple[str, ...]) -> Callable[[Staged], AuditResult]:
     def audit(staged: Staged) -> AuditResult:
-        return _violations(staged, sql.SQL("{} < 0").format(sql.Identifier(column)), f"with negative {column}",
-                           f"{column} >= 0 in every staged row")
+        condition = sql.SQL(" OR ").join(sql.SQL("{} < 0").format(sql.Identifier(c)) for c in columns)
+        return _violations(staged, condition, f"with a negative {' / '.join(columns)}",
+                           f"{', '.join(columns)} >= 0 in every staged row")
 
     return audit
 
 
-def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable],
-              tolerance: Decimal = Decimal("0.01")) -> Callable[[Staged], AuditResult]:
-    """Compare staged sums per group with ``staged.reported`` {group tuple: {measure: value}}."""
+def _keys_not_null(staged: Staged) -> AuditResult:
+    condition = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in staged.spec.key)
+    return _violations(staged, condition, f"with a null key column ({', '.join(staged.spec.key)})",
+                       "no key column is null")
+
+
+# Beyond this the loaded totals are not the API's: 1% of the API's figure, and at least one unit
+# (an impression, a click, a currency unit or micro, an event). Smaller differences only warn.
+RECONCILE_TOLERANCE = Decimal("0.01")
+RECONCILE_MIN_UNITS = Decimal(1)
+
+
+def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable], tolerance: Decimal = Decimal("0.01"),
+              relative: Decimal | None = None) -> Callable[[Staged], AuditResult]:
+    """Compare staged sums per group with ``staged.reported`` {group tuple: {measure: value}}: a
+    difference above ``tolerance`` (absolute), or above ``relative`` x the API's figure when larger."""
 
     def audit(staged: Staged) -> AuditResult:
         if not staged.reported:
+            replayed = staged.notices.get("replayed_run")
+            if replayed:
+                return AuditResult(True, f"replay of run {replayed}: the API's totals are not part of the landed raw "
+                                   "pages, so this load is not reconciled", {"replayed_run": replayed})
             return AuditResult(True, "the API reported no totals for these days")
         cols = sql.SQL(", ").join(map(sql.Identifier, group_by))
         sums = sql.SQL(", ").join(expr for expr in measures.values())
@@ -68,7 +96,7 @@ def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable],
             got = loaded.get(tuple(map(str, group)), dict.fromkeys(measures, 0))
             for measure in measures:
                 want, have = Decimal(str(expected[measure])), Decimal(str(got[measure] or 0))
-                if abs(want - have) > tolerance:
+                if abs(want - have) > max(tolerance, (relative or 0) * abs(want)):
                     mismatches.append({"group": "/".join(map(str, group)), "measure": measure,
                                        "api": str(want), "loaded": str(have)})
         if mismatches:
@@ -76,25 +104,73 @@ def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable],
             return AuditResult(False, f"{len(mismatches)} total(s) differ from the API's own figures, e.g. "
                                f"{first['group']} {first['measure']}: API {first['api']}, loaded {first['loaded']}",
                                {"mismatches": mismatches[:50]})
-        return AuditResult(True, f"{len(staged.reported)} group total(s) match the API's own figures",
+        within = "match" if relative is None else f"are within {relative:.0%} (min {tolerance} unit) of"
+        return AuditResult(True, f"{len(staged.reported)} group total(s) {within} the API's own figures",
                            {"groups": len(staged.reported)})
 
     return audit
 
 
+def _api_version_current(staged: Staged) -> AuditResult:
+    version = staged.notices.get("api_version")
+    if version is None:
+        return AuditResult(True, "no API call in this run (replay): the API version was not used")
+    notices = staged.notices.get("api_version_notices") or []
+    if not notices:
+        return AuditResult(True, f"API version {version}: no sunset within 60 days, no version warning received",
+                           {"version": version})
+    return AuditResult(False, f"API version {version}: {notices[0]}", {"version": version, "notices": notices})
+
+
+_IDENTITY = ("event_name", "profile_object_id", "event_ts", "event_props", "session_props")
+
+
+def _event_identity_unique(staged: Staged) -> AuditResult:
+    """The staged rows plus the published rows of the same days that the merge will not overwrite: one
+    event (same identity fields) under two keys means a key that changed between reads, and the merge
+    would keep both copies."""
+    identity = sql.SQL(", ").join(map(sql.Identifier, _IDENTITY))
+    rows = staged.conn.execute(sql.SQL("""
+        WITH span AS (SELECT min(event_date) AS lo, max(event_date) AS hi FROM {staging}),
+        everything AS (
+            SELECT event_key, {identity} FROM {staging}
+            UNION ALL
+            SELECT p.event_key, {p_identity} FROM {target} p, span
+            WHERE p.event_date BETWEEN span.lo AND span.hi AND NOT EXISTS (
+                SELECT 1 FROM {staging} s WHERE s.event_key = p.event_key AND s.occurrence = p.occurrence))
+        SELECT event_name, profile_object_id, event_ts, count(DISTINCT event_key) FROM everything
+        GROUP BY {identity} HAVING count(DISTINCT event_key) > 1 LIMIT %s""").format(
+        staging=staged.staging, target=staged.spec.ident, identity=identity,
+        p_identity=sql.SQL(", ").join(sql.Identifier("p", c) for c in _IDENTITY)), (SAMPLE,)).fetchall()
+    if not rows:
+        return AuditResult(True, "no event appears under two keys in the staged and published rows of these days")
+    return AuditResult(False, f"{len(rows)}+ event(s) appear under more than one key in the staged + published rows of "
+                       f"these days, e.g. {rows[0][0]!r} of {rows[0][1]!r} at {rows[0][2].isoformat()} under "
+                       f"{rows[0][3]} keys", {"examples": [list(map(str, r)) for r in rows]})
+
+
+API_VERSION_CURRENT = Audit("api_version_current", _api_version_current, blocking=False,
+                            description="The API version in use is not within 60 days of its announced sunset and the "
+                                        "API sent no version warning (WARN: vendors move dates)")
 KEY_UNIQUE = Audit("natural_key_unique", _key_unique, blocking=True,
                    description="Each natural key appears once in the staged rows (else the merge would be ambiguous)")
-CLICKS_LE_IMPRESSIONS = Audit("clicks_not_above_impressions", _clicks_not_above_impressions, blocking=True,
-                              description="clicks <= impressions in every staged row")
+KEYS_NOT_NULL = Audit("keys_not_null", _keys_not_null, blocking=True, description="No natural key column is null")
+CLICKS_LE_IMPRESSIONS = Audit("clicks_not_above_impressions", _clicks_not_above_impressions, blocking=False,
+                              description="clicks <= impressions (WARN: real ad x day rows may break it; the rows "
+                                          "are listed in the metadata)")
 
 
-def spend_not_negative(column: str) -> Audit:
-    return Audit("spend_not_negative", _not_negative(column), blocking=True,
-                 description=f"{column} >= 0 in every staged row")
+def metrics_not_negative(spend: str) -> Audit:
+    return Audit("metrics_not_negative", _not_negative(("impressions", "clicks", spend)), blocking=True,
+                 description=f"impressions, clicks and {spend} >= 0 in every staged row")
 
 
-def totals_match_api(description: str, group_by: tuple[str, ...], measures: dict[str, sql.Composable]) -> Audit:
-    return Audit("totals_match_api", reconcile(group_by, measures), blocking=False, description=description)
+def totals_match_api(description: str, group_by: tuple[str, ...], measures: dict[str, sql.Composable]) -> list[Audit]:
+    """WARN on any difference from the API's totals; block beyond RECONCILE_TOLERANCE."""
+    return [Audit("totals_match_api", reconcile(group_by, measures), blocking=False, description=description),
+            Audit("totals_within_tolerance", reconcile(group_by, measures, RECONCILE_MIN_UNITS, RECONCILE_TOLERANCE),
+                  blocking=True, description=f"{description}, within {RECONCILE_TOLERANCE:.0%} (at least "
+                                             f"{RECONCILE_MIN_UNITS} unit): beyond that nothing is published")]
 
 
 def _sum(column: str) -> sql.Composable:
@@ -102,20 +178,23 @@ def _sum(column: str) -> sql.Composable:
 
 
 FACEBOOK_AUDITS = [
-    KEY_UNIQUE, CLICKS_LE_IMPRESSIONS, spend_not_negative("spend"),
-    totals_match_api("Impressions, clicks and spend per account and day equal Facebook's account-level insights",
+    API_VERSION_CURRENT, KEY_UNIQUE, KEYS_NOT_NULL, CLICKS_LE_IMPRESSIONS, metrics_not_negative("spend"),
+    *totals_match_api("Impressions, clicks and spend per account and day equal Facebook's account-level insights",
                      ("account_id", "date"), {"impressions": _sum("impressions"), "clicks": _sum("clicks"), "spend": _sum("spend")}),
 ]
 GOOGLE_ADS_AUDITS = [
-    KEY_UNIQUE, CLICKS_LE_IMPRESSIONS, spend_not_negative("cost_micros"),
-    totals_match_api("Impressions, clicks and cost per customer and day equal the searchStream summary row",
+    API_VERSION_CURRENT, KEY_UNIQUE, KEYS_NOT_NULL, CLICKS_LE_IMPRESSIONS, metrics_not_negative("cost_micros"),
+    *totals_match_api("Impressions, clicks and cost per customer and day equal the searchStream summary row",
                      ("customer_id", "date"), {"impressions": _sum("impressions"), "clicks": _sum("clicks"),
                                                "cost_micros": _sum("cost_micros")}),
 ]
+EVENT_IDENTITY_UNIQUE = Audit("event_identity_unique", _event_identity_unique, blocking=True,
+                              description="No event (name, objectId, ts, event_props, session_props) appears under two "
+                                          "keys in the staged rows plus the published rows of the same days")
 CLEVERTAP_AUDITS = [
-    KEY_UNIQUE,
-    totals_match_api("Events per name and day equal CleverTap's Get Event Count",
+    KEY_UNIQUE, KEYS_NOT_NULL, EVENT_IDENTITY_UNIQUE,
+    *totals_match_api("Events per name and day equal CleverTap's Get Event Count",
                      ("event_name", "event_date"), {"count": sql.SQL("count(*)")}),
 ]
-RDS_AUDITS = [KEY_UNIQUE]
-AD_PERFORMANCE_AUDITS = [KEY_UNIQUE, CLICKS_LE_IMPRESSIONS, spend_not_negative("spend")]
+RDS_AUDITS = [KEY_UNIQUE, KEYS_NOT_NULL]
+AD_PERFORMANCE_AUDITS = [KEY_UNIQUE, KEYS_NOT_NULL, CLICKS_LE_IMPRESSIONS, metrics_not_negative("spend")]

@@ -2,12 +2,21 @@
 
 POST {api}/1/events.json?batch_size=N with {"event_name", "from", "to"} (dates as YYYYMMDD integers)
 answers with a cursor that is already URL-encoded; GET {api}/1/events.json?cursor=<cursor> returns a
-batch of records and ``next_cursor`` until the export is exhausted. ``ts`` is YYYYMMDDHHMMSS in the
-account's timezone, not epoch seconds. Records carry no id: the key is the SHA-256 of the canonical
-record (with its event name) plus an occurrence number for exact repeats within one export.
+batch of records and ``next_cursor`` until the export is exhausted; ``{"status": "fail", "code": 2}``
+means the batch is not ready yet, and the same cursor is asked again within a bounded budget. Exports
+are asked without the profile's event summaries (``events=false``, as public clients pass). ``ts`` is
+YYYYMMDDHHMMSS in the account's time zone (a REQUIRED setting), not epoch seconds.
+
+Records carry no id. The event's identity is what identifies the event and nothing else: event name,
+``profile.objectId``, ``ts`` (as sent), ``event_props`` and ``session_props``; its key is the SHA-256 of
+their canonical JSON plus an occurrence number for exact repeats within one export. ``profile`` is NOT
+part of it: CleverTap fills it at export time (event summaries, last-seen fields), so the same event
+read again tomorrow would get a new key. Rows loaded with the old whole-record key (key_version 1) are
+re-keyed before the next load (``rekey_legacy_rows``).
 
 Only pseudonymous profile fields (objectId, platform, app version) reach the warehouse; anything else
-in ``profile`` (name, email, phone when an app sends them) stays in the raw page.
+in ``profile`` (name, email, phone when an app sends them) stays in the raw page. ``platform`` and
+``app_version`` are the profile's values at export time, not necessarily at the event.
 """
 
 import hashlib
@@ -34,23 +43,31 @@ from covid_lakehouse.defs.marketing.common import (
 )
 from covid_lakehouse.defs.marketing.tables import CLEVERTAP
 from covid_lakehouse.lib.clock import Clock, SystemClock
-from covid_lakehouse.lib.http import HttpClient
+from covid_lakehouse.lib.http import HttpClient, PageGuard
 from covid_lakehouse.lib.settings import setting
 
 SOURCE = "clevertap"
-DEFAULT_API_URL = "https://api.clevertap.com"
-API_URL = setting("CLEVERTAP_API_URL", "regional API base (https://<region>.api.clevertap.com)",
-                  default=DEFAULT_API_URL, scope="marketing")
+# CleverTap's data centres (https://developer.clevertap.com/docs/api-quickstart-guide, "region"); the
+# region-less api.clevertap.com is not one of them for most accounts.
+REGIONS = ("eu1", "in1", "us1", "sg1", "aps3", "mec1")
+REGION = setting("CLEVERTAP_REGION", f"the account's data centre, one of {', '.join(REGIONS)} (or set CLEVERTAP_API_URL)",
+                 scope="marketing")
+API_URL = setting("CLEVERTAP_API_URL", "full API base URL instead of CLEVERTAP_REGION (https://<region>.api.clevertap.com)",
+                  scope="marketing")
 ACCOUNT = setting("CLEVERTAP_ACCOUNT_ID", "CleverTap account id", scope="marketing")
 PASSCODE = setting("CLEVERTAP_PASSCODE", "CleverTap passcode", secret=True, scope="marketing")
 EVENTS = setting("CLEVERTAP_EVENT_NAMES", "comma-separated events to export", default="App Launched",
                  scope="marketing")
-TIMEZONE = setting("CLEVERTAP_TIMEZONE", "the account's IANA time zone (event timestamps are local to it)",
-                   default="UTC", scope="marketing")
+TIMEZONE = setting("CLEVERTAP_TIMEZONE", "REQUIRED: the account's IANA time zone, e.g. Asia/Kolkata (event "
+                   "timestamps are local to it; no default: a wrong zone shifts every event)", scope="marketing")
+REKEY_TIMEZONE = setting("CLEVERTAP_REKEY_TIMEZONE", "the zone rows loaded before the event-identity change were read "
+                         "with (UTC if CLEVERTAP_TIMEZONE was unset then); default: CLEVERTAP_TIMEZONE", scope="marketing")
 API_URL_ENV, ACCOUNT_ENV, PASSCODE_ENV, EVENTS_ENV, TIMEZONE_ENV = (API_URL.name, ACCOUNT.name, PASSCODE.name,
                                                                     EVENTS.name, TIMEZONE.name)
 COUNT_POLLS = 30
 COUNT_POLL_INTERVAL_S = 2.0
+NOT_READY_CODE = 2  # {"status": "fail", "code": 2}: the export batch is still being prepared
+KEY_VERSION = 2  # event identity without ``profile``; 1 = the whole record
 
 
 def yyyymmdd(day: date) -> int:
@@ -63,7 +80,15 @@ def event_label(event_name: str) -> str:
     return f"{slug}-{hashlib.sha256(event_name.encode()).hexdigest()[:6]}"
 
 
-def canonical_key(event_name: str, record: Any) -> str:
+def event_identity(event_name: str, object_id: Any, ts: Any, event_props: Any, session_props: Any) -> str:
+    """The event's key: SHA-256 of the canonical JSON of what identifies it (never ``profile``)."""
+    canonical = json.dumps({"event_name": event_name, "objectId": object_id, "ts": str(ts), "event_props": event_props,
+                            "session_props": session_props}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def legacy_key(event_name: str, record: Any) -> str:
+    """The key of releases before KEY_VERSION 2: the whole record, ``profile`` included."""
     canonical = json.dumps({"event_name": event_name, "record": record}, sort_keys=True, separators=(",", ":"),
                            ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -71,16 +96,19 @@ def canonical_key(event_name: str, record: Any) -> str:
 
 class CleverTapEvents:
     def __init__(self, http: HttpClient, api_url: str, account_id: str, passcode: str, batch_size: int,
-                 clock: Clock) -> None:
+                 clock: Clock, not_ready_budget_s: float = 600.0, not_ready_poll_s: float = 15.0) -> None:
         self._http, self._api, self._batch = http, api_url.rstrip("/"), batch_size
         self._headers = {"X-CleverTap-Account-Id": account_id, "X-CleverTap-Passcode": passcode,
                          "Content-Type": "application/json"}
         self._clock = clock
+        self._not_ready_budget_s, self._not_ready_poll_s = not_ready_budget_s, not_ready_poll_s
 
-    def _checked(self, body: bytes, where: str) -> dict:
+    def _checked(self, body: bytes, where: str, *, not_ready_ok: bool = False) -> dict:
         doc = load_json(SOURCE, where, body)
         if not isinstance(doc, dict) or "status" not in doc:
             raise SourceSchemaError(SOURCE, where, f"expected an object with a status, got {type(doc).__name__}")
+        if not_ready_ok and doc["status"] == "fail" and doc.get("code") == NOT_READY_CODE:
+            return doc
         if doc["status"] not in ("success", "partial"):
             raise SourceApiError(SOURCE, f"{where}: status {doc['status']!r}: {doc.get('error', 'no error text')} "
                                  f"(code {doc.get('code', '?')})")
@@ -89,22 +117,40 @@ class CleverTapEvents:
     def pages(self, event_name: str, day: date) -> Iterator[RawPage]:
         """Every batch of one event's records for one day (account timezone)."""
         where = f"events cursor for {event_name!r} on {day}"
-        response = self._http.post(f"{self._api}/1/events.json", params={"batch_size": self._batch},
+        # events=false: no profile event summaries (export-time state, and most of the page's bytes)
+        response = self._http.post(f"{self._api}/1/events.json", params={"batch_size": self._batch, "events": "false"},
                                    json={"event_name": event_name, "from": yyyymmdd(day), "to": yyyymmdd(day)},
                                    headers=self._headers)
         cursor = self._checked(response.content, where).get("cursor")
         label, number = event_label(event_name), 0
+        guard = PageGuard(f"{SOURCE} {where} on {day}")
         while cursor:
+            guard.advance(cursor)  # a repeated cursor or too many pages: fail instead of looping forever
             number += 1
             page_label = f"{label}-p{number:04d}"
+            response, doc = self._batch_when_ready(cursor, f"{page_label} of {day}")
+            yield RawPage(SOURCE, day, page_label, response.content, doc,
+                          {"event-name": quote(event_name), "page": str(number)})
+            cursor = doc.get("next_cursor")
+
+    def _batch_when_ready(self, cursor: str, where: str) -> tuple[Any, dict]:
+        """GET one batch; while CleverTap says it is not ready (code 2), ask the same cursor again every
+        not_ready_poll_s, for at most not_ready_budget_s."""
+        waited = 0.0
+        while True:
             # The cursor arrives URL-encoded: encoding it again (params=) would break it. quote() with
             # "%" safe leaves an encoded cursor as it is and still encodes one sent raw.
             response = self._http.get(f"{self._api}/1/events.json?cursor={quote(cursor, safe='%')}",
                                       headers=self._headers)
-            doc = self._checked(response.content, f"{page_label} of {day}")
-            yield RawPage(SOURCE, day, page_label, response.content, doc,
-                          {"event-name": quote(event_name), "page": str(number)})
-            cursor = doc.get("next_cursor")
+            doc = self._checked(response.content, where, not_ready_ok=True)
+            if doc["status"] != "fail":
+                return response, doc
+            if waited + self._not_ready_poll_s > self._not_ready_budget_s:
+                raise SourceApiError(SOURCE, f"{where}: the export batch was still not ready (code {NOT_READY_CODE}: "
+                                     f"{doc.get('error', 'no error text')}) after {waited:.0f}s of waiting "
+                                     f"(budget {self._not_ready_budget_s:.0f}s)")
+            self._clock.sleep(self._not_ready_poll_s)
+            waited += self._not_ready_poll_s
 
     def reported_count(self, event_name: str, day: date) -> int:
         """CleverTap's own count of the event that day (Get Event Count: may answer "partial" with a
@@ -167,7 +213,7 @@ class RecordParser:
             for name, value in (("profile", profile), ("event_props", event_props), ("session_props", session_props)):
                 if not isinstance(value, dict):
                     raise SourceSchemaError(SOURCE, at, f"{name} is {type(value).__name__}, expected an object")
-            key = canonical_key(self._event, record)
+            key = event_identity(self._event, profile.get("objectId"), record["ts"], event_props, session_props)
             occurrence = self._seen[key]
             self._seen[key] += 1
             rows.append({
@@ -176,6 +222,7 @@ class RecordParser:
                 "platform": profile.get("platform"), "app_version": profile.get("app_version"),
                 "event_props": json.dumps(event_props, ensure_ascii=False),
                 "session_props": json.dumps(session_props, ensure_ascii=False),
+                "key_version": KEY_VERSION, "account_timezone": self._tz.key,
             })
         return rows
 
@@ -189,28 +236,54 @@ class RecordParser:
 class CleverTapResource(dg.ConfigurableResource):
     """CleverTap API access. Credentials are read from CLEVERTAP_ACCOUNT_ID / CLEVERTAP_PASSCODE only."""
 
-    api_url: str | None = Field(default=None, description=f"Regional API base (https://<region>.api.clevertap.com); unset: {API_URL_ENV}, else {DEFAULT_API_URL}")
+    region: str | None = Field(default=None, description=f"Data centre ({', '.join(REGIONS)}); unset: {REGION.name}")
+    api_url: str | None = Field(default=None, description=f"Full API base instead of the region; unset: {API_URL_ENV}")
     event_names: list[str] | None = Field(default=None, description=f"Events to export; unset: {EVENTS_ENV} (comma-separated), else 'App Launched'")
-    timezone: str | None = Field(default=None, description=f"The account's timezone (ts is local time); unset: {TIMEZONE_ENV}, else UTC")
+    timezone: str | None = Field(default=None, description=f"The account's time zone (ts is local time); unset: {TIMEZONE_ENV} (required)")
     batch_size: int = Field(default=5000, description="records per batch (CleverTap's maximum is 5000)")
     max_concurrent_requests: int = Field(default=2, description="CleverTap answers 429 above a per-account cap on concurrent requests")
     max_attempts: int = 6
     max_total_wait_s: float = 300.0
     backoff_base_s: float = 1.0
+    not_ready_budget_s: float = Field(default=600.0, description="how long one batch may stay 'not ready' (code 2)")
+    not_ready_poll_s: float = Field(default=15.0, description="seconds between asks for a batch that is not ready")
 
     def events(self) -> list[str]:
         return EVENTS.values(self.event_names)
 
     def zone(self) -> ZoneInfo:
-        name = TIMEZONE.require(self.timezone)
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise SettingError(f"{TIMEZONE_ENV}: {name!r} is not an IANA timezone") from None
+        name = TIMEZONE.get(self.timezone)
+        if not name:
+            raise SettingError(f"{TIMEZONE_ENV} is not set: CleverTap sends event times in the account's time zone "
+                               "(Settings > Account in the dashboard); set it to that IANA zone, e.g. Asia/Kolkata. "
+                               "There is no default: a wrong zone shifts every event.")
+        return _zone(TIMEZONE_ENV, name)
+
+    def rekey_zone(self) -> ZoneInfo:
+        name = REKEY_TIMEZONE.get()
+        return _zone(REKEY_TIMEZONE.name, name) if name else self.zone()
+
+    def api_base(self) -> str:
+        url, region = API_URL.get(self.api_url), REGION.get(self.region)
+        if url:
+            return url
+        if not region:
+            raise SettingError(f"{REGION.name} is not set: set the account's data centre ({', '.join(REGIONS)}) or "
+                               f"{API_URL_ENV}; the region-less api.clevertap.com is not a data centre for most accounts")
+        if region.strip().lower() not in REGIONS:
+            raise SettingError(f"{REGION.name}={region!r} is not a CleverTap region: one of {', '.join(REGIONS)}")
+        return f"https://{region.strip().lower()}.api.clevertap.com"
 
     def connector(self, clock: Clock | None = None) -> CleverTapEvents:
         http = build_client(clock=clock, auth_hint=f"the environment variables {ACCOUNT_ENV} and {PASSCODE_ENV}",
                             retry_after_from=None, max_attempts=self.max_attempts,
                             max_total_wait_s=self.max_total_wait_s, backoff_base_s=self.backoff_base_s)
-        return CleverTapEvents(http, API_URL.require(self.api_url), ACCOUNT.require(), PASSCODE.require(),
-                               self.batch_size, clock or SystemClock())
+        return CleverTapEvents(http, self.api_base(), ACCOUNT.require(), PASSCODE.require(), self.batch_size,
+                               clock or SystemClock(), self.not_ready_budget_s, self.not_ready_poll_s)
+
+
+def _zone(variable: str, name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingError(f"{variable}: {name!r} is not an IANA time zone (e.g. Asia/Kolkata)") from None

@@ -65,7 +65,7 @@ def build_client(*, clock: Clock | None, auth_hint: str, retry_after_from: Retry
     minutes, CleverTap wants quick retries)."""
     return HttpClient(clock=clock, max_attempts=max_attempts, max_total_wait=max_total_wait_s,
                       backoff_base=backoff_base_s, auth_hint=auth_hint, retry_after_from=retry_after_from,
-                      session=session, safe_query_params={"after", "time_range", "batch_size"})
+                      session=session, safe_query_params={"after", "time_range", "batch_size", "filtering", "events"})
 
 
 @dataclass(frozen=True)

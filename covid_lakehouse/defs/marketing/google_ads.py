@@ -21,24 +21,29 @@ import pyarrow as pa
 import requests
 from pydantic import Field
 
+from covid_lakehouse.defs.marketing import versions
 from covid_lakehouse.defs.marketing.common import (
     RawPage,
     SettingError,
+    SourceApiError,
     SourceSchemaError,
     build_client,
     int_metric,
     load_json,
 )
 from covid_lakehouse.defs.marketing.tables import GOOGLE_ADS
+from covid_lakehouse.defs.marketing.versions import UnsupportedApiVersion
 from covid_lakehouse.lib.clock import Clock, SystemClock
-from covid_lakehouse.lib.http import AuthError, ClientError, HttpClient, parse_retry_after
+from covid_lakehouse.lib.http import AuthError, ClientError, HttpClient, HttpError, parse_retry_after
 from covid_lakehouse.lib.settings import setting
 
 SOURCE = "google_ads"
-DEFAULT_API_URL = "https://googleads.googleapis.com/v21"
+DEFAULT_API_URL = "https://googleads.googleapis.com"
 DEFAULT_TOKEN_URL = "https://oauth2.googleapis.com/token"
-API_URL = setting("GOOGLE_ADS_API_URL", "Google Ads REST base, version included", default=DEFAULT_API_URL,
-                  scope="marketing")
+API_URL = setting("GOOGLE_ADS_API_URL", "Google Ads REST host, without the version (see GOOGLE_ADS_API_VERSION)",
+                  default=DEFAULT_API_URL, scope="marketing")
+API_VERSION = setting("GOOGLE_ADS_API_VERSION", "Google Ads API version (vNN); move on before its sunset "
+                      "(docs/marketing.md, 'API versions')", default=versions.newest("google_ads"), scope="marketing")
 TOKEN_URL = setting("GOOGLE_OAUTH_TOKEN_URL", "OAuth 2.0 token endpoint", default=DEFAULT_TOKEN_URL, scope="marketing")
 CUSTOMERS = setting("GOOGLE_ADS_CUSTOMER_IDS", "comma-separated customer ids (10 digits, dashes allowed)",
                     scope="marketing")
@@ -56,11 +61,13 @@ DEVELOPER_TOKEN_ENV, CLIENT_ID_ENV, CLIENT_SECRET_ENV, REFRESH_TOKEN_ENV = (
 CREDENTIALS_HINT = f"the environment variables {DEVELOPER_TOKEN_ENV}, {CLIENT_ID_ENV}, {CLIENT_SECRET_ENV}, {REFRESH_TOKEN_ENV}"
 
 QUERY = (
-    "SELECT customer.id, customer.descriptive_name, customer.currency_code, campaign.id, campaign.name, "
+    "SELECT customer.id, customer.descriptive_name, customer.currency_code, customer.time_zone, campaign.id, campaign.name, "
     "ad_group.id, ad_group.name, ad_group_ad.ad.id, segments.date, metrics.impressions, metrics.clicks, "
     "metrics.cost_micros, metrics.conversions FROM ad_group_ad WHERE segments.date BETWEEN '{day}' AND '{day}'"
 )
 METRICS = frozenset({"impressions", "clicks", "costMicros", "conversions"})
+# A retired version: REST answers 404 on the versioned path, gRPC UNIMPLEMENTED (HTTP 501 through the gateway).
+VERSION_GONE_STATUSES = frozenset({404, 501})
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
 
 
@@ -134,10 +141,14 @@ class Totals:
 
 
 class GoogleAdsReports:
-    def __init__(self, http: HttpClient, api_url: str, token: OAuthToken, developer_token: str,
+    def __init__(self, http: HttpClient, api_url: str, version: str, token: OAuthToken, developer_token: str,
                  login_customer_id: str | None) -> None:
-        self._http, self._api, self._token = http, api_url.rstrip("/"), token
+        self._http, self._token = http, token
+        self.version, self._api = version, f"{api_url.rstrip('/')}/{version}"
         self._developer_token, self._login = developer_token, login_customer_id
+
+    def version_notices(self, today: date) -> list[str]:
+        return versions.sunset_warnings(SOURCE, self.version, today)
 
     def pages(self, customer_id: str, day: date) -> Iterator[RawPage]:
         """The searchStream response for one customer and day (one body: the stream is not paged)."""
@@ -145,8 +156,13 @@ class GoogleAdsReports:
         if self._login:
             headers["login-customer-id"] = self._login
         body = {"query": QUERY.format(day=day.isoformat()), "summaryRowSetting": "SUMMARY_ROW_WITH_RESULTS"}
-        response = self._http.post(f"{self._api}/customers/{customer_id}/googleAds:searchStream",
-                                   json=body, headers=headers)
+        try:
+            response = self._http.post(f"{self._api}/customers/{customer_id}/googleAds:searchStream",
+                                       json=body, headers=headers)
+        except HttpError as err:  # ClientError (404) or HttpError (501): neither is retried by the client
+            if err.status in VERSION_GONE_STATUSES:
+                raise UnsupportedApiVersion(SOURCE, self.version, API_VERSION, err.detail) from None
+            raise
         label = f"{customer_id}-p0001"
         doc = load_json(SOURCE, f"{label} of {day}", response.content)
         yield RawPage(SOURCE, day, label, response.content, doc, {"customer-id": customer_id})
@@ -197,6 +213,8 @@ def flatten_stream(doc: Any, *, where: str = "response", day: date | None = None
                 "customer_id": str(_path(result, at, "customer", "id")),
                 "customer_name": _path(result, at, "customer", "descriptiveName", required=False),
                 "currency_code": _path(result, at, "customer", "currencyCode"),
+                # segments.date is the day in this zone (the account's, set when it was created)
+                "account_timezone": _path(result, at, "customer", "timeZone"),
                 "campaign_id": str(_path(result, at, "campaign", "id")),
                 "campaign_name": _path(result, at, "campaign", "name", required=False),
                 "ad_group_id": str(_path(result, at, "adGroup", "id")),
@@ -223,7 +241,31 @@ def summary_totals(doc: Any, where: str) -> Totals | None:
     return None
 
 
+def _describe_error(error: Any) -> str:
+    if not isinstance(error, dict):
+        return repr(error)[:300]
+    codes = [f"{k}={v}" for e in _values_of(error, "errors") if isinstance(e, list) for item in e
+             if isinstance(item, dict) for k, v in (item.get("errorCode") or {}).items()]
+    text = f"{error.get('status', '?')} (code {error.get('code', '?')}): {error.get('message', 'no message')}"
+    return text + (f" [{', '.join(codes)}]" if codes else "")
+
+
+def check_stream(doc: Any, where: str, *, summary_expected: bool = True) -> None:
+    """A stream that broke off is not a smaller load: an element with an ``error`` member (HTTP 200 was
+    already sent when the error happened), or no summary row although the query asked for one, fails
+    the customer-day, naming the error."""
+    batches = _batches(doc, where)
+    for i, batch in enumerate(batches):
+        if "error" in batch:
+            raise SourceApiError(SOURCE, f"{where} [{i}]: the stream carries an error after {i} batch(es), so it is "
+                                 f"incomplete and nothing is published: {_describe_error(batch['error'])}")
+    if summary_expected and not any("summaryRow" in b for b in batches):
+        raise SourceApiError(SOURCE, f"{where}: no summaryRow although the query asked for SUMMARY_ROW_WITH_RESULTS: "
+                             "the stream is incomplete and nothing is published")
+
+
 def page_table(page: RawPage, raw_object: str) -> pa.Table:
+    check_stream(page.doc, raw_object)
     rows = flatten_stream(page.doc, where=raw_object, day=page.day)
     for row in rows:
         row["raw_object"] = raw_object
@@ -234,7 +276,8 @@ class GoogleAdsResource(dg.ConfigurableResource):
     """Google Ads API access. Credentials are read from the environment only: GOOGLE_ADS_DEVELOPER_TOKEN,
     GOOGLE_ADS_CLIENT_ID, GOOGLE_ADS_CLIENT_SECRET, GOOGLE_ADS_REFRESH_TOKEN."""
 
-    api_url: str | None = Field(default=None, description=f"REST base incl. version; unset: {API_URL_ENV}, else {DEFAULT_API_URL}")
+    api_url: str | None = Field(default=None, description=f"REST host, no version; unset: {API_URL_ENV}, else {DEFAULT_API_URL}")
+    api_version: str | None = Field(default=None, description=f"API version; unset: {API_VERSION.name}, else {API_VERSION.default}")
     token_url: str | None = Field(default=None, description=f"OAuth token endpoint; unset: {TOKEN_URL_ENV}, else {DEFAULT_TOKEN_URL}")
     customer_ids: list[str] | None = Field(default=None, description=f"Customer ids; unset: {CUSTOMERS_ENV} (comma-separated)")
     login_customer_id: str | None = Field(default=None, description=f"Manager account id; unset: {LOGIN_CUSTOMER_ENV} (optional)")
@@ -252,5 +295,7 @@ class GoogleAdsResource(dg.ConfigurableResource):
                             backoff_base_s=self.backoff_base_s)
         login = LOGIN_CUSTOMER.get(self.login_customer_id)
         token = OAuthToken(http, TOKEN_URL.require(self.token_url), clock or SystemClock())
-        return GoogleAdsReports(http, API_URL.require(self.api_url), token, DEVELOPER_TOKEN.require(),
+        version = versions.version_setting_value(SOURCE, API_VERSION, self.api_version)
+        return GoogleAdsReports(http, versions.base_url(API_URL, API_VERSION, self.api_url), version, token,
+                                DEVELOPER_TOKEN.require(),
                                 customer_id_of(login) if login else None)

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -17,12 +17,12 @@ import pyarrow as pa
 from psycopg import sql
 
 from covid_lakehouse.defs.marketing.tables import TableSpec
-from covid_lakehouse.lib.postgres import PostgresResource, UnsafeIdentifierError, UpsertCounts, table_ident
+from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident
+from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 from covid_lakehouse.lib.wap import Audit, BlockingAuditFailed, audit_or_raise, run_audits
 
 STAGING_SCHEMA = "marketing_staging"  # created by migration 0003; analysts cannot read it
 STAGING_STAMP = "%Y%m%d%H%M%S"
-ORPHAN_AFTER = timedelta(days=3)  # a staging table this old belongs to a process that was killed
 
 
 class StagingWriter:
@@ -39,10 +39,11 @@ class StagingWriter:
         self.name = f"{spec.name}__{datetime.now(UTC).strftime(STAGING_STAMP)}_{uuid.uuid4().hex[:8]}"
         self.table = table_ident(STAGING_SCHEMA, self.name)
         with warehouse.connection() as conn:
-            _drop_orphans(conn, spec.name)
+            sweep_staging(conn, STAGING_SCHEMA)  # staging of runs no longer in progress (killed ones too)
             # no autovacuum: the table lives minutes, and vacuuming it while it fills only competes with the load
             conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} WITH (autovacuum_enabled = off) AS SELECT {} FROM {} WITH NO DATA").format(
                 self.table, sql.SQL(", ").join(map(sql.Identifier, spec.staged)), spec.ident))
+            claim_staging(conn, self.table)
         self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=max_queued)  # back-pressure on readers
         self._lock = threading.Lock()
         self._error: BaseException | None = None
@@ -138,29 +139,16 @@ class StagingWriter:
         self.close()
 
 
-def _drop_orphans(conn: psycopg.Connection, table: str) -> None:
-    """Staging tables left by killed processes (their name carries their creation time)."""
-    cutoff = (datetime.now(UTC) - ORPHAN_AFTER).strftime(STAGING_STAMP)
-    names = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE %s",
-                         (STAGING_SCHEMA, table.replace("_", r"\_") + r"\_\_%")).fetchall()
-    for (name,) in names:
-        stamp = name[len(table) + 2:].split("_", 1)[0]
-        try:
-            orphan = table_ident(STAGING_SCHEMA, name)
-        except UnsafeIdentifierError:
-            continue  # not a name this code makes: someone else's table, leave it
-        if len(stamp) == len(cutoff) and stamp.isdigit() and stamp < cutoff:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(orphan))
-
-
 @dataclass
 class Staged:
-    """What an audit sees: the open transaction, the staging table, and what the API reported."""
+    """What an audit sees: the open transaction, the staging table, what the API reported, and what the
+    read noticed on the way (e.g. the API version in use and its warnings)."""
 
     conn: psycopg.Connection
     staging: sql.Identifier
     spec: TableSpec
     reported: dict[Any, Any] = field(default_factory=dict)
+    notices: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,7 +160,8 @@ class Published:
 def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits: Sequence[Audit],
                         asset_key: dg.AssetKey, staged: StagingWriter | None = None,
                         fill: sql.Composable | None = None, fill_params: dict[str, Any] | None = None,
-                        reported: dict[Any, Any] | None = None) -> Iterator[dg.AssetCheckResult]:
+                        reported: dict[Any, Any] | None = None,
+                        notices: dict[str, Any] | None = None) -> Iterator[dg.AssetCheckResult]:
     """Audit the rows a StagingWriter ``staged`` (dropping its table with the publish) or the result of
     ``fill`` (INSERT .. SELECT into a temporary table), and merge them into the target on its key: new
     rows inserted, changed rows updated, identical rows untouched. Nothing is committed unless every
@@ -193,7 +182,7 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
 
             def audit() -> tuple[list[dg.AssetCheckResult], list]:
                 with warehouse.connection() as own:  # the staged rows are committed: any session reads them
-                    return run_audits(audits, Staged(own, staging, spec, reported or {}), asset_key=asset_key)
+                    return run_audits(audits, Staged(own, staging, spec, reported or {}, notices or {}), asset_key=asset_key)
 
             # audits and merge side by side (the warehouse has the cores); the commit waits for the verdict
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"audit-{spec.name}") as pool:
@@ -214,7 +203,7 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
             conn.execute(sql.SQL("INSERT INTO {} ({}) ").format(
                 staging, sql.SQL(", ").join(map(sql.Identifier, spec.staged))) + fill, fill_params)
             staged_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()[0]
-            yield from audit_or_raise(audits, Staged(conn, staging, spec, reported or {}), asset_key=asset_key,
+            yield from audit_or_raise(audits, Staged(conn, staging, spec, reported or {}, notices or {}), asset_key=asset_key,
                                       asset_label=asset_key.to_user_string())
             counts = merge(conn, staging, staged_rows)
     return Published(staged_rows, counts)

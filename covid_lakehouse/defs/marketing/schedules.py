@@ -12,6 +12,7 @@ from covid_lakehouse.defs.marketing.partitions import (
     RANGE_START_TAG,
     trailing_window,
 )
+from covid_lakehouse.lib.policies import max_runtime
 
 # dagster.yaml limits runs per value of this tag: one source's runs never hammer its API in parallel.
 POOL_TAG = "covid_lakehouse/pool"
@@ -23,7 +24,8 @@ def lookback_run_request(source: str, now: datetime, days: int | None = None) ->
     return dg.RunRequest(
         run_key=f"marketing-{source}-{first}-{last}",
         asset_selection=SOURCE_KEYS[source],
-        tags={RANGE_START_TAG: first, RANGE_END_TAG: last, POOL_TAG: f"marketing_{source}", "marketing/source": source},
+        tags={RANGE_START_TAG: first, RANGE_END_TAG: last, POOL_TAG: f"marketing_{source}", "marketing/source": source,
+              **max_runtime(hours=3)},  # an asset-selection run inherits no job tags
     )
 
 

@@ -1,5 +1,6 @@
 """The warehouse tables of the marketing domain (schema ``marketing``): one typed table per source and
-the cross-platform model, with their natural keys. Their DDL is in migrations/0001_marketing_tables.sql;
+the cross-platform model, with their natural keys. ``date`` is always the day in the ad account's own
+time zone (as Facebook's date_start and Google's segments.date are), named in ``account_timezone``. Their DDL is in migrations/0001_marketing_tables.sql;
 the specs here say what a load stages and how it merges."""
 
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ FACEBOOK = TableSpec(
         ("campaign_id", pa.string()), ("campaign_name", pa.string()), ("adset_id", pa.string()),
         ("adset_name", pa.string()), ("ad_id", pa.string()), ("ad_name", pa.string()), ("date", pa.date32()),
         ("impressions", pa.int64()), ("clicks", pa.int64()), ("spend", pa.string()), ("actions", pa.string()),
-        ("raw_object", pa.string()),
+        ("raw_object", pa.string()), ("account_timezone", pa.string()),  # table order: added by migration 0005
     ]),
     key=("account_id", "ad_id", "date"),
 )
@@ -52,7 +53,7 @@ GOOGLE_ADS = TableSpec(
         ("campaign_id", pa.string()), ("campaign_name", pa.string()), ("ad_group_id", pa.string()),
         ("ad_group_name", pa.string()), ("ad_id", pa.string()), ("date", pa.date32()),
         ("impressions", pa.int64()), ("clicks", pa.int64()), ("cost_micros", pa.int64()),
-        ("conversions", pa.float64()), ("raw_object", pa.string()),
+        ("conversions", pa.float64()), ("raw_object", pa.string()), ("account_timezone", pa.string()),
     ]),
     key=("customer_id", "ad_group_id", "ad_id", "date"),
 )
@@ -64,6 +65,7 @@ CLEVERTAP = TableSpec(
         ("event_date", pa.date32()), ("event_ts", pa.timestamp("us", tz="UTC")), ("profile_object_id", pa.string()),
         ("platform", pa.string()), ("app_version", pa.string()), ("event_props", pa.string()),
         ("session_props", pa.string()), ("raw_object", pa.string()),
+        ("key_version", pa.int32()), ("account_timezone", pa.string()),  # added by migration 0004
     ]),
     key=("event_key", "occurrence"),
 )
@@ -95,7 +97,7 @@ AD_PERFORMANCE = TableSpec(
         ("platform", pa.string()), ("account_id", pa.string()), ("account_name", pa.string()),
         ("campaign_id", pa.string()), ("campaign_name", pa.string()), ("ad_id", pa.string()), ("date", pa.date32()),
         ("impressions", pa.int64()), ("clicks", pa.int64()), ("spend", pa.string()), ("currency", pa.string()),
-        ("conversions", pa.string()),
+        ("conversions", pa.string()), ("account_timezone", pa.string()),
     ]),
     key=("platform", "account_id", "ad_id", "date"),
     lineage=(),

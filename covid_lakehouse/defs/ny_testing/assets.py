@@ -19,7 +19,11 @@ from pydantic import Field
 from covid_lakehouse.defs.ny_testing.checks import AUDITS, Blocked, Staged, blocked_units
 from covid_lakehouse.defs.ny_testing.parsing import BATCH_ROWS, MEASURES, SourceFormatError, open_rows_json
 from covid_lakehouse.defs.ny_testing.parsing import UnsafeIdentifierError as UnsafeCountyError
-from covid_lakehouse.defs.ny_testing.partitions import COUNTY_PARTITIONS_NAME, county_partitions
+from covid_lakehouse.defs.ny_testing.partitions import (
+    COUNTY_PARTITIONS_NAME,
+    check_new_counties,
+    county_partitions,
+)
 from covid_lakehouse.defs.ny_testing.raw import (
     bundled_snapshot_sha256,
     display_url,
@@ -86,6 +90,10 @@ def raw_rows_json(context: dg.AssetExecutionContext, http: HttpResource, s3: Lak
         with tempfile.TemporaryFile() as parsed:
             try:
                 summary = summarize(body, source=shown, parsed_sink=parsed)
+                if summary.rows == 0:  # the source has had tens of thousands of rows since 2020
+                    raise SourceFormatError(shown, "the download has no data rows (a well-formed but empty "
+                                            "rows.json): the source is broken, not the epidemic over")
+                check_new_counties(context.instance, summary.counties, shown)  # refused whole past the cap
             except _BAD_SOURCE as err:
                 quarantine = f"{prefix}/quarantine/sha256={download.sha256}.body"
                 put_once(s3, bucket, quarantine, body, {"source": shown})
@@ -183,7 +191,7 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
         yield from results  # before anything is published
         blocked = blocked_units(failures)
         publish = [c for c in counties if c in in_source and not blocked.county_blocked(c)]
-        loaded, errors = _publish_counties(wh, staging, publish, tables, loaded_at, ny_testing_settings.max_workers)
+        loaded, errors = publish_counties(wh, staging, publish, tables, loaded_at, ny_testing_settings.max_workers)
         for county in sorted(loaded):
             yield dg.AssetMaterialization(asset_key=COUNTY_KEY, partition=county,
                                           metadata=_county_metadata(loaded[county], raw_key))
@@ -260,7 +268,7 @@ def _county_tables(partition_keys: list[str]) -> dict[str, str]:
         raise dg.Failure(f"{err}; nothing published", allow_retries=False) from None
 
 
-def _publish_counties(wh: Warehouse, staging, counties: list[str], tables: dict[str, str], loaded_at: datetime,
+def publish_counties(wh: Warehouse, staging, counties: list[str], tables: dict[str, str], loaded_at: datetime,
                       max_workers: int) -> tuple[dict[str, CountyResult], dict[str, Exception]]:
     """Upsert each county on its own pooled connection and transaction; one county's failure leaves the
     others' commits in place."""

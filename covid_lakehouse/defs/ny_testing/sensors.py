@@ -8,7 +8,12 @@ table, is logged here and reported by the county_tests check ``counties_present`
 import dagster as dg
 
 from covid_lakehouse.defs.ny_testing.assets import COUNTY_KEY, RAW_KEY, RAW_KEY_TAG
-from covid_lakehouse.defs.ny_testing.partitions import COUNTY_PARTITIONS_NAME, county_partitions
+from covid_lakehouse.defs.ny_testing.partitions import (
+    COUNTY_PARTITIONS_NAME,
+    check_new_counties,
+    county_partitions,
+)
+from covid_lakehouse.lib.policies import max_runtime
 
 
 @dg.sensor(
@@ -29,7 +34,8 @@ def ny_testing_county_partitions(context: dg.SensorEvaluationContext) -> dg.Sens
     metadata = event.asset_materialization.metadata
     in_source = list(metadata["counties"].value)
     existing = list(context.instance.get_dynamic_partitions(COUNTY_PARTITIONS_NAME))
-    new = sorted(set(in_source) - set(existing))
+    # The raw asset refuses such downloads; checked again so that no path adds more than the cap.
+    new = check_new_counties(context.instance, in_source, metadata["s3_key"].value)
     gone = sorted(set(existing) - set(in_source))
     if new:
         context.log.info("adding %d county partition(s): %s", len(new), ", ".join(new))
@@ -48,6 +54,7 @@ def ny_testing_county_partitions(context: dg.SensorEvaluationContext) -> dg.Sens
             "dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[-1],
             RAW_KEY_TAG: metadata["s3_key"].value,  # load exactly the download that triggered this run
+            **max_runtime(hours=3),  # an asset-selection run inherits no job tags
         },
     )
     return dg.SensorResult(

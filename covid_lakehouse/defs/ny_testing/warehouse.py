@@ -5,6 +5,7 @@ Layout (the schemas and the reference table are made by defs/ny_testing/migratio
   ny_testing.all_counties               view: every county table with a county column
   ny_testing_reference.geography_totals REGION / STATEWIDE rows (not counties), for reconciliation
   ny_testing_staging.county_tests_<run> UNLOGGED copy of one raw object, dropped when the load ends
+                                        (or by the next load's sweep, lib/staging.py, if the run was killed)
 
 Identifiers built from data are validated (parsing.county_slug, then validate_identifier) and quoted;
 county names reach SQL as bound parameters or psycopg literals, never through string formatting.
@@ -25,6 +26,7 @@ from covid_lakehouse.defs.ny_testing.parsing import MEASURES, UnsafeIdentifierEr
 from covid_lakehouse.defs.ny_testing.spool import unit_codes
 from covid_lakehouse.lib.migrate import ensure_migrated
 from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident, validate_identifier
+from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 
 MIGRATION_SCOPE = "ny_testing"  # schemas, reference table, analyst grants: defs/ny_testing/migrations/
 COUNTY_SCHEMA = "ny_testing"  # one table per county + the all_counties view, nothing else
@@ -86,10 +88,12 @@ class Warehouse:
         publishing workers read over their own connections; committed on return."""
         with self.pg.connection() as conn:
             ensure_migrated(conn, MIGRATION_SCOPE)  # the schemas and the reference table
+            sweep_staging(conn, self.staging_schema)  # staging of runs no longer in progress (killed ones too)
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))  # a retried attempt of this run
             conn.execute(sql.SQL(
                 "CREATE UNLOGGED TABLE {} (geography text NOT NULL, county text NOT NULL, "
                 "test_date date NOT NULL, {})").format(staging, _measure_defs()))
+            claim_staging(conn, staging)
             rows = PostgresResource.copy_arrow(conn, staging, batches)
             conn.execute(sql.SQL("CREATE INDEX ON {} (geography, county, test_date)").format(staging))
             conn.execute(sql.SQL("ANALYZE {}").format(staging))

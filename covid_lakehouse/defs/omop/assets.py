@@ -10,8 +10,17 @@ import pyarrow as pa
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, provider_audits
 from covid_lakehouse.defs.omop.extract import CARE_SITE_SOURCE, PROVIDER_SOURCE, extract, source_label
+from covid_lakehouse.defs.omop.fingerprint import Fingerprint, fingerprint
+from covid_lakehouse.defs.omop.landing import list_landing
 from covid_lakehouse.defs.omop.partitions import tenant_partitions
-from covid_lakehouse.defs.omop.pipeline import append, ingest_landing, processed_files, read_or_empty, utc_now
+from covid_lakehouse.defs.omop.pipeline import (
+    append,
+    ingest_landing,
+    last_run,
+    processed_files,
+    read_or_empty,
+    utc_now,
+)
 from covid_lakehouse.defs.omop.rules import load_specialty_map
 from covid_lakehouse.defs.omop.tenants import NAMESPACE_PREFIX, Tenant, TenantConfigError, TenantsResource
 from covid_lakehouse.defs.omop.transform import (
@@ -66,32 +75,86 @@ def _tenant(tenants: TenantsResource, name: str) -> Tenant:
         raise dg.Failure(description=str(err), allow_retries=False) from err
 
 
+class TenantRunConfig(dg.Config):
+    full_refresh: bool = False  # run the tenant even if its sources' fingerprint is the recorded one
+
+
 @dg.asset(
     key=LANDING_KEY, group_name=GROUP, partitions_def=tenant_partitions, deps=[CLIENT_FILES_KEY],
-    retry_policy=RETRY, kinds={"s3", "iceberg"},
-    description="New client files of the tenant, parsed as written into Iceberg tables landing_row (one row per "
-                "line, with file and line number) and landing_file (the manifest: each object key + ETag once).",
+    retry_policy=RETRY, kinds={"s3", "iceberg"}, output_required=False,
+    description="The gate of a tenant run, then its new client files. First the tenant's source fingerprint "
+                "(source tables' row hashes and columns, the landing listing with ETags): when it equals the one "
+                "the last successful run recorded, a 'no change' observation is logged and the run stops here "
+                "(care_site and provider are skipped; config full_refresh: true forces the run). Otherwise new "
+                "files are parsed as written into Iceberg tables landing_row (one row per line, with file and "
+                "line number) and landing_file (the manifest: each object key + ETag once).",
 )
-def landing_files(context: dg.AssetExecutionContext, s3: LakeS3Resource, lakehouse: LakehouseResource,
-                  omop_tenants: TenantsResource) -> dg.MaterializeResult:
+def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3: LakeS3Resource,
+                  lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
-    report = ingest_landing(tenant, s3.get_client(), lakehouse, run_id=context.run_id)
+    client = s3.get_client()
+    # One listing, taken before any extract: a change after it is seen by the next run, never lost.
+    objects = list_landing(client, tenant.landing_bucket, tenant.prefix)
+    sources = fingerprint(tenant, objects)
+    recorded = None if config.full_refresh else _unchanged_since(context, lakehouse, tenant, sources)
+    if recorded is not None:
+        context.log.info("tenant %s: no change since run %s (fingerprint %s): skipping extract, transform and "
+                         "publish", tenant.name, recorded["run_id"], sources.digest)
+        for key in TENANT_ASSET_KEYS:
+            context.log_event(dg.AssetObservation(asset_key=key, partition=tenant.name, metadata={
+                "no_change": True, **sources.summary(), "published_by_run": recorded["run_id"],
+                "providers": recorded["providers"]}))
+        return
+    report = ingest_landing(tenant, client, lakehouse, run_id=context.run_id, objects=objects)
     context.log.info("tenant %s: %d new file(s), %d row(s), %d rejected file(s), %d malformed row(s)",
                      tenant.name, report.files, report.rows, len(report.rejected_files), report.malformed_rows)
-    return dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={
         "new_files": report.files, "rows_read": report.rows, "malformed_rows": report.malformed_rows,
         "rejected_files": ", ".join(report.rejected_files) or "none",
-        "landing": f"s3://{tenant.landing_bucket}/{tenant.prefix}",
+        "landing": f"s3://{tenant.landing_bucket}/{tenant.prefix}", "full_refresh": config.full_refresh,
+        **sources.summary(),
     })
 
 
+def _unchanged_since(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, tenant: Tenant,
+                     sources: Fingerprint) -> dict | None:
+    """The last successful run's run_log row if it recorded this fingerprint and its outputs are still
+    the latest (no later run of a subset of the tenant's assets republished one of them)."""
+    recorded = last_run(lakehouse, tenant.namespace)
+    if recorded is None or recorded["source_fingerprint"] != sources.digest:
+        return None
+    for key in (LANDING_KEY, CARE_SITE_KEY, PROVIDER_KEY):
+        latest = _latest_materialization(context.instance, key, tenant.name)
+        if latest is None or latest.run_id != recorded["run_id"]:
+            return None
+    return recorded
+
+
+def _latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str):
+    """The asset partition's latest materialization record, or None."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]),
+                                              limit=1).records
+    return records[0] if records else None
+
+
+def _recorded_fingerprint(context: dg.AssetExecutionContext, tenant: Tenant) -> str | None:
+    """The fingerprint this run's gate computed before any extract; None when the gate was not part of
+    this run (a subset run or a re-execution): the next run then cannot skip."""
+    record = _latest_materialization(context.instance, LANDING_KEY, tenant.name)
+    if record is None or record.run_id != context.run_id:
+        return None
+    value = record.asset_materialization.metadata.get("source_fingerprint")
+    return value.value if value is not None else None
+
+
 @dg.asset(
-    key=CARE_SITE_KEY, group_name=GROUP, partitions_def=tenant_partitions, deps=[SOURCE_DB_KEY],
+    key=CARE_SITE_KEY, group_name=GROUP, partitions_def=tenant_partitions, deps=[SOURCE_DB_KEY, LANDING_KEY],
     check_specs=audit_check_specs(CARE_SITE_KEY, CARE_SITE_AUDITS), retry_policy=RETRY, kinds={"iceberg"},
     # Published below; loads as an input from the tenant's namespace (lib/io_managers/lakehouse.py).
     io_manager_key="lakehouse_io_manager", metadata=lakehouse_location(tables.T_CARE_SITE),
     description="OMOP CDM 5.4 care_site from the source database, with care_site_id kept stable by an id map "
-                "keyed on the site code.",
+                "keyed on the site code. After omop/landing_files only because that step decides whether the "
+                "tenant changed at all.",
 )
 def care_site(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
@@ -163,7 +226,9 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="omop-publish") as pool:
         for done in [pool.submit(list, lakehouse.write_audit_publish(ns, table, data)) for table, data in companions]:
             done.result()
-    append(lakehouse, ns, tables.T_RUN_LOG, tables.conform(_run_log_row(context.run_id, build), tables.RUN_LOG))
+    # The last write of a tenant run: the fingerprint counts as recorded only once everything committed.
+    append(lakehouse, ns, tables.T_RUN_LOG, tables.conform(
+        _run_log_row(context.run_id, build, _recorded_fingerprint(context, tenant)), tables.RUN_LOG))
     yield dg.MaterializeResult(asset_key=PROVIDER_KEY, metadata={
         "dagster/row_count": build.provider.num_rows,
         "dagster/column_schema": _column_schema(tables.PROVIDER),
@@ -181,7 +246,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         "dagster/row_count": build.flags.num_rows, "flags": dg.MetadataValue.json(build.flag_counts())})
 
 
-def _run_log_row(run_id: str, build: ProviderBuild) -> pa.Table:
+def _run_log_row(run_id: str, build: ProviderBuild, source_fingerprint: str | None) -> pa.Table:
     c = build.counts
     return pa.Table.from_pylist([{
         "run_id": run_id, "finished_at": utc_now(), "source_rows": c.source_rows, "source_new": c.source_new,
@@ -189,7 +254,7 @@ def _run_log_row(run_id: str, build: ProviderBuild) -> pa.Table:
         "source_quarantined": c.source_quarantined, "files": c.run_files, "file_rows_read": c.run_file_rows_read,
         "file_rows_new": c.run_file_rows_new, "file_rows_merged": c.run_file_rows_merged,
         "file_rows_quarantined": c.run_file_rows_quarantined, "providers": c.providers,
-        "flags": build.flags.num_rows, "processed_files": build.run_files,
+        "flags": build.flags.num_rows, "processed_files": build.run_files, "source_fingerprint": source_fingerprint,
     }])
 
 

@@ -4,6 +4,8 @@ and changed rows are found by hashing, downstream). CSV from PostgreSQL is parse
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 import psycopg
@@ -12,7 +14,7 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 
 from covid_lakehouse.defs.omop.tenants import Tenant
-from covid_lakehouse.lib.postgres import table_ident
+from covid_lakehouse.lib.postgres import copy_csv_options, copy_out_sql, table_ident
 
 CARE_SITE_SOURCE = pa.schema([
     ("care_site_id", pa.int64()), ("care_site_name", pa.string()), ("care_site_source_value", pa.string()),
@@ -29,6 +31,20 @@ def source_label(tenant: Tenant, table: str) -> str:
     return f"postgres:{tenant.source_schema}.{table}"
 
 
+@contextmanager
+def source_errors(tenant: Tenant, table: str) -> Iterator[None]:
+    """A missing schema, table or column is a configuration problem: fail at once (no retries) with
+    the table named. Connection errors propagate (the asset's RetryPolicy retries them)."""
+    try:
+        yield
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InvalidSchemaName) as err:
+        raise dg.Failure(
+            description=f"tenant {tenant.name!r}: cannot read source table {tenant.source_schema}.{table}: "
+                        f"{str(err).splitlines()[0]}",
+            allow_retries=False,
+        ) from err
+
+
 def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
     """COPY ``table`` (the columns of ``schema``) out of the tenant's source database as Arrow.
 
@@ -37,26 +53,13 @@ def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
     target = table_ident(tenant.source_schema, table)
     columns = sql.SQL(", ").join(sql.Identifier(name) for name in schema.names)
     buffer = io.BytesIO()
-    try:
-        with psycopg.connect(tenant.source_dsn(), connect_timeout=10,
-                             application_name="covid_lakehouse_omop_extract") as conn:
-            conn.read_only = True
-            with conn.cursor().copy(sql.SQL("COPY {} ({}) TO STDOUT (FORMAT csv)").format(target, columns)) as copy:
-                for chunk in copy:
-                    buffer.write(chunk)
-    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InvalidSchemaName) as err:
-        raise dg.Failure(
-            description=f"tenant {tenant.name!r}: cannot read source table {tenant.source_schema}.{table}: "
-                        f"{str(err).splitlines()[0]}",
-            allow_retries=False,
-        ) from err
+    with source_errors(tenant, table), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
+                                                       application_name="covid_lakehouse_omop_extract") as conn:
+        conn.read_only = True
+        with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
+            for chunk in copy:
+                buffer.write(chunk)
     buffer.seek(0)
     if not buffer.getbuffer().nbytes:
         return schema.empty_table()
-    return pacsv.read_csv(
-        buffer,
-        read_options=pacsv.ReadOptions(column_names=schema.names, block_size=64 << 20),
-        # COPY writes NULL as an empty unquoted field and '' as "": keep the two apart.
-        convert_options=pacsv.ConvertOptions(column_types=schema, null_values=[""], strings_can_be_null=True,
-                                             quoted_strings_can_be_null=False),
-    )
+    return pacsv.read_csv(buffer, **copy_csv_options(schema, block_size=64 << 20))

@@ -10,7 +10,7 @@ import pyarrow as pa
 from botocore.exceptions import ClientError
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.landing import list_landing, parse_landing_file
+from covid_lakehouse.defs.omop.landing import LandingObject, list_landing, parse_landing_file
 from covid_lakehouse.defs.omop.tenants import Tenant
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 
@@ -42,10 +42,11 @@ class IngestReport:
 
 
 def ingest_landing(tenant: Tenant, client, lakehouse: LakehouseResource, *, run_id: str,
-                   now: datetime | None = None) -> IngestReport:
+                   now: datetime | None = None, objects: list[LandingObject] | None = None) -> IngestReport:
     """Parse every landing object not yet in the manifest (key + ETag) into landing_row, then record
     it in landing_file. Rows are appended before the manifest: a crash in between means the file is
-    taken in again, and the transform drops the duplicate (file, line) rows."""
+    taken in again, and the transform drops the duplicate (file, line) rows. ``objects``: the
+    prefix's listing, when the caller already has it (default: list it now)."""
     now = now or utc_now()
     ns = tenant.namespace
     manifest = read_or_empty(lakehouse, ns, tables.T_LANDING_FILE, tables.LANDING_FILE)
@@ -53,7 +54,9 @@ def ingest_landing(tenant: Tenant, client, lakehouse: LakehouseResource, *, run_
     rows: list[dict] = []
     entries: list[dict] = []
     skipped = 0
-    for obj in list_landing(client, tenant.landing_bucket, tenant.prefix):
+    if objects is None:
+        objects = list_landing(client, tenant.landing_bucket, tenant.prefix)
+    for obj in objects:
         if (obj.key, obj.etag) in seen:
             continue
         try:
@@ -87,3 +90,11 @@ def processed_files(lakehouse: LakehouseResource, namespace: str) -> list[str]:
     """Files (key#etag) already harmonized by an earlier successful run."""
     log = read_or_empty(lakehouse, namespace, tables.T_RUN_LOG, tables.RUN_LOG)
     return [ref for refs in log["processed_files"].to_pylist() for ref in refs or []]
+
+
+def last_run(lakehouse: LakehouseResource, namespace: str) -> dict | None:
+    """The run_log row of the tenant's last successful run (None before the first)."""
+    log = read_or_empty(lakehouse, namespace, tables.T_RUN_LOG, tables.RUN_LOG)
+    if not log.num_rows:
+        return None
+    return max(log.to_pylist(), key=lambda row: row["finished_at"])

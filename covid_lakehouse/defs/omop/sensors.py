@@ -12,6 +12,7 @@ from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.landing import LandingObject, list_landing
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME, tenant_partitions
 from covid_lakehouse.defs.omop.tenants import TENANTS_FILE_ENV, TenantConfigError, TenantsResource
+from covid_lakehouse.lib.policies import max_runtime
 from covid_lakehouse.lib.s3 import LakeS3Resource
 
 # Runs of one tenant should queue behind each other: the run queue limits runs per value of these
@@ -22,7 +23,7 @@ TENANT_TAG = "covid_lakehouse/tenant"
 
 omop_tenant_job = dg.define_asset_job(
     "omop_tenant_job", selection=TENANT_ASSET_KEYS, partitions_def=tenant_partitions,
-    description="One tenant: new landing files, care_site, provider (+ provenance, quarantine, flags).",
+    tags=max_runtime(hours=3), description="One tenant: new landing files, care_site, provider (+ provenance, quarantine, flags).",
 )
 
 

@@ -103,7 +103,7 @@ LANDING_ROW = pa.schema([
 ])
 # Natural key -> surrogate id, append-only: ids stay stable across runs.
 ID_MAP = pa.schema([("natural_key", pa.string()), ("id", pa.int64()), ("first_seen_at", TS)])
-# One row per successful provider run: the counts, and the files it took in.
+# One row per successful provider run: the counts, the files it took in, the sources' fingerprint.
 RUN_LOG = pa.schema([
     ("run_id", pa.string()),
     ("finished_at", TS),
@@ -121,6 +121,8 @@ RUN_LOG = pa.schema([
     ("providers", pa.int64()),
     ("flags", pa.int64()),
     ("processed_files", pa.list_(pa.string())),
+    # The sources this run published from (fingerprint.py); NULL: unknown, the next run must not skip.
+    ("source_fingerprint", pa.string()),
 ])
 
 # Table names inside omop_<tenant>.

@@ -3,6 +3,8 @@
 import dagster as dg
 
 from covid_lakehouse.defs.platform.assets import smoke_lakehouse, smoke_warehouse
+from covid_lakehouse.defs.platform.maintenance import lakehouse_maintenance, lakehouse_maintenance_daily
 from covid_lakehouse.defs.platform.sensors import record_run_failures
 
-defs = dg.Definitions(assets=[smoke_warehouse, smoke_lakehouse], sensors=[record_run_failures])
+defs = dg.Definitions(assets=[smoke_warehouse, smoke_lakehouse], jobs=[lakehouse_maintenance],
+                      schedules=[lakehouse_maintenance_daily], sensors=[record_run_failures])

@@ -19,7 +19,7 @@ import dagster as dg
 import pandas as pd
 
 from covid_lakehouse.defs.vaccines import publish
-from covid_lakehouse.defs.vaccines.resources import VaccinesSettings, public_url
+from covid_lakehouse.defs.vaccines.resources import VaccinesSettings, max_body_bytes, public_url
 from covid_lakehouse.defs.vaccines.sources import (
     SourceFormatError,
     is_truncated,
@@ -97,7 +97,7 @@ def raw_sources(context: dg.AssetExecutionContext, vaccines_settings: VaccinesSe
     except ValueError as err:  # SourceConfigError, UnsafeIdentifierError: fix the configuration
         raise _bad_source(err, "Nothing was downloaded; see docs/vaccines.md for the configuration.") from None
     stored: list[StoredSource] = []
-    with tempfile.TemporaryDirectory(prefix="vaccines-") as tmp, http.client() as client:
+    with tempfile.TemporaryDirectory(prefix="vaccines-") as tmp, http.client(max_body_bytes=max_body_bytes()) as client:
         downloads = []
         # Download and parse everything first: one bad source stores nothing at all.
         for kind, name, url in wanted:

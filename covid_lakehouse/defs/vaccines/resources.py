@@ -38,6 +38,13 @@ ALLOCATION_URL = setting("VACCINES_{}_URL", "weekly allocations CSV of one manuf
 POPULATION_URL = setting("VACCINES_POPULATION_URL", "the 2018 county population CSV",
                          default=DEFAULT_POPULATION_URL, scope="vaccines")
 MANUFACTURERS_ENV, POPULATION_ENV = MANUFACTURERS.name, POPULATION_URL.name
+MAX_BODY_MB = setting("VACCINES_MAX_BODY_MB", "decoded megabytes one vaccines source may have (each is parsed in "
+                      "memory; the real files are under 1 MB): a larger body fails the run and nothing is stored",
+                      default="64", scope="vaccines")
+
+
+def max_body_bytes() -> int:
+    return int((MAX_BODY_MB.number(minimum=0.001) or 64) * (1 << 20))
 _MANUFACTURER = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

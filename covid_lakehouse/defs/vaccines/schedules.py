@@ -6,12 +6,14 @@ The covid19-lake copies are frozen, so most ticks change nothing: the raw object
 import dagster as dg
 
 from covid_lakehouse.defs.vaccines.assets import GROUP
+from covid_lakehouse.lib.policies import max_runtime
 
 vaccines_refresh = dg.define_asset_job(
     "vaccines_refresh",
     selection=dg.AssetSelection.groups(GROUP),
     description="Download the vaccines sources, keep them write-once in S3, publish vaccines.people_per_dose.",
-    tags={"covid_lakehouse/pool": "covid19-lake"},  # one run at a time against the same third party
+    # one run at a time against the same third party
+    tags={"covid_lakehouse/pool": "covid19-lake", **max_runtime(hours=1)},
 )
 
 vaccines_weekly = dg.ScheduleDefinition(

@@ -179,11 +179,56 @@ def _read_csv(data: bytes, source: str) -> pd.DataFrame:
     return frame
 
 
+_HTML_PREFIX_CHARS = 64 * 1024  # an outage page says what it is near its start
+_HIDDEN_BLOCKS = ("style", "script", "head")
+
+
 def _html_text(body: str, limit: int = 300) -> str:
-    """The visible text of an HTML error page, shortened: enough to recognise an outage page."""
-    body = re.sub(r"(?is)<(style|script|head)\b.*?</\1>", " ", body)
-    body = re.sub(r"(?s)<!--.*?-->|<[^>]+>", " ", body)
-    text = " ".join(html.unescape(body).split())
+    """The visible text of an HTML error page, shortened: enough to recognise an outage page.
+
+    One left-to-right scan over a bounded prefix (a backtracking regex was quadratic on bodies such as
+    ``<head `` repeated): comments, tags and the contents of style/script/head blocks are dropped; an
+    unterminated tag or block is kept as text, as the regex did. A closer searched for and not found is
+    remembered, so no search is repeated over the rest of the prefix."""
+    head = body[:_HTML_PREFIX_CHARS]
+    lower = head.lower()
+    missing: set[str] = set()
+
+    def find(needle: str, start: int) -> int:
+        if needle in missing:
+            return -1
+        at = lower.find(needle, start)
+        if at < 0:
+            missing.add(needle)
+        return at
+
+    out: list[str] = []
+    i = 0
+    while i < len(head):
+        lt = head.find("<", i)
+        if lt < 0:
+            out.append(head[i:])
+            break
+        out.append(head[i:lt])
+        end = -1
+        if head.startswith("<!--", lt):
+            close = find("-->", lt + 4)
+            end = close + 3 if close >= 0 else -1
+        else:
+            name = next((n for n in _HIDDEN_BLOCKS if lower.startswith("<" + n, lt)
+                         and not lower[lt + 1 + len(n):lt + 2 + len(n)].isalnum()), None)
+            close = find(f"</{name}>", lt) if name else -1
+            if close >= 0:
+                end = close + len(name) + 3  # type: ignore[arg-type]
+            else:
+                gt = find(">", lt)
+                end = gt + 1 if gt >= 0 else -1
+        if end < 0:  # unterminated: the rest is text
+            out.append(head[lt:])
+            break
+        out.append(" ")
+        i = end
+    text = " ".join(html.unescape("".join(out)).split())
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -12,7 +12,7 @@ Modules: ``processes`` (ports, and telling our own server processes from reused 
 the lifecycle that ties them together).
 """
 
-from covid_lakehouse.lib.embedded.postgres import ANALYST_ROLE, DATABASES, _pg_bin, provision_postgres
+from covid_lakehouse.lib.embedded.postgres import ANALYST_ROLE, DATABASES, pg_bin, provision_postgres
 from covid_lakehouse.lib.embedded.processes import STARTUP_TIMEOUT_S, ServiceStartError, free_port
 from covid_lakehouse.lib.embedded.s3 import provision_buckets
 from covid_lakehouse.lib.embedded.stack import EmbeddedStack, StackState
@@ -24,7 +24,7 @@ __all__ = [
     "EmbeddedStack",
     "ServiceStartError",
     "StackState",
-    "_pg_bin",
+    "pg_bin",
     "free_port",
     "provision_buckets",
     "provision_postgres",

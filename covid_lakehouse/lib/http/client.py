@@ -7,6 +7,13 @@ max_total_wait seconds of waiting) is spent, RetriesExhaustedError is raised. Th
 and ClientError are also ``dagster.Failure``s with ``allow_retries=False``: retries are bounded here,
 a Dagster RetryPolicy neither multiplies them nor repeats a call that cannot succeed.
 
+Every call is bounded whatever the server does (see ``limits``): decoded body bytes (max_body_bytes),
+a total deadline over all attempts (the retry wait budget plus transfer_deadline_s), and redirects:
+followed only to http(s) and never from https to http; a redirect to another origin (scheme, host,
+port) drops every header but a few harmless ones (so Authorization, API keys, passcodes, developer
+tokens and cookies stay home) and is refused when the request body would be sent there again
+(307/308). requests itself would strip only Authorization and re-send the body.
+
 Messages and logs show the URL with every query value redacted except a short safe list, and scrub
 those values (and credential-like header values) from exception texts and body excerpts; headers are
 never logged. Exceptions are raised ``from None`` because the chained requests/urllib3 exceptions print
@@ -22,20 +29,40 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import requests
 import urllib3
+from requests.utils import requote_uri
 
 from covid_lakehouse.lib.clock import Clock, SystemClock
-from covid_lakehouse.lib.http.bodies import DownloadResult, as_is, error_excerpt, load_body, parse_retry_after
+from covid_lakehouse.lib.http.bodies import (
+    BodyLimitError,
+    DownloadResult,
+    as_is,
+    error_excerpt,
+    load_body,
+    parse_retry_after,
+    read_chunks,
+)
 from covid_lakehouse.lib.http.errors import (
     TRANSIENT_EXCEPTIONS,
     AuthError,
+    BodyTooLargeError,
     ClientError,
+    DeadlineExceededError,
     HttpError,
     IncompleteBody,
     RateLimitedError,
+    RedirectRefusedError,
     TransientHttpError,
+)
+from covid_lakehouse.lib.http.limits import (
+    MAX_BODY_MB,
+    TRANSFER_DEADLINE_S,
+    Deadline,
+    default_max_body_bytes,
+    default_transfer_deadline_s,
 )
 from covid_lakehouse.lib.http.redaction import SAFE_QUERY_PARAMS, Redactor
 
@@ -46,6 +73,9 @@ AUTH_STATUSES = frozenset({401, 403})
 
 T = TypeVar("T")
 RetryHint = Callable[[requests.Response], "float | None"]
+# Headers still sent after a redirect to another origin; every other one may carry a credential.
+_KEPT_ACROSS_ORIGINS = frozenset({"user-agent", "accept", "accept-encoding", "accept-language", "connection"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -64,7 +94,10 @@ class HttpClient:
     ``auth_hint`` names where the credentials come from (e.g. "the environment variable FB_TOKEN")
     and ends up in AuthError messages. ``retry_after_from(response)`` returns the seconds a transient
     response (429/5xx) asks us to wait; the default reads Retry-After. Request bodies must be
-    replayable (bytes, str, dict or json), since a retry sends them again.
+    replayable (bytes, str, dict or json), since a retry sends them again. ``secret_headers`` names
+    headers whose values are scrubbed from messages besides those that look like credentials;
+    ``secret_path`` hides the URL's path too (a webhook URL is its own credential).
+    ``max_body_bytes`` and ``transfer_deadline_s`` default to HTTP_MAX_BODY_MB and HTTP_CALL_DEADLINE_S.
     """
 
     def __init__(
@@ -82,6 +115,11 @@ class HttpClient:
         auth_hint: str | None = None,
         retry_after_from: RetryHint | None = None,
         safe_query_params: Iterable[str] = (),
+        max_body_bytes: int | None = None,
+        transfer_deadline_s: float | None = None,
+        secret_headers: Iterable[str] = (),
+        max_redirects: int = 10,
+        secret_path: bool = False,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -98,6 +136,12 @@ class HttpClient:
         self._auth_hint = auth_hint
         self._retry_after_from: RetryHint = retry_after_from or self._retry_after_header
         self._safe_params = SAFE_QUERY_PARAMS | frozenset(safe_query_params)
+        self._max_body_bytes = max_body_bytes if max_body_bytes is not None else default_max_body_bytes()
+        self._transfer_deadline_s = (transfer_deadline_s if transfer_deadline_s is not None
+                                     else default_transfer_deadline_s())
+        self._secret_headers = frozenset(h.lower() for h in secret_headers)
+        self._max_redirects = max_redirects
+        self._secret_path = secret_path
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -173,16 +217,20 @@ class HttpClient:
             raise ValueError("download() needs a seekable sink so that a retry can rewind it")
         start = sink.tell()
 
-        def consume(response: requests.Response) -> DownloadResult:
+        def consume(response: requests.Response, **limits: Any) -> DownloadResult:
             sink.seek(start)
             sink.truncate()
             digest = hashlib.sha256()
             size = 0
             try:
-                for chunk in response.iter_content(chunk_size):
+                for chunk in read_chunks(response, chunk_size=chunk_size, **limits):
                     digest.update(chunk)
                     sink.write(chunk)
                     size += len(chunk)
+            except BaseException:
+                sink.seek(start)
+                sink.truncate()  # nothing of a refused body stays behind (a retry rewinds anyway)
+                raise
             finally:
                 response.close()
             declared = response.headers.get("Content-Length")
@@ -214,25 +262,32 @@ class HttpClient:
         json: Any,
         data: Any,
         ok_statuses: Collection[int],
-        consume: Callable[[requests.Response], T],
+        consume: Callable[..., T],
     ) -> T:
         all_headers = {"User-Agent": self._user_agent, **(headers or {})}
         request = requests.Request(method, url, params=params, headers=all_headers, json=json, data=data)
         prepared = self._session.prepare_request(request)
         assert prepared.url is not None
-        redactor = Redactor(prepared.url, self._safe_params, prepared.headers)
-        # Always stream: the body is then read inside the try below, where a cut-short body is transient.
-        settings = self._session.merge_environment_settings(prepared.url, {}, True, None, None)
+        redactor = Redactor(prepared.url, self._safe_params, prepared.headers, self._secret_headers,
+                            self._secret_path)
+        deadline = Deadline(self._clock, self._max_total_wait + self._transfer_deadline_s)
+        limits = {"max_bytes": self._max_body_bytes, "deadline": deadline, "read_timeout": self._timeout[1]}
         waited = 0.0
         attempt = 0
         while True:
             attempt += 1
             response: requests.Response | None = None
             try:
-                response = self._session.send(prepared.copy(), timeout=self._timeout, **settings)
+                if deadline.passed():
+                    raise BodyLimitError("deadline", "no attempt left before the deadline")
+                response = self._send(method, prepared, deadline, redactor, attempt)
                 if response.status_code in ok_statuses:
-                    return consume(response)
+                    return consume(response, **limits)
                 failure = self._classify(method, redactor, response, attempt)
+            except BodyLimitError as exc:
+                if response is not None:
+                    response.close()
+                raise self._limit_error(exc, method, redactor, response, attempt) from None
             except requests.exceptions.SSLError as exc:  # a certificate problem does not heal by waiting
                 raise HttpError(
                     method, redactor.url, redactor.scrub(self._describe(exc)), attempts=attempt
@@ -240,6 +295,9 @@ class HttpClient:
             except TRANSIENT_EXCEPTIONS as exc:
                 if response is not None:
                     response.close()
+                if deadline.passed():  # the per-read timeout was cut to the deadline
+                    raise self._limit_error(BodyLimitError("deadline", redactor.scrub(self._describe(exc))),
+                                            method, redactor, response, attempt) from None
                 status = response.status_code if response is not None else None
                 failure = _Attempt(redactor.scrub(self._describe(exc)), status)
             except requests.RequestException as exc:  # invalid URL, redirect loop, undecodable body...
@@ -247,7 +305,7 @@ class HttpClient:
                     method, redactor.url, redactor.scrub(self._describe(exc)), attempts=attempt
                 ) from None
 
-            give_up, wait = self._plan_wait(attempt, waited, failure.hint)
+            give_up, wait = self._plan_wait(attempt, waited, failure.hint, deadline.remaining())
             if give_up:
                 error = RateLimitedError if failure.status == 429 else TransientHttpError
                 detail = f"{give_up} after {attempt} attempt(s) and {waited:.1f}s of waiting; last: {failure.detail}"
@@ -258,10 +316,13 @@ class HttpClient:
             self._clock.sleep(wait)
             waited += wait
 
-    def _plan_wait(self, attempt: int, waited: float, hint: float | None) -> tuple[str | None, float]:
+    def _plan_wait(self, attempt: int, waited: float, hint: float | None,
+                   until_deadline: float = float("inf")) -> tuple[str | None, float]:
         """(reason to give up, 0) or (None, seconds to wait before the next attempt)."""
         if attempt >= self._max_attempts:
             return "gave up", 0.0
+        if until_deadline <= 0:
+            return "call deadline passed", 0.0
         # Full jitter: spreads clients that failed together over the whole backoff window.
         wait = self._rng.uniform(0, min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1)))
         remaining = self._max_total_wait - waited
@@ -272,7 +333,72 @@ class HttpClient:
             wait = max(wait, hint)
         if remaining <= 0:
             return "wait budget spent", 0.0
-        return None, min(wait, remaining)
+        return None, min(wait, remaining, until_deadline)
+
+    # -- bounds: deadline, size, redirects --------------------------------------------------------
+
+    def _limit_error(self, exc: BodyLimitError, method: str, redactor: Redactor,
+                     response: requests.Response | None, attempt: int) -> HttpError:
+        status = response.status_code if response is not None else None
+        if exc.kind == "size":
+            return BodyTooLargeError(method, redactor.url, f"{exc}; nothing was kept (cap: the source's own "
+                                     f"setting, else {MAX_BODY_MB.name})", status=status, attempts=attempt)
+        return DeadlineExceededError(
+            method, redactor.url, f"the call's deadline of {self._max_total_wait + self._transfer_deadline_s:g}s "
+            f"(retry wait budget + {TRANSFER_DEADLINE_S.name}) passed: {exc}", status=status, attempts=attempt)
+
+    def _send(self, method: str, prepared: requests.PreparedRequest, deadline: Deadline, redactor: Redactor,
+              attempt: int) -> requests.Response:
+        """One attempt, following redirects ourselves (see the module docstring)."""
+        request = prepared.copy()
+        for _ in range(self._max_redirects + 1):
+            timeout = (deadline.cap(self._timeout[0]), deadline.cap(self._timeout[1]))
+            # Always stream: the body is then read by the caller's consume, inside the retry budget.
+            settings = self._session.merge_environment_settings(request.url, {}, True, None, None)
+            response = self._session.send(request, timeout=timeout, allow_redirects=False, **settings)
+            if not response.is_redirect:
+                return response
+            request = self._redirected(method, request, response, redactor, attempt)
+        raise RedirectRefusedError(method, redactor.url, f"more than {self._max_redirects} redirects",
+                                   attempts=attempt)
+
+    def _redirected(self, method: str, request: requests.PreparedRequest, response: requests.Response,
+                    redactor: Redactor, attempt: int) -> requests.PreparedRequest:
+        status = response.status_code
+        location = self._session.get_redirect_target(response) or ""
+        response.close()
+        assert request.url is not None
+        old = urlsplit(request.url)
+        if location.startswith("//"):
+            location = f"{old.scheme}:{location}"
+        target = requote_uri(urljoin(request.url, location))
+        new = urlsplit(target)
+
+        def refuse(why: str) -> RedirectRefusedError:
+            return RedirectRefusedError(method, redactor.url, f"HTTP {status} redirect to "
+                                        f"{redactor.scrub(redactor.redact_url(target))} refused: {why}",
+                                        status=status, attempts=attempt)
+
+        if new.scheme not in _DEFAULT_PORTS or not new.hostname:
+            raise refuse("not an http(s) URL")
+        if old.scheme == "https" and new.scheme != "https":
+            raise refuse("it would leave https for plain http")
+        follow = request.copy()
+        follow.url = target
+        if (status == 303 and follow.method != "HEAD") or (status in (301, 302) and follow.method == "POST"):
+            follow.method = "GET"  # what browsers and requests do
+        if status not in (307, 308):  # only these keep the method and body
+            follow.body = None
+            for name in ("Content-Length", "Content-Type", "Transfer-Encoding"):
+                follow.headers.pop(name, None)
+        if _origin(old) != _origin(new):
+            if follow.body is not None:
+                raise refuse("the request body would be sent to another origin")
+            for name in [n for n in follow.headers if n.lower() not in _KEPT_ACROSS_ORIGINS]:
+                del follow.headers[name]  # credentials (Authorization, API keys, cookies) stay home
+            logger.info("%s %s: following a redirect to %s without credentials", method, redactor.url,
+                        redactor.scrub(redactor.redact_url(target)))
+        return follow
 
     def _classify(
         self, method: str, redactor: Redactor, response: requests.Response, attempt: int
@@ -309,3 +435,7 @@ class HttpClient:
             return f"{name}: {errno[0].strip()}"
         return f"{name}: {' '.join(text.split())[:200]}"
 
+
+
+def _origin(parts: SplitResult) -> tuple[str, str | None, int | None]:
+    return parts.scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)

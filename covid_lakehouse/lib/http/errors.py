@@ -82,6 +82,20 @@ class RateLimitedError(TransientHttpError):
     """Still rate limited (429) when the budget ran out, or asked to wait longer than the budget."""
 
 
+class DeadlineExceededError(_FinalHttpError):
+    """The call did not complete within its total deadline (a server trickling bytes, or stalling
+    between retries); per-read timeouts alone never end a trickle."""
+
+
+class BodyTooLargeError(_FinalHttpError):
+    """The decoded body exceeded the source's byte cap (e.g. a gzip bomb); nothing was kept."""
+
+
+class RedirectRefusedError(_FinalHttpError):
+    """A redirect the client will not follow: to http from https, to another scheme, a body that would
+    be re-sent to another origin, or too many hops."""
+
+
 class IncompleteBody(Exception):
     """The body ended before its Content-Length (when urllib3 did not already notice)."""
 

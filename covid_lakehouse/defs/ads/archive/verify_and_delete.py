@@ -67,8 +67,9 @@ def verify_and_delete(conn: psycopg.Connection, lakehouse: LakehouseResource, ba
         if deleted + kept != read_back:
             raise ReconciliationError(batch.batch_id, read_back, deleted, kept)
         hook("deleted")
+        # finished_at: when the delete took effect (not the transaction's start); replay orders by it.
         conn.execute(sql.SQL("UPDATE {} SET status = 'done', archived_rows = %s, deleted_rows = %s, kept_rows = %s, "
-                             "snapshot_ids = %s, finished_at = now() WHERE batch_id = %s").format(BATCHES),
+                             "snapshot_ids = %s, finished_at = clock_timestamp() WHERE batch_id = %s").format(BATCHES),
                      (read_back, deleted, kept, ",".join(map(str, snapshots)), batch.batch_id))
         conn.execute(sql.SQL("TRUNCATE {}").format(PENDING))  # it only ever holds the one open batch
     log.info("archive batch %s done: %d archived, %d deleted, %d kept (changed meanwhile)", batch.batch_id,

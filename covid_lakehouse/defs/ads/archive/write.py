@@ -23,16 +23,14 @@ from covid_lakehouse.defs.ads.archive.table import ARCHIVE_ARROW, TIMESTAMP_UTC
 from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
 from covid_lakehouse.defs.ads.warehouse import ADS, PENDING
 from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse.lib.postgres import copy_csv_options, copy_out_sql
 
 log = logging.getLogger(__name__)
 
 
 _ROW_FIELDS = ARCHIVE_ARROW.names[:-2]  # what PostgreSQL provides; the batch adds the last two
-_CSV_READ = pacsv.ReadOptions(column_names=_ROW_FIELDS, block_size=4 << 20)
-_CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)  # ad_campaign_raw is free text from the API
-_CSV_CONVERT = pacsv.ConvertOptions(
-    column_types={f.name: f.type for f in ARCHIVE_ARROW if f.name in _ROW_FIELDS},
-    true_values=["t"], false_values=["f"], strings_can_be_null=True, quoted_strings_can_be_null=False)
+# Every text column is free text from the API: read back exactly (null-like words, '', newlines).
+_CSV_OPTIONS = copy_csv_options(pa.schema([ARCHIVE_ARROW.field(name) for name in _ROW_FIELDS]))
 
 
 def write_batch(conn: psycopg.Connection, lakehouse: LakehouseResource, batch: Batch, chunk_rows: int,
@@ -76,18 +74,17 @@ def _planned_rows(conn: psycopg.Connection, batch_id: str, chunk_rows: int) -> I
     """The batch's rows still at their planned version, ``chunk_rows`` at a time: one COPY TO streamed
     through pyarrow's CSV reader, so memory holds about one chunk. Ordered by shown date, so a chunk
     spans one or two partitions (Iceberg splits a chunk by partition, at a cost per partition)."""
-    query = sql.SQL(
-        "COPY (SELECT a.ad_id, a.ad_group, a.ad_campaign, a.ad_campaign_raw, a.ad_scheme_origin, "
+    query = copy_out_sql(sql.SQL(
+        "(SELECT a.ad_id, a.ad_group, a.ad_campaign, a.ad_campaign_raw, a.ad_scheme_origin, "
         "a.ad_scheme_approved, a.shown_at, (a.shown_at AT TIME ZONE 'UTC')::date AS shown_date, a.backup_key, "
         "a.loaded_at, a.row_version FROM {pending} p "
         "JOIN {ads} a ON a.ad_id = p.ad_id AND a.row_version = p.row_version "
-        "WHERE p.batch_id = %s ORDER BY shown_date) TO STDOUT (FORMAT csv)").format(pending=PENDING, ads=ADS)
+        "WHERE p.batch_id = %s ORDER BY shown_date)").format(pending=PENDING, ads=ADS))
     with conn.cursor() as cur, cur.copy(query, (batch_id,)) as copy:
         stream = io.BufferedReader(_CopyStream(copy), 1 << 20)
         if not stream.peek(1):
             return
-        reader = pacsv.open_csv(stream, read_options=_CSV_READ, parse_options=_CSV_PARSE,
-                                convert_options=_CSV_CONVERT)
+        reader = pacsv.open_csv(stream, **_CSV_OPTIONS)
         buffered: list[pa.RecordBatch] = []
         rows = 0
         for batch in reader:

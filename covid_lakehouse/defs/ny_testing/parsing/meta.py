@@ -13,15 +13,19 @@ import ijson
 from covid_lakehouse.defs.ny_testing.parsing.errors import SourceFormatError
 
 _SNIFF_BYTES = 1 << 16
+# The part before the rows (leading whitespace, meta) is held in memory: the real one is ~20 KB.
+MAX_BEFORE_DATA_BYTES = 16 << 20
 
 
 class Tape:
     """Byte stream that records what the header pass reads, so the data pass can replay it."""
 
-    def __init__(self, raw: BinaryIO, head: bytes) -> None:
+    def __init__(self, raw: BinaryIO, head: bytes, source: str = "body") -> None:
         self._raw = raw
         self._pending = head  # served before reading more from raw
         self._recorded: list[bytes] | None = []
+        self._recorded_bytes = 0
+        self._source = source
         self.offset = len(head)  # bytes taken from the source so far, for error messages
 
     def read(self, n: int = -1) -> bytes:
@@ -33,6 +37,10 @@ class Tape:
             self.offset += len(out)
         if self._recorded is not None:
             self._recorded.append(out)
+            self._recorded_bytes += len(out)
+            if self._recorded_bytes > MAX_BEFORE_DATA_BYTES:
+                raise SourceFormatError(self._source, f"more than {MAX_BEFORE_DATA_BYTES} bytes before the "
+                                        '"data" array: not a rows.json export (its meta is a few KB)')
         return out
 
     def rewind(self) -> None:
@@ -50,14 +58,22 @@ def json_error(source: str, tape: Tape, exc: Exception) -> SourceFormatError:
 
 def sniff(stream: BinaryIO, source: str) -> bytes:
     """Read the first bytes and reject bodies that are plainly not rows.json, before any parsing."""
-    head = b""
-    while not head.strip():
+    chunks: list[bytes] = []
+    size = 0
+    while True:  # each chunk is looked at once: linear however much whitespace comes first
         chunk = stream.read(_SNIFF_BYTES)
         if not isinstance(chunk, bytes):
             raise TypeError(f"{source}: open the body in binary mode")
         if not chunk:
             break
-        head += chunk
+        size += len(chunk)
+        chunks.append(chunk)
+        if chunk.strip():
+            break
+        if size > MAX_BEFORE_DATA_BYTES:
+            raise SourceFormatError(source, f"more than {MAX_BEFORE_DATA_BYTES} bytes of whitespace and "
+                                    "nothing else at the start: not rows.json")
+    head = b"".join(chunks)
     head = head.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM would stop the parser
     start = head.lstrip()[:1]
     if not start:

