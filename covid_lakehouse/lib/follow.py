@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dagster as dg
 
+from covid_lakehouse.lib.policies import max_runtime
+
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def follow_sensor(name: str, upstream: dg.AssetKey, downstream: dg.AssetsDefinition, *,
-                  one_run_per_partition: bool = False) -> dg.SensorDefinition:
+                  one_run_per_partition: bool = False, max_runtime_hours: float = 1) -> dg.SensorDefinition:
     partitions_def = downstream.partitions_def
+    bound = max_runtime(hours=max_runtime_hours)  # an asset-selection run inherits no job tags
 
     @dg.sensor(name=name, asset_selection=[downstream.key], minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING,
@@ -30,18 +33,18 @@ def follow_sensor(name: str, upstream: dg.AssetKey, downstream: dg.AssetsDefinit
         cursor = str(records[-1].storage_id)
         new = {r.partition_key for r in records if r.partition_key}
         if partitions_def is None:
-            runs = [dg.RunRequest(run_key=f"{name}:{cursor}", asset_selection=[downstream.key])]
+            runs = [dg.RunRequest(run_key=f"{name}:{cursor}", asset_selection=[downstream.key], tags=bound)]
         else:
             with dg.partition_loading_context(dynamic_partitions_store=context.instance):
                 ordered = [k for k in partitions_def.get_partition_keys() if k in new]
             if not ordered:
                 return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason("no partition of the downstream"))
             if one_run_per_partition:
-                runs = [dg.RunRequest(run_key=f"{name}:{cursor}:{k}", partition_key=k, asset_selection=[downstream.key])
-                        for k in ordered]
+                runs = [dg.RunRequest(run_key=f"{name}:{cursor}:{k}", partition_key=k, asset_selection=[downstream.key],
+                                      tags=bound) for k in ordered]
             else:  # one range run (between them: partitions not re-published load their current rows)
                 runs = [dg.RunRequest(run_key=f"{name}:{cursor}", asset_selection=[downstream.key],
-                                      tags={RANGE_START_TAG: ordered[0], RANGE_END_TAG: ordered[-1]})]
+                                      tags={**bound, RANGE_START_TAG: ordered[0], RANGE_END_TAG: ordered[-1]})]
         return dg.SensorResult(run_requests=runs, cursor=cursor)
 
     return follow

@@ -15,8 +15,7 @@ from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
 from covid_lakehouse.defs.ads.shown_per_group import SHOWN_PER_GROUP_KEY
 from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse_dev.apis.ads import AdsMock
-
-from .helpers import NOW, load_rows
+from covid_lakehouse_tests.ads.support import NOW, load_rows
 
 pytestmark = pytest.mark.integration
 

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from covid_lakehouse.defs.ny_testing.positivity import POSITIVITY_KEY
+from covid_lakehouse_tests.ny_testing.support import COUNTY_KEY, dataset
 
 pytestmark = pytest.mark.integration
 RAW_KEY = dg.AssetKey(["ny_testing", "raw_rows_json"])
@@ -26,8 +27,8 @@ def _follow(ny) -> list[dg.RunRequest]:
         return list(sensor.evaluate_tick(context).run_requests or [])
 
 
-def test_positivity_follows_a_load_over_its_counties(ny, h, pg):
-    ny.serve(h.dataset(("Albany", "New York", "St. Lawrence"), days=10))
+def test_positivity_follows_a_load_over_its_counties(ny, pg):
+    ny.serve(dataset(("Albany", "New York", "St. Lawrence"), days=10))
     assert ny.daily().success
     [request] = _follow(ny)
     assert request.asset_selection == [POSITIVITY_KEY]
@@ -36,13 +37,13 @@ def test_positivity_follows_a_load_over_its_counties(ny, h, pg):
     assert ny.run(request).success
     got = _positivity(pg)
     assert len(got) == 30
-    first = date.fromisoformat(h.dataset(("Albany",), days=1)[0][0][:10])
+    first = date.fromisoformat(dataset(("Albany",), days=1)[0][0][:10])
     assert got[("Albany", first)] == (5, 100, 0.05)  # one day in the window so far
     assert got[("New York", first + timedelta(days=9))] == (6 * 7, 110 * 7, pytest.approx(6 / 110))  # seven
 
 
-def test_one_county_partition_reads_and_replaces_only_its_county(ny, h, pg):
-    ny.serve(h.dataset(("Albany", "New York"), days=3))
+def test_one_county_partition_reads_and_replaces_only_its_county(ny, pg):
+    ny.serve(dataset(("Albany", "New York"), days=3))
     assert ny.daily().success
     job = ny.defs.resolve_implicit_global_asset_job_def()
     for county in ("Albany", "New York"):
@@ -58,10 +59,10 @@ def test_one_county_partition_reads_and_replaces_only_its_county(ny, h, pg):
     assert sorted(v[0] for k, v in got.items() if k[0] == "New York") == [6, 12, 18]
 
 
-def test_analysts_load_the_published_datasets_without_a_run(ny, h):
-    ny.serve(h.dataset(("Albany", "New York"), days=2))
+def test_analysts_load_the_published_datasets_without_a_run(ny):
+    ny.serve(dataset(("Albany", "New York"), days=2))
     assert ny.daily().success
-    albany = ny.defs.load_asset_value(h.COUNTY_KEY, partition_key="Albany", instance=ny.instance)
+    albany = ny.defs.load_asset_value(COUNTY_KEY, partition_key="Albany", instance=ny.instance)
     assert set(albany["county"]) == {"Albany"} and len(albany) == 2
     raw = ny.defs.load_asset_value(RAW_KEY, instance=ny.instance)
     assert raw == ny.body

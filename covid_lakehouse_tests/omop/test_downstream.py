@@ -11,8 +11,7 @@ import pytest
 
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, PROVIDER_KEY
 from covid_lakehouse.defs.omop.specialties import SPECIALTIES_KEY
-
-from .support import run_tenant
+from covid_lakehouse_tests.omop.support import run_tenant
 
 pytestmark = pytest.mark.integration
 
