@@ -1,10 +1,11 @@
-# covid_lakehouse: every entry point a user or CI needs. Needs Python 3.11+ with venv, nothing else.
+# covid_lakehouse: every entry point a user or CI needs. demo/up/bench need Python 3.11+ with venv;
+# test also needs chromium, chromedriver and kubectl on PATH (checked first: see README, Prerequisites).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 NAME ?=
 
-.PHONY: venv browser demo up start test bench bench-smoke lint clean
+.PHONY: venv browser prerequisites demo up start test bench bench-smoke lint clean
 
 # Create the virtualenv and install the project with its dev extras (re-run when pyproject changes).
 venv: $(VENV)/.installed
@@ -26,16 +27,28 @@ up: venv
 # The same as `make up`, under the name the ads seed's instructions use.
 start: up
 
-# Debian's chromium + chromedriver for the UI test (installed with apt-get when missing and root).
+# Debian's chromium + chromedriver for the UI test, installed with apt-get when missing and root (CI);
+# anywhere else `prerequisites` reports what is missing.
 browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  echo "installing chromium + chromium-driver (Debian packages) for the UI test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
-	else echo "The UI test needs chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)"; exit 1; fi
+	fi
+
+# What the test suite needs beyond Python, checked before any test runs: one message listing all of it.
+prerequisites:
+	@missing=""; for tool in chromium chromedriver kubectl; do \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make test needs on PATH:$$missing (the UI test drives chromium; the Kubernetes test renders deploy/k8s" \
+	       "with kubectl kustomize). Debian/Ubuntu: apt-get install chromium chromium-driver, kubectl from" \
+	       "pkgs.k8s.io; macOS: brew install --cask chromium chromedriver && brew install kubectl." \
+	       "See README.md, Prerequisites."; \
+	  exit 1; fi
 
 # The whole test suite against real embedded services, UI test included (what CI runs).
-test: venv browser
+test: venv browser prerequisites
 	$(BIN)/pytest -q
 
 # Benchmarks (ratios against a floor measured in the same run); NAME=x runs one.

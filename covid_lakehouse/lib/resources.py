@@ -6,7 +6,7 @@ import dagster as dg
 
 from covid_lakehouse.lib.clock import Clock
 from covid_lakehouse.lib.http import HttpClient, RetryHint
-from covid_lakehouse.lib.io_managers import PostgresIOManager
+from covid_lakehouse.lib.io_managers import LakehouseIOManager, PostgresIOManager, S3ObjectIOManager
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.s3 import LakeS3Resource
@@ -38,6 +38,8 @@ def platform_resources() -> dict[str, object]:
     return {
         "warehouse": PostgresResource.from_env(),
         "warehouse_io_manager": PostgresIOManager.from_env(),
+        "lakehouse_io_manager": LakehouseIOManager.from_env(),
+        "s3_object_io_manager": S3ObjectIOManager.from_env(),
         "s3": LakeS3Resource.from_env(),
         "lakehouse": LakehouseResource.from_env(),
         "http": HttpResource(),

@@ -15,11 +15,13 @@ from covid_lakehouse_tests.ads.support import assert_invariant
 
 def test_jobs_schedules_and_checks():
     merged = dg.Definitions.merge(defs, dg.Definitions(resources={
-        "warehouse": object(), "s3": object(), "lakehouse": object(), "http": object()}))
+        "warehouse": object(), "s3": object(), "lakehouse": object(), "http": object(),
+        "warehouse_io_manager": dg.mem_io_manager, "lakehouse_io_manager": dg.mem_io_manager}))
     assert {s.name: (s.job_name, s.cron_schedule) for s in merged.schedules} == {
         "api_load_hourly": ("api_load", "0 * * * *"), "ad_archive_daily": ("ad_archive", "30 0 * * *")}
     graph = merged.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"ads/ads", "ads/ads_archive"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"ads/ads", "ads/ads_archive",
+                                                                        "ads/shown_per_group_daily"}
     assert all(graph.get(k).group_name == "ads" for k in graph.get_all_asset_keys())
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {("ads/ads", "ad_id_valid_unique"), ("ads/ads", "ad_group_known"),
@@ -33,7 +35,7 @@ def test_demo_procedure_loads_then_archives_offline(ads_clean, ads_api, services
     merged = dg.Definitions.merge(defs, dg.Definitions(resources=platform_resources()))
     report = runtime.run_demo(merged, instance)
     assert report.ok and report.runs == [("unpartitioned assets", True)]
-    assert sorted(report.materialized) == ["ads/ads", "ads/ads_archive"]
+    assert sorted(report.materialized) == ["ads/ads", "ads/ads_archive", "ads/shown_per_group_daily"]
     client = s3.get_client()
     [key] = list_backup_keys(client)
     served = {ad["ad_id"] for ad in json.loads(client.get_object(Bucket="ad-data", Key=key)["Body"].read())}

@@ -85,7 +85,7 @@ def test_the_definitions_resolve_with_the_platform_resources(services):
     merged.resolve_all_job_defs()
     graph = merged.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
-        "ny_testing/raw_rows_json", "ny_testing/county_tests"}
+        "ny_testing/raw_rows_json", "ny_testing/county_tests", "ny_testing/positivity_7d"}
     assert {graph.get(k).group_name for k in graph.get_all_asset_keys()} == {"ny_testing"}
     assert county_tests.partitions_def.name == "ny_testing_counties"
     assert county_tests.backfill_policy == dg.BackfillPolicy.single_run()
@@ -97,7 +97,8 @@ def test_the_definitions_resolve_with_the_platform_resources(services):
     assert {s.name: s.default_status for s in merged.schedules} == {
         "ny_testing_daily_0900": dg.DefaultScheduleStatus.RUNNING}
     assert {s.name: s.default_status for s in merged.sensors} == {
-        "ny_testing_county_partitions": dg.DefaultSensorStatus.RUNNING}
+        "ny_testing_county_partitions": dg.DefaultSensorStatus.RUNNING,
+        "ny_testing_positivity": dg.DefaultSensorStatus.RUNNING}
 
 
 def test_the_source_url_is_the_live_portal_unless_the_environment_overrides_it(monkeypatch):
@@ -133,7 +134,8 @@ def test_the_demo_loads_the_full_bundled_snapshot_offline(services, resources, i
         env = register(api)
         monkeypatch.setenv(SOURCE_URL_ENV, env[SOURCE_URL_ENV].replace("{base}", api.url))
         merged = rebuilt(defs, resources={**defs.resources, **resources, "ny_testing_settings": NyTestingSettings(**ny_settings)})
-        download, load = run_demo_steps(merged, instance)
+        download, load, positivity = run_demo_steps(merged, instance)
+        assert positivity.success  # the positivity sensor's run over the counties just loaded
     assert download.success and load.success
 
     [raw] = download.asset_materializations_for_node("ny_testing__raw_rows_json")

@@ -101,8 +101,10 @@ def test_demo_procedure_materializes_a_prepared_demo_tenant_through_the_sensors(
         with dg.instance_for_test() as instance:
             report = runtime.run_demo(defs, instance)
             assert report.ok, report.runs
-            assert [label for label, _ in report.runs] == ["sensor omop_tenants"]
-            assert set(report.materialized) >= {k.to_user_string() for k in TENANT_ASSET_KEYS}
+            assert [label for label, _ in report.runs] == ["sensor omop_tenants",
+                                                           "sensor omop_providers_per_specialty"]
+            assert set(report.materialized) >= {k.to_user_string() for k in TENANT_ASSET_KEYS} | {
+                "omop/providers_per_specialty"}
             assert instance.get_latest_materialization_event(PROVIDER_KEY) is not None
         assert pg.execute(f'SELECT count(*) FROM "{schema}".provider').fetchone()[0] == 300
     finally:

@@ -41,6 +41,11 @@ def test_demo_materializes_every_asset_and_reports_it(services, tmp_path, capsys
     assert "warehouse platform.smoke_warehouse: 1,000" in out
     assert "lakehouse platform.smoke: 1,000" in out
     assert ", 0 failed" in out and "FAIL " not in out
+    # every domain's downstream asset, fed by its IO managers (ranking, shown per group: unpartitioned;
+    # the others by their follow sensors' tick)
+    for key in ("vaccines/people_per_dose_ranking", "ads/shown_per_group_daily", "ny_testing/positivity_7d",
+                "omop/providers_per_specialty", "marketing/cost_per_conversion_daily"):
+        assert key in out, key
     # the run history is kept in the Dagster instance the UI will show
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         assert instance.get_latest_materialization_event(dg.AssetKey(["platform", "smoke_lakehouse"])) is not None

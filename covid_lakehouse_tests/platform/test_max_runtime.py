@@ -49,6 +49,13 @@ def _evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, name: str) -> 
                                             scheduled_execution_time=datetime(2024, 5, 2, 6, tzinfo=UTC))
         return list(schedule.evaluate_tick(context).run_requests)
     sensor = defs.resolve_sensor_def(name)
+    if name in FOLLOWERS:  # a downstream asset's sensor: requests runs once its upstream materialized
+        upstream, partitions_name, partition = FOLLOWERS[name]
+        if partitions_name:
+            instance.add_dynamic_partitions(partitions_name, [partition])
+        instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey.from_user_string(upstream),
+                                                                    partition=partition))
+        return list(sensor(dg.build_sensor_context(instance=instance)).run_requests)
     if name == "ny_testing_county_partitions":
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=dg.AssetKey(["ny_testing", "raw_rows_json"]),
@@ -63,7 +70,13 @@ def _target_job(automation) -> str | None:
         return None
 
 
-ASSET_SELECTION_TARGETS = {"marketing_daily", "marketing_bootstrap", "ny_testing_county_partitions"}
+# sensor -> (upstream asset, its dynamic partitions or None, a partition it materialized)
+FOLLOWERS = {
+    "ny_testing_positivity": ("ny_testing/county_tests", "ny_testing_counties", "Albany"),
+    "omop_providers_per_specialty": ("omop/provider", "omop_tenants", "acme"),
+    "marketing_cost_per_conversion": ("marketing/ad_performance_daily", None, "2024-05-01"),
+}
+ASSET_SELECTION_TARGETS = {"marketing_daily", "marketing_bootstrap", "ny_testing_county_partitions", *FOLLOWERS}
 
 
 def test_every_scheduled_or_sensed_run_bounds_its_runtime(defs):

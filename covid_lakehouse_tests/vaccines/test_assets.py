@@ -447,7 +447,8 @@ def test_domain_definitions_run_like_the_demo(lake, api, services, instance, pg,
     dg.Definitions.validate_loadable(defs)
     report = runtime.run_demo(defs, instance)
     assert report.ok
-    assert set(report.materialized) == {"vaccines/raw_sources", "vaccines/people_per_dose"}
+    assert set(report.materialized) == {"vaccines/raw_sources", "vaccines/people_per_dose",
+                                        "vaccines/people_per_dose_ranking"}
     assert {(c, p) for _, c, p, _ in report.checks} >= {("population_total", True), ("sources_not_truncated", False)}
     assert pg.execute("SELECT count(*) FROM vaccines.people_per_dose").fetchone()[0] == 51
 
@@ -459,7 +460,8 @@ def test_weekly_schedule_refreshes_the_whole_domain() -> None:
     assert vaccines_weekly.default_status == dg.DefaultScheduleStatus.RUNNING
     defs = dg.Definitions.merge(vaccines_defs, dg.Definitions(resources=platform_resources()))
     job = defs.resolve_job_def("vaccines_refresh")
-    assert set(job.asset_layer.asset_graph.get_all_asset_keys()) == {RAW_KEY, PEOPLE_PER_DOSE_KEY}
+    assert set(job.asset_layer.asset_graph.get_all_asset_keys()) == {RAW_KEY, PEOPLE_PER_DOSE_KEY,
+                                                                     dg.AssetKey(["vaccines", "people_per_dose_ranking"])}
     with dg.build_schedule_context(scheduled_execution_time=dt.datetime(2024, 1, 8, 6, 0)) as context:
         [request] = vaccines_weekly.evaluate_tick(context).run_requests
     assert request.asset_selection is None  # the job's own selection: both assets and their checks

@@ -11,7 +11,14 @@ from covid_lakehouse.defs.ads.archive import (
     archived_row_count,
 )
 from covid_lakehouse.defs.ads.backup import purge_backups, write_backup
-from covid_lakehouse.defs.ads.settings import ARCHIVE_LOCATION, BACKUP_PREFIX, BUCKET, AdsSettings
+from covid_lakehouse.defs.ads.settings import (
+    ARCHIVE_LOCATION,
+    ARCHIVE_NAMESPACE,
+    ARCHIVE_TABLE,
+    BACKUP_PREFIX,
+    BUCKET,
+    AdsSettings,
+)
 from covid_lakehouse.defs.ads.warehouse import (
     ADS,
     LOAD_AUDITS,
@@ -51,6 +58,9 @@ ADS_COLUMNS = dg.TableSchema(columns=[
     group_name=GROUP,
     check_specs=audit_check_specs(ADS_KEY, LOAD_AUDITS),
     kinds={"postgres", "s3"},
+    # Written by the upsert below; loads as an input from this table (warehouse IO manager).
+    io_manager_key="warehouse_io_manager",
+    metadata={"dagster/table_name": "ads.ads"},
     description="Ads from the third-party ad API in warehouse table ads.ads, one row per ad_id. Every "
                 "response is first stored unchanged in s3://ad-data/backup/ (write-once, sha256); the "
                 "warehouse is written only once all backups of the run are confirmed.",
@@ -91,6 +101,9 @@ def ads(context: dg.AssetExecutionContext, warehouse: PostgresResource, s3: Lake
         RECONCILIATION_CHECK, asset=ARCHIVE_KEY, blocking=True,
         description="every row archived in the batch was deleted from ads.ads, or changed meanwhile and kept")],
     kinds={"iceberg", "s3", "postgres"},
+    # Written by the archive's state machine; loads as an input from the Iceberg table (lakehouse IO manager).
+    io_manager_key="lakehouse_io_manager",
+    metadata={"lakehouse/namespace": ARCHIVE_NAMESPACE, "lakehouse/table": ARCHIVE_TABLE},
     description="Ads shown before the retention cutoff, moved from ads.ads to Iceberg table ads.ads_archive "
                 "(parquet under s3://ad-data/archive/, partitioned by shown date). Rows are deleted from "
                 "the warehouse only after the archive commit is read back; a crashed run is resumed. Also "

@@ -294,7 +294,10 @@ FROM {google} WHERE date >= %(first)s AND date <= %(last)s
 @_asset(AD_PERFORMANCE, checks.AD_PERFORMANCE_AUDITS, "One row per platform, account, ad and day (the day in the ad account's "
         "own time zone, kept in account_timezone): impressions, clicks, spend in the account's currency (no FX conversion) and conversions (Facebook: the configured action types; "
         "Google: metrics.conversions). Google's ad is ad_group_id~ad_id.", {"postgres"}, "marketing_model",
-        deps=[FACEBOOK_KEY, GOOGLE_ADS_KEY])
+        deps=[FACEBOOK_KEY, GOOGLE_ADS_KEY],
+        # Merged by stage_audit_publish; loads as an input (the run's days) through the warehouse IO manager.
+        io_manager_key="warehouse_io_manager",
+        metadata={"dagster/table_name": f"{SCHEMA}.{AD_PERFORMANCE.name}", "partition_expr": "date"})
 def ad_performance_daily(context: dg.AssetExecutionContext, config: AdPerformanceConfig, warehouse: PostgresResource):
     days = window_days(context)
     with warehouse.connection() as conn:

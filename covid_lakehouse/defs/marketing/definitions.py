@@ -4,6 +4,7 @@ import dagster as dg
 
 from covid_lakehouse.defs.marketing.assets import ASSETS
 from covid_lakehouse.defs.marketing.clevertap import CleverTapResource
+from covid_lakehouse.defs.marketing.cost_per_conversion import cost_follows_model, cost_per_conversion_daily
 from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
 from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
 from covid_lakehouse.defs.marketing.rds import RdsSourceResource
@@ -11,9 +12,9 @@ from covid_lakehouse.defs.marketing.schedules import marketing_daily
 from covid_lakehouse.defs.marketing.sensors import marketing_bootstrap
 
 defs = dg.Definitions(
-    assets=ASSETS,
+    assets=[*ASSETS, cost_per_conversion_daily],
     schedules=[marketing_daily],
-    sensors=[marketing_bootstrap],
+    sensors=[marketing_bootstrap, cost_follows_model()],
     resources={
         "marketing_facebook": FacebookAdsResource(),
         "marketing_google_ads": GoogleAdsResource(),

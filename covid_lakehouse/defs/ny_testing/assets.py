@@ -71,6 +71,7 @@ _BAD_SOURCE = (SourceFormatError, UnsafeCountyError, UnsafeTableError)
     key=RAW_KEY,
     group_name=GROUP,
     kinds={"s3"},
+    io_manager_key="s3_object_io_manager",  # loads as the stored bytes (metadata s3_uri + sha256)
     description="The NYS COVID-19 testing dataset (health.data.ny.gov xdss-u53e, rows.json) as downloaded, "
     "checked to parse, kept write-once in S3 (raw/ny_testing/xdss-u53e/sha256=<digest>.json).",
 )
@@ -167,7 +168,10 @@ class CountyLoadConfig(dg.Config):
     check_specs=audit_check_specs(COUNTY_KEY, AUDITS),
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     output_required=False,  # one materialization per county published, none for a county held back
-    metadata={"dagster/column_schema": COUNTY_TABLE_SCHEMA},
+    # Written by the upsert below; loaded as an input from the view, the run's counties only.
+    io_manager_key="warehouse_io_manager",
+    metadata={"dagster/column_schema": COUNTY_TABLE_SCHEMA, "dagster/table_name": "ny_testing.all_counties",
+              "partition_expr": "county"},
     description="One table per county, ny_testing.<county> (test_date, the four counts, load_date), upserted "
     "from the raw download that triggered the run (or the latest) after auditing the staged rows; view ny_testing.all_counties over them; "
     "REGION/STATEWIDE rows go to ny_testing_reference.geography_totals.",

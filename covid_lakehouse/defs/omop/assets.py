@@ -22,7 +22,7 @@ from covid_lakehouse.defs.omop.pipeline import (
     utc_now,
 )
 from covid_lakehouse.defs.omop.rules import load_specialty_map
-from covid_lakehouse.defs.omop.tenants import Tenant, TenantConfigError, TenantsResource
+from covid_lakehouse.defs.omop.tenants import NAMESPACE_PREFIX, Tenant, TenantConfigError, TenantsResource
 from covid_lakehouse.defs.omop.transform import (
     ProviderBuild,
     Reconciliation,
@@ -58,6 +58,12 @@ client_files = dg.AssetSpec(
     CLIENT_FILES_KEY, group_name=GROUP, kinds={"s3"},
     description="Client CSV and JSON provider drops under each tenant's landing prefix (raw/omop/landing/<tenant>/).",
 )
+
+
+def lakehouse_location(table: str) -> dict[str, str]:
+    """Where the lakehouse IO manager finds a tenant's table when it loads it as an input."""
+    return {"lakehouse/namespace": NAMESPACE_PREFIX + "{partition}", "lakehouse/table": table,
+            "lakehouse/partition_column": "tenant"}
 
 
 def _tenant(tenants: TenantsResource, name: str) -> Tenant:
@@ -144,6 +150,8 @@ def _recorded_fingerprint(context: dg.AssetExecutionContext, tenant: Tenant) -> 
 @dg.asset(
     key=CARE_SITE_KEY, group_name=GROUP, partitions_def=tenant_partitions, deps=[SOURCE_DB_KEY, LANDING_KEY],
     check_specs=audit_check_specs(CARE_SITE_KEY, CARE_SITE_AUDITS), retry_policy=RETRY, kinds={"iceberg"},
+    # Published below; loads as an input from the tenant's namespace (lib/io_managers/lakehouse.py).
+    io_manager_key="lakehouse_io_manager", metadata=lakehouse_location(tables.T_CARE_SITE),
     description="OMOP CDM 5.4 care_site from the source database, with care_site_id kept stable by an id map "
                 "keyed on the site code. After omop/landing_files only because that step decides whether the "
                 "tenant changed at all.",
@@ -181,8 +189,9 @@ PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconcili
 
 @dg.multi_asset(
     specs=[dg.AssetSpec(key, group_name=GROUP, description=description, kinds={"iceberg"},
-                        deps=[SOURCE_DB_KEY, LANDING_KEY, CARE_SITE_KEY])
-           for key, (_, _, description) in _OUTPUTS.items()],
+                        deps=[SOURCE_DB_KEY, LANDING_KEY, CARE_SITE_KEY], metadata=lakehouse_location(table)
+                        ).with_io_manager_key("lakehouse_io_manager")
+           for key, (table, _, description) in _OUTPUTS.items()],
     check_specs=PROVIDER_AUDIT_SPECS, partitions_def=tenant_partitions, retry_policy=RETRY, name="omop_provider",
 )
 def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, omop_tenants: TenantsResource):

@@ -84,6 +84,7 @@ def _bad_source(err: Exception, what: str) -> dg.Failure:
     key=RAW_KEY,
     group_name=GROUP,
     kinds={"s3"},
+    io_manager_key="s3_object_io_manager",  # loads as {source name: verified bytes} (metadata "sources")
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     description="CDC weekly vaccine allocations (one CSV per configured manufacturer) and 2018 county "
     "populations, downloaded, parsed, and kept write-once in S3 (bucket raw, content-addressed keys).",
@@ -198,6 +199,9 @@ def _source_totals(allocations: dict[str, pd.DataFrame], population: pd.DataFram
     deps=[RAW_KEY],
     kinds={"postgres"},
     check_specs=audit_check_specs(PEOPLE_PER_DOSE_KEY, publish.AUDITS),
+    # Published by publish.write_audit_publish; loads as an input from this table.
+    io_manager_key="warehouse_io_manager",
+    metadata={"dagster/table_name": f"{publish.SCHEMA}.{publish.PEOPLE_TABLE}"},
     description="People per vaccine dose allocated, for the 50 states and DC: warehouse tables "
     "vaccines.people_per_dose and vaccines.excluded_jurisdictions (territories and federal entities), "
     "published together with write-audit-publish.",

@@ -3,11 +3,12 @@
 import dagster as dg
 
 from covid_lakehouse.defs.vaccines.assets import people_per_dose, raw_sources
+from covid_lakehouse.defs.vaccines.ranking import people_per_dose_ranking
 from covid_lakehouse.defs.vaccines.resources import VaccinesSettings
 from covid_lakehouse.defs.vaccines.schedules import vaccines_refresh, vaccines_weekly
 
 defs = dg.Definitions(
-    assets=[raw_sources, people_per_dose],
+    assets=[raw_sources, people_per_dose, people_per_dose_ranking],
     jobs=[vaccines_refresh],
     schedules=[vaccines_weekly],
     # No config here: the URLs are resolved from the environment when a run starts (see resources.py).

@@ -5,6 +5,14 @@ its partitions' slice, in ONE transaction (delete slice + COPY), so readers see 
 new ones, a failure in the middle leaves the published rows intact, and a run covering several
 partitions writes them all at once. Values from partition keys are bound as parameters and
 identifiers quoted, never pasted into SQL.
+
+Writers of one table are serialized (a transaction-scoped advisory lock on its name, then LOCK TABLE
+in SHARE ROW EXCLUSIVE mode, the mode the resource upserts take) with a ``lock_timeout``: two
+overlapping runs leave one run's rows, never both, and a run stuck behind another fails clearly.
+
+Tables written by resources (a domain's own write-audit-publish) load as inputs too: the asset's
+``dagster/table_name`` metadata (``schema.table``) names the table to read, ``partition_expr`` the
+column its partition keys are in.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import pyarrow as pa
 from dagster._core.definitions.partitions.utils import TimeWindow
 from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 from covid_lakehouse.lib.postgres import PostgresResource, _pool, table_ident, validate_identifier
 
@@ -54,9 +63,52 @@ def _slice_where(table_slice: TableSlice) -> tuple[sql.Composable, list]:
     return sql.SQL(" AND ").join(clauses), params
 
 
+class TableLockTimeout(RuntimeError):
+    """Another run held the table longer than lock_timeout_s: nothing was written."""
+
+
+def lock_table_for_write(connection: psycopg.Connection, schema: str, table: str, timeout_s: float) -> None:
+    """Serialize writers of ``schema.table`` until commit; readers are not blocked. The advisory lock
+    covers a table that does not exist yet (two first runs would both CREATE it)."""
+    qualified = f"{validate_identifier(schema, what='schema')}.{validate_identifier(table, what='table')}"
+    connection.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{max(1, round(timeout_s * 1000))}ms")))
+    try:
+        connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"io_manager {qualified}",))
+        if PostgresResource.table_exists(connection, schema, table):
+            connection.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table_ident(schema, table)))
+    except psycopg.errors.LockNotAvailable:
+        raise TableLockTimeout(f"{qualified}: another run has been writing it for more than {timeout_s:g} s "
+                               "(lock_timeout); nothing written, rerun when it has finished") from None
+
+
+# Loaded as their text: Arrow has no uuid type, and json values are not one Arrow type per column.
+_AS_TEXT = ("uuid", "json", "jsonb")
+
+
+def _fetch_arrow(connection: psycopg.Connection, query: sql.Composable, params: list, batch_rows: int = 50_000
+                 ) -> pa.Table:
+    """Rows through a server-side cursor, converted batch by batch (the client never holds every row as
+    Python tuples at once)."""
+    with connection.cursor(name="io_manager_load") as cur:
+        for name in _AS_TEXT:
+            cur.adapters.register_loader(name, TextLoader)
+        cur.execute(query, params)
+        chunks = []
+        while rows := cur.fetchmany(batch_rows):
+            names = [d.name for d in cur.description]
+            chunks.append(pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows]))
+        names = [d.name for d in cur.description]
+    if not chunks:
+        return pa.table({n: pa.array([], pa.null()) for n in names})
+    return pa.concat_tables(chunks, promote_options="permissive")
+
+
 class PostgresDbClient(DbClient):
     @staticmethod
     def delete_table_slice(context: dg.OutputContext, table_slice: TableSlice, connection: psycopg.Connection) -> None:
+        lock_table_for_write(connection, table_slice.schema, table_slice.table,
+                             float(context.resource_config.get("lock_timeout_s", 60.0)))
+        connection.execute("SET LOCAL TIME ZONE 'UTC'")  # time windows are UTC; a date column is cast in TimeZone
         if not PostgresResource.table_exists(connection, table_slice.schema, table_slice.table):
             return
         target = table_ident(table_slice.schema, table_slice.table)
@@ -65,6 +117,11 @@ class PostgresDbClient(DbClient):
             connection.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target, where), params)
         else:
             connection.execute(sql.SQL("DELETE FROM {}").format(target))
+
+    @staticmethod
+    def get_table_name(table_slice: TableSlice) -> str:
+        # schema.table, as the dagster/table_name metadata that names tables for loading
+        return f"{table_slice.schema}.{table_slice.table}"
 
     @staticmethod
     def ensure_schema_exists(context: dg.OutputContext, table_slice: TableSlice, connection: psycopg.Connection) -> None:
@@ -103,13 +160,18 @@ class ArrowPostgresTypeHandler(DbTypeHandler[pa.Table]):
 
     def load_input(self, context: dg.InputContext, table_slice: TableSlice, connection) -> pa.Table:
         target = table_ident(table_slice.schema, table_slice.table)
+        if not PostgresResource.table_exists(connection, table_slice.schema, table_slice.table):
+            raise dg.Failure(f"{table_slice.schema}.{table_slice.table} does not exist: materialize "
+                             f"{context.asset_key.to_user_string()} first", allow_retries=False)
+        # Time windows are compared in UTC whatever the server's TimeZone (a date column is cast to it).
+        connection.execute("SET LOCAL TIME ZONE 'UTC'")
         cols = sql.SQL(", ").join(map(sql.Identifier, table_slice.columns)) if table_slice.columns else sql.SQL("*")
         query = sql.SQL("SELECT {} FROM {}").format(cols, target)
         params: list = []
         if table_slice.partition_dimensions:
             where, params = _slice_where(table_slice)
             query = sql.SQL("{} WHERE {}").format(query, where)
-        return PostgresResource.fetch_arrow(connection, query, params)
+        return _fetch_arrow(connection, query, params)
 
     @property
     def supported_types(self) -> Sequence[type]:
@@ -130,18 +192,39 @@ class PandasPostgresTypeHandler(DbTypeHandler[pd.DataFrame]):
         return [pd.DataFrame]
 
 
+class WarehouseDbIOManager(DbIOManager):
+    """DbIOManager whose table can be named by the asset's ``dagster/table_name`` metadata."""
+
+    def _get_table_slice(self, context, output_context) -> TableSlice:
+        table_slice = super()._get_table_slice(context, output_context)
+        named = (output_context.definition_metadata or {}).get(TABLE_NAME)
+        if not named:
+            return table_slice
+        schema, _, table = str(named).partition(".")
+        if not table:
+            raise ValueError(f"{TABLE_NAME} metadata {named!r} of {context.asset_key.to_user_string()} is not "
+                             "'schema.table'")
+        return table_slice._replace(schema=validate_identifier(schema, what="schema"),
+                                    table=validate_identifier(table, what="table"))
+
+
+TABLE_NAME = "dagster/table_name"
+
+
 class PostgresIOManager(dg.ConfigurableIOManagerFactory):
-    """Stores each asset as ``<schema>.<table>`` (schema from metadata or key prefix)."""
+    """Stores each asset as ``<schema>.<table>``: ``dagster/table_name`` metadata, else schema from
+    metadata ``schema`` or the key prefix and the key's last part as the table."""
 
     dsn: str
     schema_name: str | None = None
+    lock_timeout_s: float = 60.0
 
     @classmethod
     def from_env(cls) -> PostgresIOManager:
         return cls(dsn=dg.EnvVar("WAREHOUSE_DSN"))
 
     def create_io_manager(self, context) -> DbIOManager:
-        return DbIOManager(
+        return WarehouseDbIOManager(
             db_client=PostgresDbClient(),
             database="warehouse",
             schema=self.schema_name,
