@@ -7,12 +7,14 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from covid_lakehouse_tests.ny_testing.support import dataset
+
 pytestmark = pytest.mark.integration
 
 
 def test_an_idle_analyst_transaction_fails_the_view_rebuild_with_its_name_not_a_hang(
-        ny, h, embedded_stack, monkeypatch):
-    ny.serve(h.dataset(["Albany", "Bronx"]))
+        ny, embedded_stack, monkeypatch):
+    ny.serve(dataset(["Albany", "Bronx"]))
     assert ny.daily().success
     monkeypatch.setenv("WAREHOUSE_DDL_LOCK_TIMEOUT_S", "0.2")
     monkeypatch.setenv("WAREHOUSE_DDL_LOCK_ATTEMPTS", "2")
@@ -23,7 +25,7 @@ def test_an_idle_analyst_transaction_fails_the_view_rebuild_with_its_name_not_a_
         # The analyst's transaction is open and idle, holding its lock on the view.
         assert analyst.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
 
-        ny.serve(h.dataset(["Albany", "Bronx", "Clinton"]))
+        ny.serve(dataset(["Albany", "Bronx", "Clinton"]))
         result = ny.daily()
 
         assert not result.success

@@ -238,14 +238,16 @@ def _repeating_facebook(req: MockRequest) -> MockResponse:
 
 
 def test_facebook_paging_stops_on_a_repeated_cursor(origin: MockApi) -> None:
-    origin.route("GET", "/act_123/insights", _repeating_facebook)
+    origin.route("GET", "/v27.0/act_123/insights", _repeating_facebook)
+    origin.route("GET", "/v27.0/act_123", lambda _: MockResponse.json_body({"timezone_name": "America/New_York"}))
     with HttpClient() as client:
-        insights = FacebookInsights(client, origin.url, "token", page_size=500)
+        insights = FacebookInsights(client, origin.url, "v27.0", "token", page_size=500)
         with pytest.raises(PagingError, match="cursor 'SAME' again"):
             list(itertools.islice(insights.pages("123", DAY), 50))
         with pytest.raises(PagingError, match="cursor 'SAME' again"):
             insights.daily_totals("123", DAY, DAY)
-    assert len(origin.requests) == 2 + 2
+    insights_calls = [r for r in origin.requests if r.path.endswith("/insights")]
+    assert len(insights_calls) == 2 + 2  # each loop stops at the first repeat (the account's zone is asked once)
 
 
 def test_clevertap_paging_stops_on_a_repeated_cursor(origin: MockApi) -> None:
