@@ -148,12 +148,15 @@ def materialized(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
         out[m.partition] = {k: v.value for k, v in m.metadata.items()}
     return out
 
+DERIVED_SCHEMA = "ny_testing_derived"  # positivity_7d, written by the warehouse IO manager
+
 
 def empty_ny_testing_schemas(pg: psycopg.Connection) -> None:
-    """The domain's schemas as the migrations leave them: no county table, view or staging table, an
-    empty reference table (the schemas are fixed, so tests share them and start from this state)."""
+    """The domain's schemas as the migrations leave them: no county table, view, staging or derived
+    table, an empty reference table (the schemas are fixed, so tests share them and start from this
+    state; the demo test loads the same schemas)."""
     pg.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(COUNTY_SCHEMA, "all_counties")))
-    for schema in (COUNTY_SCHEMA, STAGING_SCHEMA):
+    for schema in (COUNTY_SCHEMA, STAGING_SCHEMA, DERIVED_SCHEMA):
         for (table,) in pg.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall():
             pg.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, table)))
     pg.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(REFERENCE_SCHEMA, "geography_totals")))

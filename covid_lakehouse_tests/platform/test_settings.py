@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 PRODUCT = REPO / "covid_lakehouse"
 # These set up whole process environments (services, DAGSTER_HOME, child processes) rather than read settings.
 ENVIRONMENT_OWNERS = {"lib/settings.py", "runtime.py", "cli.py"}
-PLATFORM_RESOURCE_KEYS = {"warehouse", "warehouse_io_manager", "s3", "lakehouse", "http"}
+PLATFORM_RESOURCE_KEYS = {"warehouse", "warehouse_io_manager", "s3", "s3_object_io_manager", "lakehouse",
+                          "lakehouse_io_manager", "http"}
 DOMAINS = {"ny_testing", "vaccines", "ads", "marketing", "omop", "platform"}
 
 

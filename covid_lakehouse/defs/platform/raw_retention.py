@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from covid_lakehouse.lib.policies import max_runtime
 from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse.lib.settings import SettingError, setting
 
@@ -75,7 +76,7 @@ def expire_raw_objects(context: dg.OpExecutionContext, s3: LakeS3Resource) -> No
 
 
 @dg.job(description="Raw-bucket retention: personal data in raw API pages is kept only as long as configured.",
-)
+        tags=max_runtime(hours=1))
 def raw_retention_job() -> None:
     expire_raw_objects()
 
