@@ -237,10 +237,17 @@ def test_a_download_from_the_ui_is_followed_by_the_daemons_sensor_run_over_every
     tags = {t["key"]: t["value"] for t in load["tags"]}
     assert "dagster/asset_partition_range_start" in tags and "dagster/asset_partition_range_end" in tags
 
-    stats = _graphql(port, """{ assetNodeOrError(assetKey: {path: ["ny_testing", "county_tests"]}) {
-        ... on AssetNode { partitionStats { numPartitions numMaterialized numFailed } } } }""")
-    assert stats["assetNodeOrError"]["partitionStats"] == {
-        "numPartitions": COUNTY_PARTITIONS, "numMaterialized": COUNTY_PARTITIONS, "numFailed": 0}
+    expected = {"numPartitions": COUNTY_PARTITIONS, "numMaterialized": COUNTY_PARTITIONS, "numFailed": 0}
+    stats: dict = {}
+
+    def every_county_materialized() -> bool:
+        # The webserver's partition status is refreshed from the event log after the run ends, not with it.
+        stats.update(_graphql(port, """{ assetNodeOrError(assetKey: {path: ["ny_testing", "county_tests"]}) {
+            ... on AssetNode { partitionStats { numPartitions numMaterialized numFailed } } } }"""
+                              )["assetNodeOrError"]["partitionStats"])
+        return stats == expected
+
+    _wait_until(every_county_materialized, 60, lambda: f"every county partition materialized ({stats})")
     driver.get(f"http://127.0.0.1:{port}/assets/ny_testing/county_tests?view=partitions")
     WebDriverWait(driver, 60).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"),
                                                                    f"Materialized ({COUNTY_PARTITIONS})"))
