@@ -148,7 +148,7 @@ def measure_floor(accounts: int = ACCOUNTS, days: int = DAYS) -> tuple[float, in
     _reset()
     names = FACEBOOK.arrow_schema.names
     order = ["date_start" if n == "date" else n for n in names]
-    fields = [n for n in order if n not in ("actions", "raw_object")]
+    fields = [n for n in order if n not in ("actions", "raw_object", "account_timezone")]
     graph = f"{os.environ['FACEBOOK_GRAPH_URL']}/{os.environ['FACEBOOK_GRAPH_API_VERSION']}"
     bodies: queue.Queue = queue.Queue(maxsize=accounts * 2)
 
@@ -161,6 +161,11 @@ def measure_floor(accounts: int = ACCOUNTS, days: int = DAYS) -> tuple[float, in
 
     def fetch_pages(account: str) -> None:
         session = requests.Session()
+        # the account's zone (the day of date_start), asked once per account as the pipeline does
+        zone = session.get(f"{graph}/act_{account}", params={"fields": "timezone_name"},
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+        zone.raise_for_status()
+        timezone = json.loads(zone.content)["timezone_name"]
         for n in range(days):
             day = (FIRST_DAY + timedelta(days=n)).isoformat()
             params = {"level": "ad", "time_increment": 1, "limit": PAGE,
@@ -170,13 +175,14 @@ def measure_floor(accounts: int = ACCOUNTS, days: int = DAYS) -> tuple[float, in
                                        headers={"Authorization": f"Bearer {TOKEN}"})
                 response.raise_for_status()
                 doc = json.loads(response.content)
-                bodies.put((response.url, doc["data"]))
+                bodies.put((response.url, doc["data"], timezone))
                 if "next" not in doc["paging"]:
                     break
                 params["after"] = doc["paging"]["cursors"]["after"]
 
-    def csv_of(url: str, data: list[dict]) -> io.BytesIO:
+    def csv_of(url: str, data: list[dict], timezone: str) -> io.BytesIO:
         columns = dict(zip(fields, zip(*map(itemgetter(*fields), data), strict=True), strict=True))
+        columns["account_timezone"] = [timezone] * len(data)
         columns["actions"] = [json.dumps(r["actions"]) for r in data]
         columns["raw_object"] = [url] * len(data)
         buf = io.BytesIO()
