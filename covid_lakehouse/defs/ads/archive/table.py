@@ -24,6 +24,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
+from covid_lakehouse.defs.ads.api import ADS_ARROW_SCHEMA
 from covid_lakehouse.defs.ads.settings import ARCHIVE_LOCATION, ARCHIVE_NAMESPACE, ARCHIVE_TABLE
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 
@@ -48,15 +49,10 @@ ARCHIVE_SCHEMA = Schema(
 ARCHIVE_PARTITION = PartitionSpec(PartitionField(source_id=8, field_id=1000, transform=IdentityTransform(),
                                                  name="shown_date"))
 TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")
-# The same columns in Arrow, each carrying its Iceberg field id into the parquet files.
+# The same columns in Arrow (the ad as the API gives it, then what the load and the archive add), each
+# carrying its Iceberg field id into the parquet files.
 ARCHIVE_ARROW = pa.schema([
-    pa.field("ad_id", pa.string(), nullable=False),
-    pa.field("ad_group", pa.string(), nullable=False),
-    pa.field("ad_campaign", pa.int32()),
-    pa.field("ad_campaign_raw", pa.string(), nullable=False),
-    pa.field("ad_scheme_origin", pa.string()),
-    pa.field("ad_scheme_approved", pa.bool_()),
-    pa.field("shown_at", TIMESTAMP_UTC, nullable=False),
+    *ADS_ARROW_SCHEMA,
     pa.field("shown_date", pa.date32(), nullable=False),
     pa.field("backup_key", pa.string(), nullable=False),
     pa.field("loaded_at", TIMESTAMP_UTC, nullable=False),
