@@ -21,10 +21,10 @@ from covid_lakehouse.defs.marketing.common import (
     load_json,
 )
 from covid_lakehouse.defs.marketing.facebook.errors import (
-    REDUCE_DATA_STATUS,
-    VERSION_GONE_STATUS,
+    REDUCE_DATA,
+    VERSION_GONE,
     VERSION_WARNING_HEADER,
-    ResponseHooks,
+    VersionWarnings,
 )
 from covid_lakehouse.defs.marketing.facebook.parse import _data_rows, _decimal_text, _iso_date, load_page
 from covid_lakehouse.defs.marketing.facebook.settings import API_VERSION, SOURCE
@@ -58,20 +58,20 @@ class DayTotals:
 
 class FacebookInsights:
     def __init__(self, http: HttpClient, graph_url: str, version: str, token: str, page_size: int,
-                 hooks: ResponseHooks | None = None, clock: Clock | None = None, report_poll_s: float = 10.0,
+                 warnings: VersionWarnings | None = None, clock: Clock | None = None, report_poll_s: float = 10.0,
                  report_budget_s: float = 1800.0) -> None:
         self._http, self._token, self._page_size = http, token, page_size
         self._clock = clock or SystemClock()
         self._report_poll_s, self._report_budget_s = report_poll_s, report_budget_s
         self.version, self._graph = version, f"{graph_url.rstrip('/')}/{version}"
-        self._hooks = hooks or ResponseHooks()
+        self._warnings = warnings or VersionWarnings()
         self._zones: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def version_notices(self, today: date) -> list[str]:
         """Why the version in use needs attention: the sunset table, and the warning headers received."""
         return versions.sunset_warnings(SOURCE, self.version, today) + [
-            f"{VERSION_WARNING_HEADER}: {w}" for w in sorted(self._hooks.version_warnings)]
+            f"{VERSION_WARNING_HEADER}: {w}" for w in sorted(self._warnings.seen)]
 
     def _get(self, account_id: str, params: dict[str, Any], where: str, *, path: str | None = None,
              method: str = "GET") -> tuple[bytes, Any]:
@@ -80,9 +80,9 @@ class FacebookInsights:
             response = self._http.request(method, f"{self._graph}/{path or f'act_{account_id}/insights'}",
                                           params=params, headers={"Authorization": f"Bearer {self._token}"})
         except ClientError as err:
-            if err.status == VERSION_GONE_STATUS:
+            if err.kind == VERSION_GONE:
                 raise UnsupportedApiVersion(SOURCE, self.version, API_VERSION, err.detail) from None
-            if err.status == REDUCE_DATA_STATUS:
+            if err.kind == REDUCE_DATA:
                 raise _ReduceData(err) from None
             raise
         return response.content, load_page(where, response.content)
@@ -109,7 +109,7 @@ class FacebookInsights:
             response = self._http.get(f"{self._graph}/act_{account_id}", params={"fields": "timezone_name"},
                                       headers={"Authorization": f"Bearer {self._token}"})
         except ClientError as err:
-            if err.status == VERSION_GONE_STATUS:
+            if err.kind == VERSION_GONE:
                 raise UnsupportedApiVersion(SOURCE, self.version, API_VERSION, err.detail) from None
             raise
         doc = load_json(SOURCE, where, response.content)
