@@ -29,7 +29,7 @@ from covid_lakehouse.defs.marketing.facebook.errors import (
 from covid_lakehouse.defs.marketing.facebook.parse import _data_rows, _decimal_text, _iso_date, load_page
 from covid_lakehouse.defs.marketing.facebook.settings import API_VERSION, SOURCE
 from covid_lakehouse.defs.marketing.versions import UnsupportedApiVersion
-from covid_lakehouse.lib.clock import Clock, SystemClock
+from covid_lakehouse.lib.clock import Clock, SystemClock, poll_until
 from covid_lakehouse.lib.http import ClientError, HttpClient, PageGuard
 
 FIELDS = ("account_id", "account_name", "account_currency", "campaign_id", "campaign_name", "adset_id",
@@ -140,19 +140,22 @@ class FacebookInsights:
         run_id = str(doc.get("report_run_id", "")) if isinstance(doc, dict) else ""
         if not run_id.isascii() or not run_id.isdigit():
             raise SourceSchemaError(SOURCE, where, f"expected a numeric report_run_id, got {doc!r}"[:300])
-        waited = 0.0
-        while True:
-            _, status = self._get(account_id, {"fields": "async_status,async_percent_completion"}, where, path=run_id)
+
+        def finished(status: Any) -> bool:
             state = status.get("async_status") if isinstance(status, dict) else None
-            if state == "Job Completed" and status.get("async_percent_completion") == 100:
-                return run_id
             if state in ("Job Failed", "Job Skipped"):
                 raise SourceApiError(SOURCE, f"{where}: report run {run_id} ended with {state!r}")
-            if waited + self._report_poll_s > self._report_budget_s:
-                raise SourceApiError(SOURCE, f"{where}: report run {run_id} still {state!r} "
-                                     f"({status.get('async_percent_completion')}%) after {waited:.0f}s")
-            self._clock.sleep(self._report_poll_s)
-            waited += self._report_poll_s
+            return state == "Job Completed" and status.get("async_percent_completion") == 100
+
+        def still_running(status: Any, elapsed: float) -> SourceApiError:
+            state, percent = ((status.get("async_status"), status.get("async_percent_completion"))
+                              if isinstance(status, dict) else (None, None))
+            return SourceApiError(SOURCE, f"{where}: report run {run_id} still {state!r} ({percent}%) after {elapsed:.0f}s")
+
+        fields = {"fields": "async_status,async_percent_completion"}
+        poll_until(lambda _: self._get(account_id, fields, where, path=run_id)[1], finished, clock=self._clock,
+                   every_s=self._report_poll_s, within_s=self._report_budget_s, timed_out=still_running)
+        return run_id
 
     def _paged(self, account_id: str, day: date, params: dict[str, Any], path: str | None) -> Iterator[RawPage]:
         meta: dict[str, str] = {}
