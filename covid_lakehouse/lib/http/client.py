@@ -100,8 +100,9 @@ class HttpClient:
     headers whose values are scrubbed from messages besides those that look like credentials;
     ``secret_path`` hides the URL's path too (a webhook URL is its own credential).
     ``classify(response)`` gives the Outcome of a response that is not among the call's ok statuses
-    (None: the status decides; it may read ``response.content``, as ``retry_after_from`` may); ``min_waits`` maps a failure class to the least seconds to wait before
-    retrying it (e.g. {"throttled": 60}: throttles that last minutes should not burn attempts in seconds).
+    (None: the status decides; it may read ``response.content``, as ``retry_after_from`` may).
+    ``min_waits`` maps a failure class to the least seconds to wait before retrying it (e.g.
+    {"throttled": 60}: throttles that last minutes should not burn attempts in seconds).
     ``max_body_bytes`` and ``transfer_deadline_s`` default to HTTP_MAX_BODY_MB and HTTP_CALL_DEADLINE_S.
     """
 
@@ -158,6 +159,9 @@ class HttpClient:
         """Send with retries. With stream=False the body is read inside the retry budget, so a body
         cut short is retried too; with stream=True the caller reads it (and owns those failures: use
         download() for large bodies)."""
+        unknown = sorted(set(options) - set(RequestOptions.__annotations__))
+        if unknown:  # **options would otherwise drop a misspelt option without a word
+            raise TypeError(f"HttpClient.request() got unexpected option(s) {', '.join(unknown)}")
         consume = as_is if options.get("stream", False) else load_body
         return self._call(method, url, options.get("params"), options.get("headers"), options.get("json"),
                           options.get("data"), options.get("ok_statuses", (200,)), consume)
