@@ -142,3 +142,27 @@ def leave_staging(instance: dg.DagsterInstance, pg, schema: str) -> set[str]:
     _staged(pg, schema, "sweep_probe_unknown", str(uuid.uuid4()))
     _staged(pg, schema, "sweep_probe_unclaimed", None)
     return {names["killed"], names["done"], names["canceled"]}
+
+
+
+def analyst_reads_but_cannot_write(analyst_dsn: str, table: str) -> int:
+    """The read-only analyst SELECTs ``schema.table`` (its row count is returned) and, even in a
+    read-write transaction (any role may lift its read-only default), may not INSERT, UPDATE or DELETE."""
+    import psycopg
+
+    schema, name = table.split(".")
+    target = sql.Identifier(schema, name)
+    with psycopg.connect(analyst_dsn, autocommit=True) as analyst:
+        rows = analyst.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0]
+        column = sql.Identifier(analyst.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+            "ORDER BY ordinal_position LIMIT 1", (schema, name)).fetchone()[0])
+        analyst.execute("SET default_transaction_read_only = off")
+        for write in (sql.SQL("DELETE FROM {}").format(target), sql.SQL("INSERT INTO {} DEFAULT VALUES").format(target),
+                      sql.SQL("UPDATE {} SET {} = {}").format(target, column, column)):
+            try:
+                analyst.execute(write)
+            except psycopg.errors.InsufficientPrivilege:
+                continue
+            raise AssertionError(f"the analyst could run {write.as_string(analyst)}")
+    return rows
