@@ -38,25 +38,26 @@ def raw_objects(s3: LakeS3Resource) -> list[str]:
     return sorted(o["Key"] for o in listing.get("Contents", []))
 
 
-def materialize(resources: dict) -> bool:
-    with dg.DagsterInstance.ephemeral() as instance:  # two deployments' runs share nothing but the stores
-        return dg.materialize(ASSETS, selection=KEYS, resources=resources, instance=instance, raise_on_error=False,
-                              tags={RANGE_START_TAG: DAY, RANGE_END_TAG: DAY}).success
+def materialize(resources: dict, instance: dg.DagsterInstance) -> bool:
+    """One run; the runs of a test share one instance, as on one deployment (the staging sweep asks it
+    which runs are still in progress)."""
+    return dg.materialize(ASSETS, selection=KEYS, resources=resources, instance=instance, raise_on_error=False,
+                          tags={RANGE_START_TAG: DAY, RANGE_END_TAG: DAY}).success
 
 
 @pytest.fixture
-def one_run(clean_marketing, marketing_resources, pg, s3) -> tuple[dict, int]:
+def one_run(clean_marketing, marketing_resources, pg, s3, instance) -> tuple[dict, int]:
     """The tables and the raw objects of ONE run; then the tables are emptied (they stay, as in a
     deployment: the runs below race on loading, not on creating the tables)."""
     before = len(raw_objects(s3))
-    assert materialize(marketing_resources)
+    assert materialize(marketing_resources, instance)
     tables, landed = published(pg), len(raw_objects(s3)) - before
     pg.execute(f"TRUNCATE {', '.join('marketing.' + t for t in TABLES)}")
     return tables, landed
 
 
 def test_a_run_whose_api_call_waits_until_another_run_published_changes_nothing(
-        one_run, marketing_resources, pg, s3, api: MockApi) -> None:
+        one_run, marketing_resources, pg, s3, api: MockApi, instance) -> None:
     expected, landed = one_run
     raw_before = len(raw_objects(s3))
     a_waiting, b_finished = threading.Event(), threading.Event()
@@ -69,14 +70,14 @@ def test_a_run_whose_api_call_waits_until_another_run_published_changes_nothing(
         return body
 
     api.transform(FACEBOOK_PATH + "/*", hold_first_call)
-    results = two_runs(a_waiting, lambda: materialize(marketing_resources), b_finished)
+    results = two_runs(a_waiting, lambda: materialize(marketing_resources, instance), b_finished)
 
     assert results == {"a": True, "b": True}
     assert published(pg) == expected
     assert len(raw_objects(s3)) - raw_before == 2 * landed  # each run keeps its own backup of its calls
 
 
-def test_two_runs_merging_at_once_leave_the_rows_of_one(one_run, marketing_resources, pg, monkeypatch) -> None:
+def test_two_runs_merging_at_once_leave_the_rows_of_one(one_run, marketing_resources, pg, monkeypatch, instance) -> None:
     expected, _ = one_run
     real_upsert = PostgresResource.upsert
     a_merging, b_done = threading.Event(), threading.Event()
@@ -91,7 +92,7 @@ def test_two_runs_merging_at_once_leave_the_rows_of_one(one_run, marketing_resou
         return counts
 
     monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))
-    results = two_runs(a_merging, lambda: materialize(marketing_resources), b_done)
+    results = two_runs(a_merging, lambda: materialize(marketing_resources, instance), b_done)
 
     assert results == {"a": True, "b": True}
     assert published(pg) == expected

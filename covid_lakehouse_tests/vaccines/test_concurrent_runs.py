@@ -33,10 +33,10 @@ def lake(pg, reset_domain) -> Iterator[tuple[MockApi, VaccinesSettings]]:
     reset_domain("vaccines")
 
 
-def materialize(resources: dict, sources: VaccinesSettings) -> bool:
-    with dg.DagsterInstance.ephemeral() as instance:  # two runs share nothing but the stores
-        return dg.materialize([raw_sources, people_per_dose], instance=instance, raise_on_error=False,
-                              resources={**resources, "vaccines_settings": sources}).success
+def materialize(resources: dict, sources: VaccinesSettings, instance: dg.DagsterInstance) -> bool:
+    """One run of both assets; the runs of a test share one instance, as on one deployment."""
+    return dg.materialize([raw_sources, people_per_dose], instance=instance, raise_on_error=False,
+                          resources={**resources, "vaccines_settings": sources}).success
 
 
 def published(pg) -> tuple[list[tuple], list[tuple], int]:
@@ -56,16 +56,17 @@ def raw_objects(s3) -> dict[str, tuple[str, object]]:
 
 
 @pytest.fixture
-def one_run(lake, resources, pg, s3) -> tuple[tuple, dict]:
+def one_run(lake, resources, pg, s3, instance) -> tuple[tuple, dict]:
     """What ONE run publishes, and the raw objects after it; then the tables are emptied (they stay, as
     in a deployment: the runs below race on the publish, not on creating the tables)."""
-    assert materialize(resources, lake[1])
+    assert materialize(resources, lake[1], instance)
     expected = published(pg), raw_objects(s3)
     pg.execute("TRUNCATE vaccines.people_per_dose, vaccines.excluded_jurisdictions")
     return expected
 
 
-def test_a_download_answered_after_another_run_published_changes_nothing(one_run, lake, resources, pg, s3) -> None:
+def test_a_download_answered_after_another_run_published_changes_nothing(one_run, lake, resources, pg, s3,
+                                                                         instance) -> None:
     (expected, raw), (api, sources) = one_run, lake
     a_waiting, b_done = threading.Event(), threading.Event()
     calls = iter(range(1_000_000))
@@ -77,7 +78,7 @@ def test_a_download_answered_after_another_run_published_changes_nothing(one_run
         return body
 
     api.transform(lake_path(DEFAULT_ALLOCATION_URLS["moderna"]), hold_first_call)
-    results = two_runs(a_waiting, lambda: materialize(resources, sources), b_done)
+    results = two_runs(a_waiting, lambda: materialize(resources, sources, instance), b_done)
 
     assert results == {"a": True, "b": True}
     assert published(pg) == expected  # one publish: run A found the published rows identical
@@ -86,7 +87,7 @@ def test_a_download_answered_after_another_run_published_changes_nothing(one_run
 
 @pytest.mark.parametrize("hold_at", ["staged", "merged"])
 def test_two_runs_publishing_at_once_leave_the_tables_of_one(one_run, lake, resources, pg, monkeypatch,
-                                                             hold_at) -> None:
+                                                             instance, hold_at) -> None:
     """Run A is held inside its publish transaction, its rows staged and audited (``staged``) or
     already merged, not committed (``merged``), until run B is blocked behind it or has finished."""
     expected, _ = one_run
@@ -113,7 +114,7 @@ def test_two_runs_publishing_at_once_leave_the_tables_of_one(one_run, lake, reso
             return counts
 
         monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))
-    results = two_runs(a_publishing, lambda: materialize(resources, lake[1]), b_done)
+    results = two_runs(a_publishing, lambda: materialize(resources, lake[1], instance), b_done)
 
     assert results == {"a": True, "b": True}
     assert published(pg) == expected
