@@ -1,6 +1,10 @@
 """Two runs of the same marketing assets at once (the daily schedule and a manual launch, a backfill and
 the bootstrap sensor), interleaved at chosen points with events, never sleeps: the published tables
-equal those of one run. Each run lands its own raw pages (two API calls, two backups: legitimate)."""
+equal those of one run. Each run lands its own raw pages (two API calls, two backups: legitimate).
+
+Regression guards: the merge and the staging sweep already behaved when these tests were written; they
+fail with the upsert's LOCK TABLE removed (unique violation) or with a sweep that drops the staging of a
+run still in progress (the held run loses its staging table)."""
 
 import threading
 

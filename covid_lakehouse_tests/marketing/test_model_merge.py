@@ -1,7 +1,7 @@
 """Why the cross-platform model keeps its merge instead of the warehouse IO manager's slice replace
 (docs/orchestration.md): a look-back rerun leaves unchanged rows untouched (loaded_at and updated_at
 kept) and gives restated rows a new updated_at only. A replace of the run's days would rewrite every
-row of the window and reset both."""
+row of the window and reset both. A regression guard: the model already merged when this was written."""
 
 import dagster as dg
 import pytest

@@ -1,6 +1,10 @@
 """Two runs of the vaccines assets at once (the weekly schedule and a manual launch), interleaved at
 chosen points with events, never sleeps: the published tables equal those of one run, and the raw
-store holds each body once (content-addressed: the second run's identical download stores nothing)."""
+store holds each body once (content-addressed: the second run's identical download stores nothing).
+
+Regression guards: the publish already serialized its writers when these tests were written; with the
+table locks removed (publish advisory lock and the upsert's LOCK TABLE) the "merged" case fails with a
+unique violation."""
 
 from __future__ import annotations
 
