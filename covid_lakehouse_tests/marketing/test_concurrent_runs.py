@@ -11,7 +11,7 @@ import threading
 import dagster as dg
 import pytest
 
-from covid_lakehouse.defs.marketing.assets import AD_PERFORMANCE_KEY, ASSETS, FACEBOOK_KEY
+from covid_lakehouse.defs.marketing.assets import AD_PERFORMANCE_KEY, ASSETS, CLEVERTAP_KEY, FACEBOOK_KEY
 from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START_TAG
 from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.s3 import LakeS3Resource
@@ -21,12 +21,14 @@ from covid_lakehouse_tests.platform.support import two_runs, wait_until_blocked_
 
 pytestmark = pytest.mark.integration
 DAY = "2024-07-01"
-KEYS = [FACEBOOK_KEY, AD_PERFORMANCE_KEY]
+KEYS = [FACEBOOK_KEY, CLEVERTAP_KEY, AD_PERFORMANCE_KEY]
 # Every column but lineage and load times, which name the run and the moment that wrote a row first.
 TABLES = {
     "facebook_ad_insights_daily": "account_id, ad_id, date, account_name, account_currency, campaign_id, "
                                   "campaign_name, adset_id, adset_name, ad_name, impressions, clicks, spend, "
                                   "actions::text, account_timezone",
+    "clevertap_events": "event_key, occurrence, event_name, event_date, event_ts, profile_object_id, platform, "
+                        "app_version, event_props::text, session_props::text, key_version, account_timezone",
     "ad_performance_daily": "platform, account_id, ad_id, date, account_name, campaign_id, campaign_name, "
                             "impressions, clicks, spend, currency, conversions, account_timezone",
 }
@@ -38,7 +40,7 @@ def published(pg) -> dict[str, list[tuple]]:
 
 
 def raw_objects(s3: LakeS3Resource) -> list[str]:
-    listing = s3.get_client().list_objects_v2(Bucket="raw", Prefix="marketing/facebook/")
+    listing = s3.get_client().list_objects_v2(Bucket="raw", Prefix="marketing/")
     return sorted(o["Key"] for o in listing.get("Contents", []))
 
 
@@ -56,6 +58,7 @@ def one_run(clean_marketing, marketing_resources, pg, s3, instance) -> tuple[dic
     before = len(raw_objects(s3))
     assert materialize(marketing_resources, instance)
     tables, landed = published(pg), len(raw_objects(s3)) - before
+    assert all(tables.values()) and landed  # every table has rows to race on
     pg.execute(f"TRUNCATE {', '.join('marketing.' + t for t in TABLES)}")
     return tables, landed
 
