@@ -38,6 +38,8 @@ from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings
 from covid_lakehouse.defs.ny_testing.warehouse import (
     COUNTY,
     CountyResult,
+    SourceVersion,
+    Superseded,
     Warehouse,
     county_tables,
     staged_units,
@@ -53,6 +55,7 @@ GROUP = "ny_testing"
 RAW_KEY = dg.AssetKey(["ny_testing", "raw_rows_json"])
 COUNTY_KEY = dg.AssetKey(["ny_testing", "county_tests"])
 RAW_KEY_TAG = "ny_testing/raw_key"  # set by the sensor: the download a county run loads
+RAW_FETCHED_AT_TAG = "ny_testing/raw_fetched_at"  # set by the sensor: when that download was fetched (ISO 8601)
 
 COUNTY_TABLE_SCHEMA = dg.TableSchema(
     columns=[
@@ -178,7 +181,8 @@ class CountyLoadConfig(dg.Config):
 )
 def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, warehouse: PostgresResource,
                  s3: LakeS3Resource, ny_testing_settings: NyTestingSettings):
-    raw_key = config.raw_key or context.run.tags.get(RAW_KEY_TAG) or _latest_raw_key(context.instance)
+    version = _source_version(context.instance, config, context.run.tags)
+    raw_key = version.raw_key
     counties = list(context.partition_keys)
     tables = _county_tables(context.instance.get_dynamic_partitions(COUNTY_PARTITIONS_NAME))
     loaded_at = datetime.now(UTC)  # one load_date for every row this run inserts or revises
@@ -201,18 +205,30 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
         yield from results  # before anything is published
         blocked = blocked_units(failures)
         publish = [c for c in counties if c in in_source and not blocked.county_blocked(c)]
-        loaded, errors = publish_counties(wh, staging, publish, tables, loaded_at, ny_testing_settings.max_workers)
+        loaded, errors = publish_counties(wh, staging, publish, tables, loaded_at, version,
+                                          ny_testing_settings.max_workers)
         for county in sorted(loaded):
-            yield dg.AssetMaterialization(asset_key=COUNTY_KEY, partition=county,
-                                          metadata=_county_metadata(loaded[county], raw_key))
+            if loaded[county].superseded is None:
+                yield dg.AssetMaterialization(asset_key=COUNTY_KEY, partition=county,
+                                              metadata=_county_metadata(loaded[county], raw_key))
+                continue
+            # Not an error: a retried run of an older download; the table keeps the newer one's rows.
+            newer = loaded[county].superseded
+            context.log.info("%s: %s", county, newer)
+            yield dg.AssetObservation(asset_key=COUNTY_KEY, partition=county, metadata={
+                "outcome": f"skipped: {newer}", "superseded_by": newer.raw_key,
+                "superseded_by_fetched_at": newer.fetched_at.isoformat(), "raw_key": raw_key,
+                "raw_fetched_at": version.fetched_at.isoformat()})
+        superseded = {c: r.superseded for c, r in loaded.items() if r.superseded is not None}
+        loaded = {c: r for c, r in loaded.items() if r.superseded is None}
         reference = None if blocked.reference else wh.publish_reference(staging, loaded_at)
         in_view = wh.refresh_view(tables)
     finally:
         wh.drop_staging(staging)
 
     yield dg.AssetObservation(asset_key=COUNTY_KEY, metadata=_run_summary(
-        counties, in_source, loaded, errors, blocked, failures, reference, in_view, raw_key, staged_from,
-        staged_rows, wh.county_schema))
+        counties, in_source, loaded, superseded, errors, blocked, failures, reference, in_view, raw_key,
+        staged_from, staged_rows, wh.county_schema))
     if errors:  # infrastructure, not data: the RetryPolicy reruns the step (loads are idempotent)
         names = ", ".join(sorted(errors))
         first = next(iter(errors.values()))
@@ -230,12 +246,45 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
         )
 
 
-def _latest_raw_key(instance: dg.DagsterInstance) -> str:
+def _source_version(instance: dg.DagsterInstance, config: CountyLoadConfig, tags: dict[str, str]) -> SourceVersion:
+    """The download this run loads and when it was fetched: the config's (a replay, which may go back in
+    time on purpose), the sensor's tags (the download that triggered the run), else the latest download."""
+    if config.raw_key:
+        fetched = _fetched_at(instance, config.raw_key)
+        return SourceVersion(config.raw_key, fetched or datetime.fromtimestamp(0, UTC), replay=True)
+    if RAW_KEY_TAG in tags:
+        raw_key = tags[RAW_KEY_TAG]
+        fetched = (datetime.fromisoformat(tags[RAW_FETCHED_AT_TAG]) if RAW_FETCHED_AT_TAG in tags
+                   else _fetched_at(instance, raw_key))  # a run requested before the sensor set the tag
+        if fetched is None:
+            raise dg.Failure(f"no {RAW_KEY.to_user_string()} materialization stored {raw_key}: cannot tell whether "
+                             "it is older than what the tables hold; replay it with config raw_key to load it anyway",
+                             allow_retries=False)
+        return SourceVersion(raw_key, fetched)
     event = instance.get_latest_materialization_event(RAW_KEY)
     if event is None or event.asset_materialization is None:
         raise dg.Failure(f"no raw download yet: materialize {RAW_KEY.to_user_string()} first (the 09:00 schedule "
                          "does)", allow_retries=False)
-    return event.asset_materialization.metadata["s3_key"].value
+    return SourceVersion(event.asset_materialization.metadata["s3_key"].value, fetched_at(event.timestamp))
+
+
+def fetched_at(timestamp: float) -> datetime:
+    """A raw materialization's time (epoch seconds): when its download was fetched."""
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _fetched_at(instance: dg.DagsterInstance, raw_key: str) -> datetime | None:
+    """When ``raw_key`` was last downloaded (newest raw materialization naming it); None if never."""
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(RAW_KEY, limit=500, cursor=cursor)
+        for record in page.records:
+            key = record.asset_materialization.metadata.get("s3_key") if record.asset_materialization else None
+            if key is not None and key.value == raw_key:
+                return fetched_at(record.timestamp)
+        if not page.has_more:
+            return None
+        cursor = page.cursor
 
 
 @contextmanager
@@ -279,13 +328,13 @@ def _county_tables(partition_keys: list[str]) -> dict[str, str]:
 
 
 def publish_counties(wh: Warehouse, staging, counties: list[str], tables: dict[str, str], loaded_at: datetime,
-                      max_workers: int) -> tuple[dict[str, CountyResult], dict[str, Exception]]:
+                     version: SourceVersion, max_workers: int) -> tuple[dict[str, CountyResult], dict[str, Exception]]:
     """Upsert each county on its own pooled connection and transaction; one county's failure leaves the
-    others' commits in place."""
+    others' commits in place. A county whose table reflects a newer download comes back ``superseded``."""
     loaded: dict[str, CountyResult] = {}
     errors: dict[str, Exception] = {}
     with ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="ny-testing-county") as pool:
-        futures = {pool.submit(wh.publish_county, staging, c, tables[c], loaded_at): c for c in counties}
+        futures = {pool.submit(wh.publish_county, staging, c, tables[c], loaded_at, version): c for c in counties}
         for future in as_completed(futures):
             try:
                 loaded[futures[future]] = future.result()
@@ -310,7 +359,7 @@ def _county_metadata(result: CountyResult, raw_key: str) -> dict:
 
 
 def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, CountyResult],
-                 errors: dict[str, Exception], blocked: Blocked, failures, reference, in_view: int,
+                 superseded: dict[str, Superseded], errors: dict[str, Exception], blocked: Blocked, failures, reference, in_view: int,
                  raw_key: str, staged_from: str, staged_rows: int, county_schema: str) -> dict:
     """One run covers many partitions: this table is the per-county picture of the whole run."""
     blocked_by: dict[str, list[str]] = {}
@@ -326,7 +375,9 @@ def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, Cou
             lines.append(f"| {county} | {r.table} | {r.rows} | {r.counts.inserted} | {r.counts.updated} | "
                          f"{r.counts.unchanged} | {r.first_test_date} | {r.last_test_date} | {status} |")
             continue
-        if county not in in_source:
+        if county in superseded:
+            status = f"skipped: {superseded[county]}"
+        elif county not in in_source:
             status = "absent from the source: table kept"
         elif county in errors:
             status = f"error: {type(errors[county]).__name__}"
@@ -341,6 +392,7 @@ def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, Cou
         "staged_rows": staged_rows,
         "counties_in_run": len(counties),
         "counties_published": len(loaded),
+        "counties_superseded": sorted(superseded),
         "counties_held_back": sorted(c for c in counties if c in in_source and blocked.county_blocked(c)),
         "counties_absent_from_source": sorted(set(counties) - in_source),
         "rows_inserted": sum(r.counts.inserted for r in loaded.values()),

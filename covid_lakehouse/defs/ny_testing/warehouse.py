@@ -41,6 +41,7 @@ STAGING_SCHEMA = "ny_testing_staging"  # one UNLOGGED table per running load, dr
 COUNTY = "COUNTY"
 VIEW = "all_counties"
 REFERENCE_TABLE = "geography_totals"
+VERSIONS_TABLE = "county_versions"  # per county table: the raw download it reflects (migrations/0003)
 COUNTY_COLUMNS = ("test_date", *MEASURES, "load_date")
 # Dagster refuses these in partition keys (dagster._core.definitions.partitions.utils.base).
 _BAD_PARTITION_KEY = re.compile(r"\.\.\.|[\x00-\x1f\x7f]")
@@ -64,6 +65,27 @@ def _measure_defs() -> sql.Composable:
 
 
 @dataclass(frozen=True)
+class SourceVersion:
+    """The raw download a run loads: its key (content-addressed) and when it was fetched. A county table
+    never goes back to an older fetch than the one it reflects, unless ``replay`` (an operator's choice)."""
+
+    raw_key: str
+    fetched_at: datetime
+    replay: bool = False
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """The county's table already reflects a newer download: nothing was written."""
+
+    raw_key: str
+    fetched_at: datetime
+
+    def __str__(self) -> str:
+        return f"superseded by download {self.raw_key} (fetched {self.fetched_at.isoformat()}): nothing written"
+
+
+@dataclass(frozen=True)
 class CountyResult:
     county: str
     table: str  # schema.table, for people
@@ -72,6 +94,7 @@ class CountyResult:
     first_test_date: date | None
     last_test_date: date | None
     created: bool
+    superseded: Superseded | None = None
 
 
 class Warehouse:
@@ -134,11 +157,17 @@ class Warehouse:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
 
     # -- counties -----------------------------------------------------------------------------------
-    def publish_county(self, staging: sql.Composed, county: str, slug: str, loaded_at: datetime) -> CountyResult:
+    def publish_county(self, staging: sql.Composed, county: str, slug: str, loaded_at: datetime,
+                       version: SourceVersion) -> CountyResult:
         """Upsert one county's staged rows into its table (created on first sight): new dates are
-        inserted, revised ones updated, identical ones untouched; load_date moves only with the data."""
+        inserted, revised ones updated, identical ones untouched; load_date moves only with the data.
+        Nothing is written when the table already reflects a newer download than ``version``."""
         target = table_ident(self.county_schema, slug)
         with self.pg.connection() as conn:
+            newer = self._claim_version(conn, county, slug, loaded_at, version)
+            if newer is not None:
+                return CountyResult(county, f"{self.county_schema}.{slug}", UpsertCounts(0, 0, 0), 0, None, None,
+                                    False, newer)
             created = not PostgresResource.table_exists(conn, self.county_schema, slug)
             if created:
                 conn.execute(sql.SQL(
@@ -154,6 +183,24 @@ class Warehouse:
             rows, first, last = conn.execute(
                 sql.SQL("SELECT count(*), min(test_date), max(test_date) FROM {}").format(target)).fetchone()
         return CountyResult(county, f"{self.county_schema}.{slug}", counts, rows, first, last, created)
+
+    def _claim_version(self, conn, county: str, slug: str, loaded_at: datetime,
+                       version: SourceVersion) -> Superseded | None:
+        """Record ``version`` as the one the county's table reflects, in the publishing transaction; or
+        the newer version already recorded. ON CONFLICT DO UPDATE locks the row even when its WHERE is
+        false, so concurrent publishes of one county take turns and the later fetch wins whatever the order."""
+        versions = table_ident(self.reference_schema, VERSIONS_TABLE)
+        claimed = conn.execute(sql.SQL(
+            "INSERT INTO {v} AS v (county_table, county, raw_key, fetched_at, published_at) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (county_table) DO UPDATE SET county = EXCLUDED.county, raw_key = EXCLUDED.raw_key, "
+            "fetched_at = EXCLUDED.fetched_at, published_at = EXCLUDED.published_at "
+            "WHERE v.fetched_at <= EXCLUDED.fetched_at OR %s RETURNING 1").format(v=versions),
+            (slug, county, version.raw_key, version.fetched_at, loaded_at, version.replay)).fetchone()
+        if claimed is not None:
+            return None
+        raw_key, fetched_at = conn.execute(sql.SQL("SELECT raw_key, fetched_at FROM {} WHERE county_table = %s").format(
+            versions), (slug,)).fetchone()
+        return Superseded(raw_key, fetched_at)
 
     def existing_tables(self, tables: dict[str, str]) -> dict[str, str]:
         """The subset of county -> table whose table exists."""
