@@ -7,9 +7,10 @@
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,13 +20,13 @@ from pydantic import Field
 
 from covid_lakehouse.defs.ny_testing.checks import AUDITS, Blocked, Staged, blocked_units
 from covid_lakehouse.defs.ny_testing.parsing import BATCH_ROWS, MEASURES, SourceFormatError, open_rows_json
-from covid_lakehouse.defs.ny_testing.parsing import UnsafeIdentifierError as UnsafeCountyError
 from covid_lakehouse.defs.ny_testing.partitions import (
     COUNTY_PARTITIONS_NAME,
     check_new_counties,
     county_partitions,
 )
 from covid_lakehouse.defs.ny_testing.raw import (
+    BadRows,
     RawSummary,
     bundled_snapshot_sha256,
     display_url,
@@ -46,7 +47,6 @@ from covid_lakehouse.defs.ny_testing.warehouse import (
 )
 from covid_lakehouse.lib.http import DownloadResult
 from covid_lakehouse.lib.postgres import PostgresResource
-from covid_lakehouse.lib.postgres import UnsafeIdentifierError as UnsafeTableError
 from covid_lakehouse.lib.resources import HttpResource
 from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse.lib.wap import audit_check_specs, run_audits
@@ -67,7 +67,6 @@ COUNTY_TABLE_SCHEMA = dg.TableSchema(
                        constraints=dg.TableColumnConstraints(nullable=False)),
     ]
 )
-_BAD_SOURCE = (SourceFormatError, UnsafeCountyError, UnsafeTableError)
 
 
 @dg.asset(
@@ -100,7 +99,7 @@ def raw_rows_json(context: dg.AssetExecutionContext, http: HttpResource, s3: Lak
                     raise SourceFormatError(shown, "the download has no data rows (a well-formed but empty "
                                             "rows.json): the source is broken, not the epidemic over")
                 check_new_counties(context.instance, summary.counties, shown)  # refused whole past the cap
-            except _BAD_SOURCE as err:
+            except SourceFormatError as err:  # the format: a bad value or county name blocks only that county
                 quarantine = f"{prefix}/quarantine/sha256={download.sha256}.body"
                 put_once(s3, bucket, quarantine, body, {"source": shown})
                 raise dg.Failure(
@@ -145,6 +144,10 @@ def _stored_metadata(shown: str, bucket: str, key: str, download: DownloadResult
         "rows_updated_at": datetime.fromtimestamp(updated, UTC).isoformat() if updated is not None else "unknown",
         "column_mapping": summary.column_mapping,
         "ignored_columns": summary.ignored_columns,
+        # Not loaded, each blocking only its county (the county run's checks say so too).
+        "unusable_counties": summary.unusable_counties,
+        "rows_with_bad_values": {name if geography == COUNTY else f"{name} [{geography}]": f"{n} row(s); {first}"
+                                 for (geography, name), (n, first) in sorted(summary.bad_rows.items())},
     }
 
 
@@ -184,15 +187,18 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
     version = _source_version(context.instance, config, context.run.tags)
     raw_key = version.raw_key
     counties = list(context.partition_keys)
-    tables = _county_tables(context.instance.get_dynamic_partitions(COUNTY_PARTITIONS_NAME))
+    # Every partition a usable name has a table; spellings of one county share it (see docs/ny_testing.md).
+    tables, _ = county_tables(context.instance.get_dynamic_partitions(COUNTY_PARTITIONS_NAME))
     loaded_at = datetime.now(UTC)  # one load_date for every row this run inserts or revises
     wh = Warehouse(warehouse, order_staging_above_mb=ny_testing_settings.order_staging_above_mb)
     staging = wh.staging_table(context.run_id)
     try:
         seen: set[tuple[str, str]] = set()
-        with _raw_rows(s3, ny_testing_settings.raw_bucket, raw_key) as (batches, rows_updated_at, staged_from, grouped):
-            staged_rows = wh.stage(staging, staged_units(batches, seen))
-        in_source = {name for geography, name in seen if geography == COUNTY}
+        with _raw_rows(s3, ny_testing_settings.raw_bucket, raw_key) as raw:
+            staged_rows = wh.stage(staging, staged_units(raw.batches, seen))
+            bad_rows = raw.bad_rows()
+        rows_updated_at, staged_from, grouped = raw.rows_updated_at, raw.source, raw.grouped
+        in_source = {name for geography, name in (*seen, *bad_rows) if geography == COUNTY}
         # Rows in source order (the JSON fallback, an older parsed file) are regrouped when that pays.
         reordered = not grouped and wh.order_staging(staging)
         context.log.info("staged %d rows from %s (%d counties in the source, %d in this run)%s", staged_rows,
@@ -200,11 +206,12 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
                          "; rewritten in county order (larger than shared_buffers)" if reordered else "")
 
         with warehouse.connection() as conn:
-            staged = Staged(conn, staging, counties, rows_updated_at, loaded_at.date(), ny_testing_settings.max_age_days)
+            staged = Staged(conn, staging, counties, rows_updated_at, loaded_at.date(), ny_testing_settings.max_age_days,
+                            frozenset(in_source), bad_rows)
             results, failures = run_audits(AUDITS, staged, asset_key=COUNTY_KEY)
         yield from results  # before anything is published
         blocked = blocked_units(failures)
-        publish = [c for c in counties if c in in_source and not blocked.county_blocked(c)]
+        publish = [c for c in counties if c in in_source and c in tables and not blocked.county_blocked(c)]
         loaded, errors = publish_counties(wh, staging, publish, tables, loaded_at, version,
                                           ny_testing_settings.max_workers)
         for county in sorted(loaded):
@@ -287,12 +294,19 @@ def _fetched_at(instance: dg.DagsterInstance, raw_key: str) -> datetime | None:
         cursor = page.cursor
 
 
+@dataclass(frozen=True)
+class RawRows:
+    batches: Iterator[pa.RecordBatch]
+    rows_updated_at: int | None  # the source's meta.view.rowsUpdatedAt
+    source: str  # where they are read from
+    grouped: bool  # grouped by unit (geography, name)
+    bad_rows: Callable[[], BadRows]  # rows left out for a bad value; complete once ``batches`` is read
+
+
 @contextmanager
-def _raw_rows(s3: LakeS3Resource, bucket: str, raw_key: str
-              ) -> Iterator[tuple[Iterator[pa.RecordBatch], int | None, str, bool]]:
-    """(batches, rowsUpdatedAt, where from, grouped by unit) of a raw object: its parsed parquet when there
-    is one (written by the validating parse, grouped by county), else the rows.json itself, streamed from
-    S3 and parsed once (in source order)."""
+def _raw_rows(s3: LakeS3Resource, bucket: str, raw_key: str) -> Iterator[RawRows]:
+    """The rows of a raw object: its parsed parquet when there is one (written by the validating parse,
+    grouped by county), else the rows.json itself, streamed from S3 and parsed once (in source order)."""
     client = s3.get_client()
     source = f"s3://{bucket}/{raw_key}"
     if s3.object_exists(bucket, parsed_key(raw_key), client=client):
@@ -307,24 +321,18 @@ def _raw_rows(s3: LakeS3Resource, bucket: str, raw_key: str
             parsed = read_parsed(local)
             if parsed is not None:
                 # use_threads=False: decoding 8k-row batches is cheap; pool threads would each keep memory.
-                yield (parsed.file.iter_batches(batch_size=BATCH_ROWS, use_threads=False), parsed.rows_updated_at,
-                       f"s3://{bucket}/{parsed_key(raw_key)}", parsed.grouped)
+                yield RawRows(parsed.file.iter_batches(batch_size=BATCH_ROWS, use_threads=False),
+                              parsed.rows_updated_at, f"s3://{bucket}/{parsed_key(raw_key)}", parsed.grouped,
+                              lambda: parsed.bad_rows)
                 return
     body = client.get_object(Bucket=bucket, Key=raw_key)["Body"]
     try:
         reader = open_rows_json(body, source=source)
-        yield reader.batches(), reader.rows_updated_at, source, False
+        yield RawRows(reader.batches(), reader.rows_updated_at, source, False, lambda: reader.bad_rows)
     except SourceFormatError as err:
         raise dg.Failure(f"{err}; nothing published", allow_retries=False) from None
     finally:
         body.close()
-
-
-def _county_tables(partition_keys: list[str]) -> dict[str, str]:
-    try:
-        return county_tables(partition_keys)
-    except (UnsafeCountyError, UnsafeTableError) as err:
-        raise dg.Failure(f"{err}; nothing published", allow_retries=False) from None
 
 
 def publish_counties(wh: Warehouse, staging, counties: list[str], tables: dict[str, str], loaded_at: datetime,
@@ -365,7 +373,8 @@ def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, Cou
     blocked_by: dict[str, list[str]] = {}
     for name, result in failures:
         for county in result.metadata.get("failing_counties", counties):
-            blocked_by.setdefault(county, []).append(name)
+            reason = result.metadata.get("problems", {}).get(county)  # the row and column, or the name's problem
+            blocked_by.setdefault(county, []).append(f"{name} ({reason})" if reason else name)
     lines = ["| county | table | rows | inserted | updated | unchanged | first date | last date | status |",
              "|---|---|---|---|---|---|---|---|---|"]
     for county in counties:

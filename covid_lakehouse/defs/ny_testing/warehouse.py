@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from covid_lakehouse.defs.ny_testing.parsing import MEASURES, UnsafeIdentifierError, slug_map
+from covid_lakehouse.defs.ny_testing.parsing import MEASURES, UnsafeIdentifierError, county_slug
 from covid_lakehouse.defs.ny_testing.spool import unit_codes
 from covid_lakehouse.lib.migrate import ensure_migrated
 from covid_lakehouse.lib.postgres import (
@@ -32,6 +32,7 @@ from covid_lakehouse.lib.postgres import (
     table_ident,
     validate_identifier,
 )
+from covid_lakehouse.lib.postgres import UnsafeIdentifierError as UnsafeTableError
 from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 
 MIGRATION_SCOPE = "ny_testing"  # schemas, reference table, analyst grants: defs/ny_testing/migrations/
@@ -47,17 +48,56 @@ COUNTY_COLUMNS = ("test_date", *MEASURES, "load_date")
 _BAD_PARTITION_KEY = re.compile(r"\.\.\.|[\x00-\x1f\x7f]")
 
 
-def county_tables(names: Iterable[str]) -> dict[str, str]:
-    """Table name per county name; raises UnsafeIdentifierError naming the county when a name cannot be
-    a table (no safe slug, two names sharing one, the view's name) or a Dagster partition key."""
-    slugs = slug_map(names)
-    for name, slug in slugs.items():
+def county_table(name: str) -> str:
+    """The table of a county name; raises UnsafeIdentifierError naming the county when the name gives no
+    safe identifier, takes the view's name, or cannot be a Dagster partition key."""
+    slug = county_slug(name)
+    try:
         validate_identifier(slug, what=f"table name for county {name!r}")
-        if slug == VIEW:
-            raise UnsafeIdentifierError(f"county {name!r} would take the name of the view {VIEW!r}")
-        if _BAD_PARTITION_KEY.search(name):
-            raise UnsafeIdentifierError(f"county {name!r} cannot be a partition key (control character or '...')")
-    return slugs
+    except UnsafeTableError as err:
+        raise UnsafeIdentifierError(str(err)) from None
+    if slug == VIEW:
+        raise UnsafeIdentifierError(f"county {name!r} would take the name of the view {VIEW!r}")
+    if not can_be_partition_key(name):
+        raise UnsafeIdentifierError(f"county {name!r} cannot be a partition key (control character or '...')")
+    return slug
+
+
+def can_be_partition_key(name: str) -> bool:
+    return not _BAD_PARTITION_KEY.search(name)
+
+
+def county_tables(names: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(table per usable county name, reason per unusable one). Several names may share a table: they are
+    the source's spellings of one county over time ("St. Lawrence", later "St Lawrence"), loaded into one
+    table. Two names of the same download sharing one is a conflict: see ``download_name_problems``."""
+    tables: dict[str, str] = {}
+    unusable: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        try:
+            tables[name] = county_table(name)
+        except UnsafeIdentifierError as err:
+            unusable[name] = str(err)
+    return tables, unusable
+
+
+def download_name_problems(names: Iterable[str]) -> dict[str, str]:
+    """Reason per county name of ONE download that cannot be loaded: unusable as a table or partition, or
+    sharing its table with another name of the same download (then neither is loaded: which one's rows
+    would the table hold?)."""
+    tables, problems = county_tables(names)
+    by_table: dict[str, list[str]] = {}
+    for name, table in tables.items():
+        by_table.setdefault(table, []).append(name)
+    for table, group in by_table.items():
+        for name in group if len(group) > 1 else ():
+            others = " and ".join(repr(o) for o in sorted(group) if o != name)
+            problems[name] = (
+                f"counties {name!r} and {others} in the same download both map to table {COUNTY_SCHEMA}.{table}, "
+                "so neither is published and the table keeps its rows. To resolve: if they are one county "
+                "spelled two ways, the source must list one spelling (ask the publisher; the next download "
+                "then loads it); if they are two counties, one must be renamed at the source")
+    return problems
 
 
 def _measure_defs() -> sql.Composable:
@@ -212,11 +252,12 @@ class Warehouse:
         existing = self.existing_tables(tables)
         if not existing:
             return 0
+        named = self.table_names(existing)
         cols = sql.SQL(", ").join(map(sql.Identifier, COUNTY_COLUMNS))
         union = sql.SQL(" UNION ALL ").join(
             sql.SQL("SELECT {}::text AS county, {} FROM {}").format(
                 sql.Literal(county), cols, table_ident(self.county_schema, table))
-            for county, table in sorted(existing.items()))
+            for table, county in sorted(named.items(), key=lambda item: item[1]))
         view = table_ident(self.county_schema, VIEW)
         with self.pg.connection() as conn:
             # Concurrent loads would otherwise race on the view's catalog row ("tuple concurrently updated").
@@ -227,7 +268,17 @@ class Warehouse:
                     "(the county tables are published)")
             conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(
                 view, sql.Literal("Every ny_testing county table, with its county name (recreated by each load)")))
-        return len(existing)
+        return len(named)
+
+    def table_names(self, tables: dict[str, str]) -> dict[str, str]:
+        """One county name per table, for a county whose partitions are several spellings of it: the name
+        it was last published under, else the partition added last (``tables`` is in partition order)."""
+        named = {table: county for county, table in tables.items()}
+        with self.pg.connection() as conn:
+            published = dict(conn.execute(sql.SQL("SELECT county_table, county FROM {} WHERE county_table = ANY(%s)")
+                                          .format(table_ident(self.reference_schema, VERSIONS_TABLE)),
+                                          (list(named),)).fetchall())
+        return {table: published.get(table, county) for table, county in named.items()}
 
     # -- reference rows ---------------------------------------------------------------------------------
     def publish_reference(self, staging: sql.Composed, loaded_at: datetime) -> UpsertCounts:
