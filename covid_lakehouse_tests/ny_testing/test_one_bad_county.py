@@ -64,6 +64,16 @@ def test_a_blank_value_holds_back_only_its_county_naming_the_row_and_column(ny, 
     assert ny.daily().success
     assert len(ny.rows("albany")) == 4
 
+    # A row without a county belongs to no county that could be held back alone: a format error, the
+    # download is refused whole, as before.
+    rows[0][1] = " "
+    ny.serve(rows)
+    refused = ny.download()
+    assert not refused.success
+    assert "row 1: blank value in column county" in refused.failure_data_for_node(
+        "ny_testing__raw_rows_json").error.message
+    assert ny.tick().run_requests == []
+
 
 def test_a_county_name_too_long_for_a_table_holds_back_only_that_county(ny, loaded):
     ny.serve(dataset(("Albany", "New York", "St. Lawrence", TOO_LONG), days=4))
@@ -84,15 +94,3 @@ def test_a_county_name_too_long_for_a_table_holds_back_only_that_county(ny, load
     # The reference rows of the same download are published as usual.
     assert ny.pg.execute("SELECT max(test_date) FROM ny_testing_reference.geography_totals").fetchone()[0] == (
         dt.date(2022, 9, 14))
-
-
-def test_a_format_error_still_refuses_the_whole_download(ny, loaded):
-    rows = dataset(days=4)
-    rows[0][1] = " "  # a row without a county belongs to no county that could be held back alone
-    ny.serve(rows)
-    result = ny.download()
-    assert not result.success
-    assert "row 1: blank value in column county" in result.failure_data_for_node(
-        "ny_testing__raw_rows_json").error.message
-    assert ny.tick().run_requests == []
-    assert {t: ny.rows(t) for t in loaded} == loaded

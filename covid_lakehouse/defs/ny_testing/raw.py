@@ -6,8 +6,9 @@ The validating parse also writes its Arrow batches to ``<prefix>/sha256=<digest>
 next to the raw object, so the county load reads parsed rows instead of parsing the JSON a second time
 (it falls back to the JSON when that file is absent, e.g. for objects stored by an older parser).
 A body that does not parse (an HTML page or a JSON error served with 200, a truncated or reshaped
-document, a county name that cannot be a table) is never stored as raw data: it is quarantined under
-``<prefix>/quarantine/`` for inspection and the run fails naming the problem.
+document) is never stored as raw data: it is quarantined under ``<prefix>/quarantine/`` for inspection and
+the run fails naming the problem. A bad value or a county name that cannot be a table is not a format
+error: the body is stored, and only that county is held back by its load (see checks.py).
 """
 
 from __future__ import annotations
