@@ -24,6 +24,10 @@ def observations(result) -> dict[str, dict]:
             for o in result.asset_observations_for_node("ny_testing__county_tests") if o.partition}
 
 
+def reference(pg) -> list[tuple]:
+    return pg.execute(f'SELECT * FROM "{REFERENCE_SCHEMA}".geography_totals ORDER BY 1, 2, 3').fetchall()
+
+
 def test_a_retried_run_of_an_older_download_does_not_overwrite_a_newer_one(ny, pg):
     old_rows = dataset()
     ny.serve(old_rows)
@@ -39,6 +43,7 @@ def test_a_retried_run_of_an_older_download_does_not_overwrite_a_newer_one(ny, p
     new_key = ny.latest_raw()["s3_key"]
     assert ny.rows("albany")[dt.date(2022, 9, 12)]["new_positives"] == 9
     published = {t: ny.rows(t) for t in TABLES}
+    published_reference = reference(pg)
 
     retry = ny.run(old_request)  # the retry of N's run, same tags
     assert retry.success  # nothing is wrong: an operator sees no red run
@@ -52,10 +57,13 @@ def test_a_retried_run_of_an_older_download_does_not_overwrite_a_newer_one(ny, p
     assert summary.metadata["counties_superseded"].value == ["Albany", "New York", "St. Lawrence"]
     assert "skipped: superseded by download" in summary.metadata["load_summary"].value
 
-    versions = pg.execute(f'SELECT county_table, county, raw_key FROM "{REFERENCE_SCHEMA}".county_versions '
+    versions = pg.execute(f'SELECT target_table, county, raw_key FROM "{REFERENCE_SCHEMA}".table_versions '
                           "ORDER BY 1").fetchall()
-    assert versions == [("albany", "Albany", new_key), ("new_york", "New York", new_key),
-                        ("st_lawrence", "St. Lawrence", new_key)]
+    assert versions == [("ny_testing.albany", "Albany", new_key), ("ny_testing.new_york", "New York", new_key),
+                        ("ny_testing.st_lawrence", "St. Lawrence", new_key),
+                        ("ny_testing_reference.geography_totals", None, new_key)]
+    assert reference(pg) == published_reference  # the STATEWIDE sums of N+1 stay too
+    assert summary.metadata["reference_rows"].value.startswith(f"skipped: superseded by download {new_key}")
 
     # The next download (same bytes as N+1, fetched later) loads as usual: nothing to change, nothing skipped.
     again = ny.daily()

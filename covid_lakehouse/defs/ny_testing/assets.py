@@ -228,7 +228,7 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
                 "raw_fetched_at": version.fetched_at.isoformat()})
         superseded = {c: r.superseded for c, r in loaded.items() if r.superseded is not None}
         loaded = {c: r for c, r in loaded.items() if r.superseded is None}
-        reference = None if blocked.reference else wh.publish_reference(staging, loaded_at)
+        reference = None if blocked.reference else wh.publish_reference(staging, loaded_at, version)
         in_view = wh.refresh_view(tables)
     finally:
         wh.drop_staging(staging)
@@ -411,7 +411,9 @@ def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, Cou
         "last_test_date": str(max(dates)) if dates else "none",
         "view": f"{county_schema}.all_counties over {in_view} county tables",
     }
-    if reference is not None:
+    if isinstance(reference, Superseded):
+        metadata["reference_rows"] = f"skipped: {reference}"
+    elif reference is not None:
         metadata["reference_rows"] = (f"{reference.inserted} inserted, {reference.updated} updated, "
                                       f"{reference.unchanged} unchanged")
     else:

@@ -42,7 +42,7 @@ STAGING_SCHEMA = "ny_testing_staging"  # one UNLOGGED table per running load, dr
 COUNTY = "COUNTY"
 VIEW = "all_counties"
 REFERENCE_TABLE = "geography_totals"
-VERSIONS_TABLE = "county_versions"  # per county table: the raw download it reflects (migrations/0003)
+VERSIONS_TABLE = "table_versions"  # per published table: the raw download it reflects (migrations/0003)
 COUNTY_COLUMNS = ("test_date", *MEASURES, "load_date")
 # Dagster refuses these in partition keys (dagster._core.definitions.partitions.utils.base).
 _BAD_PARTITION_KEY = re.compile(r"\.\.\.|[\x00-\x1f\x7f]")
@@ -204,7 +204,7 @@ class Warehouse:
         Nothing is written when the table already reflects a newer download than ``version``."""
         target = table_ident(self.county_schema, slug)
         with self.pg.connection() as conn:
-            newer = self._claim_version(conn, county, slug, loaded_at, version)
+            newer = self.claim_version(conn, f"{self.county_schema}.{slug}", county, loaded_at, version)
             if newer is not None:
                 return CountyResult(county, f"{self.county_schema}.{slug}", UpsertCounts(0, 0, 0), 0, None, None,
                                     False, newer)
@@ -224,22 +224,23 @@ class Warehouse:
                 sql.SQL("SELECT count(*), min(test_date), max(test_date) FROM {}").format(target)).fetchone()
         return CountyResult(county, f"{self.county_schema}.{slug}", counts, rows, first, last, created)
 
-    def _claim_version(self, conn, county: str, slug: str, loaded_at: datetime,
-                       version: SourceVersion) -> Superseded | None:
-        """Record ``version`` as the one the county's table reflects, in the publishing transaction; or
-        the newer version already recorded. ON CONFLICT DO UPDATE locks the row even when its WHERE is
-        false, so concurrent publishes of one county take turns and the later fetch wins whatever the order."""
+    def claim_version(self, conn, target: str, county: str | None, loaded_at: datetime,
+                      version: SourceVersion) -> Superseded | None:
+        """Record ``version`` as the one ``target`` (schema.table) reflects, in the publishing transaction;
+        or return the newer version already recorded, and then the caller writes nothing. ON CONFLICT DO
+        UPDATE locks the row even when its WHERE is false, so concurrent publishes of one table take turns
+        and the later fetch wins whatever the order."""
         versions = table_ident(self.reference_schema, VERSIONS_TABLE)
         claimed = conn.execute(sql.SQL(
-            "INSERT INTO {v} AS v (county_table, county, raw_key, fetched_at, published_at) VALUES (%s, %s, %s, %s, %s) "
-            "ON CONFLICT (county_table) DO UPDATE SET county = EXCLUDED.county, raw_key = EXCLUDED.raw_key, "
+            "INSERT INTO {v} AS v (target_table, county, raw_key, fetched_at, published_at) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (target_table) DO UPDATE SET county = EXCLUDED.county, raw_key = EXCLUDED.raw_key, "
             "fetched_at = EXCLUDED.fetched_at, published_at = EXCLUDED.published_at "
             "WHERE v.fetched_at <= EXCLUDED.fetched_at OR %s RETURNING 1").format(v=versions),
-            (slug, county, version.raw_key, version.fetched_at, loaded_at, version.replay)).fetchone()
+            (target, county, version.raw_key, version.fetched_at, loaded_at, version.replay)).fetchone()
         if claimed is not None:
             return None
-        raw_key, fetched_at = conn.execute(sql.SQL("SELECT raw_key, fetched_at FROM {} WHERE county_table = %s").format(
-            versions), (slug,)).fetchone()
+        raw_key, fetched_at = conn.execute(sql.SQL("SELECT raw_key, fetched_at FROM {} WHERE target_table = %s").format(
+            versions), (target,)).fetchone()
         return Superseded(raw_key, fetched_at)
 
     def existing_tables(self, tables: dict[str, str]) -> dict[str, str]:
@@ -275,19 +276,24 @@ class Warehouse:
         it was last published under, else the partition added last (``tables`` is in partition order)."""
         named = {table: county for county, table in tables.items()}
         with self.pg.connection() as conn:
-            published = dict(conn.execute(sql.SQL("SELECT county_table, county FROM {} WHERE county_table = ANY(%s)")
+            published = dict(conn.execute(sql.SQL("SELECT target_table, county FROM {} WHERE target_table = ANY(%s)")
                                           .format(table_ident(self.reference_schema, VERSIONS_TABLE)),
-                                          (list(named),)).fetchall())
-        return {table: published.get(table, county) for table, county in named.items()}
+                                          ([f"{self.county_schema}.{t}" for t in named],)).fetchall())
+        return {table: published.get(f"{self.county_schema}.{table}", county) for table, county in named.items()}
 
     # -- reference rows ---------------------------------------------------------------------------------
-    def publish_reference(self, staging: sql.Composed, loaded_at: datetime) -> UpsertCounts:
-        """Upsert the non-county rows (REGION, STATEWIDE) into ny_testing_reference.geography_totals."""
+    def publish_reference(self, staging: sql.Composed, loaded_at: datetime,
+                          version: SourceVersion) -> UpsertCounts | Superseded:
+        """Upsert the non-county rows (REGION, STATEWIDE) into ny_testing_reference.geography_totals, unless
+        it already reflects a newer download than ``version``."""
         target = table_ident(self.reference_schema, REFERENCE_TABLE)
         measures = sql.SQL(", ").join(map(sql.Identifier, MEASURES))
         source = sql.SQL("(SELECT geography, county AS name, test_date, {} FROM {} WHERE geography <> {}) AS staged"
                          ).format(measures, staging, sql.Literal(COUNTY))
         with self.pg.connection() as conn:
+            newer = self.claim_version(conn, f"{self.reference_schema}.{REFERENCE_TABLE}", None, loaded_at, version)
+            if newer is not None:
+                return newer
             return PostgresResource.upsert(
                 conn, target=target, source=source, key_columns=["geography", "name", "test_date"],
                 value_columns=list(MEASURES), touch_columns={"load_date": sql.Literal(loaded_at)})
