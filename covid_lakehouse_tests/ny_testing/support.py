@@ -159,6 +159,8 @@ def empty_ny_testing_schemas(pg: psycopg.Connection) -> None:
     for schema in (COUNTY_SCHEMA, STAGING_SCHEMA, DERIVED_SCHEMA):
         for (table,) in pg.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall():
             pg.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, table)))
-    pg.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(REFERENCE_SCHEMA, "geography_totals")))
+    for table in ("geography_totals", "table_versions"):  # table_versions: once its migration ran
+        if pg.execute("SELECT to_regclass(%s)", (f"{REFERENCE_SCHEMA}.{table}",)).fetchone()[0] is not None:
+            pg.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(REFERENCE_SCHEMA, table)))
 
 

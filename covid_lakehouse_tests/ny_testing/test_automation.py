@@ -92,7 +92,7 @@ def test_the_definitions_resolve_with_the_platform_resources(services):
     policy = county_tests.op.retry_policy
     assert policy.jitter == dg.Jitter.PLUS_MINUS and policy.backoff == dg.Backoff.EXPONENTIAL
     assert {c.name for c in county_tests.check_specs} == {
-        "no_duplicate_test_dates", "no_negative_counts", "positives_within_tests", "cumulative_consistent",
+        "values_readable", "county_names_usable", "no_duplicate_test_dates", "no_negative_counts", "positives_within_tests", "cumulative_consistent",
         "counties_sum_to_statewide", "fresh", "counties_present"}
     assert {s.name: s.default_status for s in merged.schedules} == {
         "ny_testing_daily_0900": dg.DefaultScheduleStatus.RUNNING}
@@ -158,6 +158,7 @@ def test_the_demo_loads_the_full_bundled_snapshot_offline(services, resources, i
     assert reference == (11, 11 * 927)  # 10 regions + statewide
     outcome = {e.check_name: (e.passed, e.severity.value) for e in load.get_asset_check_evaluations()}
     assert outcome == {
+        "values_readable": (True, "ERROR"), "county_names_usable": (True, "ERROR"),
         "no_duplicate_test_dates": (True, "ERROR"), "no_negative_counts": (True, "ERROR"),
         "positives_within_tests": (True, "ERROR"), "cumulative_consistent": (True, "WARN"),
         "counties_sum_to_statewide": (True, "WARN"), "fresh": (False, "WARN"), "counties_present": (True, "WARN")}

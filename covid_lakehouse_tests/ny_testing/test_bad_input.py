@@ -139,17 +139,3 @@ def test_a_missing_column_fails_naming_it(ny, s3, loaded):
     assert "missing required column(s) ['cumulative_number_of_tests_performed']" in error
     assert len(quarantined(ny, s3)) == 1
     assert_untouched(ny, loaded)
-
-
-@pytest.mark.parametrize(("county", "problem"), [
-    ("1st Ward", "county '1st Ward' gives no safe identifier"),
-    ("St Lawrence", "counties 'St Lawrence' and 'St. Lawrence' both map to 'st_lawrence'"),
-    ("All Counties", "would take the name of the view 'all_counties'"),
-])
-def test_a_county_name_unsafe_as_a_table_fails_before_anything_is_stored(ny, s3, loaded, county, problem):
-    ny.serve(dataset(("Albany", "New York", "St. Lawrence", county)))
-    error = error_of(ny.download())
-    assert problem in error
-    assert len(quarantined(ny, s3)) == 1
-    assert ny.partitions() == ["Albany", "New York", "St. Lawrence"]
-    assert_untouched(ny, loaded)

@@ -95,6 +95,7 @@ def test_warn_checks_pass_on_consistent_data(ny):
     result = ny.daily()
     assert result.success
     assert {name: e.passed for name, e in checks(result).items()} == {
+        "values_readable": True, "county_names_usable": True,
         "no_duplicate_test_dates": True, "no_negative_counts": True, "positives_within_tests": True,
         "cumulative_consistent": True, "counties_sum_to_statewide": True, "fresh": True, "counties_present": True}
     assert checks(result)["counties_sum_to_statewide"].metadata["dates_compared"].value == 3

@@ -14,6 +14,7 @@ from covid_lakehouse.defs.ny_testing.warehouse import (
     COUNTY_SCHEMA,
     REFERENCE_SCHEMA,
     STAGING_SCHEMA,
+    SourceVersion,
     Warehouse,
 )
 from covid_lakehouse_tests.ny_testing.support import COUNTY_KEY, checks, dataset, materialized, rows_json
@@ -238,7 +239,8 @@ def test_one_county_failing_to_publish_leaves_the_others_committed(ny, warehouse
 
     loaded, errors = publish_counties(wh, staging, ["Albany", "New York", "St. Lawrence"],
                                        {"Albany": "albany", "New York": "new_york", "St. Lawrence": "st_lawrence"},
-                                       dt.datetime.now(dt.UTC), max_workers=2)
+                                       dt.datetime.now(dt.UTC), SourceVersion("test", dt.datetime.now(dt.UTC)),
+                                       max_workers=2)
     wh.drop_staging(staging)
     assert set(loaded) == {"New York", "St. Lawrence"} and set(errors) == {"Albany"}
     assert "new_positives" in str(errors["Albany"])

@@ -145,12 +145,10 @@ def test_meta_is_read_without_reading_the_whole_body(snapshot_body: bytes) -> No
 def test_batches_respect_batch_rows_and_count_rows_across_batches() -> None:
     batches = list(open_rows_json(io.BytesIO(body()), source=SOURCE, batch_rows=2).batches())
     assert [b.num_rows for b in batches] == [2, 2, 1]
-    with pytest.raises(SourceFormatError, match="row 5: non-integer value"):
-        list(
-            open_rows_json(
-                io.BytesIO(with_value("new_positives", "x", row=4)), source=SOURCE, batch_rows=2
-            ).batches()
-        )
+    reader = open_rows_json(io.BytesIO(with_value("new_positives", "x", row=4)), source=SOURCE, batch_rows=2)
+    assert [b.num_rows for b in reader.batches()] == [2, 2]  # the bad row is left out ...
+    [(count, problem)] = reader.bad_rows.values()  # ... and counted under its unit, by its number
+    assert count == 1 and problem.startswith("row 5: non-integer value")
 
 
 def test_batches_join_small_chunks_exactly_and_keep_row_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,9 +157,9 @@ def test_batches_join_small_chunks_exactly_and_keep_row_numbers(monkeypatch: pyt
     batches = list(open_rows_json(io.BytesIO(body()), source=SOURCE, batch_rows=3).batches())
     assert [b.num_rows for b in batches] == [3, 2]
     assert pa.Table.from_batches(batches).equals(parse(body()))
-    with pytest.raises(SourceFormatError, match="row 4: non-integer value"):
-        list(open_rows_json(io.BytesIO(with_value("new_positives", "x", row=3)), source=SOURCE,
-                            batch_rows=3).batches())
+    reader = open_rows_json(io.BytesIO(with_value("new_positives", "x", row=3)), source=SOURCE, batch_rows=3)
+    assert sum(b.num_rows for b in reader.batches()) == len(ROWS) - 1
+    assert [p for _, p in reader.bad_rows.values()][0].startswith("row 4: non-integer value")
 
 
 # -- column resolution ----------------------------------------------------------------------------
@@ -245,17 +243,32 @@ def test_accepted_value_forms(column: str, raw: str, expected: object) -> None:
         ("new_positives", "1,2,3", "non-integer value"),
         ("new_positives", None, "blank value"),
         ("cumulative_number_of_positives", "", "blank value"),
-        ("county", "  ", "blank value"),
         ("test_date", "13 Sep 2022", "unrecognised date"),
         ("test_date", "02/30/2020", "impossible date"),
+        ("new_positives", "9223372036854775808", "integer out of range"),
     ],
 )
-def test_bad_values_name_row_column_and_value(column: str, raw: str | None, problem: str) -> None:
-    with pytest.raises(SourceFormatError) as err:
-        parse(with_value(column, raw, row=2))
-    message = str(err.value)
-    assert message.startswith(SOURCE) and f"row 3: {problem}" in message
+def test_a_bad_value_leaves_its_row_out_and_names_row_column_and_value(column: str, raw: str | None,
+                                                                       problem: str) -> None:
+    """A bad value blocks its county, not the download: the row is left out and noted under its unit."""
+    reader = open_rows_json(io.BytesIO(with_value(column, raw, row=2)), source=SOURCE)
+    table = reader.read_all()
+    bad = ROWS[2]
+    unit = (bad[-1].upper(), bad[1])
+    assert table.num_rows == len(ROWS) - 1 and table.schema == SCHEMA
+    assert (unit[1], dt.date.fromisoformat(bad[0][:10])) not in by_county(table)
+    count, message = reader.bad_rows[unit]
+    assert count == 1 and message.startswith(f"row 3: {problem}")
     assert f"{column!r}" in message and repr(raw) in message
+
+
+@pytest.mark.parametrize("column", ["county", "geography"])
+def test_a_row_without_a_county_or_geography_is_a_format_error(column: str) -> None:
+    # No unit to hold back: the download is refused, naming the row.
+    with pytest.raises(SourceFormatError) as err:
+        parse(with_value(column, "  ", row=2))
+    message = str(err.value)
+    assert message.startswith(SOURCE) and "row 3: blank value" in message and f"{column!r}" in message
 
 
 def test_measure_sent_as_json_number_is_accepted() -> None:

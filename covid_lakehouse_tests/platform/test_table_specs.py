@@ -33,6 +33,7 @@ from covid_lakehouse.defs.ny_testing.warehouse import (
     REFERENCE_SCHEMA,
     REFERENCE_TABLE,
     STAGING_SCHEMA,
+    SourceVersion,
     Warehouse,
 )
 from covid_lakehouse.defs.vaccines import publish as vaccines
@@ -165,8 +166,9 @@ def test_ny_testing_tables_made_in_python_match_the_migration(conn, migrated):
     warehouse = Warehouse(PostgresResource(dsn=migrated))
     staging = warehouse.staging_table("specs")
     warehouse.stage(staging, iter([]))
-    warehouse.publish_county(staging, "Albany", "albany", datetime.now(UTC))
-    warehouse.publish_reference(staging, datetime.now(UTC))  # upserts into the migrated table's columns
+    version = SourceVersion("specs", datetime.now(UTC))
+    warehouse.publish_county(staging, "Albany", "albany", datetime.now(UTC), version)
+    warehouse.publish_reference(staging, datetime.now(UTC), version)  # upserts into the migrated table's columns
     assert primary_key(conn, REFERENCE_SCHEMA, REFERENCE_TABLE) == ("geography", "name", "test_date")
 
     county = table_columns(conn, COUNTY_SCHEMA, "albany")

@@ -7,9 +7,10 @@
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,13 +20,13 @@ from pydantic import Field
 
 from covid_lakehouse.defs.ny_testing.checks import AUDITS, Blocked, Staged, blocked_units
 from covid_lakehouse.defs.ny_testing.parsing import BATCH_ROWS, MEASURES, SourceFormatError, open_rows_json
-from covid_lakehouse.defs.ny_testing.parsing import UnsafeIdentifierError as UnsafeCountyError
 from covid_lakehouse.defs.ny_testing.partitions import (
     COUNTY_PARTITIONS_NAME,
     check_new_counties,
     county_partitions,
 )
 from covid_lakehouse.defs.ny_testing.raw import (
+    BadRows,
     RawSummary,
     bundled_snapshot_sha256,
     display_url,
@@ -38,13 +39,14 @@ from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings
 from covid_lakehouse.defs.ny_testing.warehouse import (
     COUNTY,
     CountyResult,
+    SourceVersion,
+    Superseded,
     Warehouse,
     county_tables,
     staged_units,
 )
 from covid_lakehouse.lib.http import DownloadResult
 from covid_lakehouse.lib.postgres import PostgresResource
-from covid_lakehouse.lib.postgres import UnsafeIdentifierError as UnsafeTableError
 from covid_lakehouse.lib.resources import HttpResource
 from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse.lib.wap import audit_check_specs, run_audits
@@ -53,6 +55,7 @@ GROUP = "ny_testing"
 RAW_KEY = dg.AssetKey(["ny_testing", "raw_rows_json"])
 COUNTY_KEY = dg.AssetKey(["ny_testing", "county_tests"])
 RAW_KEY_TAG = "ny_testing/raw_key"  # set by the sensor: the download a county run loads
+RAW_FETCHED_AT_TAG = "ny_testing/raw_fetched_at"  # set by the sensor: when that download was fetched (ISO 8601)
 
 COUNTY_TABLE_SCHEMA = dg.TableSchema(
     columns=[
@@ -64,7 +67,6 @@ COUNTY_TABLE_SCHEMA = dg.TableSchema(
                        constraints=dg.TableColumnConstraints(nullable=False)),
     ]
 )
-_BAD_SOURCE = (SourceFormatError, UnsafeCountyError, UnsafeTableError)
 
 
 @dg.asset(
@@ -97,7 +99,7 @@ def raw_rows_json(context: dg.AssetExecutionContext, http: HttpResource, s3: Lak
                     raise SourceFormatError(shown, "the download has no data rows (a well-formed but empty "
                                             "rows.json): the source is broken, not the epidemic over")
                 check_new_counties(context.instance, summary.counties, shown)  # refused whole past the cap
-            except _BAD_SOURCE as err:
+            except SourceFormatError as err:  # the format: a bad value or county name blocks only that county
                 quarantine = f"{prefix}/quarantine/sha256={download.sha256}.body"
                 put_once(s3, bucket, quarantine, body, {"source": shown})
                 raise dg.Failure(
@@ -142,6 +144,10 @@ def _stored_metadata(shown: str, bucket: str, key: str, download: DownloadResult
         "rows_updated_at": datetime.fromtimestamp(updated, UTC).isoformat() if updated is not None else "unknown",
         "column_mapping": summary.column_mapping,
         "ignored_columns": summary.ignored_columns,
+        # Not loaded, each blocking only its county (the county run's checks say so too).
+        "unusable_counties": summary.unusable_counties,
+        "rows_with_bad_values": {name if geography == COUNTY else f"{name} [{geography}]": f"{n} row(s); {first}"
+                                 for (geography, name), (n, first) in sorted(summary.bad_rows.items())},
     }
 
 
@@ -178,17 +184,21 @@ class CountyLoadConfig(dg.Config):
 )
 def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, warehouse: PostgresResource,
                  s3: LakeS3Resource, ny_testing_settings: NyTestingSettings):
-    raw_key = config.raw_key or context.run.tags.get(RAW_KEY_TAG) or _latest_raw_key(context.instance)
+    version = _source_version(context.instance, config, context.run.tags)
+    raw_key = version.raw_key
     counties = list(context.partition_keys)
-    tables = _county_tables(context.instance.get_dynamic_partitions(COUNTY_PARTITIONS_NAME))
+    # Every partition a usable name has a table; spellings of one county share it (see docs/ny_testing.md).
+    tables, _ = county_tables(context.instance.get_dynamic_partitions(COUNTY_PARTITIONS_NAME))
     loaded_at = datetime.now(UTC)  # one load_date for every row this run inserts or revises
     wh = Warehouse(warehouse, order_staging_above_mb=ny_testing_settings.order_staging_above_mb)
     staging = wh.staging_table(context.run_id)
     try:
         seen: set[tuple[str, str]] = set()
-        with _raw_rows(s3, ny_testing_settings.raw_bucket, raw_key) as (batches, rows_updated_at, staged_from, grouped):
-            staged_rows = wh.stage(staging, staged_units(batches, seen))
-        in_source = {name for geography, name in seen if geography == COUNTY}
+        with _raw_rows(s3, ny_testing_settings.raw_bucket, raw_key) as raw:
+            staged_rows = wh.stage(staging, staged_units(raw.batches, seen))
+            bad_rows = raw.bad_rows()
+        rows_updated_at, staged_from, grouped = raw.rows_updated_at, raw.source, raw.grouped
+        in_source = {name for geography, name in (*seen, *bad_rows) if geography == COUNTY}
         # Rows in source order (the JSON fallback, an older parsed file) are regrouped when that pays.
         reordered = not grouped and wh.order_staging(staging)
         context.log.info("staged %d rows from %s (%d counties in the source, %d in this run)%s", staged_rows,
@@ -196,23 +206,36 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
                          "; rewritten in county order (larger than shared_buffers)" if reordered else "")
 
         with warehouse.connection() as conn:
-            staged = Staged(conn, staging, counties, rows_updated_at, loaded_at.date(), ny_testing_settings.max_age_days)
+            staged = Staged(conn, staging, counties, rows_updated_at, loaded_at.date(), ny_testing_settings.max_age_days,
+                            frozenset(in_source), bad_rows)
             results, failures = run_audits(AUDITS, staged, asset_key=COUNTY_KEY)
         yield from results  # before anything is published
         blocked = blocked_units(failures)
-        publish = [c for c in counties if c in in_source and not blocked.county_blocked(c)]
-        loaded, errors = publish_counties(wh, staging, publish, tables, loaded_at, ny_testing_settings.max_workers)
+        publish = [c for c in counties if c in in_source and c in tables and not blocked.county_blocked(c)]
+        loaded, errors = publish_counties(wh, staging, publish, tables, loaded_at, version,
+                                          ny_testing_settings.max_workers)
         for county in sorted(loaded):
-            yield dg.AssetMaterialization(asset_key=COUNTY_KEY, partition=county,
-                                          metadata=_county_metadata(loaded[county], raw_key))
-        reference = None if blocked.reference else wh.publish_reference(staging, loaded_at)
+            if loaded[county].superseded is None:
+                yield dg.AssetMaterialization(asset_key=COUNTY_KEY, partition=county,
+                                              metadata=_county_metadata(loaded[county], raw_key))
+                continue
+            # Not an error: a retried run of an older download; the table keeps the newer one's rows.
+            newer = loaded[county].superseded
+            context.log.info("%s: %s", county, newer)
+            yield dg.AssetObservation(asset_key=COUNTY_KEY, partition=county, metadata={
+                "outcome": f"skipped: {newer}", "superseded_by": newer.raw_key,
+                "superseded_by_fetched_at": newer.fetched_at.isoformat(), "raw_key": raw_key,
+                "raw_fetched_at": version.fetched_at.isoformat()})
+        superseded = {c: r.superseded for c, r in loaded.items() if r.superseded is not None}
+        loaded = {c: r for c, r in loaded.items() if r.superseded is None}
+        reference = None if blocked.reference else wh.publish_reference(staging, loaded_at, version)
         in_view = wh.refresh_view(tables)
     finally:
         wh.drop_staging(staging)
 
     yield dg.AssetObservation(asset_key=COUNTY_KEY, metadata=_run_summary(
-        counties, in_source, loaded, errors, blocked, failures, reference, in_view, raw_key, staged_from,
-        staged_rows, wh.county_schema))
+        counties, in_source, loaded, superseded, errors, blocked, failures, reference, in_view, raw_key,
+        staged_from, staged_rows, wh.county_schema))
     if errors:  # infrastructure, not data: the RetryPolicy reruns the step (loads are idempotent)
         names = ", ".join(sorted(errors))
         first = next(iter(errors.values()))
@@ -230,20 +253,60 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
         )
 
 
-def _latest_raw_key(instance: dg.DagsterInstance) -> str:
+def _source_version(instance: dg.DagsterInstance, config: CountyLoadConfig, tags: dict[str, str]) -> SourceVersion:
+    """The download this run loads and when it was fetched: the config's (a replay, which may go back in
+    time on purpose), the sensor's tags (the download that triggered the run), else the latest download."""
+    if config.raw_key:
+        fetched = _fetched_at(instance, config.raw_key)
+        return SourceVersion(config.raw_key, fetched or datetime.fromtimestamp(0, UTC), replay=True)
+    if RAW_KEY_TAG in tags:
+        raw_key = tags[RAW_KEY_TAG]
+        fetched = (datetime.fromisoformat(tags[RAW_FETCHED_AT_TAG]) if RAW_FETCHED_AT_TAG in tags
+                   else _fetched_at(instance, raw_key))  # a run requested before the sensor set the tag
+        if fetched is None:
+            raise dg.Failure(f"no {RAW_KEY.to_user_string()} materialization stored {raw_key}: cannot tell whether "
+                             "it is older than what the tables hold; replay it with config raw_key to load it anyway",
+                             allow_retries=False)
+        return SourceVersion(raw_key, fetched)
     event = instance.get_latest_materialization_event(RAW_KEY)
     if event is None or event.asset_materialization is None:
         raise dg.Failure(f"no raw download yet: materialize {RAW_KEY.to_user_string()} first (the 09:00 schedule "
                          "does)", allow_retries=False)
-    return event.asset_materialization.metadata["s3_key"].value
+    return SourceVersion(event.asset_materialization.metadata["s3_key"].value, fetched_at(event.timestamp))
+
+
+def fetched_at(timestamp: float) -> datetime:
+    """A raw materialization's time (epoch seconds): when its download was fetched."""
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _fetched_at(instance: dg.DagsterInstance, raw_key: str) -> datetime | None:
+    """When ``raw_key`` was last downloaded (newest raw materialization naming it); None if never."""
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(RAW_KEY, limit=500, cursor=cursor)
+        for record in page.records:
+            key = record.asset_materialization.metadata.get("s3_key") if record.asset_materialization else None
+            if key is not None and key.value == raw_key:
+                return fetched_at(record.timestamp)
+        if not page.has_more:
+            return None
+        cursor = page.cursor
+
+
+@dataclass(frozen=True)
+class RawRows:
+    batches: Iterator[pa.RecordBatch]
+    rows_updated_at: int | None  # the source's meta.view.rowsUpdatedAt
+    source: str  # where they are read from
+    grouped: bool  # grouped by unit (geography, name)
+    bad_rows: Callable[[], BadRows]  # rows left out for a bad value; complete once ``batches`` is read
 
 
 @contextmanager
-def _raw_rows(s3: LakeS3Resource, bucket: str, raw_key: str
-              ) -> Iterator[tuple[Iterator[pa.RecordBatch], int | None, str, bool]]:
-    """(batches, rowsUpdatedAt, where from, grouped by unit) of a raw object: its parsed parquet when there
-    is one (written by the validating parse, grouped by county), else the rows.json itself, streamed from
-    S3 and parsed once (in source order)."""
+def _raw_rows(s3: LakeS3Resource, bucket: str, raw_key: str) -> Iterator[RawRows]:
+    """The rows of a raw object: its parsed parquet when there is one (written by the validating parse,
+    grouped by county), else the rows.json itself, streamed from S3 and parsed once (in source order)."""
     client = s3.get_client()
     source = f"s3://{bucket}/{raw_key}"
     if s3.object_exists(bucket, parsed_key(raw_key), client=client):
@@ -258,34 +321,28 @@ def _raw_rows(s3: LakeS3Resource, bucket: str, raw_key: str
             parsed = read_parsed(local)
             if parsed is not None:
                 # use_threads=False: decoding 8k-row batches is cheap; pool threads would each keep memory.
-                yield (parsed.file.iter_batches(batch_size=BATCH_ROWS, use_threads=False), parsed.rows_updated_at,
-                       f"s3://{bucket}/{parsed_key(raw_key)}", parsed.grouped)
+                yield RawRows(parsed.file.iter_batches(batch_size=BATCH_ROWS, use_threads=False),
+                              parsed.rows_updated_at, f"s3://{bucket}/{parsed_key(raw_key)}", parsed.grouped,
+                              lambda: parsed.bad_rows)
                 return
     body = client.get_object(Bucket=bucket, Key=raw_key)["Body"]
     try:
         reader = open_rows_json(body, source=source)
-        yield reader.batches(), reader.rows_updated_at, source, False
+        yield RawRows(reader.batches(), reader.rows_updated_at, source, False, lambda: reader.bad_rows)
     except SourceFormatError as err:
         raise dg.Failure(f"{err}; nothing published", allow_retries=False) from None
     finally:
         body.close()
 
 
-def _county_tables(partition_keys: list[str]) -> dict[str, str]:
-    try:
-        return county_tables(partition_keys)
-    except (UnsafeCountyError, UnsafeTableError) as err:
-        raise dg.Failure(f"{err}; nothing published", allow_retries=False) from None
-
-
 def publish_counties(wh: Warehouse, staging, counties: list[str], tables: dict[str, str], loaded_at: datetime,
-                      max_workers: int) -> tuple[dict[str, CountyResult], dict[str, Exception]]:
+                     version: SourceVersion, max_workers: int) -> tuple[dict[str, CountyResult], dict[str, Exception]]:
     """Upsert each county on its own pooled connection and transaction; one county's failure leaves the
-    others' commits in place."""
+    others' commits in place. A county whose table reflects a newer download comes back ``superseded``."""
     loaded: dict[str, CountyResult] = {}
     errors: dict[str, Exception] = {}
     with ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="ny-testing-county") as pool:
-        futures = {pool.submit(wh.publish_county, staging, c, tables[c], loaded_at): c for c in counties}
+        futures = {pool.submit(wh.publish_county, staging, c, tables[c], loaded_at, version): c for c in counties}
         for future in as_completed(futures):
             try:
                 loaded[futures[future]] = future.result()
@@ -310,13 +367,14 @@ def _county_metadata(result: CountyResult, raw_key: str) -> dict:
 
 
 def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, CountyResult],
-                 errors: dict[str, Exception], blocked: Blocked, failures, reference, in_view: int,
+                 superseded: dict[str, Superseded], errors: dict[str, Exception], blocked: Blocked, failures, reference, in_view: int,
                  raw_key: str, staged_from: str, staged_rows: int, county_schema: str) -> dict:
     """One run covers many partitions: this table is the per-county picture of the whole run."""
     blocked_by: dict[str, list[str]] = {}
     for name, result in failures:
         for county in result.metadata.get("failing_counties", counties):
-            blocked_by.setdefault(county, []).append(name)
+            reason = result.metadata.get("problems", {}).get(county)  # the row and column, or the name's problem
+            blocked_by.setdefault(county, []).append(f"{name} ({reason})" if reason else name)
     lines = ["| county | table | rows | inserted | updated | unchanged | first date | last date | status |",
              "|---|---|---|---|---|---|---|---|---|"]
     for county in counties:
@@ -326,7 +384,9 @@ def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, Cou
             lines.append(f"| {county} | {r.table} | {r.rows} | {r.counts.inserted} | {r.counts.updated} | "
                          f"{r.counts.unchanged} | {r.first_test_date} | {r.last_test_date} | {status} |")
             continue
-        if county not in in_source:
+        if county in superseded:
+            status = f"skipped: {superseded[county]}"
+        elif county not in in_source:
             status = "absent from the source: table kept"
         elif county in errors:
             status = f"error: {type(errors[county]).__name__}"
@@ -341,6 +401,7 @@ def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, Cou
         "staged_rows": staged_rows,
         "counties_in_run": len(counties),
         "counties_published": len(loaded),
+        "counties_superseded": sorted(superseded),
         "counties_held_back": sorted(c for c in counties if c in in_source and blocked.county_blocked(c)),
         "counties_absent_from_source": sorted(set(counties) - in_source),
         "rows_inserted": sum(r.counts.inserted for r in loaded.values()),
@@ -350,7 +411,9 @@ def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, Cou
         "last_test_date": str(max(dates)) if dates else "none",
         "view": f"{county_schema}.all_counties over {in_view} county tables",
     }
-    if reference is not None:
+    if isinstance(reference, Superseded):
+        metadata["reference_rows"] = f"skipped: {reference}"
+    elif reference is not None:
         metadata["reference_rows"] = (f"{reference.inserted} inserted, {reference.updated} updated, "
                                       f"{reference.unchanged} unchanged")
     else:

@@ -9,15 +9,20 @@ one per partition); the per-county details are in their metadata.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 import psycopg
 from psycopg import sql
 
 from covid_lakehouse.defs.ny_testing.parsing import MEASURES
-from covid_lakehouse.defs.ny_testing.warehouse import COUNTY
+from covid_lakehouse.defs.ny_testing.warehouse import (
+    COUNTY,
+    can_be_partition_key,
+    county_tables,
+    download_name_problems,
+)
 from covid_lakehouse.lib.wap import Audit, AuditResult
 
 _MD_ROWS = 25  # markdown tables list the first failures; counts cover all of them
@@ -33,6 +38,9 @@ class Staged:
     rows_updated_at: int | None  # the source's meta.view.rowsUpdatedAt (epoch seconds)
     today: date
     max_age_days: int
+    in_source: frozenset[str] = frozenset()  # every county name of the download
+    # (geography, name) -> (rows the parse left out for a bad value, the first one's problem)
+    bad_rows: Mapping[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,23 +93,58 @@ def _label(geography: str, name: str) -> str:
     return name if geography == COUNTY else f"{name} [{geography}]"
 
 
+def _failing_units(rows: Sequence[Sequence], description: str, count_label: str, headers: Sequence[str],
+                   **extra: object) -> AuditResult:
+    """The result over rows (geography, name, bad rows, ...) of failing units: those units are held back."""
+    return AuditResult(not rows, description, {
+        "failing_counties": sorted(r[1] for r in rows if r[0] == COUNTY),
+        "failing_reference": sorted(_label(r[0], r[1]) for r in rows if r[0] != COUNTY),
+        count_label: sum(r[2] for r in rows),
+        **extra,
+        "details": _md(headers, rows) if rows else "none",
+    })
+
+
 def _blocking(staged: Staged, query: sql.Composable, problem: str, count_label: str) -> AuditResult:
     """Run a query returning (geography, county, bad_rows) per failing unit and report it."""
     rows = staged.conn.execute(query, (list(staged.counties),)).fetchall()
-    counties = sorted(c for g, c, _ in rows if g == COUNTY)
-    reference = sorted(_label(g, c) for g, c, _ in rows if g != COUNTY)
-    bad = sum(n for *_, n in rows)
     if rows:
         units = ", ".join(_label(g, c) for g, c, _ in rows)
-        description = f"{problem}: {bad} row(s) in {units}; these are not published"
+        description = f"{problem}: {sum(n for *_, n in rows)} row(s) in {units}; these are not published"
     else:
         description = f"no {problem}"
-    return AuditResult(not rows, description, {
-        "failing_counties": counties,
-        "failing_reference": reference,
-        count_label: bad,
-        "details": _md(["geography", "name", count_label], rows) if rows else "none",
-    })
+    return _failing_units(rows, description, count_label, ["geography", "name", count_label])
+
+
+def _blocked_units(rows: Sequence[tuple[str, str, int, str]], problem: str, count_label: str,
+                   headers: Sequence[str]) -> AuditResult:
+    """Report (geography, name, bad rows, first problem) per failing unit, each named with its reason."""
+    if rows:
+        reasons = "; ".join(f"{_label(g, n)}: {first}" for g, n, _, first in rows[:_MD_ROWS])
+        description = f"{problem} in {len(rows)} unit(s), not published ({reasons})"
+    else:
+        description = f"no {problem}"
+    return _failing_units(rows, description, count_label, headers,
+                          problems={_label(g, n): first for g, n, _, first in rows})
+
+
+def values_readable(staged: Staged) -> AuditResult:
+    """Rows with a blank, non-integer or impossible value were left out by the parse: their unit is
+    incomplete, so it is held back (one county, not the download)."""
+    rows = [(g, n, count, first) for (g, n), (count, first) in sorted(staged.bad_rows.items())
+            if g != COUNTY or n in staged.counties]
+    return _blocked_units(rows, "unreadable values", "rows_with_bad_values",
+                          ["geography", "name", "rows with bad values", "first (row: column, value)"])
+
+
+def county_names_usable(staged: Staged) -> AuditResult:
+    """Names of this run's counties that cannot be loaded: no safe table name, the view's name, not a
+    partition key (then never a partition, so reported by every run), or two names of this download
+    sharing one table."""
+    problems = download_name_problems(staged.in_source)
+    rows = [(COUNTY, name, 1, reason) for name, reason in sorted(problems.items())
+            if name in staged.counties or not can_be_partition_key(name)]
+    return _blocked_units(rows, "unusable county names", "unusable_names", ["geography", "county", "names", "reason"])
 
 
 @_savepoint
@@ -207,13 +250,26 @@ def counties_present(staged: Staged) -> AuditResult:
     present = {r[0] for r in staged.conn.execute(sql.SQL(
         "SELECT DISTINCT county FROM {} WHERE geography = {} AND county = ANY(%s)").format(
         staged.table, sql.Literal(COUNTY)), (list(staged.counties),)).fetchall()}
-    missing = sorted(set(staged.counties) - present)
+    absent = sorted(set(staged.counties) - present)
+    # A partition whose table another name of the source loads is the same county, renamed by the source.
+    tables, _ = county_tables([*staged.in_source, *absent])
+    current = {tables[n]: n for n in staged.in_source if n in tables}
+    renamed = {n: current[tables[n]] for n in absent if tables.get(n) in current}
+    missing = [n for n in absent if n not in renamed]
     description = (f"{len(missing)} county partition(s) absent from the source kept their tables unchanged: "
                    + ", ".join(missing)) if missing else "every county partition is in the source"
-    return AuditResult(not missing, description, {"missing_counties": missing})
+    if renamed:
+        description += "; spelled differently now (same table): " + ", ".join(f"{o} -> {n}" for o, n in renamed.items())
+    return AuditResult(not missing, description, {"missing_counties": missing, "renamed_counties": renamed})
 
 
 BLOCKING_AUDITS = [
+    Audit("values_readable", values_readable, blocking=True,
+          description="Every value parses: no blank, non-integer or impossible value (a bad one holds back its "
+          "county only, naming the row and column)."),
+    Audit("county_names_usable", county_names_usable, blocking=True,
+          description="Each county name gives its own safe table name and partition key (an unusable name, or "
+          "two names of one download sharing a table, holds back that county only)."),
     Audit("no_duplicate_test_dates", no_duplicate_test_dates, blocking=True,
           description="Each county (and reference row set) has at most one row per test_date."),
     Audit("no_negative_counts", no_negative_counts, blocking=True,

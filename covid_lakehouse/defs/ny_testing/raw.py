@@ -6,14 +6,16 @@ The validating parse also writes its Arrow batches to ``<prefix>/sha256=<digest>
 next to the raw object, so the county load reads parsed rows instead of parsing the JSON a second time
 (it falls back to the JSON when that file is absent, e.g. for objects stored by an older parser).
 A body that does not parse (an HTML page or a JSON error served with 200, a truncated or reshaped
-document, a county name that cannot be a table) is never stored as raw data: it is quarantined under
-``<prefix>/quarantine/`` for inspection and the run fails naming the problem.
+document) is never stored as raw data: it is quarantined under ``<prefix>/quarantine/`` for inspection and
+the run fails naming the problem. A bad value or a county name that cannot be a table is not a format
+error: the body is stored, and only that county is held back by its load (see checks.py).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import tempfile
 from dataclasses import dataclass
 from datetime import date
@@ -27,7 +29,12 @@ import pyarrow.parquet as pq
 
 from covid_lakehouse.defs.ny_testing.parsing import BATCH_ROWS, SCHEMA, open_rows_json
 from covid_lakehouse.defs.ny_testing.spool import UnitSpool
-from covid_lakehouse.defs.ny_testing.warehouse import COUNTY, county_tables, staged_units
+from covid_lakehouse.defs.ny_testing.warehouse import (
+    COUNTY,
+    can_be_partition_key,
+    download_name_problems,
+    staged_units,
+)
 from covid_lakehouse.lib.s3 import LakeS3Resource, ObjectExistsError
 
 SNAPSHOT = Path(__file__).parent / "data" / "xdss-u53e_rows.json.gz"  # see data/SOURCES.md
@@ -35,6 +42,8 @@ PARSED_SUFFIX = ".parsed-v1.parquet"  # bump when the parser's output changes: o
 ROWS_UPDATED_AT = b"rows_updated_at"  # parquet key-value metadata: the source's meta.view.rowsUpdatedAt
 ROW_ORDER = b"row_order"  # parquet key-value metadata: how the rows are ordered
 GROUPED_BY_UNIT = b"grouped by geography, county"
+BAD_ROWS = b"bad_rows"  # parquet key-value metadata: JSON [[geography, name, rows left out, first problem], ...]
+BadRows = dict[tuple[str, str], tuple[int, str]]  # (geography, name) -> (rows left out, the first's problem)
 
 
 def parsed_key(raw_key: str) -> str:
@@ -44,7 +53,9 @@ def parsed_key(raw_key: str) -> str:
 @dataclass(frozen=True)
 class RawSummary:
     rows: int
-    counties: list[str]  # geography COUNTY, sorted
+    counties: list[str]  # geography COUNTY, sorted, each one a possible partition key
+    unusable_counties: dict[str, str]  # county name -> why it cannot be loaded (the county's run says so too)
+    bad_rows: BadRows  # per unit: rows left out for a bad value (the unit's check fails)
     reference: list[str]  # every other geography's names, e.g. "New York City [REGION]"
     first_test_date: date | None
     last_test_date: date | None
@@ -55,7 +66,8 @@ class RawSummary:
 
 def summarize(stream: BinaryIO, *, source: str, parsed_sink: BinaryIO) -> RawSummary:
     """Parse the whole body once, writing the rows to ``parsed_sink`` as parquet grouped by unit
-    (geography, name; see spool.py); raises SourceFormatError / UnsafeIdentifierError naming the problem.
+    (geography, name; see spool.py); raises SourceFormatError naming a problem of the format. A bad value
+    or an unusable county name is not one: it is reported here and blocks only its county's load.
     Memory stays bounded whatever the size of the body: rows go batch by batch to spool files on disk."""
     reader = open_rows_json(stream, source=source)
     pairs: set[tuple[str, str]] = set()
@@ -69,14 +81,18 @@ def summarize(stream: BinaryIO, *, source: str, parsed_sink: BinaryIO) -> RawSum
             lo, hi = pc.min_max(batch.column("test_date")).values()
             first = lo.as_py() if first is None else min(first, lo.as_py())
             last = hi.as_py() if last is None else max(last, hi.as_py())
+        if reader.bad_rows:
+            metadata[BAD_ROWS] = json.dumps([[*unit, *bad] for unit, bad in sorted(reader.bad_rows.items())]).encode()
+            pairs.update(reader.bad_rows)  # a county whose every row is bad is still in the source
         with pq.ParquetWriter(parsed_sink, SCHEMA.with_metadata(metadata)) as parsed:
             for batch in spool.batches(BATCH_ROWS):
                 parsed.write_batch(batch)
     counties = sorted(name for geography, name in pairs if geography == COUNTY)
-    county_tables(counties)  # fail here, before anything is stored or partitioned
     return RawSummary(
         rows=reader.rows_read,
-        counties=counties,
+        counties=[c for c in counties if can_be_partition_key(c)],
+        unusable_counties=download_name_problems(counties),
+        bad_rows=dict(reader.bad_rows),
         reference=sorted(f"{name} [{geography}]" for geography, name in pairs if geography != COUNTY),
         first_test_date=first,
         last_test_date=last,
@@ -91,6 +107,7 @@ class Parsed:
     file: pq.ParquetFile
     rows_updated_at: int | None  # the source's meta.view.rowsUpdatedAt
     grouped: bool  # rows grouped by unit (geography, name); files written before that are in source order
+    bad_rows: BadRows  # rows the parse left out for a bad value
 
 
 def read_parsed(path: BinaryIO) -> Parsed | None:
@@ -102,7 +119,8 @@ def read_parsed(path: BinaryIO) -> Parsed | None:
         return None
     metadata = parsed.schema_arrow.metadata or {}
     updated = metadata.get(ROWS_UPDATED_AT)
-    return Parsed(parsed, int(updated) if updated else None, metadata.get(ROW_ORDER) == GROUPED_BY_UNIT)
+    bad = {(g, n): (count, problem) for g, n, count, problem in json.loads(metadata.get(BAD_ROWS, b"[]"))}
+    return Parsed(parsed, int(updated) if updated else None, metadata.get(ROW_ORDER) == GROUPED_BY_UNIT, bad)
 
 
 def put_once(s3: LakeS3Resource, bucket: str, key: str, body: BinaryIO, metadata: dict[str, str]) -> bool:

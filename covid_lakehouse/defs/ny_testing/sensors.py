@@ -7,7 +7,13 @@ table, is logged here and reported by the county_tests check ``counties_present`
 
 import dagster as dg
 
-from covid_lakehouse.defs.ny_testing.assets import COUNTY_KEY, RAW_KEY, RAW_KEY_TAG
+from covid_lakehouse.defs.ny_testing.assets import (
+    COUNTY_KEY,
+    RAW_FETCHED_AT_TAG,
+    RAW_KEY,
+    RAW_KEY_TAG,
+    fetched_at,
+)
 from covid_lakehouse.defs.ny_testing.partitions import (
     COUNTY_PARTITIONS_NAME,
     check_new_counties,
@@ -54,6 +60,8 @@ def ny_testing_county_partitions(context: dg.SensorEvaluationContext) -> dg.Sens
             "dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[-1],
             RAW_KEY_TAG: metadata["s3_key"].value,  # load exactly the download that triggered this run
+            # and never over a newer one's rows (a retry of this run may come after the next download)
+            RAW_FETCHED_AT_TAG: fetched_at(event.timestamp).isoformat(),
             **max_runtime(hours=3),  # an asset-selection run inherits no job tags
         },
     )

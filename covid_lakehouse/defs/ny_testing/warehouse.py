@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from covid_lakehouse.defs.ny_testing.parsing import MEASURES, UnsafeIdentifierError, slug_map
+from covid_lakehouse.defs.ny_testing.parsing import MEASURES, UnsafeIdentifierError, county_slug
 from covid_lakehouse.defs.ny_testing.spool import unit_codes
 from covid_lakehouse.lib.migrate import ensure_migrated
 from covid_lakehouse.lib.postgres import (
@@ -32,6 +32,7 @@ from covid_lakehouse.lib.postgres import (
     table_ident,
     validate_identifier,
 )
+from covid_lakehouse.lib.postgres import UnsafeIdentifierError as UnsafeTableError
 from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 
 MIGRATION_SCOPE = "ny_testing"  # schemas, reference table, analyst grants: defs/ny_testing/migrations/
@@ -41,26 +42,87 @@ STAGING_SCHEMA = "ny_testing_staging"  # one UNLOGGED table per running load, dr
 COUNTY = "COUNTY"
 VIEW = "all_counties"
 REFERENCE_TABLE = "geography_totals"
+VERSIONS_TABLE = "table_versions"  # per published table: the raw download it reflects (migrations/0003)
 COUNTY_COLUMNS = ("test_date", *MEASURES, "load_date")
 # Dagster refuses these in partition keys (dagster._core.definitions.partitions.utils.base).
 _BAD_PARTITION_KEY = re.compile(r"\.\.\.|[\x00-\x1f\x7f]")
 
 
-def county_tables(names: Iterable[str]) -> dict[str, str]:
-    """Table name per county name; raises UnsafeIdentifierError naming the county when a name cannot be
-    a table (no safe slug, two names sharing one, the view's name) or a Dagster partition key."""
-    slugs = slug_map(names)
-    for name, slug in slugs.items():
+def county_table(name: str) -> str:
+    """The table of a county name; raises UnsafeIdentifierError naming the county when the name gives no
+    safe identifier, takes the view's name, or cannot be a Dagster partition key."""
+    slug = county_slug(name)
+    try:
         validate_identifier(slug, what=f"table name for county {name!r}")
-        if slug == VIEW:
-            raise UnsafeIdentifierError(f"county {name!r} would take the name of the view {VIEW!r}")
-        if _BAD_PARTITION_KEY.search(name):
-            raise UnsafeIdentifierError(f"county {name!r} cannot be a partition key (control character or '...')")
-    return slugs
+    except UnsafeTableError as err:
+        raise UnsafeIdentifierError(str(err)) from None
+    if slug == VIEW:
+        raise UnsafeIdentifierError(f"county {name!r} would take the name of the view {VIEW!r}")
+    if not can_be_partition_key(name):
+        raise UnsafeIdentifierError(f"county {name!r} cannot be a partition key (control character or '...')")
+    return slug
+
+
+def can_be_partition_key(name: str) -> bool:
+    return not _BAD_PARTITION_KEY.search(name)
+
+
+def county_tables(names: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(table per usable county name, reason per unusable one). Several names may share a table: they are
+    the source's spellings of one county over time ("St. Lawrence", later "St Lawrence"), loaded into one
+    table. Two names of the same download sharing one is a conflict: see ``download_name_problems``."""
+    tables: dict[str, str] = {}
+    unusable: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        try:
+            tables[name] = county_table(name)
+        except UnsafeIdentifierError as err:
+            unusable[name] = str(err)
+    return tables, unusable
+
+
+def download_name_problems(names: Iterable[str]) -> dict[str, str]:
+    """Reason per county name of ONE download that cannot be loaded: unusable as a table or partition, or
+    sharing its table with another name of the same download (then neither is loaded: which one's rows
+    would the table hold?)."""
+    tables, problems = county_tables(names)
+    by_table: dict[str, list[str]] = {}
+    for name, table in tables.items():
+        by_table.setdefault(table, []).append(name)
+    for table, group in by_table.items():
+        for name in group if len(group) > 1 else ():
+            others = " and ".join(repr(o) for o in sorted(group) if o != name)
+            problems[name] = (
+                f"counties {name!r} and {others} in the same download both map to table {COUNTY_SCHEMA}.{table}, "
+                "so neither is published and the table keeps its rows. To resolve: if they are one county "
+                "spelled two ways, the source must list one spelling (ask the publisher; the next download "
+                "then loads it); if they are two counties, one must be renamed at the source")
+    return problems
 
 
 def _measure_defs() -> sql.Composable:
     return sql.SQL(", ").join(sql.SQL("{} bigint NOT NULL").format(sql.Identifier(m)) for m in MEASURES)
+
+
+@dataclass(frozen=True)
+class SourceVersion:
+    """The raw download a run loads: its key (content-addressed) and when it was fetched. A county table
+    never goes back to an older fetch than the one it reflects, unless ``replay`` (an operator's choice)."""
+
+    raw_key: str
+    fetched_at: datetime
+    replay: bool = False
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """The county's table already reflects a newer download: nothing was written."""
+
+    raw_key: str
+    fetched_at: datetime
+
+    def __str__(self) -> str:
+        return f"superseded by download {self.raw_key} (fetched {self.fetched_at.isoformat()}): nothing written"
 
 
 @dataclass(frozen=True)
@@ -72,6 +134,7 @@ class CountyResult:
     first_test_date: date | None
     last_test_date: date | None
     created: bool
+    superseded: Superseded | None = None
 
 
 class Warehouse:
@@ -134,11 +197,17 @@ class Warehouse:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
 
     # -- counties -----------------------------------------------------------------------------------
-    def publish_county(self, staging: sql.Composed, county: str, slug: str, loaded_at: datetime) -> CountyResult:
+    def publish_county(self, staging: sql.Composed, county: str, slug: str, loaded_at: datetime,
+                       version: SourceVersion) -> CountyResult:
         """Upsert one county's staged rows into its table (created on first sight): new dates are
-        inserted, revised ones updated, identical ones untouched; load_date moves only with the data."""
+        inserted, revised ones updated, identical ones untouched; load_date moves only with the data.
+        Nothing is written when the table already reflects a newer download than ``version``."""
         target = table_ident(self.county_schema, slug)
         with self.pg.connection() as conn:
+            newer = self.claim_version(conn, f"{self.county_schema}.{slug}", county, loaded_at, version)
+            if newer is not None:
+                return CountyResult(county, f"{self.county_schema}.{slug}", UpsertCounts(0, 0, 0), 0, None, None,
+                                    False, newer)
             created = not PostgresResource.table_exists(conn, self.county_schema, slug)
             if created:
                 conn.execute(sql.SQL(
@@ -155,6 +224,25 @@ class Warehouse:
                 sql.SQL("SELECT count(*), min(test_date), max(test_date) FROM {}").format(target)).fetchone()
         return CountyResult(county, f"{self.county_schema}.{slug}", counts, rows, first, last, created)
 
+    def claim_version(self, conn, target: str, county: str | None, loaded_at: datetime,
+                      version: SourceVersion) -> Superseded | None:
+        """Record ``version`` as the one ``target`` (schema.table) reflects, in the publishing transaction;
+        or return the newer version already recorded, and then the caller writes nothing. ON CONFLICT DO
+        UPDATE locks the row even when its WHERE is false, so concurrent publishes of one table take turns
+        and the later fetch wins whatever the order."""
+        versions = table_ident(self.reference_schema, VERSIONS_TABLE)
+        claimed = conn.execute(sql.SQL(
+            "INSERT INTO {v} AS v (target_table, county, raw_key, fetched_at, published_at) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (target_table) DO UPDATE SET county = EXCLUDED.county, raw_key = EXCLUDED.raw_key, "
+            "fetched_at = EXCLUDED.fetched_at, published_at = EXCLUDED.published_at "
+            "WHERE v.fetched_at <= EXCLUDED.fetched_at OR %s RETURNING 1").format(v=versions),
+            (target, county, version.raw_key, version.fetched_at, loaded_at, version.replay)).fetchone()
+        if claimed is not None:
+            return None
+        raw_key, fetched_at = conn.execute(sql.SQL("SELECT raw_key, fetched_at FROM {} WHERE target_table = %s").format(
+            versions), (target,)).fetchone()
+        return Superseded(raw_key, fetched_at)
+
     def existing_tables(self, tables: dict[str, str]) -> dict[str, str]:
         """The subset of county -> table whose table exists."""
         with self.pg.connection() as conn:
@@ -165,11 +253,12 @@ class Warehouse:
         existing = self.existing_tables(tables)
         if not existing:
             return 0
+        named = self.table_names(existing)
         cols = sql.SQL(", ").join(map(sql.Identifier, COUNTY_COLUMNS))
         union = sql.SQL(" UNION ALL ").join(
             sql.SQL("SELECT {}::text AS county, {} FROM {}").format(
                 sql.Literal(county), cols, table_ident(self.county_schema, table))
-            for county, table in sorted(existing.items()))
+            for table, county in sorted(named.items(), key=lambda item: item[1]))
         view = table_ident(self.county_schema, VIEW)
         with self.pg.connection() as conn:
             # Concurrent loads would otherwise race on the view's catalog row ("tuple concurrently updated").
@@ -180,16 +269,31 @@ class Warehouse:
                     "(the county tables are published)")
             conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(
                 view, sql.Literal("Every ny_testing county table, with its county name (recreated by each load)")))
-        return len(existing)
+        return len(named)
+
+    def table_names(self, tables: dict[str, str]) -> dict[str, str]:
+        """One county name per table, for a county whose partitions are several spellings of it: the name
+        it was last published under, else the partition added last (``tables`` is in partition order)."""
+        named = {table: county for county, table in tables.items()}
+        with self.pg.connection() as conn:
+            published = dict(conn.execute(sql.SQL("SELECT target_table, county FROM {} WHERE target_table = ANY(%s)")
+                                          .format(table_ident(self.reference_schema, VERSIONS_TABLE)),
+                                          ([f"{self.county_schema}.{t}" for t in named],)).fetchall())
+        return {table: published.get(f"{self.county_schema}.{table}", county) for table, county in named.items()}
 
     # -- reference rows ---------------------------------------------------------------------------------
-    def publish_reference(self, staging: sql.Composed, loaded_at: datetime) -> UpsertCounts:
-        """Upsert the non-county rows (REGION, STATEWIDE) into ny_testing_reference.geography_totals."""
+    def publish_reference(self, staging: sql.Composed, loaded_at: datetime,
+                          version: SourceVersion) -> UpsertCounts | Superseded:
+        """Upsert the non-county rows (REGION, STATEWIDE) into ny_testing_reference.geography_totals, unless
+        it already reflects a newer download than ``version``."""
         target = table_ident(self.reference_schema, REFERENCE_TABLE)
         measures = sql.SQL(", ").join(map(sql.Identifier, MEASURES))
         source = sql.SQL("(SELECT geography, county AS name, test_date, {} FROM {} WHERE geography <> {}) AS staged"
                          ).format(measures, staging, sql.Literal(COUNTY))
         with self.pg.connection() as conn:
+            newer = self.claim_version(conn, f"{self.reference_schema}.{REFERENCE_TABLE}", None, loaded_at, version)
+            if newer is not None:
+                return newer
             return PostgresResource.upsert(
                 conn, target=target, source=source, key_columns=["geography", "name", "test_date"],
                 value_columns=list(MEASURES), touch_columns={"load_date": sql.Literal(loaded_at)})

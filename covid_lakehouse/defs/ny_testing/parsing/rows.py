@@ -24,6 +24,9 @@ CHUNK_ROWS = 4096  # rows held as Python objects at once (see RowsJsonReader.bat
 # Rows per Arrow batch handed out (~0.5 MB): small enough that the Arrow allocator's retained pages stay
 # small (100k-row batches cost ~60 MB more peak RSS at 10x), large enough for the kernels and COPY to run at speed.
 BATCH_ROWS = 8_192
+_NULL_TEXT = pa.scalar(None, pa.string())
+# SCHEMA before rows with bad values are left out (their values are null until then).
+_NULLABLE = pa.schema([f.with_nullable(True) for f in SCHEMA])
 
 
 class RowsJsonReader:
@@ -41,6 +44,8 @@ class RowsJsonReader:
         self.column_mapping = {ours: str(columns[i].get("fieldName")) for ours, i in self._index.items()}
         self.has_geography = "geography" in self._index
         self.rows_read = 0
+        # (geography, name) -> (rows left out for a bad value, the first one's problem): read after batches()
+        self.bad_rows: dict[tuple[str, str], tuple[int, str]] = {}
         self._width = len(columns)
         # One C-level itemgetter per row keeps only the values we load (and the GC out of the way).
         self._loaded = [c for c in ("geography", "county", "test_date", *MEASURES) if c in self._index]
@@ -50,7 +55,10 @@ class RowsJsonReader:
         self._started = False
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        """RecordBatches with SCHEMA; raises SourceFormatError on the first bad row or byte."""
+        """RecordBatches with SCHEMA; raises SourceFormatError on the first row or byte that breaks the format
+        (not JSON, not a row, no county or geography). A row with a bad value (blank, not an integer, not a
+        date) is left out and counted in ``bad_rows`` under its unit, whose check then fails: one bad value
+        blocks one county, not the download."""
         if self._started:
             raise RuntimeError("batches() reads the stream once")
         self._started = True
@@ -73,7 +81,7 @@ class RowsJsonReader:
                     pending_rows += len(buf)
                     buf = []
                     if pending_rows == self._batch_rows:
-                        yield _concat(pending)
+                        yield from _concat(pending)
                         pending, pending_rows = [], 0
                     want = min(CHUNK_ROWS, self._batch_rows - pending_rows)
         except ijson.JSONError as exc:
@@ -81,7 +89,7 @@ class RowsJsonReader:
         if buf:
             pending.append(self._to_batch(buf))
         if pending:
-            yield _concat(pending)
+            yield from _concat(pending)
 
     def read_all(self) -> pa.Table:
         return pa.Table.from_batches(list(self.batches()), schema=SCHEMA)
@@ -96,45 +104,64 @@ class RowsJsonReader:
             geography = pc.utf8_upper(self._text(cols, "geography"))
         else:
             geography = pa.repeat("COUNTY", len(rows))  # the dataset had counties only before 2021
-        arrays = [geography, self._text(cols, "county"), self._dates(cols)]
-        arrays += [self._integers(cols, m) for m in MEASURES]
+        county = self._text(cols, "county")
+        bad: dict[int, list[str]] = {}  # row index in this chunk -> what is wrong with it
+        arrays = [geography, county, self._dates(cols, bad)]
+        arrays += [self._integers(cols, m, bad) for m in MEASURES]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=_NULLABLE)
+        if bad:
+            # A bad value blocks its county (or reference unit), not the download: the row is left out
+            # and the problem kept for that unit's check; the unit's other rows are staged as usual.
+            for i in sorted(bad):
+                unit = (geography[i].as_py(), county[i].as_py())
+                count, first = self.bad_rows.get(unit, (0, None))
+                self.bad_rows[unit] = (count + 1, first or f"row {self.rows_read + i + 1}: " + "; ".join(bad[i]))
+            keep = pa.array([i not in bad for i in range(len(rows))])
+            batch = batch.filter(keep)
         self.rows_read += len(rows)
-        return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+        return batch.cast(SCHEMA)
+
+    def _problem(self, ours: str, raw: pa.Array, i: int, what: str) -> str:
+        return f"{what} in column {ours} (source field {self.column_mapping[ours]!r}): {raw[i].as_py()!r}"
 
     def _fail(self, ours: str, raw: pa.Array, mask: pa.Array, what: str) -> SourceFormatError:
         i = pc.index(mask, True).as_py()
-        return SourceFormatError(
-            self.source,
-            f"row {self.rows_read + i + 1}: {what} in column {ours} "
-            f"(source field {self.column_mapping[ours]!r}): {raw[i].as_py()!r}",
-        )
+        return SourceFormatError(self.source, f"row {self.rows_read + i + 1}: {self._problem(ours, raw, i, what)}")
 
     def _text(self, cols: dict[str, pa.Array], ours: str) -> pa.Array:
+        # A row without a county or geography belongs to no unit that could be held back alone: a format error.
         text = pc.utf8_trim_whitespace(cols[ours])
         blank = pc.fill_null(pc.equal(text, ""), True)
         if pc.any(blank).as_py():
             raise self._fail(ours, cols[ours], blank, "blank value")
         return text
 
-    def _integers(self, cols: dict[str, pa.Array], ours: str) -> pa.Array:
+    def _integers(self, cols: dict[str, pa.Array], ours: str, bad: dict[int, list[str]]) -> pa.Array:
+        """The column as int64, null where a value is blank, not an integer or out of range (noted in ``bad``)."""
         raw = cols[ours]
         text = pc.utf8_trim_whitespace(raw)
-        bad = pc.invert(pc.fill_null(pc.match_substring_regex(text, _INT_RE), False))
-        if pc.any(bad).as_py():
-            blank = pc.fill_null(pc.equal(text, ""), True)
-            raise self._fail(ours, raw, bad, "blank value" if pc.any(blank).as_py() else "non-integer value")
+        good = pc.fill_null(pc.match_substring_regex(text, _INT_RE), False)
+        digits = pc.if_else(good, pc.replace_substring(text, ",", ""), _NULL_TEXT)
         try:
-            return pc.cast(pc.replace_substring(text, ",", ""), pa.int64())
+            values = pc.cast(digits, pa.int64())
         except pa.ArrowInvalid:
-            big = pa.array([abs(int(v.replace(",", ""))) >= 2**63 for v in text.to_pylist()])
-            raise self._fail(ours, raw, big, "integer out of range") from None
+            big = pa.array([v is not None and abs(int(v)) >= 2**63 for v in digits.to_pylist()])
+            for i in pc.indices_nonzero(big).to_pylist():
+                bad.setdefault(i, []).append(self._problem(ours, raw, i, "integer out of range"))
+            values = pc.cast(pc.if_else(big, _NULL_TEXT, digits), pa.int64())
+        for i in pc.indices_nonzero(pc.invert(good)).to_pylist():
+            blank = not (text[i].as_py() or "")
+            bad.setdefault(i, []).append(self._problem(ours, raw, i, "blank value" if blank else "non-integer value"))
+        return values
 
-    def _dates(self, cols: dict[str, pa.Array]) -> pa.Array:
+    def _dates(self, cols: dict[str, pa.Array], bad: dict[int, list[str]]) -> pa.Array:
+        """test_date as date32, null where unrecognised or impossible (noted in ``bad``)."""
         raw = cols["test_date"]
         text = pc.utf8_trim_whitespace(raw)
-        bad = pc.invert(pc.fill_null(pc.match_substring_regex(text, _DATE_RE), False))
-        if pc.any(bad).as_py():
-            raise self._fail("test_date", raw, bad, "unrecognised date")
+        good = pc.fill_null(pc.match_substring_regex(text, _DATE_RE), False)
+        for i in pc.indices_nonzero(pc.invert(good)).to_pylist():
+            bad.setdefault(i, []).append(self._problem("test_date", raw, i, "unrecognised date"))
+        text = pc.if_else(good, text, _NULL_TEXT)
         if pc.any(pc.match_substring(text, "/")).as_py():
             # M/D/YYYY -> YYYY-MM-DD with regexes, so the strict ISO cast below checks it too
             # (Arrow's strptime would turn 2/30 into 3/1).
@@ -145,12 +172,17 @@ class RowsJsonReader:
         try:
             return pc.cast(iso, pa.date32())
         except pa.ArrowInvalid:
-            invalid = pa.array([not _is_date(v) for v in iso.to_pylist()])
-            raise self._fail("test_date", raw, invalid, "impossible date") from None
+            invalid = pa.array([v is not None and not _is_date(v) for v in iso.to_pylist()])
+            for i in pc.indices_nonzero(invalid).to_pylist():
+                bad.setdefault(i, []).append(self._problem("test_date", raw, i, "impossible date"))
+            return pc.cast(pc.if_else(invalid, _NULL_TEXT, iso), pa.date32())
 
 
-def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
-    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+def _concat(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The chunks as one batch; none when every row was left out for a bad value."""
+    batch = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+    if batch.num_rows:
+        yield batch
 
 
 def _strings(values: tuple) -> pa.Array:
