@@ -46,7 +46,7 @@ from covid_lakehouse.lib.http import DownloadResult
 from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.postgres import UnsafeIdentifierError as UnsafeTableError
 from covid_lakehouse.lib.resources import HttpResource
-from covid_lakehouse.lib.s3 import LakeS3Resource
+from covid_lakehouse.lib.s3 import LakeS3Resource, key_in_prefix
 from covid_lakehouse.lib.wap import audit_check_specs, run_audits
 
 GROUP = "ny_testing"
@@ -178,7 +178,11 @@ class CountyLoadConfig(dg.Config):
 )
 def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, warehouse: PostgresResource,
                  s3: LakeS3Resource, ny_testing_settings: NyTestingSettings):
-    raw_key = config.raw_key or context.run.tags.get(RAW_KEY_TAG) or _latest_raw_key(context.instance)
+    raw_key = config.raw_key or context.run.tags.get(RAW_KEY_TAG)
+    if raw_key:  # from whoever launched the run: only this domain's own raw objects
+        field = "config raw_key" if config.raw_key else f"run tag {RAW_KEY_TAG}"
+        key_in_prefix(raw_key, ny_testing_settings.raw_prefix, field=field)
+    raw_key = raw_key or _latest_raw_key(context.instance)
     counties = list(context.partition_keys)
     tables = _county_tables(context.instance.get_dynamic_partitions(COUNTY_PARTITIONS_NAME))
     loaded_at = datetime.now(UTC)  # one load_date for every row this run inserts or revises
