@@ -36,14 +36,10 @@ def measure_empty_asset() -> tuple[float, int]:
 
 
 def reset_domain(scope: str, *schemas: str) -> None:
-    """Drop ``schemas`` and forget the migration records of ``scope``, so the domain's migrations run
-    again from scratch: with its records left in ops.schema_migrations, ensure_migrated would take the
-    dropped tables for existing ones and never recreate them."""
+    """covid_lakehouse_dev.warehouse.reset_domain on the benchmark's warehouse (WAREHOUSE_DSN)."""
     import psycopg
-    from psycopg import sql
+
+    from covid_lakehouse_dev.warehouse import reset_domain as reset
 
     with psycopg.connect(os.environ["WAREHOUSE_DSN"], autocommit=True) as conn:
-        for schema in schemas:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-        if conn.execute("SELECT to_regclass('ops.schema_migrations') IS NOT NULL").fetchone()[0]:
-            conn.execute("DELETE FROM ops.schema_migrations WHERE scope = %s", (scope,))
+        reset(conn, scope, *schemas)

@@ -3,13 +3,13 @@ test session, in a temporary folder, stopped at the end. No mocks of our own com
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator
 
 import dagster as dg
 import psycopg
 import pytest
-from psycopg import sql
 
 from covid_lakehouse.lib.embedded import EmbeddedStack
 from covid_lakehouse.lib.http.hosts import ALLOWED_HOSTS, LOCAL_STAND_INS
@@ -19,6 +19,7 @@ from covid_lakehouse.lib.postgres import PostgresResource, close_pools
 from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse.lib.settings import ServiceSettings, exported
+from covid_lakehouse_dev.warehouse import reset_domain as reset_warehouse_domain
 
 
 @pytest.fixture(scope="session")
@@ -91,10 +92,4 @@ def unique_schema(pg: psycopg.Connection) -> Iterator[str]:
 def reset_domain(pg: psycopg.Connection):
     """reset_domain(scope, *schemas): drop a domain's schemas and forget its applied migrations, so the
     next run re-creates its tables from the migration files, as on a new database."""
-
-    def reset(scope: str, *schemas: str) -> None:
-        for schema in schemas or (scope,):
-            pg.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-        pg.execute("DELETE FROM ops.schema_migrations WHERE scope = %s", (scope,))
-
-    return reset
+    return functools.partial(reset_warehouse_domain, pg)

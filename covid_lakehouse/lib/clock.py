@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -56,3 +59,22 @@ class FakeClock:
         """Move time forward without recording a sleep (time passing elsewhere)."""
         self._now += timedelta(seconds=seconds)
         self._monotonic += seconds
+
+
+def poll_until(ask: Callable[[T | None], T], done: Callable[[T], bool], *, clock: Clock, every_s: float,
+               within_s: float, timed_out: Callable[[T, float], BaseException]) -> T:
+    """Ask until ``done(answer)``, waiting ``every_s`` on ``clock`` between asks, all within ``within_s``
+    seconds from the first ask (asks included): when the next wait would end past that deadline,
+    ``timed_out(last answer, seconds elapsed)`` is raised instead of waiting for nothing.
+
+    ``ask`` gets the previous answer (None the first time), for APIs whose first call differs from the
+    polls (start a job, then ask for it by id). ``done`` may raise for an answer that will never get
+    better (a failed job)."""
+    deadline = clock.monotonic() + within_s
+    answer = ask(None)
+    while not done(answer):
+        if clock.monotonic() + every_s > deadline:
+            raise timed_out(answer, within_s - (deadline - clock.monotonic()))
+        clock.sleep(every_s)
+        answer = ask(answer)
+    return answer

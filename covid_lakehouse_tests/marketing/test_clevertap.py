@@ -1,6 +1,7 @@
 """CleverTap events export against its mock: cursor paging (cursors arrive URL-encoded), the concurrency
 cap's 429, transient errors, auth failure, a changed ts format, stable keys for id-less records."""
 
+import base64
 import json
 from datetime import UTC, date, datetime
 from urllib.parse import unquote
@@ -15,7 +16,7 @@ from covid_lakehouse.defs.marketing.clevertap import (
     event_identity,
     parse_ts,
 )
-from covid_lakehouse.defs.marketing.common import SourceSchemaError
+from covid_lakehouse.defs.marketing.common import SourceApiError, SourceSchemaError
 from covid_lakehouse.lib.clock import FakeClock
 from covid_lakehouse.lib.http import AuthError, ClientError, RateLimitedError
 from covid_lakehouse_dev.apis.harness import Fault, MockApi, MockResponse
@@ -101,6 +102,21 @@ def test_the_event_count_is_polled_until_ready(api: MockApi, mock) -> None:
 
     assert connector(clock).reported_count("App Launched", DAY) == 5
     assert clock.sleeps == [2.0]
+
+
+def test_the_count_poll_reads_its_last_answer_and_is_bounded_by_time(api: MockApi, mock) -> None:
+    mock.clevertap_count_partial = True
+    req_id = base64.urlsafe_b64encode(json.dumps({"e": "App Launched", "f": "20240701", "t": "20240701"}).encode())
+    partial = Fault.custom(MockResponse.json_body({"status": "partial", "req_id": req_id.decode()}))
+    api.fail_next(f"{CLEVERTAP_PATH}/1/counts/events.json", partial, times=1 + 29)  # the POST, then 29 polls
+    clock = FakeClock()
+
+    assert connector(clock).reported_count("App Launched", DAY) == 5  # the 30th poll answers in time
+    assert clock.sleeps == [2.0] * 30
+
+    api.fail_next(f"{CLEVERTAP_PATH}/1/counts/events.json", partial, times=100)
+    with pytest.raises(SourceApiError, match=r"event count for 'App Launched' on 2024-07-01: still partial after 60s"):
+        connector(FakeClock()).reported_count("App Launched", DAY)
 
 
 def test_ts_switched_to_epoch_seconds_is_reported_precisely(api: MockApi) -> None:

@@ -162,6 +162,7 @@ def test_not_ready_beyond_the_budget_fails(api: MockApi, mock: MarketingMock) ->
 
 
 def test_a_2xx_other_than_200_fails(api: MockApi) -> None:
+    """A regression guard: the client's ok_statuses=(200,) already refused a 202 when this test was written."""
     api.fail_next(EVENTS, Fault.custom(MockResponse.json_body({"status": "success", "cursor": "abc"}, 202)))
 
     with pytest.raises(HttpError, match="HTTP 202"):

@@ -11,12 +11,14 @@ import re
 import secrets
 import shutil
 import subprocess
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psycopg
 import yaml
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from psycopg import sql
@@ -178,3 +180,60 @@ def leave_staging(instance: dg.DagsterInstance, pg, schema: str) -> set[str]:
     _staged(pg, schema, "sweep_probe_unknown", str(uuid.uuid4()))
     _staged(pg, schema, "sweep_probe_unclaimed", None)
     return {names["killed"], names["done"], names["canceled"]}
+
+
+
+def analyst_reads_but_cannot_write(analyst_dsn: str, table: str) -> int:
+    """The read-only analyst SELECTs ``schema.table`` (its row count is returned) and, even in a
+    read-write transaction (any role may lift its read-only default), may not INSERT, UPDATE or DELETE."""
+    schema, name = table.split(".")
+    target = sql.Identifier(schema, name)
+    with psycopg.connect(analyst_dsn, autocommit=True) as analyst:
+        rows = analyst.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0]
+        column = sql.Identifier(analyst.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+            "ORDER BY ordinal_position LIMIT 1", (schema, name)).fetchone()[0])
+        analyst.execute("SET default_transaction_read_only = off")
+        for write in (sql.SQL("DELETE FROM {}").format(target), sql.SQL("INSERT INTO {} DEFAULT VALUES").format(target),
+                      sql.SQL("UPDATE {} SET {} = {}").format(target, column, column)):
+            try:
+                analyst.execute(write)
+            except psycopg.errors.InsufficientPrivilege:
+                continue
+            raise AssertionError(f"the analyst could run {write.as_string(analyst)}")
+    return rows
+
+
+def blocked_backends(pg) -> int:
+    """Sessions of the warehouse waiting on a lock another session holds."""
+    return pg.execute("SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0").fetchone()[0]
+
+
+def wait_until_blocked_or_done(pg, done) -> None:
+    """Hold the calling run until another session waits on a lock (on this run's transaction) or the
+    other run has finished (``done``): the interleaving point of the two-runs-at-once tests."""
+    while not done.is_set() and not blocked_backends(pg):
+        done.wait(0.05)
+
+
+def two_runs(a_reached, run, b_done) -> dict[str, bool]:
+    """Start ``run()`` as run A (thread "run-a"); once A has reached its point (``a_reached`` set),
+    start it again as run B (thread "run-b", setting ``b_done`` when it ends); wait for both.
+    Returns {"a": success, "b": success}."""
+    results: dict[str, bool] = {}
+
+    def b() -> None:
+        try:
+            results["b"] = run()
+        finally:
+            b_done.set()
+
+    first = threading.Thread(target=lambda: results.__setitem__("a", run()), name="run-a")
+    second = threading.Thread(target=b, name="run-b")
+    first.start()
+    if not a_reached.wait(60):
+        raise AssertionError("run A never reached its point")
+    second.start()
+    second.join()
+    first.join()
+    return results

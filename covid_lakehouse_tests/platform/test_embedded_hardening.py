@@ -49,7 +49,8 @@ def test_data_folders_are_private(embedded_stack: EmbeddedStack):
 
 
 def test_seaweedfs_listens_on_loopback_only(embedded_stack: EmbeddedStack):
-    """S3, master, volume and filer ports and their gRPC ports (+10000): none reachable from another host."""
+    """S3, master, volume and filer ports and their gRPC ports (+10000): none reachable from another host.
+    A regression guard: the stack already bound them to loopback when this test was written."""
     weed = psutil.Process(embedded_stack.state.s3_pid)
     listening = [c.laddr for p in (weed, *weed.children(recursive=True))
                  for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]

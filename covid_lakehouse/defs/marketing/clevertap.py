@@ -42,7 +42,7 @@ from covid_lakehouse.defs.marketing.common import (
     load_json,
 )
 from covid_lakehouse.defs.marketing.tables import CLEVERTAP
-from covid_lakehouse.lib.clock import Clock, SystemClock
+from covid_lakehouse.lib.clock import Clock, SystemClock, poll_until
 from covid_lakehouse.lib.http import HttpClient, PageGuard
 from covid_lakehouse.lib.http.hosts import check_source_url
 from covid_lakehouse.lib.settings import setting
@@ -66,8 +66,8 @@ REKEY_TIMEZONE = setting("CLEVERTAP_REKEY_TIMEZONE", "the zone rows loaded befor
                          "with (UTC if CLEVERTAP_TIMEZONE was unset then); default: CLEVERTAP_TIMEZONE", scope="marketing")
 API_URL_ENV, ACCOUNT_ENV, PASSCODE_ENV, EVENTS_ENV, TIMEZONE_ENV = (API_URL.name, ACCOUNT.name, PASSCODE.name,
                                                                     EVENTS.name, TIMEZONE.name)
-COUNT_POLLS = 30
 COUNT_POLL_INTERVAL_S = 2.0
+COUNT_BUDGET_S = 60.0  # how long a "partial" count may be polled (30 polls)
 NOT_READY_CODE = 2  # {"status": "fail", "code": 2}: the export batch is still being prepared
 KEY_VERSION = 2  # event identity without ``profile``; 1 = the whole record
 
@@ -138,43 +138,47 @@ class CleverTapEvents:
     def _batch_when_ready(self, cursor: str, where: str) -> tuple[Any, dict]:
         """GET one batch; while CleverTap says it is not ready (code 2), ask the same cursor again every
         not_ready_poll_s, for at most not_ready_budget_s."""
-        waited = 0.0
-        while True:
-            # The cursor arrives URL-encoded: encoding it again (params=) would break it. quote() with
-            # "%" safe leaves an encoded cursor as it is and still encodes one sent raw.
-            response = self._http.get(f"{self._api}/1/events.json?cursor={quote(cursor, safe='%')}",
-                                      headers=self._headers)
-            doc = self._checked(response.content, where, not_ready_ok=True)
-            if doc["status"] != "fail":
-                return response, doc
-            if waited + self._not_ready_poll_s > self._not_ready_budget_s:
-                raise SourceApiError(SOURCE, f"{where}: the export batch was still not ready (code {NOT_READY_CODE}: "
-                                     f"{doc.get('error', 'no error text')}) after {waited:.0f}s of waiting "
-                                     f"(budget {self._not_ready_budget_s:.0f}s)")
-            self._clock.sleep(self._not_ready_poll_s)
-            waited += self._not_ready_poll_s
+        # The cursor arrives URL-encoded: encoding it again (params=) would break it. quote() with "%" safe
+        # leaves an encoded cursor as it is and still encodes one sent raw.
+        url = f"{self._api}/1/events.json?cursor={quote(cursor, safe='%')}"
+
+        def ask(_: Any) -> tuple[Any, dict]:
+            response = self._http.get(url, headers=self._headers)
+            return response, self._checked(response.content, where, not_ready_ok=True)
+
+        def not_ready(answer: tuple[Any, dict], elapsed: float) -> SourceApiError:
+            return SourceApiError(SOURCE, f"{where}: the export batch was still not ready (code {NOT_READY_CODE}: "
+                                  f"{answer[1].get('error', 'no error text')}) after {elapsed:.0f}s of waiting "
+                                  f"(budget {self._not_ready_budget_s:.0f}s)")
+
+        return poll_until(ask, lambda answer: answer[1]["status"] != "fail", clock=self._clock,
+                          every_s=self._not_ready_poll_s, within_s=self._not_ready_budget_s, timed_out=not_ready)
 
     def reported_count(self, event_name: str, day: date) -> int:
         """CleverTap's own count of the event that day (Get Event Count: may answer "partial" with a
         req_id to poll)."""
         where = f"event count for {event_name!r} on {day}"
-        response = self._http.post(f"{self._api}/1/counts/events.json",
-                                   json={"event_name": event_name, "from": yyyymmdd(day), "to": yyyymmdd(day)},
-                                   headers=self._headers)
-        doc = self._checked(response.content, where)
-        for _ in range(COUNT_POLLS):
-            if doc["status"] == "success":
-                count = doc.get("count")
-                if isinstance(count, bool) or not isinstance(count, int):
-                    raise SourceSchemaError(SOURCE, where, f"count is {count!r}, expected an integer")
-                return count
-            if not doc.get("req_id"):
+
+        def ask(previous: dict | None) -> dict:
+            if previous is None:
+                response = self._http.post(f"{self._api}/1/counts/events.json", headers=self._headers,
+                                           json={"event_name": event_name, "from": yyyymmdd(day), "to": yyyymmdd(day)})
+            else:
+                response = self._http.get(f"{self._api}/1/counts/events.json", params={"req_id": previous["req_id"]},
+                                          headers=self._headers)
+            return self._checked(response.content, where)
+
+        def counted(doc: dict) -> bool:
+            if doc["status"] != "success" and not doc.get("req_id"):
                 raise SourceSchemaError(SOURCE, where, "status partial without a req_id")
-            self._clock.sleep(COUNT_POLL_INTERVAL_S)
-            response = self._http.get(f"{self._api}/1/counts/events.json", params={"req_id": doc["req_id"]},
-                                      headers=self._headers)
-            doc = self._checked(response.content, where)
-        raise SourceApiError(SOURCE, f"{where}: still partial after {COUNT_POLLS} polls")
+            return doc["status"] == "success"
+
+        doc = poll_until(ask, counted, clock=self._clock, every_s=COUNT_POLL_INTERVAL_S, within_s=COUNT_BUDGET_S,
+                         timed_out=lambda _, elapsed: SourceApiError(SOURCE, f"{where}: still partial after {elapsed:.0f}s"))
+        count = doc.get("count")
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise SourceSchemaError(SOURCE, where, f"count is {count!r}, expected an integer")
+        return count
 
 
 def parse_ts(value: Any, where: str, tz: ZoneInfo) -> tuple[date, datetime]:

@@ -8,7 +8,7 @@ import re
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -18,7 +18,7 @@ import dagster as dg
 import requests
 
 from covid_lakehouse.lib.clock import Clock
-from covid_lakehouse.lib.http import HttpClient, RetryHint
+from covid_lakehouse.lib.http import Classifier, HttpClient, RetryHint
 from covid_lakehouse.lib.s3 import LakeS3Resource, StoredObject
 from covid_lakehouse.lib.settings import SettingError
 
@@ -60,12 +60,14 @@ def load_json(source: str, where: str, body: bytes) -> Any:
 
 def build_client(*, clock: Clock | None, auth_hint: str, retry_after_from: RetryHint | None,
                  max_attempts: int, max_total_wait_s: float, backoff_base_s: float,
-                 session: requests.Session | None = None) -> HttpClient:
+                 session: requests.Session | None = None, classify: Classifier | None = None,
+                 min_waits: Mapping[str, float] | None = None) -> HttpClient:
     """The platform HTTP client with this API's own retry budget (APIs differ: Facebook may ask for
-    minutes, CleverTap wants quick retries)."""
+    minutes, CleverTap wants quick retries) and, where the status misleads, its own classifier."""
     return HttpClient(clock=clock, max_attempts=max_attempts, max_total_wait=max_total_wait_s,
                       backoff_base=backoff_base_s, auth_hint=auth_hint, retry_after_from=retry_after_from,
-                      session=session, safe_query_params={"after", "time_range", "batch_size", "filtering", "events"})
+                      session=session, safe_query_params={"after", "time_range", "batch_size", "filtering", "events"},
+                      classify=classify, min_waits=min_waits)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from covid_lakehouse.defs.marketing.common import (
 from covid_lakehouse.defs.marketing.tables import GOOGLE_ADS
 from covid_lakehouse.defs.marketing.versions import UnsupportedApiVersion
 from covid_lakehouse.lib.clock import Clock, SystemClock
-from covid_lakehouse.lib.http import AuthError, ClientError, HttpClient, HttpError, parse_retry_after
+from covid_lakehouse.lib.http import AUTH, HttpClient, HttpError, Outcome, parse_retry_after
 from covid_lakehouse.lib.http.hosts import source_url
 from covid_lakehouse.lib.settings import setting
 
@@ -85,6 +85,22 @@ def retry_hint(response: requests.Response) -> float | None:
     return max(delays) if delays else None
 
 
+def classify(response: requests.Response) -> Outcome | None:
+    """The client's classifier: the OAuth token endpoint answers HTTP 400/401 with a string ``error``
+    (invalid_grant, invalid_client...: RFC 6749 section 5.2), an auth failure rather than a bad request.
+    The Ads API's own errors carry an object there; those, and everything else, go by the status."""
+    if response.status_code not in (400, 401):
+        return None
+    try:
+        error = json.loads(response.content).get("error")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(error, str):
+        return Outcome.fail(f"Google OAuth refused {CLIENT_ID_ENV}/{CLIENT_SECRET_ENV}/{REFRESH_TOKEN_ENV} ({error})",
+                            kind=AUTH)
+    return None
+
+
 def _values_of(node: Any, key: str) -> Iterator[Any]:
     if isinstance(node, dict):
         for k, v in node.items():
@@ -120,12 +136,7 @@ class OAuthToken:
         if self._token is None or self._clock.now() >= self._expires:
             form = {"grant_type": "refresh_token", "client_id": CLIENT_ID.require(),
                     "client_secret": CLIENT_SECRET.require(), "refresh_token": REFRESH_TOKEN.require()}
-            try:
-                response = self._http.post(self._url, data=form)
-            except ClientError as err:  # invalid_grant / invalid_client arrive as 400
-                raise AuthError("POST", err.url, f"HTTP {err.status}: Google OAuth refused the credentials; "
-                                f"check {CLIENT_ID_ENV}, {CLIENT_SECRET_ENV} and {REFRESH_TOKEN_ENV}",
-                                status=err.status, body_excerpt=err.body_excerpt, attempts=err.attempts) from None
+            response = self._http.post(self._url, data=form)  # a refusal is an AuthError (classify)
             doc = load_json(SOURCE, "OAuth token response", response.content)
             if not isinstance(doc, dict) or "access_token" not in doc:
                 raise SourceSchemaError(SOURCE, "OAuth token response", "no access_token in the response")
@@ -291,7 +302,7 @@ class GoogleAdsResource(dg.ConfigurableResource):
         return [customer_id_of(c) for c in CUSTOMERS.values(self.customer_ids)]
 
     def connector(self, clock: Clock | None = None) -> GoogleAdsReports:
-        http = build_client(clock=clock, auth_hint=CREDENTIALS_HINT, retry_after_from=retry_hint,
+        http = build_client(clock=clock, auth_hint=CREDENTIALS_HINT, retry_after_from=retry_hint, classify=classify,
                             max_attempts=self.max_attempts, max_total_wait_s=self.max_total_wait_s,
                             backoff_base_s=self.backoff_base_s)
         login = LOGIN_CUSTOMER.get(self.login_customer_id)

@@ -2,7 +2,9 @@
 
 Transient failures (connection errors, timeouts, bodies cut short, 429 and 500/502/503/504) are retried
 with exponential backoff and full jitter, waiting at least what the server asks for (Retry-After or a
-connector's own hint). 401/403 and other 4xx fail at once. When the budget (max_attempts and
+connector's own hint) and at least the source's floor for that failure class (``min_waits``). 401/403
+and other 4xx fail at once. A source whose API says more in the body than in the status classifies
+such responses itself (``classify``, see ``outcomes``). When the budget (max_attempts and
 max_total_wait seconds of waiting) is spent, RetriesExhaustedError is raised. That error, AuthError
 and ClientError are also ``dagster.Failure``s with ``allow_retries=False``: retries are bounded here,
 a Dagster RetryPolicy neither multiplies them nor repeats a call that cannot succeed.
@@ -27,7 +29,7 @@ import random
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypedDict, TypeVar, Unpack
 
 import requests
 import urllib3
@@ -57,15 +59,24 @@ from covid_lakehouse.lib.http.limits import (
     default_transfer_deadline_s,
     limit_error,
 )
+from covid_lakehouse.lib.http.outcomes import AUTH, THROTTLED, TRANSIENT, UNEXPECTED, Classifier, by_status
 from covid_lakehouse.lib.http.redaction import SAFE_QUERY_PARAMS, Redactor
 
 logger = logging.getLogger(__package__)  # the package's name, as before the split (log filters use it)
 
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-AUTH_STATUSES = frozenset({401, 403})
-
 T = TypeVar("T")
 RetryHint = Callable[[requests.Response], "float | None"]
+
+
+class RequestOptions(TypedDict, total=False):
+    """What request(), get() and post() take besides the method and URL (all optional)."""
+
+    params: Mapping[str, Any] | None
+    headers: Mapping[str, str] | None
+    json: Any  # a replayable body: a retry sends it again
+    data: Any
+    stream: bool  # default False: the body is read inside the retry budget
+    ok_statuses: Collection[int]  # default (200,)
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,7 @@ class _Attempt:
     status: int | None = None
     excerpt: str = ""
     hint: float | None = None  # seconds the server asked us to wait
+    kind: str = TRANSIENT  # the failure class (outcomes)
 
 
 class HttpClient:
@@ -87,6 +99,10 @@ class HttpClient:
     replayable (bytes, str, dict or json), since a retry sends them again. ``secret_headers`` names
     headers whose values are scrubbed from messages besides those that look like credentials;
     ``secret_path`` hides the URL's path too (a webhook URL is its own credential).
+    ``classify(response)`` gives the Outcome of a response that is not among the call's ok statuses
+    (None: the status decides; it may read ``response.content``, as ``retry_after_from`` may).
+    ``min_waits`` maps a failure class to the least seconds to wait before retrying it (e.g.
+    {"throttled": 60}: throttles that last minutes should not burn attempts in seconds).
     ``max_body_bytes`` and ``transfer_deadline_s`` default to HTTP_MAX_BODY_MB and HTTP_CALL_DEADLINE_S.
     """
 
@@ -110,6 +126,8 @@ class HttpClient:
         secret_headers: Iterable[str] = (),
         max_redirects: int = 10,
         secret_path: bool = False,
+        classify: Classifier | None = None,
+        min_waits: Mapping[str, float] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -132,61 +150,27 @@ class HttpClient:
         self._secret_headers = frozenset(h.lower() for h in secret_headers)
         self._max_redirects = max_redirects
         self._secret_path = secret_path
+        self._classify_response = classify
+        self._min_waits = dict(min_waits or {})
 
     # -- public API -------------------------------------------------------------------------------
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        json: Any = None,
-        data: Any = None,
-        stream: bool = False,
-        ok_statuses: Collection[int] = (200,),
-    ) -> requests.Response:
+    def request(self, method: str, url: str, **options: Unpack[RequestOptions]) -> requests.Response:
         """Send with retries. With stream=False the body is read inside the retry budget, so a body
         cut short is retried too; with stream=True the caller reads it (and owns those failures: use
         download() for large bodies)."""
-        consume = as_is if stream else load_body
-        return self._call(method, url, params, headers, json, data, ok_statuses, consume)
+        unknown = sorted(set(options) - set(RequestOptions.__annotations__))
+        if unknown:  # **options would otherwise drop a misspelt option without a word
+            raise TypeError(f"HttpClient.request() got unexpected option(s) {', '.join(unknown)}")
+        consume = as_is if options.get("stream", False) else load_body
+        return self._call(method, url, options.get("params"), options.get("headers"), options.get("json"),
+                          options.get("data"), options.get("ok_statuses", (200,)), consume)
 
-    def get(
-        self,
-        url: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        stream: bool = False,
-        ok_statuses: Collection[int] = (200,),
-    ) -> requests.Response:
-        return self.request(
-            "GET", url, params=params, headers=headers, stream=stream, ok_statuses=ok_statuses
-        )
+    def get(self, url: str, **options: Unpack[RequestOptions]) -> requests.Response:
+        return self.request("GET", url, **options)
 
-    def post(
-        self,
-        url: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        json: Any = None,
-        data: Any = None,
-        stream: bool = False,
-        ok_statuses: Collection[int] = (200,),
-    ) -> requests.Response:
-        return self.request(
-            "POST",
-            url,
-            params=params,
-            headers=headers,
-            json=json,
-            data=data,
-            stream=stream,
-            ok_statuses=ok_statuses,
-        )
+    def post(self, url: str, **options: Unpack[RequestOptions]) -> requests.Response:
+        return self.request("POST", url, **options)
 
     def download(
         self,
@@ -277,12 +261,15 @@ class HttpClient:
     def _wait_or_give_up(self, method: str, redactor: Redactor, failure: _Attempt, attempt: int,
                          waited: float, deadline: Deadline) -> float:
         """Sleep before the next attempt and return how long, or raise when the budget is spent."""
-        give_up, wait = self._plan_wait(attempt, waited, failure.hint, deadline.remaining())
+        hint = failure.hint
+        if failure.kind in self._min_waits:
+            hint = max(hint or 0.0, self._min_waits[failure.kind])
+        give_up, wait = self._plan_wait(attempt, waited, hint, deadline.remaining())
         if give_up:
-            error = RateLimitedError if failure.status == 429 else TransientHttpError
+            error = RateLimitedError if failure.kind == THROTTLED else TransientHttpError
             detail = f"{give_up} after {attempt} attempt(s) and {waited:.1f}s of waiting; last: {failure.detail}"
             raise error(method, redactor.url, detail, status=failure.status, body_excerpt=failure.excerpt,
-                        attempts=attempt) from None
+                        attempts=attempt, kind=failure.kind) from None
         logger.warning("%s %s: attempt %d/%d failed (%s); retrying in %.2fs",
                        method, redactor.url, attempt, self._max_attempts, failure.detail, wait)
         self._clock.sleep(wait)
@@ -316,21 +303,23 @@ class HttpClient:
     def _classify(
         self, method: str, redactor: Redactor, response: requests.Response, attempt: int
     ) -> _Attempt:
-        """Raise for permanent failures; describe transient ones."""
+        """Raise for permanent failures; describe transient ones. The source's classifier speaks first."""
         status = response.status_code
-        hint = self._retry_after_from(response) if status in TRANSIENT_STATUSES else None
-        excerpt = redactor.scrub(error_excerpt(response))
-        detail = f"HTTP {status} {response.reason or ''}".rstrip()
-        if status in TRANSIENT_STATUSES:
-            return _Attempt(detail, status, excerpt, hint)
-        if status in AUTH_STATUSES:
+        outcome = (self._classify_response(response) if self._classify_response else None) or by_status(status)
+        hint = self._retry_after_from(response) if outcome.action == "retry" else None  # may read the body:
+        excerpt = redactor.scrub(error_excerpt(response))  # before this closes it
+        detail = (f"{outcome.reason}, HTTP {status}" if outcome.reason
+                  else f"HTTP {status} {response.reason or ''}".rstrip())
+        if outcome.action == "retry":
+            return _Attempt(detail, status, excerpt, hint, outcome.kind)
+        if outcome.kind == AUTH:
             where = self._auth_hint or "the credentials configured for this API"
             detail += f": authentication failed; check the credentials in {where}"
-            raise AuthError(
-                method, redactor.url, detail, status=status, body_excerpt=excerpt, attempts=attempt
-            )
-        error = ClientError if 400 <= status < 500 else HttpError
-        raise error(method, redactor.url, detail, status=status, body_excerpt=excerpt, attempts=attempt)
+            error: type[HttpError] = AuthError
+        else:
+            error = HttpError if outcome.kind == UNEXPECTED else ClientError
+        raise error(method, redactor.url, detail, status=status, body_excerpt=excerpt, attempts=attempt,
+                    kind=outcome.kind)
 
     def _retry_after_header(self, response: requests.Response) -> float | None:
         return parse_retry_after(response.headers.get("Retry-After"), self._clock.now())

@@ -26,6 +26,7 @@ class HttpError(Exception):
         status: int | None = None,
         body_excerpt: str = "",
         attempts: int = 1,
+        kind: str = "",
     ) -> None:
         self.method = method
         self.url = url
@@ -33,6 +34,7 @@ class HttpError(Exception):
         self.status = status
         self.body_excerpt = body_excerpt
         self.attempts = attempts
+        self.kind = kind  # the failure class (see outcomes), e.g. "throttled" or a source's own "version_gone"
         message = f"{method} {url}: {detail}"
         if body_excerpt:
             message += f"; body: {body_excerpt!r}"
@@ -59,6 +61,8 @@ class _FinalHttpError(HttpError, dg.Failure):
         metadata: dict[str, Any] = {"method": self.method, "url": self.url, "attempts": self.attempts}
         if self.status is not None:
             metadata["status"] = self.status
+        if self.kind:
+            metadata["kind"] = self.kind
         dg.Failure.__init__(self, description=str(self), metadata=metadata, allow_retries=False)
 
 
@@ -67,7 +71,7 @@ class AuthError(_FinalHttpError):
 
 
 class ClientError(_FinalHttpError):
-    """Any other 4xx: the request itself is wrong; retrying cannot help."""
+    """Any other 4xx, or a response the source classified as a final failure: retrying cannot help."""
 
 
 class RetriesExhaustedError(_FinalHttpError):

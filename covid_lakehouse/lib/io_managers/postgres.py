@@ -81,6 +81,27 @@ def lock_table_for_write(connection: psycopg.Connection, schema: str, table: str
                                "(lock_timeout); nothing written, rerun when it has finished") from None
 
 
+READER_ROLE = "analyst"  # the warehouse's read-only role (deploy/postgres/init.sh, lib/embedded)
+
+
+def grant_readers(connection: psycopg.Connection, schema: str, table: str, role: str | None) -> None:
+    """Every table this IO manager writes is a published dataset: the read-only role may SELECT it
+    (and use its schema), nothing more. Granted in the writing transaction, only when missing (no
+    catalog write per run), and skipped where the role does not exist, as the migrations' grants are.
+    Tables created by the IO manager are not in any migration, so no migration could grant on them."""
+    if not role or not connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+        return
+    qualified = sql.SQL("{}").format(table_ident(schema, table)).as_string(connection)
+    schema_ok, table_ok = connection.execute(
+        "SELECT has_schema_privilege(%s, %s, 'USAGE'), has_table_privilege(%s, %s, 'SELECT')",
+        (role, schema, role, qualified)).fetchone()
+    reader = sql.Identifier(validate_identifier(role, what="reader_role"))
+    if not schema_ok:
+        connection.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), reader))
+    if not table_ok:
+        connection.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table_ident(schema, table), reader))
+
+
 # Loaded as their text: Arrow has no uuid type, and json values are not one Arrow type per column.
 _AS_TEXT = ("uuid", "json", "jsonb")
 
@@ -151,6 +172,8 @@ class ArrowPostgresTypeHandler(DbTypeHandler[pa.Table]):
             )
             connection.execute(sql.SQL("CREATE TABLE {} ({})").format(target, columns))
         rows = PostgresResource.copy_arrow(connection, target, obj)
+        grant_readers(connection, table_slice.schema, table_slice.table,
+                      context.resource_config.get("reader_role", READER_ROLE))
         return {
             "dagster/row_count": rows,
             "dagster/column_schema": dg.TableSchema(
@@ -218,6 +241,7 @@ class PostgresIOManager(dg.ConfigurableIOManagerFactory):
     dsn: str
     schema_name: str | None = None
     lock_timeout_s: float = 60.0
+    reader_role: str | None = READER_ROLE  # granted SELECT on every table written (None: no grant)
 
     @classmethod
     def from_env(cls) -> PostgresIOManager:

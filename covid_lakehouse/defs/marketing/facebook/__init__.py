@@ -4,8 +4,8 @@ GET {graph}/act_<id>/insights?level=ad&time_increment=1&time_range={"since","unt
 with cursor paging (paging.cursors.after while paging.next is present). Metrics arrive as JSON
 strings, ``actions`` as a list of {action_type, value} (absent when there are none).
 
-Modules: ``settings`` (source name and settings), ``errors`` (coded errors -> HTTP statuses, retry
-hints), ``connector`` (FacebookInsights: paging, report runs, daily totals), ``parse`` (flattening
+Modules: ``settings`` (source name and settings), ``errors`` (coded errors classified for the client,
+retry hints), ``connector`` (FacebookInsights: paging, report runs, daily totals), ``parse`` (flattening
 insights pages), ``resource`` (FacebookAdsResource).
 """
 
@@ -18,19 +18,18 @@ from covid_lakehouse.defs.marketing.facebook.connector import (
     FacebookInsights,
 )
 from covid_lakehouse.defs.marketing.facebook.errors import (
-    NOT_TRANSIENT_STATUS,
-    REDUCE_DATA_STATUS,
+    NOT_TRANSIENT,
+    REDUCE_DATA,
     THROTTLE_CODES,
     THROTTLE_SUBCODES,
     TOKEN_CODES,
     TRANSIENT_CODES,
+    VERSION_GONE,
     VERSION_GONE_CODES,
-    VERSION_GONE_STATUS,
     VERSION_WARNING_HEADER,
-    ResponseHooks,
+    VersionWarnings,
+    classify,
     retry_hint,
-    throttle_hint,
-    translate_error_status,
 )
 from covid_lakehouse.defs.marketing.facebook.parse import REQUIRED, flatten_insights, load_page, page_table
 from covid_lakehouse.defs.marketing.facebook.resource import FacebookAdsResource, account_id_of
@@ -49,9 +48,8 @@ from covid_lakehouse.defs.marketing.facebook.settings import (
 
 __all__ = [
     "ACCOUNTS", "ACCOUNTS_ENV", "AD_STATUSES", "API_VERSION", "API_VERSION_ENV", "DEFAULT_GRAPH_URL", "EVERY_AD",
-    "FIELDS", "GRAPH_URL", "GRAPH_URL_ENV", "MIN_PAGE_SIZE", "NOT_TRANSIENT_STATUS", "REDUCE_DATA_STATUS", "REQUIRED",
-    "SOURCE", "THROTTLE_CODES", "THROTTLE_SUBCODES", "TOKEN", "TOKEN_CODES", "TOKEN_ENV", "TRANSIENT_CODES",
-    "VERSION_GONE_CODES", "VERSION_GONE_STATUS", "VERSION_WARNING_HEADER", "DayTotals", "FacebookAdsResource",
-    "FacebookInsights", "ResponseHooks", "account_id_of", "flatten_insights", "load_page", "page_table",
-    "retry_hint", "throttle_hint", "translate_error_status",
+    "FIELDS", "GRAPH_URL", "GRAPH_URL_ENV", "MIN_PAGE_SIZE", "NOT_TRANSIENT", "REDUCE_DATA", "REQUIRED", "SOURCE",
+    "THROTTLE_CODES", "THROTTLE_SUBCODES", "TOKEN", "TOKEN_CODES", "TOKEN_ENV", "TRANSIENT_CODES", "VERSION_GONE",
+    "VERSION_GONE_CODES", "VERSION_WARNING_HEADER", "DayTotals", "FacebookAdsResource", "FacebookInsights",
+    "VersionWarnings", "account_id_of", "classify", "flatten_insights", "load_page", "page_table", "retry_hint",
 ]

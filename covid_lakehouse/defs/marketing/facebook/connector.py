@@ -21,15 +21,15 @@ from covid_lakehouse.defs.marketing.common import (
     load_json,
 )
 from covid_lakehouse.defs.marketing.facebook.errors import (
-    REDUCE_DATA_STATUS,
-    VERSION_GONE_STATUS,
+    REDUCE_DATA,
+    VERSION_GONE,
     VERSION_WARNING_HEADER,
-    ResponseHooks,
+    VersionWarnings,
 )
 from covid_lakehouse.defs.marketing.facebook.parse import _data_rows, _decimal_text, _iso_date, load_page
 from covid_lakehouse.defs.marketing.facebook.settings import API_VERSION, SOURCE
 from covid_lakehouse.defs.marketing.versions import UnsupportedApiVersion
-from covid_lakehouse.lib.clock import Clock, SystemClock
+from covid_lakehouse.lib.clock import Clock, SystemClock, poll_until
 from covid_lakehouse.lib.http import ClientError, HttpClient, PageGuard
 
 FIELDS = ("account_id", "account_name", "account_currency", "campaign_id", "campaign_name", "adset_id",
@@ -58,20 +58,20 @@ class DayTotals:
 
 class FacebookInsights:
     def __init__(self, http: HttpClient, graph_url: str, version: str, token: str, page_size: int,
-                 hooks: ResponseHooks | None = None, clock: Clock | None = None, report_poll_s: float = 10.0,
+                 warnings: VersionWarnings | None = None, clock: Clock | None = None, report_poll_s: float = 10.0,
                  report_budget_s: float = 1800.0) -> None:
         self._http, self._token, self._page_size = http, token, page_size
         self._clock = clock or SystemClock()
         self._report_poll_s, self._report_budget_s = report_poll_s, report_budget_s
         self.version, self._graph = version, f"{graph_url.rstrip('/')}/{version}"
-        self._hooks = hooks or ResponseHooks()
+        self._warnings = warnings or VersionWarnings()
         self._zones: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def version_notices(self, today: date) -> list[str]:
         """Why the version in use needs attention: the sunset table, and the warning headers received."""
         return versions.sunset_warnings(SOURCE, self.version, today) + [
-            f"{VERSION_WARNING_HEADER}: {w}" for w in sorted(self._hooks.version_warnings)]
+            f"{VERSION_WARNING_HEADER}: {w}" for w in sorted(self._warnings.seen)]
 
     def _get(self, account_id: str, params: dict[str, Any], where: str, *, path: str | None = None,
              method: str = "GET") -> tuple[bytes, Any]:
@@ -80,9 +80,9 @@ class FacebookInsights:
             response = self._http.request(method, f"{self._graph}/{path or f'act_{account_id}/insights'}",
                                           params=params, headers={"Authorization": f"Bearer {self._token}"})
         except ClientError as err:
-            if err.status == VERSION_GONE_STATUS:
+            if err.kind == VERSION_GONE:
                 raise UnsupportedApiVersion(SOURCE, self.version, API_VERSION, err.detail) from None
-            if err.status == REDUCE_DATA_STATUS:
+            if err.kind == REDUCE_DATA:
                 raise _ReduceData(err) from None
             raise
         return response.content, load_page(where, response.content)
@@ -109,7 +109,7 @@ class FacebookInsights:
             response = self._http.get(f"{self._graph}/act_{account_id}", params={"fields": "timezone_name"},
                                       headers={"Authorization": f"Bearer {self._token}"})
         except ClientError as err:
-            if err.status == VERSION_GONE_STATUS:
+            if err.kind == VERSION_GONE:
                 raise UnsupportedApiVersion(SOURCE, self.version, API_VERSION, err.detail) from None
             raise
         doc = load_json(SOURCE, where, response.content)
@@ -140,19 +140,22 @@ class FacebookInsights:
         run_id = str(doc.get("report_run_id", "")) if isinstance(doc, dict) else ""
         if not run_id.isascii() or not run_id.isdigit():
             raise SourceSchemaError(SOURCE, where, f"expected a numeric report_run_id, got {doc!r}"[:300])
-        waited = 0.0
-        while True:
-            _, status = self._get(account_id, {"fields": "async_status,async_percent_completion"}, where, path=run_id)
+
+        def finished(status: Any) -> bool:
             state = status.get("async_status") if isinstance(status, dict) else None
-            if state == "Job Completed" and status.get("async_percent_completion") == 100:
-                return run_id
             if state in ("Job Failed", "Job Skipped"):
                 raise SourceApiError(SOURCE, f"{where}: report run {run_id} ended with {state!r}")
-            if waited + self._report_poll_s > self._report_budget_s:
-                raise SourceApiError(SOURCE, f"{where}: report run {run_id} still {state!r} "
-                                     f"({status.get('async_percent_completion')}%) after {waited:.0f}s")
-            self._clock.sleep(self._report_poll_s)
-            waited += self._report_poll_s
+            return state == "Job Completed" and status.get("async_percent_completion") == 100
+
+        def still_running(status: Any, elapsed: float) -> SourceApiError:
+            state, percent = ((status.get("async_status"), status.get("async_percent_completion"))
+                              if isinstance(status, dict) else (None, None))
+            return SourceApiError(SOURCE, f"{where}: report run {run_id} still {state!r} ({percent}%) after {elapsed:.0f}s")
+
+        fields = {"fields": "async_status,async_percent_completion"}
+        poll_until(lambda _: self._get(account_id, fields, where, path=run_id)[1], finished, clock=self._clock,
+                   every_s=self._report_poll_s, within_s=self._report_budget_s, timed_out=still_running)
+        return run_id
 
     def _paged(self, account_id: str, day: date, params: dict[str, Any], path: str | None) -> Iterator[RawPage]:
         meta: dict[str, str] = {}

@@ -1,9 +1,9 @@
-"""Facebook's coded errors as HTTP statuses the platform client acts on, and how long to wait.
+"""Facebook's coded errors classified for the platform client, and how long to wait.
 
-Facebook answers throttling, bad tokens and missing permissions with HTTP 400/403 and an error code in
-the body, so a response hook translates those codes into the HTTP statuses the platform client acts on
-(429: back off as told, 401/403: fail at once). How long to wait comes from the
-x-business-use-case-usage header (estimated_time_to_regain_access, in minutes).
+Facebook answers throttling, bad tokens, missing permissions and retired versions with HTTP 400/403/500
+and an error code in the body, so ``classify`` reads the code and tells the client what to do (retry
+as a throttle, fail at once as an auth error, ...); the status is never rewritten. How long to wait
+comes from the x-business-use-case-usage header (estimated_time_to_regain_access, in minutes).
 """
 
 import json
@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from covid_lakehouse.lib.http import parse_retry_after
+from covid_lakehouse.lib.http import AUTH, THROTTLED, TRANSIENT, Outcome, parse_retry_after
 
 # Error codes (body error.code) -> meaning. https://developers.facebook.com/docs/graph-api/overview/rate-limiting
 THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
@@ -21,74 +21,56 @@ THROTTLE_SUBCODES = frozenset({2446079})
 TOKEN_CODES = frozenset({102, 190, 463, 467})
 TRANSIENT_CODES = frozenset({1, 2})
 VERSION_GONE_CODES = frozenset({2635})  # "You are calling a deprecated version of the Ads API"
-VERSION_GONE_STATUS = 410  # what the hook gives #2635: a 4xx is never retried; the connector names the setting
 VERSION_WARNING_HEADER = "X-Ad-Api-Version-Warning"
-# Code 1 "Please reduce the amount of data you're asking for": a smaller request, never the same again
-REDUCE_DATA_STATUS = 413
-NOT_TRANSIENT_STATUS = 422  # the body says is_transient: false: a 4xx the client never retries
+# Failure classes of this source (HttpError.kind), besides the client's own.
+VERSION_GONE = "version_gone"  # never retried; the connector names the version setting
+REDUCE_DATA = "reduce_data"  # code 1 "Please reduce the amount of data": a smaller request, never the same again
+NOT_TRANSIENT = "not_transient"  # the body says is_transient: false: retrying the same request cannot help
 
 
 def _is_permission_code(code: int) -> bool:
     return code == 10 or 200 <= code <= 299
 
 
-def translate_error_status(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
-    """requests response hook: give Facebook's coded errors the HTTP status that means the same."""
+def classify(response: requests.Response) -> Outcome | None:
+    """The client's classifier: what Facebook's coded error means (None: let the status decide)."""
     if response.status_code not in (400, 403, 500):
-        return response
+        return None
     try:
         error = json.loads(response.content).get("error") or {}
         code = int(error.get("code"))
     except (ValueError, TypeError, AttributeError):
-        return response
+        return None
     subcode, transient = error.get("error_subcode"), error.get("is_transient")
     if code in VERSION_GONE_CODES:
-        status, reason = VERSION_GONE_STATUS, f"Facebook no longer serves this API version (error code {code})"
-    elif code in THROTTLE_CODES or subcode in THROTTLE_SUBCODES:
-        status, reason = 429, f"Facebook rate limit (error code {code})"
-    elif code in TOKEN_CODES:
-        status, reason = 401, f"Facebook rejected the access token (error code {code})"
-    elif _is_permission_code(code):
-        status, reason = 403, f"Facebook permission missing (error code {code})"
-    elif code == 1 and "reduce the amount of data" in str(error.get("message", "")).lower():
-        status, reason = REDUCE_DATA_STATUS, f"Facebook asks for less data per request (error code {code})"
-    elif transient is False:  # Facebook says so: retrying the same request cannot help
-        status, reason = NOT_TRANSIENT_STATUS, f"Facebook error code {code}, is_transient false"
-    elif code in TRANSIENT_CODES or transient is True:
-        status, reason = 503, f"Facebook temporary error (error code {code})"
-    else:
-        return response
-    response.status_code, response.reason = status, f"{reason}, HTTP {response.status_code}"
-    return response
+        return Outcome.fail(f"Facebook no longer serves this API version (error code {code})", kind=VERSION_GONE)
+    if code in THROTTLE_CODES or subcode in THROTTLE_SUBCODES:
+        return Outcome.retry(f"Facebook rate limit (error code {code})", kind=THROTTLED)
+    if code in TOKEN_CODES:
+        return Outcome.fail(f"Facebook rejected the access token (error code {code})", kind=AUTH)
+    if _is_permission_code(code):
+        return Outcome.fail(f"Facebook permission missing (error code {code})", kind=AUTH)
+    if code == 1 and "reduce the amount of data" in str(error.get("message", "")).lower():
+        return Outcome.fail(f"Facebook asks for less data per request (error code {code})", kind=REDUCE_DATA)
+    if transient is False:  # Facebook says so: retrying the same request cannot help
+        return Outcome.fail(f"Facebook error code {code}, is_transient false", kind=NOT_TRANSIENT)
+    if code in TRANSIENT_CODES or transient is True:
+        return Outcome.retry(f"Facebook temporary error (error code {code})", kind=TRANSIENT)
+    return None
 
 
-class ResponseHooks:
-    """The session's response hook: translates coded errors (translate_error_status) and keeps every
-    version warning header seen, for the run's WARN check."""
+class VersionWarnings:
+    """A session response hook that keeps every version warning header seen, for the run's WARN check."""
 
     def __init__(self) -> None:
-        self.version_warnings: set[str] = set()
+        self.seen: set[str] = set()
         self._lock = threading.Lock()
 
-    def __call__(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    def __call__(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         warning = response.headers.get(VERSION_WARNING_HEADER)
         if warning:
             with self._lock:
-                self.version_warnings.add(warning)
-        return translate_error_status(response)
-
-
-def throttle_hint(floor_s: float):
-    """retry_hint, but a throttled call (429 after the hook) without usage headers waits at least
-    ``floor_s``: Facebook's throttles last minutes, and a few seconds of backoff only burn attempts."""
-
-    def hint(response: requests.Response) -> float | None:
-        asked = retry_hint(response)
-        if response.status_code == 429:
-            return max(asked or 0.0, floor_s)
-        return asked
-
-    return hint
+                self.seen.add(warning)
 
 
 def retry_hint(response: requests.Response) -> float | None:

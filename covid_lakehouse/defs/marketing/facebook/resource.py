@@ -7,7 +7,7 @@ from pydantic import Field
 from covid_lakehouse.defs.marketing import versions
 from covid_lakehouse.defs.marketing.common import SettingError, build_client
 from covid_lakehouse.defs.marketing.facebook.connector import FacebookInsights
-from covid_lakehouse.defs.marketing.facebook.errors import ResponseHooks, throttle_hint
+from covid_lakehouse.defs.marketing.facebook.errors import VersionWarnings, classify, retry_hint
 from covid_lakehouse.defs.marketing.facebook.settings import (
     ACCOUNTS,
     ACCOUNTS_ENV,
@@ -21,6 +21,7 @@ from covid_lakehouse.defs.marketing.facebook.settings import (
     TOKEN_ENV,
 )
 from covid_lakehouse.lib.clock import Clock
+from covid_lakehouse.lib.http import THROTTLED
 
 
 def account_id_of(value: str) -> str:
@@ -54,12 +55,13 @@ class FacebookAdsResource(dg.ConfigurableResource):
     def connector(self, clock: Clock | None = None) -> FacebookInsights:
         version = versions.version_setting_value(SOURCE, API_VERSION, self.api_version)
         graph = versions.base_url(GRAPH_URL, API_VERSION, self.graph_url, field="graph_url")
-        hooks, session = ResponseHooks(), requests.Session()
-        session.hooks["response"].append(hooks)
-        http = build_client(clock=clock, auth_hint=f"the environment variable {TOKEN_ENV}", retry_after_from=throttle_hint(self.min_throttle_wait_s),
+        warnings, session = VersionWarnings(), requests.Session()
+        session.hooks["response"].append(warnings)
+        http = build_client(clock=clock, auth_hint=f"the environment variable {TOKEN_ENV}", retry_after_from=retry_hint,
                             max_attempts=self.max_attempts, max_total_wait_s=self.max_rate_limit_wait_s,
-                            backoff_base_s=self.backoff_base_s, session=session)
-        return FacebookInsights(http, graph, version, TOKEN.require(), self.page_size, hooks, clock,
+                            backoff_base_s=self.backoff_base_s, session=session, classify=classify,
+                            min_waits={THROTTLED: self.min_throttle_wait_s})
+        return FacebookInsights(http, graph, version, TOKEN.require(), self.page_size, warnings, clock,
                                 self.report_poll_s, self.report_budget_s)
 
     def use_report_runs(self, days: int) -> bool:

@@ -1,0 +1,124 @@
+"""Two runs of the vaccines assets at once (the weekly schedule and a manual launch), interleaved at
+chosen points with events, never sleeps: the published tables equal those of one run, and the raw
+store holds each body once (content-addressed: the second run's identical download stores nothing).
+
+Regression guards: the publish already serialized its writers when these tests were written; with the
+table locks removed (publish advisory lock and the upsert's LOCK TABLE) the "merged" case fails with a
+unique violation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+
+from covid_lakehouse.defs.vaccines import publish
+from covid_lakehouse.defs.vaccines.assets import people_per_dose, raw_sources
+from covid_lakehouse.defs.vaccines.resources import DEFAULT_ALLOCATION_URLS, VaccinesSettings
+from covid_lakehouse.lib.postgres import PostgresResource
+from covid_lakehouse.lib.wap import Audit
+from covid_lakehouse_dev.apis.harness import MockApi
+from covid_lakehouse_dev.apis.vaccines import lake_path, register
+from covid_lakehouse_tests.platform.support import two_runs, wait_until_blocked_or_done
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def lake(pg, reset_domain) -> Iterator[tuple[MockApi, VaccinesSettings]]:
+    reset_domain("vaccines")
+    with MockApi() as api:
+        env = {k: v.replace("{base}", api.url) for k, v in register(api).items()}
+        yield api, VaccinesSettings(allocation_urls={"moderna": env["VACCINES_MODERNA_URL"],
+                                                     "pfizer": env["VACCINES_PFIZER_URL"]},
+                                    population_url=env["VACCINES_POPULATION_URL"])
+    reset_domain("vaccines")
+
+
+def materialize(resources: dict, sources: VaccinesSettings, instance: dg.DagsterInstance) -> bool:
+    """One run of both assets; the runs of a test share one instance, as on one deployment."""
+    return dg.materialize([raw_sources, people_per_dose], instance=instance, raise_on_error=False,
+                          resources={**resources, "vaccines_settings": sources}).success
+
+
+def published(pg) -> tuple[list[tuple], list[tuple], int]:
+    """Both tables without loaded_at, and how many publishes their loaded_at values come from."""
+    people = pg.execute("SELECT state, population, doses_moderna, doses_pfizer, total_doses, people_per_dose, "
+                        "first_allocation_week, last_allocation_week FROM vaccines.people_per_dose ORDER BY state")
+    excluded = pg.execute("SELECT jurisdiction, doses_moderna, doses_pfizer, total_doses "
+                          "FROM vaccines.excluded_jurisdictions ORDER BY jurisdiction")
+    publishes = pg.execute("SELECT count(DISTINCT loaded_at) FROM (SELECT loaded_at FROM vaccines.people_per_dose "
+                           "UNION ALL SELECT loaded_at FROM vaccines.excluded_jurisdictions) t")
+    return people.fetchall(), excluded.fetchall(), publishes.fetchone()[0]
+
+
+def raw_objects(s3) -> dict[str, tuple[str, object]]:
+    listing = s3.get_client().list_objects_v2(Bucket="raw", Prefix="vaccines/")
+    return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listing.get("Contents", [])}
+
+
+@pytest.fixture
+def one_run(lake, resources, pg, s3, instance) -> tuple[tuple, dict]:
+    """What ONE run publishes, and the raw objects after it; then the tables are emptied (they stay, as
+    in a deployment: the runs below race on the publish, not on creating the tables)."""
+    assert materialize(resources, lake[1], instance)
+    expected = published(pg), raw_objects(s3)
+    pg.execute("TRUNCATE vaccines.people_per_dose, vaccines.excluded_jurisdictions")
+    return expected
+
+
+def test_a_download_answered_after_another_run_published_changes_nothing(one_run, lake, resources, pg, s3,
+                                                                         instance) -> None:
+    (expected, raw), (api, sources) = one_run, lake
+    a_waiting, b_done = threading.Event(), threading.Event()
+    calls = iter(range(1_000_000))
+
+    def hold_first_call(body: bytes) -> bytes:
+        if next(calls) == 0:  # run A's Moderna download answers only after run B has published
+            a_waiting.set()
+            assert b_done.wait(60), "run B never finished"
+        return body
+
+    api.transform(lake_path(DEFAULT_ALLOCATION_URLS["moderna"]), hold_first_call)
+    results = two_runs(a_waiting, lambda: materialize(resources, sources, instance), b_done)
+
+    assert results == {"a": True, "b": True}
+    assert published(pg) == expected  # one publish: run A found the published rows identical
+    assert raw_objects(s3) == raw  # the same objects, none rewritten
+
+
+@pytest.mark.parametrize("hold_at", ["staged", "merged"])
+def test_two_runs_publishing_at_once_leave_the_tables_of_one(one_run, lake, resources, pg, monkeypatch,
+                                                             instance, hold_at) -> None:
+    """Run A is held inside its publish transaction, its rows staged and audited (``staged``) or
+    already merged, not committed (``merged``), until run B is blocked behind it or has finished."""
+    expected, _ = one_run
+    a_publishing, b_done = threading.Event(), threading.Event()
+    held = []
+
+    def hold() -> None:
+        if threading.current_thread().name == "run-a" and not held:
+            held.append(True)
+            a_publishing.set()
+            wait_until_blocked_or_done(pg, b_done)
+
+    if hold_at == "staged":
+        first = publish.AUDITS[0]
+        monkeypatch.setattr(publish, "AUDITS", [
+            Audit(first.name, lambda staged: (hold(), first.fn(staged))[1], first.blocking, first.description),
+            *publish.AUDITS[1:]])
+    else:
+        real_upsert = PostgresResource.upsert
+
+        def upsert(conn, **kwargs):
+            counts = real_upsert(conn, **kwargs)
+            hold()
+            return counts
+
+        monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))
+    results = two_runs(a_publishing, lambda: materialize(resources, lake[1], instance), b_done)
+
+    assert results == {"a": True, "b": True}
+    assert published(pg) == expected
