@@ -36,8 +36,11 @@ def main(argv: list[str]) -> int:
         return 2
 
     from covid_lakehouse.lib.embedded import EmbeddedStack
+    from covid_lakehouse.lib.http.hosts import ALLOWED_HOSTS, LOCAL_STAND_INS
     from covid_lakehouse.lib.settings import external_services_configured
 
+    # The cases serve their sources from loopback stand-ins, as the tests do (lib/http/hosts.py).
+    os.environ.setdefault(ALLOWED_HOSTS.name, LOCAL_STAND_INS)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         stack = None if external_services_configured() else EmbeddedStack(Path(tmp))

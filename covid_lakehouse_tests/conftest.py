@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from covid_lakehouse.lib.embedded import EmbeddedStack
+from covid_lakehouse.lib.http.hosts import ALLOWED_HOSTS, LOCAL_STAND_INS
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.migrate import migrate
 from covid_lakehouse.lib.postgres import PostgresResource, close_pools
@@ -35,9 +36,10 @@ def embedded_stack(tmp_path_factory) -> Iterator[EmbeddedStack]:
 
 @pytest.fixture(scope="session")
 def services(embedded_stack: EmbeddedStack) -> Iterator[ServiceSettings]:
-    """The embedded services' settings, exported to the environment as a deployment would."""
+    """The embedded services' settings, exported to the environment as a deployment would; source URLs
+    may name the loopback stand-ins (MockApi), as in the demo."""
     settings = embedded_stack.state.settings()
-    with exported(settings.as_env()):
+    with exported({**settings.as_env(), ALLOWED_HOSTS.name: LOCAL_STAND_INS}):
         yield settings
 
 

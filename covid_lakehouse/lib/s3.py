@@ -13,7 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 
-from covid_lakehouse.lib.settings import ServiceSettings
+from covid_lakehouse.lib.settings import ServiceSettings, SettingError
 
 _CLIENT_CONFIG = Config(
     s3={"addressing_style": "path"},  # MinIO and SeaweedFS serve buckets by path
@@ -29,6 +29,29 @@ _CLIENTS_LOCK = threading.Lock()
 
 class ObjectExistsError(RuntimeError):
     """A write-once key already holds an object: raw data is never overwritten."""
+
+
+class KeyOutsidePrefixError(SettingError):
+    """An object key from run config or a run tag is not a plain key under the domain's own prefix."""
+
+
+def key_in_prefix(key: str, prefix: str, *, field: str) -> str:
+    """``key`` if it is a relative key under ``prefix`` (no ``..``, ``.`` or empty segments, no leading
+    ``/``, no backslash or control characters), else KeyOutsidePrefixError naming ``field``: whoever
+    launches a run must not point a load at another domain's raw objects (CleverTap's hold PII)."""
+    base = prefix.strip("/") + "/"
+    segments = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or any(ord(c) < 32 or c == "\x7f" for c in key):
+        problem = "is empty, absolute or holds a backslash or control character"
+    elif any(s in ("", ".", "..") for s in segments):
+        problem = "has an empty, '.' or '..' path segment"
+    elif len(key) > 1024:
+        problem = "is longer than 1024 characters"
+    elif not key.startswith(base):
+        problem = f"is not under this domain's prefix {base!r}"
+    else:
+        return key
+    raise KeyOutsidePrefixError(f"{field}: key {key[:200]!r} {problem}")
 
 
 def s3_client(settings: ServiceSettings):

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from covid_lakehouse.lib import settings
+from covid_lakehouse_tests.platform.support import kubectl_binary, kustomize, label_selector_matches
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "k8s"
@@ -48,6 +49,7 @@ ENV_CONFIG_MAP = "covid-lakehouse-env"
 INSTANCE_CONFIG_MAP = "covid-lakehouse-instance"
 WORKSPACE_CONFIG_MAP = "covid-lakehouse-workspace"
 PLATFORM_SECRET = "covid-lakehouse-secrets"
+WEBSERVER_S3_SECRET = "covid-lakehouse-webserver-s3"
 API_SECRET = "covid-lakehouse-api-credentials"
 # The keys of covid-lakehouse-secrets (created out of band, docs/deploy.md): never in a manifest.
 PLATFORM_SECRET_KEYS = {
@@ -62,6 +64,7 @@ OPTIONAL_SECRET_KEYS = {settings.RUN_FAILURE_WEBHOOK_URL}
 
 CODE_LOCATION = "covid-lakehouse-code-location"
 WEBSERVER = "covid-lakehouse-webserver"
+WEBSERVERS = {WEBSERVER, f"{WEBSERVER}-readonly"}
 DAEMON = "covid-lakehouse-daemon"
 CONTROL_PLANE_SA = "covid-lakehouse-dagster"
 RUN_SA = "covid-lakehouse-run"
@@ -69,23 +72,6 @@ CODE_LOCATION_SA = "covid-lakehouse-code-location"
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-
-
-def kubectl_binary() -> str:
-    found = shutil.which("kubectl")
-    if found is None:
-        raise RuntimeError("kubectl (with its built-in kustomize) is needed to render deploy/k8s; it is not on PATH")
-    return found
-
-
-def kustomize(directory: Path) -> list[dict[str, Any]]:
-    """The objects `kubectl apply -k directory` would send, in order."""
-    result = subprocess.run(
-        [kubectl_binary(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"kubectl kustomize {directory} failed: {result.stderr.strip()}")
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -145,23 +131,6 @@ def dockerfile_cmd() -> list[str]:
     """The production image's CMD: the last stage's (the dev stage before it has its own)."""
     cmd = [line for line in DOCKERFILE.read_text().splitlines() if line.startswith("CMD ")][-1]
     return json.loads(cmd.removeprefix("CMD "))
-
-
-def label_selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
-        return False
-    for expr in selector.get("matchExpressions", []):
-        present = expr["key"] in labels
-        value = labels.get(expr["key"])
-        ok = {
-            "In": present and value in expr.get("values", []),
-            "NotIn": not present or value not in expr.get("values", []),
-            "Exists": present,
-            "DoesNotExist": not present,
-        }[expr["operator"]]
-        if not ok:
-            return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -252,13 +221,15 @@ def test_secrets_are_referenced_never_rendered(rendered, deployments):
         for c in all_containers(pod_spec(deployment)):
             for entry in c.get("env", []):
                 ref = entry.get("valueFrom", {}).get("secretKeyRef")
-                if entry["name"] in PLATFORM_SECRET_KEYS:
+                if entry["name"] in PLATFORM_SECRET_KEYS and not (name in WEBSERVERS and entry["name"].startswith("AWS_")):
                     assert ref, f"{name}/{c['name']}: {entry['name']} must come from a secretKeyRef"
                     assert (ref["name"], ref["key"]) == (PLATFORM_SECRET, entry["name"])
                     assert ref.get("optional", False) == (entry["name"] in OPTIONAL_SECRET_KEYS), entry["name"]
                     referenced_keys.add(ref["key"])
                 if ref:
-                    assert ref["name"] == PLATFORM_SECRET, ref
+                    # The webservers' S3 key is their own (compute logs only; docs/security.md).
+                    assert ref["name"] == (WEBSERVER_S3_SECRET if name in WEBSERVERS and entry["name"].startswith("AWS_")
+                                           else PLATFORM_SECRET), ref
             for source in c.get("envFrom", []):
                 if "secretRef" in source:
                     assert source["secretRef"]["name"] == API_SECRET
@@ -407,7 +378,7 @@ def test_only_the_webserver_and_daemon_reach_the_code_server(rendered, deploymen
     [rule] = policy["ingress"]
     [peer] = rule["from"]
     allowed = {name for name, pod_labels in labels.items() if label_selector_matches(peer["podSelector"], pod_labels)}
-    assert allowed == {WEBSERVER, DAEMON}
+    assert allowed == {*WEBSERVERS, DAEMON}
     run_pod_labels = {"app.kubernetes.io/name": "dagster", "app.kubernetes.io/component": "run_worker",
                       **instance_config["run_launcher"]["config"]["labels"]}
     assert not label_selector_matches(peer["podSelector"], run_pod_labels)

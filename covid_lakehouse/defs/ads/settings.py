@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from covid_lakehouse.lib.http.hosts import source_url
 from covid_lakehouse.lib.settings import SettingError, setting
 
 # Fixed names: the seed's contract ("ad-data/backup", "ad-data/archive") and the warehouse table.
@@ -36,7 +37,8 @@ class AdsSettings(dg.ConfigurableResource):
     backup_retention_days: int | None = None  # ADS_BACKUP_RETENTION_DAYS, default: keep forever
 
     def resolved_api_url(self) -> str:
-        return API_URL.require(self.api_url)
+        # No public default: only the host the operator set in ADS_API_URL (lib/http/hosts.py).
+        return source_url(API_URL, self.api_url, field="api_url")
 
     def archive_retention(self) -> timedelta:
         hours = ARCHIVE_RETENTION.number(self.archive_retention_hours)

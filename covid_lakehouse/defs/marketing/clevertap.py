@@ -44,12 +44,14 @@ from covid_lakehouse.defs.marketing.common import (
 from covid_lakehouse.defs.marketing.tables import CLEVERTAP
 from covid_lakehouse.lib.clock import Clock, SystemClock, poll_until
 from covid_lakehouse.lib.http import HttpClient, PageGuard
+from covid_lakehouse.lib.http.hosts import check_source_url
 from covid_lakehouse.lib.settings import setting
 
 SOURCE = "clevertap"
 # CleverTap's data centres (https://developer.clevertap.com/docs/api-quickstart-guide, "region"); the
 # region-less api.clevertap.com is not one of them for most accounts.
 REGIONS = ("eu1", "in1", "us1", "sg1", "aps3", "mec1")
+VENDOR_HOSTS = ("*.api.clevertap.com", "api.clevertap.com")
 REGION = setting("CLEVERTAP_REGION", f"the account's data centre, one of {', '.join(REGIONS)} (or set CLEVERTAP_API_URL)",
                  scope="marketing")
 API_URL = setting("CLEVERTAP_API_URL", "full API base URL instead of CLEVERTAP_REGION (https://<region>.api.clevertap.com)",
@@ -282,7 +284,10 @@ class CleverTapResource(dg.ConfigurableResource):
         http = build_client(clock=clock, auth_hint=f"the environment variables {ACCOUNT_ENV} and {PASSCODE_ENV}",
                             retry_after_from=None, max_attempts=self.max_attempts,
                             max_total_wait_s=self.max_total_wait_s, backoff_base_s=self.backoff_base_s)
-        return CleverTapEvents(http, self.api_base(), ACCOUNT.require(), PASSCODE.require(), self.batch_size,
+        # Only CleverTap's data centres, or the host the operator set in CLEVERTAP_API_URL (lib/http/hosts.py).
+        base = check_source_url(self.api_base(), field="api_url (resource config) / " + API_URL_ENV if self.api_url
+                                else API_URL_ENV, vendor_hosts=VENDOR_HOSTS, operator_url=API_URL.get())
+        return CleverTapEvents(http, base, ACCOUNT.require(), PASSCODE.require(), self.batch_size,
                                clock or SystemClock(), self.not_ready_budget_s, self.not_ready_poll_s)
 
 

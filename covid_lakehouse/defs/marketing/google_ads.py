@@ -35,6 +35,7 @@ from covid_lakehouse.defs.marketing.tables import GOOGLE_ADS
 from covid_lakehouse.defs.marketing.versions import UnsupportedApiVersion
 from covid_lakehouse.lib.clock import Clock, SystemClock
 from covid_lakehouse.lib.http import AUTH, HttpClient, HttpError, Outcome, parse_retry_after
+from covid_lakehouse.lib.http.hosts import source_url
 from covid_lakehouse.lib.settings import setting
 
 SOURCE = "google_ads"
@@ -305,7 +306,7 @@ class GoogleAdsResource(dg.ConfigurableResource):
                             max_attempts=self.max_attempts, max_total_wait_s=self.max_total_wait_s,
                             backoff_base_s=self.backoff_base_s)
         login = LOGIN_CUSTOMER.get(self.login_customer_id)
-        token = OAuthToken(http, TOKEN_URL.require(self.token_url), clock or SystemClock())
+        token = OAuthToken(http, source_url(TOKEN_URL, self.token_url, field="token_url"), clock or SystemClock())
         version = versions.version_setting_value(SOURCE, API_VERSION, self.api_version)
         return GoogleAdsReports(http, versions.base_url(API_URL, API_VERSION, self.api_url), version, token,
                                 DEVELOPER_TOKEN.require(),

@@ -24,6 +24,7 @@ from datetime import date, timedelta
 
 import dagster as dg
 
+from covid_lakehouse.lib.http.hosts import source_url
 from covid_lakehouse.lib.settings import Setting, SettingError
 
 WARN_AHEAD = timedelta(days=60)
@@ -84,10 +85,12 @@ def version_setting_value(source: str, setting: Setting, configured: str | None 
     return version
 
 
-def base_url(url_setting: Setting, version_setting: Setting, configured: str | None = None) -> str:
+def base_url(url_setting: Setting, version_setting: Setting, configured: str | None = None, *,
+             field: str = "api_url") -> str:
     """The API host (no version): a URL that still ends in a version is refused, so that the version
     is never set twice in two places."""
-    url = url_setting.require(configured).rstrip("/")
+    # The vendor's host (the setting's default) or the operator's (lib/http/hosts.py), whoever set it.
+    url = source_url(url_setting, configured, field=field).rstrip("/")
     if _VERSION_IN_PATH.search(url):
         raise SettingError(f"{url_setting.name}={url!r} ends in an API version: set the host only and the version "
                            f"in {version_setting.name}")

@@ -48,7 +48,7 @@ from covid_lakehouse.defs.ny_testing.warehouse import (
 from covid_lakehouse.lib.http import DownloadResult
 from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.resources import HttpResource
-from covid_lakehouse.lib.s3 import LakeS3Resource
+from covid_lakehouse.lib.s3 import LakeS3Resource, key_in_prefix
 from covid_lakehouse.lib.wap import audit_check_specs, run_audits
 
 GROUP = "ny_testing"
@@ -184,6 +184,9 @@ class CountyLoadConfig(dg.Config):
 )
 def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, warehouse: PostgresResource,
                  s3: LakeS3Resource, ny_testing_settings: NyTestingSettings):
+    for field, key in (("config raw_key", config.raw_key), (f"run tag {RAW_KEY_TAG}", context.run.tags.get(RAW_KEY_TAG))):
+        if key:  # from whoever launched the run: only this domain's own raw objects
+            key_in_prefix(key, ny_testing_settings.raw_prefix, field=field)
     version = _source_version(context.instance, config, context.run.tags)
     raw_key = version.raw_key
     counties = list(context.partition_keys)

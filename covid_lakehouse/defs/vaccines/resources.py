@@ -21,6 +21,7 @@ from pydantic import Field
 
 from covid_lakehouse.defs.vaccines.transform import dose_column
 from covid_lakehouse.lib.http import SAFE_QUERY_PARAMS
+from covid_lakehouse.lib.http.hosts import check_source_url
 from covid_lakehouse.lib.postgres import validate_identifier
 from covid_lakehouse.lib.settings import setting
 
@@ -30,6 +31,9 @@ DEFAULT_ALLOCATION_URLS: dict[str, str] = {
     "pfizer": f"{LAKE}/cdc-pfizer-vaccine-distribution/csv/cdc-pfizer-covid-19-vaccine-distribution-by-state.csv",
 }
 DEFAULT_POPULATION_URL = f"{LAKE}/static-datasets/csv/CountyPopulation/County_Population.csv"
+# Where the sources may be fetched from (lib/http/hosts.py): covid19-lake and the CDC's own portal
+# (Janssen); the operator's VACCINES_*_URL hosts are allowed too.
+VENDOR_HOSTS = ("covid19-lake.s3.us-east-2.amazonaws.com", "data.cdc.gov")
 
 MANUFACTURERS = setting("VACCINES_MANUFACTURERS", "comma-separated manufacturers whose allocations are loaded",
                         default=",".join(DEFAULT_ALLOCATION_URLS), scope="vaccines")
@@ -110,10 +114,13 @@ class VaccinesSettings(dg.ConfigurableResource):
             validate_identifier(dose_column(name), what="dose column")
             if not url.startswith(("http://", "https://")):
                 raise SourceConfigError(f"{name}: {public_url(url)!r} is not an http(s) URL")
+            field = f"allocation_urls[{name}] (resource config)" if self.allocation_urls is not None else url_env(name)
+            check_source_url(url, field=field, vendor_hosts=VENDOR_HOSTS, operator_url=ALLOCATION_URL.named(name).get())
         return urls
 
     def population(self) -> str:
         url = POPULATION_URL.require(self.population_url)
         if not url.startswith(("http://", "https://")):
             raise SourceConfigError(f"population: {public_url(url)!r} is not an http(s) URL")
-        return url
+        field = "population_url (resource config)" if self.population_url else POPULATION_ENV
+        return check_source_url(url, field=field, vendor_hosts=VENDOR_HOSTS, operator_url=POPULATION_URL.get())

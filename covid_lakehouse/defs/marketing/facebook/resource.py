@@ -54,7 +54,7 @@ class FacebookAdsResource(dg.ConfigurableResource):
 
     def connector(self, clock: Clock | None = None) -> FacebookInsights:
         version = versions.version_setting_value(SOURCE, API_VERSION, self.api_version)
-        graph = versions.base_url(GRAPH_URL, API_VERSION, self.graph_url)
+        graph = versions.base_url(GRAPH_URL, API_VERSION, self.graph_url, field="graph_url")
         warnings, session = VersionWarnings(), requests.Session()
         session.hooks["response"].append(warnings)
         http = build_client(clock=clock, auth_hint=f"the environment variable {TOKEN_ENV}", retry_after_from=retry_hint,
