@@ -1,4 +1,5 @@
-"""Look-back runs committing out of order: a day's restated Facebook values never go back to older ones.
+"""Look-back runs committing out of order: a day's restated Facebook values, or an RDS row's update, never
+go back to older ones.
 
 Run A reads days D1..D2 from the API, then is slow to publish; run B reads D2 after Facebook restated it
 and publishes first. When A merges, D2 must keep B's (newer) values, while D1, which only A fetched, is
@@ -6,12 +7,13 @@ merged. Real PostgreSQL and S3; the Facebook API is the local mock.
 """
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 
 from covid_lakehouse.defs.marketing import assets
-from covid_lakehouse.defs.marketing.assets import ASSETS, FACEBOOK_KEY
+from covid_lakehouse.defs.marketing.assets import ASSETS, FACEBOOK_KEY, RDS_ORDERS_KEY
 from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START_TAG
 from covid_lakehouse_dev.apis.marketing import MarketingMock
 
@@ -67,3 +69,46 @@ def test_a_run_that_fetched_a_day_earlier_and_publishes_last_leaves_that_day_alo
                           "WHERE source = 'facebook_ad_insights_daily' ORDER BY 2, 1").fetchall()
     assert versions == [(a, D1, f"facebook pages of run {older.run_id}") for a in ACCOUNTS] + \
         [(a, D2, f"facebook pages of run {newer.run_id}") for a in ACCOUNTS]
+
+
+def test_an_rds_run_that_read_a_row_before_its_update_and_merges_last_keeps_the_update(
+        clean_marketing, rds_demo_source, marketing_resources, instance, pg, monkeypatch) -> None:
+    """RDS rows carry their version (updated_at): run A reads yesterday, run B reads it again after the app
+    refunded an order and merges first; A's older copy of that order must not come back."""
+    last = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    order_id, updated_at = pg.execute(
+        "SELECT id, updated_at FROM marketing_rds_source.orders WHERE updated_at >= %s AND updated_at < %s "
+        "AND status <> 'refunded' ORDER BY updated_at LIMIT 1", (last, last + timedelta(days=1))).fetchone()
+    a_read, b_done = threading.Event(), threading.Event()
+    real = assets.stage_audit_publish
+
+    def publish_after_b(*args, **kwargs):
+        if threading.current_thread().name == "run-a" and kwargs.get("asset_key") == RDS_ORDERS_KEY:
+            a_read.set()
+            assert b_done.wait(120), "run B never finished"
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(assets, "stage_audit_publish", publish_after_b)
+
+    def run() -> dg.ExecuteInProcessResult:
+        return dg.materialize(ASSETS, selection=[RDS_ORDERS_KEY], resources=marketing_resources, instance=instance,
+                              raise_on_error=False, tags={RANGE_START_TAG: f"{last:%Y-%m-%d}",
+                                                          RANGE_END_TAG: f"{last:%Y-%m-%d}"})
+
+    results = {}
+    run_a = threading.Thread(target=lambda: results.__setitem__("a", run()), name="run-a")
+    run_a.start()
+    try:
+        assert a_read.wait(120), "run A never finished reading"
+        refunded_at = updated_at + timedelta(seconds=1)  # the app refunds the order, the same day
+        pg.execute("UPDATE marketing_rds_source.orders SET status = 'refunded', updated_at = %s WHERE id = %s",
+                   (refunded_at, order_id))
+        newer = run()
+    finally:
+        b_done.set()
+        run_a.join()
+    assert newer.success and results["a"].success
+    assert pg.execute("SELECT status, source_updated_at FROM marketing.rds_orders WHERE order_id = %s",
+                      (order_id,)).fetchone() == ("refunded", refunded_at)
+    [meta] = [m.metadata for m in results["a"].asset_materializations_for_node(RDS_ORDERS_KEY.to_python_identifier())][:1]
+    assert meta["rows_left_out_as_older"].value == 1

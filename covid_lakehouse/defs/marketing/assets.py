@@ -116,6 +116,8 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
         context.log.info("%s %s: %s", spec.name, slice_, newer)
     if superseded:
         extra = {**extra, "superseded_slices": dg.MetadataValue.json(superseded)}
+    if published.staged_rows > counts.total:  # superseded slices, or rows older than the published version
+        extra = {**extra, "rows_left_out_as_older": published.staged_rows - counts.total}
     context.log.info("%s: %d rows from %d page(s): %d inserted, %d updated, %d unchanged", spec.name,
                      published.staged_rows, staging.pages, counts.inserted, counts.updated, counts.unchanged)
     yield dg.MaterializeResult(metadata={

@@ -5,7 +5,9 @@ then audited and merged on the natural key in ONE transaction (platform write-au
 Runs whose look-back windows overlap can commit out of order (a slow or retried run read the API before
 another run that already merged). ``SliceVersions`` records when each account/customer and day was
 fetched; the merge claims those slices in marketing.source_versions and leaves out the slices whose
-published pages were fetched later, so restated values never go back to older ones."""
+published pages were fetched later, so restated values never go back to older ones. Sources whose rows
+carry their own version (``TableSpec.row_version``: RDS ``updated_at``) leave out every staged row older
+than the published one."""
 
 import queue
 import threading
@@ -205,6 +207,14 @@ class Published:
     superseded: dict[tuple[str, date], Superseded] = field(default_factory=dict)  # slices left as they were
 
 
+def _not_older(spec: TableSpec, staging: sql.Composable) -> sql.Composable:
+    """Staged rows whose published row is not a newer version of the same key (a run that read the source
+    before another run merged a later update must not put the earlier one back)."""
+    same_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = {s}.{c}").format(c=sql.Identifier(c), s=staging) for c in spec.key)
+    return sql.SQL("NOT EXISTS (SELECT FROM {t} AS t WHERE {same_key} AND t.{v} > {s}.{v})").format(
+        t=spec.ident, same_key=same_key, v=sql.Identifier(spec.row_version), s=staging)
+
+
 def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits: Sequence[Audit],
                         asset_key: dg.AssetKey, staged: StagingWriter | None = None,
                         fill: sql.Composable | None = None, fill_params: dict[str, Any] | None = None,
@@ -223,13 +233,17 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
     superseded: dict[tuple[str, date], Superseded] = {}
 
     def merge(conn: psycopg.Connection, staging: sql.Composable, rows: int) -> UpsertCounts:
-        left_out = None
+        filters = []
         if versions is not None:
             # the table lock first (as the upsert takes it): publishers of this table take turns, so each
             # claims its slices against the versions the previous one committed
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(spec.ident))
             superseded.update(versions.claim(conn, spec, staging))
-            left_out = versions.left_out(superseded)
+            filters.append(versions.left_out(superseded))
+        if spec.row_version is not None:  # evaluated after the upsert's table lock: sees the last commit
+            filters.append(_not_older(spec, staging))
+        filters = [f for f in filters if f is not None]
+        left_out = sql.SQL(" AND ").join(filters) if filters else None
         return PostgresResource.upsert(conn, target=spec.ident, source=staging, key_columns=spec.key,
                                        value_columns=spec.values, touch_columns={**touch, "updated_at": sql.SQL("now()")},
                                        source_filter=left_out, source_rows=None if left_out is not None else rows)
