@@ -12,7 +12,11 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from covid_lakehouse_dev.apis.vaccines import DATA  # the bundled demo snapshot the offline API serves
+from covid_lakehouse.defs.vaccines.resources import VaccinesSettings
+from covid_lakehouse_dev.apis.vaccines import (
+    DATA,  # the bundled demo snapshot the offline API serves
+    register,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -84,3 +88,10 @@ def csv_bytes(header: list[str], rows: list[list[str]]) -> bytes:
     writer.writerow(header)
     writer.writerows(rows)
     return out.getvalue().encode()
+
+
+def lake_settings(api) -> VaccinesSettings:
+    """The vaccines settings pointing at the bundled CDC lake files served by ``api`` (a MockApi)."""
+    env = {k: v.replace("{base}", api.url) for k, v in register(api).items()}
+    return VaccinesSettings(allocation_urls={"moderna": env["VACCINES_MODERNA_URL"], "pfizer": env["VACCINES_PFIZER_URL"]},
+                            population_url=env["VACCINES_POPULATION_URL"])

@@ -7,6 +7,9 @@ Each API asset, for the days of its run (one day, or a look-back range in ONE ru
 2. parses each page into typed rows (an unexpected shape fails the run naming page, record and field);
 3. stages the rows, audits them (blocking checks + WARN reconciliation with the API's own totals) and
    merges them on the natural key in one transaction: reruns and overlapping windows never duplicate.
+   Facebook and Google restate past days: each account/customer and day is merged only when this run
+   fetched it later than the pages already merged for it (load.SliceVersions), so a slow or retried
+   run committing last never puts older values back; the slices it leaves alone are in its metadata.
 """
 
 from collections.abc import Callable, Iterator
@@ -25,7 +28,7 @@ from covid_lakehouse.defs.marketing.clevertap_rekey import rekey_legacy_rows
 from covid_lakehouse.defs.marketing.common import RawLanding, RawPage, ordered_parallel, replay_pages
 from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
 from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
-from covid_lakehouse.defs.marketing.load import Published, StagingWriter, stage_audit_publish
+from covid_lakehouse.defs.marketing.load import Published, SliceVersions, StagingWriter, stage_audit_publish
 from covid_lakehouse.defs.marketing.partitions import DAILY, window_days
 from covid_lakehouse.defs.marketing.rds import CUSTOMERS, ORDERS, Extract, RdsSourceResource
 from covid_lakehouse.defs.marketing.tables import (
@@ -97,7 +100,7 @@ def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, 
 
 def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spec: TableSpec, audits: list[Audit],
              asset_key: dg.AssetKey, read: Callable[[StagingWriter], Reported], extra: dict[str, Any],
-             notices: dict[str, Any] | None = None):
+             notices: dict[str, Any] | None = None, versions: SliceVersions | None = None):
     """Read the source, its rows COPYed into a staging table as they come, then audit and merge them;
     yields the check results, then the materialization."""
     with warehouse.connection() as conn:
@@ -105,8 +108,16 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
     with StagingWriter(warehouse, spec) as staging:
         reported = read(staging)
         published: Published = yield from stage_audit_publish(
-            warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported, notices=notices)
+            warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported, notices=notices,
+            versions=versions)
     counts = published.counts
+    superseded = {f"{unit} {day.isoformat()}": str(newer) for (unit, day), newer in sorted(published.superseded.items())}
+    for slice_, newer in superseded.items():  # not an error: a later run already merged newer pages
+        context.log.info("%s %s: %s", spec.name, slice_, newer)
+    if superseded:
+        extra = {**extra, "superseded_slices": dg.MetadataValue.json(superseded)}
+    if published.staged_rows > counts.total:  # superseded slices, or rows older than the published version
+        extra = {**extra, "rows_left_out_as_older": published.staged_rows - counts.total}
     context.log.info("%s: %d rows from %d page(s): %d inserted, %d updated, %d unchanged", spec.name,
                      published.staged_rows, staging.pages, counts.inserted, counts.updated, counts.unchanged)
     yield dg.MaterializeResult(metadata={
@@ -139,6 +150,7 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
                                marketing_facebook: FacebookAdsResource, s3: LakeS3Resource, warehouse: PostgresResource):
     extra = {"raw_prefix": _raw_prefix(facebook.SOURCE), "replayed_run": config.replay_run_id}
     days = window_days(context)
+    versions = _slice_versions(context, config, facebook.SOURCE, "account_id")
 
     notices: dict[str, Any] = {}
 
@@ -152,6 +164,7 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
 
         def read_account(account: str) -> Reported:  # rate limits are per ad account: one thread each
             for day in days:
+                versions.fetching(account, day)
                 _land_and_parse(landing, api.pages(account, day, report_run=report_run), facebook.page_table, staging)
             return {(account, d): vars(t) for d, t in api.daily_totals(account, days[0], days[-1]).items()}
 
@@ -162,7 +175,7 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
     if config.replay_run_id:
         read = _replay(context, s3, facebook.SOURCE, config.replay_run_id, lambda _: facebook.page_table, notices,
                        decode=facebook.load_page)
-    yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra, notices)
+    yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra, notices, versions)
 
 
 @_asset(GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, "Google Ads ad_group_ad metrics per day (GAQL via searchStream), "
@@ -172,6 +185,7 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
                         marketing_google_ads: GoogleAdsResource, s3: LakeS3Resource, warehouse: PostgresResource):
     extra = {"raw_prefix": _raw_prefix(google_ads.SOURCE), "replayed_run": config.replay_run_id}
     days = window_days(context)
+    versions = _slice_versions(context, config, google_ads.SOURCE, "customer_id")
 
     notices: dict[str, Any] = {}
 
@@ -189,6 +203,7 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
                 return table
 
             for day in days:
+                versions.fetching(customer, day)
                 _land_and_parse(landing, api.pages(customer, day), parse, staging)
             return reported
 
@@ -197,7 +212,17 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
     if config.replay_run_id:
         read = _replay(context, s3, google_ads.SOURCE, config.replay_run_id, lambda _: google_ads.page_table, notices,
                        reported_of=_summary_of)
-    yield from _publish(context, warehouse, GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, GOOGLE_ADS_KEY, read, extra, notices)
+    yield from _publish(context, warehouse, GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, GOOGLE_ADS_KEY, read, extra, notices,
+                        versions)
+
+
+def _slice_versions(context: dg.AssetExecutionContext, config: ApiAssetConfig, source: str,
+                    unit_column: str) -> SliceVersions:
+    """Per account/customer and day, when this run fetched it; a replay reloads old pages on purpose."""
+    if config.replay_run_id:
+        return SliceVersions(f"{source} pages of run {config.replay_run_id}, replayed by run {_run_label(context)}",
+                             unit_column, "date", replay=True)
+    return SliceVersions(f"{source} pages of run {_run_label(context)}", unit_column, "date")
 
 
 def _summary_of(page: RawPage, raw_object: str) -> Reported:

@@ -1,6 +1,13 @@
 """How every marketing load reaches the warehouse: rows are COPYed into a private staging table while
 the source is read (each COPY commits on its own: no transaction stays open during rate-limit waits),
-then audited and merged on the natural key in ONE transaction (platform write-audit-publish)."""
+then audited and merged on the natural key in ONE transaction (platform write-audit-publish).
+
+Runs whose look-back windows overlap can commit out of order (a slow or retried run read the API before
+another run that already merged). ``SliceVersions`` records when each account/customer and day was
+fetched; the merge claims those slices in marketing.source_versions and leaves out the slices whose
+published pages were fetched later, so restated values never go back to older ones. Sources whose rows
+carry their own version (``TableSpec.row_version``: RDS ``updated_at``) leave out every staged row older
+than the published one."""
 
 import queue
 import threading
@@ -8,7 +15,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import dagster as dg
@@ -18,11 +25,13 @@ from psycopg import sql
 
 from covid_lakehouse.defs.marketing.tables import TableSpec
 from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident
+from covid_lakehouse.lib.source_versions import SourceVersion, Superseded, claim
 from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 from covid_lakehouse.lib.wap import Audit, BlockingAuditFailed, audit_or_raise, run_audits
 
 STAGING_SCHEMA = "marketing_staging"  # created by migration 0003; analysts cannot read it
 STAGING_STAMP = "%Y%m%d%H%M%S"
+VERSIONS = table_ident("marketing", "source_versions")  # migration 0006
 
 
 class StagingWriter:
@@ -151,30 +160,93 @@ class Staged:
     notices: dict[str, Any] = field(default_factory=dict)
 
 
+class SliceVersions:
+    """When a run fetched each (unit, day) of its source: ``fetching`` is called as the slice's first
+    request goes out (reader threads write distinct keys). The staged rows name their slice in
+    ``unit_column`` / ``day_column``; a staged slice never announced counts as fetched when the read began
+    (the earliest the run can have seen it). ``replay``: an operator reloading old pages on purpose."""
+
+    def __init__(self, identity: str, unit_column: str, day_column: str, *, replay: bool = False) -> None:
+        self.identity, self.unit_column, self.day_column, self.replay = identity, unit_column, day_column, replay
+        self.started = datetime.now(UTC)
+        self._fetched: dict[tuple[str, date], datetime] = {}
+
+    def fetching(self, unit: str, day: date) -> None:
+        self._fetched[(unit, day)] = datetime.now(UTC)
+
+    def version(self, unit: str, day: date) -> SourceVersion:
+        return SourceVersion(self.identity, self._fetched.get((unit, day), self.started), self.replay)
+
+    def claim(self, conn: psycopg.Connection, spec: TableSpec, staging: sql.Composable
+              ) -> dict[tuple[str, date], Superseded]:
+        """Claim every staged slice (in key order: concurrent claimers never wait on each other in a
+        cycle); the slices already published from a later fetch, with that version."""
+        slices = conn.execute(sql.SQL("SELECT DISTINCT {u}::text, {d} FROM {s} ORDER BY 1, 2").format(
+            u=sql.Identifier(self.unit_column), d=sql.Identifier(self.day_column), s=staging)).fetchall()
+        now = conn.execute("SELECT now()").fetchone()[0]
+        superseded = {}
+        for unit, day in slices:
+            newer = claim(conn, VERSIONS, {"source": spec.name, "unit": unit, "day": day}, self.version(unit, day), now)
+            if newer is not None:
+                superseded[(unit, day)] = newer
+        return superseded
+
+    def left_out(self, superseded: dict[tuple[str, date], Superseded]) -> sql.Composable | None:
+        """The merge's source filter: every staged row but those of superseded slices."""
+        if not superseded:
+            return None
+        return sql.SQL("({}::text, {}) NOT IN ({})").format(
+            sql.Identifier(self.unit_column), sql.Identifier(self.day_column),
+            sql.SQL(", ").join(sql.SQL("({}, {}::date)").format(sql.Literal(u), sql.Literal(d)) for u, d in superseded))
+
+
 @dataclass(frozen=True)
 class Published:
     staged_rows: int
     counts: UpsertCounts
+    superseded: dict[tuple[str, date], Superseded] = field(default_factory=dict)  # slices left as they were
+
+
+def _not_older(spec: TableSpec, staging: sql.Composable) -> sql.Composable:
+    """Staged rows whose published row is not a newer version of the same key (a run that read the source
+    before another run merged a later update must not put the earlier one back)."""
+    same_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = {s}.{c}").format(c=sql.Identifier(c), s=staging) for c in spec.key)
+    return sql.SQL("NOT EXISTS (SELECT FROM {t} AS t WHERE {same_key} AND t.{v} > {s}.{v})").format(
+        t=spec.ident, same_key=same_key, v=sql.Identifier(spec.row_version), s=staging)
 
 
 def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits: Sequence[Audit],
                         asset_key: dg.AssetKey, staged: StagingWriter | None = None,
                         fill: sql.Composable | None = None, fill_params: dict[str, Any] | None = None,
                         reported: dict[Any, Any] | None = None,
-                        notices: dict[str, Any] | None = None) -> Iterator[dg.AssetCheckResult]:
+                        notices: dict[str, Any] | None = None,
+                        versions: SliceVersions | None = None) -> Iterator[dg.AssetCheckResult]:
     """Audit the rows a StagingWriter ``staged`` (dropping its table with the publish) or the result of
     ``fill`` (INSERT .. SELECT into a temporary table), and merge them into the target on its key: new
     rows inserted, changed rows updated, identical rows untouched. Nothing is committed unless every
-    blocking audit passed: a failure raises and the merge's transaction rolls back.
+    blocking audit passed: a failure raises and the merge's transaction rolls back. With ``versions``,
+    slices whose published rows come from a later fetch are left out of the merge (``Published.superseded``).
     Returns (via StopIteration) a Published."""
     if (staged is None) == (fill is None):
         raise ValueError("stage_audit_publish needs exactly one of staged= or fill=")
     touch: dict[str, sql.Composable] = {c: sql.Identifier(c) for c in spec.lineage}
+    superseded: dict[tuple[str, date], Superseded] = {}
 
     def merge(conn: psycopg.Connection, staging: sql.Composable, rows: int) -> UpsertCounts:
+        filters = []
+        if versions is not None:
+            # the table lock first (as the upsert takes it): publishers of this table take turns, so each
+            # claims its slices against the versions the previous one committed
+            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(spec.ident))
+            superseded.update(versions.claim(conn, spec, staging))
+            filters.append(versions.left_out(superseded))
+        if spec.row_version is not None:  # evaluated after the upsert's table lock: sees the last commit
+            filters.append(_not_older(spec, staging))
+        filters = [f for f in filters if f is not None]
+        left_out = sql.SQL(" AND ").join(filters) if filters else None
         return PostgresResource.upsert(conn, target=spec.ident, source=staging, key_columns=spec.key,
                                        value_columns=spec.values, touch_columns={**touch, "updated_at": sql.SQL("now()")},
-                                       source_rows=rows)
+                                       source_filter=left_out, source_rows=None if left_out is not None else rows)
 
     with warehouse.connection() as conn:
         if staged is not None:
@@ -206,4 +278,4 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
             yield from audit_or_raise(audits, Staged(conn, staging, spec, reported or {}, notices or {}), asset_key=asset_key,
                                       asset_label=asset_key.to_user_string())
             counts = merge(conn, staging, staged_rows)
-    return Published(staged_rows, counts)
+    return Published(staged_rows, counts, superseded)

@@ -20,6 +20,7 @@ class TableSpec:
     arrow_schema: pa.Schema  # the columns a load stages (COPY order)
     key: tuple[str, ...]
     lineage: tuple[str, ...] = ("raw_object",)  # updated with the values, never compared
+    row_version: str | None = None  # a source column that orders a row's versions: an older one is never merged
 
     @property
     def ident(self) -> sql.Composed:
@@ -78,6 +79,7 @@ RDS_CUSTOMERS = TableSpec(
     ]),
     key=("customer_id",),
     lineage=(),
+    row_version="source_updated_at",
 )
 
 RDS_ORDERS = TableSpec(
@@ -89,6 +91,7 @@ RDS_ORDERS = TableSpec(
     ]),
     key=("order_id",),
     lineage=(),
+    row_version="source_updated_at",
 )
 
 AD_PERFORMANCE = TableSpec(

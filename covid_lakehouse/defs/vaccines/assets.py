@@ -8,11 +8,15 @@ has the same key, so nothing is written. The keys and digests go into the materi
 
 vaccines/people_per_dose reads the objects named by the latest raw_sources materialization back from
 S3 (verifying their sha256), computes the table and publishes it with write-audit-publish (publish.py).
+The publish records which raw_sources materialization (download) the tables reflect; a run holding an
+older download than the published one (it read the latest before a newer run downloaded and published)
+writes nothing, reports "superseded by ..." in an observation and materializes nothing.
 """
 
 import hashlib
 import tempfile
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -31,6 +35,7 @@ from covid_lakehouse.defs.vaccines.transform import people_per_dose as compute_p
 from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.resources import HttpResource
 from covid_lakehouse.lib.s3 import LakeS3Resource, ObjectExistsError
+from covid_lakehouse.lib.source_versions import SourceVersion
 from covid_lakehouse.lib.wap import audit_check_specs
 
 GROUP = "vaccines"
@@ -161,12 +166,18 @@ def _sources_markdown(stored: list[StoredSource]) -> str:
 # ---- people_per_dose -------------------------------------------------------------------------------
 
 
-def latest_raw_sources(instance: dg.DagsterInstance) -> list[StoredSource]:
+def latest_raw_sources(instance: dg.DagsterInstance) -> tuple[list[StoredSource], SourceVersion]:
+    """The objects of the latest raw_sources materialization, and which download that is: its data
+    version and run, fetched at the materialization's time (what the publish compares)."""
     event = instance.get_latest_materialization_event(RAW_KEY)
     if event is None or event.asset_materialization is None:
         raise dg.Failure(f"{RAW_KEY.to_user_string()} has never been materialized: materialize it first "
                          "(the vaccines_refresh job runs both)", allow_retries=False)
-    return [StoredSource(**s) for s in event.asset_materialization.metadata["sources"].value]
+    materialization = event.asset_materialization
+    data_version = materialization.tags.get("dagster/data_version", "?") if materialization.tags else "?"
+    version = SourceVersion(f"{RAW_KEY.to_user_string()} data version {data_version} (run {event.run_id})",
+                            datetime.fromtimestamp(event.timestamp, UTC))
+    return [StoredSource(**s) for s in materialization.metadata["sources"].value], version
 
 
 def _read_verified(s3: LakeS3Resource, source: StoredSource) -> bytes:
@@ -199,6 +210,7 @@ def _source_totals(allocations: dict[str, pd.DataFrame], population: pd.DataFram
     deps=[RAW_KEY],
     kinds={"postgres"},
     check_specs=audit_check_specs(PEOPLE_PER_DOSE_KEY, publish.AUDITS),
+    output_required=False,  # a run superseded by a newer download materializes nothing
     # Published by publish.write_audit_publish; loads as an input from this table.
     io_manager_key="warehouse_io_manager",
     metadata={"dagster/table_name": f"{publish.SCHEMA}.{publish.PEOPLE_TABLE}"},
@@ -207,7 +219,7 @@ def _source_totals(allocations: dict[str, pd.DataFrame], population: pd.DataFram
     "published together with write-audit-publish.",
 )
 def people_per_dose(context: dg.AssetExecutionContext, warehouse: PostgresResource, s3: LakeS3Resource):
-    sources = latest_raw_sources(context.instance)
+    sources, version = latest_raw_sources(context.instance)
     try:
         allocations = {s.name: parse_allocations(_read_verified(s3, s), source=s.uri, manufacturer=s.name)
                        for s in sources if s.kind == ALLOCATIONS}
@@ -221,16 +233,23 @@ def people_per_dose(context: dg.AssetExecutionContext, warehouse: PostgresResour
 
     with warehouse.connection() as conn:
         outcome = yield from publish.write_audit_publish(conn, result, dose_columns, expected,
-                                                         asset_key=PEOPLE_PER_DOSE_KEY)
+                                                         asset_key=PEOPLE_PER_DOSE_KEY, version=version)
+    if outcome.superseded is not None:  # not an error: the tables keep the newer download's rows
+        context.log.info("%s: %s", version.identity, outcome.superseded)
+        yield dg.AssetObservation(asset_key=PEOPLE_PER_DOSE_KEY, metadata={
+            "outcome": f"skipped: {outcome.superseded}", "source_version": version.identity,
+            "fetched_at": version.fetched_at.isoformat(), "superseded_by": outcome.superseded.identity,
+            "superseded_by_fetched_at": outcome.superseded.fetched_at.isoformat()})
+        return
     if outcome.changed:
         context.log.info("published: %s", outcome)
     else:
         context.log.info("sources unchanged: identical to the published tables, nothing written")
-    yield dg.MaterializeResult(metadata=_metadata(result, dose_columns, expected, sources, outcome))
+    yield dg.MaterializeResult(metadata=_metadata(result, dose_columns, expected, sources, version, outcome))
 
 
 def _metadata(result: Result, dose_columns: list[str], expected: publish.SourceTotals,
-              sources: list[StoredSource], outcome: publish.PublishOutcome) -> dict:
+              sources: list[StoredSource], version: SourceVersion, outcome: publish.PublishOutcome) -> dict:
     schema = dg.TableSchema(columns=[
         dg.TableColumn(name, sqltype, description=description)
         for name, sqltype, description in publish.people_columns(dose_columns)
@@ -245,6 +264,8 @@ def _metadata(result: Result, dose_columns: list[str], expected: publish.SourceT
         "excluded_jurisdictions": dg.MetadataValue.md(excluded_markdown(excluded, dose_columns)),
         "excluded_total_doses": int(excluded["total_doses"].sum()),
         "source_digests": dg.MetadataValue.json({s.name: {"sha256": s.sha256, "object": s.uri} for s in sources}),
+        "source_version": version.identity,
+        "fetched_at": version.fetched_at.isoformat(),
         "published": outcome.changed > 0,
         "rows_changed": outcome.changed,
         "publish": ("published: " + _counts(outcome)) if outcome.changed else

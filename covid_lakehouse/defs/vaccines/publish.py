@@ -10,7 +10,9 @@ and federal entities with their doses) are published together in ONE transaction
    back, DDL included, and readers keep seeing the published tables;
 4. publish: upsert by key (INSERT .. ON CONFLICT DO UPDATE only where a value differs) and delete keys
    no longer staged. Readers see the old tables or the new ones, never a mix (MVCC); rows whose values
-   did not change keep their loaded_at, so an unchanged source changes nothing.
+   did not change keep their loaded_at, so an unchanged source changes nothing. Before the merge the
+   publish claims the download it reflects in vaccines.source_versions (lib/source_versions.py): a run
+   whose download is older than the published one merges nothing and returns ``superseded``.
 
 A manufacturer removed from the configuration keeps its column, NULL in every row after the next
 publish (NULL = "not in the current configuration", 0 = "configured, no doses").
@@ -34,11 +36,13 @@ from covid_lakehouse.lib.postgres import (
     table_ident,
     validate_identifier,
 )
+from covid_lakehouse.lib.source_versions import SourceVersion, Superseded, claim
 from covid_lakehouse.lib.wap import Audit, AuditResult, audit_or_raise
 
 SCHEMA = "vaccines"
 PEOPLE_TABLE = "people_per_dose"
 EXCLUDED_TABLE = "excluded_jurisdictions"
+VERSIONS_TABLE = "source_versions"  # the download the tables reflect (migrations/0003)
 MIGRATION_SCOPE = "vaccines"  # the tables' DDL: covid_lakehouse/defs/vaccines/migrations/
 _LOCK_KEY = "vaccines.people_per_dose publish"
 
@@ -228,6 +232,7 @@ class PublishOutcome:
     people_deleted: int
     excluded: UpsertCounts
     excluded_deleted: int
+    superseded: Superseded | None = None  # the tables reflect a newer download: nothing was merged
 
     @property
     def changed(self) -> int:
@@ -246,10 +251,11 @@ def _merge(conn: psycopg.Connection, table: str, staging: sql.Composable, key: s
 
 
 def write_audit_publish(conn: psycopg.Connection, result: Result, dose_columns: Sequence[str],
-                        expected: SourceTotals, *, asset_key: dg.AssetKey
+                        expected: SourceTotals, *, asset_key: dg.AssetKey, version: SourceVersion
                         ) -> Iterator[dg.AssetCheckResult]:
     """Stage, audit and publish both tables inside ``conn``'s transaction (see the module docstring).
-    Yields the audits' check results; returns a PublishOutcome (use ``yield from``)."""
+    Yields the audits' check results; returns a PublishOutcome (use ``yield from``), ``superseded`` when
+    the tables already reflect a newer download than ``version`` (then nothing is merged)."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_LOCK_KEY,))
     ensure_tables(conn, dose_columns)
     people = PostgresResource.create_staging_like(conn, table_ident(SCHEMA, PEOPLE_TABLE), "vaccines_people_stage")
@@ -261,6 +267,11 @@ def write_audit_publish(conn: psycopg.Connection, result: Result, dose_columns: 
     staged = Staged(conn, people, excluded, list(dose_columns), expected)
     yield from audit_or_raise(AUDITS, staged, asset_key=asset_key, asset_label=asset_key.to_user_string())
 
+    # after the audits (the check results describe this run's rows either way), under the publish lock
+    newer = claim(conn, table_ident(SCHEMA, VERSIONS_TABLE), {"published": PEOPLE_TABLE}, version,
+                  _scalar(conn, sql.SQL("SELECT now()")))
+    if newer is not None:
+        return PublishOutcome(UpsertCounts(0, 0, 0), 0, UpsertCounts(0, 0, 0), 0, superseded=newer)
     people_counts, people_deleted = _merge(conn, PEOPLE_TABLE, people, "state")
     excluded_counts, excluded_deleted = _merge(conn, EXCLUDED_TABLE, excluded, "jurisdiction")
     return PublishOutcome(people_counts, people_deleted, excluded_counts, excluded_deleted)
