@@ -116,19 +116,23 @@ class LakehouseResource(dg.ConfigurableResource):
         overwrite_filter: Any = None,
         partition_by: str | None = None,
         asset_key: dg.AssetKey | None = None,
+        snapshot_properties: dict[str, str] | None = None,
     ) -> Iterator[dg.AssetCheckResult]:
         """Stage ``data`` as uncommitted files, yield the audits' check results, commit one snapshot.
 
         A blocking audit failure raises before the commit: the table's current snapshot is unchanged
-        (the orphaned files are never referenced and expire with the usual maintenance)."""
+        (the orphaned files are never referenced and expire with the usual maintenance).
+        ``snapshot_properties``: extra entries of the new snapshot's summary (readable from the table's
+        metadata alone, without reading a data file)."""
         tbl = self.ensure_table(namespace, table, data.schema, partition_by=partition_by)
+        properties = dict(snapshot_properties or {})
         with tbl.transaction() as tx:
             if mode == "append":
-                tx.append(data)
+                tx.append(data, snapshot_properties=properties)
             elif overwrite_filter is not None:
-                tx.overwrite(data, overwrite_filter=overwrite_filter)
+                tx.overwrite(data, overwrite_filter=overwrite_filter, snapshot_properties=properties)
             else:
-                tx.overwrite(data)
+                tx.overwrite(data, snapshot_properties=properties)
             yield from audit_or_raise(audits, data, asset_key=asset_key, asset_label=f"{namespace}.{table}")
         # leaving the block commits the snapshot atomically
 

@@ -3,11 +3,13 @@ tenant's state tables, appending to them."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
 from botocore.exceptions import ClientError
+from pyiceberg.exceptions import NoSuchTableError
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.landing import LandingObject, list_landing, parse_landing_file
@@ -26,9 +28,11 @@ def read_or_empty(lakehouse: LakehouseResource, namespace: str, table: str, sche
     return tables.conform(lakehouse.read(namespace, table), schema)
 
 
-def append(lakehouse: LakehouseResource, namespace: str, table: str, data: pa.Table) -> None:
+def append(lakehouse: LakehouseResource, namespace: str, table: str, data: pa.Table,
+           snapshot_properties: dict[str, str] | None = None) -> None:
     if data.num_rows:
-        for _ in lakehouse.write_audit_publish(namespace, table, data, mode="append"):
+        for _ in lakehouse.write_audit_publish(namespace, table, data, mode="append",
+                                               snapshot_properties=snapshot_properties):
             pass  # no audits: append-only state, validated where it is used
 
 
@@ -92,9 +96,32 @@ def processed_files(lakehouse: LakehouseResource, namespace: str) -> list[str]:
     return [ref for refs in log["processed_files"].to_pylist() for ref in refs or []]
 
 
+# The run_log snapshot summary entry holding the appended row (without its file list), so the gate
+# reads the last run from the table's metadata instead of scanning the whole log.
+LAST_RUN_PROPERTY = "omop.last-run"
+_LAST_RUN_FIELDS = ("run_id", "finished_at", "source_rows", "providers", "source_fingerprint", "source_signal")
+
+
+def record_run(lakehouse: LakehouseResource, namespace: str, row: pa.Table) -> None:
+    """Append one run_log row, also kept in the new snapshot's summary for last_run."""
+    [values] = row.select([f for f in _LAST_RUN_FIELDS if f in row.column_names]).to_pylist()
+    append(lakehouse, namespace, tables.T_RUN_LOG, row,
+           snapshot_properties={LAST_RUN_PROPERTY: json.dumps(values, default=str)})
+
+
 def last_run(lakehouse: LakehouseResource, namespace: str) -> dict | None:
-    """The run_log row of the tenant's last successful run (None before the first)."""
-    log = read_or_empty(lakehouse, namespace, tables.T_RUN_LOG, tables.RUN_LOG)
+    """The run_log row of the tenant's last successful run (None before the first): from the current
+    snapshot's summary when the last commit was record_run's, else by reading the log."""
+    try:
+        snapshot = lakehouse.load_table(namespace, tables.T_RUN_LOG).current_snapshot()
+    except NoSuchTableError:
+        return None
+    if snapshot is None:
+        return None
+    recorded = snapshot.summary.get(LAST_RUN_PROPERTY)
+    if recorded is not None:
+        return json.loads(recorded)
+    log = tables.conform(lakehouse.read(namespace, tables.T_RUN_LOG), tables.RUN_LOG)
     if not log.num_rows:
         return None
     return max(log.to_pylist(), key=lambda row: row["finished_at"])
