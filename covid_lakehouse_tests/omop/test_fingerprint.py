@@ -74,7 +74,8 @@ def test_an_unchanged_tenant_is_skipped_and_keeps_exactly_what_it_published(make
     assert {e.step_key for e in second.all_events if e.event_type_value == "STEP_SKIPPED"} == {
         "omop__care_site", "omop_provider"}  # extract, transform and publish never started
     observed = _observations(second)
-    assert set(observed) == set(TENANT_ASSET_KEYS)
+    assert set(observed) == {LANDING_KEY, PROVIDER_KEY}
+    assert observed[PROVIDER_KEY]["unchanged_assets"] == ", ".join(k.to_user_string() for k in TENANT_ASSET_KEYS)
     assert observed[PROVIDER_KEY]["no_change"] is True
     assert observed[PROVIDER_KEY]["source_fingerprint"] == fingerprint
     assert observed[PROVIDER_KEY]["published_by_run"] == first.run_id
