@@ -13,17 +13,18 @@ from psycopg import sql
 from covid_lakehouse.defs.omop import assets, fingerprint, tables
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY, TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.fingerprint import postgres_part, postgres_signal
-from covid_lakehouse_tests.omop.support import FULL_REFRESH, SAMPLE_CSV, drop_file, run_tenant
+from covid_lakehouse_tests.omop.support import (
+    FULL_REFRESH,
+    OUTPUTS,
+    SAMPLE_CSV,
+    drop_file,
+    published,
+    run_tenant,
+)
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
 
-# Published tables of a tenant and the columns a rerun legitimately rewrites (load timestamps).
-OUTPUTS = {
-    tables.T_PROVIDER: (), tables.T_CARE_SITE: (), tables.T_FLAG: (),
-    tables.T_QUARANTINE: ("detected_at",),
-    tables.T_PROVENANCE: ("first_seen_at", "last_seen_at", "last_changed_at"),
-}
 NAMESPACE_TABLES = [*OUTPUTS, tables.T_LANDING_FILE, tables.T_LANDING_ROW, tables.T_PROVIDER_ID_MAP,
                     tables.T_CARE_SITE_ID_MAP, tables.T_RUN_LOG]
 
@@ -42,13 +43,7 @@ def _snapshots(lakehouse, ns) -> dict:
 
 
 def _outputs(lakehouse, ns) -> dict:
-    """Each published table, minus its load-timestamp columns, in a canonical row order."""
-    result = {}
-    for table, excluded in OUTPUTS.items():
-        data = lakehouse.read(ns, table)
-        data = data.drop_columns(list(excluded))
-        result[table] = data.sort_by([(name, "ascending") for name in data.column_names])
-    return result
+    return published(lakehouse, ns)
 
 
 def _skipped(result) -> bool:
