@@ -38,10 +38,13 @@ def s3_client(s3: LakeS3Resource):
 
 
 def read_or_empty(lakehouse: LakehouseResource, namespace: str, table: str, schema: pa.Schema) -> pa.Table:
-    """A tenant table, or an empty one of its schema before its first write."""
-    if not lakehouse.table_exists(namespace, table):
+    """A tenant table, or an empty one of its schema before its first write (one catalog lookup, not
+    an existence check and then a load)."""
+    try:
+        data = lakehouse.read(namespace, table)
+    except NoSuchTableError:
         return schema.empty_table()
-    return tables.conform(lakehouse.read(namespace, table), schema)
+    return tables.conform(data, schema)
 
 
 def append(lakehouse: LakehouseResource, namespace: str, table: str, data: pa.Table,
