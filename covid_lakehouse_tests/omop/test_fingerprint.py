@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from covid_lakehouse.defs.omop import assets, fingerprint, tables
+from covid_lakehouse.defs.omop import assets, fingerprint, pipeline, tables
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY, TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.fingerprint import postgres_part, postgres_signal
 from covid_lakehouse_tests.omop.support import (
@@ -264,8 +264,8 @@ def test_a_reload_of_the_same_rows_is_hashed_once_then_known_by_its_signal(make_
     assert _observations(reloaded)[PROVIDER_KEY]["fingerprint_checked"] == "content"
     again = run_tenant(env, tenant, instance)
     assert _skipped(again) and _observations(again)[PROVIDER_KEY]["fingerprint_checked"] == "signal"
-    changed = {t for t, snapshot in _snapshots(lakehouse, ns).items() if snapshot != snapshots[t]}
-    assert changed == {tables.T_RUN_LOG}  # only the new signal was recorded
+    assert _snapshots(lakehouse, ns) == snapshots  # the new signal is a run_log property, no data row
+    assert lakehouse.read(ns, tables.T_RUN_LOG).num_rows == 1
 
 
 def test_a_missing_source_table_fails_the_gate_with_the_table_named(make_tenants, pg, instance):
@@ -299,3 +299,16 @@ def test_the_fingerprint_column_joins_an_existing_run_log(make_tenants, lakehous
     list(lakehouse.write_audit_publish(ns, tables.T_RUN_LOG, old.empty_table(), mode="append"))
     assert not _skipped(run_tenant(env, tenant, instance))
     assert _skipped(run_tenant(env, tenant, instance))
+
+
+def test_the_last_run_is_found_after_a_commit_that_is_not_a_run_record(make_tenants, lakehouse, instance):
+    """The gate reads the last run from run_log's snapshot summary; after another commit (a compaction
+    rewriting the log) it reads the log itself, and still skips an unchanged tenant."""
+    env = make_tenants(providers=20)
+    tenant, ns = env.tenant, env.tenant.namespace
+    assert not _skipped(run_tenant(env, tenant, instance))
+    log = lakehouse.read(ns, tables.T_RUN_LOG)
+    list(lakehouse.write_audit_publish(ns, tables.T_RUN_LOG, log))  # rewritten whole, no run record
+    assert lakehouse.load_table(ns, tables.T_RUN_LOG).current_snapshot().summary.get(pipeline.LAST_RUN_PROPERTY) is None
+    skipped = run_tenant(env, tenant, instance)
+    assert _skipped(skipped) and _observations(skipped)[PROVIDER_KEY]["fingerprint_checked"] == "signal"

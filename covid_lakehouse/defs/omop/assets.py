@@ -20,6 +20,7 @@ from covid_lakehouse.defs.omop.pipeline import (
     processed_files,
     read_or_empty,
     record_run,
+    record_signal,
     s3_client,
     utc_now,
 )
@@ -108,8 +109,7 @@ def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3
         if sources.signal is not None and sources.signal != recorded.get("source_signal"):
             # The counters moved but the content did not (a rolled-back write, an update to the same
             # values): record the new signal so the next run need not hash the tables again.
-            record_run(lakehouse, tenant.namespace, tables.conform(pa.Table.from_pylist([{
-                **recorded, "finished_at": utc_now(), "source_signal": sources.signal}]), tables.RUN_LOG))
+            record_signal(lakehouse, tenant.namespace, sources.digest, sources.signal)
         metadata = {"no_change": True, **sources.summary(), "source_rows_provider": recorded["source_rows"],
                     "published_by_run": recorded["run_id"], "providers": recorded["providers"],
                     "unchanged_assets": ", ".join(key.to_user_string() for key in TENANT_ASSET_KEYS)}

@@ -128,19 +128,39 @@ def record_run(lakehouse: LakehouseResource, namespace: str, row: pa.Table) -> N
            snapshot_properties={LAST_RUN_PROPERTY: json.dumps(values, default=str)})
 
 
+# A run_log table property pairing a newer signal with the recorded content fingerprint, set when a
+# skipped run hashed the tables after the counters moved (no data row: run_log stays one row per run).
+SIGNAL_PROPERTY = "omop.source-signal"
+
+
+def record_signal(lakehouse: LakehouseResource, namespace: str, source_fingerprint: str, source_signal: str) -> None:
+    """Remember that ``source_signal`` (read before a content hash equal to ``source_fingerprint``)
+    vouches for the recorded content, so the next run need not hash the tables again."""
+    table = lakehouse.load_table(namespace, tables.T_RUN_LOG)
+    with table.transaction() as tx:
+        tx.set_properties({SIGNAL_PROPERTY: json.dumps({"source_fingerprint": source_fingerprint,
+                                                        "source_signal": source_signal})})
+
+
 def last_run(lakehouse: LakehouseResource, namespace: str) -> dict | None:
     """The run_log row of the tenant's last successful run (None before the first): from the current
-    snapshot's summary when the last commit was record_run's, else by reading the log."""
+    snapshot's summary when the last commit was record_run's, else by reading the log. Its signal is
+    the one record_signal paired with its fingerprint, if any."""
     try:
-        snapshot = lakehouse.load_table(namespace, tables.T_RUN_LOG).current_snapshot()
+        table = lakehouse.load_table(namespace, tables.T_RUN_LOG)
     except NoSuchTableError:
         return None
+    snapshot = table.current_snapshot()
     if snapshot is None:
         return None
-    recorded = snapshot.summary.get(LAST_RUN_PROPERTY)
-    if recorded is not None:
-        return json.loads(recorded)
-    log = tables.conform(lakehouse.read(namespace, tables.T_RUN_LOG), tables.RUN_LOG)
-    if not log.num_rows:
-        return None
-    return max(log.to_pylist(), key=lambda row: row["finished_at"])
+    if (summary := snapshot.summary.get(LAST_RUN_PROPERTY)) is not None:
+        recorded = json.loads(summary)
+    else:
+        log = tables.conform(table.scan().to_arrow(), tables.RUN_LOG)
+        if not log.num_rows:
+            return None
+        recorded = max(log.to_pylist(), key=lambda row: row["finished_at"])
+    paired = json.loads(table.properties.get(SIGNAL_PROPERTY, "{}"))
+    if paired.get("source_fingerprint") and paired["source_fingerprint"] == recorded.get("source_fingerprint"):
+        recorded["source_signal"] = paired["source_signal"]
+    return recorded
