@@ -312,3 +312,21 @@ def test_the_last_run_is_found_after_a_commit_that_is_not_a_run_record(make_tena
     assert lakehouse.load_table(ns, tables.T_RUN_LOG).current_snapshot().summary.get(pipeline.LAST_RUN_PROPERTY) is None
     skipped = run_tenant(env, tenant, instance)
     assert _skipped(skipped) and _observations(skipped)[PROVIDER_KEY]["fingerprint_checked"] == "signal"
+
+
+def test_a_change_not_yet_counted_by_the_statistics_is_published_by_the_next_run(make_tenants, lakehouse, instance,
+                                                                              pg, monkeypatch):
+    """Counters reach pg_stat_user_tables when the writer's session goes idle: a gate reading them just
+    before that sees the old counts and skips, as if the change had come after it. The next run sees
+    the counts moved, hashes, and publishes the change: late, never lost."""
+    env = make_tenants(providers=50)
+    tenant, ns = env.tenant, env.tenant.namespace
+    assert not _skipped(run_tenant(env, tenant, instance))
+    with psycopg.connect(env.tenant.source_dsn(), autocommit=True) as conn:
+        before = postgres_signal(conn, tenant)
+    CHANGES["update"](pg, None, tenant)
+    monkeypatch.setattr(fingerprint, "postgres_signal", lambda conn, tenant_: before)  # counts not flushed yet
+    assert _skipped(run_tenant(env, tenant, instance))
+    monkeypatch.undo()
+    assert not _skipped(run_tenant(env, tenant, instance))
+    assert "Grace Hopper" in lakehouse.read(ns, tables.T_PROVIDER)["provider_name"].to_pylist()
