@@ -85,23 +85,35 @@ class LakehouseResource(dg.ConfigurableResource):
         return (tbl.scan(row_filter=row_filter) if row_filter else tbl.scan()).to_arrow()
 
     def ensure_table(self, namespace: str, table: str, schema: pa.Schema, partition_by: str | None = None):
+        """The table, created (with its namespace) if absent. Safe when two runs create it at once: the
+        loser of the race loads the winner's table."""
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+        from sqlalchemy.exc import IntegrityError
+
         catalog = self.catalog()
         ident = self.identifier(namespace, table)
-        catalog.create_namespace_if_not_exists(ident[0])
-        if catalog.table_exists(ident):
-            tbl = catalog.load_table(ident)
-            missing = [f for f in schema if f.name not in tbl.schema().column_names]
-            if missing:  # additive schema evolution; renames and type changes are migrations
-                with tbl.update_schema() as update:
-                    update.union_by_name(schema)
-                tbl = catalog.load_table(ident)
-            return tbl
-        tbl = catalog.create_table(ident, schema=schema)
-        if partition_by:
-            from pyiceberg.transforms import IdentityTransform
+        if not catalog.table_exists(ident):
+            try:
+                catalog.create_namespace_if_not_exists(ident[0])
+            except (NamespaceAlreadyExistsError, IntegrityError):
+                pass  # created by a concurrent run between the catalog's check and its insert
+            try:
+                tbl = catalog.create_table(ident, schema=schema)
+            except TableAlreadyExistsError:
+                tbl = None  # created by a concurrent run: evolve it like any existing table below
+            if tbl is not None:
+                if partition_by:
+                    from pyiceberg.transforms import IdentityTransform
 
-            with tbl.update_spec() as spec:
-                spec.add_field(partition_by, IdentityTransform(), partition_by)
+                    with tbl.update_spec() as spec:
+                        spec.add_field(partition_by, IdentityTransform(), partition_by)
+                    tbl = catalog.load_table(ident)
+                return tbl
+        tbl = catalog.load_table(ident)
+        missing = [f for f in schema if f.name not in tbl.schema().column_names]
+        if missing:  # additive schema evolution; renames and type changes are migrations
+            with tbl.update_schema() as update:
+                update.union_by_name(schema)
             tbl = catalog.load_table(ident)
         return tbl
 
@@ -116,19 +128,23 @@ class LakehouseResource(dg.ConfigurableResource):
         overwrite_filter: Any = None,
         partition_by: str | None = None,
         asset_key: dg.AssetKey | None = None,
+        snapshot_properties: dict[str, str] | None = None,
     ) -> Iterator[dg.AssetCheckResult]:
         """Stage ``data`` as uncommitted files, yield the audits' check results, commit one snapshot.
 
         A blocking audit failure raises before the commit: the table's current snapshot is unchanged
-        (the orphaned files are never referenced and expire with the usual maintenance)."""
+        (the orphaned files are never referenced and expire with the usual maintenance).
+        ``snapshot_properties``: extra entries of the new snapshot's summary (readable from the table's
+        metadata alone, without reading a data file)."""
         tbl = self.ensure_table(namespace, table, data.schema, partition_by=partition_by)
+        properties = dict(snapshot_properties or {})
         with tbl.transaction() as tx:
             if mode == "append":
-                tx.append(data)
+                tx.append(data, snapshot_properties=properties)
             elif overwrite_filter is not None:
-                tx.overwrite(data, overwrite_filter=overwrite_filter)
+                tx.overwrite(data, overwrite_filter=overwrite_filter, snapshot_properties=properties)
             else:
-                tx.overwrite(data)
+                tx.overwrite(data, snapshot_properties=properties)
             yield from audit_or_raise(audits, data, asset_key=asset_key, asset_label=f"{namespace}.{table}")
         # leaving the block commits the snapshot atomically
 

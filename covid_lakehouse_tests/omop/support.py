@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
+from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.definitions import defs as omop_defs
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
@@ -66,3 +67,20 @@ def run_tenant(env: OmopEnv, tenant: Tenant, instance: dg.DagsterInstance, **kwa
 def rows_by(table: pa.Table, column: str) -> dict:
     """Rows of a small table keyed by one column's values."""
     return {row[column]: row for row in table.to_pylist()}
+
+
+# Published tables of a tenant and the columns a rerun legitimately rewrites (load timestamps).
+OUTPUTS = {
+    tables.T_PROVIDER: (), tables.T_CARE_SITE: (), tables.T_FLAG: (),
+    tables.T_QUARANTINE: ("detected_at",),
+    tables.T_PROVENANCE: ("first_seen_at", "last_seen_at", "last_changed_at"),
+}
+
+
+def published(lakehouse, namespace: str) -> dict[str, pa.Table]:
+    """Each published table, minus its load-timestamp columns, in a canonical row order."""
+    result = {}
+    for table, excluded in OUTPUTS.items():
+        data = lakehouse.read(namespace, table).drop_columns(list(excluded))
+        result[table] = data.sort_by([(name, "ascending") for name in data.column_names])
+    return result

@@ -19,6 +19,9 @@ from covid_lakehouse.defs.omop.pipeline import (
     last_run,
     processed_files,
     read_or_empty,
+    record_run,
+    record_signal,
+    s3_client,
     utc_now,
 )
 from covid_lakehouse.defs.omop.rules import load_specialty_map
@@ -47,6 +50,9 @@ PROVENANCE_KEY = dg.AssetKey(["omop", "provider_provenance"])
 QUARANTINE_KEY = dg.AssetKey(["omop", "quarantine"])
 FLAG_KEY = dg.AssetKey(["omop", "provider_flag"])
 TENANT_ASSET_KEYS = [LANDING_KEY, CARE_SITE_KEY, PROVIDER_KEY, PROVENANCE_KEY, QUARANTINE_KEY, FLAG_KEY]
+# Where a skipped tenant's "no change" observation goes: the gate and the table users look at (each
+# event costs a store in the event log: one per tenant asset was the biggest part of a skipped run).
+NO_CHANGE_KEYS = (LANDING_KEY, PROVIDER_KEY)
 
 source_database = dg.AssetSpec(
     SOURCE_DB_KEY, group_name=GROUP, kinds={"postgres"},
@@ -92,18 +98,23 @@ class TenantRunConfig(dg.Config):
 def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3: LakeS3Resource,
                   lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
-    client = s3.get_client()
+    client = s3_client(s3)
     # One listing, taken before any extract: a change after it is seen by the next run, never lost.
     objects = list_landing(client, tenant.landing_bucket, tenant.prefix)
-    sources = fingerprint(tenant, objects)
-    recorded = None if config.full_refresh else _unchanged_since(context, lakehouse, tenant, sources)
-    if recorded is not None:
-        context.log.info("tenant %s: no change since run %s (fingerprint %s): skipping extract, transform and "
-                         "publish", tenant.name, recorded["run_id"], sources.digest)
-        for key in TENANT_ASSET_KEYS:
-            context.log_event(dg.AssetObservation(asset_key=key, partition=tenant.name, metadata={
-                "no_change": True, **sources.summary(), "published_by_run": recorded["run_id"],
-                "providers": recorded["providers"]}))
+    recorded = None if config.full_refresh else last_run(lakehouse, tenant.namespace)
+    sources = fingerprint(tenant, objects, recorded)
+    if recorded is not None and _unchanged_since(context, tenant, recorded, sources):
+        context.log.info("tenant %s: no change since run %s (fingerprint %s, checked by %s): skipping extract, "
+                         "transform and publish", tenant.name, recorded["run_id"], sources.digest, sources.checked)
+        if sources.signal is not None and sources.signal != recorded.get("source_signal"):
+            # The counters moved but the content did not (a rolled-back write, an update to the same
+            # values): record the new signal so the next run need not hash the tables again.
+            record_signal(lakehouse, tenant.namespace, sources.digest, sources.signal)
+        metadata = {"no_change": True, **sources.summary(), "source_rows_provider": recorded["source_rows"],
+                    "published_by_run": recorded["run_id"], "providers": recorded["providers"],
+                    "unchanged_assets": ", ".join(key.to_user_string() for key in TENANT_ASSET_KEYS)}
+        for key in NO_CHANGE_KEYS:
+            context.log_event(dg.AssetObservation(asset_key=key, partition=tenant.name, metadata=metadata))
         return
     report = ingest_landing(tenant, client, lakehouse, run_id=context.run_id, objects=objects)
     context.log.info("tenant %s: %d new file(s), %d row(s), %d rejected file(s), %d malformed row(s)",
@@ -116,18 +127,17 @@ def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3
     })
 
 
-def _unchanged_since(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, tenant: Tenant,
-                     sources: Fingerprint) -> dict | None:
-    """The last successful run's run_log row if it recorded this fingerprint and its outputs are still
-    the latest (no later run of a subset of the tenant's assets republished one of them)."""
-    recorded = last_run(lakehouse, tenant.namespace)
-    if recorded is None or recorded["source_fingerprint"] != sources.digest:
-        return None
+def _unchanged_since(context: dg.AssetExecutionContext, tenant: Tenant, recorded: dict,
+                     sources: Fingerprint) -> bool:
+    """Whether the last successful run (its run_log row) recorded this fingerprint and its outputs are
+    still the latest (no later run of a subset of the tenant's assets republished one of them)."""
+    if recorded.get("source_fingerprint") != sources.digest:
+        return False
     for key in (LANDING_KEY, CARE_SITE_KEY, PROVIDER_KEY):
         latest = _latest_materialization(context.instance, key, tenant.name)
         if latest is None or latest.run_id != recorded["run_id"]:
-            return None
-    return recorded
+            return False
+    return True
 
 
 def _latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str):
@@ -137,14 +147,16 @@ def _latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, part
     return records[0] if records else None
 
 
-def _recorded_fingerprint(context: dg.AssetExecutionContext, tenant: Tenant) -> str | None:
-    """The fingerprint this run's gate computed before any extract; None when the gate was not part of
-    this run (a subset run or a re-execution): the next run then cannot skip."""
+def _recorded_fingerprint(context: dg.AssetExecutionContext, tenant: Tenant) -> tuple[str | None, str | None]:
+    """The fingerprint and signal this run's gate computed before any extract; None when the gate was
+    not part of this run (a subset run or a re-execution): the next run then cannot skip."""
     record = _latest_materialization(context.instance, LANDING_KEY, tenant.name)
     if record is None or record.run_id != context.run_id:
-        return None
-    value = record.asset_materialization.metadata.get("source_fingerprint")
-    return value.value if value is not None else None
+        return None, None
+    metadata = record.asset_materialization.metadata
+    digest, signal = metadata.get("source_fingerprint"), metadata.get("source_signal")
+    return (digest.value if digest is not None else None,
+            signal.value if signal is not None and signal.value != "none" else None)
 
 
 @dg.asset(
@@ -227,8 +239,8 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         for done in [pool.submit(list, lakehouse.write_audit_publish(ns, table, data)) for table, data in companions]:
             done.result()
     # The last write of a tenant run: the fingerprint counts as recorded only once everything committed.
-    append(lakehouse, ns, tables.T_RUN_LOG, tables.conform(
-        _run_log_row(context.run_id, build, _recorded_fingerprint(context, tenant)), tables.RUN_LOG))
+    record_run(lakehouse, ns, tables.conform(
+        _run_log_row(context.run_id, build, *_recorded_fingerprint(context, tenant)), tables.RUN_LOG))
     yield dg.MaterializeResult(asset_key=PROVIDER_KEY, metadata={
         "dagster/row_count": build.provider.num_rows,
         "dagster/column_schema": _column_schema(tables.PROVIDER),
@@ -246,7 +258,8 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         "dagster/row_count": build.flags.num_rows, "flags": dg.MetadataValue.json(build.flag_counts())})
 
 
-def _run_log_row(run_id: str, build: ProviderBuild, source_fingerprint: str | None) -> pa.Table:
+def _run_log_row(run_id: str, build: ProviderBuild, source_fingerprint: str | None,
+                 source_signal: str | None) -> pa.Table:
     c = build.counts
     return pa.Table.from_pylist([{
         "run_id": run_id, "finished_at": utc_now(), "source_rows": c.source_rows, "source_new": c.source_new,
@@ -255,6 +268,7 @@ def _run_log_row(run_id: str, build: ProviderBuild, source_fingerprint: str | No
         "file_rows_new": c.run_file_rows_new, "file_rows_merged": c.run_file_rows_merged,
         "file_rows_quarantined": c.run_file_rows_quarantined, "providers": c.providers,
         "flags": build.flags.num_rows, "processed_files": build.run_files, "source_fingerprint": source_fingerprint,
+        "source_signal": source_signal,
     }])
 
 

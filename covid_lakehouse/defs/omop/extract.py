@@ -3,7 +3,7 @@ and changed rows are found by hashing, downstream). CSV from PostgreSQL is parse
 
 from __future__ import annotations
 
-import io
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,14 +52,15 @@ def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
     configuration problem and fails at once with the table named."""
     target = table_ident(tenant.source_schema, table)
     columns = sql.SQL(", ").join(sql.Identifier(name) for name in schema.names)
-    buffer = io.BytesIO()
-    with source_errors(tenant, table), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
-                                                       application_name="covid_lakehouse_omop_extract") as conn:
-        conn.read_only = True
-        with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
-            for chunk in copy:
-                buffer.write(chunk)
-    buffer.seek(0)
-    if not buffer.getbuffer().nbytes:
-        return schema.empty_table()
-    return pacsv.read_csv(buffer, **copy_csv_options(schema, block_size=64 << 20))
+    # The CSV goes to a temporary file, not memory: only the parsed Arrow table is held, not both.
+    with tempfile.TemporaryFile(prefix="omop-extract-") as buffer:
+        with source_errors(tenant, table), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
+                                                           application_name="covid_lakehouse_omop_extract") as conn:
+            conn.read_only = True
+            with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
+                for chunk in copy:
+                    buffer.write(chunk)
+        if not buffer.tell():
+            return schema.empty_table()
+        buffer.seek(0)
+        return pacsv.read_csv(buffer, **copy_csv_options(schema, block_size=64 << 20))

@@ -1,25 +1,42 @@
 """A tenant's source fingerprint: one digest that changes whenever anything a run reads changes, so a
 run can tell "nothing changed" before extracting anything, and skip the tenant.
 
-- PostgreSQL (provider, care_site): per table the row count and the sum of every row's 64-bit hash
-  (``hashtextextended`` of the row as text, summed as an exact numeric: order-independent, so an
-  insert+delete pair, an update, a delete or a reload with other content all move it; two different
-  contents collide with odds of about 2^-64), plus each column's name, position, type (with its
-  modifier) and NOT NULL. Rows are hashed whole as text, not only the columns we extract, so any
-  change to the table counts, including one that only changes how a value prints (1.0 -> 1.00, which
-  a value hash such as hash_record_extended would miss). md5 instead costs 2.5x the time for nothing
-  the extract would notice. Read in one REPEATABLE READ read-only transaction: the
-  tables and their columns come from one snapshot. Not max(xmin) (wraps around, misses deletes) and
-  not pg_stat counters (flushed late, reset by a crash or pg_stat_reset, not transactional): this
-  is exact. TRUNCATE + reload of the very same rows gives the same fingerprint, and rightly so: the
-  content, all the transform reads, is the same.
+- PostgreSQL (provider, care_site), the content: per table the row count and the sum of every row's
+  64-bit hash (``hashtextextended`` of the row as text, summed as an exact numeric: order-independent,
+  so an insert+delete pair, an update, a delete or a reload with other content all move it; two
+  different contents collide with odds of about 2^-64), plus each column's name, position, type (with
+  its modifier) and NOT NULL, read in one REPEATABLE READ read-only transaction. Rows are hashed whole
+  as text, so a change that only alters how a value prints (1.0 -> 1.00) counts too. TRUNCATE + reload
+  of the very same rows gives the same content fingerprint: all the transform reads is the same.
+  Exact, but one scan of each table (seconds at millions of rows).
+- PostgreSQL, the cheap signal, read first: per table its storage file (``pg_relation_filenode``: a
+  TRUNCATE, a rewriting ALTER, VACUUM FULL or a restore give a new one) and size, the statistics
+  system's cumulative insert/update/delete counters (every row an INSERT, UPDATE, DELETE, COPY or MERGE
+  touches, committed or not), the column definitions, and the guards that tell when the counters
+  could have been lost: ``track_counts``, the server's start time, the database's and the archiver's
+  statistics reset times (a restart, crash recovery or pg_stat_reset moves one), and counters that
+  are all zero (what a reset leaves) vouch for nothing. When the signal equals the one the last
+  successful run recorded, its content fingerprint is taken over without reading a row; otherwise
+  the content is hashed (and an unchanged content with a moved signal is skipped all the same).
+  Not max(xmin) (a scan, and it wraps).
+
+  Why the counters may be trusted: they only grow with writes, so any write moves them. What they
+  lack is transactionality: a writer's counts reach the shared statistics when its session goes idle,
+  at most once a second (longer if the statistics lock is contended). A change whose counts are not
+  yet visible when the gate reads them is treated exactly like a change committed just after the gate:
+  this run does not see it, the next one does (its counts are visible by then, and they never come
+  back down), so it is never lost. The signal is read before the content snapshot, so whatever it
+  counts is in the content this run hashes and extracts: a recorded signal never vouches for a change
+  the recorded content lacks. Left over: a superuser session that turns track_counts off and writes,
+  or that resets one table's counters and then writes exactly as many rows in place, would go
+  unnoticed until the next counted change; the ``full_refresh`` run config covers such maintenance.
 - Landing prefix: every object's key, ETag and size (the listing the landing step also ingests
   from): a file replaced under the same key, a new file or a deleted one all change it.
 - The tenant's configuration and the omop code and data files (a deploy that changes the transform
-  or the specialty map must refresh every tenant once).
+  or the specialty map must refresh every tenant once); the code digest is computed once per process.
 
-The digest is recorded in run_log by the run that published from it (the last write of a tenant
-run), so it is only "recorded" when every publish committed.
+Both digests are recorded in run_log by the run that published from them (the last write of a tenant
+run), so they are only "recorded" when every publish committed.
 """
 
 from __future__ import annotations
@@ -39,7 +56,7 @@ from covid_lakehouse.defs.omop.tenants import Tenant
 from covid_lakehouse.lib.postgres import table_ident
 
 # Bump when the meaning of the fingerprint changes (every tenant then runs once).
-VERSION = 1
+VERSION = 2
 SOURCE_TABLES = ("care_site", "provider")
 _OMOP_DIR = Path(__file__).parent
 
@@ -53,33 +70,82 @@ order by c.relname, a.attnum
 """
 
 
+# The cheap signal: per table its storage file (TRUNCATE, a rewrite or a restore give a new one) and
+# the cumulative insert/update/delete counters of the statistics system, plus what would make those
+# counters unreliable: counting off, or a server restart, crash recovery or a statistics reset (each
+# either moves a timestamp here or zeroes the counters).
+_SIGNAL = """
+select c.relname, c.relkind::text, pg_relation_filenode(c.oid)::text, pg_relation_size(c.oid),
+       s.n_tup_ins, s.n_tup_upd, s.n_tup_del
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+left join pg_stat_user_tables s on s.relid = c.oid
+where n.nspname = %s and c.relname = any(%s)
+order by c.relname
+"""
+_SIGNAL_GUARDS = """
+select current_setting('track_counts'), pg_postmaster_start_time()::text,
+       (select stats_reset::text from pg_stat_database where datname = current_database()),
+       (select stats_reset::text from pg_stat_archiver)
+"""
+
+
 @dataclass(frozen=True)
 class Fingerprint:
-    digest: str
+    digest: str  # the content fingerprint: recorded as run_log.source_fingerprint
+    signal: str | None  # the cheap signal's digest (run_log.source_signal); None: not usable here
+    checked: str  # "signal": the signal equalled the recorded one, no table was read; "content": hashed
     parts: dict  # what went into the digest, for the UI and logs
 
     def summary(self) -> dict[str, object]:
-        pg = self.parts["postgres"]
-        return {"source_fingerprint": self.digest, "landing_objects": self.parts["landing"]["objects"],
-                **{f"source_rows_{table}": pg["tables"][table]["rows"] for table in SOURCE_TABLES}}
+        tables = self.parts.get("postgres", {}).get("tables", {})
+        return {"source_fingerprint": self.digest, "source_signal": self.signal or "none",
+                "fingerprint_checked": self.checked, "landing_objects": self.parts["landing"]["objects"],
+                **{f"source_rows_{table}": tables[table]["rows"] for table in SOURCE_TABLES if table in tables}}
+
+
+def postgres_signal(conn: psycopg.Connection, tenant: Tenant) -> dict | None:
+    """The counters and storage of the source tables and their columns, read without touching a row;
+    None when they cannot vouch for the tables (statistics not counted, a table without counters)."""
+    with conn.cursor() as cur:
+        cur.execute(_SIGNAL_GUARDS)
+        track_counts, *guards = cur.fetchone()
+        cur.execute(_SIGNAL, (tenant.source_schema, list(SOURCE_TABLES)))
+        tables = [list(row) for row in cur.fetchall()]
+        cur.execute(_COLUMNS, (tenant.source_schema, list(SOURCE_TABLES)))
+        columns = [list(row) for row in cur.fetchall()]
+    # Counters all zero are what a reset or a crash leaves: they vouch for nothing.
+    if track_counts != "on" or len(tables) != len(SOURCE_TABLES) or any(
+            kind != "r" or ins is None or not (ins or upd or dele) for _, kind, _, _, ins, upd, dele in tables):
+        return None
+    return {"guards": guards, "tables": tables, "columns": columns}
+
+
+def postgres_content(conn: psycopg.Connection, tenant: Tenant) -> dict:
+    """Row hashes and column definitions of the tenant's source tables, from one snapshot."""
+    result: dict = {"tables": {}}
+    conn.autocommit = False
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    with conn.transaction(), conn.cursor() as cur:
+        for table in SOURCE_TABLES:
+            with source_errors(tenant, table):
+                cur.execute(sql.SQL(_ROW_HASHES).format(table_ident(tenant.source_schema, table)))
+                rows, hashes = cur.fetchone()
+            result["tables"][table] = {"rows": rows, "hash": hashes}
+        cur.execute(_COLUMNS, (tenant.source_schema, list(SOURCE_TABLES)))
+        result["columns"] = [list(row) for row in cur.fetchall()]
+    return result
+
+
+def _connect(tenant: Tenant) -> psycopg.Connection:
+    return psycopg.connect(tenant.source_dsn(), connect_timeout=10, autocommit=True,
+                           application_name="covid_lakehouse_omop_fingerprint")
 
 
 def postgres_part(tenant: Tenant) -> dict:
-    """Row hashes and column definitions of the tenant's source tables, from one snapshot."""
-    result: dict = {"tables": {}}
-    with psycopg.connect(tenant.source_dsn(), connect_timeout=10,
-                         application_name="covid_lakehouse_omop_fingerprint") as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        with conn.transaction(), conn.cursor() as cur:
-            for table in SOURCE_TABLES:
-                with source_errors(tenant, table):
-                    cur.execute(sql.SQL(_ROW_HASHES).format(table_ident(tenant.source_schema, table)))
-                    rows, hashes = cur.fetchone()
-                result["tables"][table] = {"rows": rows, "hash": hashes}
-            cur.execute(_COLUMNS, (tenant.source_schema, list(SOURCE_TABLES)))
-            result["columns"] = [list(row) for row in cur.fetchall()]
-    return result
+    """The content part alone (row hashes and columns), on its own connection."""
+    with _connect(tenant) as conn:
+        return postgres_content(conn, tenant)
 
 
 def landing_part(objects: list[LandingObject]) -> dict:
@@ -96,11 +162,27 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def fingerprint(tenant: Tenant, landing: list[LandingObject]) -> Fingerprint:
-    parts = {
+def _digest(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(tenant: Tenant, landing: list[LandingObject], recorded: dict | None = None) -> Fingerprint:
+    """The tenant's fingerprint. ``recorded``: the last successful run's run_log row; when its signal
+    equals the one read now, its content fingerprint is taken over without reading the tables."""
+    common = {
         "version": VERSION, "code": code_digest(),
         "tenant": {"source_schema": tenant.source_schema, "landing_bucket": tenant.landing_bucket,
                    "landing_prefix": tenant.prefix},
-        "postgres": postgres_part(tenant), "landing": landing_part(landing),
+        "landing": landing_part(landing),
     }
-    return Fingerprint(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts)
+    with _connect(tenant) as conn:
+        # The signal is read before the content snapshot is taken: every change it counts is then in
+        # the content this run hashes (and extracts), never only in the recorded signal.
+        signal_part = postgres_signal(conn, tenant)
+        signal = _digest({**common, "signal": signal_part}) if signal_part is not None else None
+        if (signal is not None and recorded is not None and recorded.get("source_fingerprint")
+                and recorded.get("source_signal") == signal):
+            return Fingerprint(recorded["source_fingerprint"], signal, "signal", {**common, "signal": signal_part})
+        content = postgres_content(conn, tenant)
+    return Fingerprint(_digest({**common, "postgres": content}), signal, "content",
+                       {**common, "postgres": content, "signal": signal_part})

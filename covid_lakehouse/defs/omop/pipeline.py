@@ -3,32 +3,55 @@ tenant's state tables, appending to them."""
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
 from botocore.exceptions import ClientError
+from pyiceberg.exceptions import NoSuchTableError
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.landing import LandingObject, list_landing, parse_landing_file
 from covid_lakehouse.defs.omop.tenants import Tenant
 from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse.lib.s3 import LakeS3Resource
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_S3_CLIENTS: dict[tuple, object] = {}
+_S3_CLIENTS_LOCK = threading.Lock()
+
+
+def s3_client(s3: LakeS3Resource):
+    """One boto3 client per S3 configuration and process (clients are thread-safe; creating one costs
+    tens of milliseconds, a noticeable part of an unchanged tenant's run)."""
+    key = (s3.endpoint_url, s3.aws_access_key_id, s3.aws_secret_access_key, s3.region_name)
+    with _S3_CLIENTS_LOCK:
+        if key not in _S3_CLIENTS:
+            _S3_CLIENTS[key] = s3.get_client()
+        return _S3_CLIENTS[key]
+
+
 def read_or_empty(lakehouse: LakehouseResource, namespace: str, table: str, schema: pa.Schema) -> pa.Table:
-    """A tenant table, or an empty one of its schema before its first write."""
-    if not lakehouse.table_exists(namespace, table):
+    """A tenant table, or an empty one of its schema before its first write (one catalog lookup, not
+    an existence check and then a load)."""
+    try:
+        data = lakehouse.read(namespace, table)
+    except NoSuchTableError:
         return schema.empty_table()
-    return tables.conform(lakehouse.read(namespace, table), schema)
+    return tables.conform(data, schema)
 
 
-def append(lakehouse: LakehouseResource, namespace: str, table: str, data: pa.Table) -> None:
+def append(lakehouse: LakehouseResource, namespace: str, table: str, data: pa.Table,
+           snapshot_properties: dict[str, str] | None = None) -> None:
     if data.num_rows:
-        for _ in lakehouse.write_audit_publish(namespace, table, data, mode="append"):
+        for _ in lakehouse.write_audit_publish(namespace, table, data, mode="append",
+                                               snapshot_properties=snapshot_properties):
             pass  # no audits: append-only state, validated where it is used
 
 
@@ -92,9 +115,52 @@ def processed_files(lakehouse: LakehouseResource, namespace: str) -> list[str]:
     return [ref for refs in log["processed_files"].to_pylist() for ref in refs or []]
 
 
+# The run_log snapshot summary entry holding the appended row (without its file list), so the gate
+# reads the last run from the table's metadata instead of scanning the whole log.
+LAST_RUN_PROPERTY = "omop.last-run"
+_LAST_RUN_FIELDS = ("run_id", "finished_at", "source_rows", "providers", "source_fingerprint", "source_signal")
+
+
+def record_run(lakehouse: LakehouseResource, namespace: str, row: pa.Table) -> None:
+    """Append one run_log row, also kept in the new snapshot's summary for last_run."""
+    [values] = row.select([f for f in _LAST_RUN_FIELDS if f in row.column_names]).to_pylist()
+    append(lakehouse, namespace, tables.T_RUN_LOG, row,
+           snapshot_properties={LAST_RUN_PROPERTY: json.dumps(values, default=str)})
+
+
+# A run_log table property pairing a newer signal with the recorded content fingerprint, set when a
+# skipped run hashed the tables after the counters moved (no data row: run_log stays one row per run).
+SIGNAL_PROPERTY = "omop.source-signal"
+
+
+def record_signal(lakehouse: LakehouseResource, namespace: str, source_fingerprint: str, source_signal: str) -> None:
+    """Remember that ``source_signal`` (read before a content hash equal to ``source_fingerprint``)
+    vouches for the recorded content, so the next run need not hash the tables again."""
+    table = lakehouse.load_table(namespace, tables.T_RUN_LOG)
+    with table.transaction() as tx:
+        tx.set_properties({SIGNAL_PROPERTY: json.dumps({"source_fingerprint": source_fingerprint,
+                                                        "source_signal": source_signal})})
+
+
 def last_run(lakehouse: LakehouseResource, namespace: str) -> dict | None:
-    """The run_log row of the tenant's last successful run (None before the first)."""
-    log = read_or_empty(lakehouse, namespace, tables.T_RUN_LOG, tables.RUN_LOG)
-    if not log.num_rows:
+    """The run_log row of the tenant's last successful run (None before the first): from the current
+    snapshot's summary when the last commit was record_run's, else by reading the log. Its signal is
+    the one record_signal paired with its fingerprint, if any."""
+    try:
+        table = lakehouse.load_table(namespace, tables.T_RUN_LOG)
+    except NoSuchTableError:
         return None
-    return max(log.to_pylist(), key=lambda row: row["finished_at"])
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return None
+    if (summary := snapshot.summary.get(LAST_RUN_PROPERTY)) is not None:
+        recorded = json.loads(summary)
+    else:
+        log = tables.conform(table.scan().to_arrow(), tables.RUN_LOG)
+        if not log.num_rows:
+            return None
+        recorded = max(log.to_pylist(), key=lambda row: row["finished_at"])
+    paired = json.loads(table.properties.get(SIGNAL_PROPERTY, "{}"))
+    if paired.get("source_fingerprint") and paired["source_fingerprint"] == recorded.get("source_fingerprint"):
+        recorded["source_signal"] = paired["source_signal"]
+    return recorded

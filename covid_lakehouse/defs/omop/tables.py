@@ -123,6 +123,8 @@ RUN_LOG = pa.schema([
     ("processed_files", pa.list_(pa.string())),
     # The sources this run published from (fingerprint.py); NULL: unknown, the next run must not skip.
     ("source_fingerprint", pa.string()),
+    # The cheap signal read before that fingerprint (fingerprint.py); NULL: the next run hashes the tables.
+    ("source_signal", pa.string()),
 ])
 
 # Table names inside omop_<tenant>.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import dagster as dg
@@ -64,6 +65,14 @@ class Tenant:
 
 
 def parse_tenants(text: str, *, origin: str = "tenants file") -> list[Tenant]:
+    return list(_parse_tenants(text, origin))
+
+
+@lru_cache(maxsize=16)
+def _parse_tenants(text: str, origin: str) -> tuple[Tenant, ...]:
+    """Parsed once per file content and process: every step of every tenant run looks its tenant up,
+    and parsing a 100-tenant file costs more than the rest of an unchanged tenant's gate. A file
+    that fails raises each time (exceptions are not cached); an edited file is parsed anew."""
     try:
         doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -90,7 +99,7 @@ def parse_tenants(text: str, *, origin: str = "tenants file") -> list[Tenant]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise TenantConfigError(f"{origin}: tenant name(s) listed twice: {', '.join(duplicates)}")
-    return tenants
+    return tuple(tenants)
 
 
 def _validate(tenant: Tenant, where: str) -> None:

@@ -5,12 +5,21 @@ register_repeated and lowest_per_key register ``<name>`` / ``<table>_repeated``)
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.lib.settings import SettingError, setting
+
+MEMORY_LIMIT = setting("OMOP_DUCKDB_MEMORY_LIMIT", "memory a tenant step's DuckDB session may use before it spills "
+                       "to OMOP_DUCKDB_TEMP_DIR (DuckDB size syntax: 2GB, 512MB)", default="2GB", scope="omop")
+TEMP_DIR = setting("OMOP_DUCKDB_TEMP_DIR", "where DuckDB spills beyond OMOP_DUCKDB_MEMORY_LIMIT; unset: "
+                   "covid_lakehouse_duckdb in the system temp directory", scope="omop")
 
 MISSING_TOKENS = ("", "null", "none", "n/a", "na", "nan", "nil", "-")
 
@@ -54,7 +63,14 @@ MACROS = [
 
 
 def connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")
+    """An in-memory session bounded by OMOP_DUCKDB_MEMORY_LIMIT: beyond it DuckDB spills to disk rather
+    than growing with the tenant (by default it may take 80% of the machine)."""
+    spill = Path(TEMP_DIR.get() or Path(tempfile.gettempdir()) / "covid_lakehouse_duckdb")
+    spill.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(":memory:", config={"memory_limit": MEMORY_LIMIT.get(), "temp_directory": str(spill)})
+    except duckdb.Error as err:
+        raise SettingError(f"{MEMORY_LIMIT.name}={MEMORY_LIMIT.get()!r}: {err}") from err
     con.execute("SET enable_progress_bar = false")  # it would print into the run's logs
     con.execute("SET TimeZone = 'UTC'")
     for macro in MACROS:
