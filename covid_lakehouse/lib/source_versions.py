@@ -52,22 +52,31 @@ class Superseded:
 
 
 def claim(conn: psycopg.Connection, table: sql.Composable, key: Mapping[str, Any], version: SourceVersion,
-          published_at: datetime) -> Superseded | None:
+          published_at: datetime, *, identity_column: str = "source_version",
+          also_set: Mapping[str, Any] | None = None) -> Superseded | None:
     """Record ``version`` as the one the unit ``key`` (column -> value) reflects, in ``conn``'s open
-    transaction; or return the newer version already recorded (the row stays locked until commit)."""
+    transaction; or return the newer version already recorded (the row stays locked until commit).
+
+    ``identity_column``: where the table keeps ``version.identity`` (a table made before this module
+    names it after its domain's identity, e.g. ny_testing's ``raw_key``). ``also_set`` (column -> value):
+    more the unit records with its version, written only when the claim succeeds."""
     columns = [validate_identifier(c, what="version key column") for c in key]
-    names = [*columns, "source_version", "fetched_at", "published_at"]
+    identity = validate_identifier(identity_column, what="version identity column")
+    extra = {validate_identifier(c, what="version column"): v for c, v in (also_set or {}).items()}
+    updated = [*extra, identity, "fetched_at", "published_at"]
+    names = [*columns, *updated]
     claimed = conn.execute(sql.SQL(
-        "INSERT INTO {t} AS v ({cols}) VALUES ({vals}) ON CONFLICT ({keys}) DO UPDATE SET "
-        "source_version = EXCLUDED.source_version, fetched_at = EXCLUDED.fetched_at, "
-        "published_at = EXCLUDED.published_at WHERE v.fetched_at <= EXCLUDED.fetched_at OR %s RETURNING 1").format(
+        "INSERT INTO {t} AS v ({cols}) VALUES ({vals}) ON CONFLICT ({keys}) DO UPDATE SET {sets} "
+        "WHERE v.fetched_at <= EXCLUDED.fetched_at OR %s RETURNING 1").format(
             t=table, cols=sql.SQL(", ").join(map(sql.Identifier, names)),
             vals=sql.SQL(", ").join(sql.Placeholder() * len(names)),
-            keys=sql.SQL(", ").join(map(sql.Identifier, columns))),
-        (*key.values(), version.identity, version.fetched_at, published_at, version.replay)).fetchone()
+            keys=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            sets=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updated)),
+        (*key.values(), *extra.values(), version.identity, version.fetched_at, published_at,
+         version.replay)).fetchone()
     if claimed is not None:
         return None
     where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns)
-    identity, fetched_at = conn.execute(sql.SQL("SELECT source_version, fetched_at FROM {} WHERE {}").format(
-        table, where), tuple(key.values())).fetchone()
-    return Superseded(identity, fetched_at)
+    recorded, fetched_at = conn.execute(sql.SQL("SELECT {}, fetched_at FROM {} WHERE {}").format(
+        sql.Identifier(identity), table, where), tuple(key.values())).fetchone()
+    return Superseded(recorded, fetched_at)

@@ -63,3 +63,18 @@ def test_an_equal_fetch_claims_again_and_a_replay_claims_over_a_newer_one(servic
         assert str(refused) == f"superseded by download N+1 (fetched {NEW.fetched_at.isoformat()}): nothing written"
         assert claim(conn, versions, {"unit": "albany"}, SourceVersion("download N", T0, replay=True), T0) is None
     assert recorded(pg, versions) == [("albany", "download N")]
+
+
+def test_a_table_may_name_its_identity_column_and_record_more_columns_only_when_claimed(services, pg, unique_schema):
+    # ny_testing's table_versions predates the lib: identity in raw_key, plus the county last published under.
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(unique_schema)))
+    table = sql.Identifier(unique_schema, "table_versions")
+    pg.execute(sql.SQL("CREATE TABLE {} (target_table text PRIMARY KEY, county text, raw_key text NOT NULL, "
+                       "fetched_at timestamptz NOT NULL, published_at timestamptz NOT NULL)").format(table))
+    key = {"target_table": "ny_testing.st_lawrence"}
+    with psycopg.connect(services.warehouse_dsn, autocommit=True) as conn:
+        assert claim(conn, table, key, NEW, T0, identity_column="raw_key", also_set={"county": "St. Lawrence"}) is None
+        refused = claim(conn, table, key, OLD, T0, identity_column="raw_key", also_set={"county": "St Lawrence"})
+    assert refused == Superseded("download N+1", NEW.fetched_at)
+    assert pg.execute(sql.SQL("SELECT county, raw_key FROM {}").format(table)).fetchall() == [
+        ("St. Lawrence", "download N+1")]  # the refused claim's county is not written either

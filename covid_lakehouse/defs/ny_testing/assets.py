@@ -39,16 +39,16 @@ from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings
 from covid_lakehouse.defs.ny_testing.warehouse import (
     COUNTY,
     CountyResult,
-    SourceVersion,
-    Superseded,
     Warehouse,
     county_tables,
+    skipped,
     staged_units,
 )
 from covid_lakehouse.lib.http import DownloadResult
 from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.resources import HttpResource
 from covid_lakehouse.lib.s3 import LakeS3Resource, key_in_prefix
+from covid_lakehouse.lib.source_versions import SourceVersion, Superseded
 from covid_lakehouse.lib.wap import audit_check_specs, run_audits
 
 GROUP = "ny_testing"
@@ -188,7 +188,7 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
         if key:  # from whoever launched the run: only this domain's own raw objects
             key_in_prefix(key, ny_testing_settings.raw_prefix, field=field)
     version = _source_version(context.instance, config, context.run.tags)
-    raw_key = version.raw_key
+    raw_key = version.identity
     counties = list(context.partition_keys)
     # Every partition a usable name has a table; spellings of one county share it (see docs/ny_testing.md).
     tables, _ = county_tables(context.instance.get_dynamic_partitions(COUNTY_PARTITIONS_NAME))
@@ -226,7 +226,7 @@ def county_tests(context: dg.AssetExecutionContext, config: CountyLoadConfig, wa
             newer = loaded[county].superseded
             context.log.info("%s: %s", county, newer)
             yield dg.AssetObservation(asset_key=COUNTY_KEY, partition=county, metadata={
-                "outcome": f"skipped: {newer}", "superseded_by": newer.raw_key,
+                "outcome": skipped(newer), "superseded_by": newer.identity,
                 "superseded_by_fetched_at": newer.fetched_at.isoformat(), "raw_key": raw_key,
                 "raw_fetched_at": version.fetched_at.isoformat()})
         superseded = {c: r.superseded for c, r in loaded.items() if r.superseded is not None}
@@ -388,7 +388,7 @@ def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, Cou
                          f"{r.counts.unchanged} | {r.first_test_date} | {r.last_test_date} | {status} |")
             continue
         if county in superseded:
-            status = f"skipped: {superseded[county]}"
+            status = skipped(superseded[county])
         elif county not in in_source:
             status = "absent from the source: table kept"
         elif county in errors:
@@ -415,7 +415,7 @@ def _run_summary(counties: list[str], in_source: set[str], loaded: dict[str, Cou
         "view": f"{county_schema}.all_counties over {in_view} county tables",
     }
     if isinstance(reference, Superseded):
-        metadata["reference_rows"] = f"skipped: {reference}"
+        metadata["reference_rows"] = skipped(reference)
     elif reference is not None:
         metadata["reference_rows"] = (f"{reference.inserted} inserted, {reference.updated} updated, "
                                       f"{reference.unchanged} unchanged")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 
 import pyarrow as pa
@@ -33,6 +33,7 @@ from covid_lakehouse.lib.postgres import (
     validate_identifier,
 )
 from covid_lakehouse.lib.postgres import UnsafeIdentifierError as UnsafeTableError
+from covid_lakehouse.lib.source_versions import SourceVersion, Superseded, claim
 from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 
 MIGRATION_SCOPE = "ny_testing"  # schemas, reference table, analyst grants: defs/ny_testing/migrations/
@@ -104,25 +105,9 @@ def _measure_defs() -> sql.Composable:
     return sql.SQL(", ").join(sql.SQL("{} bigint NOT NULL").format(sql.Identifier(m)) for m in MEASURES)
 
 
-@dataclass(frozen=True)
-class SourceVersion:
-    """The raw download a run loads: its key (content-addressed) and when it was fetched. A county table
-    never goes back to an older fetch than the one it reflects, unless ``replay`` (an operator's choice)."""
-
-    raw_key: str
-    fetched_at: datetime
-    replay: bool = False
-
-
-@dataclass(frozen=True)
-class Superseded:
-    """The county's table already reflects a newer download: nothing was written."""
-
-    raw_key: str
-    fetched_at: datetime
-
-    def __str__(self) -> str:
-        return f"superseded by download {self.raw_key} (fetched {self.fetched_at.isoformat()}): nothing written"
+def skipped(newer: Superseded) -> str:
+    """What a run reports for a table it left alone: ``newer`` names a raw download by its key."""
+    return f"skipped: {replace(newer, identity=f'download {newer.identity}')}"
 
 
 @dataclass(frozen=True)
@@ -226,22 +211,11 @@ class Warehouse:
 
     def claim_version(self, conn, target: str, county: str | None, loaded_at: datetime,
                       version: SourceVersion) -> Superseded | None:
-        """Record ``version`` as the one ``target`` (schema.table) reflects, in the publishing transaction;
-        or return the newer version already recorded, and then the caller writes nothing. ON CONFLICT DO
-        UPDATE locks the row even when its WHERE is false, so concurrent publishes of one table take turns
-        and the later fetch wins whatever the order."""
-        versions = table_ident(self.reference_schema, VERSIONS_TABLE)
-        claimed = conn.execute(sql.SQL(
-            "INSERT INTO {v} AS v (target_table, county, raw_key, fetched_at, published_at) VALUES (%s, %s, %s, %s, %s) "
-            "ON CONFLICT (target_table) DO UPDATE SET county = EXCLUDED.county, raw_key = EXCLUDED.raw_key, "
-            "fetched_at = EXCLUDED.fetched_at, published_at = EXCLUDED.published_at "
-            "WHERE v.fetched_at <= EXCLUDED.fetched_at OR %s RETURNING 1").format(v=versions),
-            (target, county, version.raw_key, version.fetched_at, loaded_at, version.replay)).fetchone()
-        if claimed is not None:
-            return None
-        raw_key, fetched_at = conn.execute(sql.SQL("SELECT raw_key, fetched_at FROM {} WHERE target_table = %s").format(
-            versions), (target,)).fetchone()
-        return Superseded(raw_key, fetched_at)
+        """Claim ``target`` (schema.table) for ``version`` in the publishing transaction (lib/source_versions);
+        the row also records the county name the table is published under (NULL for the reference table).
+        The table predates the lib: it keeps the identity as ``raw_key`` (migrations/0003)."""
+        return claim(conn, table_ident(self.reference_schema, VERSIONS_TABLE), {"target_table": target}, version,
+                     loaded_at, identity_column="raw_key", also_set={"county": county})
 
     def existing_tables(self, tables: dict[str, str]) -> dict[str, str]:
         """The subset of county -> table whose table exists."""
