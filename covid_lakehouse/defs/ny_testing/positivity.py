@@ -7,7 +7,7 @@ The sensor below runs it over the counties each load published."""
 import dagster as dg
 import pandas as pd
 
-from covid_lakehouse.defs.ny_testing.assets import COUNTY_KEY, GROUP
+from covid_lakehouse.defs.ny_testing.asset_keys import COUNTY_KEY, GROUP
 from covid_lakehouse.defs.ny_testing.partitions import county_partitions
 from covid_lakehouse.lib.follow import follow_sensor
 

@@ -3,7 +3,7 @@ download the dataset; the sensor takes it from there."""
 
 import dagster as dg
 
-from covid_lakehouse.defs.ny_testing.assets import RAW_KEY
+from covid_lakehouse.defs.ny_testing.asset_keys import RAW_KEY
 from covid_lakehouse.lib.policies import max_runtime
 
 raw_job = dg.define_asset_job("ny_testing_raw_job", selection=[RAW_KEY], tags=max_runtime(hours=1),

@@ -7,18 +7,13 @@ table, is logged here and reported by the county_tests check ``counties_present`
 
 import dagster as dg
 
-from covid_lakehouse.defs.ny_testing.assets import (
-    COUNTY_KEY,
-    RAW_FETCHED_AT_TAG,
-    RAW_KEY,
-    RAW_KEY_TAG,
-    fetched_at,
-)
+from covid_lakehouse.defs.ny_testing.asset_keys import COUNTY_KEY, RAW_FETCHED_AT_TAG, RAW_KEY, RAW_KEY_TAG
 from covid_lakehouse.defs.ny_testing.partitions import (
     COUNTY_PARTITIONS_NAME,
     check_new_counties,
     county_partitions,
 )
+from covid_lakehouse.defs.ny_testing.versions import fetched_at
 from covid_lakehouse.lib.policies import max_runtime
 
 
