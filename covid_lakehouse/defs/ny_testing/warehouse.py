@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -189,7 +189,7 @@ class Warehouse:
         Nothing is written when the table already reflects a newer download than ``version``."""
         target = table_ident(self.county_schema, slug)
         with self.pg.connection() as conn:
-            newer = self.claim_version(conn, f"{self.county_schema}.{slug}", county, loaded_at, version)
+            newer = self.claim_version(conn, f"{self.county_schema}.{slug}", county, version)
             if newer is not None:
                 return CountyResult(county, f"{self.county_schema}.{slug}", UpsertCounts(0, 0, 0), 0, None, None,
                                     False, newer)
@@ -209,34 +209,35 @@ class Warehouse:
                 sql.SQL("SELECT count(*), min(test_date), max(test_date) FROM {}").format(target)).fetchone()
         return CountyResult(county, f"{self.county_schema}.{slug}", counts, rows, first, last, created)
 
-    def claim_version(self, conn, target: str, county: str | None, loaded_at: datetime,
-                      version: SourceVersion) -> Superseded | None:
+    def claim_version(self, conn, target: str, county: str | None, version: SourceVersion) -> Superseded | None:
         """Claim ``target`` (schema.table) for ``version`` in the publishing transaction (lib/source_versions);
         the row also records the county name the table is published under (NULL for the reference table).
-        The table predates the lib: it keeps the identity as ``raw_key`` (migrations/0003)."""
-        return claim(conn, table_ident(self.reference_schema, VERSIONS_TABLE), {"target_table": target}, version,
-                     loaded_at, identity_column="raw_key", also_set={"county": county})
+        The table predates the lib: it keeps the identity as ``raw_key`` (migrations/0003).
 
-    def existing_tables(self, tables: dict[str, str]) -> dict[str, str]:
-        """The subset of county -> table whose table exists."""
-        with self.pg.connection() as conn:
-            return {c: t for c, t in tables.items() if PostgresResource.table_exists(conn, self.county_schema, t)}
+        ``published_at`` is the claim's time, not the run's ``load_date``: a run that started earlier
+        can claim after another run published, and the row must not date its table's last publish
+        before the rows that publish left."""
+        return claim(conn, table_ident(self.reference_schema, VERSIONS_TABLE), {"target_table": target}, version,
+                     datetime.now(UTC), identity_column="raw_key", also_set={"county": county})
 
     def refresh_view(self, tables: dict[str, str]) -> int:
-        """(Re)create ny_testing.all_counties over every existing county table; returns how many."""
-        existing = self.existing_tables(tables)
-        if not existing:
-            return 0
-        named = self.table_names(existing)
-        cols = sql.SQL(", ").join(map(sql.Identifier, COUNTY_COLUMNS))
-        union = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT {}::text AS county, {} FROM {}").format(
-                sql.Literal(county), cols, table_ident(self.county_schema, table))
-            for table, county in sorted(named.items(), key=lambda item: item[1]))
+        """(Re)create ny_testing.all_counties over every existing county table; returns how many.
+
+        ``tables`` (county -> table, from the run's partitions) is completed by the tables other runs
+        published (their version rows), and both are read under the view's lock: concurrent loads
+        rebuild the view in turn, and each rebuild sees every table an earlier one published."""
         view = table_ident(self.county_schema, VIEW)
         with self.pg.connection() as conn:
             # Concurrent loads would otherwise race on the view's catalog row ("tuple concurrently updated").
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.county_schema}.{VIEW}",))
+            named = self.table_names(conn, tables)
+            if not named:
+                return 0
+            cols = sql.SQL(", ").join(map(sql.Identifier, COUNTY_COLUMNS))
+            union = sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT {}::text AS county, {} FROM {}").format(
+                    sql.Literal(county), cols, table_ident(self.county_schema, table))
+                for table, county in sorted(named.items(), key=lambda item: item[1]))
             # An open transaction reading the view (an analyst's) must not hang the load: bounded waits.
             run_ddl(conn, sql.SQL("CREATE OR REPLACE VIEW {} AS {}").format(view, union),
                     relation=f"{self.county_schema}.{VIEW}", what="rebuilding the all-counties view "
@@ -245,15 +246,18 @@ class Warehouse:
                 view, sql.Literal("Every ny_testing county table, with its county name (recreated by each load)")))
         return len(named)
 
-    def table_names(self, tables: dict[str, str]) -> dict[str, str]:
-        """One county name per table, for a county whose partitions are several spellings of it: the name
-        it was last published under, else the partition added last (``tables`` is in partition order)."""
+    def table_names(self, conn, tables: dict[str, str]) -> dict[str, str]:
+        """One county name per existing county table: the name it was last published under (its version
+        row; tables only other runs know of too), else, for a county whose partitions are several
+        spellings of it, the partition added last (``tables`` is in partition order)."""
         named = {table: county for county, table in tables.items()}
-        with self.pg.connection() as conn:
-            published = dict(conn.execute(sql.SQL("SELECT target_table, county FROM {} WHERE target_table = ANY(%s)")
-                                          .format(table_ident(self.reference_schema, VERSIONS_TABLE)),
-                                          ([f"{self.county_schema}.{t}" for t in named],)).fetchall())
-        return {table: published.get(f"{self.county_schema}.{table}", county) for table, county in named.items()}
+        prefix = f"{self.county_schema}."
+        published = conn.execute(sql.SQL("SELECT target_table, county FROM {} WHERE county IS NOT NULL "
+                                         "AND starts_with(target_table, %s)")
+                                 .format(table_ident(self.reference_schema, VERSIONS_TABLE)), (prefix,)).fetchall()
+        named.update({target.removeprefix(prefix): county for target, county in published})
+        return {table: county for table, county in named.items()
+                if PostgresResource.table_exists(conn, self.county_schema, table)}
 
     # -- reference rows ---------------------------------------------------------------------------------
     def publish_reference(self, staging: sql.Composed, loaded_at: datetime,
@@ -265,7 +269,7 @@ class Warehouse:
         source = sql.SQL("(SELECT geography, county AS name, test_date, {} FROM {} WHERE geography <> {}) AS staged"
                          ).format(measures, staging, sql.Literal(COUNTY))
         with self.pg.connection() as conn:
-            newer = self.claim_version(conn, f"{self.reference_schema}.{REFERENCE_TABLE}", None, loaded_at, version)
+            newer = self.claim_version(conn, f"{self.reference_schema}.{REFERENCE_TABLE}", None, version)
             if newer is not None:
                 return newer
             return PostgresResource.upsert(
