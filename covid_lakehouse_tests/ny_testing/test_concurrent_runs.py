@@ -29,10 +29,8 @@ from covid_lakehouse.defs.ny_testing import assets
 from covid_lakehouse.defs.ny_testing.asset_keys import RAW_FETCHED_AT_TAG, RAW_KEY_TAG
 from covid_lakehouse.defs.ny_testing.parsing import MEASURES
 from covid_lakehouse.defs.ny_testing.warehouse import COUNTY_SCHEMA, REFERENCE_SCHEMA, Warehouse
-from covid_lakehouse.lib.postgres import PostgresResource
-from covid_lakehouse.lib.wap import Audit
 from covid_lakehouse_tests.ny_testing.support import COUNTY_KEY, dataset, empty_ny_testing_schemas
-from covid_lakehouse_tests.platform.support import two_runs, wait_until_blocked_or_done
+from covid_lakehouse_tests.platform.support import hold_runs_at, two_runs, wait_until_blocked_or_done
 
 pytestmark = pytest.mark.integration
 
@@ -129,20 +127,7 @@ def test_two_county_runs_at_once_publish_what_one_run_does(one_run, ny, pg, monk
         empty_county_tables(pg)
     reached, b_done = threading.Event(), threading.Event()
     hold = hold_once(pg, reached, b_done)
-    if hold_at == "audited":
-        first = assets.AUDITS[0]
-        monkeypatch.setattr(assets, "AUDITS", [
-            Audit(first.name, lambda staged: (hold(), first.fn(staged))[1], first.blocking, first.description),
-            *assets.AUDITS[1:]])
-    else:
-        real_upsert = PostgresResource.upsert
-
-        def upsert(conn, **kwargs):
-            counts = real_upsert(conn, **kwargs)
-            hold()
-            return counts
-
-        monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))
+    hold_runs_at(monkeypatch, assets, hold_at == "audited", hold)
 
     results = two_runs(reached, lambda: clean_run(ny.run(request)), b_done)
 

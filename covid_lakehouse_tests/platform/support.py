@@ -23,7 +23,9 @@ import yaml
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from psycopg import sql
 
+from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.staging import claim_staging
+from covid_lakehouse.lib.wap import Audit
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -237,3 +239,23 @@ def two_runs(a_reached, run, b_done) -> dict[str, bool]:
     second.join()
     first.join()
     return results
+
+
+def hold_runs_at(monkeypatch, audits_module, in_audit: bool, hold) -> None:
+    """Call ``hold()`` where the two-runs-at-once tests hold run A: inside the first audit of
+    ``audits_module.AUDITS`` (the run has staged its rows and audits them, nothing published yet), or
+    right after each ``PostgresResource.upsert`` (inside the publishing transaction, its lock held)."""
+    if in_audit:
+        first = audits_module.AUDITS[0]
+        monkeypatch.setattr(audits_module, "AUDITS", [
+            Audit(first.name, lambda staged: (hold(), first.fn(staged))[1], first.blocking, first.description),
+            *audits_module.AUDITS[1:]])
+        return
+    real_upsert = PostgresResource.upsert
+
+    def upsert(conn, **kwargs):
+        counts = real_upsert(conn, **kwargs)
+        hold()
+        return counts
+
+    monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))

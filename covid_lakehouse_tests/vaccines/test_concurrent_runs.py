@@ -17,11 +17,9 @@ import pytest
 from covid_lakehouse.defs.vaccines import publish
 from covid_lakehouse.defs.vaccines.assets import people_per_dose, raw_sources
 from covid_lakehouse.defs.vaccines.resources import DEFAULT_ALLOCATION_URLS, VaccinesSettings
-from covid_lakehouse.lib.postgres import PostgresResource
-from covid_lakehouse.lib.wap import Audit
 from covid_lakehouse_dev.apis.harness import MockApi
 from covid_lakehouse_dev.apis.vaccines import lake_path, register
-from covid_lakehouse_tests.platform.support import two_runs, wait_until_blocked_or_done
+from covid_lakehouse_tests.platform.support import hold_runs_at, two_runs, wait_until_blocked_or_done
 
 pytestmark = pytest.mark.integration
 
@@ -104,20 +102,7 @@ def test_two_runs_publishing_at_once_leave_the_tables_of_one(one_run, lake, reso
             a_publishing.set()
             wait_until_blocked_or_done(pg, b_done)
 
-    if hold_at == "staged":
-        first = publish.AUDITS[0]
-        monkeypatch.setattr(publish, "AUDITS", [
-            Audit(first.name, lambda staged: (hold(), first.fn(staged))[1], first.blocking, first.description),
-            *publish.AUDITS[1:]])
-    else:
-        real_upsert = PostgresResource.upsert
-
-        def upsert(conn, **kwargs):
-            counts = real_upsert(conn, **kwargs)
-            hold()
-            return counts
-
-        monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))
+    hold_runs_at(monkeypatch, publish, hold_at == "staged", hold)
     results = two_runs(a_publishing, lambda: materialize(resources, lake[1], instance), b_done)
 
     assert results == {"a": True, "b": True}
