@@ -11,7 +11,14 @@ from psycopg import sql
 
 from covid_lakehouse.defs.ads.archive.lock import exclusive_connection
 from covid_lakehouse.defs.ads.archive.plan import plan_batch
-from covid_lakehouse.defs.ads.archive.state import Batch, Hook, batch_snapshots, no_hook, open_batch
+from covid_lakehouse.defs.ads.archive.state import (
+    Batch,
+    Hook,
+    batch_snapshots,
+    no_hook,
+    open_batch,
+    release_finished_tags,
+)
 from covid_lakehouse.defs.ads.archive.table import ensure_archive_table
 from covid_lakehouse.defs.ads.archive.verify_and_delete import BatchReport, verify_and_delete
 from covid_lakehouse.defs.ads.archive.write import write_batch
@@ -34,6 +41,7 @@ def archive_old_rows(warehouse: PostgresResource, lakehouse: LakehouseResource, 
         with conn.transaction():
             ensure_tables(conn)
         ensure_archive_table(lakehouse)
+        release_finished_tags(conn, lakehouse)
         unfinished = open_batch(conn)
         if unfinished is not None:
             log.info("resuming archive batch %s (%s)", unfinished.batch_id, unfinished.status)
@@ -58,4 +66,6 @@ def _run_batch(conn: psycopg.Connection, lakehouse: LakehouseResource, batch: Ba
         hook("committed")
         conn.execute(sql.SQL("UPDATE {} SET status = 'committed', snapshot_ids = %s WHERE batch_id = %s").format(
             BATCHES), (",".join(map(str, snapshots)), batch.batch_id))
-    return verify_and_delete(conn, lakehouse, batch, snapshots, hook, resumed=resumed)
+    report = verify_and_delete(conn, lakehouse, batch, snapshots, hook, resumed=resumed)
+    release_finished_tags(conn, lakehouse)  # done: its snapshot may expire like any other
+    return report
