@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 _ROW_FIELDS = ARCHIVE_ARROW.names[:-2]  # what PostgreSQL provides; the batch adds the last two
 # Every text column is free text from the API: read back exactly (null-like words, '', newlines).
-_CSV_OPTIONS = copy_csv_options(pa.schema([ARCHIVE_ARROW.field(name) for name in _ROW_FIELDS]))
+# Small blocks: the CSV reader reads up to 32 blocks ahead of the parser, so at the default 4 MB the
+# readahead alone held ~130 MB when PostgreSQL streamed faster than the chunks were written.
+_CSV_OPTIONS = copy_csv_options(pa.schema([ARCHIVE_ARROW.field(name) for name in _ROW_FIELDS]), block_size=256 << 10)
 
 
 def write_batch(conn: psycopg.Connection, lakehouse: LakehouseResource, batch: Batch, chunk_rows: int,
@@ -65,8 +67,11 @@ def write_batch(conn: psycopg.Connection, lakehouse: LakehouseResource, batch: B
 
 
 def _split_by_day(rows: pa.Table) -> Iterator[tuple[date, pa.Table]]:
-    """(shown_date, rows of that date): a data file must hold one partition."""
-    rows = rows.take(pc.sort_indices(rows, [("shown_date", "ascending")]))
+    """(shown_date, rows of that date): a data file must hold one partition. The COPY is ordered by
+    shown date, so a chunk is sorted already: copied into sorted order only if it is not."""
+    days = rows["shown_date"]
+    if len(days) > 1 and not pc.all(pc.less_equal(days.slice(0, len(days) - 1), days.slice(1))).as_py():
+        rows = rows.take(pc.sort_indices(rows, [("shown_date", "ascending")]))
     start = 0
     for item in pc.value_counts(rows["shown_date"]):
         count = item["counts"].as_py()
