@@ -43,10 +43,14 @@ class Result:
     peak_rss_mb: float
     baseline_rss_mb: float
     rows: int
+    max_peak_rss_mb: float | None = None  # a memory target, when the case has one
 
     @property
     def ok(self) -> bool | None:
-        return None if self.target_ratio is None else self.ratio <= self.target_ratio
+        if self.target_ratio is None:
+            return None
+        return self.ratio <= self.target_ratio and (self.max_peak_rss_mb is None
+                                                    or self.peak_rss_mb <= self.max_peak_rss_mb)
 
 
 @dataclass
@@ -92,11 +96,12 @@ def timed(fn: Callable[[], int]) -> tuple[float, int]:
 
 
 def result(name: str, measured: Measurement, floor: Measurement, baseline: Measurement,
-           target_ratio: float | None) -> Result:
+           target_ratio: float | None, max_peak_rss_mb: float | None = None) -> Result:
     return Result(name=name, seconds=round(measured.seconds, 3), floor_seconds=round(floor.seconds, 3),
                   ratio=round(measured.seconds / floor.seconds, 2), target_ratio=target_ratio,
                   peak_rss_mb=round(measured.peak_rss_mb, 1), baseline_rss_mb=round(baseline.peak_rss_mb, 1),
-                  rows=measured.rows)
+                  rows=measured.rows,
+                  max_peak_rss_mb=None if max_peak_rss_mb is None else round(max_peak_rss_mb, 1))
 
 
 def as_json(results: list[Result]) -> list[dict]:

@@ -6,9 +6,11 @@ from psycopg import sql
 from covid_lakehouse.defs.ads.api import fetch_page
 from covid_lakehouse.defs.ads.archive import (
     ARCHIVE_ARROW,
+    LOAD_LOCK_WAIT,
     ReconciliationError,
     archive_old_rows,
     archived_row_count,
+    exclusive_connection,
 )
 from covid_lakehouse.defs.ads.backup import purge_backups, write_backup
 from covid_lakehouse.defs.ads.settings import (
@@ -68,6 +70,15 @@ ADS_COLUMNS = dg.TableSchema(columns=[
 def ads(context: dg.AssetExecutionContext, warehouse: PostgresResource, s3: LakeS3Resource,
         http: HttpResource, ads_settings: AdsSettings):
     url = ads_settings.resolved_api_url()
+    # The ads lock from the fetch to the commit: two loads at once publish in the order they fetched
+    # (an older response never overwrites a newer one), and an archive never runs between a fetch and
+    # its upsert (an ad archived meanwhile would come back live from a sighting older than the archive).
+    with exclusive_connection(warehouse.dsn, LOAD_LOCK_WAIT):
+        yield from _load(context, warehouse, s3, http, ads_settings, url)
+
+
+def _load(context: dg.AssetExecutionContext, warehouse: PostgresResource, s3: LakeS3Resource,
+          http: HttpResource, ads_settings: AdsSettings, url: str):
     clock = SystemClock()
     with http.client(clock=clock) as client:
         pages = [fetch_page(client, url, clock=clock, attempts=ads_settings.payload_attempts,

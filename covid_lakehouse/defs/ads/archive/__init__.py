@@ -13,7 +13,7 @@ A small state machine makes every step safe to crash and repeat (docs/ads.md has
 4. delete   one transaction: delete the rows whose current version is one read back, check that
             archived == deleted + changed-meanwhile (blocking reconciliation), mark the batch done.
 
-Archive, restore and replay take one PostgreSQL advisory lock, so they never interleave.
+The load, archive, restore and replay take one PostgreSQL advisory lock, so they never interleave.
 
 Modules, in the order of a run: ``lock``, ``table`` (the Iceberg table), ``state`` (batch rows and tagged
 snapshots), ``plan`` (1), ``write`` (2), ``verify_and_delete`` (3-4), ``run`` (the driver), ``restore``;
@@ -28,6 +28,7 @@ from covid_lakehouse.defs.ads.archive.errors import (
 )
 from covid_lakehouse.defs.ads.archive.lock import (
     APPLICATION_NAME,
+    LOAD_LOCK_WAIT,
     LOCK_KEY,
     LOCK_WAIT,
     acquire_lock,
@@ -54,6 +55,7 @@ __all__ = [
     "ARCHIVE_PARTITION",
     "ARCHIVE_SCHEMA",
     "ARCHIVE_TABLE",
+    "LOAD_LOCK_WAIT",
     "LOCK_KEY",
     "LOCK_WAIT",
     "ArchiveBusyError",

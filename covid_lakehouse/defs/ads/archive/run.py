@@ -11,7 +11,14 @@ from psycopg import sql
 
 from covid_lakehouse.defs.ads.archive.lock import exclusive_connection
 from covid_lakehouse.defs.ads.archive.plan import plan_batch
-from covid_lakehouse.defs.ads.archive.state import Batch, Hook, batch_snapshots, no_hook, open_batch
+from covid_lakehouse.defs.ads.archive.state import (
+    Batch,
+    Hook,
+    batch_snapshots,
+    no_hook,
+    open_batch,
+    release_finished_tags,
+)
 from covid_lakehouse.defs.ads.archive.table import ensure_archive_table
 from covid_lakehouse.defs.ads.archive.verify_and_delete import BatchReport, verify_and_delete
 from covid_lakehouse.defs.ads.archive.write import write_batch
@@ -20,6 +27,8 @@ from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.postgres import PostgresResource
 
 log = logging.getLogger(__name__)
+
+ARCHIVE_WORK_MEM = "256MB"  # PostgreSQL memory per sort or hash of the archive's own session
 
 
 def archive_old_rows(warehouse: PostgresResource, lakehouse: LakehouseResource, *, retention: timedelta,
@@ -31,9 +40,13 @@ def archive_old_rows(warehouse: PostgresResource, lakehouse: LakehouseResource, 
     hook = hook or no_hook
     reports = []
     with exclusive_connection(warehouse.dsn) as conn:
+        # The batch's joins and sorts (plan, the COPY's shown-date order, read-back, delete) run over
+        # every archived row: at 4 MB they spill to disk in ever more batches as a backlog grows.
+        conn.execute(sql.SQL("SET work_mem = {}").format(sql.Literal(ARCHIVE_WORK_MEM)))
         with conn.transaction():
             ensure_tables(conn)
         ensure_archive_table(lakehouse)
+        release_finished_tags(conn, lakehouse)
         unfinished = open_batch(conn)
         if unfinished is not None:
             log.info("resuming archive batch %s (%s)", unfinished.batch_id, unfinished.status)
@@ -58,4 +71,9 @@ def _run_batch(conn: psycopg.Connection, lakehouse: LakehouseResource, batch: Ba
         hook("committed")
         conn.execute(sql.SQL("UPDATE {} SET status = 'committed', snapshot_ids = %s WHERE batch_id = %s").format(
             BATCHES), (",".join(map(str, snapshots)), batch.batch_id))
-    return verify_and_delete(conn, lakehouse, batch, snapshots, hook, resumed=resumed)
+    report = verify_and_delete(conn, lakehouse, batch, snapshots, hook, resumed=resumed)
+    try:  # done: its snapshot may expire like any other
+        release_finished_tags(conn, lakehouse)
+    except Exception as err:  # the batch is done and consistent; the next run's start removes the tag
+        log.warning("archive batch %s is done but its snapshot tag stays until the next run: %s", batch.batch_id, err)
+    return report

@@ -15,6 +15,14 @@ from covid_lakehouse.defs.ads.warehouse import BATCHES
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 
 BATCH_PROPERTY = "ads.archive-batch-id"
+# The batch's snapshot is also tagged (a snapshot ref, committed with the append) until the batch is
+# done: lakehouse maintenance never expires a ref's head, so a batch left unfinished for longer than
+# the snapshot retention still finds its snapshot, and a resume never appends the batch twice.
+BATCH_TAG_PREFIX = "ads-archive-batch-"
+
+
+def batch_tag(batch_id: str) -> str:
+    return f"{BATCH_TAG_PREFIX}{batch_id}"
 
 # Test and operations hook, called with the name of the step just done: "planned", "chunk_written",
 # "committed" (Iceberg), "verified", "deleted" (both inside the delete transaction), "restored".
@@ -41,9 +49,13 @@ def open_batch(conn: psycopg.Connection) -> Batch | None:
 
 
 def batch_snapshots(lakehouse: LakehouseResource, batch_id: str) -> dict[int, int]:
-    """{snapshot_id: records added} of the batch's snapshots in the table's current lineage."""
+    """{snapshot_id: records added} of the batch's snapshots: the one its tag names, and any in the
+    table's current lineage (batches written before tags; the walk stops at an expired parent)."""
     table = lakehouse.load_table(ARCHIVE_NAMESPACE, ARCHIVE_TABLE)
     found: dict[int, int] = {}
+    tagged = table.metadata.refs.get(batch_tag(batch_id))
+    if tagged is not None and (snapshot := table.snapshot_by_id(tagged.snapshot_id)) is not None:
+        found[snapshot.snapshot_id] = int((snapshot.summary or {}).get("added-records", 0))
     snapshot = table.current_snapshot()
     while snapshot is not None:
         summary = snapshot.summary
@@ -51,3 +63,21 @@ def batch_snapshots(lakehouse: LakehouseResource, batch_id: str) -> dict[int, in
             found[snapshot.snapshot_id] = int(summary.get("added-records", 0))
         snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
     return dict(sorted(found.items()))
+
+
+def release_finished_tags(conn: psycopg.Connection, lakehouse: LakehouseResource) -> list[str]:
+    """Remove the tags of batches that are no longer open (done, or unknown to PostgreSQL): their
+    snapshots then expire with the usual retention. Run after a batch's delete committed and at the
+    start of every run (a crash between the two leaves a tag behind)."""
+    table = lakehouse.load_table(ARCHIVE_NAMESPACE, ARCHIVE_TABLE)
+    tags = [name for name in table.metadata.refs if name.startswith(BATCH_TAG_PREFIX)]
+    if not tags:
+        return []
+    unfinished = open_batch(conn)
+    keep = batch_tag(unfinished.batch_id) if unfinished is not None else None
+    stale = [name for name in tags if name != keep]
+    if stale:
+        with table.manage_snapshots() as refs:
+            for name in stale:
+                refs.remove_tag(name)
+    return stale

@@ -59,8 +59,13 @@ def verify_and_delete(conn: psycopg.Connection, lakehouse: LakehouseResource, ba
                 f"{unplanned} not planned) but its snapshots recorded {recorded}; nothing was deleted",
                 {"read_back": read_back, "distinct": distinct, "unplanned": unplanned, "recorded": recorded})
         hook("verified")
-        deleted = conn.execute(sql.SQL("DELETE FROM {ads} a USING {verified} v "
-                                       "WHERE a.ad_id = v.ad_id AND a.row_version = v.row_version").format(
+        # In the table's physical order (sorted row addresses): deleting in the read-back's order touches
+        # the heap at random, and once ads.ads outgrows shared_buffers every delete evicts a dirty page
+        # (5M rows: 50x the time of 1M instead of 5x). The version is checked again on the row deleted.
+        deleted = conn.execute(sql.SQL(
+            "DELETE FROM {ads} a USING (SELECT l.ctid AS tid, l.row_version FROM {ads} l JOIN {verified} v "
+            "ON l.ad_id = v.ad_id AND l.row_version = v.row_version ORDER BY 1) doomed "
+            "WHERE a.ctid = doomed.tid AND a.row_version = doomed.row_version").format(
             ads=ADS, verified=verified)).rowcount
         kept = conn.execute(sql.SQL("SELECT count(*) FROM {verified} v JOIN {ads} a ON a.ad_id = v.ad_id").format(
             verified=verified, ads=ADS)).fetchone()[0]
