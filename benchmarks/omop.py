@@ -39,6 +39,7 @@ SEED_TARGET_SECONDS = 30.0
 ROW_BY_ROW_SAMPLE = 20_000
 TENANTS = 100
 TENANT_PROVIDERS = 20_000
+UNCHANGED_TICK_TARGET = 2.0  # an unchanged tenant on the daily path <= 2x an empty Dagster run
 REPEAT = 3
 SOURCE_SCHEMA = "bench_omop_source"
 LANDING_PREFIX = "bench/omop/landing/day1/"
@@ -131,8 +132,8 @@ class _Tenants:
         self.path.write_text("tenants:\n" + "".join(
             f"  - {{name: {name}, source_dsn_env: WAREHOUSE_DSN, source_schema: {schema}, landing_prefix: {prefix}}}\n"
             for name, (schema, prefix) in zip(self.names, schemas_and_prefixes, strict=True)))
-        defs = rebuilt(omop_defs, resources={**platform_resources(),
-                                             "omop_tenants": TenantsResource(tenants_file=str(self.path))})
+        self.resources = {**platform_resources(), "omop_tenants": TenantsResource(tenants_file=str(self.path))}
+        defs = rebuilt(omop_defs, resources=self.resources)
         self.job = defs.resolve_implicit_global_asset_job_def()
         # created before the clock starts, as in a deployment
         self.instance = dg.DagsterInstance.ephemeral()
@@ -153,6 +154,26 @@ class _Tenants:
                 if e.event_type_value == "ASSET_OBSERVATION" and e.asset_key.to_user_string() == "omop/provider"]
         [rows] = published or kept
         return rows
+
+    def tick(self) -> float:
+        """One evaluation of the daily schedule over every tenant (what the daily path costs when nothing
+        changed: the gate, no run); its seconds. Fails if it would launch any run."""
+        import time
+        from datetime import UTC, datetime
+
+        import dagster as dg
+
+        from covid_lakehouse.defs.omop.schedules import omop_daily
+
+        context = dg.build_schedule_context(instance=self.instance, resources=self.resources,
+                                            scheduled_execution_time=datetime.now(UTC))
+        start = time.perf_counter()
+        outcome = omop_daily(context)
+        seconds = time.perf_counter() - start
+        if not isinstance(outcome, dg.SkipReason):
+            raise RuntimeError(f"the daily tick requested runs of unchanged tenants: "
+                               f"{[(r.partition_key, r.tags['omop/trigger']) for r in outcome][:5]}")
+        return seconds
 
     def close(self) -> None:
         self.instance.dispose()
@@ -196,6 +217,8 @@ def measure_tenants(tenants: int = TENANTS, details: str = "") -> tuple[float, i
                 rows += group.run(name)
                 runs.append(time.perf_counter() - began)
             passes[label] = {"seconds": time.perf_counter() - start, "rows": rows, "runs": runs}
+        # The daily path for unchanged tenants: the schedule's gate, no run (best of three ticks).
+        passes["tick"] = {"seconds": min(group.tick() for _ in range(3)), "tenants": tenants}
         if details:
             Path(details).write_text(json.dumps(passes))
         return passes["first"]["seconds"], passes["first"]["rows"]
@@ -367,6 +390,8 @@ def run(scale: Scale) -> list:
     tenants = measure("benchmarks.omop", "tenants", repeat=1, tenants=size.tenants, details=str(side))
     passes = json.loads(side.read_text())
     tenants_rerun = Measurement(passes["rerun"]["seconds"], tenants.peak_rss_mb, passes["rerun"]["rows"])
+    # Per unchanged tenant: the daily tick's gate (no run launched), against one empty Dagster run.
+    tick = Measurement(passes["tick"]["seconds"] / size.tenants, tenants.peak_rss_mb, size.tenants)
 
     results = [
         result("omop_tenant_run_2m", first, floor, baseline, target_ratio=TARGET),
@@ -374,6 +399,7 @@ def run(scale: Scale) -> list:
         result("omop_seed_2m", seeding, row_by_row, baseline, target_ratio=None),
         result("omop_100_tenants_20k", tenants, floor_tenants, baseline, target_ratio=None),
         result("omop_100_tenants_20k_rerun", tenants_rerun, floor_tenants, baseline, target_ratio=None),
+        result("omop_100_tenants_20k_unchanged_tick", tick, baseline, baseline, target_ratio=UNCHANGED_TICK_TARGET),
     ]
     overhead = (tenants.seconds - first.seconds) / (size.tenants - 1)
     floor_overhead = (floor_tenants.seconds - floor.seconds) / (size.tenants - 1)
@@ -393,6 +419,9 @@ def run(scale: Scale) -> list:
             "peak_rss_mb": tenants.peak_rss_mb,
             "first_run_per_tenant": _spread(passes["first"]["runs"]),
             "rerun_per_tenant": _spread(passes["rerun"]["runs"]),
+            "unchanged_tick_seconds": passes["tick"]["seconds"],
+            "unchanged_tick_per_tenant_seconds": round(tick.seconds, 4),
+            "unchanged_tick_per_tenant_ratio_to_empty_run": round(tick.seconds / baseline.seconds, 2),
             "overhead_per_tenant_seconds": round(overhead, 2),
             "floor_overhead_per_tenant_seconds": round(floor_overhead, 3),
             "empty_dagster_run_seconds": baseline.seconds,
@@ -411,7 +440,9 @@ def run(scale: Scale) -> list:
     print(f"  (c) {size.tenants} tenants x {size.tenant_providers:,}: first runs {tenants.seconds:.0f} s "
           f"({tenants.seconds / size.tenants:.2f} s a tenant), reruns {passes['rerun']['seconds']:.0f} s, floor "
           f"{floor_tenants.seconds:.0f} s; overhead per additional tenant {overhead:.2f} s "
-          f"(floor's {floor_overhead:.3f} s); an empty Dagster run {baseline.seconds:.2f} s")
+          f"(floor's {floor_overhead:.3f} s); an empty Dagster run {baseline.seconds:.2f} s; "
+          f"the daily tick with nothing changed {passes['tick']['seconds']:.2f} s ({tick.seconds * 1000:.0f} ms a "
+          f"tenant: {tick.seconds / baseline.seconds:.2f}x an empty run, target {UNCHANGED_TICK_TARGET:.0f}x)")
     if not scale.smoke:
         print(f"  details: {DETAILS}")
     return results
