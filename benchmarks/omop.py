@@ -42,6 +42,7 @@ SEED_TARGET_SECONDS = 30.0
 ROW_BY_ROW_SAMPLE = 20_000
 TENANTS = 100
 TENANT_PROVIDERS = 20_000
+FIXED_COST_TARGET = 3.0  # a tenant's fixed cost <= 3x the Iceberg commits it needs on empty tables
 UNCHANGED_TICK_TARGET = 2.0  # an unchanged tenant on the daily path <= 2x an empty Dagster run
 REPEAT = 3
 SOURCE_SCHEMA = "bench_omop_source"
@@ -295,6 +296,36 @@ def measure_floor_tenants(tenants: int = TENANTS) -> tuple[float, int]:
     return timed(lambda: _floor_work([(TENANT_SCHEMA.format(i), SAMPLE_PREFIX) for i in range(tenants)]))
 
 
+def measure_iceberg_floor_tenants(tenants: int = TENANTS) -> tuple[float, int]:
+    """The floor of a tenant's fixed cost: plain pyiceberg creating a fresh namespace with the tenant's
+    tables (same names and schemas) and committing one append to each; the data is empty, so what is
+    left is the catalog round trips and metadata writes every first run needs. Returns the tables."""
+    from covid_lakehouse.defs.omop import tables
+    from covid_lakehouse.lib.lakehouse import LakehouseResource
+    from covid_lakehouse.lib.settings import ServiceSettings
+
+    catalog = LakehouseResource.from_settings(ServiceSettings.from_env()).catalog()
+    schemas = {tables.T_PROVIDER: tables.PROVIDER, tables.T_CARE_SITE: tables.CARE_SITE,
+               tables.T_PROVENANCE: tables.PROVENANCE, tables.T_QUARANTINE: tables.QUARANTINE,
+               tables.T_FLAG: tables.FLAG, tables.T_LANDING_FILE: tables.LANDING_FILE,
+               tables.T_LANDING_ROW: tables.LANDING_ROW, tables.T_PROVIDER_ID_MAP: tables.ID_MAP,
+               tables.T_CARE_SITE_ID_MAP: tables.ID_MAP, tables.T_RUN_LOG: tables.RUN_LOG}
+    namespaces = [f"bench_iceberg_floor_{uuid.uuid4().hex[:8]}" for _ in range(tenants)]
+
+    def work() -> int:
+        for namespace in namespaces:
+            catalog.create_namespace(namespace)
+            for name, schema in schemas.items():
+                catalog.create_table((namespace, name), schema=schema).append(schema.empty_table())
+        return tenants * len(schemas)
+
+    try:
+        return timed(work)
+    finally:
+        for namespace in namespaces:
+            _drop_namespace(namespace)
+
+
 # ---- seeding ------------------------------------------------------------------------------------------
 def measure_seed(providers: int = PROVIDERS) -> tuple[float, int]:
     from covid_lakehouse_dev.seeds.omop import seed_source
@@ -390,6 +421,7 @@ def run(scale: Scale) -> list:
     # (c)
     measure("benchmarks.omop", "prepare_tenants", repeat=1, tenants=size.tenants, providers=size.tenant_providers)
     floor_tenants = measure("benchmarks.omop", "floor_tenants", repeat=1, tenants=size.tenants)
+    iceberg_floor = measure("benchmarks.omop", "iceberg_floor_tenants", repeat=1, tenants=size.tenants)
     side = _TMP / "tenants.json"
     _TMP.mkdir(parents=True, exist_ok=True)
     tenants = measure("benchmarks.omop", "tenants", repeat=1, tenants=size.tenants, details=str(side))
@@ -408,6 +440,11 @@ def run(scale: Scale) -> list:
     ]
     overhead = (tenants.seconds - first.seconds) / (size.tenants - 1)
     floor_overhead = (floor_tenants.seconds - floor.seconds) / (size.tenants - 1)
+    # A tenant's fixed cost against the Iceberg commits it needs on empty tables (target 3x).
+    iceberg_per_tenant = iceberg_floor.seconds / size.tenants
+    results.append(result("omop_tenant_fixed_cost", Measurement(overhead, tenants.peak_rss_mb, 1),
+                          Measurement(iceberg_per_tenant, iceberg_floor.peak_rss_mb, 1), baseline,
+                          target_ratio=FIXED_COST_TARGET))
     details = {
         "tenant_run_2m": {"seconds": first.seconds, "floor_seconds": floor.seconds,
                           "ratio": round(first.seconds / floor.seconds, 2), "target_ratio": TARGET,
@@ -429,6 +466,8 @@ def run(scale: Scale) -> list:
             "unchanged_tick_per_tenant_ratio_to_empty_run": round(tick.seconds / baseline.seconds, 2),
             "overhead_per_tenant_seconds": round(overhead, 2),
             "floor_overhead_per_tenant_seconds": round(floor_overhead, 3),
+            "iceberg_floor_per_tenant_seconds": round(iceberg_per_tenant, 3),
+            "overhead_to_iceberg_floor_ratio": round(overhead / iceberg_per_tenant, 2),
             "empty_dagster_run_seconds": baseline.seconds,
         },
     }
@@ -445,7 +484,8 @@ def run(scale: Scale) -> list:
     print(f"  (c) {size.tenants} tenants x {size.tenant_providers:,}: first runs {tenants.seconds:.0f} s "
           f"({tenants.seconds / size.tenants:.2f} s a tenant), reruns {passes['rerun']['seconds']:.0f} s, floor "
           f"{floor_tenants.seconds:.0f} s; overhead per additional tenant {overhead:.2f} s "
-          f"(floor's {floor_overhead:.3f} s); an empty Dagster run {baseline.seconds:.2f} s; "
+          f"(floor's {floor_overhead:.3f} s; Iceberg commits of a tenant on empty tables {iceberg_per_tenant:.3f} s: "
+          f"{overhead / iceberg_per_tenant:.2f}x, target {FIXED_COST_TARGET:.0f}x); an empty Dagster run {baseline.seconds:.2f} s; "
           f"the daily tick with nothing changed {passes['tick']['seconds']:.2f} s ({tick.seconds * 1000:.0f} ms a "
           f"tenant: {tick.seconds / baseline.seconds:.2f}x an empty run, target {UNCHANGED_TICK_TARGET:.0f}x)")
     if not scale.smoke:
