@@ -14,7 +14,10 @@
     per-run process start a run launcher adds), first runs then a rerun of all 100. Per-tenant
     overhead: what the same 2,000,000 providers cost more when split over 100 tenants than in one,
     per additional tenant: (100-tenant total - one 2M-tenant run) / 99. Its floor is the plain
-    script over the 100 tenants.
+    script over the 100 tenants. Then the daily path when nothing changed: the schedule's gate over
+    all 100 (cheap source signal per tenant, "no change" observations, no run; best of three ticks),
+    per tenant against an empty Dagster run (target 2x): omop_100_tenants_20k_unchanged_tick. The
+    rerun pass (omop_100_tenants_20k_rerun) is the in-run skip, what a run launched by hand costs.
 
 Every measured piece runs in a fresh process (benchmarks/harness.py), including the seeding, so the
 runner's own memory never shows in a child's peak RSS. Details beyond the table (per-tenant run
@@ -39,6 +42,8 @@ SEED_TARGET_SECONDS = 30.0
 ROW_BY_ROW_SAMPLE = 20_000
 TENANTS = 100
 TENANT_PROVIDERS = 20_000
+FIXED_COST_TARGET = 3.0  # a tenant's fixed cost <= 3x the Iceberg commits it needs on empty tables
+UNCHANGED_TICK_TARGET = 2.0  # an unchanged tenant on the daily path <= 2x an empty Dagster run
 REPEAT = 3
 SOURCE_SCHEMA = "bench_omop_source"
 LANDING_PREFIX = "bench/omop/landing/day1/"
@@ -131,8 +136,8 @@ class _Tenants:
         self.path.write_text("tenants:\n" + "".join(
             f"  - {{name: {name}, source_dsn_env: WAREHOUSE_DSN, source_schema: {schema}, landing_prefix: {prefix}}}\n"
             for name, (schema, prefix) in zip(self.names, schemas_and_prefixes, strict=True)))
-        defs = rebuilt(omop_defs, resources={**platform_resources(),
-                                             "omop_tenants": TenantsResource(tenants_file=str(self.path))})
+        self.resources = {**platform_resources(), "omop_tenants": TenantsResource(tenants_file=str(self.path))}
+        defs = rebuilt(omop_defs, resources=self.resources)
         self.job = defs.resolve_implicit_global_asset_job_def()
         # created before the clock starts, as in a deployment
         self.instance = dg.DagsterInstance.ephemeral()
@@ -153,6 +158,28 @@ class _Tenants:
                 if e.event_type_value == "ASSET_OBSERVATION" and e.asset_key.to_user_string() == "omop/provider"]
         [rows] = published or kept
         return rows
+
+    def tick(self) -> float:
+        """One evaluation of the daily schedule's body over every tenant (what the daily path costs when
+        nothing changed: the gate and the "no change" observations, no run); its seconds. The schedule
+        function itself needs a persistent instance, this one is in memory like the runs'. Fails if it
+        would launch any run."""
+        import logging
+        import time
+        from datetime import UTC, datetime
+
+        from covid_lakehouse.defs.omop.schedules import daily_requests
+
+        # Resolved as a tick resolves them (their settings come from the environment), before the clock.
+        s3, lakehouse = (self.resources[key].process_config_and_initialize() for key in ("s3", "lakehouse"))
+        start = time.perf_counter()
+        requests = daily_requests(self.instance, datetime.now(UTC).date(), self.resources["omop_tenants"], s3,
+                                  lakehouse, logging.getLogger("bench"))
+        seconds = time.perf_counter() - start
+        if requests:
+            raise RuntimeError(f"the daily tick requested runs of unchanged tenants: "
+                               f"{[(r.partition_key, r.tags['omop/trigger']) for r in requests][:5]}")
+        return seconds
 
     def close(self) -> None:
         self.instance.dispose()
@@ -196,6 +223,8 @@ def measure_tenants(tenants: int = TENANTS, details: str = "") -> tuple[float, i
                 rows += group.run(name)
                 runs.append(time.perf_counter() - began)
             passes[label] = {"seconds": time.perf_counter() - start, "rows": rows, "runs": runs}
+        # The daily path for unchanged tenants: the schedule's gate, no run (best of three ticks).
+        passes["tick"] = {"seconds": min(group.tick() for _ in range(3)), "tenants": tenants}
         if details:
             Path(details).write_text(json.dumps(passes))
         return passes["first"]["seconds"], passes["first"]["rows"]
@@ -265,6 +294,36 @@ def measure_floor(providers: int = PROVIDERS) -> tuple[float, int]:
 
 def measure_floor_tenants(tenants: int = TENANTS) -> tuple[float, int]:
     return timed(lambda: _floor_work([(TENANT_SCHEMA.format(i), SAMPLE_PREFIX) for i in range(tenants)]))
+
+
+def measure_iceberg_floor_tenants(tenants: int = TENANTS) -> tuple[float, int]:
+    """The floor of a tenant's fixed cost: plain pyiceberg creating a fresh namespace with the tenant's
+    tables (same names and schemas) and committing one append to each; the data is empty, so what is
+    left is the catalog round trips and metadata writes every first run needs. Returns the tables."""
+    from covid_lakehouse.defs.omop import tables
+    from covid_lakehouse.lib.lakehouse import LakehouseResource
+    from covid_lakehouse.lib.settings import ServiceSettings
+
+    catalog = LakehouseResource.from_settings(ServiceSettings.from_env()).catalog()
+    schemas = {tables.T_PROVIDER: tables.PROVIDER, tables.T_CARE_SITE: tables.CARE_SITE,
+               tables.T_PROVENANCE: tables.PROVENANCE, tables.T_QUARANTINE: tables.QUARANTINE,
+               tables.T_FLAG: tables.FLAG, tables.T_LANDING_FILE: tables.LANDING_FILE,
+               tables.T_LANDING_ROW: tables.LANDING_ROW, tables.T_PROVIDER_ID_MAP: tables.ID_MAP,
+               tables.T_CARE_SITE_ID_MAP: tables.ID_MAP, tables.T_RUN_LOG: tables.RUN_LOG}
+    namespaces = [f"bench_iceberg_floor_{uuid.uuid4().hex[:8]}" for _ in range(tenants)]
+
+    def work() -> int:
+        for namespace in namespaces:
+            catalog.create_namespace(namespace)
+            for name, schema in schemas.items():
+                catalog.create_table((namespace, name), schema=schema).append(schema.empty_table())
+        return tenants * len(schemas)
+
+    try:
+        return timed(work)
+    finally:
+        for namespace in namespaces:
+            _drop_namespace(namespace)
 
 
 # ---- seeding ------------------------------------------------------------------------------------------
@@ -362,11 +421,14 @@ def run(scale: Scale) -> list:
     # (c)
     measure("benchmarks.omop", "prepare_tenants", repeat=1, tenants=size.tenants, providers=size.tenant_providers)
     floor_tenants = measure("benchmarks.omop", "floor_tenants", repeat=1, tenants=size.tenants)
+    iceberg_floor = measure("benchmarks.omop", "iceberg_floor_tenants", repeat=1, tenants=size.tenants)
     side = _TMP / "tenants.json"
     _TMP.mkdir(parents=True, exist_ok=True)
     tenants = measure("benchmarks.omop", "tenants", repeat=1, tenants=size.tenants, details=str(side))
     passes = json.loads(side.read_text())
     tenants_rerun = Measurement(passes["rerun"]["seconds"], tenants.peak_rss_mb, passes["rerun"]["rows"])
+    # Per unchanged tenant: the daily tick's gate (no run launched), against one empty Dagster run.
+    tick = Measurement(passes["tick"]["seconds"] / size.tenants, tenants.peak_rss_mb, size.tenants)
 
     results = [
         result("omop_tenant_run_2m", first, floor, baseline, target_ratio=TARGET),
@@ -374,9 +436,15 @@ def run(scale: Scale) -> list:
         result("omop_seed_2m", seeding, row_by_row, baseline, target_ratio=None),
         result("omop_100_tenants_20k", tenants, floor_tenants, baseline, target_ratio=None),
         result("omop_100_tenants_20k_rerun", tenants_rerun, floor_tenants, baseline, target_ratio=None),
+        result("omop_100_tenants_20k_unchanged_tick", tick, baseline, baseline, target_ratio=UNCHANGED_TICK_TARGET),
     ]
     overhead = (tenants.seconds - first.seconds) / (size.tenants - 1)
     floor_overhead = (floor_tenants.seconds - floor.seconds) / (size.tenants - 1)
+    # A tenant's fixed cost against the Iceberg commits it needs on empty tables (target 3x).
+    iceberg_per_tenant = iceberg_floor.seconds / size.tenants
+    results.append(result("omop_tenant_fixed_cost", Measurement(overhead, tenants.peak_rss_mb, 1),
+                          Measurement(iceberg_per_tenant, iceberg_floor.peak_rss_mb, 1), baseline,
+                          target_ratio=FIXED_COST_TARGET))
     details = {
         "tenant_run_2m": {"seconds": first.seconds, "floor_seconds": floor.seconds,
                           "ratio": round(first.seconds / floor.seconds, 2), "target_ratio": TARGET,
@@ -393,8 +461,13 @@ def run(scale: Scale) -> list:
             "peak_rss_mb": tenants.peak_rss_mb,
             "first_run_per_tenant": _spread(passes["first"]["runs"]),
             "rerun_per_tenant": _spread(passes["rerun"]["runs"]),
+            "unchanged_tick_seconds": passes["tick"]["seconds"],
+            "unchanged_tick_per_tenant_seconds": round(tick.seconds, 4),
+            "unchanged_tick_per_tenant_ratio_to_empty_run": round(tick.seconds / baseline.seconds, 2),
             "overhead_per_tenant_seconds": round(overhead, 2),
             "floor_overhead_per_tenant_seconds": round(floor_overhead, 3),
+            "iceberg_floor_per_tenant_seconds": round(iceberg_per_tenant, 3),
+            "overhead_to_iceberg_floor_ratio": round(overhead / iceberg_per_tenant, 2),
             "empty_dagster_run_seconds": baseline.seconds,
         },
     }
@@ -411,7 +484,10 @@ def run(scale: Scale) -> list:
     print(f"  (c) {size.tenants} tenants x {size.tenant_providers:,}: first runs {tenants.seconds:.0f} s "
           f"({tenants.seconds / size.tenants:.2f} s a tenant), reruns {passes['rerun']['seconds']:.0f} s, floor "
           f"{floor_tenants.seconds:.0f} s; overhead per additional tenant {overhead:.2f} s "
-          f"(floor's {floor_overhead:.3f} s); an empty Dagster run {baseline.seconds:.2f} s")
+          f"(floor's {floor_overhead:.3f} s; Iceberg commits of a tenant on empty tables {iceberg_per_tenant:.3f} s: "
+          f"{overhead / iceberg_per_tenant:.2f}x, target {FIXED_COST_TARGET:.0f}x); an empty Dagster run {baseline.seconds:.2f} s; "
+          f"the daily tick with nothing changed {passes['tick']['seconds']:.2f} s ({tick.seconds * 1000:.0f} ms a "
+          f"tenant: {tick.seconds / baseline.seconds:.2f}x an empty run, target {UNCHANGED_TICK_TARGET:.0f}x)")
     if not scale.smoke:
         print(f"  details: {DETAILS}")
     return results

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+from psycopg import sql
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
@@ -84,3 +85,46 @@ def published(lakehouse, namespace: str) -> dict[str, pa.Table]:
         data = lakehouse.read(namespace, table).drop_columns(list(excluded))
         result[table] = data.sort_by([(name, "ascending") for name in data.column_names])
     return result
+
+
+def execute_on_provider(pg, tenant, statement: str) -> None:
+    pg.execute(sql.SQL(statement).format(t=sql.Identifier(tenant.source_schema, "provider")))
+    flush_stats(pg)
+
+
+def flush_stats(pg) -> None:
+    """Make this session's statistics visible now. A writer's counters reach pg_stat_user_tables when
+    its session goes idle, at most once a second: a change made less than a second after another
+    would otherwise count only later (for the gate: as if it had come after it, see fingerprint.py)."""
+    pg.execute("select pg_stat_force_next_flush()")
+
+
+# Each kind of change, applied to the tenant's sources in turn. TRUNCATE + reload of the same rows is
+# not among them: the content is the same, so is the fingerprint, and skipping is right (see below).
+CHANGES = {
+    "insert": lambda pg, s3, t: execute_on_provider(pg, t, "INSERT INTO {t} (provider_name, npi, specialty, care_site) "
+                                                "VALUES ('Ada Byron', '1000000001', 'Cardiology', 'Metro Med')"),
+    "update": lambda pg, s3, t: execute_on_provider(pg, t, "UPDATE {t} SET provider_name = 'Grace Hopper' "
+                                                "WHERE provider_id = 7"),
+    "delete": lambda pg, s3, t: execute_on_provider(pg, t, "DELETE FROM {t} WHERE provider_id = 9"),
+    # Same row count after the pair: a count or a max(id) would not see it.
+    "insert+delete": lambda pg, s3, t: execute_on_provider(
+        pg, t, "WITH gone AS (DELETE FROM {t} WHERE provider_id = 11 RETURNING provider_name, specialty, care_site) "
+               "INSERT INTO {t} (provider_id, provider_name, npi, specialty, care_site) "
+               "SELECT 100011, provider_name, '1000000002', specialty, care_site FROM gone"),
+    # Same row count, same storage file, same ids: only the counters (and the content) tell.
+    "update, same size": lambda pg, s3, t: execute_on_provider(pg, t, "UPDATE {t} SET npi = reverse(npi) WHERE provider_id = 5"),
+    "truncate + reload, one row changed": lambda pg, s3, t: execute_on_provider(
+        pg, t, "CREATE TEMP TABLE reload AS SELECT * FROM {t}; TRUNCATE {t}; "
+               "INSERT INTO {t} SELECT * FROM reload; UPDATE {t} SET provider_name = 'Ada Lovelace' "
+               "WHERE provider_id = 13; DROP TABLE reload"),
+    "column added": lambda pg, s3, t: execute_on_provider(pg, t, "ALTER TABLE {t} ADD COLUMN dea varchar(20)"),
+    # The rows' text is the same after the retype: only the column definitions tell.
+    "column retyped": lambda pg, s3, t: execute_on_provider(pg, t, "ALTER TABLE {t} ALTER COLUMN specialty TYPE text"),
+    "new file": lambda pg, s3, t: drop_file(s3, t, "d2/more.csv", b"ProviderName,ProviderID,NPI\n"
+                                                                  b"Lin Wu,501,1000000002\n"),
+    "file replaced, same key": lambda pg, s3, t: drop_file(s3, t, "d2/more.csv", b"ProviderName,ProviderID,NPI\n"
+                                                                                 b"Lin Wu,501,1000000001\n"),
+    # Taken-in rows stay in landing_row: the outputs need not change, but the run is not skipped.
+    "file deleted": lambda pg, s3, t: s3.get_client().delete_object(Bucket=t.landing_bucket, Key=t.prefix + "d2/more.csv"),
+}

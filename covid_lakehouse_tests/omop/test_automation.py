@@ -51,13 +51,13 @@ def test_tenants_sensor_without_a_tenants_file_skips_and_keeps_the_partitions(mo
     assert instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME) == ["acme"]
 
 
-def test_landing_sensor_requests_a_run_per_tenant_with_new_objects_once(make_tenants, s3, instance, tmp_path):
+def test_landing_sensor_requests_a_run_per_tenant_with_new_objects_once(make_tenants, s3, lakehouse, instance):
     env = make_tenants(3, providers=0)
     a, b, unregistered = env.tenants
     broken = Tenant(name="nobucket", source_dsn_env="WAREHOUSE_DSN", landing_bucket="no-such-bucket")
     write_tenants(env.path, [a, b, unregistered, broken])
     instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, [a.name, b.name, broken.name])
-    resources = {"omop_tenants": env.resource, "s3": s3}
+    resources = {"omop_tenants": env.resource, "s3": s3, "lakehouse": lakehouse}
 
     def tick(cursor):
         return omop_landing_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
@@ -74,14 +74,20 @@ def test_landing_sensor_requests_a_run_per_tenant_with_new_objects_once(make_ten
     assert len({r.run_key for r in [*first.run_requests, *third.run_requests]}) == 3
 
 
-def test_daily_schedule_requests_one_run_per_tenant():
+def test_daily_schedule_requests_one_run_per_tenant(make_tenants, s3, lakehouse):
+    env = make_tenants(2, providers=0)
+    alpha, beta = sorted(t.name for t in env.tenants)
+    resources = {"omop_tenants": env.resource, "s3": s3, "lakehouse": lakehouse}
     with dg.instance_for_test() as instance:
-        assert isinstance(omop_daily(dg.build_schedule_context(instance=instance)), dg.SkipReason)
-        instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, ["alpha", "beta"])
-        requests = omop_daily(dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=datetime(2024, 5, 2, 5, tzinfo=UTC)))
+        with dg.build_schedule_context(instance=instance, resources=resources) as context:
+            assert isinstance(omop_daily(context), dg.SkipReason)
+        instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, [alpha, beta])
+        with dg.build_schedule_context(instance=instance, resources=resources,
+                                       scheduled_execution_time=datetime(2024, 5, 2, 5, tzinfo=UTC)) as context:
+            requests = omop_daily(context)
+    # Never published: each runs (test_gate.py: an unchanged tenant does not).
     assert [(r.partition_key, r.run_key, r.tags["covid_lakehouse/pool"]) for r in requests] == [
-        ("alpha", "daily:alpha:2024-05-02", "omop:alpha"), ("beta", "daily:beta:2024-05-02", "omop:beta")]
+        (alpha, f"daily:{alpha}:2024-05-02", f"omop:{alpha}"), (beta, f"daily:{beta}:2024-05-02", f"omop:{beta}")]
 
 
 def test_demo_procedure_materializes_a_prepared_demo_tenant_through_the_sensors(

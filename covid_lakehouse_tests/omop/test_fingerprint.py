@@ -14,10 +14,13 @@ from covid_lakehouse.defs.omop import assets, fingerprint, pipeline, tables
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY, TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.fingerprint import postgres_part, postgres_signal
 from covid_lakehouse_tests.omop.support import (
+    CHANGES,
     FULL_REFRESH,
     OUTPUTS,
     SAMPLE_CSV,
     drop_file,
+    execute_on_provider,
+    flush_stats,
     published,
     run_tenant,
 )
@@ -83,48 +86,6 @@ def test_an_unchanged_tenant_is_skipped_and_keeps_exactly_what_it_published(make
     assert [r["source_fingerprint"] for r in lakehouse.read(ns, tables.T_RUN_LOG).to_pylist()] == [fingerprint] * 2
     assert _skipped(run_tenant(env, tenant, instance))
 
-
-def _execute(pg, tenant, statement: str) -> None:
-    pg.execute(sql.SQL(statement).format(t=sql.Identifier(tenant.source_schema, "provider")))
-    flush_stats(pg)
-
-
-def flush_stats(pg) -> None:
-    """Make this session's statistics visible now. A writer's counters reach pg_stat_user_tables when
-    its session goes idle, at most once a second: a change made less than a second after another
-    would otherwise count only later (for the gate: as if it had come after it, see fingerprint.py)."""
-    pg.execute("select pg_stat_force_next_flush()")
-
-
-# Each kind of change, applied to the tenant's sources in turn. TRUNCATE + reload of the same rows is
-# not among them: the content is the same, so is the fingerprint, and skipping is right (see below).
-CHANGES = {
-    "insert": lambda pg, s3, t: _execute(pg, t, "INSERT INTO {t} (provider_name, npi, specialty, care_site) "
-                                                "VALUES ('Ada Byron', '1000000001', 'Cardiology', 'Metro Med')"),
-    "update": lambda pg, s3, t: _execute(pg, t, "UPDATE {t} SET provider_name = 'Grace Hopper' "
-                                                "WHERE provider_id = 7"),
-    "delete": lambda pg, s3, t: _execute(pg, t, "DELETE FROM {t} WHERE provider_id = 9"),
-    # Same row count after the pair: a count or a max(id) would not see it.
-    "insert+delete": lambda pg, s3, t: _execute(
-        pg, t, "WITH gone AS (DELETE FROM {t} WHERE provider_id = 11 RETURNING provider_name, specialty, care_site) "
-               "INSERT INTO {t} (provider_id, provider_name, npi, specialty, care_site) "
-               "SELECT 100011, provider_name, '1000000002', specialty, care_site FROM gone"),
-    # Same row count, same storage file, same ids: only the counters (and the content) tell.
-    "update, same size": lambda pg, s3, t: _execute(pg, t, "UPDATE {t} SET npi = reverse(npi) WHERE provider_id = 5"),
-    "truncate + reload, one row changed": lambda pg, s3, t: _execute(
-        pg, t, "CREATE TEMP TABLE reload AS SELECT * FROM {t}; TRUNCATE {t}; "
-               "INSERT INTO {t} SELECT * FROM reload; UPDATE {t} SET provider_name = 'Ada Lovelace' "
-               "WHERE provider_id = 13; DROP TABLE reload"),
-    "column added": lambda pg, s3, t: _execute(pg, t, "ALTER TABLE {t} ADD COLUMN dea varchar(20)"),
-    # The rows' text is the same after the retype: only the column definitions tell.
-    "column retyped": lambda pg, s3, t: _execute(pg, t, "ALTER TABLE {t} ALTER COLUMN specialty TYPE text"),
-    "new file": lambda pg, s3, t: drop_file(s3, t, "d2/more.csv", b"ProviderName,ProviderID,NPI\n"
-                                                                  b"Lin Wu,501,1000000002\n"),
-    "file replaced, same key": lambda pg, s3, t: drop_file(s3, t, "d2/more.csv", b"ProviderName,ProviderID,NPI\n"
-                                                                                 b"Lin Wu,501,1000000001\n"),
-    # Taken-in rows stay in landing_row: the outputs need not change, but the run is not skipped.
-    "file deleted": lambda pg, s3, t: s3.get_client().delete_object(Bucket=t.landing_bucket, Key=t.prefix + "d2/more.csv"),
-}
 
 # Changes the outputs need not show: the columns we extract read the same; a deleted file's rows were taken in.
 OUTPUTS_MAY_STAY = {"column added", "column retyped", "file deleted"}
@@ -225,7 +186,7 @@ def test_the_cheap_signal_moves_with_every_change_even_a_reload_of_the_same_rows
         "insert", "update", "delete", "insert+delete", "column added", "column retyped")]
     changes += [
         # An update that leaves the row count, the ids and the file size as they were.
-        ("update, same size", lambda: _execute(pg, tenant, "UPDATE {t} SET npi = reverse(npi) WHERE provider_id = 3")),
+        ("update, same size", lambda: execute_on_provider(pg, tenant, "UPDATE {t} SET npi = reverse(npi) WHERE provider_id = 3")),
         ("truncate + reload", lambda: (pg.execute(sql.SQL("CREATE TEMP TABLE keep AS SELECT * FROM {}").format(target)),
                                        pg.execute(sql.SQL("TRUNCATE {}").format(target)),
                                        pg.execute(sql.SQL("INSERT INTO {} SELECT * FROM keep").format(target)),
@@ -258,7 +219,7 @@ def test_a_reload_of_the_same_rows_is_hashed_once_then_known_by_its_signal(make_
     drop_file(s3, tenant, "d1/sample.csv", SAMPLE_CSV)
     assert not _skipped(run_tenant(env, tenant, instance))
     snapshots = _snapshots(lakehouse, ns)
-    _execute(pg, tenant, "CREATE TEMP TABLE same AS SELECT * FROM {t}; TRUNCATE {t}; INSERT INTO {t} SELECT * FROM same")
+    execute_on_provider(pg, tenant, "CREATE TEMP TABLE same AS SELECT * FROM {t}; TRUNCATE {t}; INSERT INTO {t} SELECT * FROM same")
     reloaded = run_tenant(env, tenant, instance)
     assert _skipped(reloaded)  # the content is what the last run published
     assert _observations(reloaded)[PROVIDER_KEY]["fingerprint_checked"] == "content"

@@ -131,11 +131,16 @@ def _unchanged_since(context: dg.AssetExecutionContext, tenant: Tenant, recorded
                      sources: Fingerprint) -> bool:
     """Whether the last successful run (its run_log row) recorded this fingerprint and its outputs are
     still the latest (no later run of a subset of the tenant's assets republished one of them)."""
-    if recorded.get("source_fingerprint") != sources.digest:
-        return False
+    return recorded.get("source_fingerprint") == sources.digest and published_outputs_latest(
+        context.instance, tenant.name, recorded["run_id"])
+
+
+def published_outputs_latest(instance: dg.DagsterInstance, tenant: str, run_id: str) -> bool:
+    """Whether the tenant's outputs were last materialized by run ``run_id`` (the run that recorded
+    the fingerprint), not since republished by a run of a subset of its assets."""
     for key in (LANDING_KEY, CARE_SITE_KEY, PROVIDER_KEY):
-        latest = _latest_materialization(context.instance, key, tenant.name)
-        if latest is None or latest.run_id != recorded["run_id"]:
+        latest = _latest_materialization(instance, key, tenant)
+        if latest is None or latest.run_id != run_id:
             return False
     return True
 

@@ -166,20 +166,35 @@ def _digest(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def fingerprint(tenant: Tenant, landing: list[LandingObject], recorded: dict | None = None) -> Fingerprint:
-    """The tenant's fingerprint. ``recorded``: the last successful run's run_log row; when its signal
-    equals the one read now, its content fingerprint is taken over without reading the tables."""
-    common = {
+def _common(tenant: Tenant, landing: list[LandingObject]) -> dict:
+    return {
         "version": VERSION, "code": code_digest(),
         "tenant": {"source_schema": tenant.source_schema, "landing_bucket": tenant.landing_bucket,
                    "landing_prefix": tenant.prefix},
         "landing": landing_part(landing),
     }
+
+
+def _signal(conn: psycopg.Connection, tenant: Tenant, common: dict) -> tuple[str | None, dict | None]:
+    signal_part = postgres_signal(conn, tenant)
+    return (_digest({**common, "signal": signal_part}) if signal_part is not None else None), signal_part
+
+
+def signal(tenant: Tenant, landing: list[LandingObject]) -> str | None:
+    """The cheap signal alone (no row read): what a schedule or sensor tick compares with the recorded
+    one before launching a run. None when the counters cannot vouch for the tables."""
+    with _connect(tenant) as conn:
+        return _signal(conn, tenant, _common(tenant, landing))[0]
+
+
+def fingerprint(tenant: Tenant, landing: list[LandingObject], recorded: dict | None = None) -> Fingerprint:
+    """The tenant's fingerprint. ``recorded``: the last successful run's run_log row; when its signal
+    equals the one read now, its content fingerprint is taken over without reading the tables."""
+    common = _common(tenant, landing)
     with _connect(tenant) as conn:
         # The signal is read before the content snapshot is taken: every change it counts is then in
         # the content this run hashes (and extracts), never only in the recorded signal.
-        signal_part = postgres_signal(conn, tenant)
-        signal = _digest({**common, "signal": signal_part}) if signal_part is not None else None
+        signal, signal_part = _signal(conn, tenant, common)
         if (signal is not None and recorded is not None and recorded.get("source_fingerprint")
                 and recorded.get("source_signal") == signal):
             return Fingerprint(recorded["source_fingerprint"], signal, "signal", {**common, "signal": signal_part})

@@ -9,9 +9,11 @@ import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
 
 from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
+from covid_lakehouse.defs.omop.gate import evaluate
 from covid_lakehouse.defs.omop.landing import LandingObject, list_landing
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME, tenant_partitions
 from covid_lakehouse.defs.omop.tenants import TENANTS_FILE_ENV, TenantConfigError, TenantsResource
+from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.policies import max_runtime
 from covid_lakehouse.lib.s3 import LakeS3Resource
 
@@ -97,7 +99,7 @@ class LandingCursor:
            description="Requests a run of a tenant's partition when new objects land under its prefix; each "
                        "object is picked up once. A tenant whose listing fails is skipped, the others go on.")
 def omop_landing_sensor(context: dg.SensorEvaluationContext, omop_tenants: TenantsResource,
-                        s3: LakeS3Resource) -> dg.SensorResult:
+                        s3: LakeS3Resource, lakehouse: LakehouseResource) -> dg.SensorResult:
     try:
         tenants = omop_tenants.load()
     except TenantConfigError as err:
@@ -105,7 +107,7 @@ def omop_landing_sensor(context: dg.SensorEvaluationContext, omop_tenants: Tenan
     registered = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME))
     cursor = LandingCursor.parse(context.cursor)
     client = s3.get_client()
-    requests = []
+    requests, observations = [], []
     for tenant in tenants:
         if tenant.name not in registered:  # the tenants sensor adds it (and runs it) first
             continue
@@ -119,9 +121,16 @@ def omop_landing_sensor(context: dg.SensorEvaluationContext, omop_tenants: Tenan
         if not new:
             continue
         newest = max(new, key=lambda o: o.order)
+        cursor.advance(tenant.name, new)
+        # New to this sensor, but perhaps already published by another run (the daily one, or the run
+        # that registered the tenant): the gate sees that from the recorded source signal.
+        decision = evaluate(context.instance, tenant, client, lakehouse, objects=objects)
+        if decision.unchanged:
+            context.log.info("tenant %s: %d new object(s), already published: no run", tenant.name, len(new))
+            observations += decision.observations()
+            continue
         context.log.info("tenant %s: %d new object(s), newest %s", tenant.name, len(new), newest.key)
         requests.append(tenant_run_request(
             tenant.name, run_key=f"landing:{tenant.name}:{newest.last_modified.isoformat()}:{newest.key}",
             reason=f"{len(new)} new file(s)"))
-        cursor.advance(tenant.name, new)
-    return dg.SensorResult(run_requests=requests, cursor=cursor.dump())
+    return dg.SensorResult(run_requests=requests, asset_events=observations, cursor=cursor.dump())
