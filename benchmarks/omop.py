@@ -244,7 +244,8 @@ def _floor_work(targets: list[tuple[str, str]]) -> int:
     endpoint = os.environ["S3_ENDPOINT_URL"]
     s3fs = fs.S3FileSystem(endpoint_override=endpoint.split("://", 1)[1], scheme=endpoint.split("://", 1)[0],
                            region="us-east-1", force_virtual_addressing=False,
-                           access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+                           access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+                           background_writes=False)  # uploads keep pace with the writer: memory stays flat
     client = _s3_client()
     rows = 0
     for schema, prefix in targets:
@@ -262,7 +263,7 @@ def _floor_work(targets: list[tuple[str, str]]) -> int:
                     buffer.seek(0)
                     # the product's schema and reader options (types given: no inference block by block)
                     with pq.ParquetWriter(f"{out}/{table}.parquet", columns, filesystem=s3fs) as writer:
-                        for batch in pacsv.open_csv(buffer, **copy_csv_options(columns, block_size=16 << 20)):
+                        for batch in pacsv.open_csv(buffer, **copy_csv_options(columns)):
                             writer.write_batch(batch)
                             if table == "provider":
                                 rows += batch.num_rows

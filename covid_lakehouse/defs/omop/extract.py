@@ -73,9 +73,10 @@ def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
         return pacsv.read_csv(buffer, **copy_csv_options(schema, block_size=64 << 20))
 
 
-def extract_parquet(tenant: Tenant, table: str, schema: pa.Schema, path: Path, *, block_size: int = 16 << 20) -> Path:
+def extract_parquet(tenant: Tenant, table: str, schema: pa.Schema, path: Path, *, block_size: int = 4 << 20) -> Path:
     """Like :func:`extract`, but into the parquet file ``path``, one CSV block at a time: memory stays
-    one block however large the table (DuckDB then reads the file, see build_providers)."""
+    one block however large the table (DuckDB then reads the file, see build_providers). Small blocks:
+    with 16 MB ones the peak still grew from 2M to 8M rows (measured), with 4 MB it stays flat."""
     with tempfile.TemporaryFile(prefix="omop-extract-") as buffer:
         _copy_out(tenant, table, schema, buffer)
         buffer.seek(0)
