@@ -7,6 +7,10 @@
     reported against the same floor. Floor and run are measured alternately, best of three each, so
     that load from other processes on the machine weighs on both alike. The framework also cleans,
     maps, merges, audits and writes provenance, quarantine and flags, which the floor does not.
+(a') memory: peak RSS of the 2M run and rerun against the floor's (target 1.3x), and of a first run over
+    8,000,000 providers (seeded by the same generator, measured once: minutes) against the 2M run's
+    (target 1.1x: memory must not grow with the tenant). The floor streams too (COPY to a file, parquet
+    one CSV block at a time), so its own peak at 8M is reported against its 2M peak.
 (b) seeding 2,000,000 providers (target: under 30 s), against a row-by-row INSERT of a 20,000-row
     sample of the same rows, extrapolated linearly to 2,000,000 (it is far too slow to run in full).
 (c) 100 tenants x 20,000 providers (each its own source schema, all reading the sample file): 100
@@ -37,7 +41,10 @@ from pathlib import Path
 from benchmarks.harness import Measurement, Scale, best_of, case, measure, result, timed
 
 PROVIDERS = 2_000_000
+LARGE_PROVIDERS = 8_000_000  # the memory point: a tenant 4x as large must not need more memory
 TARGET = 3.0
+MEMORY_TARGET = 1.3  # peak RSS of the 2M run and rerun <= 1.3x the floor's
+MEMORY_GROWTH_TARGET = 1.1  # peak RSS at 8M <= 1.1x the peak at 2M
 SEED_TARGET_SECONDS = 30.0
 ROW_BY_ROW_SAMPLE = 20_000
 TENANTS = 100
@@ -47,6 +54,8 @@ UNCHANGED_TICK_TARGET = 2.0  # an unchanged tenant on the daily path <= 2x an em
 REPEAT = 3
 SOURCE_SCHEMA = "bench_omop_source"
 LANDING_PREFIX = "bench/omop/landing/day1/"
+LARGE_SOURCE_SCHEMA = "bench_omop_source_8m"
+LARGE_LANDING_PREFIX = "bench/omop/landing/day1_8m/"
 SAMPLE_PREFIX = "bench/omop/landing/sample/"  # the 100 tenants' prefix: the sample file only
 TENANT_SCHEMA = "bench_omop_t{:03d}"
 _TMP = Path(tempfile.gettempdir()) / "covid_lakehouse_bench_omop"
@@ -89,15 +98,16 @@ def day_files(providers: int) -> dict[str, bytes]:
 
 
 # ---- setup (in a child process, untimed by the case) -------------------------------------------------
-def measure_prepare(providers: int = PROVIDERS) -> tuple[float, int]:
-    """Seed the 2M source and drop the day's files (once per session)."""
+def measure_prepare(providers: int = PROVIDERS, schema: str = SOURCE_SCHEMA,
+                    prefix: str = LANDING_PREFIX) -> tuple[float, int]:
+    """Seed the 2M (or 8M) source and drop the day's files (once per session)."""
     from covid_lakehouse_dev.seeds.omop import seed_source
 
     def work() -> int:
-        seed_source(_dsn(), providers=providers, schema=SOURCE_SCHEMA)
+        seed_source(_dsn(), providers=providers, schema=schema)
         client = _s3_client()
         for name, body in day_files(providers).items():
-            client.put_object(Bucket="raw", Key=LANDING_PREFIX + name, Body=body)
+            client.put_object(Bucket="raw", Key=prefix + name, Body=body)
         return providers
 
     return timed(work)
@@ -188,9 +198,10 @@ class _Tenants:
             _drop_namespace("omop_" + name)
 
 
-def measure_dagster(providers: int = PROVIDERS) -> tuple[float, int]:
+def measure_dagster(providers: int = PROVIDERS, schema: str = SOURCE_SCHEMA,
+                    prefix: str = LANDING_PREFIX) -> tuple[float, int]:
     """A tenant's first run."""
-    tenants = _Tenants([(SOURCE_SCHEMA, LANDING_PREFIX)])
+    tenants = _Tenants([(schema, prefix)])
     try:
         return timed(lambda: tenants.run(tenants.names[0]))
     finally:
@@ -256,27 +267,35 @@ def _floor_work(targets: list[tuple[str, str]]) -> int:
     from psycopg import sql
     from pyarrow import fs
 
+    from covid_lakehouse.defs.omop.extract import CARE_SITE_SOURCE, PROVIDER_SOURCE
     from covid_lakehouse.lib.postgres import copy_csv_options, copy_out_sql
 
     endpoint = os.environ["S3_ENDPOINT_URL"]
     s3fs = fs.S3FileSystem(endpoint_override=endpoint.split("://", 1)[1], scheme=endpoint.split("://", 1)[0],
                            region="us-east-1", force_virtual_addressing=False,
-                           access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+                           access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+                           background_writes=False)  # uploads keep pace with the writer: memory stays flat
     client = _s3_client()
     rows = 0
     for schema, prefix in targets:
         out = f"lakehouse/bench_floor/{uuid.uuid4().hex[:8]}"
         with psycopg.connect(_dsn()) as conn:
-            for table in ("care_site", "provider"):
-                buffer = io.BytesIO()
-                with conn.cursor().copy(copy_out_sql(sql.Identifier(schema, table), header=True)) as copy:
-                    for chunk in copy:
-                        buffer.write(chunk)
-                buffer.seek(0)
-                data = pacsv.read_csv(buffer, **copy_csv_options(header=True))  # the product's exact reader
-                pq.write_table(data, f"{out}/{table}.parquet", filesystem=s3fs)
-                if table == "provider":
-                    rows += data.num_rows
+            for table, columns in (("care_site", CARE_SITE_SOURCE), ("provider", PROVIDER_SOURCE)):
+                # Streamed, as the product's extract is: CSV to a file, then parquet one block at a time,
+                # so the floor's memory does not grow with the table either.
+                with tempfile.TemporaryFile(prefix="bench-floor-") as buffer:
+                    target = sql.SQL("{} ({})").format(sql.Identifier(schema, table), sql.SQL(", ").join(
+                        sql.Identifier(name) for name in columns.names))
+                    with conn.cursor().copy(copy_out_sql(target)) as copy:
+                        for chunk in copy:
+                            buffer.write(chunk)
+                    buffer.seek(0)
+                    # the product's schema and reader options (types given: no inference block by block)
+                    with pq.ParquetWriter(f"{out}/{table}.parquet", columns, filesystem=s3fs) as writer:
+                        for batch in pacsv.open_csv(buffer, **copy_csv_options(columns)):
+                            writer.write_batch(batch)
+                            if table == "provider":
+                                rows += batch.num_rows
         for item in client.list_objects_v2(Bucket="raw", Prefix=prefix)["Contents"]:
             body = client.get_object(Bucket="raw", Key=item["Key"])["Body"].read()
             if item["Key"].endswith(".json"):
@@ -288,8 +307,9 @@ def _floor_work(targets: list[tuple[str, str]]) -> int:
     return rows
 
 
-def measure_floor(providers: int = PROVIDERS) -> tuple[float, int]:
-    return timed(lambda: _floor_work([(SOURCE_SCHEMA, LANDING_PREFIX)]))
+def measure_floor(providers: int = PROVIDERS, schema: str = SOURCE_SCHEMA,
+                  prefix: str = LANDING_PREFIX) -> tuple[float, int]:
+    return timed(lambda: _floor_work([(schema, prefix)]))
 
 
 def measure_floor_tenants(tenants: int = TENANTS) -> tuple[float, int]:
@@ -389,13 +409,14 @@ def measure_seed_row_by_row(sample: int = ROW_BY_ROW_SAMPLE) -> tuple[float, int
 @dataclass(frozen=True)
 class Sizes:
     providers: int
+    large_providers: int
     row_by_row_sample: int
     tenants: int
     tenant_providers: int
 
 
-FULL_SIZES = Sizes(PROVIDERS, ROW_BY_ROW_SAMPLE, TENANTS, TENANT_PROVIDERS)
-SMOKE_SIZES = Sizes(providers=20_000, row_by_row_sample=1_000, tenants=3, tenant_providers=2_000)
+FULL_SIZES = Sizes(PROVIDERS, LARGE_PROVIDERS, ROW_BY_ROW_SAMPLE, TENANTS, TENANT_PROVIDERS)
+SMOKE_SIZES = Sizes(providers=20_000, large_providers=40_000, row_by_row_sample=1_000, tenants=3, tenant_providers=2_000)
 
 
 @case("omop_tenant_run_2m")
@@ -411,6 +432,13 @@ def run(scale: Scale) -> list:
         firsts.append(measure("benchmarks.omop", "dagster", repeat=1))
     floor, first = best_of(floors), best_of(firsts)
     rerun = measure("benchmarks.omop", "dagster_rerun", repeat=scale.repeat(2))
+
+    # (a') the memory point: a tenant 4x as large, once each (minutes at 8M; memory is not noise)
+    large = {"providers": size.large_providers, "schema": LARGE_SOURCE_SCHEMA, "prefix": LARGE_LANDING_PREFIX}
+    measure("benchmarks.omop", "prepare", repeat=1, **large)
+    floor_large = measure("benchmarks.omop", "floor", repeat=1, **large)
+    first_large = measure("benchmarks.omop", "dagster", repeat=1, **large)
+    memory = _memory_figures(first, rerun, floor, first_large, floor_large)
 
     # (b)
     seeding = measure("benchmarks.omop", "seed", repeat=1, providers=size.providers)
@@ -433,6 +461,7 @@ def run(scale: Scale) -> list:
     results = [
         result("omop_tenant_run_2m", first, floor, baseline, target_ratio=TARGET),
         result("omop_tenant_rerun_2m", rerun, floor, baseline, target_ratio=None),
+        result("omop_tenant_run_8m", first_large, floor_large, baseline, target_ratio=None),
         result("omop_seed_2m", seeding, row_by_row, baseline, target_ratio=None),
         result("omop_100_tenants_20k", tenants, floor_tenants, baseline, target_ratio=None),
         result("omop_100_tenants_20k_rerun", tenants_rerun, floor_tenants, baseline, target_ratio=None),
@@ -451,6 +480,7 @@ def run(scale: Scale) -> list:
                           "all_runs": [m.seconds for m in firsts], "all_floors": [m.seconds for m in floors],
                           "peak_rss_mb": first.peak_rss_mb, "floor_peak_rss_mb": floor.peak_rss_mb,
                           "rerun_seconds": rerun.seconds, "rerun_ratio": round(rerun.seconds / floor.seconds, 2)},
+        "memory": memory,
         "seed_2m": {"seconds": seeding.seconds, "target_seconds": SEED_TARGET_SECONDS,
                     "row_by_row_sample_rows": sample.rows, "row_by_row_sample_seconds": sample.seconds,
                     "row_by_row_extrapolated_seconds": round(row_by_row.seconds, 1),
@@ -477,6 +507,14 @@ def run(scale: Scale) -> list:
     print(f"  (a) first run {first.seconds:.1f} s vs floor {floor.seconds:.1f} s: {first.seconds / floor.seconds:.2f}x "
           f"(target {TARGET:.0f}x), peak {first.peak_rss_mb:.0f} MB vs floor {floor.peak_rss_mb:.0f} MB; "
           f"rerun {rerun.seconds:.1f} s ({rerun.seconds / floor.seconds:.2f}x)")
+    print(f"  (a') memory: peak run {first.peak_rss_mb:.0f} MB / rerun {rerun.peak_rss_mb:.0f} MB vs floor "
+          f"{floor.peak_rss_mb:.0f} MB: {memory['run_vs_floor']:.2f}x / {memory['rerun_vs_floor']:.2f}x (target "
+          f"{MEMORY_TARGET}x: {_verdict(memory['run_vs_floor'], MEMORY_TARGET)} / "
+          f"{_verdict(memory['rerun_vs_floor'], MEMORY_TARGET)}); {size.large_providers:,} providers: peak "
+          f"{first_large.peak_rss_mb:.0f} MB = {memory['large_vs_2m']:.2f}x the 2M peak (target {MEMORY_GROWTH_TARGET}x: "
+          f"{_verdict(memory['large_vs_2m'], MEMORY_GROWTH_TARGET)}), floor {floor_large.peak_rss_mb:.0f} MB = "
+          f"{memory['floor_large_vs_2m']:.2f}x its 2M peak; run {first_large.seconds:.0f} s vs floor "
+          f"{floor_large.seconds:.0f} s")
     print(f"  (b) seeding {size.providers:,}: {seeding.seconds:.1f} s (target < {SEED_TARGET_SECONDS:.0f} s: "
           f"{'ok' if seeding.seconds < SEED_TARGET_SECONDS else 'MISSED'}); row-by-row INSERT: {sample.rows:,} rows in "
           f"{sample.seconds:.1f} s, extrapolated {row_by_row.seconds:.0f} s for {size.providers:,}; "
@@ -491,6 +529,26 @@ def run(scale: Scale) -> list:
     if not scale.smoke:
         print(f"  details: {DETAILS}")
     return results
+
+
+def _memory_figures(first: Measurement, rerun: Measurement, floor: Measurement, first_large: Measurement,
+                    floor_large: Measurement) -> dict:
+    """Peak RSS against its targets: the 2M run and rerun against the floor's, the 8M run against the 2M
+    run (the floor's own growth is reported too: it streams, so it must not grow either)."""
+    return {
+        "run_peak_rss_mb": first.peak_rss_mb, "rerun_peak_rss_mb": rerun.peak_rss_mb,
+        "floor_peak_rss_mb": floor.peak_rss_mb, "run_vs_floor": round(first.peak_rss_mb / floor.peak_rss_mb, 2),
+        "rerun_vs_floor": round(rerun.peak_rss_mb / floor.peak_rss_mb, 2), "target_vs_floor": MEMORY_TARGET,
+        "large_providers": first_large.rows, "large_run_peak_rss_mb": first_large.peak_rss_mb,
+        "large_run_seconds": first_large.seconds, "large_floor_peak_rss_mb": floor_large.peak_rss_mb,
+        "large_floor_seconds": floor_large.seconds,
+        "large_vs_2m": round(first_large.peak_rss_mb / first.peak_rss_mb, 2), "target_large_vs_2m": MEMORY_GROWTH_TARGET,
+        "floor_large_vs_2m": round(floor_large.peak_rss_mb / floor.peak_rss_mb, 2),
+    }
+
+
+def _verdict(ratio: float, target: float) -> str:
+    return "ok" if ratio <= target else "MISSED"
 
 
 def _spread(values: list[float]) -> dict[str, float]:

@@ -2,14 +2,22 @@
 with its provenance, quarantine and flags, published as Iceberg tables in namespace omop_<tenant>
 with write-audit-publish."""
 
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, provider_audits
-from covid_lakehouse.defs.omop.extract import CARE_SITE_SOURCE, PROVIDER_SOURCE, extract, source_label
+from covid_lakehouse.defs.omop.extract import (
+    CARE_SITE_SOURCE,
+    PROVIDER_SOURCE,
+    extract,
+    extract_parquet,
+    source_label,
+)
 from covid_lakehouse.defs.omop.fingerprint import Fingerprint, fingerprint
 from covid_lakehouse.defs.omop.landing import list_landing
 from covid_lakehouse.defs.omop.partitions import tenant_partitions
@@ -215,8 +223,10 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
     tenant = _tenant(omop_tenants, context.partition_key)
     ns = tenant.namespace
     # The extract (database) and the state reads (S3) wait on different servers: run them side by side.
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="omop-read") as pool:
-        source = pool.submit(extract, tenant, "provider", PROVIDER_SOURCE)
+    # The extract streams into a parquet file DuckDB scans: the source never sits in Python memory.
+    with tempfile.TemporaryDirectory(prefix="omop-provider-") as scratch, \
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="omop-read") as pool:
+        source = pool.submit(extract_parquet, tenant, "provider", PROVIDER_SOURCE, Path(scratch) / "provider.parquet")
         state = {name: pool.submit(read_or_empty, lakehouse, ns, table, schema) for name, (table, schema) in {
             "care_sites": (tables.T_CARE_SITE, tables.CARE_SITE),
             "landing_rows": (tables.T_LANDING_ROW, tables.LANDING_ROW),
@@ -227,9 +237,10 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         processed = pool.submit(processed_files, lakehouse, ns)
         inputs = {name: future.result() for name, future in state.items()}
         source, processed = source.result(), processed.result()
-    care_sites = inputs["care_sites"]
-    build = build_providers(source=source, source_object=source_label(tenant, "provider"), processed_files=processed,
-                            specialties=load_specialty_map(), now=utc_now(), **inputs)
+        care_sites = inputs["care_sites"]
+        build = build_providers(source=source, source_object=source_label(tenant, "provider"),
+                                processed_files=processed, specialties=load_specialty_map(), now=utc_now(), **inputs)
+        del inputs  # the previous provenance and id map are not needed past the build
     counts = build.counts
     context.log.info("tenant %s: %s", tenant.name, counts)
     append(lakehouse, ns, tables.T_PROVIDER_ID_MAP, build.id_map_additions)  # ids reserved before publishing

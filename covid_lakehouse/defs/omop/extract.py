@@ -6,11 +6,13 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 from psycopg import sql
 
 from covid_lakehouse.defs.omop.tenants import Tenant
@@ -45,22 +47,42 @@ def source_errors(tenant: Tenant, table: str) -> Iterator[None]:
         ) from err
 
 
+def _copy_out(tenant: Tenant, table: str, schema: pa.Schema, buffer) -> None:
+    """COPY ``table`` (the columns of ``schema``) as CSV into the binary file ``buffer``."""
+    target = table_ident(tenant.source_schema, table)
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name in schema.names)
+    with source_errors(tenant, table), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
+                                                       application_name="covid_lakehouse_omop_extract") as conn:
+        conn.read_only = True
+        with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
+            for chunk in copy:
+                buffer.write(chunk)
+
+
 def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
     """COPY ``table`` (the columns of ``schema``) out of the tenant's source database as Arrow.
 
     Connection errors propagate (the asset's RetryPolicy retries them); a missing table or column is a
     configuration problem and fails at once with the table named."""
-    target = table_ident(tenant.source_schema, table)
-    columns = sql.SQL(", ").join(sql.Identifier(name) for name in schema.names)
     # The CSV goes to a temporary file, not memory: only the parsed Arrow table is held, not both.
     with tempfile.TemporaryFile(prefix="omop-extract-") as buffer:
-        with source_errors(tenant, table), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
-                                                           application_name="covid_lakehouse_omop_extract") as conn:
-            conn.read_only = True
-            with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
-                for chunk in copy:
-                    buffer.write(chunk)
+        _copy_out(tenant, table, schema, buffer)
         if not buffer.tell():
             return schema.empty_table()
         buffer.seek(0)
         return pacsv.read_csv(buffer, **copy_csv_options(schema, block_size=64 << 20))
+
+
+def extract_parquet(tenant: Tenant, table: str, schema: pa.Schema, path: Path, *, block_size: int = 4 << 20) -> Path:
+    """Like :func:`extract`, but into the parquet file ``path``, one CSV block at a time: memory stays
+    one block however large the table (DuckDB then reads the file, see build_providers). Small blocks:
+    with 16 MB ones the peak still grew from 2M to 8M rows (measured), with 4 MB it stays flat."""
+    with tempfile.TemporaryFile(prefix="omop-extract-") as buffer:
+        _copy_out(tenant, table, schema, buffer)
+        buffer.seek(0)
+        with pq.ParquetWriter(path, schema) as writer:
+            if buffer.seek(0, 2):
+                buffer.seek(0)
+                for batch in pacsv.open_csv(buffer, **copy_csv_options(schema, block_size=block_size)):
+                    writer.write_batch(batch)
+    return path

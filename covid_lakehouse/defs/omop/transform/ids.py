@@ -2,7 +2,7 @@
 
 Reads ``id_map``, ``previous_source_provenance``, ``clean_source_rows``, ``source_npi_repeated``, ``nameless``,
 ``file_candidates``, ``source_row_by_npi`` and ``chosen``; writes ``id_map_by_npi``, ``id_map_by_source_row``,
-``previous_ids``, ``source_claims``, ``file_keys``, ``claims``, ``contested_ids``, ``provider_ids`` and
+``previous_ids``, ``source_claims`` (those four dropped once used), ``file_keys``, ``claims``, ``contested_ids``, ``provider_ids`` and
 ``new_file_keys``. new_id_map_keys reads ``claims`` and ``new_file_keys``."""
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
         FROM p LEFT JOIN id_map_by_npi i ON i.npi_num = p.unique_npi
              LEFT JOIN id_map_by_source_row r ON r.src_id = p.src_id AND p.unique_npi IS NULL
              LEFT JOIN previous_ids pp ON pp.src_id = p.src_id""")
+    # A map and a previous run as large as the tenant: not needed past here, so free their memory now.
+    for table in ("id_map_by_npi", "id_map_by_source_row", "previous_ids"):
+        con.execute(f"DROP TABLE {table}")
     # File keys (few), except the NPI key a source row already gives its provider.
     con.execute("""
         CREATE TABLE file_keys AS
@@ -81,6 +84,7 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
         UNION ALL
         SELECT c.gid, f.id, f.strength, c.founding_fid, NULL FROM chosen c LEFT JOIN file_claims f USING (gid)
         WHERE c.gid < 0""")
+    con.execute("DROP TABLE source_claims")  # one row per source row, all in claims now
     register_repeated(con, "contested_ids", "SELECT id FROM claims WHERE id IS NOT NULL")
     con.execute("""
         CREATE TABLE provider_ids AS

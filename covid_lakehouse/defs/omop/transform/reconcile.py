@@ -1,7 +1,7 @@
 """Output: the reconciled counts (Reconciliation), each taken from a different table than the one it
 is compared with.
 
-Reads ``clean_source_rows``, ``previous_source_provenance``, ``chosen``, ``nameless``, ``clean_file_rows``,
+Reads ``source``, ``clean_source_rows``, ``previous_source_provenance``, ``chosen``, ``nameless``, ``clean_file_rows``,
 ``files``, ``quarantined_file_rows`` and ``file_candidates``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pyarrow as pa
 from covid_lakehouse.defs.omop.transform.results import Reconciliation
 
 
-def count_reconciliation(con: duckdb.DuckDBPyConnection, source: pa.Table, provider: pa.Table) -> Reconciliation:
+def count_reconciliation(con: duckdb.DuckDBPyConnection, provider: pa.Table) -> Reconciliation:
     """Each count is taken from a different table than the one it is compared with, so a row lost or
     duplicated by a join shows up as an unbalanced equation."""
     run_rows = "(SELECT fid FROM clean_file_rows WHERE file_ref IN (SELECT file_ref FROM files WHERE run))"
@@ -25,6 +25,7 @@ def count_reconciliation(con: duckdb.DuckDBPyConnection, source: pa.Table, provi
                                   ELSE 'changed' END AS kind
                       FROM clean_source_rows LEFT JOIN previous_source_provenance p USING (src_id))
         SELECT
+            (SELECT count(*) FROM source),
             (SELECT count(*) FROM diff WHERE kind = 'new'),
             (SELECT count(*) FROM diff WHERE kind = 'changed'),
             (SELECT count(*) FROM diff WHERE kind = 'unchanged'),
@@ -41,10 +42,10 @@ def count_reconciliation(con: duckdb.DuckDBPyConnection, source: pa.Table, provi
             (SELECT count(*) FROM {attached} WHERE fid IN {run_rows}),
             (SELECT count(*) FROM {quarantined} WHERE fid IN {run_rows})
     """).fetchone()
-    (new, changed, unchanged, deleted, published, src_quarantined, file_rows, file_only, attached_rows,
+    (source_rows, new, changed, unchanged, deleted, published, src_quarantined, file_rows, file_only, attached_rows,
      file_quarantined, run_files, run_read, run_new, run_attached, run_quarantined) = counts
     return Reconciliation(
-        source_rows=source.num_rows, source_new=new, source_changed=changed, source_unchanged=unchanged,
+        source_rows=source_rows, source_new=new, source_changed=changed, source_unchanged=unchanged,
         source_deleted=deleted, source_published=published, source_quarantined=src_quarantined,
         file_rows=file_rows, file_rows_new=file_only, file_rows_merged=attached_rows - file_only,
         file_rows_quarantined=file_quarantined, run_files=run_files, run_file_rows_read=run_read,
