@@ -114,15 +114,17 @@ def test_a_change_made_while_a_run_extracts_is_seen_by_the_next_run(make_tenants
     this run or the next, never recorded as already published."""
     env = make_tenants(providers=50)
     tenant, ns = env.tenant, env.tenant.namespace
-    real = assets.extract
+    real = assets.extract_parquet  # the provider extract (care_site's is read whole: small)
+    extracted = []
 
-    def extract_after_a_concurrent_write(tenant_, table, schema):
-        if table == "provider":
-            CHANGES["update"](pg, None, tenant_)
-        return real(tenant_, table, schema)
+    def extract_after_a_concurrent_write(tenant_, table, schema, path):
+        CHANGES["update"](pg, None, tenant_)
+        extracted.append(table)
+        return real(tenant_, table, schema, path)
 
-    monkeypatch.setattr(assets, "extract", extract_after_a_concurrent_write)
+    monkeypatch.setattr(assets, "extract_parquet", extract_after_a_concurrent_write)
     assert not _skipped(run_tenant(env, tenant, instance))
+    assert extracted == ["provider"]  # the write landed between the fingerprint and the extract
     monkeypatch.undo()
     assert not _skipped(run_tenant(env, tenant, instance))  # the run above read more than it fingerprinted
     assert _skipped(run_tenant(env, tenant, instance))
