@@ -74,6 +74,17 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 
 @pytest.fixture
+def postgres_instance(services: ServiceSettings) -> Iterator[dg.DagsterInstance]:
+    """A Dagster instance stored in the embedded PostgreSQL, as on every deployment, emptied first. For
+    tests whose runs execute at the same time in threads: the in-memory instance's SQLite fails one
+    writer with "database table is locked: runs"."""
+    storage = {"postgres": {"postgres_url": services.dagster_storage_url}}
+    with dg.instance_for_test(overrides={"storage": storage}) as inst:
+        inst.wipe()
+        yield inst
+
+
+@pytest.fixture
 def pg(services: ServiceSettings) -> Iterator[psycopg.Connection]:
     """A plain autocommit connection to the warehouse for assertions."""
     with psycopg.connect(services.warehouse_dsn, autocommit=True) as conn:

@@ -20,6 +20,12 @@ from covid_lakehouse_dev.apis.marketing import FACEBOOK_PATH
 from covid_lakehouse_tests.platform.support import two_runs, wait_until_blocked_or_done
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def instance(postgres_instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """The runs here execute at once in threads: they share a PostgreSQL-backed instance, as on a deployment."""
+    return postgres_instance
 DAY = "2024-07-01"
 KEYS = [FACEBOOK_KEY, CLEVERTAP_KEY, AD_PERFORMANCE_KEY]
 # Every column but lineage and load times, which name the run and the moment that wrote a row first.

@@ -18,6 +18,12 @@ from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START
 from covid_lakehouse_dev.apis.marketing import MarketingMock
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def instance(postgres_instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """The runs here execute at once in threads: they share a PostgreSQL-backed instance, as on a deployment."""
+    return postgres_instance
 D1, D2 = "2024-07-01", "2024-07-02"
 ACCOUNTS = ["798085168510957", "798085168510958"]
 

@@ -34,6 +34,12 @@ from covid_lakehouse_tests.platform.support import hold_runs_at, two_runs, wait_
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def instance(postgres_instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """The runs here execute at once in threads: they share a PostgreSQL-backed instance, as on a deployment."""
+    return postgres_instance
+
 COUNTIES = ("Albany", "New York", "St. Lawrence", "Kings")
 VALUES = ", ".join(("test_date", *MEASURES))
 

@@ -25,6 +25,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
+def instance(postgres_instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """The runs here execute at once in threads: they share a PostgreSQL-backed instance, as on a deployment."""
+    return postgres_instance
+
+
+@pytest.fixture
 def lake(pg, reset_domain) -> Iterator[tuple[MockApi, VaccinesSettings]]:
     reset_domain("vaccines")
     with MockApi() as api:

@@ -21,6 +21,12 @@ from covid_lakehouse_tests.vaccines.support import lake_settings
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def instance(postgres_instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """The runs here execute at once in threads: they share a PostgreSQL-backed instance, as on a deployment."""
+    return postgres_instance
+
 MAINE_N = b'"Maine","2021-06-21T00:00:00.000","15800","15800"'
 MAINE_N1 = b'"Maine","2021-06-21T00:00:00.000","15900","15900"'  # download N+1: Moderna restated one week
 
