@@ -57,5 +57,8 @@ def test_the_transform_over_the_parquet_extract_equals_the_transform_over_arrow(
     from_arrow, from_file = build(extract(tenant, "provider", PROVIDER_SOURCE)), build(path)
     assert from_file.counts == from_arrow.counts and from_file.counts.source_rows == 2_000
     for name in ("provider", "provenance", "quarantine", "flags", "id_map_additions"):
-        assert getattr(from_file, name).equals(getattr(from_arrow, name)), name
+        built, expected = getattr(from_file, name), getattr(from_arrow, name)
+        assert built.schema == expected.schema, name
+        # the same rows; their order is DuckDB's (parallel scans), not part of the result
+        assert sorted(built.to_pylist(), key=repr) == sorted(expected.to_pylist(), key=repr), name
     assert from_file.run_files == from_arrow.run_files
