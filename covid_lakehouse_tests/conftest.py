@@ -79,7 +79,10 @@ def postgres_instance(services: ServiceSettings) -> Iterator[dg.DagsterInstance]
     tests whose runs execute at the same time in threads: the in-memory instance's SQLite fails one
     writer with "database table is locked: runs"."""
     storage = {"postgres": {"postgres_url": services.dagster_storage_url}}
-    with dg.instance_for_test(overrides={"storage": storage}) as inst:
+    # No compute-log capture: it redirects the process's stdout through a `tail` child per step, and two
+    # runs doing that at once in one process hung (as the in-memory instance, which captures nothing).
+    no_capture = {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+    with dg.instance_for_test(overrides={"storage": storage, "compute_logs": no_capture}) as inst:
         inst.wipe()
         yield inst
 
