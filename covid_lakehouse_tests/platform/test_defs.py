@@ -6,7 +6,6 @@ it, refresh the snapshot with `UPDATE_DEFS_SNAPSHOT=1 .venv/bin/pytest covid_lak
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import dagster as dg
 
 from covid_lakehouse.lib.embedded import free_port
 from covid_lakehouse.lib.settings import EXTERNAL_SERVICE_VARS
+from covid_lakehouse.runtime import terminate_tree
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -129,5 +129,4 @@ def test_dg_dev_serves_the_code_location_in_a_bare_shell(tmp_path):
             time.sleep(0.5)  # polling a separate process until it serves
         assert status == [("covid_lakehouse", "LOADED", None)], status
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        terminate_tree([proc])  # as `covid-lakehouse up` stops its children: SIGTERM, then SIGKILL after 20 s
