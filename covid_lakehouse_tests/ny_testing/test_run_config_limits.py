@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from covid_lakehouse.defs.ny_testing.assets import RAW_KEY_TAG
+from covid_lakehouse.defs.ny_testing.asset_keys import RAW_KEY_TAG
 from covid_lakehouse_tests.ny_testing.support import COUNTY_KEY, dataset
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from covid_lakehouse.defs.ads.assets import ADS_COLUMNS
 from covid_lakehouse.defs.ads.warehouse import STAGING_COLUMNS
 from covid_lakehouse.defs.marketing import tables as marketing
 from covid_lakehouse.defs.ny_testing import parsing as ny_parsing
-from covid_lakehouse.defs.ny_testing.assets import COUNTY_TABLE_SCHEMA
+from covid_lakehouse.defs.ny_testing.asset_keys import COUNTY_TABLE_SCHEMA
 from covid_lakehouse.defs.ny_testing.warehouse import (
     COUNTY_COLUMNS,
     COUNTY_SCHEMA,

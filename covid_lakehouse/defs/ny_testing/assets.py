@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from covid_lakehouse.defs.ny_testing.asset_keys import (  # re-exported: the domain's names for its assets
+from covid_lakehouse.defs.ny_testing.asset_keys import (
     COUNTY_KEY,
     COUNTY_TABLE_SCHEMA,
     GROUP,
-    RAW_FETCHED_AT_TAG,
     RAW_KEY,
     RAW_KEY_TAG,
 )
@@ -35,7 +34,7 @@ from covid_lakehouse.defs.ny_testing.raw import BadRows, display_url, parsed_key
 from covid_lakehouse.defs.ny_testing.raw_rows import open_raw_rows
 from covid_lakehouse.defs.ny_testing.report import county_metadata, run_summary, stored_metadata
 from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings
-from covid_lakehouse.defs.ny_testing.versions import fetched_at, previous_download, source_version
+from covid_lakehouse.defs.ny_testing.versions import previous_download, source_version
 from covid_lakehouse.defs.ny_testing.warehouse import (
     COUNTY,
     CountyResult,
@@ -49,9 +48,6 @@ from covid_lakehouse.lib.resources import HttpResource
 from covid_lakehouse.lib.s3 import LakeS3Resource, key_in_prefix
 from covid_lakehouse.lib.source_versions import SourceVersion
 from covid_lakehouse.lib.wap import audit_check_specs, run_audits
-
-__all__ = ["COUNTY_KEY", "COUNTY_TABLE_SCHEMA", "GROUP", "RAW_FETCHED_AT_TAG", "RAW_KEY", "RAW_KEY_TAG",
-           "county_tests", "fetched_at", "publish_counties", "raw_rows_json"]
 
 
 @dg.asset(
