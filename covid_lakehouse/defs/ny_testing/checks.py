@@ -89,7 +89,8 @@ def _md(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 _SCOPE = sql.SQL("(geography <> {} OR county = ANY(%s))").format(sql.Literal(COUNTY))
 
 
-def _label(geography: str, name: str) -> str:
+def unit_label(geography: str, name: str) -> str:
+    """How a unit is named in reports: a county by its name, a reference unit with its geography."""
     return name if geography == COUNTY else f"{name} [{geography}]"
 
 
@@ -98,7 +99,7 @@ def _failing_units(rows: Sequence[Sequence], description: str, count_label: str,
     """The result over rows (geography, name, bad rows, ...) of failing units: those units are held back."""
     return AuditResult(not rows, description, {
         "failing_counties": sorted(r[1] for r in rows if r[0] == COUNTY),
-        "failing_reference": sorted(_label(r[0], r[1]) for r in rows if r[0] != COUNTY),
+        "failing_reference": sorted(unit_label(r[0], r[1]) for r in rows if r[0] != COUNTY),
         count_label: sum(r[2] for r in rows),
         **extra,
         "details": _md(headers, rows) if rows else "none",
@@ -109,7 +110,7 @@ def _blocking(staged: Staged, query: sql.Composable, problem: str, count_label: 
     """Run a query returning (geography, county, bad_rows) per failing unit and report it."""
     rows = staged.conn.execute(query, (list(staged.counties),)).fetchall()
     if rows:
-        units = ", ".join(_label(g, c) for g, c, _ in rows)
+        units = ", ".join(unit_label(g, c) for g, c, _ in rows)
         description = f"{problem}: {sum(n for *_, n in rows)} row(s) in {units}; these are not published"
     else:
         description = f"no {problem}"
@@ -120,12 +121,12 @@ def _blocked_units(rows: Sequence[tuple[str, str, int, str]], problem: str, coun
                    headers: Sequence[str]) -> AuditResult:
     """Report (geography, name, bad rows, first problem) per failing unit, each named with its reason."""
     if rows:
-        reasons = "; ".join(f"{_label(g, n)}: {first}" for g, n, _, first in rows[:_MD_ROWS])
+        reasons = "; ".join(f"{unit_label(g, n)}: {first}" for g, n, _, first in rows[:_MD_ROWS])
         description = f"{problem} in {len(rows)} unit(s), not published ({reasons})"
     else:
         description = f"no {problem}"
     return _failing_units(rows, description, count_label, headers,
-                          problems={_label(g, n): first for g, n, _, first in rows})
+                          problems={unit_label(g, n): first for g, n, _, first in rows})
 
 
 def values_readable(staged: Staged) -> AuditResult:

@@ -7,9 +7,9 @@ from typing import Any
 import dagster as dg
 
 from covid_lakehouse.defs.ny_testing.asset_keys import COUNTY_TABLE_SCHEMA
-from covid_lakehouse.defs.ny_testing.checks import Blocked
+from covid_lakehouse.defs.ny_testing.checks import Blocked, unit_label
 from covid_lakehouse.defs.ny_testing.raw import RawSummary, bundled_snapshot_sha256, parsed_key
-from covid_lakehouse.defs.ny_testing.warehouse import COUNTY, CountyResult, skipped
+from covid_lakehouse.defs.ny_testing.warehouse import CountyResult, skipped
 from covid_lakehouse.lib.http import DownloadResult
 from covid_lakehouse.lib.source_versions import Superseded
 
@@ -41,7 +41,7 @@ def stored_metadata(shown: str, bucket: str, key: str, download: DownloadResult,
         "ignored_columns": summary.ignored_columns,
         # Not loaded, each blocking only its county (the county run's checks say so too).
         "unusable_counties": summary.unusable_counties,
-        "rows_with_bad_values": {name if geography == COUNTY else f"{name} [{geography}]": f"{n} row(s); {first}"
+        "rows_with_bad_values": {unit_label(geography, name): f"{n} row(s); {first}"
                                  for (geography, name), (n, first) in sorted(summary.bad_rows.items())},
     }
 
