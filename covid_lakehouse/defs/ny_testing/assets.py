@@ -24,13 +24,13 @@ from covid_lakehouse.defs.ny_testing.asset_keys import (
     RAW_KEY_TAG,
 )
 from covid_lakehouse.defs.ny_testing.checks import AUDITS, Blocked, Staged, blocked_units
-from covid_lakehouse.defs.ny_testing.parsing import SourceFormatError
+from covid_lakehouse.defs.ny_testing.parsing import BadRows, SourceFormatError
 from covid_lakehouse.defs.ny_testing.partitions import (
     COUNTY_PARTITIONS_NAME,
     check_new_counties,
     county_partitions,
 )
-from covid_lakehouse.defs.ny_testing.raw import BadRows, display_url, parsed_key, put_once, summarize
+from covid_lakehouse.defs.ny_testing.raw import display_url, parsed_key, put_once, summarize
 from covid_lakehouse.defs.ny_testing.raw_rows import open_raw_rows
 from covid_lakehouse.defs.ny_testing.report import county_metadata, run_summary, stored_metadata
 from covid_lakehouse.defs.ny_testing.resources import NyTestingSettings

@@ -9,14 +9,14 @@ one per partition); the per-county details are in their metadata.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import psycopg
 from psycopg import sql
 
-from covid_lakehouse.defs.ny_testing.parsing import MEASURES
+from covid_lakehouse.defs.ny_testing.parsing import MEASURES, BadRows
 from covid_lakehouse.defs.ny_testing.warehouse import (
     COUNTY,
     can_be_partition_key,
@@ -38,9 +38,8 @@ class Staged:
     rows_updated_at: int | None  # the source's meta.view.rowsUpdatedAt (epoch seconds)
     today: date
     max_age_days: int
-    in_source: frozenset[str] = frozenset()  # every county name of the download
-    # (geography, name) -> (rows the parse left out for a bad value, the first one's problem)
-    bad_rows: Mapping[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    in_source: frozenset[str]  # every county name of the download
+    bad_rows: BadRows  # rows the parse left out for a bad value, per unit
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from covid_lakehouse.defs.ny_testing.parsing import BATCH_ROWS, SCHEMA, open_rows_json
+from covid_lakehouse.defs.ny_testing.parsing import BATCH_ROWS, SCHEMA, BadRows, open_rows_json
 from covid_lakehouse.defs.ny_testing.spool import UnitSpool
 from covid_lakehouse.defs.ny_testing.warehouse import (
     COUNTY,
@@ -43,7 +43,6 @@ ROWS_UPDATED_AT = b"rows_updated_at"  # parquet key-value metadata: the source's
 ROW_ORDER = b"row_order"  # parquet key-value metadata: how the rows are ordered
 GROUPED_BY_UNIT = b"grouped by geography, county"
 BAD_ROWS = b"bad_rows"  # parquet key-value metadata: JSON [[geography, name, rows left out, first problem], ...]
-BadRows = dict[tuple[str, str], tuple[int, str]]  # (geography, name) -> (rows left out, the first's problem)
 
 
 def parsed_key(raw_key: str) -> str:

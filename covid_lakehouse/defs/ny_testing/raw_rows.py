@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import dagster as dg
 import pyarrow as pa
 
-from covid_lakehouse.defs.ny_testing.parsing import BATCH_ROWS, SourceFormatError, open_rows_json
-from covid_lakehouse.defs.ny_testing.raw import BadRows, parsed_key, read_parsed
+from covid_lakehouse.defs.ny_testing.parsing import BATCH_ROWS, BadRows, SourceFormatError, open_rows_json
+from covid_lakehouse.defs.ny_testing.raw import parsed_key, read_parsed
 from covid_lakehouse.lib.s3 import LakeS3Resource
 
 

@@ -8,7 +8,7 @@ its columns to ours (``columns``); ``RowsJsonReader.batches`` then streams the r
 from covid_lakehouse.defs.ny_testing.parsing.columns import ALIASES, MEASURES, REQUIRED, SCHEMA
 from covid_lakehouse.defs.ny_testing.parsing.counties import county_slug, slug_map
 from covid_lakehouse.defs.ny_testing.parsing.errors import SourceFormatError, UnsafeIdentifierError
-from covid_lakehouse.defs.ny_testing.parsing.rows import BATCH_ROWS, RowsJsonReader, open_rows_json
+from covid_lakehouse.defs.ny_testing.parsing.rows import BATCH_ROWS, BadRows, RowsJsonReader, open_rows_json
 
 __all__ = [
     "ALIASES",
@@ -16,6 +16,7 @@ __all__ = [
     "MEASURES",
     "REQUIRED",
     "SCHEMA",
+    "BadRows",
     "RowsJsonReader",
     "SourceFormatError",
     "UnsafeIdentifierError",

@@ -27,6 +27,7 @@ BATCH_ROWS = 8_192
 _NULL_TEXT = pa.scalar(None, pa.string())
 # SCHEMA before rows with bad values are left out (their values are null until then).
 _NULLABLE = pa.schema([f.with_nullable(True) for f in SCHEMA])
+BadRows = dict[tuple[str, str], tuple[int, str]]  # (geography, name) -> (rows left out, the first's problem)
 
 
 class RowsJsonReader:
@@ -44,8 +45,7 @@ class RowsJsonReader:
         self.column_mapping = {ours: str(columns[i].get("fieldName")) for ours, i in self._index.items()}
         self.has_geography = "geography" in self._index
         self.rows_read = 0
-        # (geography, name) -> (rows left out for a bad value, the first one's problem): read after batches()
-        self.bad_rows: dict[tuple[str, str], tuple[int, str]] = {}
+        self.bad_rows: BadRows = {}  # rows left out for a bad value, per unit: read after batches()
         self._width = len(columns)
         # One C-level itemgetter per row keeps only the values we load (and the GC out of the way).
         self._loaded = [c for c in ("geography", "county", "test_date", *MEASURES) if c in self._index]
