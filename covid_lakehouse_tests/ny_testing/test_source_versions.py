@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+import dagster as dg
 import pytest
 
+from covid_lakehouse.defs.ny_testing.asset_keys import RAW_FETCHED_AT_TAG, RAW_KEY, RAW_KEY_TAG
 from covid_lakehouse.defs.ny_testing.warehouse import REFERENCE_SCHEMA
 from covid_lakehouse_tests.ny_testing.support import COUNTY_KEY, dataset, materialized
 
@@ -82,3 +84,29 @@ def test_a_retried_run_of_an_older_download_does_not_overwrite_a_newer_one(ny, p
     # ... and the next download (the source still says 9), fetched later, loads over it as usual.
     assert ny.daily().success
     assert ny.rows("albany")[dt.date(2022, 9, 12)]["new_positives"] == 9
+
+
+def test_a_run_tagged_without_its_fetch_time_takes_it_from_the_download_it_names(ny, pg):
+    """A run the sensor requested before it set the fetch-time tag (queued or retried across that upgrade)
+    carries only the raw key: the fetch time is looked up from the materialization that stored that key,
+    not the latest one; a key no materialization stored fails the run, writing nothing."""
+    ny.serve(dataset())
+    assert ny.download().success
+    [request] = ny.tick().run_requests
+    key = ny.latest_raw()["s3_key"]
+    fetched = ny.instance.get_latest_materialization_event(RAW_KEY).timestamp
+    ny.serve(dataset(days=4))
+    assert ny.download().success and ny.latest_raw()["s3_key"] != key  # a later download, not loaded
+
+    tags = {k: v for k, v in request.tags.items() if k != RAW_FETCHED_AT_TAG}
+    assert ny.run(dg.RunRequest(asset_selection=request.asset_selection, tags=tags)).success
+    versions = pg.execute(f'SELECT DISTINCT raw_key, fetched_at FROM "{REFERENCE_SCHEMA}".table_versions').fetchall()
+    assert versions == [(key, dt.datetime.fromtimestamp(fetched, dt.UTC))]
+    published = {t: ny.rows(t) for t in TABLES}
+
+    unknown = {**tags, RAW_KEY_TAG: f"{ny.settings.raw_prefix}/sha256=0.json"}
+    failed = ny.run(dg.RunRequest(asset_selection=request.asset_selection, tags=unknown))
+    assert not failed.success
+    error = failed.failure_data_for_node("ny_testing__county_tests").error.message
+    assert "no ny_testing/raw_rows_json materialization stored" in error
+    assert {t: ny.rows(t) for t in TABLES} == published
