@@ -12,7 +12,8 @@ from covid_lakehouse.defs.vaccines.assets import RAW_KEY, people_per_dose, raw_s
 from covid_lakehouse.defs.vaccines.ranking import RANKING_KEY, people_per_dose_ranking
 from covid_lakehouse.defs.vaccines.resources import VaccinesSettings
 from covid_lakehouse_dev.apis.harness import MockApi
-from covid_lakehouse_dev.apis.vaccines import ALLOCATION_FILES, POPULATION_FILE, register
+from covid_lakehouse_dev.apis.vaccines import ALLOCATION_FILES, POPULATION_FILE
+from covid_lakehouse_tests.vaccines.support import lake_settings
 
 pytestmark = pytest.mark.integration
 
@@ -20,13 +21,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def sources(pg, reset_domain) -> Iterator[VaccinesSettings]:
     reset_domain("vaccines")
-    api = MockApi()
-    routes = register(api)
-    with api:
-        env = {k: v.replace("{base}", api.url) for k, v in routes.items()}
-        yield VaccinesSettings(allocation_urls={"moderna": env["VACCINES_MODERNA_URL"],
-                                                "pfizer": env["VACCINES_PFIZER_URL"]},
-                               population_url=env["VACCINES_POPULATION_URL"])
+    with MockApi() as api:
+        yield lake_settings(api)
     reset_domain("vaccines")
 
 
