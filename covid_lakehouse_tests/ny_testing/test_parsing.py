@@ -21,7 +21,6 @@ from covid_lakehouse.defs.ny_testing.parsing import (
     UnsafeIdentifierError,
     county_slug,
     open_rows_json,
-    slug_map,
 )
 from covid_lakehouse.defs.ny_testing.parsing import rows as parsing_rows
 from covid_lakehouse.defs.ny_testing.snapshot import (
@@ -31,6 +30,7 @@ from covid_lakehouse.defs.ny_testing.snapshot import (
     scaled_rows,
     write_rows_json,
 )
+from covid_lakehouse.defs.ny_testing.warehouse import county_tables, download_name_problems
 
 SOURCE = "https://health.data.ny.gov/api/views/xdss-u53e/rows.json?accessType=DOWNLOAD"
 COLUMNS: list[ColumnSpec] = list(CSV_HEADER_COLUMNS.values())  # the API's order: test_date ... geography
@@ -371,13 +371,14 @@ def test_unsafe_county_names_raise(name: str) -> None:
     assert repr(name) in str(err.value)
 
 
-def test_slug_map_detects_collisions() -> None:
-    assert slug_map(["St. Lawrence", "New York", "St. Lawrence"]) == {
-        "St. Lawrence": "st_lawrence",
-        "New York": "new_york",
-    }
-    with pytest.raises(UnsafeIdentifierError, match="'St. Lawrence' and 'St Lawrence'"):
-        slug_map(["St. Lawrence", "New York", "St Lawrence"])
+def test_county_tables_detect_collisions_within_one_download() -> None:
+    """Collisions are found by warehouse.download_name_problems (they hold back the county, not the download)."""
+    names = ["St. Lawrence", "New York", "St. Lawrence"]
+    assert county_tables(names)[0] == {"St. Lawrence": "st_lawrence", "New York": "new_york"}
+    assert download_name_problems(names) == {}
+    problems = download_name_problems(["St. Lawrence", "New York", "St Lawrence"])
+    assert problems.keys() == {"St. Lawrence", "St Lawrence"}
+    assert "'St. Lawrence' and 'St Lawrence'" in problems["St. Lawrence"]
 
 
 # -- building snapshots ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ its columns to ours (``columns``); ``RowsJsonReader.batches`` then streams the r
 """
 
 from covid_lakehouse.defs.ny_testing.parsing.columns import ALIASES, MEASURES, REQUIRED, SCHEMA
-from covid_lakehouse.defs.ny_testing.parsing.counties import county_slug, slug_map
+from covid_lakehouse.defs.ny_testing.parsing.counties import county_slug
 from covid_lakehouse.defs.ny_testing.parsing.errors import SourceFormatError, UnsafeIdentifierError
 from covid_lakehouse.defs.ny_testing.parsing.rows import BATCH_ROWS, BadRows, RowsJsonReader, open_rows_json
 
@@ -22,5 +22,4 @@ __all__ = [
     "UnsafeIdentifierError",
     "county_slug",
     "open_rows_json",
-    "slug_map",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
 
 from covid_lakehouse.defs.ny_testing.parsing.errors import UnsafeIdentifierError
 
@@ -19,17 +18,3 @@ def county_slug(name: str) -> str:
     if not _SLUG_RE.fullmatch(slug):
         raise UnsafeIdentifierError(f"county {name!r} gives no safe identifier (got {slug!r})")
     return slug
-
-
-def slug_map(names: Iterable[str]) -> dict[str, str]:
-    """Slug per distinct county name; two names with one slug would share a table, so that raises."""
-    result: dict[str, str] = {}
-    owner: dict[str, str] = {}
-    for name in names:
-        if name in result:
-            continue
-        slug = county_slug(name)
-        if slug in owner:
-            raise UnsafeIdentifierError(f"counties {owner[slug]!r} and {name!r} both map to {slug!r}")
-        result[name], owner[slug] = slug, name
-    return result
