@@ -94,3 +94,26 @@ def test_a_county_name_too_long_for_a_table_holds_back_only_that_county(ny, load
     # The reference rows of the same download are published as usual.
     assert ny.pg.execute("SELECT max(test_date) FROM ny_testing_reference.geography_totals").fetchone()[0] == (
         dt.date(2022, 9, 14))
+
+
+
+@pytest.mark.parametrize(("county", "problem", "partition"), [
+    ("All Counties", "would take the name of the view 'all_counties'", True),
+    ("Kings...", "cannot be a partition key", False),  # never a partition: every run reports it
+])
+def test_a_county_name_the_load_cannot_use_holds_back_only_that_county(ny, loaded, county, problem, partition):
+    ny.serve(dataset(("Albany", "New York", "St. Lawrence", county), days=4))
+    assert ny.download().success  # stored: the name blocks its county, not the download
+    raw = ny.latest_raw()
+    assert (county in raw["counties"]) is partition
+    assert problem in raw["unusable_counties"][county]
+
+    result = ny.run(ny.tick().run_requests[0])
+    assert not result.success
+    assert (county in ny.partitions()) is partition
+    assert set(materialized(result)) == {"Albany", "New York", "St. Lawrence"}
+    assert {t: len(ny.rows(t)) for t in loaded} == {"albany": 4, "new_york": 4, "st_lawrence": 4}
+    assert ny.tables() == {"albany", "new_york", "st_lawrence", "all_counties"}
+    names = checks(result)["county_names_usable"]
+    assert names.passed is False and names.metadata["failing_counties"].value == [county]
+    assert problem in names.metadata["problems"].value[county]
