@@ -100,8 +100,8 @@ class LakehouseResource(dg.ConfigurableResource):
             try:
                 tbl = catalog.create_table(ident, schema=schema)
             except TableAlreadyExistsError:
-                tbl = None  # created by a concurrent run: evolve it like any existing table below
-            if tbl is not None:
+                pass  # created by a concurrent run: evolve it like any existing table below
+            else:
                 if partition_by:
                     from pyiceberg.transforms import IdentityTransform
 

@@ -33,6 +33,19 @@ def rows(pg, day: str) -> list[tuple]:
                       "WHERE date = %s ORDER BY 1, 2", (day,)).fetchall()
 
 
+def facebook_run(resources: dict, instance: dg.DagsterInstance, first: str, last: str) -> dg.ExecuteInProcessResult:
+    return dg.materialize(ASSETS, selection=[FACEBOOK_KEY], resources=resources, instance=instance,
+                          raise_on_error=False, tags={RANGE_START_TAG: first, RANGE_END_TAG: last})
+
+
+def start_run_a(run) -> tuple[dict, threading.Thread]:
+    """Run A (D1..D2) in the thread "run-a"; its result lands in the dict under "a"."""
+    results: dict = {}
+    run_a = threading.Thread(target=lambda: results.__setitem__("a", run(D1, D2)), name="run-a")
+    run_a.start()
+    return results, run_a
+
+
 def test_a_run_that_fetched_a_day_earlier_and_publishes_last_leaves_that_day_alone(
         clean_marketing, marketing_resources, instance, pg, mock: MarketingMock, monkeypatch) -> None:
     a_read, b_done = threading.Event(), threading.Event()
@@ -47,12 +60,9 @@ def test_a_run_that_fetched_a_day_earlier_and_publishes_last_leaves_that_day_alo
     monkeypatch.setattr(assets, "stage_audit_publish", publish_after_b)
 
     def run(first: str, last: str) -> dg.ExecuteInProcessResult:
-        return dg.materialize(ASSETS, selection=[FACEBOOK_KEY], resources=marketing_resources, instance=instance,
-                              raise_on_error=False, tags={RANGE_START_TAG: first, RANGE_END_TAG: last})
+        return facebook_run(marketing_resources, instance, first, last)
 
-    results = {}
-    run_a = threading.Thread(target=lambda: results.__setitem__("a", run(D1, D2)), name="run-a")
-    run_a.start()
+    results, run_a = start_run_a(run)
     try:
         assert a_read.wait(120), "run A never finished reading"
         mock.facebook_revision = 1  # Facebook restates conversions inside its attribution window
@@ -75,6 +85,47 @@ def test_a_run_that_fetched_a_day_earlier_and_publishes_last_leaves_that_day_alo
                           "WHERE source = 'facebook_ad_insights_daily' ORDER BY 2, 1").fetchall()
     assert versions == [(a, D1, f"facebook pages of run {older.run_id}") for a in ACCOUNTS] + \
         [(a, D2, f"facebook pages of run {newer.run_id}") for a in ACCOUNTS]
+
+
+def test_a_run_that_started_first_but_fetched_a_day_last_publishes_that_day(
+        clean_marketing, marketing_resources, instance, pg, mock: MarketingMock, monkeypatch) -> None:
+    """A slice's version is when its own pages were fetched, not when the run started: run A starts first
+    and reads D1, run B reads and publishes D2, then Facebook restates D2 and A fetches it. A's D2 is the
+    newer one and is merged (with the run's start time as every slice's version, it would be refused)."""
+    a_slices, a_at_d2, b_done = set(), threading.Event(), threading.Event()
+    real = assets.SliceVersions.fetching
+
+    def fetch_d2_after_b(self, unit, day):  # run A is the one that fetched D1; it fetches D2 after run B
+        if day.isoformat() == D1:
+            a_slices.add(id(self))
+        elif id(self) in a_slices:
+            a_at_d2.set()
+            assert b_done.wait(120), "run B never finished"
+        real(self, unit, day)
+
+    monkeypatch.setattr(assets.SliceVersions, "fetching", fetch_d2_after_b)
+
+    def run(first: str, last: str) -> dg.ExecuteInProcessResult:
+        return facebook_run(marketing_resources, instance, first, last)
+
+    results, run_a = start_run_a(run)
+    try:
+        assert a_at_d2.wait(120), "run A never reached D2"
+        earlier = run(D2, D2)
+        mock.facebook_revision = 1  # Facebook restates D2 before run A fetches it
+    finally:
+        b_done.set()
+        run_a.join()
+    later = results["a"]
+    assert earlier.success and later.success
+
+    # the restated rows come from run A's pages (rows Facebook did not restate keep run B's lineage)
+    assert len(rows(pg, D2)) == 6 and any(f"/date={D2}/{later.run_id}-" in r[3] for r in rows(pg, D2))
+    [meta] = [m.metadata for m in later.asset_materializations_for_node(FACEBOOK_KEY.to_python_identifier())][:1]
+    assert "superseded_slices" not in meta
+    versions = pg.execute("SELECT DISTINCT source_version FROM marketing.source_versions "
+                          "WHERE source = 'facebook_ad_insights_daily' AND day = %s", (D2,)).fetchall()
+    assert versions == [(f"facebook pages of run {later.run_id}",)]
 
 
 def test_an_rds_run_that_read_a_row_before_its_update_and_merges_last_keeps_the_update(

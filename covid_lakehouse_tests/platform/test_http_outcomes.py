@@ -15,6 +15,7 @@ from covid_lakehouse.lib.http import (
     AUTH,
     THROTTLED,
     AuthError,
+    BodyTooLargeError,
     ClientError,
     HttpClient,
     Outcome,
@@ -109,3 +110,13 @@ def test_without_an_outcome_the_status_decides(api: MockApi) -> None:
     api.fail_next("/rows", coded(99))
     with pytest.raises(ClientError, match="HTTP 400"):
         client(clock).get(f"{api.url}/rows")
+
+
+def test_a_classifier_reads_an_error_body_within_the_body_cap(api: MockApi) -> None:
+    """The classifier reads ``response.content``: the client reads that body first, bounded like any
+    other, so a huge error body is refused at the cap instead of being read whole into memory."""
+    api.fail_next("/rows", Fault.custom(MockResponse(400, b"{" + b" " * 8192 + b"}")))
+
+    with pytest.raises(BodyTooLargeError, match="exceeds the cap of 4096 bytes"):
+        client(FakeClock(), max_body_bytes=4096).get(f"{api.url}/rows")
+    assert len(api.requests) == 1

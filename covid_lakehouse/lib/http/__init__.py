@@ -1,9 +1,10 @@
 """HTTP client for third-party APIs: errors classified before retrying, one retry budget per call.
 
 Modules: ``client`` (HttpClient and its retry loop; the policy is in its docstring), ``outcomes``
-(retry or fail: the status rules, and a source's own classifier), ``errors`` (what a call raises), ``redaction`` (secrets kept out of messages and logs), ``bodies`` (reading bodies,
-download results, Retry-After), ``limits`` (byte cap, call deadline, paging guard), ``redirects``
-(the redirects the client follows itself), ``hosts`` (which hosts a source URL from run config may name).
+(retry or fail: the status rules, and a source's own classifier), ``errors`` (what a call raises),
+``redaction`` (secrets kept out of messages and logs), ``bodies`` (reading bodies, download results,
+Retry-After), ``limits`` (byte cap, call deadline, paging guard), ``redirects`` (the redirects the
+client follows itself), ``hosts`` (which hosts a source URL from run config may name).
 """
 
 from covid_lakehouse.lib.http.bodies import DownloadResult, parse_retry_after

@@ -100,7 +100,8 @@ class HttpClient:
     headers whose values are scrubbed from messages besides those that look like credentials;
     ``secret_path`` hides the URL's path too (a webhook URL is its own credential).
     ``classify(response)`` gives the Outcome of a response that is not among the call's ok statuses
-    (None: the status decides; it may read ``response.content``, as ``retry_after_from`` may).
+    (None: the status decides; it may read ``response.content``, as ``retry_after_from`` may: with
+    either hook the client reads an error body first, within ``max_body_bytes`` and the call's deadline).
     ``min_waits`` maps a failure class to the least seconds to wait before retrying it (e.g.
     {"throttled": 60}: throttles that last minutes should not burn attempts in seconds).
     ``max_body_bytes`` and ``transfer_deadline_s`` default to HTTP_MAX_BODY_MB and HTTP_CALL_DEADLINE_S.
@@ -151,6 +152,9 @@ class HttpClient:
         self._max_redirects = max_redirects
         self._secret_path = secret_path
         self._classify_response = classify
+        # A source's classify or retry_after_from may read ``response.content`` of an error response:
+        # the client reads it first, bounded like any body (max_body_bytes, the call's deadline).
+        self._hooks_read_body = classify is not None or retry_after_from is not None
         self._min_waits = dict(min_waits or {})
 
     # -- public API -------------------------------------------------------------------------------
@@ -234,6 +238,8 @@ class HttpClient:
                                           attempt=attempt)
                 if response.status_code in ok_statuses:
                     return consume(response, **limits)
+                if self._hooks_read_body:  # within the call's bounds, as an answer's body is read
+                    load_body(response, **limits)
                 failure = self._classify(method, redactor, response, attempt)
             except BodyLimitError as exc:
                 if response is not None:

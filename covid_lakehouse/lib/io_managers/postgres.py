@@ -91,15 +91,15 @@ def grant_readers(connection: psycopg.Connection, schema: str, table: str, role:
     Tables created by the IO manager are not in any migration, so no migration could grant on them."""
     if not role or not connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
         return
-    qualified = sql.SQL("{}").format(table_ident(schema, table)).as_string(connection)
+    target = table_ident(schema, table)
     schema_ok, table_ok = connection.execute(
         "SELECT has_schema_privilege(%s, %s, 'USAGE'), has_table_privilege(%s, %s, 'SELECT')",
-        (role, schema, role, qualified)).fetchone()
+        (role, schema, role, target.as_string(connection))).fetchone()
     reader = sql.Identifier(validate_identifier(role, what="reader_role"))
     if not schema_ok:
         connection.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), reader))
     if not table_ok:
-        connection.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table_ident(schema, table), reader))
+        connection.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(target, reader))
 
 
 # Loaded as their text: Arrow has no uuid type, and json values are not one Arrow type per column.
