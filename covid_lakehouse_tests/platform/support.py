@@ -207,8 +207,10 @@ def analyst_reads_but_cannot_write(analyst_dsn: str, table: str) -> int:
 
 
 def blocked_backends(pg) -> int:
-    """Sessions of the warehouse waiting on a lock another session holds."""
-    return pg.execute("SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0").fetchone()[0]
+    """Sessions of the warehouse (``pg``'s database) waiting on a lock another session holds; sessions of
+    the server's other databases (Dagster's own storage, with ``postgres_instance``) do not count."""
+    return pg.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND cardinality(pg_blocking_pids(pid)) > 0").fetchone()[0]
 
 
 def wait_until_blocked_or_done(pg, done) -> None:
