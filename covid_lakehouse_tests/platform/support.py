@@ -13,7 +13,8 @@ import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -220,27 +221,60 @@ def wait_until_blocked_or_done(pg, done) -> None:
         done.wait(0.05)
 
 
-def two_runs(a_reached, run, b_done) -> dict[str, bool]:
-    """Start ``run()`` as run A (thread "run-a"); once A has reached its point (``a_reached`` set),
-    start it again as run B (thread "run-b", setting ``b_done`` when it ends); wait for both.
-    Returns {"a": success, "b": success}."""
-    results: dict[str, bool] = {}
+@contextmanager
+def run_a_held(run: Callable[[], Any], a_reached: threading.Event, b_done: threading.Event
+               ) -> Iterator[dict[str, Any]]:
+    """Start ``run()`` as run A (thread "run-a"); once A has reached its point (``a_reached`` set, A
+    holding there until ``b_done``), hand over to the ``with`` block, which runs B in this thread; on
+    leaving it set ``b_done`` and wait for A. The dict yielded gets A's result under "a" once A has
+    ended; an exception of run A is raised here."""
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
 
-    def b() -> None:
+    def a() -> None:
         try:
-            results["b"] = run()
-        finally:
-            b_done.set()
+            results["a"] = run()
+        except BaseException as err:
+            errors.append(err)
 
-    first = threading.Thread(target=lambda: results.__setitem__("a", run()), name="run-a")
-    second = threading.Thread(target=b, name="run-b")
-    first.start()
-    if not a_reached.wait(60):
-        raise AssertionError("run A never reached its point")
-    second.start()
-    second.join()
-    first.join()
+    thread = threading.Thread(target=a, name="run-a")
+    thread.start()
+    try:
+        if not a_reached.wait(120):
+            raise AssertionError("run A never reached its point")
+        yield results
+    finally:
+        b_done.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def two_runs(a_reached: threading.Event, run: Callable[[], Any], b_done: threading.Event,
+             run_b: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Start ``run()`` as run A (thread "run-a"); once A has reached its point (``a_reached`` set), run
+    ``run_b()`` (by default ``run()`` again) as run B, then set ``b_done``; wait for both. Returns
+    {"a": A's result, "b": B's result}."""
+    with run_a_held(run, a_reached, b_done) as results:
+        results["b"] = (run_b or run)()
     return results
+
+
+def hold_once(pg, reached: threading.Event, b_done: threading.Event) -> Callable[[], None]:
+    """A function holding its first caller (run A: run B starts only once A is held) until run B is
+    blocked on a lock or has finished; later calls pass through."""
+    held: list[bool] = []
+    lock = threading.Lock()
+
+    def hold() -> None:
+        with lock:
+            first = not held
+            held.append(True)
+        if first:
+            reached.set()
+            wait_until_blocked_or_done(pg, b_done)
+
+    return hold
 
 
 def hold_runs_at(monkeypatch, audits_module, in_audit: bool, hold) -> None:

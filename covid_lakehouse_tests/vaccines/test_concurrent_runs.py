@@ -19,7 +19,7 @@ from covid_lakehouse.defs.vaccines.assets import people_per_dose, raw_sources
 from covid_lakehouse.defs.vaccines.resources import DEFAULT_ALLOCATION_URLS, VaccinesSettings
 from covid_lakehouse_dev.apis.harness import MockApi
 from covid_lakehouse_dev.apis.vaccines import lake_path, register
-from covid_lakehouse_tests.platform.support import hold_runs_at, two_runs, wait_until_blocked_or_done
+from covid_lakehouse_tests.platform.support import hold_once, hold_runs_at, two_runs
 
 pytestmark = pytest.mark.integration
 
@@ -100,15 +100,7 @@ def test_two_runs_publishing_at_once_leave_the_tables_of_one(one_run, lake, reso
     already merged, not committed (``merged``), until run B is blocked behind it or has finished."""
     expected, _ = one_run
     a_publishing, b_done = threading.Event(), threading.Event()
-    held = []
-
-    def hold() -> None:
-        if threading.current_thread().name == "run-a" and not held:
-            held.append(True)
-            a_publishing.set()
-            wait_until_blocked_or_done(pg, b_done)
-
-    hold_runs_at(monkeypatch, publish, hold_at == "staged", hold)
+    hold_runs_at(monkeypatch, publish, hold_at == "staged", hold_once(pg, a_publishing, b_done))
     results = two_runs(a_publishing, lambda: materialize(resources, lake[1], instance), b_done)
 
     assert results == {"a": True, "b": True}
