@@ -13,11 +13,10 @@ import pytest
 
 from covid_lakehouse.defs.marketing.assets import AD_PERFORMANCE_KEY, ASSETS, CLEVERTAP_KEY, FACEBOOK_KEY
 from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START_TAG
-from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse_dev.apis.harness import MockApi
 from covid_lakehouse_dev.apis.marketing import FACEBOOK_PATH
-from covid_lakehouse_tests.platform.support import two_runs, wait_until_blocked_or_done
+from covid_lakehouse_tests.platform.support import hold_after_upsert, two_runs, wait_until_blocked_or_done
 
 pytestmark = pytest.mark.integration
 
@@ -92,19 +91,16 @@ def test_a_run_whose_api_call_waits_until_another_run_published_changes_nothing(
 
 def test_two_runs_merging_at_once_leave_the_rows_of_one(one_run, marketing_resources, pg, monkeypatch, instance) -> None:
     expected, _ = one_run
-    real_upsert = PostgresResource.upsert
     a_merging, b_done = threading.Event(), threading.Event()
 
-    def upsert(conn, **kwargs):
-        counts = real_upsert(conn, **kwargs)
+    def hold() -> None:
         if threading.current_thread().name == "run-a":
             # Hold run A's merge transaction open (its rows not committed) until run B is blocked behind
             # it or has finished: without a lock both runs would insert the same keys.
             a_merging.set()
             wait_until_blocked_or_done(pg, b_done)
-        return counts
 
-    monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))
+    hold_after_upsert(monkeypatch, hold)
     results = two_runs(a_merging, lambda: materialize(marketing_resources, instance), b_done)
 
     assert results == {"a": True, "b": True}

@@ -280,13 +280,19 @@ def hold_once(pg, reached: threading.Event, b_done: threading.Event) -> Callable
 def hold_runs_at(monkeypatch, audits_module, in_audit: bool, hold) -> None:
     """Call ``hold()`` where the two-runs-at-once tests hold run A: inside the first audit of
     ``audits_module.AUDITS`` (the run has staged its rows and audits them, nothing published yet), or
-    right after each ``PostgresResource.upsert`` (inside the publishing transaction, its lock held)."""
+    right after each upsert (``hold_after_upsert``)."""
     if in_audit:
         first = audits_module.AUDITS[0]
         monkeypatch.setattr(audits_module, "AUDITS", [
             Audit(first.name, lambda staged: (hold(), first.fn(staged))[1], first.blocking, first.description),
             *audits_module.AUDITS[1:]])
-        return
+    else:
+        hold_after_upsert(monkeypatch, hold)
+
+
+def hold_after_upsert(monkeypatch, hold) -> None:
+    """Call ``hold()`` right after each ``PostgresResource.upsert``: inside the publishing transaction,
+    its rows merged, not committed, its lock held."""
     real_upsert = PostgresResource.upsert
 
     def upsert(conn, **kwargs):
