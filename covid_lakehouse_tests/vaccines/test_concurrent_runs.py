@@ -18,8 +18,9 @@ from covid_lakehouse.defs.vaccines import publish
 from covid_lakehouse.defs.vaccines.assets import people_per_dose, raw_sources
 from covid_lakehouse.defs.vaccines.resources import DEFAULT_ALLOCATION_URLS, VaccinesSettings
 from covid_lakehouse_dev.apis.harness import MockApi
-from covid_lakehouse_dev.apis.vaccines import lake_path, register
+from covid_lakehouse_dev.apis.vaccines import lake_path
 from covid_lakehouse_tests.platform.support import hold_once, hold_runs_at, two_runs
+from covid_lakehouse_tests.vaccines.support import lake_settings
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +35,7 @@ def instance(postgres_instance: dg.DagsterInstance) -> dg.DagsterInstance:
 def lake(pg, reset_domain) -> Iterator[tuple[MockApi, VaccinesSettings]]:
     reset_domain("vaccines")
     with MockApi() as api:
-        env = {k: v.replace("{base}", api.url) for k, v in register(api).items()}
-        yield api, VaccinesSettings(allocation_urls={"moderna": env["VACCINES_MODERNA_URL"],
-                                                     "pfizer": env["VACCINES_PFIZER_URL"]},
-                                    population_url=env["VACCINES_POPULATION_URL"])
+        yield api, lake_settings(api)
     reset_domain("vaccines")
 
 
