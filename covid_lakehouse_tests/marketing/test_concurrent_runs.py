@@ -16,7 +16,12 @@ from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START
 from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse_dev.apis.harness import MockApi
 from covid_lakehouse_dev.apis.marketing import FACEBOOK_PATH
-from covid_lakehouse_tests.platform.support import hold_after_upsert, two_runs, wait_until_blocked_or_done
+from covid_lakehouse_tests.platform.support import (
+    first_call_waits_for_b,
+    hold_after_upsert,
+    two_runs,
+    wait_until_blocked_or_done,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -73,15 +78,8 @@ def test_a_run_whose_api_call_waits_until_another_run_published_changes_nothing(
     expected, landed = one_run
     raw_before = len(raw_objects(s3))
     a_waiting, b_finished = threading.Event(), threading.Event()
-    calls = iter(range(1_000_000))
-
-    def hold_first_call(body: bytes) -> bytes:
-        if next(calls) == 0:  # run A's first Facebook call answers only after run B has published
-            a_waiting.set()
-            assert b_finished.wait(60), "run B never finished"
-        return body
-
-    api.transform(FACEBOOK_PATH + "/*", hold_first_call)
+    # Run A's first Facebook call answers only after run B has published
+    api.transform(FACEBOOK_PATH + "/*", first_call_waits_for_b(a_waiting, b_finished))
     results = two_runs(a_waiting, lambda: materialize(marketing_resources, instance), b_finished)
 
     assert results == {"a": True, "b": True}

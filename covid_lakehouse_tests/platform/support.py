@@ -5,6 +5,7 @@ service, placeholder secrets for it, and staging left behind by runs in every st
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -275,6 +276,20 @@ def hold_once(pg, reached: threading.Event, b_done: threading.Event) -> Callable
             wait_until_blocked_or_done(pg, b_done)
 
     return hold
+
+
+def first_call_waits_for_b(a_reached: threading.Event, b_done: threading.Event) -> Callable[[bytes], bytes]:
+    """A MockApi transform (``api.transform(path, ...)``, body in, body out) whose first call, run A's,
+    answers only after run B has finished; later calls pass straight through."""
+    calls = itertools.count()
+
+    def transform(body: bytes) -> bytes:
+        if next(calls) == 0:
+            a_reached.set()
+            assert b_done.wait(60), "run B never finished"
+        return body
+
+    return transform
 
 
 def hold_runs_at(monkeypatch, audits_module, in_audit: bool, hold) -> None:
