@@ -8,11 +8,10 @@ archive stopped after its plan while a second archive starts."""
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import dagster as dg
-import psycopg
 import pytest
 
 from covid_lakehouse.defs.ads.archive import archive_old_rows
@@ -21,21 +20,21 @@ from covid_lakehouse.defs.ads.backup import list_backup_keys
 from covid_lakehouse_dev.apis.ads import PATH, AdsMock
 from covid_lakehouse_dev.apis.harness import MockApi, MockResponse
 from covid_lakehouse_tests.ads.support import NOW, archived_rows, assert_invariant, live_ids, load_rows
+from covid_lakehouse_tests.platform.support import two_runs, wait_until_blocked_or_done
 
 pytestmark = pytest.mark.integration
 
-WAIT = 60  # seconds an event may take before the test fails (a hang, not a timing assumption)
-
 
 class ServedTwice:
-    """The ad API re-showing the same ads with a new campaign on every call; the first call blocks
-    until released, so a run can be held inside its fetch while another run starts."""
+    """The ad API re-showing the same ads with a new campaign on every call; the first call runs
+    ``hold_first_call`` (set by the test) before answering, so a run can be held inside its fetch while
+    another run starts."""
 
     def __init__(self, ads: list[dict]) -> None:
         self.ads = ads
         self.calls = 0
         self.first_call_started = threading.Event()
-        self.release_first_call = threading.Event()
+        self.hold_first_call: Callable[[], None] = lambda: None
         self._lock = threading.Lock()
 
     def campaign(self, call: int) -> int:
@@ -47,7 +46,7 @@ class ServedTwice:
             call = self.calls
         if call == 1:
             self.first_call_started.set()
-            assert self.release_first_call.wait(WAIT)
+            self.hold_first_call()
         return MockResponse(200, json.dumps([{**ad, "ad_campaign": self.campaign(call)} for ad in self.ads]).encode())
 
 
@@ -60,44 +59,19 @@ def served(monkeypatch) -> Iterator[tuple[MockApi, ServedTwice]]:
         yield api, source
 
 
-def _in_thread(fn) -> tuple[threading.Thread, dict]:
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            out["result"] = fn()
-        except BaseException as err:  # re-raised by the test's assertions
-            out["error"] = err
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
-
-
 def _load(resources: dict) -> dg.ExecuteInProcessResult:
     with dg.DagsterInstance.ephemeral() as instance:
         return dg.materialize([ads], resources=resources, instance=instance, raise_on_error=False)
 
 
-def _waiting_for_the_ads_lock_or_done(pg: psycopg.Connection, thread: threading.Thread) -> None:
-    """Return once the second run either finished or queues for the ads advisory lock (the point
-    where, unlocked, it would overtake the first)."""
-    while thread.is_alive():
-        waiting = pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
-        if waiting:
-            return
-        thread.join(0.02)
-
-
 def test_two_loads_at_once_publish_in_the_order_they_fetched(ads_clean, served, ads_resources, pg, s3):
     _, source = served
-    first, first_out = _in_thread(lambda: _load(ads_resources))
-    assert source.first_call_started.wait(WAIT)  # the first run is inside its API call
-    second, second_out = _in_thread(lambda: _load(ads_resources))
-    _waiting_for_the_ads_lock_or_done(pg, second)
-    source.release_first_call.set()
-    first.join(WAIT)
-    second.join(WAIT)
-    assert first_out["result"].success and second_out["result"].success
+    # Run A is held inside its API call until run B queues behind its ads lock (where, unlocked, B
+    # would overtake A) or has finished.
+    second_done = threading.Event()
+    source.hold_first_call = lambda: wait_until_blocked_or_done(pg, second_done)
+    results = two_runs(source.first_call_started, lambda: _load(ads_resources), second_done)
+    assert results["a"].success and results["b"].success
 
     # One after the other, the second call's values win: an older response never overwrites a newer.
     rows = pg.execute("SELECT ad_id::text, ad_campaign FROM ads.ads").fetchall()
@@ -113,21 +87,20 @@ def test_an_archive_during_a_load_never_leaves_an_ad_live_and_archived(ads_clean
     loaded = load_rows(warehouse, AdsMock(seed=41, now=NOW.timestamp), pages=1)
     assert {ad["ad_id"] for ad in source.ads} <= loaded
 
-    load, load_out = _in_thread(lambda: _load(ads_resources))
-    assert source.first_call_started.wait(WAIT)  # the load has fetched nothing yet
-    archive, archive_out = _in_thread(lambda: archive_old_rows(
-        warehouse, lakehouse, retention=timedelta(days=1), now=NOW + timedelta(days=30), chunk_rows=30))
-    _waiting_for_the_ads_lock_or_done(pg, archive)
-    source.release_first_call.set()
-    load.join(WAIT)
-    archive.join(WAIT)
-    assert load_out["result"].success and "error" not in archive_out
+    # The load is held inside its API call (it has fetched nothing yet) until the archive queues behind
+    # its ads lock or has finished; an error of either is raised by two_runs.
+    archive_done = threading.Event()
+    source.hold_first_call = lambda: wait_until_blocked_or_done(pg, archive_done)
+    results = two_runs(source.first_call_started, lambda: _load(ads_resources), archive_done,
+                       run_b=lambda: archive_old_rows(warehouse, lakehouse, retention=timedelta(days=1),
+                                                      now=NOW + timedelta(days=30), chunk_rows=30))
+    assert results["a"].success
 
     # As one after the other: the load updated the ads (a new campaign), then the archive moved them.
     assert_invariant(pg, lakehouse, loaded)
     live = live_ids(pg)
     assert live.isdisjoint(ad["ad_id"] for ad in source.ads)
-    [report] = archive_out["result"]
+    [report] = results["b"]
     assert report.archived_rows == report.deleted_rows == len(loaded)
     in_archive = lakehouse.load_table("ads", "ads_archive").scan(selected_fields=("ad_id", "ad_campaign")).to_arrow()
     campaigns = dict(zip(in_archive["ad_id"].to_pylist(), in_archive["ad_campaign"].to_pylist(), strict=True))
@@ -136,26 +109,22 @@ def test_an_archive_during_a_load_never_leaves_an_ad_live_and_archived(ads_clean
 
 def test_two_archives_at_once_archive_each_row_once(ads_clean, warehouse, lakehouse, pg):
     loaded = load_rows(warehouse, AdsMock(seed=43, now=NOW.timestamp), pages=3)
-    planned, release = threading.Event(), threading.Event()
+    planned, second_done = threading.Event(), threading.Event()
 
     def hold_after_plan(step: str) -> None:
+        # The first archive is held after its plan until the second queues behind its ads lock or has finished.
         if step == "planned":
             planned.set()
-            assert release.wait(WAIT)
+            wait_until_blocked_or_done(pg, second_done)
 
-    first, first_out = _in_thread(lambda: archive_old_rows(
-        warehouse, lakehouse, retention=timedelta(hours=12), now=NOW, chunk_rows=40, hook=hold_after_plan))
-    assert planned.wait(WAIT)
-    second, second_out = _in_thread(lambda: archive_old_rows(
-        warehouse, lakehouse, retention=timedelta(hours=12), now=NOW, chunk_rows=40))
-    _waiting_for_the_ads_lock_or_done(pg, second)
-    release.set()
-    first.join(WAIT)
-    second.join(WAIT)
-    assert "error" not in first_out and "error" not in second_out
+    def archive(**hook) -> list:
+        return archive_old_rows(warehouse, lakehouse, retention=timedelta(hours=12), now=NOW, chunk_rows=40, **hook)
 
-    [report] = first_out["result"]
-    assert second_out["result"] == []  # nothing left to archive once the first finished
+    # An error of either archive is raised by two_runs.
+    results = two_runs(planned, lambda: archive(hook=hold_after_plan), second_done, run_b=archive)
+
+    [report] = results["a"]
+    assert results["b"] == []  # nothing left to archive once the first finished
     live, archived = assert_invariant(pg, lakehouse, loaded)
     assert archived == report.archived_rows == report.planned_rows > 0
     assert len({batch for _, _, batch in archived_rows(lakehouse)}) == 1

@@ -13,11 +13,15 @@ import pytest
 
 from covid_lakehouse.defs.marketing.assets import AD_PERFORMANCE_KEY, ASSETS, CLEVERTAP_KEY, FACEBOOK_KEY
 from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START_TAG
-from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse_dev.apis.harness import MockApi
 from covid_lakehouse_dev.apis.marketing import FACEBOOK_PATH
-from covid_lakehouse_tests.platform.support import two_runs, wait_until_blocked_or_done
+from covid_lakehouse_tests.platform.support import (
+    first_call_waits_for_b,
+    hold_after_upsert,
+    two_runs,
+    wait_until_blocked_or_done,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -74,15 +78,8 @@ def test_a_run_whose_api_call_waits_until_another_run_published_changes_nothing(
     expected, landed = one_run
     raw_before = len(raw_objects(s3))
     a_waiting, b_finished = threading.Event(), threading.Event()
-    calls = iter(range(1_000_000))
-
-    def hold_first_call(body: bytes) -> bytes:
-        if next(calls) == 0:  # run A's first Facebook call answers only after run B has published
-            a_waiting.set()
-            assert b_finished.wait(60), "run B never finished"
-        return body
-
-    api.transform(FACEBOOK_PATH + "/*", hold_first_call)
+    # Run A's first Facebook call answers only after run B has published
+    api.transform(FACEBOOK_PATH + "/*", first_call_waits_for_b(a_waiting, b_finished))
     results = two_runs(a_waiting, lambda: materialize(marketing_resources, instance), b_finished)
 
     assert results == {"a": True, "b": True}
@@ -92,19 +89,16 @@ def test_a_run_whose_api_call_waits_until_another_run_published_changes_nothing(
 
 def test_two_runs_merging_at_once_leave_the_rows_of_one(one_run, marketing_resources, pg, monkeypatch, instance) -> None:
     expected, _ = one_run
-    real_upsert = PostgresResource.upsert
     a_merging, b_done = threading.Event(), threading.Event()
 
-    def upsert(conn, **kwargs):
-        counts = real_upsert(conn, **kwargs)
+    def hold() -> None:
         if threading.current_thread().name == "run-a":
             # Hold run A's merge transaction open (its rows not committed) until run B is blocked behind
             # it or has finished: without a lock both runs would insert the same keys.
             a_merging.set()
             wait_until_blocked_or_done(pg, b_done)
-        return counts
 
-    monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))
+    hold_after_upsert(monkeypatch, hold)
     results = two_runs(a_merging, lambda: materialize(marketing_resources, instance), b_done)
 
     assert results == {"a": True, "b": True}

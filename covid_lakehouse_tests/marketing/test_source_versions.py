@@ -16,6 +16,7 @@ from covid_lakehouse.defs.marketing import assets
 from covid_lakehouse.defs.marketing.assets import ASSETS, FACEBOOK_KEY, RDS_ORDERS_KEY
 from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START_TAG
 from covid_lakehouse_dev.apis.marketing import MarketingMock
+from covid_lakehouse_tests.platform.support import run_a_held
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +39,6 @@ def facebook_run(resources: dict, instance: dg.DagsterInstance, first: str, last
                           raise_on_error=False, tags={RANGE_START_TAG: first, RANGE_END_TAG: last})
 
 
-def start_run_a(run) -> tuple[dict, threading.Thread]:
-    """Run A (D1..D2) in the thread "run-a"; its result lands in the dict under "a"."""
-    results: dict = {}
-    run_a = threading.Thread(target=lambda: results.__setitem__("a", run(D1, D2)), name="run-a")
-    run_a.start()
-    return results, run_a
-
-
 def test_a_run_that_fetched_a_day_earlier_and_publishes_last_leaves_that_day_alone(
         clean_marketing, marketing_resources, instance, pg, mock: MarketingMock, monkeypatch) -> None:
     a_read, b_done = threading.Event(), threading.Event()
@@ -62,15 +55,10 @@ def test_a_run_that_fetched_a_day_earlier_and_publishes_last_leaves_that_day_alo
     def run(first: str, last: str) -> dg.ExecuteInProcessResult:
         return facebook_run(marketing_resources, instance, first, last)
 
-    results, run_a = start_run_a(run)
-    try:
-        assert a_read.wait(120), "run A never finished reading"
+    with run_a_held(lambda: run(D1, D2), a_read, b_done) as results:
         mock.facebook_revision = 1  # Facebook restates conversions inside its attribution window
         newer = run(D2, D2)
         restated = rows(pg, D2)  # run B's D2, before run A merges
-    finally:
-        b_done.set()
-        run_a.join()
     assert newer.success and restated
     older = results["a"]
     assert older.success  # not an error: the day simply keeps the newer pages
@@ -108,14 +96,9 @@ def test_a_run_that_started_first_but_fetched_a_day_last_publishes_that_day(
     def run(first: str, last: str) -> dg.ExecuteInProcessResult:
         return facebook_run(marketing_resources, instance, first, last)
 
-    results, run_a = start_run_a(run)
-    try:
-        assert a_at_d2.wait(120), "run A never reached D2"
+    with run_a_held(lambda: run(D1, D2), a_at_d2, b_done) as results:
         earlier = run(D2, D2)
         mock.facebook_revision = 1  # Facebook restates D2 before run A fetches it
-    finally:
-        b_done.set()
-        run_a.join()
     later = results["a"]
     assert earlier.success and later.success
 
@@ -152,18 +135,11 @@ def test_an_rds_run_that_read_a_row_before_its_update_and_merges_last_keeps_the_
                               raise_on_error=False, tags={RANGE_START_TAG: f"{last:%Y-%m-%d}",
                                                           RANGE_END_TAG: f"{last:%Y-%m-%d}"})
 
-    results = {}
-    run_a = threading.Thread(target=lambda: results.__setitem__("a", run()), name="run-a")
-    run_a.start()
-    try:
-        assert a_read.wait(120), "run A never finished reading"
+    with run_a_held(run, a_read, b_done) as results:
         refunded_at = updated_at + timedelta(seconds=1)  # the app refunds the order, the same day
         pg.execute("UPDATE marketing_rds_source.orders SET status = 'refunded', updated_at = %s WHERE id = %s",
                    (refunded_at, order_id))
         newer = run()
-    finally:
-        b_done.set()
-        run_a.join()
     assert newer.success and results["a"].success
     assert pg.execute("SELECT status, source_updated_at FROM marketing.rds_orders WHERE order_id = %s",
                       (order_id,)).fetchone() == ("refunded", refunded_at)

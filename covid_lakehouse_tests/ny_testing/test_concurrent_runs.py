@@ -30,7 +30,7 @@ from covid_lakehouse.defs.ny_testing.asset_keys import RAW_FETCHED_AT_TAG, RAW_K
 from covid_lakehouse.defs.ny_testing.parsing import MEASURES
 from covid_lakehouse.defs.ny_testing.warehouse import COUNTY_SCHEMA, REFERENCE_SCHEMA, Warehouse
 from covid_lakehouse_tests.ny_testing.support import COUNTY_KEY, dataset, empty_ny_testing_schemas
-from covid_lakehouse_tests.platform.support import hold_runs_at, two_runs, wait_until_blocked_or_done
+from covid_lakehouse_tests.platform.support import hold_once, hold_runs_at, two_runs
 
 pytestmark = pytest.mark.integration
 
@@ -90,23 +90,6 @@ def one_run(ny, pg):
     return request, expected
 
 
-def hold_once(pg, reached: threading.Event, b_done: threading.Event):
-    """A function holding its first caller (run A: run B starts only once A is held) until run B is
-    blocked on a lock or has finished."""
-    held: list[bool] = []
-    lock = threading.Lock()
-
-    def hold() -> None:
-        with lock:
-            first = not held
-            held.append(True)
-        if first:
-            reached.set()
-            wait_until_blocked_or_done(pg, b_done)
-
-    return hold
-
-
 def clean_run(result: dg.ExecuteInProcessResult) -> bool:
     """Succeeded at the first attempt: a writer that lost a race and got in through the RetryPolicy (a
     unique violation, seconds of backoff, a red attempt in the UI) does not count."""
@@ -164,13 +147,9 @@ def test_a_run_of_some_counties_never_drops_a_table_another_run_added_to_the_vie
     job = ny.defs.resolve_implicit_global_asset_job_def()
     tags = {k: request.tags[k] for k in (RAW_KEY_TAG, RAW_FETCHED_AT_TAG)}
 
-    def run_a_then_b() -> bool:
-        if threading.current_thread().name == "run-a":
-            return job.execute_in_process(instance=ny.instance, asset_selection=[COUNTY_KEY], partition_key="Albany",
-                                          tags=tags, raise_on_error=False).success
-        return ny.run(request).success
-
-    results = two_runs(reached, run_a_then_b, b_done)
+    results = two_runs(reached, lambda: job.execute_in_process(
+        instance=ny.instance, asset_selection=[COUNTY_KEY], partition_key="Albany", tags=tags,
+        raise_on_error=False).success, b_done, run_b=lambda: ny.run(request).success)
 
     assert results == {"a": True, "b": True}
     state = published(pg)

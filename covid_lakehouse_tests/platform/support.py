@@ -5,6 +5,7 @@ service, placeholder secrets for it, and staging left behind by runs in every st
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -13,7 +14,8 @@ import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -207,8 +209,10 @@ def analyst_reads_but_cannot_write(analyst_dsn: str, table: str) -> int:
 
 
 def blocked_backends(pg) -> int:
-    """Sessions of the warehouse waiting on a lock another session holds."""
-    return pg.execute("SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0").fetchone()[0]
+    """Sessions of the warehouse (``pg``'s database) waiting on a lock another session holds; sessions of
+    the server's other databases (Dagster's own storage, with ``postgres_instance``) do not count."""
+    return pg.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND cardinality(pg_blocking_pids(pid)) > 0").fetchone()[0]
 
 
 def wait_until_blocked_or_done(pg, done) -> None:
@@ -218,39 +222,92 @@ def wait_until_blocked_or_done(pg, done) -> None:
         done.wait(0.05)
 
 
-def two_runs(a_reached, run, b_done) -> dict[str, bool]:
-    """Start ``run()`` as run A (thread "run-a"); once A has reached its point (``a_reached`` set),
-    start it again as run B (thread "run-b", setting ``b_done`` when it ends); wait for both.
-    Returns {"a": success, "b": success}."""
-    results: dict[str, bool] = {}
+@contextmanager
+def run_a_held(run: Callable[[], Any], a_reached: threading.Event, b_done: threading.Event
+               ) -> Iterator[dict[str, Any]]:
+    """Start ``run()`` as run A (thread "run-a"); once A has reached its point (``a_reached`` set, A
+    holding there until ``b_done``), hand over to the ``with`` block, which runs B in this thread; on
+    leaving it set ``b_done`` and wait for A. The dict yielded gets A's result under "a" once A has
+    ended; an exception of run A is raised here."""
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
 
-    def b() -> None:
+    def a() -> None:
         try:
-            results["b"] = run()
-        finally:
-            b_done.set()
+            results["a"] = run()
+        except BaseException as err:
+            errors.append(err)
 
-    first = threading.Thread(target=lambda: results.__setitem__("a", run()), name="run-a")
-    second = threading.Thread(target=b, name="run-b")
-    first.start()
-    if not a_reached.wait(60):
-        raise AssertionError("run A never reached its point")
-    second.start()
-    second.join()
-    first.join()
+    thread = threading.Thread(target=a, name="run-a")
+    thread.start()
+    try:
+        if not a_reached.wait(120):
+            raise AssertionError("run A never reached its point")
+        yield results
+    finally:
+        b_done.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def two_runs(a_reached: threading.Event, run: Callable[[], Any], b_done: threading.Event,
+             run_b: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Start ``run()`` as run A (thread "run-a"); once A has reached its point (``a_reached`` set), run
+    ``run_b()`` (by default ``run()`` again) as run B, then set ``b_done``; wait for both. Returns
+    {"a": A's result, "b": B's result}."""
+    with run_a_held(run, a_reached, b_done) as results:
+        results["b"] = (run_b or run)()
     return results
+
+
+def hold_once(pg, reached: threading.Event, b_done: threading.Event) -> Callable[[], None]:
+    """A function holding its first caller (run A: run B starts only once A is held) until run B is
+    blocked on a lock or has finished; later calls pass through."""
+    held: list[bool] = []
+    lock = threading.Lock()
+
+    def hold() -> None:
+        with lock:
+            first = not held
+            held.append(True)
+        if first:
+            reached.set()
+            wait_until_blocked_or_done(pg, b_done)
+
+    return hold
+
+
+def first_call_waits_for_b(a_reached: threading.Event, b_done: threading.Event) -> Callable[[bytes], bytes]:
+    """A MockApi transform (``api.transform(path, ...)``, body in, body out) whose first call, run A's,
+    answers only after run B has finished; later calls pass straight through."""
+    calls = itertools.count()
+
+    def transform(body: bytes) -> bytes:
+        if next(calls) == 0:
+            a_reached.set()
+            assert b_done.wait(60), "run B never finished"
+        return body
+
+    return transform
 
 
 def hold_runs_at(monkeypatch, audits_module, in_audit: bool, hold) -> None:
     """Call ``hold()`` where the two-runs-at-once tests hold run A: inside the first audit of
     ``audits_module.AUDITS`` (the run has staged its rows and audits them, nothing published yet), or
-    right after each ``PostgresResource.upsert`` (inside the publishing transaction, its lock held)."""
+    right after each upsert (``hold_after_upsert``)."""
     if in_audit:
         first = audits_module.AUDITS[0]
         monkeypatch.setattr(audits_module, "AUDITS", [
             Audit(first.name, lambda staged: (hold(), first.fn(staged))[1], first.blocking, first.description),
             *audits_module.AUDITS[1:]])
-        return
+    else:
+        hold_after_upsert(monkeypatch, hold)
+
+
+def hold_after_upsert(monkeypatch, hold) -> None:
+    """Call ``hold()`` right after each ``PostgresResource.upsert``: inside the publishing transaction,
+    its rows merged, not committed, its lock held."""
     real_upsert = PostgresResource.upsert
 
     def upsert(conn, **kwargs):

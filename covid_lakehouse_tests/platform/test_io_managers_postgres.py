@@ -11,6 +11,7 @@ import pytest
 from covid_lakehouse.lib.io_managers import PostgresIOManager, TableLockTimeout
 from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.wap import Audit, AuditResult, audit_check_specs, audit_or_raise
+from covid_lakehouse_tests.platform.support import wait_until_blocked_or_done
 
 pytestmark = pytest.mark.integration
 ROWS = 1_000
@@ -28,10 +29,6 @@ def _writer(schema: str, tag: str):
     return events
 
 
-def _blocked_backends(pg) -> int:
-    return pg.execute("SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0").fetchone()[0]
-
-
 def test_two_overlapping_runs_leave_one_runs_rows(services, pg, unique_schema, monkeypatch):
     assert dg.materialize([_writer(unique_schema, "first")], resources=_io(services)).success
     real_copy = PostgresResource.copy_arrow
@@ -42,8 +39,7 @@ def test_two_overlapping_runs_leave_one_runs_rows(services, pg, unique_schema, m
             a_copying.set()
             # Hold run A between its DELETE and its COPY until run B has either reached its own COPY
             # (no serialization: both DELETEs ran) or is blocked behind A's transaction.
-            while not b_copying.is_set() and not _blocked_backends(pg):
-                b_copying.wait(0.05)
+            wait_until_blocked_or_done(pg, b_copying)
         else:
             b_copying.set()
         return real_copy(conn, target, data, columns)

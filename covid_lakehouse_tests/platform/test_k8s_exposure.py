@@ -6,6 +6,7 @@ is offered for viewers."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
 
 import pytest
@@ -107,3 +108,20 @@ def test_the_read_only_webserver_cannot_mutate_and_has_no_api_rights(rendered):
     assert label_selector_matches({"matchLabels": service["spec"]["selector"]}, deployment["spec"]["template"]["metadata"]["labels"])
     writable = next(o for o in rendered if o["kind"] == "Deployment" and o["metadata"]["name"] == WEBSERVER)
     assert "--read-only" not in writable["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_the_read_only_webserver_is_the_writable_one_but_for_its_rights(rendered):
+    """webserver-readonly.yaml is a copy of webserver.yaml: the two may differ only in name, component
+    label, service account (no Kubernetes API rights) and ``--read-only``, so a change to one (image,
+    probes, limits, hardening, env, volumes) cannot miss the other."""
+    for kind in ("Deployment", "Service"):
+        [writable] = [o for o in rendered if o["kind"] == kind and o["metadata"]["name"] == WEBSERVER]
+        [readonly] = [o for o in rendered if o["kind"] == kind and o["metadata"]["name"] == READONLY]
+        renamed = json.loads(json.dumps(readonly).replace(READONLY, WEBSERVER)
+                             .replace('"webserver-readonly"', '"webserver"'))
+        if kind == "Deployment":
+            spec = renamed["spec"]["template"]["spec"]
+            assert spec.pop("automountServiceAccountToken") is False
+            assert spec["containers"][0]["args"].pop() == "--read-only"
+            spec["serviceAccountName"] = writable["spec"]["template"]["spec"]["serviceAccountName"]
+        assert renamed == writable, kind

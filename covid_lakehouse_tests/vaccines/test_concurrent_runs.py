@@ -19,7 +19,7 @@ from covid_lakehouse.defs.vaccines.assets import people_per_dose, raw_sources
 from covid_lakehouse.defs.vaccines.resources import DEFAULT_ALLOCATION_URLS, VaccinesSettings
 from covid_lakehouse_dev.apis.harness import MockApi
 from covid_lakehouse_dev.apis.vaccines import lake_path
-from covid_lakehouse_tests.platform.support import hold_runs_at, two_runs, wait_until_blocked_or_done
+from covid_lakehouse_tests.platform.support import first_call_waits_for_b, hold_once, hold_runs_at, two_runs
 from covid_lakehouse_tests.vaccines.support import lake_settings
 
 pytestmark = pytest.mark.integration
@@ -75,15 +75,8 @@ def test_a_download_answered_after_another_run_published_changes_nothing(one_run
                                                                          instance) -> None:
     (expected, raw), (api, sources) = one_run, lake
     a_waiting, b_done = threading.Event(), threading.Event()
-    calls = iter(range(1_000_000))
-
-    def hold_first_call(body: bytes) -> bytes:
-        if next(calls) == 0:  # run A's Moderna download answers only after run B has published
-            a_waiting.set()
-            assert b_done.wait(60), "run B never finished"
-        return body
-
-    api.transform(lake_path(DEFAULT_ALLOCATION_URLS["moderna"]), hold_first_call)
+    # Run A's Moderna download answers only after run B has published
+    api.transform(lake_path(DEFAULT_ALLOCATION_URLS["moderna"]), first_call_waits_for_b(a_waiting, b_done))
     results = two_runs(a_waiting, lambda: materialize(resources, sources, instance), b_done)
 
     assert results == {"a": True, "b": True}
@@ -98,15 +91,7 @@ def test_two_runs_publishing_at_once_leave_the_tables_of_one(one_run, lake, reso
     already merged, not committed (``merged``), until run B is blocked behind it or has finished."""
     expected, _ = one_run
     a_publishing, b_done = threading.Event(), threading.Event()
-    held = []
-
-    def hold() -> None:
-        if threading.current_thread().name == "run-a" and not held:
-            held.append(True)
-            a_publishing.set()
-            wait_until_blocked_or_done(pg, b_done)
-
-    hold_runs_at(monkeypatch, publish, hold_at == "staged", hold)
+    hold_runs_at(monkeypatch, publish, hold_at == "staged", hold_once(pg, a_publishing, b_done))
     results = two_runs(a_publishing, lambda: materialize(resources, lake[1], instance), b_done)
 
     assert results == {"a": True, "b": True}

@@ -17,6 +17,7 @@ from covid_lakehouse.defs.vaccines.assets import people_per_dose, raw_sources
 from covid_lakehouse.defs.vaccines.resources import DEFAULT_ALLOCATION_URLS
 from covid_lakehouse_dev.apis.harness import MockApi
 from covid_lakehouse_dev.apis.vaccines import lake_path
+from covid_lakehouse_tests.platform.support import run_a_held
 from covid_lakehouse_tests.vaccines.support import lake_settings
 
 pytestmark = pytest.mark.integration
@@ -58,18 +59,11 @@ def test_a_run_of_an_older_download_publishing_last_changes_nothing(pg, reset_do
             return found
 
         monkeypatch.setattr(assets, "latest_raw_sources", read_then_wait)
-        results = {}
-        run_a = threading.Thread(target=lambda: results.__setitem__("a", run(people_per_dose)), name="run-a")
-        run_a.start()
-        try:
-            assert a_read.wait(120), "run A never read the raw sources"
+        with run_a_held(lambda: run(people_per_dose), a_read, b_done) as results:
             api.transform(lake_path(DEFAULT_ALLOCATION_URLS["moderna"]), lambda body: body.replace(MAINE_N, MAINE_N1))
             newer = run(raw_sources, people_per_dose)  # download N+1, published
             after_newer = people(pg)  # before run A goes on
             versions = pg.execute("SELECT published, source_version FROM vaccines.source_versions").fetchall()
-        finally:
-            b_done.set()
-            run_a.join()
     assert newer.success
     assert versions == [("people_per_dose", versions[0][1])] and newer.run_id in versions[0][1]
 
