@@ -25,7 +25,7 @@ def daily_requests(instance: dg.DagsterInstance, day: date, tenants: TenantsReso
     for decision in gate_tenants(instance, names, tenants, s3_client(s3), lakehouse):
         if decision.unchanged:
             # Schedules cannot return asset events: report them directly (runless, as a sensor's are).
-            for observation in decision.observations():
+            for observation in decision.observations:
                 instance.report_runless_asset_event(observation)
             continue
         log.info("tenant %s: %s", decision.tenant, decision.reason)

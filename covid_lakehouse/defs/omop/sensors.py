@@ -127,7 +127,7 @@ def omop_landing_sensor(context: dg.SensorEvaluationContext, omop_tenants: Tenan
         decision = evaluate(context.instance, tenant, client, lakehouse, objects=objects)
         if decision.unchanged:
             context.log.info("tenant %s: %d new object(s), already published: no run", tenant.name, len(new))
-            observations += decision.observations()
+            observations += decision.observations
             continue
         context.log.info("tenant %s: %d new object(s), newest %s", tenant.name, len(new), newest.key)
         requests.append(tenant_run_request(
