@@ -29,7 +29,6 @@ from covid_lakehouse.defs.omop.pipeline import (
     read_or_empty,
     record_run,
     record_signal,
-    s3_client,
     utc_now,
 )
 from covid_lakehouse.defs.omop.rules import load_specialty_map
@@ -106,7 +105,7 @@ class TenantRunConfig(dg.Config):
 def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3: LakeS3Resource,
                   lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
-    client = s3_client(s3)
+    client = s3.cached_client()
     # One listing, taken before any extract: a change after it is seen by the next run, never lost.
     objects = list_landing(client, tenant.landing_bucket, tenant.prefix)
     recorded = None if config.full_refresh else last_run(lakehouse, tenant.namespace)

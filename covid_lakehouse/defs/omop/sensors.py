@@ -106,7 +106,7 @@ def omop_landing_sensor(context: dg.SensorEvaluationContext, omop_tenants: Tenan
         raise dg.Failure(description=str(err)) from err
     registered = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME))
     cursor = LandingCursor.parse(context.cursor)
-    client = s3.get_client()
+    client = s3.cached_client()
     requests, observations = [], []
     for tenant in tenants:
         if tenant.name not in registered:  # the tenants sensor adds it (and runs it) first
