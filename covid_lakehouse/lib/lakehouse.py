@@ -87,33 +87,43 @@ class LakehouseResource(dg.ConfigurableResource):
     def ensure_table(self, namespace: str, table: str, schema: pa.Schema, partition_by: str | None = None):
         """The table, created (with its namespace) if absent. Safe when two runs create it at once: the
         loser of the race loads the winner's table."""
-        from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
-        from sqlalchemy.exc import IntegrityError
+        from pyiceberg.exceptions import NoSuchTableError
 
         catalog = self.catalog()
         ident = self.identifier(namespace, table)
-        if not catalog.table_exists(ident):
-            try:
-                catalog.create_namespace_if_not_exists(ident[0])
-            except (NamespaceAlreadyExistsError, IntegrityError):
-                pass  # created by a concurrent run between the catalog's check and its insert
-            try:
-                tbl = catalog.create_table(ident, schema=schema)
-            except TableAlreadyExistsError:
-                pass  # created by a concurrent run: evolve it like any existing table below
-            else:
-                if partition_by:
-                    from pyiceberg.transforms import IdentityTransform
-
-                    with tbl.update_spec() as spec:
-                        spec.add_field(partition_by, IdentityTransform(), partition_by)
-                    tbl = catalog.load_table(ident)
+        try:  # one load (the catalog's table_exists is a load_table too)
+            tbl = catalog.load_table(ident)
+        except NoSuchTableError:
+            tbl = self._create_table(catalog, ident, schema, partition_by)
+            if tbl is not None:
                 return tbl
-        tbl = catalog.load_table(ident)
+            tbl = catalog.load_table(ident)  # created by a concurrent run: evolve it like any existing table
         missing = [f for f in schema if f.name not in tbl.schema().column_names]
         if missing:  # additive schema evolution; renames and type changes are migrations
             with tbl.update_schema() as update:
                 update.union_by_name(schema)
+            tbl = catalog.load_table(ident)
+        return tbl
+
+    @staticmethod
+    def _create_table(catalog, ident: tuple[str, str], schema: pa.Schema, partition_by: str | None):
+        """The new table (with its namespace), or None when a concurrent run created it first."""
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            catalog.create_namespace_if_not_exists(ident[0])
+        except (NamespaceAlreadyExistsError, IntegrityError):
+            pass  # created by a concurrent run between the catalog's check and its insert
+        try:
+            tbl = catalog.create_table(ident, schema=schema)
+        except TableAlreadyExistsError:
+            return None
+        if partition_by:
+            from pyiceberg.transforms import IdentityTransform
+
+            with tbl.update_spec() as spec:
+                spec.add_field(partition_by, IdentityTransform(), partition_by)
             tbl = catalog.load_table(ident)
         return tbl
 

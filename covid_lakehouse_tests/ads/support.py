@@ -12,20 +12,17 @@ import signal
 import socket
 import sys
 import threading
-import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import psycopg
 
-from covid_lakehouse.defs.ads.api import FetchedPage, parse_ads
+from covid_lakehouse.defs.ads.api import parse_ads
 from covid_lakehouse.defs.ads.archive import archive_old_rows, restore_date
-from covid_lakehouse.defs.ads.backup import write_backup
 from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
 from covid_lakehouse.defs.ads.warehouse import create_staging, ensure_tables, stage_pages, upsert_staged
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.postgres import PostgresResource
-from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse.lib.settings import ServiceSettings
 from covid_lakehouse_dev.apis.ads import AdsMock
 
@@ -49,18 +46,6 @@ def load_rows(warehouse: PostgresResource, mock: AdsMock, pages: int = 1, key: s
     for t in tables:
         ids.update(t["ad_id"].to_pylist())
     return ids
-
-
-def load_without_the_lock(warehouse: PostgresResource, s3: LakeS3Resource, body: bytes) -> None:
-    """A load as it ran before loads took the ads lock (backup, then the checks' staging and the upsert):
-    replay must still rebuild histories where such a load landed inside an archive batch's window."""
-    page = FetchedPage(body, parse_ads(body), datetime.now(UTC))
-    stored = write_backup(s3, page, str(uuid.uuid4()), 1)
-    with warehouse.connection() as conn:
-        ensure_tables(conn)
-        staging = create_staging(conn)
-        stage_pages(conn, staging, [(page.ads, stored.key)])
-        upsert_staged(conn, staging)
 
 
 def live_ids(pg: psycopg.Connection) -> set[str]:

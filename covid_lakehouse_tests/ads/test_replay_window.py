@@ -2,17 +2,19 @@
 the rebuilt ads.ads equals the table before the replay, and every ad is live or archived, never both.
 The load runs inside the archive at the chosen step (the archive's hook), not after a sleep."""
 
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from covid_lakehouse.defs.ads import assets as ads_assets
 from covid_lakehouse.defs.ads.archive import ArchiveBusyError, archive_old_rows
 from covid_lakehouse.defs.ads.assets import ads
 from covid_lakehouse.defs.ads.replay import replay_from_backup
 from covid_lakehouse_dev.apis.ads import PATH, AdsMock
 from covid_lakehouse_dev.apis.harness import MockApi, MockResponse
-from covid_lakehouse_tests.ads.support import assert_invariant, live_ids, load_without_the_lock, materialize
+from covid_lakehouse_tests.ads.support import assert_invariant, live_ids, materialize
 
 pytestmark = pytest.mark.integration
 
@@ -40,26 +42,31 @@ def _old(api) -> list[str]:
     return sorted(ad["ad_id"] for ad in api.ads if ad["shown_at"] < cutoff)
 
 
-def _archive_with_a_load_in_between(fixed_api, s3, warehouse, lakehouse, at: str, change=None):
+def _archive_with_a_load_in_between(fixed_api, ads_resources, instance, warehouse, lakehouse, monkeypatch,
+                                    at: str, change=None):
     def load_in_between(step: str) -> None:
         # The archive planned (or wrote) its batch; a load lands before its delete. Loads now wait for
         # the archive (the ads lock): this is a history recorded before they did, which replay must
-        # still rebuild exactly.
+        # still rebuild exactly. So the load here is the real one with the lock taken out.
         if step == at:
             if change:
                 change(fixed_api.ads)
-            load_without_the_lock(warehouse, s3, json.dumps(fixed_api.ads).encode())
+            with monkeypatch.context() as patch:
+                patch.setattr(ads_assets, "exclusive_connection", lambda _dsn, _wait: contextlib.nullcontext())
+                assert materialize([ads], ads_resources, instance).success
 
     return archive_old_rows(warehouse, lakehouse, retention=RETENTION, now=datetime.now(UTC), hook=load_in_between)
 
 
 @pytest.mark.parametrize("at", ["planned", "committed"])
 def test_a_sighting_between_plan_and_delete_stays_archived_after_replay(ads_clean, fixed_api, ads_resources,
-                                                                        instance, warehouse, lakehouse, pg, s3, at):
+                                                                        instance, warehouse, lakehouse, pg, s3,
+                                                                        monkeypatch, at):
     assert materialize([ads], ads_resources, instance).success
     loaded = live_ids(pg)
     old = _old(fixed_api)
-    [report] = _archive_with_a_load_in_between(fixed_api, s3, warehouse, lakehouse, at)
+    [report] = _archive_with_a_load_in_between(fixed_api, ads_resources, instance, warehouse, lakehouse, monkeypatch,
+                                               at)
     assert report.deleted_rows == len(old) > 0  # the second sighting changed nothing: the rows left
     expected = _table(pg)
     assert_invariant(pg, lakehouse, loaded)
@@ -74,7 +81,7 @@ def test_a_sighting_between_plan_and_delete_stays_archived_after_replay(ads_clea
 
 
 def test_a_change_between_plan_and_delete_stays_live_after_replay(ads_clean, fixed_api, ads_resources, instance,
-                                                                  warehouse, lakehouse, pg, s3):
+                                                                  warehouse, lakehouse, pg, s3, monkeypatch):
     assert materialize([ads], ads_resources, instance).success
     old = _old(fixed_api)
 
@@ -84,8 +91,8 @@ def test_a_change_between_plan_and_delete_stays_live_after_replay(ads_clean, fix
                 ad["ad_group"] = "brand" if ad["ad_group"] != "brand" else "marketing"
 
     # after the archive's commit: the old version is archived, the new one stays live (kept)
-    [report] = _archive_with_a_load_in_between(fixed_api, s3, warehouse, lakehouse, "committed",
-                                               change=change_one)
+    [report] = _archive_with_a_load_in_between(fixed_api, ads_resources, instance, warehouse, lakehouse, monkeypatch,
+                                               "committed", change=change_one)
     assert (report.deleted_rows, report.kept_rows) == (len(old) - 1, 1)
     expected = _table(pg)
     assert old[0] in live_ids(pg)

@@ -29,7 +29,6 @@ from covid_lakehouse.defs.omop.pipeline import (
     read_or_empty,
     record_run,
     record_signal,
-    s3_client,
     utc_now,
 )
 from covid_lakehouse.defs.omop.rules import load_specialty_map
@@ -106,7 +105,7 @@ class TenantRunConfig(dg.Config):
 def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3: LakeS3Resource,
                   lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
-    client = s3_client(s3)
+    client = s3.cached_client()
     # One listing, taken before any extract: a change after it is seen by the next run, never lost.
     objects = list_landing(client, tenant.landing_bucket, tenant.prefix)
     recorded = None if config.full_refresh else last_run(lakehouse, tenant.namespace)
@@ -118,11 +117,8 @@ def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3
             # The counters moved but the content did not (a rolled-back write, an update to the same
             # values): record the new signal so the next run need not hash the tables again.
             record_signal(lakehouse, tenant.namespace, sources.digest, sources.signal)
-        metadata = {"no_change": True, **sources.summary(), "source_rows_provider": recorded["source_rows"],
-                    "published_by_run": recorded["run_id"], "providers": recorded["providers"],
-                    "unchanged_assets": ", ".join(key.to_user_string() for key in TENANT_ASSET_KEYS)}
-        for key in NO_CHANGE_KEYS:
-            context.log_event(dg.AssetObservation(asset_key=key, partition=tenant.name, metadata=metadata))
+        for observation in no_change_observations(tenant.name, recorded, sources.summary()):
+            context.log_event(observation)
         return
     report = ingest_landing(tenant, client, lakehouse, run_id=context.run_id, objects=objects)
     context.log.info("tenant %s: %d new file(s), %d row(s), %d rejected file(s), %d malformed row(s)",
@@ -133,6 +129,15 @@ def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3
         "landing": f"s3://{tenant.landing_bucket}/{tenant.prefix}", "full_refresh": config.full_refresh,
         **sources.summary(),
     })
+
+
+def no_change_observations(tenant: str, recorded: dict, checked: dict) -> list[dg.AssetObservation]:
+    """The "no change" observations of a tenant whose sources are those its last successful run
+    (``recorded``, its run_log row) published from; ``checked``: how that was established."""
+    metadata = {"no_change": True, **checked, "source_rows_provider": recorded["source_rows"],
+                "published_by_run": recorded["run_id"], "providers": recorded["providers"],
+                "unchanged_assets": ", ".join(key.to_user_string() for key in TENANT_ASSET_KEYS)}
+    return [dg.AssetObservation(asset_key=key, partition=tenant, metadata=metadata) for key in NO_CHANGE_KEYS]
 
 
 def _unchanged_since(context: dg.AssetExecutionContext, tenant: Tenant, recorded: dict,

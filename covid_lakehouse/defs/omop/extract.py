@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import dagster as dg
 import psycopg
@@ -47,16 +48,22 @@ def source_errors(tenant: Tenant, table: str) -> Iterator[None]:
         ) from err
 
 
-def _copy_out(tenant: Tenant, table: str, schema: pa.Schema, buffer) -> None:
-    """COPY ``table`` (the columns of ``schema``) as CSV into the binary file ``buffer``."""
+@contextmanager
+def _copied_csv(tenant: Tenant, table: str, schema: pa.Schema) -> Iterator[tuple[IO[bytes], int]]:
+    """COPY ``table`` (the columns of ``schema``) out of the tenant's source database as CSV into a
+    temporary file, not memory (only what is parsed from it is held): (the file, at its start; its size)."""
     target = table_ident(tenant.source_schema, table)
     columns = sql.SQL(", ").join(sql.Identifier(name) for name in schema.names)
-    with source_errors(tenant, table), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
-                                                       application_name="covid_lakehouse_omop_extract") as conn:
-        conn.read_only = True
-        with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
-            for chunk in copy:
-                buffer.write(chunk)
+    with tempfile.TemporaryFile(prefix="omop-extract-") as buffer:
+        with source_errors(tenant, table), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
+                                                           application_name="covid_lakehouse_omop_extract") as conn:
+            conn.read_only = True
+            with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
+                for chunk in copy:
+                    buffer.write(chunk)
+        size = buffer.tell()
+        buffer.seek(0)
+        yield buffer, size
 
 
 def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
@@ -64,12 +71,9 @@ def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
 
     Connection errors propagate (the asset's RetryPolicy retries them); a missing table or column is a
     configuration problem and fails at once with the table named."""
-    # The CSV goes to a temporary file, not memory: only the parsed Arrow table is held, not both.
-    with tempfile.TemporaryFile(prefix="omop-extract-") as buffer:
-        _copy_out(tenant, table, schema, buffer)
-        if not buffer.tell():
+    with _copied_csv(tenant, table, schema) as (buffer, size):
+        if not size:
             return schema.empty_table()
-        buffer.seek(0)
         return pacsv.read_csv(buffer, **copy_csv_options(schema, block_size=64 << 20))
 
 
@@ -77,12 +81,8 @@ def extract_parquet(tenant: Tenant, table: str, schema: pa.Schema, path: Path, *
     """Like :func:`extract`, but into the parquet file ``path``, one CSV block at a time: memory stays
     one block however large the table (DuckDB then reads the file, see build_providers). Small blocks:
     with 16 MB ones the peak still grew from 2M to 8M rows (measured), with 4 MB it stays flat."""
-    with tempfile.TemporaryFile(prefix="omop-extract-") as buffer:
-        _copy_out(tenant, table, schema, buffer)
-        buffer.seek(0)
-        with pq.ParquetWriter(path, schema) as writer:
-            if buffer.seek(0, 2):
-                buffer.seek(0)
-                for batch in pacsv.open_csv(buffer, **copy_csv_options(schema, block_size=block_size)):
-                    writer.write_batch(batch)
+    with _copied_csv(tenant, table, schema) as (buffer, size), pq.ParquetWriter(path, schema) as writer:
+        if size:
+            for batch in pacsv.open_csv(buffer, **copy_csv_options(schema, block_size=block_size)):
+                writer.write_batch(batch)
     return path

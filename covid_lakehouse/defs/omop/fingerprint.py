@@ -187,6 +187,14 @@ def signal(tenant: Tenant, landing: list[LandingObject]) -> str | None:
         return _signal(conn, tenant, _common(tenant, landing))[0]
 
 
+def signal_vouches(recorded: dict | None, signal: str | None) -> bool:
+    """Whether ``signal`` is the one the last successful run (``recorded``, its run_log row) read
+    before hashing its content: that content fingerprint then still holds, no row need be read. The
+    one rule of the in-run gate (fingerprint) and the pre-launch gate (gate.py)."""
+    return bool(signal is not None and recorded is not None and recorded.get("source_fingerprint")
+                and recorded.get("source_signal") == signal)
+
+
 def fingerprint(tenant: Tenant, landing: list[LandingObject], recorded: dict | None = None) -> Fingerprint:
     """The tenant's fingerprint. ``recorded``: the last successful run's run_log row; when its signal
     equals the one read now, its content fingerprint is taken over without reading the tables."""
@@ -195,8 +203,7 @@ def fingerprint(tenant: Tenant, landing: list[LandingObject], recorded: dict | N
         # The signal is read before the content snapshot is taken: every change it counts is then in
         # the content this run hashes (and extracts), never only in the recorded signal.
         signal, signal_part = _signal(conn, tenant, common)
-        if (signal is not None and recorded is not None and recorded.get("source_fingerprint")
-                and recorded.get("source_signal") == signal):
+        if signal_vouches(recorded, signal):
             return Fingerprint(recorded["source_fingerprint"], signal, "signal", {**common, "signal": signal_part})
         content = postgres_content(conn, tenant)
     return Fingerprint(_digest({**common, "postgres": content}), signal, "content",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from covid_lakehouse.defs.omop import fingerprint
-from covid_lakehouse.defs.omop.assets import NO_CHANGE_KEYS, TENANT_ASSET_KEYS, published_outputs_latest
+from covid_lakehouse.defs.omop.assets import no_change_observations, published_outputs_latest
 from covid_lakehouse.defs.omop.landing import LandingObject, list_landing
 from covid_lakehouse.defs.omop.pipeline import last_run
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantConfigError, TenantsResource
@@ -31,14 +31,7 @@ class GateDecision:
     tenant: str
     unchanged: bool
     reason: str  # why the tenant runs, or "no change"
-    metadata: dict = field(default_factory=dict)
-
-    def observations(self) -> list[dg.AssetObservation]:
-        """The "no change" observations of an unchanged tenant (none when it runs)."""
-        if not self.unchanged:
-            return []
-        return [dg.AssetObservation(asset_key=key, partition=self.tenant, metadata=self.metadata)
-                for key in NO_CHANGE_KEYS]
+    observations: list[dg.AssetObservation] = field(default_factory=list)  # an unchanged tenant's "no change"
 
 
 def evaluate(instance: dg.DagsterInstance, tenant: Tenant, client, lakehouse: LakehouseResource,
@@ -57,19 +50,13 @@ def evaluate(instance: dg.DagsterInstance, tenant: Tenant, client, lakehouse: La
         signal = fingerprint.signal(tenant, objects)
     except Exception as err:  # noqa: BLE001 - the run reports it properly; the tick must not hide a change
         return run(f"gate could not read the sources ({type(err).__name__}: {err})")
-    if signal is None:
-        return run("source counters cannot vouch for the tables")
-    if signal != recorded["source_signal"]:
-        return run("source signal moved")
+    if not fingerprint.signal_vouches(recorded, signal):
+        return run("source counters cannot vouch for the tables" if signal is None else "source signal moved")
     if not published_outputs_latest(instance, tenant.name, recorded["run_id"]):
         return run("outputs republished since the recorded run")
-    return GateDecision(tenant.name, True, "no change", {
-        "no_change": True, "checked_by": "tick", "fingerprint_checked": "signal",
-        "source_fingerprint": recorded["source_fingerprint"], "source_signal": signal,
-        "landing_objects": len(objects), "source_rows_provider": recorded["source_rows"],
-        "published_by_run": recorded["run_id"], "providers": recorded["providers"],
-        "unchanged_assets": ", ".join(key.to_user_string() for key in TENANT_ASSET_KEYS),
-    })
+    return GateDecision(tenant.name, True, "no change", no_change_observations(tenant.name, recorded, {
+        "checked_by": "tick", "fingerprint_checked": "signal", "source_fingerprint": recorded["source_fingerprint"],
+        "source_signal": signal, "landing_objects": len(objects)}))
 
 
 def gate_tenants(instance: dg.DagsterInstance, names: list[str], tenants: TenantsResource, client,

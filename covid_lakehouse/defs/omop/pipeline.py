@@ -4,7 +4,6 @@ tenant's state tables, appending to them."""
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,25 +15,10 @@ from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.landing import LandingObject, list_landing, parse_landing_file
 from covid_lakehouse.defs.omop.tenants import Tenant
 from covid_lakehouse.lib.lakehouse import LakehouseResource
-from covid_lakehouse.lib.s3 import LakeS3Resource
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-_S3_CLIENTS: dict[tuple, object] = {}
-_S3_CLIENTS_LOCK = threading.Lock()
-
-
-def s3_client(s3: LakeS3Resource):
-    """One boto3 client per S3 configuration and process (clients are thread-safe; creating one costs
-    tens of milliseconds, a noticeable part of an unchanged tenant's run)."""
-    key = (s3.endpoint_url, s3.aws_access_key_id, s3.aws_secret_access_key, s3.region_name)
-    with _S3_CLIENTS_LOCK:
-        if key not in _S3_CLIENTS:
-            _S3_CLIENTS[key] = s3.get_client()
-        return _S3_CLIENTS[key]
 
 
 def read_or_empty(lakehouse: LakehouseResource, namespace: str, table: str, schema: pa.Schema) -> pa.Table:

@@ -9,7 +9,6 @@ import dagster as dg
 
 from covid_lakehouse.defs.omop.gate import gate_tenants
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
-from covid_lakehouse.defs.omop.pipeline import s3_client
 from covid_lakehouse.defs.omop.sensors import omop_tenant_job, tenant_run_request
 from covid_lakehouse.defs.omop.tenants import TenantsResource
 from covid_lakehouse.lib.lakehouse import LakehouseResource
@@ -22,10 +21,10 @@ def daily_requests(instance: dg.DagsterInstance, day: date, tenants: TenantsReso
     tenant's "no change" observations are reported to the instance instead."""
     requests = []
     names = instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME)
-    for decision in gate_tenants(instance, names, tenants, s3_client(s3), lakehouse):
+    for decision in gate_tenants(instance, names, tenants, s3.cached_client(), lakehouse):
         if decision.unchanged:
             # Schedules cannot return asset events: report them directly (runless, as a sensor's are).
-            for observation in decision.observations():
+            for observation in decision.observations:
                 instance.report_runless_asset_event(observation)
             continue
         log.info("tenant %s: %s", decision.tenant, decision.reason)

@@ -106,7 +106,7 @@ def omop_landing_sensor(context: dg.SensorEvaluationContext, omop_tenants: Tenan
         raise dg.Failure(description=str(err)) from err
     registered = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME))
     cursor = LandingCursor.parse(context.cursor)
-    client = s3.get_client()
+    client = s3.cached_client()
     requests, observations = [], []
     for tenant in tenants:
         if tenant.name not in registered:  # the tenants sensor adds it (and runs it) first
@@ -127,7 +127,7 @@ def omop_landing_sensor(context: dg.SensorEvaluationContext, omop_tenants: Tenan
         decision = evaluate(context.instance, tenant, client, lakehouse, objects=objects)
         if decision.unchanged:
             context.log.info("tenant %s: %d new object(s), already published: no run", tenant.name, len(new))
-            observations += decision.observations()
+            observations += decision.observations
             continue
         context.log.info("tenant %s: %d new object(s), newest %s", tenant.name, len(new), newest.key)
         requests.append(tenant_run_request(

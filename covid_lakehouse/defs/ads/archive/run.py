@@ -22,6 +22,7 @@ from covid_lakehouse.defs.ads.archive.state import (
 from covid_lakehouse.defs.ads.archive.table import ensure_archive_table
 from covid_lakehouse.defs.ads.archive.verify_and_delete import BatchReport, verify_and_delete
 from covid_lakehouse.defs.ads.archive.write import write_batch
+from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
 from covid_lakehouse.defs.ads.warehouse import BATCHES, ensure_tables
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.postgres import PostgresResource
@@ -45,9 +46,9 @@ def archive_old_rows(warehouse: PostgresResource, lakehouse: LakehouseResource, 
         conn.execute(sql.SQL("SET work_mem = {}").format(sql.Literal(ARCHIVE_WORK_MEM)))
         with conn.transaction():
             ensure_tables(conn)
-        ensure_archive_table(lakehouse)
-        release_finished_tags(conn, lakehouse)
+        table = ensure_archive_table(lakehouse)
         unfinished = open_batch(conn)
+        release_finished_tags(table, unfinished)
         if unfinished is not None:
             log.info("resuming archive batch %s (%s)", unfinished.batch_id, unfinished.status)
             reports.append(_run_batch(conn, lakehouse, unfinished, chunk_rows, hook, resumed=True))
@@ -72,8 +73,8 @@ def _run_batch(conn: psycopg.Connection, lakehouse: LakehouseResource, batch: Ba
         conn.execute(sql.SQL("UPDATE {} SET status = 'committed', snapshot_ids = %s WHERE batch_id = %s").format(
             BATCHES), (",".join(map(str, snapshots)), batch.batch_id))
     report = verify_and_delete(conn, lakehouse, batch, snapshots, hook, resumed=resumed)
-    try:  # done: its snapshot may expire like any other
-        release_finished_tags(conn, lakehouse)
+    try:  # done (no batch is open: the lock keeps other archives out): its snapshot may expire like any other
+        release_finished_tags(lakehouse.load_table(ARCHIVE_NAMESPACE, ARCHIVE_TABLE), None)
     except Exception as err:  # the batch is done and consistent; the next run's start removes the tag
         log.warning("archive batch %s is done but its snapshot tag stays until the next run: %s", batch.batch_id, err)
     return report

@@ -9,6 +9,7 @@ from datetime import datetime
 
 import psycopg
 from psycopg import sql
+from pyiceberg.table import Table
 
 from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
 from covid_lakehouse.defs.ads.warehouse import BATCHES
@@ -65,17 +66,12 @@ def batch_snapshots(lakehouse: LakehouseResource, batch_id: str) -> dict[int, in
     return dict(sorted(found.items()))
 
 
-def release_finished_tags(conn: psycopg.Connection, lakehouse: LakehouseResource) -> list[str]:
-    """Remove the tags of batches that are no longer open (done, or unknown to PostgreSQL): their
-    snapshots then expire with the usual retention. Run after a batch's delete committed and at the
-    start of every run (a crash between the two leaves a tag behind)."""
-    table = lakehouse.load_table(ARCHIVE_NAMESPACE, ARCHIVE_TABLE)
-    tags = [name for name in table.metadata.refs if name.startswith(BATCH_TAG_PREFIX)]
-    if not tags:
-        return []
-    unfinished = open_batch(conn)
+def release_finished_tags(table: Table, unfinished: Batch | None) -> list[str]:
+    """Remove the tags of batches other than ``unfinished`` (the open batch, if any: done batches and
+    ones unknown to PostgreSQL): their snapshots then expire with the usual retention. Run after a
+    batch's delete committed and at the start of every run (a crash between the two leaves a tag behind)."""
     keep = batch_tag(unfinished.batch_id) if unfinished is not None else None
-    stale = [name for name in tags if name != keep]
+    stale = [name for name in table.metadata.refs if name.startswith(BATCH_TAG_PREFIX) and name != keep]
     if stale:
         with table.manage_snapshots() as refs:
             for name in stale:
