@@ -2,7 +2,7 @@
 
 (a) one tenant's run over 2,000,000 source providers plus a day of client files (the sample, a 5,000-row
     CSV and a 1,000-record JSON drop), against a plain script doing the same extract (COPY TO) and
-    writing the same rows as parquet to the same S3. Target: 3x. The run measured is a tenant's first
+    writing the same rows as parquet to the same S3. Target: 2x (issue #18). The run measured is a tenant's first
     (empty namespace: every id, provenance row and flag is new); its rerun with nothing changed is
     reported against the same floor. Floor and run are measured alternately, best of three each, so
     that load from other processes on the machine weighs on both alike. The framework also cleans,
@@ -42,7 +42,7 @@ from benchmarks.harness import Measurement, Scale, best_of, case, measure, resul
 
 PROVIDERS = 2_000_000
 LARGE_PROVIDERS = 8_000_000  # the memory point: a tenant 4x as large must not need more memory
-TARGET = 3.0
+TARGET = 2.0  # issue #18: a 2M tenant's first run <= 2x the floor (was 3x)
 MEMORY_TARGET = 1.3  # peak RSS of the 2M run and rerun <= 1.3x the floor's
 MEMORY_GROWTH_TARGET = 1.1  # peak RSS at 8M <= 1.1x the peak at 2M
 SEED_TARGET_SECONDS = 30.0
