@@ -7,8 +7,11 @@ pass. Readers always see a whole snapshot, the new one or the previous one.
 
 from __future__ import annotations
 
+import shutil
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
@@ -158,6 +161,65 @@ class LakehouseResource(dg.ConfigurableResource):
             yield from audit_or_raise(audits, data, asset_key=asset_key, asset_label=f"{namespace}.{table}")
         # leaving the block commits the snapshot atomically
 
+    def publish_files(
+        self,
+        namespace: str,
+        table: str,
+        files: Sequence[Path],
+        schema: pa.Schema,
+        *,
+        audits: Sequence[Audit] = (),
+        mode: Literal["overwrite", "append"] = "overwrite",
+        asset_key: dg.AssetKey | None = None,
+        snapshot_properties: dict[str, str] | None = None,
+    ) -> Iterator[dg.AssetCheckResult]:
+        """Write-audit-publish of data the caller already wrote as local parquet ``files`` of ``schema``
+        (streamed there by DuckDB or a ParquetWriter): the rows never sit in memory here.
+
+        The audits receive the list of local files and run first (on exactly the bytes staged); a blocking
+        failure raises before anything is written to the table. Then each file is copied as is into the
+        table's data location, in chunks, and ONE snapshot is committed: an overwrite replacing every
+        current data file, or an append. Files carry no Iceberg field ids: the table's name mapping
+        (set here when absent, kept up to date by schema evolution) resolves their columns by name."""
+        paths = [Path(f) for f in files]
+        yield from audit_or_raise(audits, paths, asset_key=asset_key, asset_label=f"{namespace}.{table}")
+        tbl = self.ensure_table(namespace, table, schema)
+        staged = [self._stage_file(tbl, path) for path in paths if _parquet_rows(path)]
+        self._commit_files(tbl, staged, mode, dict(snapshot_properties or {}))
+
+    @staticmethod
+    def _stage_file(tbl, path: Path) -> str:
+        """Copy a local parquet file into the table's data location (an uncommitted, unreferenced file
+        until the snapshot that adds it commits); its location."""
+        location = tbl.location_provider().new_data_location(f"{uuid.uuid4()}-{path.name}")
+        with path.open("rb") as source, tbl.io.new_output(location).create(overwrite=False) as target:
+            shutil.copyfileobj(source, target, 8 << 20)
+        return location
+
+    @staticmethod
+    def _commit_files(tbl, locations: list[str], mode: str, properties: dict[str, str]) -> None:
+        from pyiceberg.io.pyarrow import parquet_file_to_data_file
+        from pyiceberg.manifest import ManifestContent
+        from pyiceberg.table import TableProperties
+
+        with tbl.transaction() as tx:
+            if tx.table_metadata.name_mapping() is None:
+                tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING:
+                                     tx.table_metadata.schema().name_mapping.model_dump_json()})
+            metadata = tx.table_metadata
+            new_files = [parquet_file_to_data_file(tbl.io, metadata, location) for location in locations]
+            snapshot = metadata.current_snapshot()
+            update = tx.update_snapshot(snapshot_properties=properties)
+            with (update.overwrite() if mode == "overwrite" else update.fast_append()) as producer:
+                if mode == "overwrite" and snapshot is not None:
+                    for manifest in snapshot.manifests(tbl.io):
+                        if manifest.content == ManifestContent.DATA:
+                            for entry in manifest.fetch_manifest_entry(tbl.io, discard_deleted=True):
+                                producer.delete_data_file(entry.data_file)
+                for data_file in new_files:
+                    producer.append_data_file(data_file)
+        # leaving the block commits the snapshot atomically
+
     def snapshot_metadata(self, namespace: str, table: str) -> dict[str, Any]:
         tbl = self.load_table(namespace, table)
         snap = tbl.current_snapshot()
@@ -166,3 +228,9 @@ class LakehouseResource(dg.ConfigurableResource):
             "iceberg/snapshot_id": str(snap.snapshot_id) if snap else "none",
             "iceberg/location": tbl.metadata.location,
         }
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows

@@ -1,9 +1,12 @@
-"""The provider and care_site audits on hand-made staged tables: each passes on good data and fails,
+"""The provider and care_site audits on hand-made staged tables (provider's as parquet files): each passes on good data and fails,
 with useful metadata, on the defect it exists for."""
 
 import dataclasses
+import tempfile
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, provider_audits
@@ -19,8 +22,13 @@ def _providers(ids, names, npis, care_sites, specialties) -> pa.Table:
 
 
 def _run(table: pa.Table, counts: Reconciliation = BALANCED, flags: pa.Table | None = None) -> dict:
-    audits = provider_audits(counts, [1, 2], flags if flags is not None else tables.FLAG.empty_table())
-    return {a.name: a.fn(table) for a in audits}
+    """The provider audits run on staged parquet files, as the asset stages its outputs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        staged, flag_file = Path(tmp) / "provider.parquet", Path(tmp) / "flags.parquet"
+        pq.write_table(table, staged)
+        pq.write_table(flags if flags is not None else tables.FLAG.empty_table(), flag_file)
+        audits = provider_audits(counts, [1, 2], [flag_file])
+        return {a.name: a.fn([staged]) for a in audits}
 
 
 GOOD = _providers([1, 2, 3], ["Ann Lee", "Bob Roe", "Cid Poe"], ["1234567893", None, "2000000008"], [1, None, 2],

@@ -23,6 +23,7 @@ from covid_lakehouse.defs.omop.landing import list_landing
 from covid_lakehouse.defs.omop.partitions import tenant_partitions
 from covid_lakehouse.defs.omop.pipeline import (
     append,
+    append_files,
     ingest_landing,
     last_run,
     processed_files,
@@ -34,6 +35,11 @@ from covid_lakehouse.defs.omop.pipeline import (
 from covid_lakehouse.defs.omop.rules import load_specialty_map
 from covid_lakehouse.defs.omop.tenants import NAMESPACE_PREFIX, Tenant, TenantConfigError, TenantsResource
 from covid_lakehouse.defs.omop.transform import (
+    FLAGS,
+    ID_MAP_ADDITIONS,
+    PROVENANCE,
+    PROVIDER,
+    QUARANTINE,
     ProviderBuild,
     Reconciliation,
     build_care_sites,
@@ -214,7 +220,7 @@ _OUTPUTS = {
                "Published but flagged: NPI check digit failures, disagreements between sources (both values), "
                "unmapped specialties and sites, possible duplicates."),
 }
-PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconciliation(), (), tables.FLAG.empty_table()))
+PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconciliation(), (), ()))
 
 
 @dg.multi_asset(
@@ -243,27 +249,35 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         inputs = {name: future.result() for name, future in state.items()}
         source, processed = source.result(), processed.result()
         care_sites = inputs["care_sites"]
+        # Every output streams into a parquet file in the scratch directory, then from there to S3.
+        outputs = Path(scratch) / "outputs"
+        outputs.mkdir()
         build = build_providers(source=source, source_object=source_label(tenant, "provider"),
-                                processed_files=processed, specialties=load_specialty_map(), now=utc_now(), **inputs)
+                                processed_files=processed, specialties=load_specialty_map(), now=utc_now(),
+                                out_dir=outputs, **inputs)
         del inputs  # the previous provenance and id map are not needed past the build
-    counts = build.counts
-    context.log.info("tenant %s: %s", tenant.name, counts)
-    append(lakehouse, ns, tables.T_PROVIDER_ID_MAP, build.id_map_additions)  # ids reserved before publishing
-    audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), build.flags)
-    yield from lakehouse.write_audit_publish(ns, tables.T_PROVIDER, build.provider, audits=audits,
-                                             asset_key=PROVIDER_KEY)
-    # The provider snapshot is published; its companions follow, side by side (a failure here is
-    # retried and, the run being deterministic, republishes the same provider rows).
-    companions = [(tables.T_PROVENANCE, build.provenance), (tables.T_QUARANTINE, build.quarantine),
-                  (tables.T_FLAG, build.flags)]
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="omop-publish") as pool:
-        for done in [pool.submit(list, lakehouse.write_audit_publish(ns, table, data)) for table, data in companions]:
-            done.result()
+        pool.shutdown()
+        counts, files, rows = build.counts, build.files, build.rows
+        context.log.info("tenant %s: %s", tenant.name, counts)
+        # ids reserved before publishing
+        append_files(lakehouse, ns, tables.T_PROVIDER_ID_MAP, files[ID_MAP_ADDITIONS], tables.ID_MAP)
+        audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), [files[FLAGS]])
+        yield from lakehouse.publish_files(ns, tables.T_PROVIDER, [files[PROVIDER]], tables.PROVIDER, audits=audits,
+                                           asset_key=PROVIDER_KEY)
+        # The provider snapshot is published; its companions follow, side by side (a failure here is
+        # retried and, the run being deterministic, republishes the same provider rows).
+        companions = [(tables.T_PROVENANCE, PROVENANCE, tables.PROVENANCE), (tables.T_QUARANTINE, QUARANTINE, tables.QUARANTINE),
+                      (tables.T_FLAG, FLAGS, tables.FLAG)]
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="omop-publish") as publish:
+            for done in [publish.submit(list, lakehouse.publish_files(ns, table, [files[output]], schema))
+                         for table, output, schema in companions]:
+                done.result()
+        quarantine_counts, flag_counts = build.quarantine_counts(), build.flag_counts()
     # The last write of a tenant run: the fingerprint counts as recorded only once everything committed.
     record_run(lakehouse, ns, tables.conform(
         _run_log_row(context.run_id, build, *_recorded_fingerprint(context, tenant)), tables.RUN_LOG))
     yield dg.MaterializeResult(asset_key=PROVIDER_KEY, metadata={
-        "dagster/row_count": build.provider.num_rows,
+        "dagster/row_count": rows[PROVIDER],
         "dagster/column_schema": _column_schema(tables.PROVIDER),
         "source_rows": counts.source_rows, "source_new": counts.source_new, "source_changed": counts.source_changed,
         "source_unchanged": counts.source_unchanged, "source_deleted": counts.source_deleted,
@@ -272,11 +286,11 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         "file_rows_quarantined": counts.run_file_rows_quarantined,
         **lakehouse.snapshot_metadata(ns, tables.T_PROVIDER),
     })
-    yield dg.MaterializeResult(asset_key=PROVENANCE_KEY, metadata={"dagster/row_count": build.provenance.num_rows})
+    yield dg.MaterializeResult(asset_key=PROVENANCE_KEY, metadata={"dagster/row_count": rows[PROVENANCE]})
     yield dg.MaterializeResult(asset_key=QUARANTINE_KEY, metadata={
-        "dagster/row_count": build.quarantine.num_rows, "reasons": dg.MetadataValue.json(build.quarantine_counts())})
+        "dagster/row_count": rows[QUARANTINE], "reasons": dg.MetadataValue.json(quarantine_counts)})
     yield dg.MaterializeResult(asset_key=FLAG_KEY, metadata={
-        "dagster/row_count": build.flags.num_rows, "flags": dg.MetadataValue.json(build.flag_counts())})
+        "dagster/row_count": rows[FLAGS], "flags": dg.MetadataValue.json(flag_counts)})
 
 
 def _run_log_row(run_id: str, build: ProviderBuild, source_fingerprint: str | None,
@@ -288,7 +302,7 @@ def _run_log_row(run_id: str, build: ProviderBuild, source_fingerprint: str | No
         "source_quarantined": c.source_quarantined, "files": c.run_files, "file_rows_read": c.run_file_rows_read,
         "file_rows_new": c.run_file_rows_new, "file_rows_merged": c.run_file_rows_merged,
         "file_rows_quarantined": c.run_file_rows_quarantined, "providers": c.providers,
-        "flags": build.flags.num_rows, "processed_files": build.run_files, "source_fingerprint": source_fingerprint,
+        "flags": build.rows[FLAGS], "processed_files": build.run_files, "source_fingerprint": source_fingerprint,
         "source_signal": source_signal,
     }])
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 from pyiceberg.exceptions import NoSuchTableError
 
@@ -36,6 +38,14 @@ def append(lakehouse: LakehouseResource, namespace: str, table: str, data: pa.Ta
     if data.num_rows:
         for _ in lakehouse.write_audit_publish(namespace, table, data, mode="append",
                                                snapshot_properties=snapshot_properties):
+            pass  # no audits: append-only state, validated where it is used
+
+
+def append_files(lakehouse: LakehouseResource, namespace: str, table: str, path: Path, schema: pa.Schema) -> None:
+    """Like append, for rows already written to the parquet file ``path`` (streamed there, never whole
+    in memory)."""
+    if pq.read_metadata(path).num_rows:
+        for _ in lakehouse.publish_files(namespace, table, [path], schema, mode="append"):
             pass  # no audits: append-only state, validated where it is used
 
 

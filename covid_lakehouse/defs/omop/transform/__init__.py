@@ -15,11 +15,24 @@ writes.
 from covid_lakehouse.defs.omop.transform.care_sites import CareSiteBuild, build_care_sites
 from covid_lakehouse.defs.omop.transform.flags import CONFLICTS
 from covid_lakehouse.defs.omop.transform.providers import build_providers
-from covid_lakehouse.defs.omop.transform.results import ProviderBuild, Reconciliation
+from covid_lakehouse.defs.omop.transform.results import (
+    FLAGS,
+    ID_MAP_ADDITIONS,
+    PROVENANCE,
+    PROVIDER,
+    QUARANTINE,
+    ProviderBuild,
+    Reconciliation,
+)
 from covid_lakehouse.defs.omop.transform.session import MACROS, MISSING_TOKENS, connect
 
 __all__ = [
     "CONFLICTS",
+    "FLAGS",
+    "ID_MAP_ADDITIONS",
+    "PROVENANCE",
+    "PROVIDER",
+    "QUARANTINE",
     "MACROS",
     "MISSING_TOKENS",
     "CareSiteBuild",

@@ -5,13 +5,15 @@ Reads ``chosen``, ``merge_candidates``, ``clean_source_rows``, ``file_candidates
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pyarrow as pa
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.rules import npi_check_digits
-from covid_lakehouse.defs.omop.transform.session import to_arrow
+from covid_lakehouse.defs.omop.transform.session import write_parquet
 
 CONFLICTS = {
     "provider_name": ("c.name", "ch.name", "c.name IS NOT NULL AND NOT names_compatible(c.name, ch.name)"),
@@ -26,9 +28,10 @@ CONFLICTS = {
 }
 
 
-def build_flags(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
+def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
     """Findings kept with the published data: NPI check digit failures, malformed NPIs, unmapped
-    specialties and sites, disagreements between sources (both values), possible duplicates."""
+    specialties and sites, disagreements between sources (both values), possible duplicates. Written
+    to ``path``; returns its rows."""
     conflicts = "\n            UNION ALL ".join(
         f"SELECT c.gid, 'value_conflict', '{column}', {chosen}, {other}, c.source_system, c.fid, c.source_key,"
         f" 'sources disagree; the published value is kept' FROM merge_candidates c JOIN chosen ch USING (gid) WHERE {condition}"
@@ -48,7 +51,7 @@ def build_flags(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
         UNION ALL
         SELECT gid, 'client_file', fid, line_no::VARCHAR, npi, npi_raw, concept, specialty, spec_source, site, site_id
         FROM file_candidates WHERE gid NOT IN (SELECT gid FROM nameless)""")
-    return to_arrow(con, f"""
+    return write_parquet(con, f"""
         WITH rows AS (SELECT * FROM rows_to_flag),
         found (gid, flag, column_name, value, other_value, source_system, fid, source_key, detail) AS (
             SELECT gid, 'npi_check_digit', 'npi', npi, NULL, NULL, NULL, NULL, 'fails the NPI Luhn check digit'
@@ -85,4 +88,4 @@ def build_flags(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
         FROM (SELECT *, string_split(k, ' ')[1] AS ft, string_split(k, ' ')[-1] AS lt FROM candidates) c
              JOIN others o ON o.id <> c.id AND o.ft[1] = c.ft[1] AND o.lt[1] = c.lt[1]
                   AND token_compatible(c.ft, o.ft) AND token_compatible(c.lt, o.lt)
-        GROUP BY c.id, c.name""", tables.FLAG, params)
+        GROUP BY c.id, c.name""", tables.FLAG, path, params)

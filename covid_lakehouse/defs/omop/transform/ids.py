@@ -7,11 +7,12 @@ Reads ``id_map``, ``previous_source_provenance``, ``clean_source_rows``, ``sourc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
-import pyarrow as pa
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.transform.session import IdLookup, lowest_per_key, register_repeated
+from covid_lakehouse.defs.omop.transform.session import lowest_per_key, register_repeated, write_parquet
 
 
 def assign_ids(con: duckdb.DuckDBPyConnection) -> None:
@@ -106,13 +107,12 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
 
 
 
-def new_id_map_keys(con: duckdb.DuckDBPyConnection, ids_of: IdLookup, params: dict) -> pa.Table:
-    """The id map's additions: the new key of each source row (claims.new_key) and of file rows."""
-    source = con.sql("SELECT new_key, gid FROM claims WHERE new_key IS NOT NULL").to_arrow_table()
-    files = con.sql("SELECT natural_key, id FROM new_file_keys").to_arrow_table()
-    keys = pa.table({
-        "natural_key": pa.chunked_array([*source["new_key"].chunks, *files["natural_key"].chunks], pa.string()),
-        "id": pa.chunked_array([ids_of(source["gid"]), *files["id"].cast(pa.int64()).chunks], pa.int64()),
-    }).sort_by([("id", "ascending"), ("natural_key", "ascending")])
-    return tables.conform(keys.append_column("first_seen_at", pa.repeat(pa.scalar(params["now"], tables.TS),
-                                                                          keys.num_rows)), tables.ID_MAP)
+def new_id_map_keys(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
+    """The id map's additions: the new key of each source row (claims.new_key) and of file rows, in id
+    order. Written to ``path``; returns its rows."""
+    return write_parquet(con, """
+        SELECT natural_key, id, $now AS first_seen_at FROM (
+            SELECT c.new_key AS natural_key, p.id FROM claims c JOIN provider_ids p USING (gid) WHERE c.new_key IS NOT NULL
+            UNION ALL
+            SELECT natural_key, id::BIGINT FROM new_file_keys)
+        ORDER BY id, natural_key""", tables.ID_MAP, path, params)

@@ -4,28 +4,39 @@ Reads ``clean_source_rows``, ``previous_source_provenance``, ``file_candidates``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.transform.session import IdLookup, to_arrow
+from covid_lakehouse.defs.omop.transform.session import IdLookup, write_parquet
 
 
-def build_provenance(con: duckdb.DuckDBPyConnection, ids_of: IdLookup, params: dict) -> pa.Table:
-    # One row per source row: its provider (none when quarantined), first seen and last changed.
-    rows = con.sql("""
+def build_provenance(con: duckdb.DuckDBPyConnection, ids_of: IdLookup, params: dict, path: Path) -> int:
+    """Written to ``path``, a batch at a time; returns its rows."""
+    def with_ids(rows: pa.Table) -> pa.Table:
+        provider_id = ids_of(rows["gid"])
+        return rows.append_column("provider_id", provider_id).append_column(
+            "status", pc.if_else(pc.is_null(provider_id), "quarantined", "published"))
+
+    with pq.ParquetWriter(path, tables.PROVENANCE) as writer:
+        return (write_parquet(con, SOURCE_ROWS, tables.PROVENANCE, path, params, batch=with_ids, writer=writer)
+                + write_parquet(con, OTHER_ROWS, tables.PROVENANCE, path, params, writer=writer))
+
+
+# One row per source row: its provider (none when quarantined), first seen and last changed.
+SOURCE_ROWS = """
         SELECT clean_source_rows.src_id AS gid, 'postgres' AS source_system, clean_source_rows.src_id::VARCHAR AS source_key, clean_source_rows.id_source,
                $source_object AS source_object, clean_source_rows.row_hash,
                coalesce(p.first_seen_at, $now) AS first_seen_at, $now AS last_seen_at,
                CASE WHEN p.row_hash IS NOT DISTINCT FROM clean_source_rows.row_hash THEN p.last_changed_at ELSE $now END
                    AS last_changed_at
-        FROM clean_source_rows LEFT JOIN previous_source_provenance p ON p.src_id = clean_source_rows.src_id""", params=params).to_arrow_table()
-    provider_id = ids_of(rows["gid"])
-    rows = rows.append_column("provider_id", provider_id).append_column(
-        "status", pc.if_else(pc.is_null(provider_id), "quarantined", "published"))
-    # Source rows gone since the last run, and the client ids of each provider per file.
-    others = to_arrow(con, """
+        FROM clean_source_rows LEFT JOIN previous_source_provenance p ON p.src_id = clean_source_rows.src_id"""
+# Source rows gone since the last run, and the client ids of each provider per file.
+OTHER_ROWS = """
         SELECT provider_id, source_system, source_key, id_source, source_object, 'deleted' AS status, row_hash,
                first_seen_at, last_seen_at, last_changed_at
         FROM previous_source_provenance WHERE src_id NOT IN (SELECT src_id FROM clean_source_rows)
@@ -33,5 +44,4 @@ def build_provenance(con: duckdb.DuckDBPyConnection, ids_of: IdLookup, params: d
         SELECT provider_ids.id, 'client_file', file_candidates.client_id, file_candidates.id_source, file_candidates.object_key, 'published', NULL,
                min(file_candidates.object_last_modified), max(file_candidates.object_last_modified), max(file_candidates.object_last_modified)
         FROM file_candidates JOIN provider_ids USING (gid)
-        GROUP BY provider_ids.id, file_candidates.client_id, file_candidates.id_source, file_candidates.object_key""", tables.PROVENANCE, params)
-    return pa.concat_tables([tables.conform(rows, tables.PROVENANCE), others])
+        GROUP BY provider_ids.id, file_candidates.client_id, file_candidates.id_source, file_candidates.object_key"""

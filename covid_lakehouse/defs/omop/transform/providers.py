@@ -2,10 +2,12 @@
 new id map keys and reconciled counts, one step module after the other on one DuckDB session.
 
 Registers ``source``, ``landing_rows``, ``landing_files``, ``id_map``, ``previous_provenance`` and
-``processed_file_refs`` (``source`` is a view over the extract's parquet file when given its path); after the steps, ``published`` (the provider table) for the flags."""
+``processed_file_refs`` (``source`` is a view over the extract's parquet file when given its path); after the steps, ``published`` (a view over the provider output's parquet file) for the flags.
+Every output streams from DuckDB into its own parquet file (ProviderBuild.files)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +24,15 @@ from covid_lakehouse.defs.omop.transform.ids import assign_ids, new_id_map_keys
 from covid_lakehouse.defs.omop.transform.provenance import build_provenance
 from covid_lakehouse.defs.omop.transform.quarantine import build_quarantine
 from covid_lakehouse.defs.omop.transform.reconcile import count_reconciliation
-from covid_lakehouse.defs.omop.transform.results import ProviderBuild
-from covid_lakehouse.defs.omop.transform.session import IdLookup, connect
+from covid_lakehouse.defs.omop.transform.results import (
+    FLAGS,
+    ID_MAP_ADDITIONS,
+    PROVENANCE,
+    PROVIDER,
+    QUARANTINE,
+    ProviderBuild,
+)
+from covid_lakehouse.defs.omop.transform.session import IdLookup, connect, write_parquet
 from covid_lakehouse.defs.omop.transform.value_maps import build_value_maps
 
 
@@ -39,7 +48,15 @@ def build_providers(
     processed_files: Iterable[str],
     specialties: Mapping[str, Specialty],
     now: datetime,
+    out_dir: Path | None = None,
 ) -> ProviderBuild:
+    """The outputs stream from DuckDB into parquet files in ``out_dir`` (default: a temporary directory
+    the returned build holds): none of them sits whole in memory, however large the tenant."""
+    scratch = None
+    if out_dir is None:
+        scratch = tempfile.TemporaryDirectory(prefix="omop-build-")
+        out_dir = Path(scratch.name)
+    files = {name: out_dir / f"{name}.parquet" for name in (PROVIDER, PROVENANCE, QUARANTINE, FLAGS, ID_MAP_ADDITIONS)}
     con = connect()
     try:
         if isinstance(source, Path):
@@ -59,23 +76,27 @@ def build_providers(
         resolve_identities(con)
         choose_values(con)
         assign_ids(con)
-        provider = con.sql(f"""
+        ids_of = IdLookup(con)
+        rows = {PROVIDER: write_parquet(con, f"""
             SELECT c.gid, c.name AS provider_name, c.npi, c.specialty_concept_id, c.care_site_id,
                    c.provider_source_value, c.specialty_source_value,
                    CASE WHEN c.specialty_source_value IS NOT NULL THEN 0 END AS specialty_source_concept_id,
                    CASE WHEN c.in_source THEN {EHR_TYPE_CONCEPT} ELSE 0 END AS provider_type_concept_id
-            FROM chosen c""").to_arrow_table()
-        ids_of = IdLookup(con)
-        provider = tables.conform(provider.append_column("provider_id", ids_of(provider["gid"])), tables.PROVIDER)
-        con.register("published", provider)
+            FROM chosen c""", tables.PROVIDER, files[PROVIDER],
+            batch=lambda rows: rows.append_column("provider_id", ids_of(rows["gid"])))}
+        con.read_parquet(str(files[PROVIDER])).create_view("published")
+        rows[PROVENANCE] = build_provenance(con, ids_of, params, files[PROVENANCE])
+        rows[QUARANTINE] = build_quarantine(con, params, files[QUARANTINE])
+        rows[FLAGS] = build_flags(con, params, files[FLAGS])
+        rows[ID_MAP_ADDITIONS] = new_id_map_keys(con, params, files[ID_MAP_ADDITIONS])
         return ProviderBuild(
-            provider=provider,
-            provenance=build_provenance(con, ids_of, params),
-            quarantine=build_quarantine(con, params),
-            flags=build_flags(con, params),
-            id_map_additions=new_id_map_keys(con, ids_of, params),
-            counts=count_reconciliation(con, provider),
+            files=files, rows=rows, counts=count_reconciliation(con, rows[PROVIDER]),
             run_files=[r[0] for r in con.execute("SELECT file_ref FROM files WHERE run ORDER BY 1").fetchall()],
+            scratch=scratch,
         )
+    except BaseException:
+        if scratch is not None:
+            scratch.cleanup()
+        raise
     finally:
-        con.close()  # its tables (gigabytes at scale) go now, before the outputs are written
+        con.close()  # its tables (gigabytes at scale) go now, before the outputs are published

@@ -4,15 +4,17 @@ Reads ``files``, ``quarantined_file_rows``, ``clean_file_rows``, ``file_candidat
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
-import pyarrow as pa
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.transform.session import to_arrow
+from covid_lakehouse.defs.omop.transform.session import write_parquet
 
 
-def build_quarantine(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
-    return to_arrow(con, """
+def build_quarantine(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
+    """Written to ``path``; returns its rows."""
+    return write_parquet(con, """
         SELECT 'client_file' AS source_system, object_key AS source_object, NULL AS source_key, reason, detail,
                NULL AS record, ingested_at AS detected_at
         FROM files WHERE status = 'rejected'
@@ -27,4 +29,4 @@ def build_quarantine(con: duckdb.DuckDBPyConnection, params: dict) -> pa.Table:
         SELECT 'postgres', $source_object, s.provider_id::VARCHAR, 'missing_provider_name',
                'no source gives this provider a name', to_json(s)::VARCHAR, $now
         FROM source s WHERE s.provider_id IN (SELECT gid FROM nameless)
-        ORDER BY 1, 2, try_cast(source_key AS BIGINT)""", tables.QUARANTINE, params)
+        ORDER BY 1, 2, try_cast(source_key AS BIGINT)""", tables.QUARANTINE, path, params)

@@ -7,12 +7,11 @@ Reads ``source``, ``clean_source_rows``, ``previous_source_provenance``, ``chose
 from __future__ import annotations
 
 import duckdb
-import pyarrow as pa
 
 from covid_lakehouse.defs.omop.transform.results import Reconciliation
 
 
-def count_reconciliation(con: duckdb.DuckDBPyConnection, provider: pa.Table) -> Reconciliation:
+def count_reconciliation(con: duckdb.DuckDBPyConnection, providers: int) -> Reconciliation:
     """Each count is taken from a different table than the one it is compared with, so a row lost or
     duplicated by a join shows up as an unbalanced equation."""
     run_rows = "(SELECT fid FROM clean_file_rows WHERE file_ref IN (SELECT file_ref FROM files WHERE run))"
@@ -50,5 +49,5 @@ def count_reconciliation(con: duckdb.DuckDBPyConnection, provider: pa.Table) -> 
         file_rows=file_rows, file_rows_new=file_only, file_rows_merged=attached_rows - file_only,
         file_rows_quarantined=file_quarantined, run_files=run_files, run_file_rows_read=run_read,
         run_file_rows_new=run_new, run_file_rows_merged=run_attached - run_new,
-        run_file_rows_quarantined=run_quarantined, file_only_providers=file_only, providers=provider.num_rows,
+        run_file_rows_quarantined=run_quarantined, file_only_providers=file_only, providers=providers,
     )

@@ -1,10 +1,17 @@
-"""What build_providers returns: the published tables and the reconciled counts."""
+"""What build_providers returns: the output tables (as local parquet files) and the reconciled counts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+
+# The outputs of build_providers, each one parquet file named <output>.parquet.
+PROVIDER, PROVENANCE, QUARANTINE, FLAGS, ID_MAP_ADDITIONS = (
+    "provider", "provenance", "quarantine", "flags", "id_map_additions")
 
 
 @dataclass
@@ -50,19 +57,43 @@ class Reconciliation:
 
 @dataclass
 class ProviderBuild:
-    provider: pa.Table
-    provenance: pa.Table
-    quarantine: pa.Table
-    flags: pa.Table
-    id_map_additions: pa.Table
+    """The outputs were streamed into parquet files (``files``: output name -> path), so they never sat
+    whole in memory; the properties read one back as an Arrow table (for tests and small outputs)."""
+
+    files: dict[str, Path]
+    rows: dict[str, int]
     counts: Reconciliation
     run_files: list[str] = field(default_factory=list)  # "key#etag" of files first harmonized now
+    scratch: Any = None  # the temporary directory holding ``files`` when the caller gave none
+
+    def table(self, output: str) -> pa.Table:
+        return pq.read_table(self.files[output])
+
+    @property
+    def provider(self) -> pa.Table:
+        return self.table(PROVIDER)
+
+    @property
+    def provenance(self) -> pa.Table:
+        return self.table(PROVENANCE)
+
+    @property
+    def quarantine(self) -> pa.Table:
+        return self.table(QUARANTINE)
+
+    @property
+    def flags(self) -> pa.Table:
+        return self.table(FLAGS)
+
+    @property
+    def id_map_additions(self) -> pa.Table:
+        return self.table(ID_MAP_ADDITIONS)
 
     def flag_counts(self) -> dict[str, int]:
-        return value_counts(self.flags, "flag")
+        return value_counts(pq.read_table(self.files[FLAGS], columns=["flag"]), "flag")
 
     def quarantine_counts(self) -> dict[str, int]:
-        return value_counts(self.quarantine, "reason")
+        return value_counts(pq.read_table(self.files[QUARANTINE], columns=["reason"]), "reason")
 
 
 def value_counts(table: pa.Table, column: str) -> dict[str, int]:

@@ -12,6 +12,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.lib.settings import SettingError, setting
@@ -85,6 +86,31 @@ def used_params(query: str, params: dict | None) -> dict:
 
 def to_arrow(con: duckdb.DuckDBPyConnection, query: str, schema: pa.Schema, params: dict | None = None) -> pa.Table:
     return tables.conform(con.sql(query, params=used_params(query, params)).to_arrow_table(), schema)
+
+
+# Rows per batch when an output streams from DuckDB into its parquet file: a few MB of Arrow at a time.
+BATCH_ROWS = 64 * 1024
+
+
+def write_parquet(con: duckdb.DuckDBPyConnection, query: str, schema: pa.Schema, path: Path,
+                  params: dict | None = None, *, batch=None, writer: pq.ParquetWriter | None = None) -> int:
+    """Stream ``query``'s rows into the parquet file ``path`` one batch at a time, each conformed to
+    ``schema`` (after ``batch(table)`` when given, e.g. to attach ids), so an output never sits whole in
+    memory; ``writer``: append to an open writer instead. Returns the rows written."""
+    reader = con.sql(query, params=used_params(query, params)).to_arrow_reader(BATCH_ROWS)
+    own = writer is None
+    writer = writer or pq.ParquetWriter(path, schema)
+    rows = 0
+    try:
+        for record_batch in reader:
+            table = pa.Table.from_batches([record_batch])
+            table = tables.conform(batch(table) if batch else table, schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if own:
+            writer.close()
+    return rows
 
 
 class IdLookup:
