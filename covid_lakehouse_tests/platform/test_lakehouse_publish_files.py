@@ -1,0 +1,82 @@
+"""Write-audit-publish of data already written as local parquet files (LakehouseResource.publish_files):
+the audits see the staged files before anything is committed, and a table gets one snapshot per publish."""
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse.lib.wap import Audit, AuditResult, BlockingAuditFailed
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string())])
+
+
+def _file(tmp_path: Path, name: str, table: pa.Table) -> Path:
+    path = tmp_path / name
+    pq.write_table(table, path)
+    return path
+
+
+def _rows(lakehouse: LakehouseResource, ns: str, table: str, **scan) -> list[dict]:
+    return sorted(lakehouse.load_table(ns, table).scan(**scan).to_arrow().to_pylist(), key=lambda r: r["id"])
+
+
+def test_publish_files_replaces_the_table_in_one_snapshot_after_auditing_the_staged_files(services, lakehouse, tmp_path):
+    ns = "publish_files_overwrite"
+    list(lakehouse.write_audit_publish(ns, "t", pa.table({"id": pa.array([1, 2, 3], pa.int64()), "name": ["a", "b", "c"]})))
+    before = lakehouse.load_table(ns, "t")
+    first, snapshots = before.current_snapshot().snapshot_id, len(before.snapshots())
+    seen = []
+
+    def ids_positive(files) -> AuditResult:
+        seen.append(list(files))
+        ids = pa.concat_tables([pq.read_table(f) for f in files])["id"].to_pylist()
+        return AuditResult(min(ids) > 0, f"{len(ids)} rows")
+
+    parts = [_file(tmp_path, "part-1.parquet", pa.table({"id": pa.array([10, 11], pa.int64()), "name": ["x", "y"]},
+                                                        schema=SCHEMA)),
+             _file(tmp_path, "part-2.parquet", pa.table({"id": pa.array([12], pa.int64()), "name": [None]}, schema=SCHEMA))]
+    results = list(lakehouse.publish_files(ns, "t", parts, SCHEMA, audits=[Audit("ids_positive", ids_positive)],
+                                           snapshot_properties={"test.marker": "yes"}))
+    assert [r.passed for r in results] == [True] and seen == [parts]
+    after = lakehouse.load_table(ns, "t")
+    assert len(after.snapshots()) == snapshots + 1  # one snapshot: the overwrite, not a delete and an append
+    assert after.current_snapshot().summary["operation"].value == "overwrite"
+    assert after.current_snapshot().summary["test.marker"] == "yes"
+    assert _rows(lakehouse, ns, "t") == [{"id": 10, "name": "x"}, {"id": 11, "name": "y"}, {"id": 12, "name": None}]
+    # the previous snapshot is intact (time travel)
+    assert [r["id"] for r in _rows(lakehouse, ns, "t", snapshot_id=first)] == [1, 2, 3]
+
+
+def test_a_blocking_audit_failure_on_staged_files_publishes_nothing(services, lakehouse, tmp_path):
+    ns = "publish_files_blocked"
+    good = _file(tmp_path, "good.parquet", pa.table({"id": pa.array([1], pa.int64()), "name": ["a"]}, schema=SCHEMA))
+    list(lakehouse.publish_files(ns, "t", [good], SCHEMA))
+    snapshot = lakehouse.load_table(ns, "t").current_snapshot().snapshot_id
+    bad = _file(tmp_path, "bad.parquet", pa.table({"id": pa.array([-5], pa.int64()), "name": ["b"]}, schema=SCHEMA))
+
+    def never(files) -> AuditResult:
+        return AuditResult(False, "staged rows rejected")
+
+    with pytest.raises(BlockingAuditFailed, match="nothing published"):
+        list(lakehouse.publish_files(ns, "t", [bad], SCHEMA, audits=[Audit("never", never)]))
+    assert lakehouse.load_table(ns, "t").current_snapshot().snapshot_id == snapshot
+    assert _rows(lakehouse, ns, "t") == [{"id": 1, "name": "a"}]
+
+
+def test_appended_files_evolve_the_schema_and_empty_files_add_no_rows(services, lakehouse, tmp_path):
+    ns = "publish_files_append"
+    list(lakehouse.publish_files(ns, "t", [_file(tmp_path, "a.parquet", pa.table(
+        {"id": pa.array([1], pa.int64()), "name": ["a"]}, schema=SCHEMA))], SCHEMA, mode="append"))
+    wider = SCHEMA.append(pa.field("score", pa.float64()))
+    list(lakehouse.publish_files(ns, "t", [_file(tmp_path, "b.parquet", pa.table(
+        {"id": pa.array([2], pa.int64()), "name": ["b"], "score": [9.5]}, schema=wider)),
+        _file(tmp_path, "empty.parquet", wider.empty_table())], wider, mode="append"))
+    table = lakehouse.load_table(ns, "t")
+    assert table.schema().column_names == ["id", "name", "score"]
+    assert int(table.current_snapshot().summary["added-data-files"]) == 1  # the empty file is not added
+    assert _rows(lakehouse, ns, "t") == [{"id": 1, "name": "a", "score": None}, {"id": 2, "name": "b", "score": 9.5}]
