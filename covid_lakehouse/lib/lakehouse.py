@@ -11,6 +11,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,15 +177,23 @@ class LakehouseResource(dg.ConfigurableResource):
         """Write-audit-publish of data the caller already wrote as local parquet ``files`` of ``schema``
         (streamed there by DuckDB or a ParquetWriter): the rows never sit in memory here.
 
-        The audits receive the list of local files and run first (on exactly the bytes staged); a blocking
-        failure raises before anything is written to the table. Then each file is copied as is into the
-        table's data location, in chunks, and ONE snapshot is committed: an overwrite replacing every
-        current data file, or an append. Files carry no Iceberg field ids: the table's name mapping
+        Each file is copied as is into the table's data location, in chunks, while the audits run on the
+        local files (exactly the bytes staged; they receive the list of paths); a blocking failure
+        raises before the commit. Then ONE snapshot is committed: an overwrite replacing every current
+        data file, or an append. Files carry no Iceberg field ids: the table's name mapping
         (set here when absent, kept up to date by schema evolution) resolves their columns by name."""
         paths = [Path(f) for f in files]
-        yield from audit_or_raise(audits, paths, asset_key=asset_key, asset_label=f"{namespace}.{table}")
-        tbl = self.ensure_table(namespace, table, schema)
-        staged = [self._stage_file(tbl, path) for path in paths if _parquet_rows(path)]
+
+        def stage() -> tuple[Any, list[str]]:
+            tbl = self.ensure_table(namespace, table, schema)
+            return tbl, [self._stage_file(tbl, path) for path in paths if _parquet_rows(path)]
+
+        # The copy to S3 (waiting on the network) runs while the audits (CPU) do; the commit waits for
+        # both. A blocking failure raises once the copy is done: its files stay unreferenced.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lakehouse-stage") as pool:
+            staging = pool.submit(stage)
+            yield from audit_or_raise(audits, paths, asset_key=asset_key, asset_label=f"{namespace}.{table}")
+            tbl, staged = staging.result()
         self._commit_files(tbl, staged, mode, dict(snapshot_properties or {}))
 
     @staticmethod
