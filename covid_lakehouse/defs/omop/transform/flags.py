@@ -15,6 +15,8 @@ from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.rules import npi_check_digits
 from covid_lakehouse.defs.omop.transform.session import write_parquet
 
+LUHN_BATCH_ROWS = 1 << 20
+
 CONFLICTS = {
     "provider_name": ("c.name", "ch.name", "c.name IS NOT NULL AND NOT names_compatible(c.name, ch.name)"),
     "npi": ("c.npi", "ch.npi", "c.npi IS NOT NULL AND c.npi <> ch.npi"),
@@ -37,10 +39,13 @@ def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int
         f" 'sources disagree; the published value is kept' FROM merge_candidates c JOIN chosen ch USING (gid) WHERE {condition}"
         for column, (other, chosen, condition) in CONFLICTS.items())
     # The NPI check digit (Luhn over "80840" + the first nine digits), in numpy: a dozen integer
-    # operations per NPI, on millions of NPIs.
-    rows = con.execute("SELECT gid, npi_num FROM chosen WHERE npi_num IS NOT NULL").fetchnumpy()
-    gid, npi = (np.asarray(rows[c], dtype=np.int64) for c in ("gid", "npi_num"))
-    con.register("npi_check_failed", pa.table({"gid": gid[npi_check_digits(npi // 10) != npi % 10]}))
+    # operations per NPI, on millions of NPIs, a batch at a time (the temporaries of a whole tenant's
+    # NPIs grew with the tenant); only the failing gids (a few percent) are kept.
+    failing = []
+    for batch in con.sql("SELECT gid, npi_num FROM chosen WHERE npi_num IS NOT NULL").to_arrow_reader(LUHN_BATCH_ROWS):
+        gid, npi = (np.asarray(batch.column(c).to_numpy(), dtype=np.int64) for c in ("gid", "npi_num"))
+        failing.append(gid[npi_check_digits(npi // 10) != npi % 10])
+    con.register("npi_check_failed", pa.table({"gid": pa.array(np.concatenate(failing) if failing else [], pa.int64())}))
     # The rows with something to flag, found in one pass over the source rows (a few percent of them).
     con.execute("""
         CREATE TABLE rows_to_flag AS

@@ -86,6 +86,7 @@ def build_providers(
             batch=lambda rows: rows.append_column("provider_id", ids_of(rows["gid"])))}
         con.read_parquet(str(files[PROVIDER])).create_view("published")
         rows[PROVENANCE] = build_provenance(con, ids_of, params, files[PROVENANCE])
+        ids_of = None  # a tenant's ids, not needed past here: freed before the flags
         rows[QUARANTINE] = build_quarantine(con, params, files[QUARANTINE])
         rows[FLAGS] = build_flags(con, params, files[FLAGS])
         rows[ID_MAP_ADDITIONS] = new_id_map_keys(con, params, files[ID_MAP_ADDITIONS])
