@@ -80,3 +80,15 @@ def test_appended_files_evolve_the_schema_and_empty_files_add_no_rows(services, 
     assert table.schema().column_names == ["id", "name", "score"]
     assert int(table.current_snapshot().summary["added-data-files"]) == 1  # the empty file is not added
     assert _rows(lakehouse, ns, "t") == [{"id": 1, "name": "a", "score": None}, {"id": 2, "name": "b", "score": 9.5}]
+
+
+def test_publishing_only_empty_files_creates_an_empty_table_and_empties_a_full_one(services, lakehouse, tmp_path):
+    ns = "publish_files_empty"
+    empty = _file(tmp_path, "empty.parquet", SCHEMA.empty_table())
+    list(lakehouse.publish_files(ns, "new", [empty], SCHEMA))
+    assert lakehouse.load_table(ns, "new").scan().to_arrow().num_rows == 0
+    full = _file(tmp_path, "full.parquet", pa.table({"id": pa.array([1, 2], pa.int64()), "name": ["a", "b"]}, schema=SCHEMA))
+    list(lakehouse.publish_files(ns, "t", [full], SCHEMA))
+    list(lakehouse.publish_files(ns, "t", [empty], SCHEMA))
+    table = lakehouse.load_table(ns, "t")
+    assert table.scan().to_arrow().num_rows == 0 and len(table.snapshots()) == 2
