@@ -1,6 +1,7 @@
 """Harmonization: source rows and client file rows -> OMOP provider and care_site, with provenance,
-quarantine, flags, stable ids and reconciled counts. DuckDB over Arrow, in memory; no I/O here, so the
-whole transform is testable on small tables and runs the same at 2,000,000 providers.
+quarantine, flags, stable ids and reconciled counts. DuckDB over Arrow (or the extract's parquet file),
+bounded by a memory limit; the provider outputs stream into local parquet files. No other I/O here, so
+the whole transform is testable on small tables and runs the same at 2,000,000 providers.
 
 The rules (matching order, which value wins, what is quarantined or flagged) are documented case by
 case in docs/data-quality.md.
