@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from covid_lakehouse.defs.ads.archive.lock import exclusive_connection
+from covid_lakehouse.defs.ads.archive.memory import returning_memory_pool
 from covid_lakehouse.defs.ads.archive.plan import plan_batch
 from covid_lakehouse.defs.ads.archive.state import (
     Batch,
@@ -40,7 +41,7 @@ def archive_old_rows(warehouse: PostgresResource, lakehouse: LakehouseResource, 
         raise ValueError("chunk_rows must be at least 1")
     hook = hook or no_hook
     reports = []
-    with exclusive_connection(warehouse.dsn) as conn:
+    with returning_memory_pool(), exclusive_connection(warehouse.dsn) as conn:
         # The batch's joins and sorts (plan, the COPY's shown-date order, read-back, delete) run over
         # every archived row: at 4 MB they spill to disk in ever more batches as a backlog grows.
         conn.execute(sql.SQL("SET work_mem = {}").format(sql.Literal(ARCHIVE_WORK_MEM)))
