@@ -117,7 +117,8 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
     yields the check results, then the materialization."""
     with warehouse.connection() as conn:
         ensure_tables(conn)
-    with StagingWriter(warehouse, spec) as staging:
+    slice_columns = (versions.unit_column, versions.day_column) if versions is not None else None
+    with StagingWriter(warehouse, spec, slice_columns=slice_columns) as staging:
         reported = read(staging)
         published: Published = yield from stage_audit_publish(
             warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported, notices=notices,
