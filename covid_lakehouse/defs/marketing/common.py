@@ -104,7 +104,6 @@ class RawLanding:
         self._pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix=f"land-{source}") if uploads else None
         self._slots = threading.BoundedSemaphore(2 * uploads) if uploads else None
         self._lock = threading.Lock()
-        self._pending: set[Future] = set()
         self._error: BaseException | None = None
 
     def key(self, day: date, first_label: str) -> str:
@@ -121,12 +120,13 @@ class RawLanding:
     def land(self, archive: BinaryIO, first: RawPage, pages: int) -> None:
         """PUT a finished archive (now, or on an upload thread), then close it."""
         if self._pool is None:
-            try:
-                self.put(archive, first, pages)
-            finally:
-                archive.close()
+            self._put_and_close(archive, first, pages)
             return
-        self._raise_if_failed()  # a PUT already failed: the run fails, stop reading
+        try:
+            self._raise_if_failed()  # a PUT already failed: the run fails, stop reading
+        except BaseException:
+            archive.close()
+            raise
         self._slots.acquire()
         try:
             future = self._pool.submit(self._put_and_close, archive, first, pages)
@@ -134,8 +134,6 @@ class RawLanding:
             self._slots.release()
             archive.close()
             raise
-        with self._lock:
-            self._pending.add(future)
         future.add_done_callback(self._finished)
 
     def _put_and_close(self, archive: BinaryIO, first: RawPage, pages: int) -> None:
@@ -146,7 +144,6 @@ class RawLanding:
 
     def _finished(self, future: Future) -> None:
         with self._lock:
-            self._pending.discard(future)
             if self._error is None and not future.cancelled() and future.exception() is not None:
                 self._error = future.exception()
         self._slots.release()
