@@ -10,6 +10,7 @@ arrive. Target: 1.3x."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -76,6 +77,13 @@ def facebook_mock(ads: int = ADS) -> Iterator[str]:
             next_slot[account] = slot + INTERVAL_S
         time.sleep(max(slot - now, 0.0))
 
+    @functools.cache  # the same for every account: summing 10,000 ads per account and day cost the mock
+    def day_totals(day: date) -> dict[str, str]:  # 10x the CPU of a page, at the end of every account's read
+        metrics = [_metrics(ad, day) for ad in range(ads)]
+        return {"date_start": day.isoformat(), "date_stop": day.isoformat(),
+                "impressions": str(sum(m[0] for m in metrics)), "clicks": str(sum(m[1] for m in metrics)),
+                "spend": f"{sum(float(m[2]) for m in metrics):.2f}"}
+
     def insights(req: MockRequest) -> MockResponse:
         if req.headers.get("Authorization") != f"Bearer {TOKEN}":
             return MockResponse.json_body({"error": {"message": "Invalid OAuth access token", "code": 190}}, 400)
@@ -88,13 +96,7 @@ def facebook_mock(ads: int = ADS) -> Iterator[str]:
         since = date.fromisoformat(window["since"])
         if query["level"] == "account":
             days = [since + timedelta(days=n) for n in range((date.fromisoformat(window["until"]) - since).days + 1)]
-            data = []
-            for day in days:
-                metrics = [_metrics(ad, day) for ad in range(ads)]
-                data.append({"date_start": day.isoformat(), "date_stop": day.isoformat(),
-                             "impressions": str(sum(m[0] for m in metrics)), "clicks": str(sum(m[1] for m in metrics)),
-                             "spend": f"{sum(float(m[2]) for m in metrics):.2f}"})
-            return MockResponse.json_body({"data": data})
+            return MockResponse.json_body({"data": [day_totals(day) for day in days]})
         offset = int(query.get("after", 0))
         more = offset + PAGE < ads
         next_url = f"http://mock{req.path}?after={offset + PAGE}" if more else None

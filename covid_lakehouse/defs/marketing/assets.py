@@ -25,7 +25,13 @@ from pydantic import Field
 from covid_lakehouse.defs.marketing import checks, clevertap, facebook, google_ads
 from covid_lakehouse.defs.marketing.clevertap import CleverTapResource
 from covid_lakehouse.defs.marketing.clevertap_rekey import rekey_legacy_rows
-from covid_lakehouse.defs.marketing.common import RawLanding, RawPage, ordered_parallel, replay_pages
+from covid_lakehouse.defs.marketing.common import (
+    RAW_UPLOADS,
+    RawLanding,
+    RawPage,
+    ordered_parallel,
+    replay_pages,
+)
 from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
 from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
 from covid_lakehouse.defs.marketing.load import Published, SliceVersions, StagingWriter, stage_audit_publish
@@ -75,6 +81,12 @@ def _land_and_parse(landing: RawLanding, pages: Iterator[RawPage], parse: Parse,
             staging.write(parse(page, bundle.add(page)), pages=1)
 
 
+def _landing(s3: LakeS3Resource, source: str, context: dg.AssetExecutionContext) -> RawLanding:
+    """The run's raw landing, PUTs on background threads: a reader waiting for S3 misses rate-limit slots
+    of its unit that no later request gets back (the landing's exit waits for every PUT)."""
+    return RawLanding(s3, source, _run_label(context), uploads=RAW_UPLOADS)
+
+
 def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, run_id: str,
             parser_for: Callable[[RawPage], Parse], notices: dict[str, Any],
             decode: Callable[[str, bytes], Any] | None = None,
@@ -105,7 +117,8 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
     yields the check results, then the materialization."""
     with warehouse.connection() as conn:
         ensure_tables(conn)
-    with StagingWriter(warehouse, spec) as staging:
+    slice_columns = (versions.unit_column, versions.day_column) if versions is not None else None
+    with StagingWriter(warehouse, spec, slice_columns=slice_columns) as staging:
         reported = read(staging)
         published: Published = yield from stage_audit_publish(
             warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported, notices=notices,
@@ -157,7 +170,7 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
     def read(staging: StagingWriter) -> Reported:
         api = marketing_facebook.connector()
         notices["api_version"] = api.version
-        landing = RawLanding(s3, facebook.SOURCE, _run_label(context))
+        landing = _landing(s3, facebook.SOURCE, context)
 
         report_run = marketing_facebook.use_report_runs(len(days))  # e.g. the daily 28-day look-back
         notices["report_runs"] = report_run
@@ -168,7 +181,8 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
                 _land_and_parse(landing, api.pages(account, day, report_run=report_run), facebook.page_table, staging)
             return {(account, d): vars(t) for d, t in api.daily_totals(account, days[0], days[-1]).items()}
 
-        reported = _in_parallel(read_account, marketing_facebook.accounts(), marketing_facebook.max_concurrent_accounts)
+        with landing:  # every raw page in S3 before anything is published
+            reported = _in_parallel(read_account, marketing_facebook.accounts(), marketing_facebook.max_concurrent_accounts)
         notices["api_version_notices"] = api.version_notices(_today())
         return reported
 
@@ -192,7 +206,7 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
     def read(staging: StagingWriter) -> Reported:
         api = marketing_google_ads.connector()
         notices.update(api_version=api.version, api_version_notices=api.version_notices(_today()))
-        landing = RawLanding(s3, google_ads.SOURCE, _run_label(context))
+        landing = _landing(s3, google_ads.SOURCE, context)
 
         def read_customer(customer: str) -> Reported:
             reported: Reported = {}
@@ -207,7 +221,8 @@ def google_ads_ad_daily(context: dg.AssetExecutionContext, config: ApiAssetConfi
                 _land_and_parse(landing, api.pages(customer, day), parse, staging)
             return reported
 
-        return _in_parallel(read_customer, marketing_google_ads.customers(), marketing_google_ads.max_concurrent_customers)
+        with landing:
+            return _in_parallel(read_customer, marketing_google_ads.customers(), marketing_google_ads.max_concurrent_customers)
 
     if config.replay_run_id:
         read = _replay(context, s3, google_ads.SOURCE, config.replay_run_id, lambda _: google_ads.page_table, notices,
@@ -250,7 +265,7 @@ def clevertap_events(context: dg.AssetExecutionContext, config: ApiAssetConfig,
 
     def read(staging: StagingWriter) -> Reported:
         api = marketing_clevertap.connector()
-        landing = RawLanding(s3, clevertap.SOURCE, _run_label(context))
+        landing = _landing(s3, clevertap.SOURCE, context)
 
         def read_event(event_name: str) -> Reported:
             reported: Reported = {}
@@ -260,7 +275,8 @@ def clevertap_events(context: dg.AssetExecutionContext, config: ApiAssetConfig,
                 reported[(event_name, day)] = {"count": api.reported_count(event_name, day)}
             return reported
 
-        return _in_parallel(read_event, marketing_clevertap.events(), marketing_clevertap.max_concurrent_requests)
+        with landing:
+            return _in_parallel(read_event, marketing_clevertap.events(), marketing_clevertap.max_concurrent_requests)
 
     if config.replay_run_id:
         parsers: dict[tuple[str, date], clevertap.RecordParser] = {}

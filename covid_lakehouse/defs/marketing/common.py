@@ -7,9 +7,10 @@ import logging
 import re
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, BinaryIO, TypeVar
@@ -24,6 +25,7 @@ from covid_lakehouse.lib.settings import SettingError
 
 RAW_BUCKET = "raw"
 RAW_PREFIX = "marketing"
+RAW_UPLOADS = 2  # background PUT threads of a run's RawLanding: S3 answers in parallel, readers never wait on it
 _RETRY_LABEL = re.compile(r"^retry\d+-")
 _RUN_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}(-retry\d+)?$")
 logger = logging.getLogger(__name__)
@@ -87,10 +89,22 @@ class RawLanding:
     unit (account, customer, event) and day go into ONE object,
     s3://raw/marketing/<source>/date=<day>/<run_id>-<first page label>.tar, a tar archive with one
     member per page (<label>.json). One PUT per unit and day rather than per page: at volume a PUT
-    costs more CPU than parsing the page."""
+    costs more CPU than parsing the page.
 
-    def __init__(self, s3: LakeS3Resource, source: str, run_id: str, max_bundle_bytes: int = 16 << 20) -> None:
+    With ``uploads`` > 0 the PUTs run on that many background threads, so a reading thread goes on to
+    its next request instead of waiting for S3 (a rate-limited API does not give back the slots a reader
+    missed): use it as a context manager, whose exit waits until every bundle handed over has landed and
+    raises the first failed PUT. At most 2 x ``uploads`` bundles wait for a thread (back-pressure on the
+    readers: finished bundles are temporary files, not unbounded memory). Without, a bundle lands in
+    the thread that finished it."""
+
+    def __init__(self, s3: LakeS3Resource, source: str, run_id: str, max_bundle_bytes: int = 16 << 20,
+                 uploads: int = 0) -> None:
         self._s3, self.source, self.run_id, self.max_bundle_bytes = s3, source, run_id, max_bundle_bytes
+        self._pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix=f"land-{source}") if uploads else None
+        self._slots = threading.BoundedSemaphore(2 * uploads) if uploads else None
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
 
     def key(self, day: date, first_label: str) -> str:
         return f"{RAW_PREFIX}/{self.source}/date={day.isoformat()}/{self.run_id}-{first_label}.tar"
@@ -102,6 +116,53 @@ class RawLanding:
         """One finished tar archive, under the key of its first page."""
         return self._s3.put_write_once(RAW_BUCKET, self.key(first.day, first.label), archive,
                                        metadata={"source": self.source, "run-id": self.run_id, "pages": str(pages), **first.meta})
+
+    def land(self, archive: BinaryIO, first: RawPage, pages: int) -> None:
+        """PUT a finished archive (now, or on an upload thread), then close it."""
+        if self._pool is None:
+            self._put_and_close(archive, first, pages)
+            return
+        try:
+            self._raise_if_failed()  # a PUT already failed: the run fails, stop reading
+        except BaseException:
+            archive.close()
+            raise
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._put_and_close, archive, first, pages)
+        except BaseException:
+            self._slots.release()
+            archive.close()
+            raise
+        future.add_done_callback(self._finished)
+
+    def _put_and_close(self, archive: BinaryIO, first: RawPage, pages: int) -> None:
+        try:
+            self.put(archive, first, pages)
+        finally:
+            archive.close()
+
+    def _finished(self, future: Future) -> None:
+        with self._lock:
+            if self._error is None and not future.cancelled() and future.exception() is not None:
+                self._error = future.exception()
+        self._slots.release()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> "RawLanding":
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if self._pool is None:
+            return
+        self._pool.shutdown(wait=True)  # after a failure too: what was received still lands
+        if exc is None:
+            self._raise_if_failed()
+        elif self._error is not None:  # the original error is the one to report
+            logger.error("%s: could not land raw pages received before the failure: %s", self.source, self._error)
 
 
 class RawBundle:
@@ -151,11 +212,15 @@ class RawBundle:
         try:
             self._tar.close()
             archive.seek(0)
-            if pages:  # none when the bundle's first page could not be written
-                self._landing.put(archive, first, pages)
-        finally:
+        except BaseException:
             archive.close()
             self._reset()
+            raise
+        self._reset()
+        if pages:  # none when the bundle's first page could not be written
+            self._landing.land(archive, first, pages)  # closes the archive
+        else:
+            archive.close()
 
     def __enter__(self) -> "RawBundle":
         return self

@@ -43,8 +43,13 @@ class StagingWriter:
     committed on its own, so no transaction stays open across rate-limit waits. The publish transaction
     audits the table, merges it and drops it; ``close`` drops it when the run fails before that."""
 
-    def __init__(self, warehouse: PostgresResource, spec: TableSpec, max_queued: int = 16) -> None:
+    def __init__(self, warehouse: PostgresResource, spec: TableSpec, max_queued: int = 16,
+                 slice_columns: tuple[str, str] | None = None) -> None:
         self._warehouse, self._spec = warehouse, spec
+        # the distinct (unit, day) values of the staged rows, collected as they are COPYed: the publish
+        # claims them without scanning the whole staging table again (SliceVersions.claim)
+        self._slice_columns = slice_columns
+        self.slices: set[tuple[Any, Any]] = set()
         self.name = f"{spec.name}__{datetime.now(UTC).strftime(STAGING_STAMP)}_{uuid.uuid4().hex[:8]}"
         self.table = table_ident(STAGING_SCHEMA, self.name)
         with warehouse.connection() as conn:
@@ -72,6 +77,10 @@ class StagingWriter:
             self.pages += pages
         if table.num_rows:
             self._queue.put(table)
+
+    def tracks(self, versions: "SliceVersions") -> bool:
+        """Whether ``slices`` holds the distinct slices of ``versions``' columns."""
+        return self._slice_columns == (versions.unit_column, versions.day_column)
 
     def flush(self) -> None:
         """Wait until every row written so far is in the table (committed)."""
@@ -127,6 +136,8 @@ class StagingWriter:
                         data = pa.concat_tables(tables) if same else (b for t in tables for b in t.to_batches())
                         self.rows += PostgresResource.copy_arrow(conn, self.table, data, columns=self._spec.staged)
                         conn.commit()  # idle between batches, never idle in transaction
+                        if self._slice_columns:
+                            self.slices.update(_distinct(tables, self._slice_columns))
                     self._done(taken)
                     taken = 0
         except BaseException as err:  # reported to the readers, to flush and to finish
@@ -146,6 +157,14 @@ class StagingWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _distinct(tables: list[pa.Table], columns: tuple[str, str]) -> set[tuple[Any, Any]]:
+    found: set[tuple[Any, Any]] = set()
+    for table in tables:
+        pairs = table.select(list(columns)).group_by(list(columns)).aggregate([])
+        found.update(zip(*(pairs.column(c).to_pylist() for c in columns), strict=True))
+    return found
 
 
 @dataclass
@@ -177,12 +196,18 @@ class SliceVersions:
     def version(self, unit: str, day: date) -> SourceVersion:
         return SourceVersion(self.identity, self._fetched.get((unit, day), self.started), self.replay)
 
-    def claim(self, conn: psycopg.Connection, spec: TableSpec, staging: sql.Composable
-              ) -> dict[tuple[str, date], Superseded]:
+    def claim(self, conn: psycopg.Connection, spec: TableSpec, staging: sql.Composable,
+              staged_slices: set[tuple[Any, Any]] | None = None) -> dict[tuple[str, date], Superseded]:
         """Claim every staged slice (in key order: concurrent claimers never wait on each other in a
-        cycle); the slices already published from a later fetch, with that version."""
-        slices = conn.execute(sql.SQL("SELECT DISTINCT {u}::text, {d} FROM {s} ORDER BY 1, 2").format(
-            u=sql.Identifier(self.unit_column), d=sql.Identifier(self.day_column), s=staging)).fetchall()
+        cycle); the slices already published from a later fetch, with that version. ``staged_slices``:
+        the slices the StagingWriter saw, instead of a scan of the staging table."""
+        if staged_slices is not None:
+            # units are digit strings (account / customer ids): Python's order is the database's
+            slices = sorted((((None if u is None else str(u)), d) for u, d in staged_slices),
+                            key=lambda s: (s[0] is None, s[0] or "", s[1] is None, s[1] or date.min))  # NULLs last, as SQL
+        else:
+            slices = conn.execute(sql.SQL("SELECT DISTINCT {u}::text, {d} FROM {s} ORDER BY 1, 2").format(
+                u=sql.Identifier(self.unit_column), d=sql.Identifier(self.day_column), s=staging)).fetchall()
         now = conn.execute("SELECT now()").fetchone()[0]
         superseded = {}
         for unit, day in slices:
@@ -238,7 +263,8 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
             # the table lock first (as the upsert takes it): publishers of this table take turns, so each
             # claims its slices against the versions the previous one committed
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(spec.ident))
-            superseded.update(versions.claim(conn, spec, staging))
+            known = staged.slices if staged is not None and staged.tracks(versions) else None
+            superseded.update(versions.claim(conn, spec, staging, known))
             filters.append(versions.left_out(superseded))
         if spec.row_version is not None:  # evaluated after the upsert's table lock: sees the last commit
             filters.append(_not_older(spec, staging))
