@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.extract import (
@@ -62,3 +63,15 @@ def test_the_transform_over_the_parquet_extract_equals_the_transform_over_arrow(
         # the same rows; their order is DuckDB's (parallel scans), not part of the result
         assert sorted(built.to_pylist(), key=repr) == sorted(expected.to_pylist(), key=repr), name
     assert from_file.run_files == from_arrow.run_files
+
+
+def test_a_value_the_parser_refuses_early_in_a_long_copy_is_the_error_reported(make_tenants, tmp_path, pg):
+    # The bad row is near the start of a COPY far larger than the pipe: the parser stops while the COPY
+    # still writes, so the COPY thread fails with a broken pipe; the parser's error must be the one raised.
+    tenant = make_tenants(providers=60_000).tenant
+    table = f'"{tenant.source_schema}".provider'
+    (first,) = pg.execute(f"SELECT provider_id FROM {table} ORDER BY ctid LIMIT 1").fetchone()
+    pg.execute(f"ALTER TABLE {table} ALTER COLUMN provider_id TYPE text "
+               f"USING CASE WHEN provider_id = {int(first)} THEN 'not-a-number' ELSE provider_id::text END")
+    with pytest.raises(pa.ArrowInvalid, match="not-a-number"):
+        extract_parquet(tenant, "provider", PROVIDER_SOURCE, tmp_path / "provider.parquet", block_size=64 << 10)

@@ -117,7 +117,9 @@ def extract_parquet(tenant: Tenant, table: str, schema: pa.Schema, path: Path, *
                     parse_error = err
     finally:
         copier.join()  # the read end is closed by now: a COPY still writing fails (EPIPE) and ends
-    if failure:  # the COPY failed (perhaps mid-stream, which is what the parser then tripped on)
+    if failure and not (parse_error is not None and isinstance(failure[0], BrokenPipeError)):
+        # the COPY failed (perhaps mid-stream, which is what the parser then tripped on); a broken
+        # pipe only means the parser stopped first: its error is the one to report
         raise failure[0] from parse_error
     if parse_error is not None:
         raise parse_error
