@@ -58,7 +58,7 @@ def test_the_transform_over_the_parquet_extract_equals_the_transform_over_arrow(
     from_arrow, from_file = build(extract(tenant, "provider", PROVIDER_SOURCE)), build(path)
     assert from_file.counts == from_arrow.counts and from_file.counts.source_rows == 2_000
     for name in ("provider", "provenance", "quarantine", "flags", "id_map_additions"):
-        built, expected = getattr(from_file, name), getattr(from_arrow, name)
+        built, expected = from_file.table(name), from_arrow.table(name)
         assert built.schema == expected.schema, name
         # the same rows; their order is DuckDB's (parallel scans), not part of the result
         assert sorted(built.to_pylist(), key=repr) == sorted(expected.to_pylist(), key=repr), name

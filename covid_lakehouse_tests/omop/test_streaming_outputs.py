@@ -46,10 +46,10 @@ def test_the_outputs_stream_into_parquet_files_batch_by_batch_with_the_same_rows
         assert pq.ParquetFile(streamed.files[name]).metadata.num_row_groups > 1, name
     assert streamed.counts == whole.counts and streamed.run_files == whole.run_files
     for name in OUTPUTS:
-        built, expected = getattr(streamed, name), getattr(whole, name)
+        built, expected = streamed.table(name), whole.table(name)
         assert built.schema == expected.schema and built.num_rows == streamed.rows[name], name
         assert sorted(built.to_pylist(), key=repr) == sorted(expected.to_pylist(), key=repr), name
-    assert streamed.provider.num_rows > 1_000 and streamed.flags.num_rows > 0
+    assert streamed.table("provider").num_rows > 1_000 and streamed.table("flags").num_rows > 0
 
 
 @pytest.mark.integration

@@ -68,18 +68,18 @@ class Tenant:
             id_map=self.id_map, previous_provenance=self.provenance, processed_files=self.processed,
             specialties=SPECIALTIES, now=now)
         assert build.counts.balanced, build.counts.equations()
-        self.id_map = pa.concat_tables([self.id_map, build.id_map_additions])
-        self.provenance = build.provenance
+        self.id_map = pa.concat_tables([self.id_map, build.table("id_map_additions")])
+        self.provenance = build.table("provenance")
         self.processed += build.run_files
         return build
 
 
 def by_npi(build: ProviderBuild) -> dict:
-    return rows_by(build.provider, "npi")
+    return rows_by(build.table("provider"), "npi")
 
 
 def flags(build: ProviderBuild, flag: str) -> list[dict]:
-    return [f for f in build.flags.to_pylist() if f["flag"] == flag]
+    return [f for f in build.table("flags").to_pylist() if f["flag"] == flag]
 
 
 @pytest.fixture
@@ -94,9 +94,9 @@ def test_one_provider_under_three_name_variants_is_one_provider_with_the_system_
     john = by_npi(build)["1234567890"]
     assert john["provider_name"] == "John Doe" and john["provider_id"] == 1
     assert john["provider_type_concept_id"] == 32817  # known to the EHR (the source database)
-    files = [p for p in build.provenance.to_pylist() if p["provider_id"] == 1 and p["source_system"] == "client_file"]
+    files = [p for p in build.table("provenance").to_pylist() if p["provider_id"] == 1 and p["source_system"] == "client_file"]
     assert [(p["source_key"], p["id_source"]) for p in files] == [("001", "JD-NPI")]  # 3 rows, one provenance
-    assert not [f for f in build.flags.to_pylist() if f["provider_id"] == 1 and f["flag"] == "value_conflict"]
+    assert not [f for f in build.table("flags").to_pylist() if f["provider_id"] == 1 and f["flag"] == "value_conflict"]
 
 
 def test_a_look_alike_with_another_npi_stays_a_separate_provider(sample):
@@ -109,7 +109,7 @@ def test_a_look_alike_with_another_npi_stays_a_separate_provider(sample):
 
 def test_a_row_without_any_name_is_quarantined_with_its_record(sample):
     _, build = sample
-    (row,) = [q for q in build.quarantine.to_pylist() if q["source_system"] == "client_file"]
+    (row,) = [q for q in build.table("quarantine").to_pylist() if q["source_system"] == "client_file"]
     assert row["reason"] == "missing_provider_name" and row["source_key"] == "9"  # line 9 of the file
     assert '"ProviderID":"006"' in row["record"] and '"ProviderName":"NULL"' in row["record"]
     assert "7890123456" not in by_npi(build)
@@ -117,7 +117,7 @@ def test_a_row_without_any_name_is_quarantined_with_its_record(sample):
 
 def test_null_npi_provider_is_kept_and_flagged_as_possible_duplicate_not_merged(sample):
     _, build = sample
-    jane_s = rows_by(build.provider, "provider_name")["Jane S."]
+    jane_s = rows_by(build.table("provider"), "provider_name")["Jane S."]
     jane_smith = by_npi(build)["2345678901"]
     assert jane_s["npi"] is None and jane_s["provider_id"] != jane_smith["provider_id"]
     (flag,) = flags(build, "possible_duplicate")
@@ -149,7 +149,7 @@ def test_zero_padded_ids_and_npis_keep_their_zeros(sample):
     _, build = sample
     laura = by_npi(build)["0123456789"]
     assert laura["provider_source_value"] == "LT010"
-    (prov,) = [p for p in build.provenance.to_pylist() if p["provider_id"] == laura["provider_id"]]
+    (prov,) = [p for p in build.table("provenance").to_pylist() if p["provider_id"] == laura["provider_id"]]
     assert (prov["source_key"], prov["id_source"], prov["source_object"]) == (
         "009", "LT-NPI", "omop/landing/t/E4_sample_providers.csv")
 
@@ -195,10 +195,10 @@ def test_counts_reconcile_read_new_merged_quarantined(sample):
 def test_a_rerun_keeps_every_id_and_sees_nothing_new(sample):
     tenant, first = sample
     second = tenant.run(source_table(), now=T0 + timedelta(days=1))
-    assert second.provider.sort_by("provider_id").equals(first.provider.sort_by("provider_id"))
+    assert second.table("provider").sort_by("provider_id").equals(first.table("provider").sort_by("provider_id"))
     c = second.counts
     assert (c.source_unchanged, c.source_new, c.source_changed, c.run_files, c.run_file_rows_read) == (6, 0, 0, 0, 0)
-    assert second.id_map_additions.num_rows == 0
+    assert second.table("id_map_additions").num_rows == 0
 
 
 def test_changed_deleted_and_new_source_rows_are_told_apart_by_hash(sample):
@@ -211,11 +211,11 @@ def test_changed_deleted_and_new_source_rows_are_told_apart_by_hash(sample):
     build = tenant.run(edited, now=later)
     c = build.counts
     assert (c.source_new, c.source_changed, c.source_unchanged, c.source_deleted) == (1, 1, 4, 1)
-    prov = {p["source_key"]: p for p in build.provenance.to_pylist() if p["source_system"] == "postgres"}
+    prov = {p["source_key"]: p for p in build.table("provenance").to_pylist() if p["source_system"] == "postgres"}
     assert prov["3"]["last_changed_at"] == later and prov["1"]["last_changed_at"] == T0
     assert prov["5"]["status"] == "deleted" and prov["5"]["first_seen_at"] == T0
-    old_ids = {r["npi"]: r["provider_id"] for r in first.provider.to_pylist()}
-    new_ids = {r["npi"]: r["provider_id"] for r in build.provider.to_pylist()}
+    old_ids = {r["npi"]: r["provider_id"] for r in first.table("provider").to_pylist()}
+    new_ids = {r["npi"]: r["provider_id"] for r in build.table("provider").to_pylist()}
     assert all(new_ids[npi] == pid for npi, pid in old_ids.items() if npi in new_ids)
     assert new_ids["1234567893"] == max(old_ids.values()) + 1  # a new id, never a reused one
 
@@ -242,7 +242,7 @@ def test_new_files_merge_into_known_providers_and_count_only_their_rows(sample):
     assert by_npi(build)["9012345678"]["provider_id"] == by_npi(first)["9012345678"]["provider_id"]
     nora = by_npi(build)["1234567893"]
     assert nora["care_site_id"] == CARE_SITE_IDS["Downtown Health"]
-    assert nora["provider_id"] == max(r["provider_id"] for r in first.provider.to_pylist()) + 1
+    assert nora["provider_id"] == max(r["provider_id"] for r in first.table("provider").to_pylist()) + 1
 
 
 def test_a_nameless_source_row_takes_its_name_from_a_file_and_is_quarantined_without_one():
@@ -251,9 +251,9 @@ def test_a_nameless_source_row_takes_its_name_from_a_file_and_is_quarantined_wit
     build = tenant.run(source_table(extra=[("NULL", "1234567893", None, None, "AL1", None, None),
                                            ("  ", "2000000008", None, None, "XX1", None, None)]))
     assert by_npi(build)["1234567893"]["provider_name"] == "Ann Lee"
-    (quarantined,) = [q for q in build.quarantine.to_pylist() if q["source_system"] == "postgres"]
+    (quarantined,) = [q for q in build.table("quarantine").to_pylist() if q["source_system"] == "postgres"]
     assert quarantined["reason"] == "missing_provider_name" and quarantined["source_key"] == "8"
-    statuses = {p["source_key"]: p["status"] for p in build.provenance.to_pylist() if p["source_system"] == "postgres"}
+    statuses = {p["source_key"]: p["status"] for p in build.table("provenance").to_pylist() if p["source_system"] == "postgres"}
     assert statuses["8"] == "quarantined" and statuses["7"] == "published"
 
 
@@ -268,10 +268,10 @@ def test_unusable_rows_are_quarantined_with_reason_codes():
                            b"Dee Fox,D1,99,\n", T0)  # malformed NPI, but a client id: kept and flagged
     tenant.drop("missing.csv", b"ProviderName,Specialty\nEve,Peds\n", T0)
     build = tenant.run(source_table())
-    reasons = {(q["source_object"], q["source_key"]): q["reason"] for q in build.quarantine.to_pylist()}
+    reasons = {(q["source_object"], q["source_key"]): q["reason"] for q in build.table("quarantine").to_pylist()}
     assert reasons == {("bad.csv", "2"): "no_identifier", ("bad.csv", "5"): "ambiguous_match",
                        ("bad.csv", "6"): "wrong_field_count", ("missing.csv", None): "missing_columns"}
-    (dee,) = [p for p in build.provider.to_pylist() if p["provider_name"] == "Dee Fox"]
+    (dee,) = [p for p in build.table("provider").to_pylist() if p["provider_name"] == "Dee Fox"]
     assert dee["npi"] is None
     assert [(f["provider_id"], f["other_value"]) for f in flags(build, "npi_malformed")] == [(dee["provider_id"], "99")]
 
@@ -280,13 +280,13 @@ def test_rows_appended_twice_by_a_retried_ingestion_count_once():
     tenant = Tenant()
     tenant.drop("f.csv", SAMPLE_CSV, T0)
     build = tenant.run(source_table(), duplicate_rows=True)
-    assert build.counts.file_rows == 15 and build.provider.num_rows == 12
+    assert build.counts.file_rows == 15 and build.table("provider").num_rows == 12
 
 
 def test_source_only_run_at_a_few_hundred_providers_balances_and_keeps_the_source_order():
     build = Tenant().run(source_table(generated=300))
-    assert build.provider.num_rows == 306 and build.counts.source_published == 306
-    assert sorted(zip(build.provider["provider_id"].to_pylist(), build.provider["provider_source_value"].to_pylist(),
+    assert build.table("provider").num_rows == 306 and build.counts.source_published == 306
+    assert sorted(zip(build.table("provider")["provider_id"].to_pylist(), build.table("provider")["provider_source_value"].to_pylist(),
                       strict=True))[:6] == [(i + 1, row[4]) for i, row in enumerate(PLANTED)]  # source order
-    assert sorted(build.provider["provider_id"].to_pylist()) == list(range(1, 307))
-    assert not build.quarantine.num_rows
+    assert sorted(build.table("provider")["provider_id"].to_pylist()) == list(range(1, 307))
+    assert not build.table("quarantine").num_rows

@@ -58,7 +58,7 @@ class Reconciliation:
 @dataclass
 class ProviderBuild:
     """The outputs were streamed into parquet files (``files``: output name -> path), so they never sat
-    whole in memory; the properties read one back as an Arrow table (for tests and small outputs)."""
+    whole in memory; ``table`` reads one back as an Arrow table (for tests and small outputs)."""
 
     files: dict[str, Path]
     rows: dict[str, int]
@@ -68,26 +68,6 @@ class ProviderBuild:
 
     def table(self, output: str) -> pa.Table:
         return pq.read_table(self.files[output])
-
-    @property
-    def provider(self) -> pa.Table:
-        return self.table(PROVIDER)
-
-    @property
-    def provenance(self) -> pa.Table:
-        return self.table(PROVENANCE)
-
-    @property
-    def quarantine(self) -> pa.Table:
-        return self.table(QUARANTINE)
-
-    @property
-    def flags(self) -> pa.Table:
-        return self.table(FLAGS)
-
-    @property
-    def id_map_additions(self) -> pa.Table:
-        return self.table(ID_MAP_ADDITIONS)
 
     def flag_counts(self) -> dict[str, int]:
         return value_counts(pq.read_table(self.files[FLAGS], columns=["flag"]), "flag")
