@@ -1,5 +1,7 @@
 """Step 1, plan: one transaction writes a batch row (status 'planned') to ads.archive_batches and the
-candidates' (ad_id, row_version) to ads.archive_pending, reading ads.ads rows shown before the cutoff."""
+candidates' (ad_id, row_version, shown_date) to ads.archive_pending, reading ads.ads rows shown before
+the cutoff. The planned shown date (the archive's partition) lets the write step copy a group of days
+at a time, with no sort of the batch."""
 
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ def plan_batch(conn: psycopg.Connection, *, cutoff: datetime, now: datetime) -> 
     with conn.transaction():
         conn.execute(sql.SQL("INSERT INTO {} (batch_id, cutoff, created_at, status, planned_rows) "
                              "VALUES (%s, %s, %s, 'planned', 0)").format(BATCHES), (batch_id, cutoff, now))
-        planned = conn.execute(sql.SQL("INSERT INTO {} (batch_id, ad_id, row_version) "
-                                       "SELECT %s, ad_id, row_version FROM {} WHERE shown_at < %s").format(
+        planned = conn.execute(sql.SQL("INSERT INTO {} (batch_id, ad_id, row_version, shown_date) "
+                                       "SELECT %s, ad_id, row_version, (shown_at AT TIME ZONE 'UTC')::date "
+                                       "FROM {} WHERE shown_at < %s").format(
             PENDING, ADS), (batch_id, cutoff)).rowcount
         if planned == 0:
             raise psycopg.Rollback()  # nothing old enough: leave no empty batch behind
