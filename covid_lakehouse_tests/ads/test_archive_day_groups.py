@@ -56,15 +56,18 @@ def _assert_archived_by_day(lakehouse, expected: dict[str, date]) -> None:
 
 
 def test_the_plan_records_utc_shown_dates_and_each_file_holds_one_day(shown, warehouse, lakehouse, pg):
-    planned = {}
+    planned, indexed = {}, []
 
     def read_plan(step: str) -> None:
         if step == "planned":
             planned.update(pg.execute("SELECT ad_id::text, shown_date FROM ads.archive_pending").fetchall())
+            indexed.extend(pg.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'ads' "
+                                      "AND tablename = 'archive_pending'").fetchall())
 
     [report] = archive_old_rows(warehouse, lakehouse, retention=RETENTION, now=NOW, chunk_rows=CHUNK, hook=read_plan)
 
     assert planned == shown
+    assert len(indexed) == 1 and indexed[0][0].endswith("(shown_date)")  # the copy's groups are read through it
     assert report.archived_rows == report.deleted_rows == len(shown)
     _assert_archived_by_day(lakehouse, shown)
     assert live_ids(pg) == set()
