@@ -30,7 +30,7 @@ from covid_lakehouse.lib.postgres import PostgresResource
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_WORK_MEM = "256MB"  # PostgreSQL memory per sort or hash of the archive's own session
+ARCHIVE_WORK_MEM = "256MB"  # PostgreSQL memory per sort or hash (and index build) of the archive's session
 
 
 def archive_old_rows(warehouse: PostgresResource, lakehouse: LakehouseResource, *, retention: timedelta,
@@ -45,6 +45,7 @@ def archive_old_rows(warehouse: PostgresResource, lakehouse: LakehouseResource, 
         # The batch's joins and sorts (plan, the COPY's shown-date order, read-back, delete) run over
         # every archived row: at 4 MB they spill to disk in ever more batches as a backlog grows.
         conn.execute(sql.SQL("SET work_mem = {}").format(sql.Literal(ARCHIVE_WORK_MEM)))
+        conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(ARCHIVE_WORK_MEM)))
         with conn.transaction():
             ensure_tables(conn)
         table = ensure_archive_table(lakehouse)
