@@ -15,16 +15,21 @@ from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.transform.session import IdLookup, write_parquet
 
 
-def build_provenance(con: duckdb.DuckDBPyConnection, ids_of: IdLookup, params: dict, path: Path) -> int:
-    """Written to ``path``, a batch at a time; returns its rows."""
-    def with_ids(rows: pa.Table) -> pa.Table:
-        provider_id = ids_of(rows["gid"])
-        return rows.append_column("provider_id", provider_id).append_column(
-            "status", pc.if_else(pc.is_null(provider_id), "quarantined", "published"))
+def build_provenance(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
+    """Written to ``path``, a batch at a time (the source rows a key slice of provider ids at a time);
+    returns its rows."""
+    def with_ids(ids_of: IdLookup):
+        def attach(rows: pa.Table) -> pa.Table:
+            provider_id = ids_of(rows["gid"])
+            return rows.append_column("provider_id", provider_id).append_column(
+                "status", pc.if_else(pc.is_null(provider_id), "quarantined", "published"))
+        return attach
 
     with pq.ParquetWriter(path, tables.PROVENANCE) as writer:
-        return (write_parquet(con, SOURCE_ROWS, tables.PROVENANCE, path, params, batch=with_ids, writer=writer)
-                + write_parquet(con, OTHER_ROWS, tables.PROVENANCE, path, params, writer=writer))
+        rows = sum(write_parquet(con, f"{SOURCE_ROWS} WHERE {where('clean_source_rows.src_id')}", tables.PROVENANCE,
+                                 path, params, batch=with_ids(ids_of), writer=writer)
+                   for ids_of, where in IdLookup.slices(con))
+        return rows + write_parquet(con, OTHER_ROWS, tables.PROVENANCE, path, params, writer=writer)
 
 
 # One row per source row: its provider (none when quarantined), first seen and last changed.
