@@ -120,10 +120,15 @@ def write_parquet(con: duckdb.DuckDBPyConnection, query: str, schema: pa.Schema,
 SLICE_ROWS = 1 << 21
 
 
+def scalar(con: duckdb.DuckDBPyConnection, query: str):
+    """The one value ``query`` returns (fetched to the end: the connection is free for the next query)."""
+    [(value,)] = con.execute(query).fetchall()
+    return value
+
+
 def slice_count(con: duckdb.DuckDBPyConnection, query: str) -> int:
     """How many key slices the rows of ``query`` need to stay within SLICE_ROWS each."""
-    (rows,) = con.execute(f"SELECT count(*) FROM ({query})").fetchone()
-    return max(1, -(-rows // SLICE_ROWS))
+    return max(1, -(-scalar(con, f"SELECT count(*) FROM ({query})") // SLICE_ROWS))
 
 
 def in_slice(column: str, part: int, parts: int) -> str:
