@@ -19,7 +19,7 @@ from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.lib.settings import SettingError, setting
 
 MEMORY_LIMIT = setting("OMOP_DUCKDB_MEMORY_LIMIT", "memory a tenant step's DuckDB session may use before it spills "
-                       "to OMOP_DUCKDB_TEMP_DIR (DuckDB size syntax: 2GB, 512MB)", default="512MB", scope="omop")
+                       "to OMOP_DUCKDB_TEMP_DIR (DuckDB size syntax: 2GB, 256MB)", default="256MB", scope="omop")
 TEMP_DIR = setting("OMOP_DUCKDB_TEMP_DIR", "where DuckDB spills beyond OMOP_DUCKDB_MEMORY_LIMIT; unset: "
                    "covid_lakehouse_duckdb in the system temp directory", scope="omop")
 
