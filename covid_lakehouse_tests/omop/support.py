@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -13,8 +14,12 @@ from psycopg import sql
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.definitions import defs as omop_defs
+from covid_lakehouse.defs.omop.extract import CARE_SITE_SOURCE, PROVIDER_SOURCE, extract, extract_parquet
+from covid_lakehouse.defs.omop.landing import parse_landing_file
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
+from covid_lakehouse.defs.omop.rules import load_specialty_map
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
+from covid_lakehouse.defs.omop.transform import build_care_sites
 from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse_dev.seeds.omop import SAMPLE_FILE
@@ -128,3 +133,20 @@ CHANGES = {
     # Taken-in rows stay in landing_row: the outputs need not change, but the run is not skipped.
     "file deleted": lambda pg, s3, t: s3.get_client().delete_object(Bucket=t.landing_bucket, Key=t.prefix + "d2/more.csv"),
 }
+
+
+def first_build_inputs(tenant: Tenant, scratch: Path, now: datetime) -> dict:
+    """build_providers' arguments for a tenant's first run: its source extracted to a parquet file in
+    ``scratch``, the sample file as its only landing file (taken in at ``now``), no previous state."""
+    parsed = parse_landing_file("sample.csv", SAMPLE_CSV)
+    info = {"object_key": "sample.csv", "etag": "e1", "object_last_modified": now, "ingested_at": now}
+    return {
+        "source": extract_parquet(tenant, "provider", PROVIDER_SOURCE, scratch / "source.parquet"),
+        "source_object": "postgres:src.provider", "processed_files": [],
+        "care_sites": build_care_sites(extract(tenant, "care_site", CARE_SITE_SOURCE), tables.ID_MAP.empty_table(),
+                                       now=now).care_site,
+        "landing_rows": tables.conform(pa.Table.from_pylist([{**r, **info} for r in parsed.rows]), tables.LANDING_ROW),
+        "landing_files": tables.conform(pa.Table.from_pylist([{**info, "status": "loaded"}]), tables.LANDING_FILE),
+        "id_map": tables.ID_MAP.empty_table(), "previous_provenance": tables.PROVENANCE.empty_table(),
+        "specialties": load_specialty_map(), "now": now,
+    }

@@ -10,11 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.extract import CARE_SITE_SOURCE, PROVIDER_SOURCE, extract, extract_parquet
-from covid_lakehouse.defs.omop.landing import parse_landing_file
-from covid_lakehouse.defs.omop.rules import load_specialty_map
-from covid_lakehouse.defs.omop.transform import build_care_sites, build_providers, session
-from covid_lakehouse_tests.omop.support import FULL_REFRESH, SAMPLE_CSV, drop_file, run_tenant
+from covid_lakehouse.defs.omop.transform import build_providers, session
+from covid_lakehouse_tests.omop.support import (
+    FULL_REFRESH,
+    SAMPLE_CSV,
+    drop_file,
+    first_build_inputs,
+    run_tenant,
+)
 
 T0 = datetime(2024, 5, 1, 6, tzinfo=UTC)
 OUTPUTS = ("provider", "provenance", "quarantine", "flags", "id_map_additions")
@@ -22,18 +25,7 @@ OUTPUTS = ("provider", "provenance", "quarantine", "flags", "id_map_additions")
 
 def test_the_outputs_stream_into_parquet_files_batch_by_batch_with_the_same_rows(make_tenants, tmp_path, monkeypatch):
     tenant = make_tenants(providers=2_000, dirt_rate=0.05).tenant
-    source = extract_parquet(tenant, "provider", PROVIDER_SOURCE, tmp_path / "source.parquet")
-    parsed = parse_landing_file("sample.csv", SAMPLE_CSV)
-    info = {"object_key": "sample.csv", "etag": "e1", "object_last_modified": T0, "ingested_at": T0}
-    inputs = {
-        "source": source, "source_object": "postgres:src.provider", "processed_files": [],
-        "care_sites": build_care_sites(extract(tenant, "care_site", CARE_SITE_SOURCE), tables.ID_MAP.empty_table(),
-                                       now=T0).care_site,
-        "landing_rows": tables.conform(pa.Table.from_pylist([{**r, **info} for r in parsed.rows]), tables.LANDING_ROW),
-        "landing_files": tables.conform(pa.Table.from_pylist([{**info, "status": "loaded"}]), tables.LANDING_FILE),
-        "id_map": tables.ID_MAP.empty_table(), "previous_provenance": tables.PROVENANCE.empty_table(),
-        "specialties": load_specialty_map(), "now": T0,
-    }
+    inputs = first_build_inputs(tenant, tmp_path, T0)
     whole = build_providers(**inputs)
     (tmp_path / "out").mkdir()
     monkeypatch.setattr(session, "BATCH_ROWS", 256)

@@ -15,7 +15,7 @@ from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.rules import npi_check_digits
 from covid_lakehouse.defs.omop.transform.session import write_parquet
 
-LUHN_BATCH_ROWS = 1 << 20
+LUHN_BATCH_ROWS = 1 << 18
 
 CONFLICTS = {
     "provider_name": ("c.name", "ch.name", "c.name IS NOT NULL AND NOT names_compatible(c.name, ch.name)"),

@@ -12,19 +12,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.transform.session import IdLookup, write_parquet
+from covid_lakehouse.defs.omop.transform.session import IdLookup, scalar, write_parquet
 
 
-def build_provenance(con: duckdb.DuckDBPyConnection, ids_of: IdLookup, params: dict, path: Path) -> int:
-    """Written to ``path``, a batch at a time; returns its rows."""
-    def with_ids(rows: pa.Table) -> pa.Table:
-        provider_id = ids_of(rows["gid"])
-        return rows.append_column("provider_id", provider_id).append_column(
-            "status", pc.if_else(pc.is_null(provider_id), "quarantined", "published"))
+def build_provenance(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
+    """Written to ``path``, a batch at a time (the source rows a key slice of provider ids at a time);
+    returns its rows."""
+    def with_ids(ids_of: IdLookup):
+        def attach(rows: pa.Table) -> pa.Table:
+            provider_id = ids_of(rows["gid"])
+            return rows.append_column("provider_id", provider_id).append_column(
+                "status", pc.if_else(pc.is_null(provider_id), "quarantined", "published"))
+        return attach
 
     with pq.ParquetWriter(path, tables.PROVENANCE) as writer:
-        return (write_parquet(con, SOURCE_ROWS, tables.PROVENANCE, path, params, batch=with_ids, writer=writer)
-                + write_parquet(con, OTHER_ROWS, tables.PROVENANCE, path, params, writer=writer))
+        rows = sum(write_parquet(con, f"{SOURCE_ROWS} WHERE {where('clean_source_rows.src_id')}", tables.PROVENANCE,
+                                 path, params, batch=with_ids(ids_of), writer=writer)
+                   for ids_of, where in IdLookup.slices(con))
+        # Deleted rows only when there was a previous run: the anti-join would hash every source row for nothing.
+        previous = scalar(con, "SELECT count(*) FROM previous_source_provenance")
+        other = f"{DELETED_ROWS} UNION ALL {FILE_ROWS}" if previous else FILE_ROWS
+        return rows + write_parquet(con, other, tables.PROVENANCE, path, params, writer=writer)
 
 
 # One row per source row: its provider (none when quarantined), first seen and last changed.
@@ -35,13 +43,17 @@ SOURCE_ROWS = """
                CASE WHEN p.row_hash IS NOT DISTINCT FROM clean_source_rows.row_hash THEN p.last_changed_at ELSE $now END
                    AS last_changed_at
         FROM clean_source_rows LEFT JOIN previous_source_provenance p ON p.src_id = clean_source_rows.src_id"""
-# Source rows gone since the last run, and the client ids of each provider per file.
-OTHER_ROWS = """
+# Source rows gone since the last run.
+DELETED_ROWS = """
         SELECT provider_id, source_system, source_key, id_source, source_object, 'deleted' AS status, row_hash,
                first_seen_at, last_seen_at, last_changed_at
-        FROM previous_source_provenance WHERE src_id NOT IN (SELECT src_id FROM clean_source_rows)
-        UNION ALL
-        SELECT provider_ids.id, 'client_file', file_candidates.client_id, file_candidates.id_source, file_candidates.object_key, 'published', NULL,
-               min(file_candidates.object_last_modified), max(file_candidates.object_last_modified), max(file_candidates.object_last_modified)
+        FROM previous_source_provenance WHERE src_id NOT IN (SELECT src_id FROM clean_source_rows)"""
+# The client ids of each provider per file.
+FILE_ROWS = """
+        SELECT provider_ids.id AS provider_id, 'client_file' AS source_system, file_candidates.client_id AS source_key,
+               file_candidates.id_source, file_candidates.object_key AS source_object, 'published' AS status,
+               NULL::BIGINT AS row_hash, min(file_candidates.object_last_modified) AS first_seen_at,
+               max(file_candidates.object_last_modified) AS last_seen_at,
+               max(file_candidates.object_last_modified) AS last_changed_at
         FROM file_candidates JOIN provider_ids USING (gid)
         GROUP BY provider_ids.id, file_candidates.client_id, file_candidates.id_source, file_candidates.object_key"""

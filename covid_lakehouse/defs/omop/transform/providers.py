@@ -8,11 +8,12 @@ Every output streams from DuckDB into its own parquet file (ProviderBuild.files)
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.rules import EHR_TYPE_CONCEPT, Specialty
@@ -34,6 +35,18 @@ from covid_lakehouse.defs.omop.transform.results import (
 )
 from covid_lakehouse.defs.omop.transform.session import IdLookup, connect, write_parquet
 from covid_lakehouse.defs.omop.transform.value_maps import build_value_maps
+
+# The published providers (those with a name), one row each; provider_id is attached per batch.
+PUBLISHED = f"""
+    SELECT c.gid, c.name AS provider_name, c.npi, c.specialty_concept_id, c.care_site_id,
+           c.provider_source_value, c.specialty_source_value,
+           CASE WHEN c.specialty_source_value IS NOT NULL THEN 0 END AS specialty_source_concept_id,
+           CASE WHEN c.in_source THEN {EHR_TYPE_CONCEPT} ELSE 0 END AS provider_type_concept_id
+    FROM chosen c"""
+
+
+def with_provider_ids(ids_of: IdLookup) -> Callable[[pa.Table], pa.Table]:
+    return lambda rows: rows.append_column("provider_id", ids_of(rows["gid"]))
 
 
 def build_providers(
@@ -76,17 +89,13 @@ def build_providers(
         resolve_identities(con)
         choose_values(con)
         assign_ids(con)
-        ids_of = IdLookup(con)
-        rows = {PROVIDER: write_parquet(con, f"""
-            SELECT c.gid, c.name AS provider_name, c.npi, c.specialty_concept_id, c.care_site_id,
-                   c.provider_source_value, c.specialty_source_value,
-                   CASE WHEN c.specialty_source_value IS NOT NULL THEN 0 END AS specialty_source_concept_id,
-                   CASE WHEN c.in_source THEN {EHR_TYPE_CONCEPT} ELSE 0 END AS provider_type_concept_id
-            FROM chosen c""", tables.PROVIDER, files[PROVIDER],
-            batch=lambda rows: rows.append_column("provider_id", ids_of(rows["gid"])))}
+        # Ids are attached a key slice of provider_ids at a time (one slice up to SLICE_ROWS providers).
+        with pq.ParquetWriter(files[PROVIDER], tables.PROVIDER) as writer:
+            rows = {PROVIDER: sum(write_parquet(con, f"{PUBLISHED} WHERE {where('c.gid')}", tables.PROVIDER,
+                                                files[PROVIDER], batch=with_provider_ids(ids_of), writer=writer)
+                                  for ids_of, where in IdLookup.slices(con))}
         con.read_parquet(str(files[PROVIDER])).create_view("published")
-        rows[PROVENANCE] = build_provenance(con, ids_of, params, files[PROVENANCE])
-        ids_of = None  # a tenant's ids, not needed past here: freed before the flags
+        rows[PROVENANCE] = build_provenance(con, params, files[PROVENANCE])
         rows[QUARANTINE] = build_quarantine(con, params, files[QUARANTINE])
         rows[FLAGS] = build_flags(con, params, files[FLAGS])
         rows[ID_MAP_ADDITIONS] = new_id_map_keys(con, params, files[ID_MAP_ADDITIONS])

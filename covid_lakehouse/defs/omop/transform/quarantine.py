@@ -9,12 +9,16 @@ from pathlib import Path
 import duckdb
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.transform.session import write_parquet
+from covid_lakehouse.defs.omop.transform.session import scalar, write_parquet
 
 
 def build_quarantine(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
     """Written to ``path``; returns its rows."""
-    return write_parquet(con, """
+    # The source's nameless rows are looked up in the extract only when there are any: that scan reads
+    # every column of every source row.
+    nameless_source_rows = scalar(con, "SELECT count(*) FROM clean_source_rows WHERE src_id IN (SELECT gid FROM nameless)")
+    from_source = SOURCE_NAMELESS if nameless_source_rows else ""
+    return write_parquet(con, f"""
         SELECT 'client_file' AS source_system, object_key AS source_object, NULL AS source_key, reason, detail,
                NULL AS record, ingested_at AS detected_at
         FROM files WHERE status = 'rejected'
@@ -25,8 +29,12 @@ def build_quarantine(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -
         SELECT 'client_file', file_candidates.object_key, file_candidates.line_no::VARCHAR, 'missing_provider_name',
                'no source gives this provider a name', file_candidates.record, file_candidates.ingested_at
         FROM file_candidates WHERE gid IN (SELECT gid FROM nameless)
+        {from_source}
+        ORDER BY 1, 2, try_cast(source_key AS BIGINT)""", tables.QUARANTINE, path, params)
+
+
+SOURCE_NAMELESS = """
         UNION ALL
         SELECT 'postgres', $source_object, s.provider_id::VARCHAR, 'missing_provider_name',
                'no source gives this provider a name', to_json(s)::VARCHAR, $now
-        FROM source s WHERE s.provider_id IN (SELECT gid FROM nameless)
-        ORDER BY 1, 2, try_cast(source_key AS BIGINT)""", tables.QUARANTINE, path, params)
+        FROM source s WHERE s.provider_id IN (SELECT gid FROM nameless)"""

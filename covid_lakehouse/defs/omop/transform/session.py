@@ -6,6 +6,7 @@ register_repeated and lowest_per_key register ``<name>`` / ``<table>_repeated``)
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -18,7 +19,7 @@ from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.lib.settings import SettingError, setting
 
 MEMORY_LIMIT = setting("OMOP_DUCKDB_MEMORY_LIMIT", "memory a tenant step's DuckDB session may use before it spills "
-                       "to OMOP_DUCKDB_TEMP_DIR (DuckDB size syntax: 2GB, 512MB)", default="512MB", scope="omop")
+                       "to OMOP_DUCKDB_TEMP_DIR (DuckDB size syntax: 2GB, 256MB)", default="256MB", scope="omop")
 TEMP_DIR = setting("OMOP_DUCKDB_TEMP_DIR", "where DuckDB spills beyond OMOP_DUCKDB_MEMORY_LIMIT; unset: "
                    "covid_lakehouse_duckdb in the system temp directory", scope="omop")
 
@@ -113,15 +114,51 @@ def write_parquet(con: duckdb.DuckDBPyConnection, query: str, schema: pa.Schema,
     return rows
 
 
-class IdLookup:
-    """gid -> provider_id of every published provider (table ``provider_ids``), sorted once for binary search:
-    attaching ids to millions of rows this way is several times faster than a hash join, and keeps the
-    rows' order."""
+# The numpy fast paths below hold at most this many of a tenant's values at a time (8 bytes each; 16 for
+# IdLookup's pairs): a larger tenant is taken in slices of its keys (by hash), so their memory stays
+# the same however large the tenant (a whole 8M tenant's arrays made its peak grow past the 2M one's).
+SLICE_ROWS = 1 << 21
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
+
+def scalar(con: duckdb.DuckDBPyConnection, query: str):
+    """The one value ``query`` returns (fetched to the end: the connection is free for the next query)."""
+    [(value,)] = con.execute(query).fetchall()
+    return value
+
+
+def slice_count(con: duckdb.DuckDBPyConnection, query: str) -> int:
+    """How many key slices the rows of ``query`` need to stay within SLICE_ROWS each."""
+    return max(1, -(-scalar(con, f"SELECT count(*) FROM ({query})") // SLICE_ROWS))
+
+
+def in_slice(column: str, part: int, parts: int) -> str:
+    """SQL condition: ``column``'s value falls in key slice ``part`` of ``parts`` (TRUE when one slice)."""
+    return "TRUE" if parts == 1 else f"hash({column}) % {parts} = {part}"
+
+
+class IdLookup:
+    """gid -> provider_id of the published providers (table ``provider_ids``) in one key slice (all of
+    them when ``parts`` is 1), sorted once for binary search: attaching ids to millions of rows this way
+    is several times faster than a hash join, and keeps the rows' order."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, part: int = 0, parts: int = 1):
         # Sorted by DuckDB (within its memory limit), not by an argsort and two copies in numpy.
-        rows = con.execute("SELECT gid, id FROM provider_ids ORDER BY gid").fetchnumpy()
+        rows = con.execute(f"SELECT gid, id FROM provider_ids WHERE {in_slice('gid', part, parts)} "
+                           "ORDER BY gid").fetchnumpy()
         self.gids, self.ids = np.asarray(rows["gid"], dtype=np.int64), np.asarray(rows["id"], dtype=np.int64)
+
+    @staticmethod
+    def slices(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[IdLookup, Callable[[str], str]]]:
+        """One lookup per key slice of ``provider_ids``, each with the condition that selects the rows
+        whose gid column (the argument) falls in its slice; one lookup is held at a time."""
+        parts = slice_count(con, "SELECT gid FROM provider_ids")
+        for part in range(parts):
+            lookup = IdLookup(con, part, parts)
+            yield lookup, lambda column, part=part: in_slice(column, part, parts)
+            lookup.release()  # before the next slice loads, though the caller may still hold it
+
+    def release(self) -> None:
+        self.gids = self.ids = np.empty(0, dtype=np.int64)
 
     def __call__(self, gids: pa.ChunkedArray | pa.Array) -> pa.Array:
         """The id of each gid; NULL for one that has none (a quarantined source row)."""
@@ -144,12 +181,17 @@ def int_column(con: duckdb.DuckDBPyConnection, query: str) -> np.ndarray:
 def register_repeated(con: duckdb.DuckDBPyConnection, name: str, query: str) -> int:
     """Register as table ``name`` (column ``value``) the values of ``query``'s integer column that
     occur more than once; returns how many. On millions of mostly distinct values, sorting finds the
-    repeats several times faster than a hash aggregation does."""
-    values = int_column(con, query)
-    values.sort()  # in place: no second tenant-sized copy
-    repeated = np.unique(values[1:][values[1:] == values[:-1]])
-    con.register(name, pa.table({"value": pa.array(repeated, pa.int64())}))
-    return len(repeated)
+    repeats several times faster than a hash aggregation does; a value's repeats share its key slice."""
+    parts = slice_count(con, query)
+    repeated = []
+    for part in range(parts):
+        values = int_column(con, f"SELECT v FROM ({query}) AS q(v) WHERE {in_slice('v', part, parts)}")
+        values.sort()  # in place: no second slice-sized copy
+        repeated.append(np.unique(values[1:][values[1:] == values[:-1]]))
+        del values
+    found = np.sort(np.concatenate(repeated))
+    con.register(name, pa.table({"value": pa.array(found, pa.int64())}))
+    return len(found)
 
 
 def lowest_per_key(con: duckdb.DuckDBPyConnection, table: str, key: str, value: str) -> None:

@@ -1,0 +1,66 @@
+"""The transform's numpy fast paths hold a bounded slice of a tenant's keys at a time (issue #18: the 8M
+tenant's peak grew past the 2M one's by its whole-tenant id arrays), and slicing changes no output."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+
+from covid_lakehouse.defs.omop.transform import build_providers, session
+from covid_lakehouse_tests.omop.support import first_build_inputs
+
+T0 = datetime(2024, 5, 1, 6, tzinfo=UTC)
+OUTPUTS = ("provider", "provenance", "quarantine", "flags", "id_map_additions")
+SLICE = 300
+
+
+def _rerun_inputs(inputs: dict, first) -> dict:
+    """A second run over the first's state, with the id map's keys recorded twice (as two overlapping
+    runs leave them): the lowest-id-per-key path runs too."""
+    id_map = first.table("id_map_additions")
+    return {**inputs, "id_map": pa.concat_tables([id_map, id_map]), "previous_provenance": first.table("provenance"),
+            "processed_files": first.run_files, "now": T0 + timedelta(days=1)}
+
+
+def _builds(inputs: dict):
+    first = build_providers(**inputs)
+    return first, build_providers(**_rerun_inputs(inputs, first))
+
+
+def _same(built, expected) -> None:
+    assert built.counts == expected.counts and built.run_files == expected.run_files
+    for name in OUTPUTS:
+        got, want = built.table(name), expected.table(name)
+        assert got.schema == want.schema and got.num_rows == built.rows[name], name
+        assert sorted(got.to_pylist(), key=repr) == sorted(want.to_pylist(), key=repr), name
+
+
+def test_the_numpy_fast_paths_hold_one_key_slice_at_a_time_and_change_no_output(make_tenants, tmp_path, monkeypatch):
+    tenant = make_tenants(providers=2_000, dirt_rate=0.05).tenant
+    inputs = first_build_inputs(tenant, tmp_path, T0)
+    whole = _builds(inputs)
+
+    held = []
+    int_column, lookup_init = session.int_column, session.IdLookup.__init__
+
+    def recording_int_column(con, query):
+        values = int_column(con, query)
+        held.append(("int_column", len(values)))
+        return values
+
+    def recording_lookup_init(self, *args, **kwargs):
+        lookup_init(self, *args, **kwargs)
+        held.append(("IdLookup", len(self.gids)))
+
+    monkeypatch.setattr(session, "SLICE_ROWS", SLICE)
+    monkeypatch.setattr(session, "int_column", recording_int_column)
+    monkeypatch.setattr(session.IdLookup, "__init__", recording_lookup_init)
+    sliced = _builds(inputs)
+
+    for built, expected in zip(sliced, whole, strict=True):
+        _same(built, expected)
+    # ~2,000 providers in slices of about SLICE keys (by hash: a little uneven), never all at once
+    assert held and max(n for _, n in held) < 1.5 * SLICE, held
+    # every provider id loaded once for the provider output and once for provenance, in each run
+    assert sum(n for kind, n in held if kind == "IdLookup") == 2 * sum(b.rows["provider"] for b in whole)
