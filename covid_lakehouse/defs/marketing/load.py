@@ -250,14 +250,17 @@ class StreamingMerge:
         try:
             if self._chunk is None:
                 self.begin()
-            rows = PostgresResource.copy_arrow(self.conn, self._chunk, data, columns=self._spec.staged)
-            filters = []
             if self.versions is not None:
                 if slices is None:
                     raise ValueError(f"{self._spec.name}: a versioned streaming merge needs the staged slices")
                 new = slices - self._claimed
                 self.superseded.update(self.versions.claim(self.conn, self._spec, self._chunk, new))
                 self._claimed |= new
+            if self._spec.row_version is None and not (slices or set()) & set(self.superseded) and self._insert_new(data):
+                return
+            rows = PostgresResource.copy_arrow(self.conn, self._chunk, data, columns=self._spec.staged)
+            filters = []
+            if self.versions is not None:
                 filters.append(self.versions.left_out(self.superseded))
             if self._spec.row_version is not None:
                 filters.append(_not_older(self._spec, self._chunk))
@@ -269,6 +272,18 @@ class StreamingMerge:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(self._chunk))
         except psycopg.Error as err:
             self.error = err
+
+    def _insert_new(self, data: pa.Table | list[pa.RecordBatch]) -> bool:
+        """A chunk of keys the target does not hold yet (a first load, a backfill, a new day) is COPYed
+        straight into it, as a plain load would; a key it holds already undoes that (a savepoint) and the
+        chunk is merged instead. Whether the chunk inserted its rows."""
+        try:
+            with self.conn.transaction():  # a savepoint inside the open publish transaction
+                rows = PostgresResource.copy_arrow(self.conn, self._spec.ident, data, columns=self._spec.staged)
+        except psycopg.errors.UniqueViolation:
+            return False
+        self.counts = UpsertCounts(self.counts.inserted + rows, self.counts.updated, self.counts.unchanged)
+        return True
 
     def _merge_chunk(self, left_out: sql.Composable | None, rows: int) -> UpsertCounts:
         """INSERT .. ON CONFLICT on the key, changed rows only updated: each chunk row is looked up in the
