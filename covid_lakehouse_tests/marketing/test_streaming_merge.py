@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
+from covid_lakehouse.defs.marketing.checks import KEY_UNIQUE
 from covid_lakehouse.defs.marketing.load import (
     SliceVersions,
     StagingWriter,
@@ -119,3 +120,39 @@ def test_counts_add_up_over_chunks_and_a_superseded_slice_stays_out_of_every_chu
     versions = pg.execute("SELECT unit, day, source_version FROM marketing.source_versions WHERE source = %s ORDER BY 1, 2",
                           (FACEBOOK.name,)).fetchall()
     assert versions == [("1", D1, "older run"), ("1", D2, "older run"), ("2", D2, "newer run")]
+
+
+def streamed(warehouse, probe, *chunks: tuple[int, ...]) -> list:
+    """Stage and stream-merge ``chunks`` (each its own chunk), audit with the key audit; the check results."""
+    checks: list = []
+    with StagingWriter(warehouse, probe) as staging, warehouse.connection() as conn:
+        merging = StreamingMerge(conn, probe, key_unique_audit=KEY_UNIQUE.name)
+        staging.merge_into(merging)
+        for n, ids in enumerate(chunks):
+            staging.write(probe_rows(PROBE, *ids, v=f"chunk {n}"), pages=1)
+            staging.flush()
+        steps = stage_audit_publish(warehouse, probe, audits=[KEY_UNIQUE], asset_key=dg.AssetKey([SCHEMA, probe.name]),
+                                    staged=staging, merging=merging)
+        try:
+            while True:
+                checks.append(next(steps))
+        except StopIteration:
+            pass
+        except BlockingAuditFailed:
+            assert [c.passed for c in checks] == [False]
+            raise
+    return checks
+
+
+def test_keys_copied_straight_into_the_table_are_unique_by_its_primary_key(probe, warehouse, pg) -> None:
+    [check] = streamed(warehouse, probe, (1, 2), (3,))
+    assert check.passed and "under its primary key" in check.description
+    assert pg.execute(f"SELECT count(*) FROM {SCHEMA}.streaming_probe").fetchone()[0] == 3
+
+
+def test_a_key_staged_in_two_chunks_still_fails_the_key_audit(probe, warehouse, pg) -> None:
+    """The second chunk's COPY hits the key the first inserted: that chunk is merged (ON CONFLICT), so the
+    primary key proves nothing and the audit scans the staged rows."""
+    with pytest.raises(BlockingAuditFailed, match="natural_key_unique"):
+        streamed(warehouse, probe, (1, 2), (2, 3))
+    assert pg.execute(f"SELECT count(*) FROM {SCHEMA}.streaming_probe").fetchone()[0] == 0

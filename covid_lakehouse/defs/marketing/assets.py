@@ -128,7 +128,7 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
     with StagingWriter(warehouse, spec, slice_columns=slice_columns) as staging:
         if stream:
             with warehouse.connection() as publish:  # commits after the audits passed; rolls back otherwise
-                merging = StreamingMerge(publish, spec, versions)
+                merging = StreamingMerge(publish, spec, versions, key_unique_audit=checks.KEY_UNIQUE.name)
                 staging.merge_into(merging)
                 try:
                     reported = read(staging)

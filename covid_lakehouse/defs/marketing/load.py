@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -35,7 +35,7 @@ from covid_lakehouse.defs.marketing.tables import TableSpec
 from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident
 from covid_lakehouse.lib.source_versions import SourceVersion, Superseded, claim
 from covid_lakehouse.lib.staging import claim_staging, sweep_staging
-from covid_lakehouse.lib.wap import Audit, BlockingAuditFailed, audit_or_raise, run_audits
+from covid_lakehouse.lib.wap import Audit, AuditResult, BlockingAuditFailed, audit_or_raise, run_audits
 
 STAGING_SCHEMA = "marketing_staging"  # created by migration 0003; analysts cannot read it
 STAGING_STAMP = "%Y%m%d%H%M%S"
@@ -204,8 +204,13 @@ class StreamingMerge:
     A merge error (e.g. a duplicate key) stops the merging but not the staging: the audits still run on
     every staged row and say why, and the transaction rolls back."""
 
-    def __init__(self, conn: psycopg.Connection, spec: TableSpec, versions: "SliceVersions | None" = None) -> None:
+    def __init__(self, conn: psycopg.Connection, spec: TableSpec, versions: "SliceVersions | None" = None, *,
+                 key_unique_audit: str | None = None) -> None:
         self.conn, self._spec, self.versions = conn, spec, versions
+        # the audit that checks the staged keys are unique: answered by the primary key when every chunk
+        # was COPYed straight into the target (no staged key can then appear twice)
+        self._key_unique_audit = key_unique_audit
+        self.chunks_merged = 0  # chunks that went through ON CONFLICT (a key already published, or superseded)
         self.counts = UpsertCounts(0, 0, 0)
         self.superseded: dict[tuple[str, date], Superseded] = {}
         self.error: psycopg.Error | None = None
@@ -258,6 +263,7 @@ class StreamingMerge:
                 self._claimed |= new
             if self._spec.row_version is None and not (slices or set()) & set(self.superseded) and self._insert_new(data):
                 return
+            self.chunks_merged += 1
             rows = PostgresResource.copy_arrow(self.conn, self._chunk, data, columns=self._spec.staged)
             filters = []
             if self.versions is not None:
@@ -272,6 +278,16 @@ class StreamingMerge:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(self._chunk))
         except psycopg.Error as err:
             self.error = err
+
+    def proves(self, audit: Audit, staged_rows: int) -> AuditResult | None:
+        """The outcome of ``audit`` the merge itself established, if it did: the key-uniqueness audit
+        passes when every staged row went into the target by COPY under its primary key (a key staged
+        twice would have hit that key). Otherwise None: the audit runs on the staged rows."""
+        if (audit.name != self._key_unique_audit or self.error is not None or self.chunks_merged
+                or self.counts.inserted != staged_rows):
+            return None
+        return AuditResult(True, f"({', '.join(self._spec.key)}) is unique in the staged rows: all {staged_rows} "
+                                 "were COPYed into the table under its primary key")
 
     def _insert_new(self, data: pa.Table | list[pa.RecordBatch]) -> bool:
         """A chunk of keys the target does not hold yet (a first load, a backfill, a new day) is COPYed
@@ -419,6 +435,9 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
         staging = staged.finish()  # the copier has merged every chunk
 
         def audit(one: Audit) -> tuple[list[dg.AssetCheckResult], list]:
+            proved = merging.proves(one, staged.rows)
+            if proved is not None:
+                return run_audits([replace(one, fn=lambda _: proved)], None, asset_key=asset_key)
             with warehouse.connection() as own:  # the staged rows are committed: any session reads them
                 return run_audits([one], Staged(own, staging, spec, reported or {}, notices or {}), asset_key=asset_key)
 
