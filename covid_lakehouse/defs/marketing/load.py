@@ -197,9 +197,10 @@ def _distinct(tables: list[pa.Table], columns: tuple[str, str]) -> set[tuple[Any
 class StreamingMerge:
     """Merges each chunk a StagingWriter staged into the target as it comes, inside ``conn``'s transaction,
     which stays open (uncommitted) until the run's audits passed: the merge's index work overlaps the
-    read instead of following it. Each chunk goes through a temporary table (COPYed again, from the same
-    Arrow data: the staging table has no index to find a chunk's rows by); its slices are claimed in
-    SliceVersions the first time they appear, and superseded slices are left out of every chunk.
+    read instead of following it. A chunk's slices are claimed in SliceVersions the first time they
+    appear. A chunk of keys the target lacks is COPYed straight into it (``_insert_new``); any other
+    goes through a temporary table (COPYed again, from the same Arrow data: the staging table has no
+    index to find a chunk's rows by) and INSERT .. ON CONFLICT, superseded slices left out.
 
     A merge error (e.g. a duplicate key) stops the merging but not the staging: the audits still run on
     every staged row and say why, and the transaction rolls back."""
@@ -215,6 +216,7 @@ class StreamingMerge:
         self.superseded: dict[tuple[str, date], Superseded] = {}
         self.error: psycopg.Error | None = None
         self._claimed: set[tuple[Any, Any]] = set()
+        self._held: set[tuple[Any, Any]] = set()
         self._chunk: sql.Identifier | None = None
         # merged on a thread of its own: the next chunk is COPYed into staging while this one merges
         self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(maxsize=2)
@@ -261,8 +263,10 @@ class StreamingMerge:
                 new = slices - self._claimed
                 self.superseded.update(self.versions.claim(self.conn, self._spec, self._chunk, new))
                 self._claimed |= new
-            if self._spec.row_version is None and not (slices or set()) & set(self.superseded) and self._insert_new(data):
+            mine = slices or set()
+            if self._spec.row_version is None and not mine & (set(self.superseded) | self._held) and self._insert_new(data):
                 return
+            self._held |= mine  # slices with published keys: their next chunks go straight to the merge
             self.chunks_merged += 1
             rows = PostgresResource.copy_arrow(self.conn, self._chunk, data, columns=self._spec.staged)
             filters = []
