@@ -14,6 +14,7 @@ import pytest
 
 from covid_lakehouse.defs.marketing import assets
 from covid_lakehouse.defs.marketing.assets import ASSETS, FACEBOOK_KEY, RDS_ORDERS_KEY
+from covid_lakehouse.defs.marketing.load import StreamingMerge
 from covid_lakehouse.defs.marketing.partitions import RANGE_END_TAG, RANGE_START_TAG
 from covid_lakehouse_dev.apis.marketing import MarketingMock
 from covid_lakehouse_tests.platform.support import run_a_held
@@ -41,16 +42,28 @@ def facebook_run(resources: dict, instance: dg.DagsterInstance, first: str, last
 
 def test_a_run_that_fetched_a_day_earlier_and_publishes_last_leaves_that_day_alone(
         clean_marketing, marketing_resources, instance, pg, mock: MarketingMock, monkeypatch) -> None:
-    a_read, b_done = threading.Event(), threading.Event()
-    real = assets.stage_audit_publish
+    a_read, a_fetched_d2, b_done = threading.Event(), threading.Event(), threading.Event()
+    a_runs, a_d2 = set(), set()  # run A's SliceVersions (the one run that fetches D1); its D2 accounts
+    real_fetching, real_begin = assets.SliceVersions.fetching, StreamingMerge.begin
 
-    def publish_after_b(*args, **kwargs):  # run A has read the API; it merges after run B
-        if threading.current_thread().name == "run-a":
+    def fetching(self, unit, day):
+        real_fetching(self, unit, day)
+        if day.isoformat() == D1:
+            a_runs.add(id(self))
+        elif id(self) in a_runs:
+            a_d2.add(unit)
+            if a_d2 == set(ACCOUNTS):
+                a_fetched_d2.set()
+
+    def merge_after_b(self):  # run A has fetched both days; it starts merging (takes the lock) after run B
+        if id(self.versions) in a_runs:
+            assert a_fetched_d2.wait(120), "run A never fetched D2"
             a_read.set()
             assert b_done.wait(120), "run B never finished"
-        return (yield from real(*args, **kwargs))
+        real_begin(self)
 
-    monkeypatch.setattr(assets, "stage_audit_publish", publish_after_b)
+    monkeypatch.setattr(assets.SliceVersions, "fetching", fetching)
+    monkeypatch.setattr(StreamingMerge, "begin", merge_after_b)
 
     def run(first: str, last: str) -> dg.ExecuteInProcessResult:
         return facebook_run(marketing_resources, instance, first, last)
@@ -81,7 +94,7 @@ def test_a_run_that_started_first_but_fetched_a_day_last_publishes_that_day(
     and reads D1, run B reads and publishes D2, then Facebook restates D2 and A fetches it. A's D2 is the
     newer one and is merged (with the run's start time as every slice's version, it would be refused)."""
     a_slices, a_at_d2, b_done = set(), threading.Event(), threading.Event()
-    real = assets.SliceVersions.fetching
+    real, real_begin = assets.SliceVersions.fetching, StreamingMerge.begin
 
     def fetch_d2_after_b(self, unit, day):  # run A is the one that fetched D1; it fetches D2 after run B
         if day.isoformat() == D1:
@@ -91,7 +104,13 @@ def test_a_run_that_started_first_but_fetched_a_day_last_publishes_that_day(
             assert b_done.wait(120), "run B never finished"
         real(self, unit, day)
 
+    def merge_after_b(self):  # run A merges (takes the table's lock) after run B published
+        if id(self.versions) in a_slices:
+            assert b_done.wait(120), "run B never finished"
+        real_begin(self)
+
     monkeypatch.setattr(assets.SliceVersions, "fetching", fetch_d2_after_b)
+    monkeypatch.setattr(StreamingMerge, "begin", merge_after_b)
 
     def run(first: str, last: str) -> dg.ExecuteInProcessResult:
         return facebook_run(marketing_resources, instance, first, last)

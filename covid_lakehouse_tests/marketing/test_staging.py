@@ -16,28 +16,23 @@ from covid_lakehouse.defs.marketing.load import (
     StagingWriter,
     stage_audit_publish,
 )
-from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec, ensure_tables
+from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec
 from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.wap import Audit, AuditResult, BlockingAuditFailed
+from covid_lakehouse_tests.marketing.support import create_probe, probe_rows, probe_spec
 
 pytestmark = pytest.mark.integration
 
-PROBE = TableSpec(name="staging_probe", arrow_schema=pa.schema([("id", pa.int64()), ("v", pa.string()),
-                                                                  ("raw_object", pa.string())]), key=("id",))
+PROBE = probe_spec("staging_probe")
 
 
 @pytest.fixture
 def probe(clean_marketing, warehouse: PostgresResource) -> TableSpec:
-    with warehouse.connection() as conn:
-        ensure_tables(conn)  # the marketing_staging schema comes from the domain's migrations
-        conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, v text, raw_object text NOT NULL, "
-                             "updated_at timestamptz NOT NULL DEFAULT now())").format(PROBE.ident))
-    return PROBE
+    return create_probe(warehouse, PROBE)
 
 
 def rows(*ids: int, v: str = "x") -> pa.Table:
-    return pa.table({"id": list(ids), "v": [v] * len(ids), "raw_object": ["s3://raw/p#1.json"] * len(ids)},
-                    schema=PROBE.arrow_schema)
+    return probe_rows(PROBE, *ids, v=v)
 
 
 def exists(pg: psycopg.Connection, name: str) -> bool:

@@ -34,7 +34,13 @@ from covid_lakehouse.defs.marketing.common import (
 )
 from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
 from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
-from covid_lakehouse.defs.marketing.load import Published, SliceVersions, StagingWriter, stage_audit_publish
+from covid_lakehouse.defs.marketing.load import (
+    Published,
+    SliceVersions,
+    StagingWriter,
+    StreamingMerge,
+    stage_audit_publish,
+)
 from covid_lakehouse.defs.marketing.partitions import DAILY, window_days
 from covid_lakehouse.defs.marketing.rds import CUSTOMERS, ORDERS, Extract, RdsSourceResource
 from covid_lakehouse.defs.marketing.tables import (
@@ -112,17 +118,30 @@ def _replay(context: dg.AssetExecutionContext, s3: LakeS3Resource, source: str, 
 
 def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spec: TableSpec, audits: list[Audit],
              asset_key: dg.AssetKey, read: Callable[[StagingWriter], Reported], extra: dict[str, Any],
-             notices: dict[str, Any] | None = None, versions: SliceVersions | None = None):
+             notices: dict[str, Any] | None = None, versions: SliceVersions | None = None, stream: bool = False):
     """Read the source, its rows COPYed into a staging table as they come, then audit and merge them;
-    yields the check results, then the materialization."""
+    yields the check results, then the materialization. ``stream``: merge each staged chunk while the
+    source is still read, in the publish transaction that commits after the audits (load.StreamingMerge)."""
     with warehouse.connection() as conn:
         ensure_tables(conn)
     slice_columns = (versions.unit_column, versions.day_column) if versions is not None else None
     with StagingWriter(warehouse, spec, slice_columns=slice_columns) as staging:
-        reported = read(staging)
-        published: Published = yield from stage_audit_publish(
-            warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported, notices=notices,
-            versions=versions)
+        if stream:
+            with warehouse.connection() as publish:  # commits after the audits passed; rolls back otherwise
+                merging = StreamingMerge(publish, spec, versions, key_unique_audit=checks.KEY_UNIQUE.name)
+                staging.merge_into(merging)
+                try:
+                    reported = read(staging)
+                    published: Published = yield from stage_audit_publish(
+                        warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported,
+                        notices=notices, merging=merging)
+                finally:
+                    staging.finish_quietly()  # no chunk is merged once the transaction has ended
+        else:
+            reported = read(staging)
+            published = yield from stage_audit_publish(
+                warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported,
+                notices=notices, versions=versions)
     counts = published.counts
     superseded = {f"{unit} {day.isoformat()}": str(newer) for (unit, day), newer in sorted(published.superseded.items())}
     for slice_, newer in superseded.items():  # not an error: a later run already merged newer pages
@@ -189,7 +208,9 @@ def facebook_ad_insights_daily(context: dg.AssetExecutionContext, config: ApiAss
     if config.replay_run_id:
         read = _replay(context, s3, facebook.SOURCE, config.replay_run_id, lambda _: facebook.page_table, notices,
                        decode=facebook.load_page)
-    yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra, notices, versions)
+    # a million rows over the 28-day look-back: merged while the pages are read (the merge once took a third of the run)
+    yield from _publish(context, warehouse, FACEBOOK, checks.FACEBOOK_AUDITS, FACEBOOK_KEY, read, extra, notices, versions,
+                        stream=True)
 
 
 @_asset(GOOGLE_ADS, checks.GOOGLE_ADS_AUDITS, "Google Ads ad_group_ad metrics per day (GAQL via searchStream), "
