@@ -183,17 +183,23 @@ class LakehouseResource(dg.ConfigurableResource):
         data file, or an append. Files carry no Iceberg field ids: the table's name mapping
         (set here when absent, kept up to date by schema evolution) resolves their columns by name."""
         paths = [Path(f) for f in files]
+        # The footers are read here, once: they give the rows (an empty file is not added) and the
+        # statistics of each file's manifest entry, so nothing staged is read back from S3.
+        footers = [(path, footer) for path in paths if (footer := _footer(path)).num_rows]
 
-        def stage() -> tuple[Any, list[str]]:
+        def stage() -> tuple[Any, list[tuple[str, Path, Any]]]:
             tbl = self.ensure_table(namespace, table, schema)
-            return tbl, [self._stage_file(tbl, path) for path in paths if _parquet_rows(path)]
+            return tbl, [(self._stage_file(tbl, path), path, footer) for path, footer in footers]
 
-        # The copy to S3 (waiting on the network) runs while the audits (CPU) do; the commit waits for
-        # both. A blocking failure raises once the copy is done: its files stay unreferenced.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lakehouse-stage") as pool:
-            staging = pool.submit(stage)
-            yield from audit_or_raise(audits, paths, asset_key=asset_key, asset_label=f"{namespace}.{table}")
-            tbl, staged = staging.result()
+        if audits:
+            # The copy to S3 (waiting on the network) runs while the audits (CPU) do; the commit waits
+            # for both. A blocking failure raises once the copy is done: its files stay unreferenced.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lakehouse-stage") as pool:
+                staging = pool.submit(stage)
+                yield from audit_or_raise(audits, paths, asset_key=asset_key, asset_label=f"{namespace}.{table}")
+                tbl, staged = staging.result()
+        else:  # nothing to overlap with: no thread
+            tbl, staged = stage()
         self._commit_files(tbl, staged, mode, dict(snapshot_properties or {}))
 
     @staticmethod
@@ -201,13 +207,13 @@ class LakehouseResource(dg.ConfigurableResource):
         """Copy a local parquet file into the table's data location (an uncommitted, unreferenced file
         until the snapshot that adds it commits); its location."""
         location = tbl.location_provider().new_data_location(f"{uuid.uuid4()}-{path.name}")
-        with path.open("rb") as source, tbl.io.new_output(location).create(overwrite=False) as target:
+        # A fresh uuid in the name: no existence check first (a HEAD per file), as pyiceberg's own writes
+        with path.open("rb") as source, tbl.io.new_output(location).create(overwrite=True) as target:
             shutil.copyfileobj(source, target, 8 << 20)
         return location
 
     @staticmethod
-    def _commit_files(tbl, locations: list[str], mode: str, properties: dict[str, str]) -> None:
-        from pyiceberg.io.pyarrow import parquet_file_to_data_file
+    def _commit_files(tbl, staged: list[tuple[str, Path, Any]], mode: str, properties: dict[str, str]) -> None:
         from pyiceberg.manifest import ManifestContent
         from pyiceberg.table import TableProperties
 
@@ -216,7 +222,7 @@ class LakehouseResource(dg.ConfigurableResource):
                 tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING:
                                      tx.table_metadata.schema().name_mapping.model_dump_json()})
             metadata = tx.table_metadata
-            new_files = [parquet_file_to_data_file(tbl.io, metadata, location) for location in locations]
+            new_files = [_data_file(metadata, location, path, footer) for location, path, footer in staged]
             snapshot = metadata.current_snapshot()
             update = tx.update_snapshot(snapshot_properties=properties)
             with (update.overwrite() if mode == "overwrite" else update.fast_append()) as producer:
@@ -239,7 +245,32 @@ class LakehouseResource(dg.ConfigurableResource):
         }
 
 
-def _parquet_rows(path: Path) -> int:
+def _footer(path: Path):
+    """The parquet footer (FileMetaData) of a local file."""
     import pyarrow.parquet as pq
 
-    return pq.read_metadata(path).num_rows
+    return pq.read_metadata(path)
+
+
+def _data_file(metadata, location: str, path: Path, footer):
+    """The manifest entry of the local parquet file ``path`` staged byte for byte at ``location``: what
+    pyiceberg's parquet_file_to_data_file builds, from the local footer and size instead of a HEAD and
+    GETs of the staged copy."""
+    from pyiceberg.io.pyarrow import (
+        _check_pyarrow_schema_compatible,
+        compute_statistics_plan,
+        data_file_statistics_from_parquet_metadata,
+        parquet_path_to_id_mapping,
+    )
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+
+    schema = metadata.schema()
+    _check_pyarrow_schema_compatible(schema, footer.schema.to_arrow_schema(), format_version=metadata.format_version)
+    statistics = data_file_statistics_from_parquet_metadata(
+        parquet_metadata=footer, stats_columns=compute_statistics_plan(schema, metadata.properties),
+        parquet_column_mapping=parquet_path_to_id_mapping(schema))
+    return DataFile.from_args(
+        content=DataFileContent.DATA, file_path=location, file_format=FileFormat.PARQUET,
+        partition=statistics.partition(metadata.spec(), schema), file_size_in_bytes=path.stat().st_size,
+        sort_order_id=None, spec_id=metadata.default_spec_id, equality_ids=None, key_metadata=None,
+        **statistics.to_serialized_dict())
