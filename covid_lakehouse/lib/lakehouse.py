@@ -159,7 +159,7 @@ class LakehouseResource(dg.ConfigurableResource):
         yet (unpartitioned), one that creates it WITH its first snapshot in a single commit: one metadata
         file and one catalog insert, where a create and then a commit write two metadata files and load
         the table twice (on a tenant's first run, ten tables)."""
-        from pyiceberg.exceptions import NoSuchTableError
+        from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 
         if partition_by is not None:
             return self.ensure_table(namespace, table, schema, partition_by).transaction()
@@ -168,8 +168,11 @@ class LakehouseResource(dg.ConfigurableResource):
         try:
             tbl = catalog.load_table(ident)
         except NoSuchTableError:
-            self._create_namespace(catalog, ident[0])
-            return catalog.create_table_transaction(ident, schema=schema)
+            try:  # it looks the namespace up anyway (for its location): no existence check before
+                return catalog.create_table_transaction(ident, schema=schema)
+            except NoSuchNamespaceError:  # the namespace's first table
+                self._create_namespace(catalog, ident[0])
+                return catalog.create_table_transaction(ident, schema=schema)
         return self._evolved(catalog, ident, tbl, schema).transaction()
 
     def _commit(self, tx, namespace: str, table: str, schema: pa.Schema, redo: Callable[[Any], None]) -> None:
