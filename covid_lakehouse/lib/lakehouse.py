@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from covid_lakehouse.lib.postgres import validate_identifier
 from covid_lakehouse.lib.wap import Audit, audit_or_raise
 
 _CATALOGS: dict[tuple, Any] = {}
+_FILE_IOS: dict[tuple, Any] = {}
 _CATALOGS_LOCK = threading.Lock()
 
 
@@ -74,6 +75,18 @@ class LakehouseResource(dg.ConfigurableResource):
                 )
             return _CATALOGS[cache_key]
 
+    def file_io(self):
+        """One FileIO per process and catalog for the files publish_files stages and the manifests it
+        reads (a loaded table brings a new one, and with it new S3 connections)."""
+        from pyiceberg.io import load_file_io
+
+        catalog = self.catalog()
+        cache_key = (self.catalog_name, self.catalog_dsn, self.warehouse, self.s3_endpoint_url)
+        with _CATALOGS_LOCK:
+            if cache_key not in _FILE_IOS:
+                _FILE_IOS[cache_key] = load_file_io(catalog.properties, self.warehouse)
+            return _FILE_IOS[cache_key]
+
     @staticmethod
     def identifier(namespace: str, table: str) -> tuple[str, str]:
         return (validate_identifier(namespace, what="lakehouse namespace"), validate_identifier(table, what="lakehouse table"))
@@ -102,6 +115,10 @@ class LakehouseResource(dg.ConfigurableResource):
             if tbl is not None:
                 return tbl
             tbl = catalog.load_table(ident)  # created by a concurrent run: evolve it like any existing table
+        return self._evolved(catalog, ident, tbl, schema)
+
+    @staticmethod
+    def _evolved(catalog, ident: tuple[str, str], tbl, schema: pa.Schema):
         missing = [f for f in schema if f.name not in tbl.schema().column_names]
         if missing:  # additive schema evolution; renames and type changes are migrations
             with tbl.update_schema() as update:
@@ -110,15 +127,21 @@ class LakehouseResource(dg.ConfigurableResource):
         return tbl
 
     @staticmethod
-    def _create_table(catalog, ident: tuple[str, str], schema: pa.Schema, partition_by: str | None):
-        """The new table (with its namespace), or None when a concurrent run created it first."""
-        from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+    def _create_namespace(catalog, namespace: str) -> None:
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError
         from sqlalchemy.exc import IntegrityError
 
         try:
-            catalog.create_namespace_if_not_exists(ident[0])
+            catalog.create_namespace_if_not_exists(namespace)
         except (NamespaceAlreadyExistsError, IntegrityError):
             pass  # created by a concurrent run between the catalog's check and its insert
+
+    @classmethod
+    def _create_table(cls, catalog, ident: tuple[str, str], schema: pa.Schema, partition_by: str | None):
+        """The new table (with its namespace), or None when a concurrent run created it first."""
+        from pyiceberg.exceptions import TableAlreadyExistsError
+
+        cls._create_namespace(catalog, ident[0])
         try:
             tbl = catalog.create_table(ident, schema=schema)
         except TableAlreadyExistsError:
@@ -130,6 +153,42 @@ class LakehouseResource(dg.ConfigurableResource):
                 spec.add_field(partition_by, IdentityTransform(), partition_by)
             tbl = catalog.load_table(ident)
         return tbl
+
+    def _transaction(self, namespace: str, table: str, schema: pa.Schema, partition_by: str | None = None):
+        """A transaction on the table, its schema evolved to ``schema``. For a table that does not exist
+        yet (unpartitioned), one that creates it WITH its first snapshot in a single commit: one metadata
+        file and one catalog insert, where a create and then a commit write two metadata files and load
+        the table twice (on a tenant's first run, ten tables)."""
+        from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+        if partition_by is not None:
+            return self.ensure_table(namespace, table, schema, partition_by).transaction()
+        catalog = self.catalog()
+        ident = self.identifier(namespace, table)
+        try:
+            tbl = catalog.load_table(ident)
+        except NoSuchTableError:
+            try:  # it looks the namespace up anyway (for its location): no existence check before
+                return catalog.create_table_transaction(ident, schema=schema)
+            except NoSuchNamespaceError:  # the namespace's first table
+                self._create_namespace(catalog, ident[0])
+                return catalog.create_table_transaction(ident, schema=schema)
+        return self._evolved(catalog, ident, tbl, schema).transaction()
+
+    def _commit(self, tx, namespace: str, table: str, schema: pa.Schema, redo: Callable[[Any], None]) -> None:
+        """Commit ``tx``. When it creates its table and a concurrent run created that table first, ``redo``
+        the same writes in a transaction of the winner's table and commit that instead."""
+        from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
+        from pyiceberg.table import CreateTableTransaction
+
+        try:
+            tx.commit_transaction()
+        except (TableAlreadyExistsError, CommitFailedException):
+            if not isinstance(tx, CreateTableTransaction):
+                raise
+            again = self.ensure_table(namespace, table, schema).transaction()
+            redo(again)
+            again.commit_transaction()
 
     def write_audit_publish(
         self,
@@ -150,17 +209,21 @@ class LakehouseResource(dg.ConfigurableResource):
         (the orphaned files are never referenced and expire with the usual maintenance).
         ``snapshot_properties``: extra entries of the new snapshot's summary (readable from the table's
         metadata alone, without reading a data file)."""
-        tbl = self.ensure_table(namespace, table, data.schema, partition_by=partition_by)
         properties = dict(snapshot_properties or {})
-        with tbl.transaction() as tx:
+
+        def write(tx) -> None:
             if mode == "append":
                 tx.append(data, snapshot_properties=properties)
             elif overwrite_filter is not None:
                 tx.overwrite(data, overwrite_filter=overwrite_filter, snapshot_properties=properties)
             else:
                 tx.overwrite(data, snapshot_properties=properties)
-            yield from audit_or_raise(audits, data, asset_key=asset_key, asset_label=f"{namespace}.{table}")
-        # leaving the block commits the snapshot atomically
+
+        tx = self._transaction(namespace, table, data.schema, partition_by)
+        write(tx)
+        yield from audit_or_raise(audits, data, asset_key=asset_key, asset_label=f"{namespace}.{table}")
+        # only now, every blocking audit passed: the snapshot commits atomically
+        self._commit(tx, namespace, table, data.schema, write)
 
     def publish_files(
         self,
@@ -183,51 +246,68 @@ class LakehouseResource(dg.ConfigurableResource):
         data file, or an append. Files carry no Iceberg field ids: the table's name mapping
         (set here when absent, kept up to date by schema evolution) resolves their columns by name."""
         paths = [Path(f) for f in files]
+        # The footers are read here, once: they give the rows (an empty file is not added) and the
+        # statistics of each file's manifest entry, so nothing staged is read back from S3.
+        footers = [(path, footer) for path in paths if (footer := _footer(path)).num_rows]
 
-        def stage() -> tuple[Any, list[str]]:
-            tbl = self.ensure_table(namespace, table, schema)
-            return tbl, [self._stage_file(tbl, path) for path in paths if _parquet_rows(path)]
+        io = self.file_io()
 
-        # The copy to S3 (waiting on the network) runs while the audits (CPU) do; the commit waits for
-        # both. A blocking failure raises once the copy is done: its files stay unreferenced.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lakehouse-stage") as pool:
-            staging = pool.submit(stage)
-            yield from audit_or_raise(audits, paths, asset_key=asset_key, asset_label=f"{namespace}.{table}")
-            tbl, staged = staging.result()
-        self._commit_files(tbl, staged, mode, dict(snapshot_properties or {}))
+        def stage() -> tuple[Any, list[tuple[str, Path, Any]]]:
+            from pyiceberg.table.locations import load_location_provider
+
+            tx = self._transaction(namespace, table, schema)
+            locations = load_location_provider(tx.table_metadata.location, tx.table_metadata.properties)
+            return tx, [(self._stage_file(io, locations, path), path, footer) for path, footer in footers]
+
+        if audits:
+            # The copy to S3 (waiting on the network) runs while the audits (CPU) do; the commit waits
+            # for both. A blocking failure raises once the copy is done: its files stay unreferenced.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lakehouse-stage") as pool:
+                staging = pool.submit(stage)
+                yield from audit_or_raise(audits, paths, asset_key=asset_key, asset_label=f"{namespace}.{table}")
+                tx, staged = staging.result()
+        else:  # nothing to overlap with: no thread
+            tx, staged = stage()
+        properties = dict(snapshot_properties or {})
+
+        def add_files(tx) -> None:
+            self._add_files(tx, io, staged, mode, properties)
+
+        add_files(tx)
+        self._commit(tx, namespace, table, schema, add_files)
 
     @staticmethod
-    def _stage_file(tbl, path: Path) -> str:
+    def _stage_file(io, locations, path: Path) -> str:
         """Copy a local parquet file into the table's data location (an uncommitted, unreferenced file
         until the snapshot that adds it commits); its location."""
-        location = tbl.location_provider().new_data_location(f"{uuid.uuid4()}-{path.name}")
-        with path.open("rb") as source, tbl.io.new_output(location).create(overwrite=False) as target:
+        location = locations.new_data_location(f"{uuid.uuid4()}-{path.name}")
+        # A fresh uuid in the name: no existence check first (a HEAD per file), as pyiceberg's own writes
+        with path.open("rb") as source, io.new_output(location).create(overwrite=True) as target:
             shutil.copyfileobj(source, target, 8 << 20)
         return location
 
     @staticmethod
-    def _commit_files(tbl, locations: list[str], mode: str, properties: dict[str, str]) -> None:
-        from pyiceberg.io.pyarrow import parquet_file_to_data_file
+    def _add_files(tx, io, staged: list[tuple[str, Path, Any]], mode: str, properties: dict[str, str]) -> None:
+        """Stage in ``tx`` the snapshot adding the staged files (an overwrite also removes every current
+        data file), with the name mapping that resolves their columns, set when the table has none."""
         from pyiceberg.manifest import ManifestContent
         from pyiceberg.table import TableProperties
 
-        with tbl.transaction() as tx:
-            if tx.table_metadata.name_mapping() is None:
-                tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING:
-                                     tx.table_metadata.schema().name_mapping.model_dump_json()})
-            metadata = tx.table_metadata
-            new_files = [parquet_file_to_data_file(tbl.io, metadata, location) for location in locations]
-            snapshot = metadata.current_snapshot()
-            update = tx.update_snapshot(snapshot_properties=properties)
-            with (update.overwrite() if mode == "overwrite" else update.fast_append()) as producer:
-                if mode == "overwrite" and snapshot is not None:
-                    for manifest in snapshot.manifests(tbl.io):
-                        if manifest.content == ManifestContent.DATA:
-                            for entry in manifest.fetch_manifest_entry(tbl.io, discard_deleted=True):
-                                producer.delete_data_file(entry.data_file)
-                for data_file in new_files:
-                    producer.append_data_file(data_file)
-        # leaving the block commits the snapshot atomically
+        if tx.table_metadata.name_mapping() is None:
+            tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING:
+                                 tx.table_metadata.schema().name_mapping.model_dump_json()})
+        metadata = tx.table_metadata
+        new_files = [_data_file(metadata, location, path, footer) for location, path, footer in staged]
+        snapshot = metadata.current_snapshot()
+        update = tx.update_snapshot(snapshot_properties=properties)
+        with (update.overwrite() if mode == "overwrite" else update.fast_append()) as producer:
+            if mode == "overwrite" and snapshot is not None:
+                for manifest in snapshot.manifests(io):
+                    if manifest.content == ManifestContent.DATA:
+                        for entry in manifest.fetch_manifest_entry(io, discard_deleted=True):
+                            producer.delete_data_file(entry.data_file)
+            for data_file in new_files:
+                producer.append_data_file(data_file)
 
     def snapshot_metadata(self, namespace: str, table: str) -> dict[str, Any]:
         tbl = self.load_table(namespace, table)
@@ -239,7 +319,32 @@ class LakehouseResource(dg.ConfigurableResource):
         }
 
 
-def _parquet_rows(path: Path) -> int:
+def _footer(path: Path):
+    """The parquet footer (FileMetaData) of a local file."""
     import pyarrow.parquet as pq
 
-    return pq.read_metadata(path).num_rows
+    return pq.read_metadata(path)
+
+
+def _data_file(metadata, location: str, path: Path, footer):
+    """The manifest entry of the local parquet file ``path`` staged byte for byte at ``location``: what
+    pyiceberg's parquet_file_to_data_file builds, from the local footer and size instead of a HEAD and
+    GETs of the staged copy."""
+    from pyiceberg.io.pyarrow import (
+        _check_pyarrow_schema_compatible,
+        compute_statistics_plan,
+        data_file_statistics_from_parquet_metadata,
+        parquet_path_to_id_mapping,
+    )
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+
+    schema = metadata.schema()
+    _check_pyarrow_schema_compatible(schema, footer.schema.to_arrow_schema(), format_version=metadata.format_version)
+    statistics = data_file_statistics_from_parquet_metadata(
+        parquet_metadata=footer, stats_columns=compute_statistics_plan(schema, metadata.properties),
+        parquet_column_mapping=parquet_path_to_id_mapping(schema))
+    return DataFile.from_args(
+        content=DataFileContent.DATA, file_path=location, file_format=FileFormat.PARQUET,
+        partition=statistics.partition(metadata.spec(), schema), file_size_in_bytes=path.stat().st_size,
+        sort_order_id=None, spec_id=metadata.default_spec_id, equality_ids=None, key_metadata=None,
+        **statistics.to_serialized_dict())

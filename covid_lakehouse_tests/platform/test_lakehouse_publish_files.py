@@ -1,11 +1,14 @@
 """Write-audit-publish of data already written as local parquet files (LakehouseResource.publish_files):
-the audits see the staged files before anything is committed, and a table gets one snapshot per publish."""
+the audits see the staged files before anything is committed, and a table gets one snapshot per publish.
+Each staged file's manifest entry is built from the local file it copied: nothing staged is read back
+from S3 (a HEAD and GETs per file were most of a small table's publish)."""
 
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.wap import Audit, AuditResult, BlockingAuditFailed
@@ -92,3 +95,56 @@ def test_publishing_only_empty_files_creates_an_empty_table_and_empties_a_full_o
     list(lakehouse.publish_files(ns, "t", [empty], SCHEMA))
     table = lakehouse.load_table(ns, "t")
     assert table.scan().to_arrow().num_rows == 0 and len(table.snapshots()) == 2
+
+
+def _recording_reads(monkeypatch, lakehouse: LakehouseResource, ns: str) -> list[str]:
+    """Every location the table's FileIO opens for reading from now on."""
+    list(lakehouse.write_audit_publish(ns, "t", pa.table({"id": pa.array([1], pa.int64()), "name": ["a"]})))
+    io_class = type(lakehouse.load_table(ns, "t").io)
+    opened: list[str] = []
+    real = io_class.new_input
+
+    def new_input(self, location: str):
+        opened.append(location)
+        return real(self, location)
+
+    monkeypatch.setattr(io_class, "new_input", new_input)
+    return opened
+
+
+@pytest.mark.parametrize("audited", [True, False], ids=["with-audits", "without-audits"])
+def test_staged_files_are_never_read_back_and_their_entries_match_pyiceberg(services, lakehouse, tmp_path,
+                                                                           monkeypatch, audited):
+    ns = f"publish_files_local_stats_{'audited' if audited else 'plain'}"
+    opened = _recording_reads(monkeypatch, lakehouse, ns)
+    parts = [_file(tmp_path, "part-a.parquet", pa.table({"id": pa.array([10, 11], pa.int64()), "name": ["x", "y"]}, schema=SCHEMA)),
+             _file(tmp_path, "part-b.parquet", pa.table({"id": pa.array([30], pa.int64()), "name": [None]}, schema=SCHEMA))]
+    audits = [Audit("any_rows", lambda files: AuditResult(bool(files)))] if audited else []
+    list(lakehouse.publish_files(ns, "t", parts, SCHEMA, audits=audits))
+
+    table = lakehouse.load_table(ns, "t")
+    entries = sorted((task.file for task in table.scan().plan_files()), key=lambda f: f.record_count)
+    assert [e.record_count for e in entries] == [1, 2]
+    staged = [e.file_path for e in entries]
+    assert not [location for location in opened if location in staged]  # no HEAD or GET of a staged file
+    monkeypatch.undo()
+    for entry in entries:  # what pyiceberg reads from the staged copy itself
+        expected = parquet_file_to_data_file(table.io, table.metadata, entry.file_path)
+        assert (entry.file_size_in_bytes, entry.record_count, entry.lower_bounds, entry.upper_bounds,
+                entry.null_value_counts, entry.value_counts) == (
+            expected.file_size_in_bytes, expected.record_count, expected.lower_bounds, expected.upper_bounds,
+            expected.null_value_counts, expected.value_counts)
+    # the bounds prune: a filter above part-a's ids plans part-b's file only
+    assert [task.file.record_count for task in table.scan(row_filter="id >= 20").plan_files()] == [1]
+    assert table.scan(row_filter="id >= 20").to_arrow().to_pylist() == [{"id": 30, "name": None}]
+
+
+def test_a_file_whose_columns_do_not_fit_the_table_is_refused_before_the_commit(services, lakehouse, tmp_path):
+    ns = "publish_files_local_stats_refused"
+    list(lakehouse.publish_files(ns, "t", [_file(tmp_path, "ok.parquet", pa.table(
+        {"id": pa.array([1], pa.int64()), "name": ["a"]}))], SCHEMA))
+    snapshot = lakehouse.load_table(ns, "t").current_snapshot().snapshot_id
+    wrong = _file(tmp_path, "wrong.parquet", pa.table({"id": ["not a number"], "name": ["b"]}))
+    with pytest.raises(ValueError, match="id"):
+        list(lakehouse.publish_files(ns, "t", [wrong], SCHEMA))
+    assert lakehouse.load_table(ns, "t").current_snapshot().snapshot_id == snapshot

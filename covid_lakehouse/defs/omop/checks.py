@@ -3,7 +3,7 @@ stop the publication, WARN ones are reported with the data."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -18,67 +18,93 @@ from covid_lakehouse.lib.wap import Audit, AuditResult
 MIN_MAPPED_SPECIALTY_SHARE = 0.95
 
 
+# What an audit reports, whether its figures come from an Arrow table or from the staged files' scan.
+def _unique_result(column: str, rows: int, duplicates: int, nulls: int) -> AuditResult:
+    return AuditResult(duplicates == 0 and nulls == 0, f"{duplicates} duplicate and {nulls} null {column} in {rows} rows",
+                       {"duplicates": duplicates, "nulls": nulls})
+
+
+def _not_null_result(column: str, missing: int) -> AuditResult:
+    return AuditResult(missing == 0, f"{missing} rows without {column}", {"missing": missing})
+
+
 def _unique(column: str):
     """For integer ids: sorting finds duplicates several times faster than hashing."""
     def audit(table: pa.Table) -> AuditResult:
-        nulls = table[column].null_count
         values = np.sort(table[column].drop_null().to_numpy())
         duplicates = int(np.count_nonzero(values[1:] == values[:-1]))
-        return AuditResult(duplicates == 0 and nulls == 0,
-                           f"{duplicates} duplicate and {nulls} null {column} in {table.num_rows} rows",
-                           {"duplicates": duplicates, "nulls": nulls})
+        return _unique_result(column, table.num_rows, duplicates, table[column].null_count)
     return audit
 
 
 def _not_null(column: str):
     def audit(table: pa.Table) -> AuditResult:
-        missing = table[column].null_count + (pc.sum(pc.equal(table[column], "")).as_py() or 0)  # values are trimmed
-        return AuditResult(missing == 0, f"{missing} rows without {column}", {"missing": missing})
+        # values are trimmed: an empty string is no value either
+        return _not_null_result(column, table[column].null_count + (pc.sum(pc.equal(table[column], "")).as_py() or 0))
     return audit
 
 
-# The provider audits run on the staged parquet files (the rows never sit whole in memory): one DuckDB
-# query each over ``read_parquet($files)``.
-def _query(files: Sequence[Path], query: str, extra: Mapping[str, pa.Table] | None = None) -> tuple:
-    con = connect()
-    try:
-        for name, table in (extra or {}).items():
-            con.register(name, table)
-        return con.execute(query, {"files": [str(f) for f in files]}).fetchone()
-    finally:
-        con.close()
+class _StagedProviders:
+    """Every figure the provider audits report, from ONE DuckDB session and query over the staged
+    parquet files (the rows never sit whole in memory): a session and a scan per audit cost more than
+    the audits themselves at a tenant of 20,000 providers. Computed when the first audit asks for the
+    files it receives, and again only if another audit receives other files."""
+
+    def __init__(self, care_site_ids: Collection[int], flag_files: Sequence[Path]):
+        self.known = pa.table({"care_site_id": pa.array(sorted(set(care_site_ids)), pa.int64())})
+        self.flag_files = [str(f) for f in flag_files]
+        self._files: list[str] | None = None
+        self._figures: dict = {}
+
+    def __call__(self, files: Sequence[Path]) -> dict:
+        wanted = [str(f) for f in files]
+        if wanted != self._files:
+            self._figures, self._files = self._scan(wanted), wanted
+        return self._figures
+
+    def _scan(self, files: list[str]) -> dict:
+        params = {"files": files}
+        # The transform's npi_check_digit flags, which it computed on exactly these providers: their
+        # count and the first ten in the flags' own order (a LIMIT keeps the file order).
+        if self.flag_files:
+            params["flags"] = self.flag_files
+            flags = """(SELECT count(*) FROM read_parquet($flags) WHERE flag = 'npi_check_digit') AS failing,
+                       (SELECT list(provider_id) FROM (SELECT provider_id FROM read_parquet($flags)
+                                                       WHERE flag = 'npi_check_digit' LIMIT 10)) AS failing_examples"""
+        else:
+            flags = "0 AS failing, NULL AS failing_examples"
+        con = connect()
+        try:
+            con.register("known", self.known)
+            cursor = con.execute(f"""
+                SELECT count(*) AS rows,
+                       count(provider_id) - count(DISTINCT provider_id) AS duplicate_ids,
+                       count(*) - count(provider_id) AS null_ids,
+                       count(*) FILTER (provider_name IS NULL OR provider_name = '') AS missing_names,
+                       count(npi) AS with_npi,
+                       count(*) FILTER (specialty_concept_id > 0) AS mapped,
+                       count(DISTINCT care_site_id) FILTER (
+                           care_site_id NOT IN (SELECT care_site_id FROM known)) AS dangling,
+                       {flags}
+                FROM read_parquet($files)""", params)
+            figures = dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
+            figures["dangling_examples"] = ""
+            if figures["dangling"]:  # only when the audit fails: the first ten, for the message
+                (figures["dangling_examples"],) = con.execute("""
+                    SELECT string_agg(care_site_id::VARCHAR, ', ' ORDER BY care_site_id)
+                    FROM (SELECT DISTINCT care_site_id FROM read_parquet($files)
+                          WHERE care_site_id NOT IN (SELECT care_site_id FROM known) ORDER BY care_site_id LIMIT 10)""",
+                    {"files": files}).fetchone()
+            return figures
+        finally:
+            con.close()
 
 
-def _unique_in_files(column: str):
+def _care_site_fk(staged: _StagedProviders):
     def audit(files: Sequence[Path]) -> AuditResult:
-        rows, duplicates, nulls = _query(files, f"""
-            SELECT count(*), count({column}) - count(DISTINCT {column}), count(*) - count({column})
-            FROM read_parquet($files)""")
-        return AuditResult(duplicates == 0 and nulls == 0,
-                           f"{duplicates} duplicate and {nulls} null {column} in {rows} rows",
-                           {"duplicates": duplicates, "nulls": nulls})
-    return audit
-
-
-def _not_null_in_files(column: str):
-    def audit(files: Sequence[Path]) -> AuditResult:
-        (missing,) = _query(files, f"SELECT count(*) FILTER ({column} IS NULL OR {column} = '') FROM read_parquet($files)")
-        return AuditResult(missing == 0, f"{missing} rows without {column}", {"missing": missing})
-    return audit
-
-
-def _care_site_fk(care_site_ids: Collection[int]):
-    known = pa.table({"care_site_id": pa.array(sorted(set(care_site_ids)), pa.int64())})
-
-    def audit(files: Sequence[Path]) -> AuditResult:
-        (dangling, examples) = _query(files, """
-            SELECT count(*), string_agg(care_site_id::VARCHAR, ', ' ORDER BY care_site_id)
-                             FILTER (WHERE rank <= 10)
-            FROM (SELECT care_site_id, row_number() OVER (ORDER BY care_site_id) AS rank FROM (
-                      SELECT DISTINCT care_site_id FROM read_parquet($files) WHERE care_site_id IS NOT NULL
-                      AND care_site_id NOT IN (SELECT care_site_id FROM known)))""", {"known": known})
-        return AuditResult(not dangling, f"{dangling} care_site_id value(s) not in care_site",
-                           {"dangling": dangling, "examples": examples or ""})
+        figures = staged(files)
+        return AuditResult(not figures["dangling"], f"{figures['dangling']} care_site_id value(s) not in care_site",
+                           {"dangling": figures["dangling"], "examples": figures["dangling_examples"]})
     return audit
 
 
@@ -92,45 +118,44 @@ def _reconciles(counts: Reconciliation):
     return audit
 
 
-def _npi_check_digit(flag_files: Sequence[Path]):
+def _npi_check_digit(staged: _StagedProviders):
     """Reports the transform's npi_check_digit flags, which it computed on exactly these providers."""
     def audit(files: Sequence[Path]) -> AuditResult:
-        (with_npi,) = _query(files, "SELECT count(npi) FROM read_parquet($files)")
-        if flag_files:
-            # the first ten in the flags' own order (a LIMIT keeps the file order)
-            count, examples = _query(flag_files, """
-                SELECT (SELECT count(*) FROM read_parquet($files) WHERE flag = 'npi_check_digit'),
-                       (SELECT list(provider_id) FROM (SELECT provider_id FROM read_parquet($files)
-                                                       WHERE flag = 'npi_check_digit' LIMIT 10))""")
-        else:
-            count, examples = 0, []
+        figures = staged(files)
+        count, with_npi = figures["failing"], figures["with_npi"]
         return AuditResult(count == 0, f"{count} of {with_npi} NPIs fail the check digit (kept, flagged)",
                            {"failing": count, "share": round(count / with_npi, 4) if with_npi else 0.0,
-                            "example_provider_ids": ", ".join(map(str, examples or []))})
+                            "example_provider_ids": ", ".join(map(str, figures["failing_examples"] or []))})
     return audit
 
 
-def _specialty_share(files: Sequence[Path]) -> AuditResult:
-    rows, mapped = _query(files, "SELECT count(*), count(*) FILTER (specialty_concept_id > 0) FROM read_parquet($files)")
-    share = mapped / rows if rows else 1.0
-    return AuditResult(share >= MIN_MAPPED_SPECIALTY_SHARE,
-                       f"{share:.1%} of providers have a mapped specialty (minimum {MIN_MAPPED_SPECIALTY_SHARE:.0%})",
-                       {"mapped": mapped, "share": round(share, 4)})
+def _specialty_share(staged: _StagedProviders):
+    def audit(files: Sequence[Path]) -> AuditResult:
+        figures = staged(files)
+        rows, mapped = figures["rows"], figures["mapped"]
+        share = mapped / rows if rows else 1.0
+        return AuditResult(share >= MIN_MAPPED_SPECIALTY_SHARE,
+                           f"{share:.1%} of providers have a mapped specialty (minimum {MIN_MAPPED_SPECIALTY_SHARE:.0%})",
+                           {"mapped": mapped, "share": round(share, 4)})
+    return audit
 
 
 def provider_audits(counts: Reconciliation, care_site_ids: Collection[int], flag_files: Sequence[Path]) -> list[Audit]:
-    """Audits of the staged provider parquet files (the transform's ``flag_files`` for the check digit)."""
+    """Audits of the staged provider parquet files (the transform's ``flag_files`` for the check digit),
+    all answered by one scan of them."""
+    staged = _StagedProviders(care_site_ids, flag_files)
     return [
-        Audit("provider_id_unique", _unique_in_files("provider_id"), description="provider_id is unique and never null"),
-        Audit("provider_name_not_null", _not_null_in_files("provider_name"),
+        Audit("provider_id_unique", lambda files: _unique_result(
+            "provider_id", *(staged(files)[k] for k in ("rows", "duplicate_ids", "null_ids"))),
+              description="provider_id is unique and never null"),
+        Audit("provider_name_not_null", lambda files: _not_null_result("provider_name", staged(files)["missing_names"]),
               description="every provider has a name (OMOP requires it)"),
-        Audit("care_site_fk_resolves", _care_site_fk(care_site_ids),
-              description="every care_site_id is a published care_site"),
+        Audit("care_site_fk_resolves", _care_site_fk(staged), description="every care_site_id is a published care_site"),
         Audit("counts_reconcile", _reconciles(counts),
               description="rows read = new + merged + quarantined, for the source and the files"),
-        Audit("npi_check_digit", _npi_check_digit(flag_files), blocking=False,
+        Audit("npi_check_digit", _npi_check_digit(staged), blocking=False,
               description="NPIs pass the Luhn check digit (failures are kept and flagged)"),
-        Audit("specialty_mapped_share", _specialty_share, blocking=False,
+        Audit("specialty_mapped_share", _specialty_share(staged), blocking=False,
               description=f"at least {MIN_MAPPED_SPECIALTY_SHARE:.0%} of providers have a specialty concept"),
     ]
 
@@ -139,4 +164,3 @@ CARE_SITE_AUDITS = [
     Audit("care_site_id_unique", _unique("care_site_id"), description="care_site_id is unique and never null"),
     Audit("care_site_name_not_null", _not_null("care_site_name"), description="every care site has a name"),
 ]
-
