@@ -107,13 +107,14 @@ def extract_parquet(tenant: Tenant, table: str, schema: pa.Schema, path: Path, *
     copier.start()
     parse_error: BaseException | None = None
     try:
-        with os.fdopen(read_fd, "rb", buffering=0) as stream, \
+        with os.fdopen(read_fd, "rb", buffering=1 << 16) as stream, \
                 pq.ParquetWriter(path, schema, compression="none", use_dictionary=False) as writer:
-            try:
-                for batch in pacsv.open_csv(stream, **copy_csv_options(schema, block_size=block_size)):
-                    writer.write_batch(batch)
-            except pa.ArrowInvalid as err:
-                if "Empty CSV file" not in str(err):  # no rows at all is an empty table, not an error
+            # no byte at all is an empty table (the parser would refuse it as an "empty CSV file")
+            if stream.peek(1):
+                try:
+                    for batch in pacsv.open_csv(stream, **copy_csv_options(schema, block_size=block_size)):
+                        writer.write_batch(batch)
+                except pa.ArrowInvalid as err:
                     parse_error = err
     finally:
         copier.join()  # the read end is closed by now: a COPY still writing fails (EPIPE) and ends
