@@ -1,6 +1,6 @@
 """How every marketing load reaches the warehouse: rows are COPYed into a private staging table while
-the source is read (each COPY commits on its own: no transaction stays open during rate-limit waits),
-then audited and merged on the natural key in ONE transaction (platform write-audit-publish).
+the source is read (each COPY commits on its own: except with ``stream=True`` below, no transaction
+stays open during rate-limit waits), then audited and merged on the natural key in ONE transaction (platform write-audit-publish).
 
 A load with ``stream=True`` (Facebook: a million rows over a 28-day look-back) does not leave the whole
 merge for after the last page: the publish transaction opens with the first staged chunk, takes the

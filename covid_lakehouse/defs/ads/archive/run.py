@@ -42,7 +42,7 @@ def archive_old_rows(warehouse: PostgresResource, lakehouse: LakehouseResource, 
     hook = hook or no_hook
     reports = []
     with returning_memory_pool(), exclusive_connection(warehouse.dsn) as conn:
-        # The batch's joins and sorts (plan, the COPY's shown-date order, read-back, delete) run over
+        # The batch's joins, sorts and index build (plan, the per-day COPYs, read-back, delete) run over
         # every archived row: at 4 MB they spill to disk in ever more batches as a backlog grows.
         conn.execute(sql.SQL("SET work_mem = {}").format(sql.Literal(ARCHIVE_WORK_MEM)))
         conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(ARCHIVE_WORK_MEM)))

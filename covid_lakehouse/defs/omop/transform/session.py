@@ -132,8 +132,10 @@ def slice_count(con: duckdb.DuckDBPyConnection, query: str) -> int:
 
 
 def in_slice(column: str, part: int, parts: int) -> str:
-    """SQL condition: ``column``'s value falls in key slice ``part`` of ``parts`` (TRUE when one slice)."""
-    return "TRUE" if parts == 1 else f"hash({column}) % {parts} = {part}"
+    """SQL condition: ``column``'s value falls in key slice ``part`` of ``parts`` (TRUE when one slice).
+    Hashed as BIGINT whatever the column's type: DuckDB hashes a negative INTEGER and the same BIGINT
+    differently, and file-only providers have negative gids."""
+    return "TRUE" if parts == 1 else f"hash(CAST({column} AS BIGINT)) % {parts} = {part}"
 
 
 class IdLookup:
