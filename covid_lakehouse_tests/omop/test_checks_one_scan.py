@@ -46,3 +46,22 @@ def test_the_provider_audits_open_one_session_and_answer_for_the_files_they_rece
         assert on_bad["provider_id_unique"].metadata == {"duplicates": 1, "nulls": 0}
         assert on_bad["provider_name_not_null"].metadata == {"missing": 1}
         assert on_bad["care_site_fk_resolves"].metadata == {"dangling": 1, "examples": "9"}
+
+
+def test_flags_it_cannot_read_fail_the_warning_audit_alone():
+    """Only npi_check_digit (WARN) reads the transform's flag files: when they cannot be read, that audit
+    fails with the reason and the blocking audits still answer from the staged files."""
+    counts = Reconciliation(source_rows=2, source_new=2, source_published=2, providers=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        good, flags = Path(tmp) / "good.parquet", Path(tmp) / "flags.parquet"
+        pq.write_table(_providers([1, 2], ["Ann", "Bob"], [1, 2]), good)
+        flags.write_bytes(b"not a parquet file")
+        audits = checks.provider_audits(counts, [1, 2], [flags])
+        outcomes = {}
+        for audit in audits:
+            try:
+                outcomes[audit.name] = audit.fn([good]).passed
+            except Exception as err:  # noqa: BLE001 - run_audits turns it into a failed audit
+                outcomes[audit.name] = type(err).__name__
+    assert isinstance(outcomes.pop("npi_check_digit"), str)  # it raised: the error's name, not a verdict
+    assert all(outcomes[a.name] is True for a in audits if a.blocking)
