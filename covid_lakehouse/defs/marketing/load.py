@@ -269,14 +269,7 @@ class StreamingMerge:
             self._held |= mine  # slices with published keys: their next chunks go straight to the merge
             self.chunks_merged += 1
             rows = PostgresResource.copy_arrow(self.conn, self._chunk, data, columns=self._spec.staged)
-            filters = []
-            if self.versions is not None:
-                filters.append(self.versions.left_out(self.superseded))
-            if self._spec.row_version is not None:
-                filters.append(_not_older(self._spec, self._chunk))
-            filters = [f for f in filters if f is not None]
-            left_out = sql.SQL(" AND ").join(filters) if filters else None
-            counts = self._merge_chunk(left_out, rows)
+            counts = self._merge_chunk(_left_out(self._spec, self._chunk, self.versions, self.superseded), rows)
             self.counts = UpsertCounts(self.counts.inserted + counts.inserted, self.counts.updated + counts.updated,
                                        self.counts.unchanged + counts.unchanged)
             self.conn.execute(sql.SQL("TRUNCATE {}").format(self._chunk))
@@ -407,6 +400,16 @@ class Published:
     superseded: dict[tuple[str, date], Superseded] = field(default_factory=dict)  # slices left as they were
 
 
+def _left_out(spec: TableSpec, staging: sql.Composable, versions: SliceVersions | None,
+              superseded: dict[tuple[str, date], Superseded]) -> sql.Composable | None:
+    """The condition a merged row of ``staging`` must meet (None: every row): not in a superseded
+    slice, not older than the published version of its key."""
+    filters = [versions.left_out(superseded) if versions is not None else None,
+               _not_older(spec, staging) if spec.row_version is not None else None]
+    filters = [f for f in filters if f is not None]
+    return sql.SQL(" AND ").join(filters) if filters else None
+
+
 def _not_older(spec: TableSpec, staging: sql.Composable) -> sql.Composable:
     """Staged rows whose published row is not a newer version of the same key (a run that read the source
     before another run merged a later update must not put the earlier one back)."""
@@ -459,18 +462,14 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
     superseded: dict[tuple[str, date], Superseded] = {}
 
     def merge(conn: psycopg.Connection, staging: sql.Composable, rows: int) -> UpsertCounts:
-        filters = []
         if versions is not None:
             # the table lock first (as the upsert takes it): publishers of this table take turns, so each
             # claims its slices against the versions the previous one committed
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(spec.ident))
             known = staged.slices if staged is not None and staged.tracks(versions) else None
             superseded.update(versions.claim(conn, spec, staging, known))
-            filters.append(versions.left_out(superseded))
-        if spec.row_version is not None:  # evaluated after the upsert's table lock: sees the last commit
-            filters.append(_not_older(spec, staging))
-        filters = [f for f in filters if f is not None]
-        return _upsert(conn, spec, staging, sql.SQL(" AND ").join(filters) if filters else None, rows)
+        # evaluated after the upsert's table lock: sees the last commit
+        return _upsert(conn, spec, staging, _left_out(spec, staging, versions, superseded), rows)
 
     with warehouse.connection() as conn:
         if staged is not None:
