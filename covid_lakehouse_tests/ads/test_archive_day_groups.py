@@ -56,9 +56,10 @@ def _assert_archived_by_day(lakehouse, expected: dict[str, date]) -> None:
 
 
 def test_the_plan_records_utc_shown_dates_and_each_file_holds_one_day(shown, warehouse, lakehouse, pg):
-    planned, indexed = {}, []
+    planned, indexed, chunks = {}, [], []
 
     def read_plan(step: str) -> None:
+        chunks.append(step == "chunk_written")
         if step == "planned":
             planned.update(pg.execute("SELECT ad_id::text, shown_date FROM ads.archive_pending").fetchall())
             indexed.extend(pg.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'ads' "
@@ -68,6 +69,9 @@ def test_the_plan_records_utc_shown_dates_and_each_file_holds_one_day(shown, war
 
     assert planned == shown
     assert len(indexed) == 1 and indexed[0][0].endswith("(shown_date)")  # the copy's groups are read through it
+    # one copy per group of days, chunked on its own: [04-26], [04-27] (16 rows: 3 chunks), [04-28..29],
+    # [04-30] (2 chunks), [05-01]; one copy of the whole batch would have made 5 chunks of 7
+    assert sum(chunks) == 8
     assert report.archived_rows == report.deleted_rows == len(shown)
     _assert_archived_by_day(lakehouse, shown)
     assert live_ids(pg) == set()

@@ -88,7 +88,7 @@ def _planned_rows(conn: psycopg.Connection, batch_id: str, chunk_rows: int) -> I
     index and ads.ads' shown_at index, and joined on (ad_id, row_version) as before."""
     query = copy_out_sql(sql.SQL(
         "(SELECT a.ad_id, a.ad_group, a.ad_campaign, a.ad_campaign_raw, a.ad_scheme_origin, "
-        "a.ad_scheme_approved, a.shown_at, (a.shown_at AT TIME ZONE 'UTC')::date AS shown_date, a.backup_key, "
+        "a.ad_scheme_approved, a.shown_at, p.shown_date, a.backup_key, "
         "a.loaded_at, a.row_version FROM {pending} p "
         "JOIN {ads} a ON a.ad_id = p.ad_id AND a.row_version = p.row_version "
         "WHERE p.batch_id = %s AND p.shown_date BETWEEN %s AND %s AND a.shown_at >= %s AND a.shown_at < %s)"
