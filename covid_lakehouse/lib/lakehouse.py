@@ -53,12 +53,16 @@ class LakehouseResource(dg.ConfigurableResource):
                    s3_endpoint_url=settings.s3_endpoint_url, aws_access_key_id=settings.aws_access_key_id,
                    aws_secret_access_key=settings.aws_secret_access_key, region=settings.aws_region)
 
+    def _cache_key(self) -> tuple:
+        """What a cached catalog and FileIO are shared under: one per process and catalog."""
+        return (self.catalog_name, self.catalog_dsn, self.warehouse, self.s3_endpoint_url)
+
     def catalog(self):
         from pyiceberg.catalog.sql import SqlCatalog
 
         from covid_lakehouse.lib.settings import sqlalchemy_url
 
-        cache_key = (self.catalog_name, self.catalog_dsn, self.warehouse, self.s3_endpoint_url)
+        cache_key = self._cache_key()
         with _CATALOGS_LOCK:
             if cache_key not in _CATALOGS:
                 _CATALOGS[cache_key] = SqlCatalog(
@@ -76,12 +80,12 @@ class LakehouseResource(dg.ConfigurableResource):
             return _CATALOGS[cache_key]
 
     def file_io(self):
-        """One FileIO per process and catalog for the files publish_files stages and the manifests it
-        reads (a loaded table brings a new one, and with it new S3 connections)."""
+        """One FileIO per process and catalog for the files publish_files stages (a loaded table brings a
+        new one, and with it new S3 connections; the commit still writes through the loaded table's)."""
         from pyiceberg.io import load_file_io
 
         catalog = self.catalog()
-        cache_key = (self.catalog_name, self.catalog_dsn, self.warehouse, self.s3_endpoint_url)
+        cache_key = self._cache_key()
         with _CATALOGS_LOCK:
             if cache_key not in _FILE_IOS:
                 _FILE_IOS[cache_key] = load_file_io(catalog.properties, self.warehouse)
