@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from covid_lakehouse.defs.marketing.clevertap import CleverTapResource
+from covid_lakehouse.defs.marketing.common import RAW_BUCKET, RAW_PREFIX
 from covid_lakehouse.defs.marketing.facebook import FacebookAdsResource
 from covid_lakehouse.defs.marketing.google_ads import GoogleAdsResource
 from covid_lakehouse.defs.marketing.rds import RdsSourceResource
@@ -43,10 +44,19 @@ def rds_demo_source(clean_marketing, api: MockApi, services, monkeypatch: pytest
 
 
 @pytest.fixture
-def clean_marketing(pg: psycopg.Connection, reset_domain) -> Iterator[None]:
-    reset_domain("marketing", "marketing", "marketing_staging", "marketing_rds_source")
+def clean_marketing(pg: psycopg.Connection, reset_domain, s3) -> Iterator[None]:
+    """The domain's schemas and its raw pages (s3://raw/marketing/) emptied before and after: tests
+    assert on the raw objects of a day, which another test's run may have written too."""
+    def reset() -> None:
+        reset_domain("marketing", "marketing", "marketing_staging", "marketing_rds_source")
+        client = s3.get_client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=RAW_BUCKET, Prefix=f"{RAW_PREFIX}/"):
+            if keys := [{"Key": o["Key"]} for o in page.get("Contents", [])]:
+                client.delete_objects(Bucket=RAW_BUCKET, Delete={"Objects": keys, "Quiet": True})
+
+    reset()
     yield
-    reset_domain("marketing", "marketing", "marketing_staging", "marketing_rds_source")
+    reset()
 
 
 @pytest.fixture
