@@ -256,8 +256,12 @@ class Warehouse:
                                          "AND starts_with(target_table, %s)")
                                  .format(table_ident(self.reference_schema, VERSIONS_TABLE)), (prefix,)).fetchall()
         named.update({target.removeprefix(prefix): county for target, county in published})
-        return {table: county for table, county in named.items()
-                if PostgresResource.table_exists(conn, self.county_schema, table)}
+        # one query for every county, not one each: this runs while the view lock is held
+        qualified = [sql.SQL("{}").format(table_ident(self.county_schema, table)).as_string(conn) for table in named]
+        existing = {name for (name,) in conn.execute(
+            "SELECT name FROM unnest(%s::text[], %s::text[]) AS t(qualified, name) WHERE to_regclass(qualified) IS NOT NULL",
+            (qualified, list(named))).fetchall()}
+        return {table: county for table, county in named.items() if table in existing}
 
     # -- reference rows ---------------------------------------------------------------------------------
     def publish_reference(self, staging: sql.Composed, loaded_at: datetime,
