@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.rules import EHR_TYPE_CONCEPT, Specialty
@@ -22,7 +21,7 @@ from covid_lakehouse.defs.omop.transform.cleaning import clean_files, clean_sour
 from covid_lakehouse.defs.omop.transform.flags import build_flags
 from covid_lakehouse.defs.omop.transform.identities import resolve_identities
 from covid_lakehouse.defs.omop.transform.ids import assign_ids, new_id_map_keys
-from covid_lakehouse.defs.omop.transform.provenance import build_provenance
+from covid_lakehouse.defs.omop.transform.provenance import other_provenance, source_provenance
 from covid_lakehouse.defs.omop.transform.quarantine import build_quarantine
 from covid_lakehouse.defs.omop.transform.reconcile import count_reconciliation
 from covid_lakehouse.defs.omop.transform.results import (
@@ -33,7 +32,7 @@ from covid_lakehouse.defs.omop.transform.results import (
     QUARANTINE,
     ProviderBuild,
 )
-from covid_lakehouse.defs.omop.transform.session import IdLookup, connect, write_parquet
+from covid_lakehouse.defs.omop.transform.session import IdLookup, connect, parquet_writer, write_parquet
 from covid_lakehouse.defs.omop.transform.value_maps import build_value_maps
 
 # The published providers (those with a name), one row each; provider_id is attached per batch.
@@ -89,13 +88,17 @@ def build_providers(
         resolve_identities(con)
         choose_values(con)
         assign_ids(con)
-        # Ids are attached a key slice of provider_ids at a time (one slice up to SLICE_ROWS providers).
-        with pq.ParquetWriter(files[PROVIDER], tables.PROVIDER) as writer:
-            rows = {PROVIDER: sum(write_parquet(con, f"{PUBLISHED} WHERE {where('c.gid')}", tables.PROVIDER,
-                                                files[PROVIDER], batch=with_provider_ids(ids_of), writer=writer)
-                                  for ids_of, where in IdLookup.slices(con))}
+        # Ids are attached a key slice of provider_ids at a time (one slice up to SLICE_ROWS providers),
+        # each slice's lookup loaded and sorted once for the providers and the source rows' provenance.
+        rows = {PROVIDER: 0, PROVENANCE: 0}
+        with parquet_writer(files[PROVIDER], tables.PROVIDER) as providers, \
+                parquet_writer(files[PROVENANCE], tables.PROVENANCE) as provenance:
+            for ids_of, where in IdLookup.slices(con):
+                rows[PROVIDER] += write_parquet(con, f"{PUBLISHED} WHERE {where('c.gid')}", tables.PROVIDER, None,
+                                                batch=with_provider_ids(ids_of), writer=providers)
+                rows[PROVENANCE] += source_provenance(con, params, ids_of, where, provenance)
+            rows[PROVENANCE] += other_provenance(con, params, provenance)
         con.read_parquet(str(files[PROVIDER])).create_view("published")
-        rows[PROVENANCE] = build_provenance(con, params, files[PROVENANCE])
         rows[QUARANTINE] = build_quarantine(con, params, files[QUARANTINE])
         rows[FLAGS] = build_flags(con, params, files[FLAGS])
         rows[ID_MAP_ADDITIONS] = new_id_map_keys(con, params, files[ID_MAP_ADDITIONS])
