@@ -2,8 +2,9 @@
 
 Reads ``id_map``, ``previous_source_provenance``, ``clean_source_rows``, ``source_npi_repeated``, ``nameless``,
 ``file_candidates``, ``source_row_by_npi`` and ``chosen``; writes ``id_map_by_npi``, ``id_map_by_source_row``,
-``previous_ids``, ``source_claims`` (those four dropped once used), ``file_keys``, ``claims``, ``contested_ids``, ``provider_ids`` and
-``new_file_keys``. new_id_map_keys reads ``claims`` and ``new_file_keys``."""
+``previous_ids``, ``source_claims``, ``claims`` (those five dropped once used), ``file_keys``, ``contested_ids``,
+``provider_ids`` (gid, id and the key the provider adds to the map) and ``new_file_keys``. new_id_map_keys reads
+``provider_ids`` and ``new_file_keys``."""
 
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
 
 def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
     """Every published provider's strongest claim (``claims``); contested ids to the stronger claim,
-    new ids for the rest (``provider_ids``); the file keys to record (``new_file_keys``)."""
+    new ids for the rest (``provider_ids``, with each provider's new key); the file keys to record
+    (``new_file_keys``)."""
     # Every published provider once, with its strongest claim (NULL: none). source_claims holds exactly the
     # published providers with a source row (gid = its provider_id); the others are file-only (gid < 0).
     con.execute("""
@@ -92,13 +94,15 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
         WITH losers AS (SELECT gid FROM claims WHERE id IN (SELECT value FROM contested_ids)
                         QUALIFY row_number() OVER (PARTITION BY id ORDER BY strength, gid) > 1),
              kept AS (SELECT gid, CASE WHEN gid NOT IN (SELECT gid FROM losers) THEN id END AS id,
-                             founding_fid FROM claims)
-        SELECT gid, id FROM kept WHERE id IS NOT NULL
+                             founding_fid, new_key FROM claims)
+        SELECT gid, id, new_key FROM kept WHERE id IS NOT NULL
         UNION ALL
         -- new ids in source order (a source row's gid is its provider_id), then file arrival order
         SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map)
-                    + row_number() OVER (ORDER BY gid < 0, founding_fid, gid)
+                    + row_number() OVER (ORDER BY gid < 0, founding_fid, gid), new_key
         FROM kept WHERE id IS NULL""")
+    # Each provider's id now sits next to the key it adds to the map: no join of millions of rows later.
+    con.execute("DROP TABLE claims")
     # A file key shared by two providers this run identifies neither: it is not recorded.
     con.execute("""
         CREATE TABLE new_file_keys AS
@@ -108,11 +112,11 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def new_id_map_keys(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
-    """The id map's additions: the new key of each source row (claims.new_key) and of file rows, in id
+    """The id map's additions: the new key of each source row (provider_ids.new_key) and of file rows, in id
     order. Written to ``path``; returns its rows."""
     return write_parquet(con, """
         SELECT natural_key, id, $now AS first_seen_at FROM (
-            SELECT c.new_key AS natural_key, p.id FROM claims c JOIN provider_ids p USING (gid) WHERE c.new_key IS NOT NULL
+            SELECT new_key AS natural_key, id FROM provider_ids WHERE new_key IS NOT NULL
             UNION ALL
             SELECT natural_key, id::BIGINT FROM new_file_keys)
         ORDER BY id, natural_key""", tables.ID_MAP, path, params)
