@@ -65,3 +65,20 @@ def test_flags_it_cannot_read_fail_the_warning_audit_alone():
                 outcomes[audit.name] = type(err).__name__
     assert isinstance(outcomes.pop("npi_check_digit"), str)  # it raised: the error's name, not a verdict
     assert all(outcomes[a.name] is True for a in audits if a.blocking)
+
+
+def test_the_flag_files_are_read_once_whatever_staged_files_the_audits_receive():
+    """The flags depend on the transform alone: audits answering for other staged files (a retried
+    publish) do not read them again."""
+    counts = Reconciliation(source_rows=2, source_new=2, source_published=2, providers=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        good, other, flags = Path(tmp) / "good.parquet", Path(tmp) / "other.parquet", Path(tmp) / "flags.parquet"
+        pq.write_table(_providers([1, 2], ["Ann", "Bob"], [1, 2]), good)
+        pq.write_table(_providers([1, 2, 4], ["Ann", "Bob", "Dee"], [1, 2, 2]), other)
+        pq.write_table(tables.conform(pa.table({"provider_id": pa.array([2], pa.int64()), "flag": ["npi_check_digit"],
+                                                "value": ["x"]}), tables.FLAG), flags)
+        audit = {a.name: a for a in checks.provider_audits(counts, [1, 2], [flags])}["npi_check_digit"]
+        assert audit.fn([good]).metadata["failing"] == 1
+        flags.write_bytes(b"not a parquet file any more")  # a second read would fail
+        on_other = audit.fn([other])
+    assert on_other.metadata == {"failing": 1, "share": 0.3333, "example_provider_ids": "2"}

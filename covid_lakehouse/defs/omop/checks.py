@@ -49,13 +49,15 @@ class _StagedProviders:
     """Every figure the provider audits report, from ONE DuckDB session and query over the staged
     parquet files (the rows never sit whole in memory): a session and a scan per audit cost more than
     the audits themselves at a tenant of 20,000 providers. Computed when the first audit asks for the
-    files it receives, and again only if another audit receives other files."""
+    files it receives, and again only if another audit receives other files (the transform's flag files
+    are read once: they are the same for every staged file list)."""
 
     def __init__(self, care_site_ids: Collection[int], flag_files: Sequence[Path]):
         self.known = pa.table({"care_site_id": pa.array(sorted(set(care_site_ids)), pa.int64())})
         self.flag_files = [str(f) for f in flag_files]
         self._files: list[str] | None = None
         self._figures: dict = {}
+        self._flag_figures: dict | None = None
 
     def __call__(self, files: Sequence[Path]) -> dict:
         wanted = [str(f) for f in files]
@@ -78,20 +80,9 @@ class _StagedProviders:
                            care_site_id NOT IN (SELECT care_site_id FROM known)) AS dangling
                 FROM read_parquet($files)""", {"files": files})
             figures = dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
-            figures.update(failing=0, failing_examples=None, flags_error=None)
-            if self.flag_files:
-                # The transform's npi_check_digit flags, which it computed on exactly these providers: their
-                # count and the first ten in the flags' own order (a LIMIT keeps the file order). A query
-                # of its own: only the WARN audit reads them, so flags it cannot read fail that audit
-                # alone and the blocking audits still answer.
-                try:
-                    figures["failing"], figures["failing_examples"] = con.execute("""
-                        SELECT (SELECT count(*) FROM read_parquet($flags) WHERE flag = 'npi_check_digit'),
-                               (SELECT list(provider_id) FROM (SELECT provider_id FROM read_parquet($flags)
-                                                               WHERE flag = 'npi_check_digit' LIMIT 10))""",
-                        {"flags": self.flag_files}).fetchone()
-                except duckdb.Error as err:
-                    figures["flags_error"] = err
+            if self._flag_figures is None:  # the flag files do not change with the staged files: read once
+                self._flag_figures = self._flags(con)
+            figures.update(self._flag_figures)
             figures["dangling_examples"] = ""
             if figures["dangling"]:  # only when the audit fails: the first ten, for the message
                 (figures["dangling_examples"],) = con.execute("""
@@ -102,6 +93,23 @@ class _StagedProviders:
             return figures
         finally:
             con.close()
+
+    def _flags(self, con: duckdb.DuckDBPyConnection) -> dict:
+        """The transform's npi_check_digit flags, which it computed on exactly these providers: their count
+        and the first ten in the flags' own order (a LIMIT keeps the file order). A query of its own:
+        only the WARN audit reads them, so flags it cannot read fail that audit alone and the blocking
+        audits still answer."""
+        figures = {"failing": 0, "failing_examples": None, "flags_error": None}
+        if self.flag_files:
+            try:
+                figures["failing"], figures["failing_examples"] = con.execute("""
+                    SELECT (SELECT count(*) FROM read_parquet($flags) WHERE flag = 'npi_check_digit'),
+                           (SELECT list(provider_id) FROM (SELECT provider_id FROM read_parquet($flags)
+                                                           WHERE flag = 'npi_check_digit' LIMIT 10))""",
+                    {"flags": self.flag_files}).fetchone()
+            except duckdb.Error as err:
+                figures["flags_error"] = err
+        return figures
 
 
 def _care_site_fk(staged: _StagedProviders):

@@ -1,7 +1,8 @@
 """Output: flags, findings kept with the published data.
 
 Reads ``chosen``, ``merge_candidates``, ``clean_source_rows``, ``file_candidates``, ``nameless``, ``published``,
-``provider_ids`` and ``clean_file_rows``; writes ``npi_check_failed`` and ``rows_to_flag``."""
+``provider_ids`` and ``clean_file_rows``; registers ``npi_check_failed`` (the gids npi_check_failures found while
+the provider output was written) and writes ``rows_to_flag``."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.rules import npi_check_digits
 from covid_lakehouse.defs.omop.transform.session import write_parquet
-
-LUHN_BATCH_ROWS = 1 << 18
 
 CONFLICTS = {
     "provider_name": ("c.name", "ch.name", "c.name IS NOT NULL AND NOT names_compatible(c.name, ch.name)"),
@@ -30,22 +30,24 @@ CONFLICTS = {
 }
 
 
-def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
-    """Findings kept with the published data: NPI check digit failures, malformed NPIs, unmapped
-    specialties and sites, disagreements between sources (both values), possible duplicates. Written
-    to ``path``; returns its rows."""
+def npi_check_failures(gid: pa.ChunkedArray | pa.Array, npi_num: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The gids among these providers whose NPI fails its check digit (Luhn over "80840" + the first
+    nine digits), in numpy: a dozen integer operations per NPI. build_providers calls it on each batch
+    of the provider output it writes, so the published NPIs are not read a second time."""
+    valid = pc.is_valid(npi_num)
+    gid, npi = (np.asarray(pc.filter(c, valid).to_numpy(), dtype=np.int64) for c in (gid, npi_num))
+    return gid[npi_check_digits(npi // 10) != npi % 10]
+
+
+def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path, npi_check_failed: np.ndarray) -> int:
+    """Findings kept with the published data: NPI check digit failures (``npi_check_failed``: their gids,
+    from npi_check_failures), malformed NPIs, unmapped specialties and sites, disagreements between
+    sources (both values), possible duplicates. Written to ``path``; returns its rows."""
     conflicts = "\n            UNION ALL ".join(
         f"SELECT c.gid, 'value_conflict', '{column}', {chosen}, {other}, c.source_system, c.fid, c.source_key,"
         f" 'sources disagree; the published value is kept' FROM merge_candidates c JOIN chosen ch USING (gid) WHERE {condition}"
         for column, (other, chosen, condition) in CONFLICTS.items())
-    # The NPI check digit (Luhn over "80840" + the first nine digits), in numpy: a dozen integer
-    # operations per NPI, on millions of NPIs, a batch at a time (the temporaries of a whole tenant's
-    # NPIs grew with the tenant); only the failing gids (a few percent) are kept.
-    failing = []
-    for batch in con.sql("SELECT gid, npi_num FROM chosen WHERE npi_num IS NOT NULL").to_arrow_reader(LUHN_BATCH_ROWS):
-        gid, npi = (np.asarray(batch.column(c).to_numpy(), dtype=np.int64) for c in ("gid", "npi_num"))
-        failing.append(gid[npi_check_digits(npi // 10) != npi % 10])
-    con.register("npi_check_failed", pa.table({"gid": pa.array(np.concatenate(failing) if failing else [], pa.int64())}))
+    con.register("npi_check_failed", pa.table({"gid": pa.array(npi_check_failed, pa.int64())}))
     # The rows with something to flag, found in one pass over the source rows (a few percent of them).
     con.execute("""
         CREATE TABLE rows_to_flag AS

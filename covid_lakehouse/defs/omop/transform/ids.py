@@ -2,8 +2,9 @@
 
 Reads ``id_map``, ``previous_source_provenance``, ``clean_source_rows``, ``source_npi_repeated``, ``nameless``,
 ``file_candidates``, ``source_row_by_npi`` and ``chosen``; writes ``id_map_by_npi``, ``id_map_by_source_row``,
-``previous_ids``, ``source_claims`` (those four dropped once used), ``file_keys``, ``claims``, ``contested_ids``, ``provider_ids`` and
-``new_file_keys``. new_id_map_keys reads ``claims`` and ``new_file_keys``."""
+``previous_ids``, ``source_claims``, ``claims`` (those five dropped once used), ``file_keys``, ``contested_ids``,
+``provider_ids`` (gid, id and what the map's key of its source row needs) and ``new_file_keys``. new_id_map_keys reads
+``provider_ids`` and ``new_file_keys``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ import duckdb
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.transform.session import lowest_per_key, register_repeated, write_parquet
+
+# The key a source row without one adds to the map: npi:<its NPI> (ten digits: zero padded from the
+# number) when its NPI identifies it alone, else pg:<provider_id>.
+NEW_SOURCE_KEY = "coalesce('npi:' || lpad(key_npi_num::VARCHAR, 10, '0'), 'pg:' || gid)"
 
 
 def assign_ids(con: duckdb.DuckDBPyConnection) -> None:
@@ -42,10 +47,10 @@ def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
     lowest_per_key(con, "previous_ids", "src_id", "provider_id")
     con.execute("""
         CREATE TABLE source_claims AS
-        WITH p AS (SELECT src_id, npi, CASE WHEN npi_num NOT IN (SELECT value FROM source_npi_repeated) THEN npi_num END
+        WITH p AS (SELECT src_id, CASE WHEN npi_num NOT IN (SELECT value FROM source_npi_repeated) THEN npi_num END
                               AS unique_npi
                    FROM clean_source_rows WHERE src_id NOT IN (SELECT gid FROM nameless))
-        SELECT p.src_id AS gid, CASE WHEN p.unique_npi IS NOT NULL THEN p.npi END AS key_npi,
+        SELECT p.src_id AS gid, p.unique_npi AS key_npi_num,
                coalesce(i.id, r.id) AS key_id, pp.provider_id AS previous_id
         FROM p LEFT JOIN id_map_by_npi i ON i.npi_num = p.unique_npi
              LEFT JOIN id_map_by_source_row r ON r.src_id = p.src_id AND p.unique_npi IS NULL
@@ -69,7 +74,8 @@ def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
 
 def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
     """Every published provider's strongest claim (``claims``); contested ids to the stronger claim,
-    new ids for the rest (``provider_ids``); the file keys to record (``new_file_keys``)."""
+    new ids for the rest (``provider_ids``, with each provider's new key); the file keys to record
+    (``new_file_keys``)."""
     # Every published provider once, with its strongest claim (NULL: none). source_claims holds exactly the
     # published providers with a source row (gid = its provider_id); the others are file-only (gid < 0).
     con.execute("""
@@ -79,11 +85,11 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
         SELECT gid, coalesce(p.key_id, p.previous_id, f.id) AS id,
                CASE WHEN p.key_id IS NOT NULL THEN 0 WHEN p.previous_id IS NOT NULL THEN 1 ELSE f.strength END
                    AS strength, NULL::BIGINT AS founding_fid,
-               -- the key this provider's source row adds to the map
-               CASE WHEN p.key_id IS NULL THEN coalesce('npi:' || p.key_npi, 'pg:' || gid) END AS new_key
+               -- whether this provider's source row adds its key to the map (see NEW_SOURCE_KEY), and its NPI
+               p.key_id IS NULL AS adds_key, p.key_npi_num
         FROM source_claims p LEFT JOIN file_claims f USING (gid)
         UNION ALL
-        SELECT c.gid, f.id, f.strength, c.founding_fid, NULL FROM chosen c LEFT JOIN file_claims f USING (gid)
+        SELECT c.gid, f.id, f.strength, c.founding_fid, NULL, NULL FROM chosen c LEFT JOIN file_claims f USING (gid)
         WHERE c.gid < 0""")
     con.execute("DROP TABLE source_claims")  # one row per source row, all in claims now
     register_repeated(con, "contested_ids", "SELECT id FROM claims WHERE id IS NOT NULL")
@@ -92,13 +98,16 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
         WITH losers AS (SELECT gid FROM claims WHERE id IN (SELECT value FROM contested_ids)
                         QUALIFY row_number() OVER (PARTITION BY id ORDER BY strength, gid) > 1),
              kept AS (SELECT gid, CASE WHEN gid NOT IN (SELECT gid FROM losers) THEN id END AS id,
-                             founding_fid FROM claims)
-        SELECT gid, id FROM kept WHERE id IS NOT NULL
+                             founding_fid, adds_key, key_npi_num FROM claims)
+        SELECT gid, id, adds_key, key_npi_num FROM kept WHERE id IS NOT NULL
         UNION ALL
         -- new ids in source order (a source row's gid is its provider_id), then file arrival order
         SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map)
-                    + row_number() OVER (ORDER BY gid < 0, founding_fid, gid)
+                    + row_number() OVER (ORDER BY gid < 0, founding_fid, gid), adds_key, key_npi_num
         FROM kept WHERE id IS NULL""")
+    # Each provider's id now sits next to the key it adds to the map: no join of millions of rows later
+    # (carried as numbers: the window's sort above moves every column it keeps, text costs it twice).
+    con.execute("DROP TABLE claims")
     # A file key shared by two providers this run identifies neither: it is not recorded.
     con.execute("""
         CREATE TABLE new_file_keys AS
@@ -108,11 +117,11 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def new_id_map_keys(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
-    """The id map's additions: the new key of each source row (claims.new_key) and of file rows, in id
+    """The id map's additions: the new key of each source row (NEW_SOURCE_KEY) and of file rows, in id
     order. Written to ``path``; returns its rows."""
-    return write_parquet(con, """
+    return write_parquet(con, f"""
         SELECT natural_key, id, $now AS first_seen_at FROM (
-            SELECT c.new_key AS natural_key, p.id FROM claims c JOIN provider_ids p USING (gid) WHERE c.new_key IS NOT NULL
+            SELECT {NEW_SOURCE_KEY} AS natural_key, id FROM provider_ids WHERE adds_key
             UNION ALL
             SELECT natural_key, id::BIGINT FROM new_file_keys)
         ORDER BY id, natural_key""", tables.ID_MAP, path, params)

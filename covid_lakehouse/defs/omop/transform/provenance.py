@@ -1,10 +1,12 @@
 """Output: provenance, one row per source row and per client id of a provider per file.
 
-Reads ``clean_source_rows``, ``previous_source_provenance``, ``file_candidates`` and ``provider_ids``."""
+Reads ``clean_source_rows``, ``previous_source_provenance``, ``file_candidates`` and ``provider_ids``.
+The source rows are written a key slice of provider ids at a time, by build_providers' slice loop (one
+IdLookup serves the provider output and provenance); other_provenance writes the rest."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 import duckdb
 import pyarrow as pa
@@ -15,24 +17,26 @@ from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.transform.session import IdLookup, scalar, write_parquet
 
 
-def build_provenance(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
-    """Written to ``path``, a batch at a time (the source rows a key slice of provider ids at a time);
-    returns its rows."""
-    def with_ids(ids_of: IdLookup):
-        def attach(rows: pa.Table) -> pa.Table:
-            provider_id = ids_of(rows["gid"])
-            return rows.append_column("provider_id", provider_id).append_column(
-                "status", pc.if_else(pc.is_null(provider_id), "quarantined", "published"))
-        return attach
+def source_provenance(con: duckdb.DuckDBPyConnection, params: dict, ids_of: IdLookup, where: Callable[[str], str],
+                      writer: pq.ParquetWriter) -> int:
+    """The source rows of one key slice (``where``), their provider ids from ``ids_of``, appended to
+    ``writer``; returns their rows."""
+    def attach(rows: pa.Table) -> pa.Table:
+        provider_id = ids_of(rows["gid"])
+        return rows.append_column("provider_id", provider_id).append_column(
+            "status", pc.if_else(pc.is_null(provider_id), "quarantined", "published"))
 
-    with pq.ParquetWriter(path, tables.PROVENANCE) as writer:
-        rows = sum(write_parquet(con, f"{SOURCE_ROWS} WHERE {where('clean_source_rows.src_id')}", tables.PROVENANCE,
-                                 path, params, batch=with_ids(ids_of), writer=writer)
-                   for ids_of, where in IdLookup.slices(con))
-        # Deleted rows only when there was a previous run: the anti-join would hash every source row for nothing.
-        previous = scalar(con, "SELECT count(*) FROM previous_source_provenance")
-        other = f"{DELETED_ROWS} UNION ALL {FILE_ROWS}" if previous else FILE_ROWS
-        return rows + write_parquet(con, other, tables.PROVENANCE, path, params, writer=writer)
+    return write_parquet(con, f"{SOURCE_ROWS} WHERE {where('clean_source_rows.src_id')}", tables.PROVENANCE,
+                         None, params, batch=attach, writer=writer)
+
+
+def other_provenance(con: duckdb.DuckDBPyConnection, params: dict, writer: pq.ParquetWriter) -> int:
+    """The source rows deleted since the last run and the file rows, appended to ``writer`` after the
+    source rows; returns their rows."""
+    # Deleted rows only when there was a previous run: the anti-join would hash every source row for nothing.
+    previous = scalar(con, "SELECT count(*) FROM previous_source_provenance")
+    other = f"{DELETED_ROWS} UNION ALL {FILE_ROWS}" if previous else FILE_ROWS
+    return write_parquet(con, other, tables.PROVENANCE, None, params, writer=writer)
 
 
 # One row per source row: its provider (none when quarantined), first seen and last changed.

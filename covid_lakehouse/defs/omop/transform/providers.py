@@ -12,17 +12,17 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.rules import EHR_TYPE_CONCEPT, Specialty
 from covid_lakehouse.defs.omop.transform.choose_values import choose_values
 from covid_lakehouse.defs.omop.transform.cleaning import clean_files, clean_source
-from covid_lakehouse.defs.omop.transform.flags import build_flags
+from covid_lakehouse.defs.omop.transform.flags import build_flags, npi_check_failures
 from covid_lakehouse.defs.omop.transform.identities import resolve_identities
 from covid_lakehouse.defs.omop.transform.ids import assign_ids, new_id_map_keys
-from covid_lakehouse.defs.omop.transform.provenance import build_provenance
+from covid_lakehouse.defs.omop.transform.provenance import other_provenance, source_provenance
 from covid_lakehouse.defs.omop.transform.quarantine import build_quarantine
 from covid_lakehouse.defs.omop.transform.reconcile import count_reconciliation
 from covid_lakehouse.defs.omop.transform.results import (
@@ -33,20 +33,25 @@ from covid_lakehouse.defs.omop.transform.results import (
     QUARANTINE,
     ProviderBuild,
 )
-from covid_lakehouse.defs.omop.transform.session import IdLookup, connect, write_parquet
+from covid_lakehouse.defs.omop.transform.session import IdLookup, connect, parquet_writer, write_parquet
 from covid_lakehouse.defs.omop.transform.value_maps import build_value_maps
 
-# The published providers (those with a name), one row each; provider_id is attached per batch.
+# The published providers (those with a name), one row each; provider_id is attached per batch (and
+# npi_num checked there, then dropped by the output's schema).
 PUBLISHED = f"""
-    SELECT c.gid, c.name AS provider_name, c.npi, c.specialty_concept_id, c.care_site_id,
+    SELECT c.gid, c.npi_num, c.name AS provider_name, c.npi, c.specialty_concept_id, c.care_site_id,
            c.provider_source_value, c.specialty_source_value,
            CASE WHEN c.specialty_source_value IS NOT NULL THEN 0 END AS specialty_source_concept_id,
            CASE WHEN c.in_source THEN {EHR_TYPE_CONCEPT} ELSE 0 END AS provider_type_concept_id
     FROM chosen c"""
 
 
-def with_provider_ids(ids_of: IdLookup) -> Callable[[pa.Table], pa.Table]:
-    return lambda rows: rows.append_column("provider_id", ids_of(rows["gid"]))
+def with_provider_ids(ids_of: IdLookup, npi_check_failed: list[np.ndarray]) -> Callable[[pa.Table], pa.Table]:
+    """Attach each provider's id; append the gids whose NPI fails its check digit to ``npi_check_failed``."""
+    def attach(rows: pa.Table) -> pa.Table:
+        npi_check_failed.append(npi_check_failures(rows["gid"], rows["npi_num"]))
+        return rows.append_column("provider_id", ids_of(rows["gid"]))
+    return attach
 
 
 def build_providers(
@@ -89,15 +94,19 @@ def build_providers(
         resolve_identities(con)
         choose_values(con)
         assign_ids(con)
-        # Ids are attached a key slice of provider_ids at a time (one slice up to SLICE_ROWS providers).
-        with pq.ParquetWriter(files[PROVIDER], tables.PROVIDER) as writer:
-            rows = {PROVIDER: sum(write_parquet(con, f"{PUBLISHED} WHERE {where('c.gid')}", tables.PROVIDER,
-                                                files[PROVIDER], batch=with_provider_ids(ids_of), writer=writer)
-                                  for ids_of, where in IdLookup.slices(con))}
+        # Ids are attached a key slice of provider_ids at a time (one slice up to SLICE_ROWS providers),
+        # each slice's lookup loaded and sorted once for the providers and the source rows' provenance.
+        rows, npi_check_failed = {PROVIDER: 0, PROVENANCE: 0}, []
+        with parquet_writer(files[PROVIDER], tables.PROVIDER) as providers, \
+                parquet_writer(files[PROVENANCE], tables.PROVENANCE) as provenance:
+            for ids_of, where in IdLookup.slices(con):
+                rows[PROVIDER] += write_parquet(con, f"{PUBLISHED} WHERE {where('c.gid')}", tables.PROVIDER, None,
+                                                batch=with_provider_ids(ids_of, npi_check_failed), writer=providers)
+                rows[PROVENANCE] += source_provenance(con, params, ids_of, where, provenance)
+            rows[PROVENANCE] += other_provenance(con, params, provenance)
         con.read_parquet(str(files[PROVIDER])).create_view("published")
-        rows[PROVENANCE] = build_provenance(con, params, files[PROVENANCE])
         rows[QUARANTINE] = build_quarantine(con, params, files[QUARANTINE])
-        rows[FLAGS] = build_flags(con, params, files[FLAGS])
+        rows[FLAGS] = build_flags(con, params, files[FLAGS], np.concatenate(npi_check_failed or [np.empty(0, np.int64)]))
         rows[ID_MAP_ADDITIONS] = new_id_map_keys(con, params, files[ID_MAP_ADDITIONS])
         return ProviderBuild(
             files=files, rows=rows, counts=count_reconciliation(con, rows[PROVIDER]),

@@ -16,7 +16,8 @@ def build_quarantine(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -
     """Written to ``path``; returns its rows."""
     # The source's nameless rows are looked up in the extract only when there are any: that scan reads
     # every column of every source row.
-    nameless_source_rows = scalar(con, "SELECT count(*) FROM clean_source_rows WHERE src_id IN (SELECT gid FROM nameless)")
+    # (a nameless provider is a source row's exactly when in_source: counted without scanning the rows)
+    nameless_source_rows = scalar(con, "SELECT count(*) FROM nameless WHERE in_source")
     from_source = SOURCE_NAMELESS if nameless_source_rows else ""
     return write_parquet(con, f"""
         SELECT 'client_file' AS source_system, object_key AS source_object, NULL AS source_key, reason, detail,
