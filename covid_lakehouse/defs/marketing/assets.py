@@ -130,11 +130,15 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
             with warehouse.connection() as publish:  # commits after the audits passed; rolls back otherwise
                 merging = StreamingMerge(publish, spec, versions, key_unique_audit=checks.KEY_UNIQUE.name)
                 staging.merge_into(merging)
+                staging.fold_audits(audits)  # the row audits and totals follow the chunks: verdicts ready at the last page
                 try:
                     reported = read(staging)
                     published: Published = yield from stage_audit_publish(
                         warehouse, spec, audits=audits, asset_key=asset_key, staged=staging, reported=reported,
                         notices=notices, merging=merging)
+                except BaseException:  # a failing read, audit or cancel: what is still queued is not merged
+                    staging.abandon()
+                    raise
                 finally:
                     staging.finish_quietly()  # no chunk is merged once the transaction has ended
         else:
