@@ -52,8 +52,8 @@ PUBLISH_LOCK_TIMEOUT_S = setting(
 
 
 class PublishLockTimeout(dg.Failure):
-    """Another session held the target's lock longer than MARKETING_PUBLISH_LOCK_TIMEOUT_S. Retried by the
-    step's RetryPolicy (the holder, e.g. another publisher, may be done by then)."""
+    """Another session held the target's lock longer than MARKETING_PUBLISH_LOCK_TIMEOUT_S: nothing was
+    published; a rerun publishes once the holder (named in the message) has committed or ended."""
 
     def __init__(self, message: str) -> None:
         super().__init__(description=message)
