@@ -4,11 +4,12 @@ stays open during rate-limit waits), then audited and merged on the natural key 
 
 A load with ``stream=True`` (Facebook: a million rows over a 28-day look-back) does not leave the whole
 merge for after the last page: the publish transaction opens with the first staged chunk, takes the
-target's lock and merges each chunk as soon as it is staged, while the source is still read; the
-audits still run on all staged rows after the last page, and only then does the transaction commit
-(or roll back every chunk merged so far). One commit, as before; the price is the target's write lock
-held for the read (readers are not blocked; other publishers of the table wait, as they would for a
-merge anyway).
+target's lock (waiting at most MARKETING_PUBLISH_LOCK_TIMEOUT_S) and merges each chunk as soon as it is
+staged, while the source is still read; the audits follow the chunks too (``FoldedAudit``: each staged
+chunk is added to their running state), so after the last page only their verdicts are left, and only
+then does the transaction commit (or roll back every chunk merged so far). One commit, as before; the
+price is the target's write lock held for the read (readers are not blocked; other publishers of the
+table wait, as they would for a merge anyway). Once the run is failing, chunks still queued are dropped.
 
 Runs whose look-back windows overlap can commit out of order (a slow or retried run read the API before
 another run that already merged). ``SliceVersions`` records when each account/customer and day was
