@@ -10,12 +10,19 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 
-from covid_lakehouse.defs.marketing.load import Staged
+from covid_lakehouse.defs.marketing.load import FoldedAudit, Staged
+from covid_lakehouse.defs.marketing.tables import TableSpec
 from covid_lakehouse.lib.wap import Audit, AuditResult
 
 SAMPLE = 5
+TOP_ROWS = 50  # rows listed by the clicks audit
+# numeric columns staged as text (Facebook's spend) are numeric(20, 6) in the table (migrations/0001): a
+# fold rounds them as PostgreSQL does, half away from zero, to compare and sum what the table would hold
+NUMERIC_SCALE = 6
 
 
 def _key_unique(staged: Staged) -> AuditResult:
@@ -32,40 +39,130 @@ def _key_unique(staged: Staged) -> AuditResult:
 def _violations(staged: Staged, condition: sql.Composable, what: str, ok: str) -> AuditResult:
     keys = sql.SQL(", ").join(map(sql.Identifier, staged.spec.key))
     bad = staged.conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(staged.staging, condition)).fetchone()[0]
+    examples = staged.conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} LIMIT %s").format(keys, staged.staging, condition),
+                                   (SAMPLE,)).fetchall() if bad else []
+    return _violation_result(bad, examples, what, ok)
+
+
+def _violation_result(bad: int, examples: list[tuple], what: str, ok: str) -> AuditResult:
     if not bad:
         return AuditResult(True, ok, {"violations": 0})
-    examples = staged.conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} LIMIT %s").format(keys, staged.staging, condition),
-                                   (SAMPLE,)).fetchall()
     return AuditResult(False, f"{bad} staged row(s) {what}, e.g. {examples[0]}",
                        {"violations": bad, "examples": [list(map(str, r)) for r in examples]})
 
 
+def _numeric(chunk: pa.Table, column: str) -> pa.ChunkedArray:
+    """A staged column as the table holds it: text (Facebook's spend) as numeric(20, 6), rounded as PostgreSQL
+    rounds it (half away from zero); a value with more than 12 decimals makes the fold give up (the audit then
+    reads the staging table)."""
+    values = chunk.column(column)
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        return values
+    exact = pc.cast(values, pa.decimal128(38, 12))
+    return pc.cast(pc.round(exact, ndigits=NUMERIC_SCALE, round_mode="half_towards_infinity"),
+                   pa.decimal128(38, NUMERIC_SCALE))
+
+
+class _RowFold:
+    """The staged rows meeting a condition, folded chunk by chunk: how many, and the keys of the first SAMPLE
+    (as the scan's LIMIT returns them: in staged order); with ``top``, also the TOP_ROWS largest by ``top``."""
+
+    def __init__(self, spec: TableSpec, condition: Callable[[pa.Table], pa.ChunkedArray],
+                 top: tuple[Callable[[pa.Table], pa.ChunkedArray], tuple[str, ...]] | None = None) -> None:
+        self.key, self.condition, self.top = spec.key, condition, top
+        self.count, self.examples, self.rows = 0, [], []
+
+    def add(self, chunk: pa.Table) -> None:
+        hit = pc.fill_null(self.condition(chunk), False)  # SQL: a NULL condition is not met
+        bad = pc.sum(hit).as_py() or 0
+        if not bad:
+            return
+        self.count += bad
+        rows = chunk.filter(hit)
+        if len(self.examples) < SAMPLE:
+            self.examples += _tuples(rows.slice(0, SAMPLE - len(self.examples)), self.key)
+        if self.top is not None:
+            by, shown = self.top
+            order = pc.array_sort_indices(by(rows), order="descending")[:TOP_ROWS]
+            picked = rows.take(order)
+            ranked = zip(by(picked).to_pylist(), _tuples(picked, (*self.key, *shown)), strict=True)
+            self.rows = sorted([*self.rows, *ranked], key=lambda r: r[0], reverse=True)[:TOP_ROWS]
+
+
+def _tuples(rows: pa.Table, columns: tuple[str, ...]) -> list[tuple]:
+    return list(zip(*(rows.column(c).to_pylist() for c in columns), strict=True))
+
+
+_CLICKS_WHAT, _CLICKS_OK = "with more clicks than impressions", "clicks <= impressions in every staged row"
+
+
 def _clicks_not_above_impressions(staged: Staged) -> AuditResult:
-    result = _violations(staged, sql.SQL("clicks > impressions"), "with more clicks than impressions",
-                         "clicks <= impressions in every staged row")
+    result = _violations(staged, sql.SQL("clicks > impressions"), _CLICKS_WHAT, _CLICKS_OK)
     if result.passed:
         return result
     rows = staged.conn.execute(sql.SQL("SELECT {}, clicks, impressions FROM {} WHERE clicks > impressions "
-                                       "ORDER BY clicks - impressions DESC LIMIT 50").format(
-        sql.SQL(", ").join(map(sql.Identifier, staged.spec.key)), staged.staging)).fetchall()
-    names = [*staged.spec.key, "clicks", "impressions"]
+                                       "ORDER BY clicks - impressions DESC LIMIT %s").format(
+        sql.SQL(", ").join(map(sql.Identifier, staged.spec.key)), staged.staging), (TOP_ROWS,)).fetchall()
+    return _clicks_result(result, staged.spec, rows)
+
+
+def _clicks_result(result: AuditResult, spec: TableSpec, rows: list[tuple]) -> AuditResult:
+    names = [*spec.key, "clicks", "impressions"]
     return AuditResult(False, result.description, {**result.metadata, "rows": [dict(zip(names, map(str, r), strict=True))
                                                                                 for r in rows]})
+
+
+def _clicks_judged(state: _RowFold, staged: Staged) -> AuditResult:
+    result = _violation_result(state.count, state.examples, _CLICKS_WHAT, _CLICKS_OK)
+    return result if result.passed else _clicks_result(result, staged.spec, [row for _, row in state.rows])
+
+
+def _clicks_fold(spec: TableSpec) -> _RowFold:
+    return _RowFold(spec, lambda t: pc.greater(t.column("clicks"), t.column("impressions")),
+                    top=(lambda t: pc.subtract(t.column("clicks"), t.column("impressions")), ("clicks", "impressions")))
+
+
+def _negative_texts(columns: tuple[str, ...]) -> tuple[str, str]:
+    return f"with a negative {' / '.join(columns)}", f"{', '.join(columns)} >= 0 in every staged row"
 
 
 def _not_negative(columns: tuple[str, ...]) -> Callable[[Staged], AuditResult]:
     def audit(staged: Staged) -> AuditResult:
         condition = sql.SQL(" OR ").join(sql.SQL("{} < 0").format(sql.Identifier(c)) for c in columns)
-        return _violations(staged, condition, f"with a negative {' / '.join(columns)}",
-                           f"{', '.join(columns)} >= 0 in every staged row")
+        return _violations(staged, condition, *_negative_texts(columns))
 
     return audit
 
 
+def _any_negative(columns: tuple[str, ...]) -> Callable[[pa.Table], pa.ChunkedArray]:
+    def condition(chunk: pa.Table) -> pa.ChunkedArray:
+        tests = [pc.less(_numeric(chunk, c), 0) for c in columns]
+        hit = tests[0]
+        for test in tests[1:]:
+            hit = pc.or_kleene(hit, test)  # SQL's OR: NULL OR true is true
+        return hit
+
+    return condition
+
+
+def _null_key_texts(key: tuple[str, ...]) -> tuple[str, str]:
+    return f"with a null key column ({', '.join(key)})", "no key column is null"
+
+
 def _keys_not_null(staged: Staged) -> AuditResult:
     condition = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in staged.spec.key)
-    return _violations(staged, condition, f"with a null key column ({', '.join(staged.spec.key)})",
-                       "no key column is null")
+    return _violations(staged, condition, *_null_key_texts(staged.spec.key))
+
+
+class _NullKeyFold(_RowFold):
+    def __init__(self, spec: TableSpec) -> None:
+        def condition(chunk: pa.Table) -> pa.ChunkedArray:
+            hit = pc.is_null(chunk.column(spec.key[0]))
+            for c in spec.key[1:]:
+                hit = pc.or_(hit, pc.is_null(chunk.column(c)))
+            return hit
+
+        super().__init__(spec, condition)
 
 
 # Beyond this the loaded totals are not the API's: 1% of the API's figure, and at least one unit
@@ -81,34 +178,66 @@ def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable], to
 
     def audit(staged: Staged) -> AuditResult:
         if not staged.reported:
-            replayed = staged.notices.get("replayed_run")
-            if replayed:
-                return AuditResult(True, f"replay of run {replayed}: the API's totals are not part of the landed raw "
-                                   "pages, so this load is not reconciled", {"replayed_run": replayed})
-            return AuditResult(True, "the API reported no totals for these days")
+            return _unreconciled(staged)
         cols = sql.SQL(", ").join(map(sql.Identifier, group_by))
         sums = sql.SQL(", ").join(expr for expr in measures.values())
         loaded = {tuple(map(str, r[:len(group_by)])): dict(zip(measures, r[len(group_by):], strict=True))
                   for r in staged.conn.execute(sql.SQL("SELECT {}, {} FROM {} GROUP BY {}").format(
                       cols, sums, staged.staging, cols)).fetchall()}
-        mismatches: list[dict[str, Any]] = []
-        for group, expected in sorted(staged.reported.items()):
-            got = loaded.get(tuple(map(str, group)), dict.fromkeys(measures, 0))
-            for measure in measures:
-                want, have = Decimal(str(expected[measure])), Decimal(str(got[measure] or 0))
-                if abs(want - have) > max(tolerance, (relative or 0) * abs(want)):
-                    mismatches.append({"group": "/".join(map(str, group)), "measure": measure,
-                                       "api": str(want), "loaded": str(have)})
-        if mismatches:
-            first = mismatches[0]
-            return AuditResult(False, f"{len(mismatches)} total(s) differ from the API's own figures, e.g. "
-                               f"{first['group']} {first['measure']}: API {first['api']}, loaded {first['loaded']}",
-                               {"mismatches": mismatches[:50]})
-        within = "match" if relative is None else f"are within {relative:.0%} (min {tolerance} unit) of"
-        return AuditResult(True, f"{len(staged.reported)} group total(s) {within} the API's own figures",
-                           {"groups": len(staged.reported)})
+        return _reconciled(staged, loaded, tuple(measures), tolerance, relative)
 
     return audit
+
+
+def _unreconciled(staged: Staged) -> AuditResult:
+    replayed = staged.notices.get("replayed_run")
+    if replayed:
+        return AuditResult(True, f"replay of run {replayed}: the API's totals are not part of the landed raw "
+                           "pages, so this load is not reconciled", {"replayed_run": replayed})
+    return AuditResult(True, "the API reported no totals for these days")
+
+
+def _reconciled(staged: Staged, loaded: dict[tuple[str, ...], dict[str, Any]], measures: tuple[str, ...],
+                tolerance: Decimal, relative: Decimal | None) -> AuditResult:
+    mismatches: list[dict[str, Any]] = []
+    for group, expected in sorted(staged.reported.items()):
+        got = loaded.get(tuple(map(str, group)), dict.fromkeys(measures, 0))
+        for measure in measures:
+            want, have = Decimal(str(expected[measure])), Decimal(str(got[measure] or 0))
+            if abs(want - have) > max(tolerance, (relative or 0) * abs(want)):
+                mismatches.append({"group": "/".join(map(str, group)), "measure": measure,
+                                   "api": str(want), "loaded": str(have)})
+    if mismatches:
+        first = mismatches[0]
+        return AuditResult(False, f"{len(mismatches)} total(s) differ from the API's own figures, e.g. "
+                           f"{first['group']} {first['measure']}: API {first['api']}, loaded {first['loaded']}",
+                           {"mismatches": mismatches[:50]})
+    within = "match" if relative is None else f"are within {relative:.0%} (min {tolerance} unit) of"
+    return AuditResult(True, f"{len(staged.reported)} group total(s) {within} the API's own figures",
+                       {"groups": len(staged.reported)})
+
+
+class _TotalsFold:
+    """The staged sums per group (as reconcile's GROUP BY gives them), added up chunk by chunk. ``measures``:
+    measure -> the column it sums, or None for a count of rows."""
+
+    def __init__(self, group_by: tuple[str, ...], measures: dict[str, str | None]) -> None:
+        self.group_by, self.measures = group_by, measures
+        self.loaded: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def add(self, chunk: pa.Table) -> None:
+        columns = {c: chunk.column(c) for c in self.group_by}
+        columns.update({f"m{i}": _numeric(chunk, c) for i, c in enumerate(self.measures.values()) if c is not None})
+        aggregates = [(f"m{i}", "sum") if c is not None else ([], "count_all") for i, c in enumerate(self.measures.values())]
+        totals = pa.table(columns).group_by(list(self.group_by)).aggregate(aggregates)
+        names = [f"m{i}_sum" if c is not None else "count_all" for i, c in enumerate(self.measures.values())]
+        for row in totals.to_pylist():
+            group = tuple(str(row[c]) for c in self.group_by)
+            known = self.loaded.setdefault(group, dict.fromkeys(self.measures))
+            for measure, name in zip(self.measures, names, strict=True):
+                value = row[name]  # SQL's sum skips NULLs and is NULL only when every value is
+                if value is not None:
+                    known[measure] = value if known[measure] is None else known[measure] + value
 
 
 def _api_version_current(staged: Staged) -> AuditResult:
@@ -154,23 +283,42 @@ API_VERSION_CURRENT = Audit("api_version_current", _api_version_current, blockin
                                         "API sent no version warning (WARN: vendors move dates)")
 KEY_UNIQUE = Audit("natural_key_unique", _key_unique, blocking=True,
                    description="Each natural key appears once in the staged rows (else the merge would be ambiguous)")
-KEYS_NOT_NULL = Audit("keys_not_null", _keys_not_null, blocking=True, description="No natural key column is null")
-CLICKS_LE_IMPRESSIONS = Audit("clicks_not_above_impressions", _clicks_not_above_impressions, blocking=False,
-                              description="clicks <= impressions (WARN: real ad x day rows may break it; the rows "
-                                          "are listed in the metadata)")
+# The row audits below are also folded chunk by chunk in a streamed load (load.FoldedAudit): same verdicts,
+# same words and metadata, no scan of the staging table after the last page.
+KEYS_NOT_NULL = FoldedAudit(
+    "keys_not_null", _keys_not_null, blocking=True, description="No natural key column is null", fold=_NullKeyFold,
+    judge=lambda state, staged: _violation_result(state.count, state.examples, *_null_key_texts(staged.spec.key)))
+CLICKS_LE_IMPRESSIONS = FoldedAudit("clicks_not_above_impressions", _clicks_not_above_impressions, blocking=False,
+                                    description="clicks <= impressions (WARN: real ad x day rows may break it; the rows "
+                                                "are listed in the metadata)", fold=_clicks_fold, judge=_clicks_judged)
 
 
 def metrics_not_negative(spend: str) -> Audit:
-    return Audit("metrics_not_negative", _not_negative(("impressions", "clicks", spend)), blocking=True,
-                 description=f"impressions, clicks and {spend} >= 0 in every staged row")
+    columns = ("impressions", "clicks", spend)
+    return FoldedAudit("metrics_not_negative", _not_negative(columns), blocking=True,
+                       description=f"impressions, clicks and {spend} >= 0 in every staged row",
+                       fold=lambda spec: _RowFold(spec, _any_negative(columns)),
+                       judge=lambda state, _: _violation_result(state.count, state.examples, *_negative_texts(columns)))
 
 
-def totals_match_api(description: str, group_by: tuple[str, ...], measures: dict[str, sql.Composable]) -> list[Audit]:
-    """WARN on any difference from the API's totals; block beyond RECONCILE_TOLERANCE."""
-    return [Audit("totals_match_api", reconcile(group_by, measures), blocking=False, description=description),
-            Audit("totals_within_tolerance", reconcile(group_by, measures, RECONCILE_MIN_UNITS, RECONCILE_TOLERANCE),
-                  blocking=True, description=f"{description}, within {RECONCILE_TOLERANCE:.0%} (at least "
-                                             f"{RECONCILE_MIN_UNITS} unit): beyond that nothing is published")]
+def totals_match_api(description: str, group_by: tuple[str, ...], measures: dict[str, sql.Composable],
+                     folded: dict[str, str | None] | None = None) -> list[Audit]:
+    """WARN on any difference from the API's totals; block beyond RECONCILE_TOLERANCE. ``folded``: the same
+    measures for a streamed load's fold (measure -> column summed, None: rows counted), one fold for both."""
+    fold = (lambda _spec: _TotalsFold(group_by, folded)) if folded is not None else None
+
+    def audit(name: str, blocking: bool, text: str, tolerance: Decimal, relative: Decimal | None) -> Audit:
+        def judge(state: _TotalsFold, staged: Staged) -> AuditResult:
+            if not staged.reported:
+                return _unreconciled(staged)
+            return _reconciled(staged, state.loaded, tuple(measures), tolerance, relative)
+
+        return FoldedAudit(name, reconcile(group_by, measures, tolerance, relative), blocking=blocking, description=text,
+                           fold=fold, judge=judge if fold is not None else None)
+
+    return [audit("totals_match_api", False, description, Decimal("0.01"), None),
+            audit("totals_within_tolerance", True, f"{description}, within {RECONCILE_TOLERANCE:.0%} (at least "
+                  f"{RECONCILE_MIN_UNITS} unit): beyond that nothing is published", RECONCILE_MIN_UNITS, RECONCILE_TOLERANCE)]
 
 
 def _sum(column: str) -> sql.Composable:
@@ -180,7 +328,8 @@ def _sum(column: str) -> sql.Composable:
 FACEBOOK_AUDITS = [
     API_VERSION_CURRENT, KEY_UNIQUE, KEYS_NOT_NULL, CLICKS_LE_IMPRESSIONS, metrics_not_negative("spend"),
     *totals_match_api("Impressions, clicks and spend per account and day equal Facebook's account-level insights",
-                     ("account_id", "date"), {"impressions": _sum("impressions"), "clicks": _sum("clicks"), "spend": _sum("spend")}),
+                     ("account_id", "date"), {"impressions": _sum("impressions"), "clicks": _sum("clicks"), "spend": _sum("spend")},
+                     {"impressions": "impressions", "clicks": "clicks", "spend": "spend"}),
 ]
 GOOGLE_ADS_AUDITS = [
     API_VERSION_CURRENT, KEY_UNIQUE, KEYS_NOT_NULL, CLICKS_LE_IMPRESSIONS, metrics_not_negative("cost_micros"),

@@ -4,11 +4,12 @@ stays open during rate-limit waits), then audited and merged on the natural key 
 
 A load with ``stream=True`` (Facebook: a million rows over a 28-day look-back) does not leave the whole
 merge for after the last page: the publish transaction opens with the first staged chunk, takes the
-target's lock and merges each chunk as soon as it is staged, while the source is still read; the
-audits still run on all staged rows after the last page, and only then does the transaction commit
-(or roll back every chunk merged so far). One commit, as before; the price is the target's write lock
-held for the read (readers are not blocked; other publishers of the table wait, as they would for a
-merge anyway).
+target's lock (waiting at most MARKETING_PUBLISH_LOCK_TIMEOUT_S) and merges each chunk as soon as it is
+staged, while the source is still read; the audits follow the chunks too (``FoldedAudit``: each staged
+chunk is added to their running state), so after the last page only their verdicts are left, and only
+then does the transaction commit (or roll back every chunk merged so far). One commit, as before; the
+price is the target's write lock held for the read (readers are not blocked; other publishers of the
+table wait, as they would for a merge anyway). Once the run is failing, chunks still queued are dropped.
 
 Runs whose look-back windows overlap can commit out of order (a slow or retried run read the API before
 another run that already merged). ``SliceVersions`` records when each account/customer and day was
@@ -17,10 +18,11 @@ published pages were fetched later, so restated values never go back to older on
 carry their own version (``TableSpec.row_version``: RDS ``updated_at``) leave out every staged row older
 than the published one."""
 
+import logging
 import queue
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -31,8 +33,9 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from covid_lakehouse.defs.marketing.tables import TableSpec
-from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, table_ident
+from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec
+from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, lock_holders, table_ident
+from covid_lakehouse.lib.settings import setting
 from covid_lakehouse.lib.source_versions import SourceVersion, Superseded, claim
 from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 from covid_lakehouse.lib.wap import Audit, AuditResult, BlockingAuditFailed, audit_or_raise, run_audits
@@ -40,7 +43,33 @@ from covid_lakehouse.lib.wap import Audit, AuditResult, BlockingAuditFailed, aud
 STAGING_SCHEMA = "marketing_staging"  # created by migration 0003; analysts cannot read it
 STAGING_STAMP = "%Y%m%d%H%M%S"
 VERSIONS = table_ident("marketing", "source_versions")  # migration 0006
-AUDITS_AT_ONCE = 2  # after a streamed merge: the warehouse's cores are free for the audits' scans
+AUDITS_AT_ONCE = 2  # after a streamed merge: the audits a fold could not answer scan the staging table, two at a time
+
+log = logging.getLogger(__name__)
+PUBLISH_LOCK_TIMEOUT_S = setting(
+    "MARKETING_PUBLISH_LOCK_TIMEOUT_S", "how long a streamed marketing publish (Facebook) waits for its table's "
+    "write lock while another session holds the table, before the run fails naming the holders", default="600",
+    scope="marketing")
+
+
+class PublishLockTimeout(dg.Failure):
+    """Another session held the target's lock longer than MARKETING_PUBLISH_LOCK_TIMEOUT_S: nothing was
+    published; a rerun publishes once the holder (named in the message) has committed or ended."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(description=message)
+
+
+@dataclass(frozen=True)
+class FoldedAudit(Audit):
+    """An audit a streamed load (StreamingMerge) also answers chunk by chunk, while the source is read, so
+    that after the last page only the verdict is left: ``fold(spec)`` makes the running state (audits
+    naming the same ``fold`` share one) that every staged chunk is ``add``ed to, ``judge(state, staged)``
+    gives the verdict after the last chunk, in the words and metadata ``fn`` gives from the staging table.
+    ``fn`` still audits unstreamed loads, and a streamed one whose fold could not follow a chunk."""
+
+    fold: Callable[[TableSpec], Any] | None = None
+    judge: Callable[[Any, "Staged"], AuditResult] | None = None
 
 
 class StagingWriter:
@@ -73,6 +102,9 @@ class StagingWriter:
         self.rows = 0
         self.pages = 0
         self._merge: StreamingMerge | None = None
+        self._abandoned = False  # the run is failing: queued rows are dropped, neither staged nor merged
+        self._folds: dict[Callable[[TableSpec], Any], Any] = {}  # FoldedAudit.fold -> its running state
+        self._gave_up: set[Callable[[TableSpec], Any]] = set()
         self._copier = threading.Thread(target=self._copy_loop, name=f"stage-{spec.name}", daemon=True)
         self._copier.start()
 
@@ -81,6 +113,21 @@ class StagingWriter:
         if self.rows or self.pages:
             raise RuntimeError(f"{self._spec.name}: merge_into must come before the first staged row")
         self._merge = merge
+
+    def fold_audits(self, audits: Sequence[Audit]) -> None:
+        """From now on every staged chunk is also added to the folds of ``audits`` (FoldedAudit): their
+        verdicts are ready when the last chunk is staged (``folded``), without a scan of the table."""
+        if self.rows or self.pages:
+            raise RuntimeError(f"{self._spec.name}: fold_audits must come before the first staged row")
+        for one in audits:
+            if isinstance(one, FoldedAudit) and one.fold is not None and one.fold not in self._folds:
+                self._folds[one.fold] = one.fold(self._spec)
+
+    def folded(self, audit: Audit) -> Any | None:
+        """``audit``'s fold state over every staged row (after ``finish``), or None: not folded, or the fold
+        gave up on a chunk (the audit then reads the staging table)."""
+        fold = audit.fold if isinstance(audit, FoldedAudit) and audit.judge is not None else None
+        return None if fold is None or fold in self._gave_up else self._folds.get(fold)
 
     def write(self, table: pa.Table, *, pages: int = 0) -> None:
         self._raise_if_failed()
@@ -109,6 +156,13 @@ class StagingWriter:
         self._raise_if_failed()
         return self.table
 
+    def abandon(self) -> None:
+        """The run is failing (the reader raised, or the step is cancelled): rows still queued are dropped,
+        neither staged nor merged (the publish transaction rolls back anyway)."""
+        self._abandoned = True
+        if self._merge is not None:
+            self._merge.abandon()
+
     def finish_quietly(self) -> None:
         """Stop the copier (waiting for its current chunk), whatever went wrong: errors are reported elsewhere."""
         self._stop_copier()
@@ -131,6 +185,8 @@ class StagingWriter:
         if self._error is not None:
             raise RuntimeError(f"{self._spec.name}: staging rows in {STAGING_SCHEMA}.{self.name} failed: "
                                f"{self._error}") from self._error
+        if self._merge is not None and self._merge.failure is not None:  # e.g. its lock wait expired: stop reading
+            raise self._merge.failure
 
     def _next_tables(self) -> tuple[list[pa.Table], bool]:
         """Waits for one table, then takes whatever else is queued (one COPY for all): (tables, finished)."""
@@ -153,6 +209,8 @@ class StagingWriter:
                 while not finished:
                     tables, finished = self._next_tables()
                     taken = len(tables) + finished
+                    if tables and self._abandoned:
+                        tables = []  # dropped: the run is failing
                     if tables:
                         # an UNLOGGED table is emptied by a crash anyway: waiting for the commit's WAL flush buys nothing
                         conn.execute("SET LOCAL synchronous_commit = off")
@@ -165,15 +223,30 @@ class StagingWriter:
                             self.slices.update(found)
                         if self._merge is not None:
                             self._merge.submit(data, found)
+                        self._fold(tables)  # while the merge thread merges the chunk
                     self._done(taken)
                     taken = 0
         except BaseException as err:  # reported to the readers, to flush and to finish
             self._error = err
+            if self._merge is not None:
+                self._merge.abandon()  # the run fails: the chunks waiting for the merge are not merged
             self._done(taken)
             if not finished:
                 while self._queue.get() is not None:  # keep consuming: no reader blocks on a full queue
                     self._done(1)
                 self._done(1)
+
+    def _fold(self, tables: list[pa.Table]) -> None:
+        for fold, state in self._folds.items():
+            if fold in self._gave_up:
+                continue
+            try:
+                for table in tables:
+                    state.add(table)
+            except Exception as err:  # the audit scans the staging table instead: slower, same verdict
+                log.warning("%s: an audit's fold could not follow a staged chunk (%s: %s); it will read %s.%s",
+                            self._spec.name, type(err).__name__, err, STAGING_SCHEMA, self.name)
+                self._gave_up.add(fold)
 
     def _done(self, n: int) -> None:
         for _ in range(n):
@@ -221,12 +294,22 @@ class StreamingMerge:
         # merged on a thread of its own: the next chunk is COPYed into staging while this one merges
         self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(maxsize=2)
         self._failure: BaseException | None = None
+        self._dropping = threading.Event()  # the run is failing: queued chunks are dropped, not merged
         self._thread = threading.Thread(target=self._merge_loop, name=f"merge-{spec.name}", daemon=True)
         self._thread.start()
 
     def submit(self, data: pa.Table | list[pa.RecordBatch], slices: set[tuple[Any, Any]] | None) -> None:
         """Queue a staged chunk for merging (blocks while two are waiting: back-pressure on the copier)."""
         self._queue.put((data, slices))
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What broke the merging thread (not a database refusal of a chunk: that is ``error``)."""
+        return self._failure
+
+    def abandon(self) -> None:
+        """The run is failing: chunks still queued are dropped, not merged (the transaction rolls back)."""
+        self._dropping.set()
 
     def wait(self) -> BaseException | None:
         """Every submitted chunk merged (or skipped after a merge error); returns what broke the merging
@@ -238,7 +321,7 @@ class StreamingMerge:
 
     def _merge_loop(self) -> None:
         while (item := self._queue.get()) is not None:
-            if self._failure is None:
+            if self._failure is None and self.error is None and not self._dropping.is_set():
                 try:
                     self.merge(*item)
                 except BaseException as err:  # not a database refusal: raised by wait(); keep consuming
@@ -246,8 +329,23 @@ class StreamingMerge:
 
     def begin(self) -> None:
         """The target's lock, then the chunk table: publishers of the table take turns from here to commit
-        (each claims its slices against the versions the previous one committed)."""
-        self.conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self._spec.ident))
+        (each claims its slices against the versions the previous one committed). The lock wait is bounded
+        (MARKETING_PUBLISH_LOCK_TIMEOUT_S): a session holding the table fails the run with its name, instead
+        of a run (and its cancel) waiting forever."""
+        timeout_ms = max(1, round(PUBLISH_LOCK_TIMEOUT_S.number(minimum=0.001) * 1000))
+        previous = self.conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+        try:
+            with self.conn.transaction():  # a savepoint: a timeout leaves the transaction usable for the message
+                self.conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{timeout_ms}ms",))
+                self.conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self._spec.ident))
+        except psycopg.errors.LockNotAvailable:
+            relation = f"{SCHEMA}.{self._spec.name}"
+            holders = lock_holders(self.conn, relation)
+            raise PublishLockTimeout(
+                f"{self._spec.name}: could not lock {relation} to publish within {timeout_ms / 1000:g}s "
+                f"({PUBLISH_LOCK_TIMEOUT_S.name}); held by " + ("; ".join(holders) or "a session that has since ended")
+                + ". Nothing was published; rerun when that session has committed or ended.") from None
+        self.conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
         self._chunk = PostgresResource.create_staging_like(self.conn, self._spec.ident, f"merge_{self._spec.name}",
                                                            columns=self._spec.staged)
 
@@ -445,10 +543,14 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
             proved = merging.proves(one, staged.rows)
             if proved is not None:
                 return run_audits([replace(one, fn=lambda _: proved)], None, asset_key=asset_key)
+            state = staged.folded(one)
+            if state is not None:  # folded chunk by chunk while the rows were staged: only the verdict is left
+                judge = one.judge
+                one = replace(one, fn=lambda on: judge(state, on))
             with warehouse.connection() as own:  # the staged rows are committed: any session reads them
                 return run_audits([one], Staged(own, staging, spec, reported or {}, notices or {}), asset_key=asset_key)
 
-        # the audits are all that is left after the last page: two at a time, each a scan of its own
+        # what is left after the last page: the folds' verdicts, and a scan for each audit no fold answered
         with ThreadPoolExecutor(max_workers=AUDITS_AT_ONCE, thread_name_prefix=f"audit-{spec.name}") as pool:
             outcomes = list(pool.map(audit, audits))
         results = [r for done, _ in outcomes for r in done]

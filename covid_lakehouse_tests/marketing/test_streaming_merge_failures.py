@@ -1,0 +1,83 @@
+"""StreamingMerge when the run goes wrong: once it is failing (the reader raised, the copier failed) the
+chunks still queued are dropped, not merged before the rollback; and the target's lock is waited for a
+bounded time (MARKETING_PUBLISH_LOCK_TIMEOUT_S), then the run fails naming the table, the setting and the
+session holding it, and its readers stop."""
+
+import psycopg
+import pyarrow as pa
+import pytest
+
+from covid_lakehouse.defs.marketing.load import PublishLockTimeout, StagingWriter, StreamingMerge
+from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec
+from covid_lakehouse.lib.postgres import PostgresResource
+from covid_lakehouse_tests.marketing.support import create_probe, probe_rows, probe_spec
+
+pytestmark = pytest.mark.integration
+
+PROBE = probe_spec("streaming_failure_probe")
+TABLE = f"{SCHEMA}.{PROBE.name}"
+
+
+@pytest.fixture
+def probe(clean_marketing, warehouse: PostgresResource) -> TableSpec:
+    return create_probe(warehouse, PROBE)
+
+
+def stage_while_the_merge_waits(pg: psycopg.Connection, staging: StagingWriter, fail) -> None:
+    """Three chunks staged while another session holds the target (the merge thread waits in LOCK TABLE with
+    the first chunk, the other two queued behind it), then ``fail``; the holder lets go afterwards."""
+    with pg.transaction():
+        pg.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+        for ids in ((1, 2), (3,), (4,)):
+            staging.write(probe_rows(PROBE, *ids), pages=1)
+            staging.flush()  # the third returns once the merge took the first: its queue holds two
+        fail()
+
+
+def test_chunks_queued_for_the_merge_are_dropped_when_the_reader_fails(probe, warehouse, pg) -> None:
+    with StagingWriter(warehouse, probe) as staging, warehouse.connection() as conn:
+        merging = StreamingMerge(conn, probe)
+        staging.merge_into(merging)
+        stage_while_the_merge_waits(pg, staging, staging.abandon)  # what the asset does when its reader raises
+        staging.write(probe_rows(PROBE, 5), pages=1)  # a reader still running: its rows are not staged either
+        staging.finish_quietly()
+        assert merging.counts.inserted == 2  # the first chunk only: 3 and 4 were dropped, not merged
+        assert staging.rows == 4
+        conn.rollback()
+    assert pg.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == 0
+
+
+def test_chunks_queued_for_the_merge_are_dropped_when_staging_fails(probe, warehouse, pg) -> None:
+    not_a_number = pa.table({"id": ["x"], "v": ["x"], "raw_object": ["s3://raw/p#1.json"]})  # COPY refuses it
+
+    def copier_fails() -> None:
+        staging.write(not_a_number, pages=1)
+        with pytest.raises(RuntimeError, match="staging rows .* failed"):
+            staging.flush()
+
+    with StagingWriter(warehouse, probe) as staging, warehouse.connection() as conn:
+        merging = StreamingMerge(conn, probe)
+        staging.merge_into(merging)
+        stage_while_the_merge_waits(pg, staging, copier_fails)
+        staging.finish_quietly()
+        assert merging.counts.inserted == 2
+        conn.rollback()
+
+
+def test_a_session_holding_the_target_fails_the_run_after_the_lock_timeout(probe, warehouse, pg, monkeypatch) -> None:
+    monkeypatch.setenv("MARKETING_PUBLISH_LOCK_TIMEOUT_S", "0.2")
+    holder = pg.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with StagingWriter(warehouse, probe) as staging, warehouse.connection() as conn:
+        merging = StreamingMerge(conn, probe)
+        staging.merge_into(merging)
+        with pg.transaction():
+            pg.execute(f"LOCK TABLE {TABLE} IN ROW EXCLUSIVE MODE")  # e.g. another writer's open transaction
+            staging.write(probe_rows(PROBE, 1, 2), pages=1)
+            staging.flush()
+            failure = merging.wait()  # the merge thread gave up on the lock
+        assert isinstance(failure, PublishLockTimeout)
+        message = str(failure)
+        assert TABLE in message and "MARKETING_PUBLISH_LOCK_TIMEOUT_S" in message and f"pid {holder}" in message
+        with pytest.raises(PublishLockTimeout):  # the readers stop: nothing more is read for a failed run
+            staging.write(probe_rows(PROBE, 3), pages=1)
+        conn.rollback()
