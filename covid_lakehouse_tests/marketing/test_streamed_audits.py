@@ -123,8 +123,10 @@ def test_a_bad_row_in_the_first_or_the_last_chunk_blocks_the_streamed_publish(fa
     reported = totals_of(chunks)  # the API's totals: those of the good rows
     audit, spoil = BAD[bad]
     chunks[where][1] = spoil(chunks[where][1])
-    checks, error, _ = publish(warehouse, chunks, reported)
+    checks, error, staging = publish(warehouse, chunks, reported)
     assert error is not None and audit in str(error)
+    # the verdict came from the folds (a fold giving up would fall back to a scan with the same words)
+    assert all(staging.folded(a) is not None for a in FACEBOOK_AUDITS if isinstance(a, FoldedAudit) and a.judge)
     [check] = [c for c in checks if c.check_name == audit]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert published(pg) == 0  # every chunk merged before the verdict is rolled back
@@ -139,8 +141,9 @@ def test_streamed_verdicts_say_word_for_word_what_the_scans_of_the_staging_table
     chunks[2][3] = ("2", D2, None, 50, 2, "-1.25")  # a null key and a negative spend, last chunk
     reported = totals_of(chunks)
     reported[("2", D2)]["spend"] += Decimal("0.5")  # within the tolerance (1 unit): a WARN only
-    streamed, streamed_error, _ = publish(warehouse, chunks, reported)
+    streamed, streamed_error, staging = publish(warehouse, chunks, reported)
     scanned, scanned_error, _ = publish(warehouse, chunks, reported, stream=False)
+    assert all(staging.folded(a) is not None for a in FACEBOOK_AUDITS if isinstance(a, FoldedAudit) and a.judge)
 
     def said(checks: list[dg.AssetCheckResult]) -> list[tuple]:
         return [(c.check_name, c.passed, c.severity, c.description, c.metadata) for c in checks]

@@ -3,6 +3,8 @@ chunks still queued are dropped, not merged before the rollback; and the target'
 bounded time (MARKETING_PUBLISH_LOCK_TIMEOUT_S), then the run fails naming the table, the setting and the
 session holding it, and its readers stop."""
 
+import time
+
 import psycopg
 import pyarrow as pa
 import pytest
@@ -23,6 +25,16 @@ def probe(clean_marketing, warehouse: PostgresResource) -> TableSpec:
     return create_probe(warehouse, PROBE)
 
 
+def until_the_merge_waits_for_the_lock(pg: psycopg.Connection) -> None:
+    """Returns once a session waits for a lock on the probe table (the merge thread in LOCK TABLE)."""
+    for _ in range(6000):  # a condition polled, bounded (60 s): PostgreSQL has no event to wait on for it
+        if pg.execute("SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted",
+                      (TABLE,)).fetchone()[0]:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the merge thread never waited for the table's lock")
+
+
 def stage_while_the_merge_waits(pg: psycopg.Connection, staging: StagingWriter, fail) -> None:
     """Three chunks staged while another session holds the target (the merge thread waits in LOCK TABLE with
     the first chunk, the other two queued behind it), then ``fail``; the holder lets go afterwards."""
@@ -31,6 +43,7 @@ def stage_while_the_merge_waits(pg: psycopg.Connection, staging: StagingWriter, 
         for ids in ((1, 2), (3,), (4,)):
             staging.write(probe_rows(PROBE, *ids), pages=1)
             staging.flush()  # the third returns once the merge took the first: its queue holds two
+        until_the_merge_waits_for_the_lock(pg)
         fail()
 
 
@@ -41,7 +54,8 @@ def test_chunks_queued_for_the_merge_are_dropped_when_the_reader_fails(probe, wa
         stage_while_the_merge_waits(pg, staging, staging.abandon)  # what the asset does when its reader raises
         staging.write(probe_rows(PROBE, 5), pages=1)  # a reader still running: its rows are not staged either
         staging.finish_quietly()
-        assert merging.counts.inserted == 2  # the first chunk only: 3 and 4 were dropped, not merged
+        # none: the first chunk's lock wait was cancelled, 3 and 4 were dropped, not merged
+        assert merging.counts.inserted == 0 and isinstance(merging.error, psycopg.errors.QueryCanceled)
         assert staging.rows == 4
         conn.rollback()
     assert pg.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == 0
@@ -60,7 +74,7 @@ def test_chunks_queued_for_the_merge_are_dropped_when_staging_fails(probe, wareh
         staging.merge_into(merging)
         stage_while_the_merge_waits(pg, staging, copier_fails)
         staging.finish_quietly()
-        assert merging.counts.inserted == 2
+        assert merging.counts.inserted == 0
         conn.rollback()
 
 
@@ -80,4 +94,37 @@ def test_a_session_holding_the_target_fails_the_run_after_the_lock_timeout(probe
         assert TABLE in message and "MARKETING_PUBLISH_LOCK_TIMEOUT_S" in message and f"pid {holder}" in message
         with pytest.raises(PublishLockTimeout):  # the readers stop: nothing more is read for a failed run
             staging.write(probe_rows(PROBE, 3), pages=1)
+        conn.rollback()
+
+
+def test_a_failing_run_does_not_wait_out_the_lock_timeout(probe, warehouse, pg, monkeypatch) -> None:
+    """The reader fails (or the step is cancelled) while the merge waits for the target: the wait is
+    cancelled at once, not sat out (it would end in PublishLockTimeout after 120 s here)."""
+    monkeypatch.setenv("MARKETING_PUBLISH_LOCK_TIMEOUT_S", "120")
+    with StagingWriter(warehouse, probe) as staging, warehouse.connection() as conn:
+        merging = StreamingMerge(conn, probe)
+        staging.merge_into(merging)
+        with pg.transaction():
+            pg.execute(f"LOCK TABLE {TABLE} IN ROW EXCLUSIVE MODE")  # held until the run has given up
+            staging.write(probe_rows(PROBE, 1, 2), pages=1)
+            staging.flush()
+            until_the_merge_waits_for_the_lock(pg)
+            staging.abandon()
+            staging.finish_quietly()
+            assert isinstance(merging.error, psycopg.errors.QueryCanceled) and merging.failure is None
+        conn.rollback()
+
+
+def test_a_lock_timeout_after_the_last_page_fails_the_run_as_such(probe, warehouse, pg, monkeypatch) -> None:
+    """The reader is done and finish() waits for the merge: its lock timeout is the run's error as it is,
+    not a staging failure."""
+    monkeypatch.setenv("MARKETING_PUBLISH_LOCK_TIMEOUT_S", "0.2")
+    with StagingWriter(warehouse, probe) as staging, warehouse.connection() as conn:
+        merging = StreamingMerge(conn, probe)
+        staging.merge_into(merging)
+        with pg.transaction():
+            pg.execute(f"LOCK TABLE {TABLE} IN ROW EXCLUSIVE MODE")
+            staging.write(probe_rows(PROBE, 1, 2), pages=1)
+            with pytest.raises(PublishLockTimeout, match="MARKETING_PUBLISH_LOCK_TIMEOUT_S"):
+                staging.finish()
         conn.rollback()

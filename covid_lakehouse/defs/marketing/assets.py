@@ -123,7 +123,12 @@ def _old_objects_left_alone() -> Iterator[None]:
     """While a source is read, the garbage collector's passes skip the objects that existed before it
     (gc.freeze: the modules, Dagster's definitions and run state, a few million objects). Parsing a million
     rows allocates tens of millions of short-lived objects, and each full pass they set off walked that whole
-    heap again: a quarter of the Facebook load's CPU. The read's own objects are collected as usual."""
+    heap again: a quarter of the Facebook load's CPU. The read's own objects are collected as usual. Freezing
+    is process-wide and not counted per caller: when something else froze objects already (another read in
+    this process), this one leaves the heap as it is rather than unfreezing theirs."""
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
     try:
         yield

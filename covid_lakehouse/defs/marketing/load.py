@@ -177,16 +177,15 @@ class StagingWriter:
             self._queue.put(None)  # the copier always consumes (it drains after an error too)
             self._copier.join()
         if self._merge is not None:
-            failure = self._merge.wait()  # every chunk the copier handed over is merged
-            if failure is not None and self._error is None:
-                self._error = failure
+            self._merge.wait()  # every chunk the copier handed over is merged (or dropped); _raise_if_failed says why not
 
     def _raise_if_failed(self) -> None:
+        # the merge's own failure first, as it is (e.g. PublishLockTimeout after the last page), not as staging's
+        if self._merge is not None and self._merge.failure is not None:  # e.g. its lock wait expired: stop reading
+            raise self._merge.failure
         if self._error is not None:
             raise RuntimeError(f"{self._spec.name}: staging rows in {STAGING_SCHEMA}.{self.name} failed: "
                                f"{self._error}") from self._error
-        if self._merge is not None and self._merge.failure is not None:  # e.g. its lock wait expired: stop reading
-            raise self._merge.failure
 
     def _next_tables(self) -> tuple[list[pa.Table], bool]:
         """Waits for one table, then takes whatever else is queued (one COPY for all): (tables, finished)."""
@@ -244,8 +243,9 @@ class StagingWriter:
                 for table in tables:
                     state.add(table)
             except Exception as err:  # the audit scans the staging table instead: slower, same verdict
-                log.warning("%s: an audit's fold could not follow a staged chunk (%s: %s); it will read %s.%s",
-                            self._spec.name, type(err).__name__, err, STAGING_SCHEMA, self.name)
+                log.warning("%s: the fold %s could not follow a staged chunk (%s: %s); its audits will read %s.%s",
+                            self._spec.name, getattr(fold, "__qualname__", fold), type(err).__name__, err,
+                            STAGING_SCHEMA, self.name)
                 self._gave_up.add(fold)
 
     def _done(self, n: int) -> None:
@@ -308,8 +308,12 @@ class StreamingMerge:
         return self._failure
 
     def abandon(self) -> None:
-        """The run is failing: chunks still queued are dropped, not merged (the transaction rolls back)."""
+        """The run is failing: chunks still queued are dropped, not merged (the transaction rolls back). A
+        merge thread still waiting for the target's lock is cancelled, so a failing or cancelled run does not
+        wait out MARKETING_PUBLISH_LOCK_TIMEOUT_S first."""
         self._dropping.set()
+        if self._chunk is None and self._thread.is_alive():  # not begun: waiting in LOCK TABLE, or idle (ignored)
+            self.conn.cancel_safe()
 
     def wait(self) -> BaseException | None:
         """Every submitted chunk merged (or skipped after a merge error); returns what broke the merging
