@@ -23,6 +23,7 @@ from covid_lakehouse.lib.wap import Audit, audit_or_raise
 
 _CATALOGS: dict[tuple, Any] = {}
 _FILE_IOS: dict[tuple, Any] = {}
+_STAGING_FS: dict[tuple, Any] = {}
 _CATALOGS_LOCK = threading.Lock()
 
 
@@ -90,6 +91,23 @@ class LakehouseResource(dg.ConfigurableResource):
             if cache_key not in _FILE_IOS:
                 _FILE_IOS[cache_key] = load_file_io(catalog.properties, self.warehouse)
             return _FILE_IOS[cache_key]
+
+    def staging_filesystem(self):
+        """The S3 filesystem publish_files copies staged files through, one per process and catalog.
+        Without background writes: with them (pyiceberg's FileIO default) a copy from local disk
+        outruns the upload and every part still uploading waits in memory, so memory grew with the file
+        (a 400 MB file held ~300 MB of Arrow buffers, measured); this way one part at a time."""
+        from pyarrow import fs
+
+        cache_key = self._cache_key()
+        with _CATALOGS_LOCK:
+            if cache_key not in _STAGING_FS:
+                scheme, _, host = self.s3_endpoint_url.rpartition("://")
+                _STAGING_FS[cache_key] = fs.S3FileSystem(
+                    endpoint_override=host, scheme=scheme or "https", region=self.region,
+                    access_key=self.aws_access_key_id, secret_key=self.aws_secret_access_key,
+                    force_virtual_addressing=False, background_writes=False)
+            return _STAGING_FS[cache_key]
 
     @staticmethod
     def identifier(namespace: str, table: str) -> tuple[str, str]:
@@ -280,13 +298,14 @@ class LakehouseResource(dg.ConfigurableResource):
         add_files(tx)
         self._commit(tx, namespace, table, schema, add_files)
 
-    @staticmethod
-    def _stage_file(io, locations, path: Path) -> str:
+    def _stage_file(self, io, locations, path: Path) -> str:
         """Copy a local parquet file into the table's data location (an uncommitted, unreferenced file
         until the snapshot that adds it commits); its location."""
         location = locations.new_data_location(f"{uuid.uuid4()}-{path.name}")
         # A fresh uuid in the name: no existence check first (a HEAD per file), as pyiceberg's own writes
-        with path.open("rb") as source, io.new_output(location).create(overwrite=True) as target:
+        scheme, _, key = location.partition("://")
+        with path.open("rb") as source, (self.staging_filesystem().open_output_stream(key) if scheme in ("s3", "s3a")
+                                         else io.new_output(location).create(overwrite=True)) as target:
             shutil.copyfileobj(source, target, 8 << 20)
         return location
 
