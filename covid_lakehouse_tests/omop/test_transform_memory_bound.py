@@ -2,11 +2,11 @@
 on the rerun after a source change (the daily run of a large tenant: a previous provenance and an id map
 as large as the tenant), however its working set compares with the limit.
 
-At 300,000 providers the transform's DuckDB working set is several times the 64MB limit used here
-(which is near DuckDB's own floor for the largest query, the flags); a step that cannot spill fails
-with DuckDB's out-of-memory error. On 6b6aac1 the rerun failed in collect_claims (three tenant-sized
-hash joins in one pipeline: they cannot spill), as a 2,000,000-provider tenant's rerun did at the 256MB
-default."""
+At 300,000 providers the transform's DuckDB working set is several times the 48MB limit used here
+(with 2 DuckDB threads; about DuckDB's own floor for a query of several joins); a step that cannot spill
+fails with DuckDB's out-of-memory error. Before each tenant-sized join got a statement of its own, the
+flags query failed here (its joins pinned at once), and so did the rerun's collect_claims (three
+tenant-sized joins in one query), as a 2,000,000-provider tenant's rerun did at the 256MB default."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -25,11 +25,12 @@ from covid_lakehouse.defs.omop.transform import (
     PROVIDER,
     build_care_sites,
     build_providers,
+    connect,
 )
 from covid_lakehouse_dev.seeds.omop import CARE_SITES, SAMPLE_FILE, provider_rows
 
 PROVIDERS = 300_000
-LIMIT = "64MB"
+LIMIT = "48MB"
 T0 = datetime(2024, 5, 1, 6, tzinfo=UTC)
 
 
@@ -56,6 +57,9 @@ def changed_source(source: pa.Table) -> tuple[pa.Table, int, int, int]:
 def test_first_run_and_changed_rerun_complete_under_a_memory_limit_far_below_the_working_set(monkeypatch, tmp_path):
     monkeypatch.setenv("OMOP_DUCKDB_MEMORY_LIMIT", LIMIT)
     monkeypatch.setenv("OMOP_DUCKDB_TEMP_DIR", str(tmp_path / "spill"))
+    # DuckDB's own floor grows with its threads (each pins buffers): fixed, so that the limit means the
+    # same on any machine.
+    monkeypatch.setenv("OMOP_DUCKDB_THREADS", "2")
     source = source_table(provider_rows(PROVIDERS, 0.02, 0))
     pq.write_table(source, tmp_path / "source.parquet")
     care_sites = pa.table({"care_site_id": pa.array(range(1, len(CARE_SITES) + 1), pa.int64()),
@@ -95,3 +99,8 @@ def test_first_run_and_changed_rerun_complete_under_a_memory_limit_far_below_the
     assert moved.num_rows == 0, moved.slice(0, 5).to_pylist()
     # The map grows by the new providers' keys (and those of rows an inserted NPI now repeats), not anew.
     assert inserted * 0.9 < rerun.rows[ID_MAP_ADDITIONS] < 0.01 * PROVIDERS
+
+
+def test_the_session_takes_its_thread_count_from_the_settings(monkeypatch):
+    monkeypatch.setenv("OMOP_DUCKDB_THREADS", "1")
+    assert connect().execute("SELECT current_setting('threads')").fetchone() == (1,)
