@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.rules import npi_check_digits
-from covid_lakehouse.defs.omop.transform.session import write_parquet
+from covid_lakehouse.defs.omop.transform.session import parquet_writer, write_parquet
 
 CONFLICTS = {
     "provider_name": ("c.name", "ch.name", "c.name IS NOT NULL AND NOT names_compatible(c.name, ch.name)"),
@@ -45,8 +45,14 @@ def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path, npi_ch
     sources (both values), possible duplicates. Written to ``path``; returns its rows."""
     conflicts = "\n            UNION ALL ".join(
         f"SELECT c.gid, 'value_conflict', '{column}', {chosen}, {other}, c.source_system, c.fid, c.source_key,"
-        f" 'sources disagree; the published value is kept' FROM merge_candidates c JOIN chosen ch USING (gid) WHERE {condition}"
+        f" 'sources disagree; the published value is kept' FROM conflict_pairs WHERE {condition}"
         for column, (other, chosen, condition) in CONFLICTS.items())
+    # The candidates that disagree with their provider's chosen values, joined once (each row as a struct,
+    # so the CONFLICTS expressions read c.<column> and ch.<column> from it): five joins of the tenant's
+    # candidates in the flags query would be pinned at once.
+    any_conflict = " OR ".join(f"({condition})" for _, _, condition in CONFLICTS.values())
+    con.execute(f"CREATE TABLE conflict_pairs AS SELECT c, ch FROM merge_candidates c JOIN chosen ch USING (gid) "
+                f"WHERE {any_conflict}")
     con.register("npi_check_failed", pa.table({"gid": pa.array(npi_check_failed, pa.int64())}))
     # The rows with something to flag, found in one pass over the source rows (a few percent of them).
     con.execute("""
@@ -58,7 +64,11 @@ def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path, npi_ch
         UNION ALL
         SELECT gid, 'client_file', fid, line_no::VARCHAR, npi, npi_raw, concept, specialty, spec_source, site, site_id
         FROM file_candidates WHERE gid NOT IN (SELECT gid FROM nameless)""")
-    return write_parquet(con, f"""
+    # Two queries, one after the other: together in one, their joins and aggregation are pinned at once
+    # (DuckDB's floor for that query was most of a small memory limit).
+    with parquet_writer(path, tables.FLAG) as writer:
+        con.execute(f"""
+        CREATE TABLE found_flags AS
         WITH rows AS (SELECT * FROM rows_to_flag),
         found (gid, flag, column_name, value, other_value, source_system, fid, source_key, detail) AS (
             SELECT gid, 'npi_check_digit', 'npi', npi, NULL, NULL, NULL, NULL, 'fails the NPI Luhn check digit'
@@ -74,25 +84,28 @@ def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path, npi_ch
             SELECT gid, 'care_site_unmapped', 'care_site_id', NULL, site, source_system, fid, source_key,
                    'no care site of this name'
             FROM rows WHERE site IS NOT NULL AND site_id IS NULL
-            UNION ALL {conflicts}),
-        candidates AS (SELECT provider_id AS id, provider_name AS name, name_key(provider_name) AS k
+            UNION ALL {conflicts})
+        SELECT * FROM found""")
+        rows = write_parquet(con, """
+        SELECT provider_ids.id AS provider_id, x.flag, x.column_name, x.value, x.other_value, NULL AS related_provider_id,
+               x.source_system,
+               CASE WHEN x.source_system = 'postgres' THEN $source_object ELSE clean_file_rows.object_key END AS source_object,
+               x.source_key, x.detail
+        FROM found_flags x JOIN provider_ids USING (gid) LEFT JOIN clean_file_rows ON clean_file_rows.fid = x.fid""", tables.FLAG, None, params, writer=writer)
+        return rows + write_parquet(con, """
+        WITH candidates AS (SELECT provider_id AS id, provider_name AS name, name_key(provider_name) AS k
                        FROM published WHERE npi IS NULL),
         -- names sharing a candidate's first letter, with their first and last tokens computed once
         others AS (SELECT id, name, k, string_split(k, ' ')[1] AS ft, string_split(k, ' ')[-1] AS lt FROM (
                        SELECT provider_id AS id, provider_name AS name, name_key(provider_name) AS k
                        FROM published WHERE lower(provider_name[1]) IN (SELECT k[1] FROM candidates)))
-        SELECT provider_ids.id AS provider_id, x.flag, x.column_name, x.value, x.other_value, NULL AS related_provider_id,
-               x.source_system,
-               CASE WHEN x.source_system = 'postgres' THEN $source_object ELSE clean_file_rows.object_key END AS source_object,
-               x.source_key, x.detail
-        FROM found x JOIN provider_ids USING (gid) LEFT JOIN clean_file_rows ON clean_file_rows.fid = x.fid
-        UNION ALL
         -- A provider without an NPI whose name is compatible with another provider's may be that
         -- provider: flagged for review, never merged (two valid NPIs are two people, so only
         -- NPI-less providers are candidates).
-        SELECT c.id, 'possible_duplicate', 'provider_name', c.name, arg_min(o.name, o.id), min(o.id), NULL, NULL, NULL,
-               count(*) || ' provider(s) with a compatible name'
+        SELECT c.id AS provider_id, 'possible_duplicate' AS flag, 'provider_name' AS column_name, c.name AS value,
+               arg_min(o.name, o.id) AS other_value, min(o.id) AS related_provider_id,
+               count(*) || ' provider(s) with a compatible name' AS detail
         FROM (SELECT *, string_split(k, ' ')[1] AS ft, string_split(k, ' ')[-1] AS lt FROM candidates) c
              JOIN others o ON o.id <> c.id AND o.ft[1] = c.ft[1] AND o.lt[1] = c.lt[1]
                   AND token_compatible(c.ft, o.ft) AND token_compatible(c.lt, o.lt)
-        GROUP BY c.id, c.name""", tables.FLAG, path, params)
+        GROUP BY c.id, c.name""", tables.FLAG, None, params, writer=writer)

@@ -45,16 +45,25 @@ def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
     lowest_per_key(con, "id_map_by_npi", "npi_num", "id")
     lowest_per_key(con, "id_map_by_source_row", "src_id", "id")
     lowest_per_key(con, "previous_ids", "src_id", "provider_id")
+    # One large join per statement, each result a table: DuckDB spills a single hash join's build side
+    # beyond the memory limit, but three in one pipeline (the map by NPI, by source row, the previous
+    # run: each as large as the tenant) must all be pinned at once (a rerun of a 2M tenant ran out of
+    # memory at 256MB there).
     con.execute("""
         CREATE TABLE source_claims AS
-        WITH p AS (SELECT src_id, CASE WHEN npi_num NOT IN (SELECT value FROM source_npi_repeated) THEN npi_num END
-                              AS unique_npi
-                   FROM clean_source_rows WHERE src_id NOT IN (SELECT gid FROM nameless))
-        SELECT p.src_id AS gid, p.unique_npi AS key_npi_num,
-               coalesce(i.id, r.id) AS key_id, pp.provider_id AS previous_id
-        FROM p LEFT JOIN id_map_by_npi i ON i.npi_num = p.unique_npi
-             LEFT JOIN id_map_by_source_row r ON r.src_id = p.src_id AND p.unique_npi IS NULL
-             LEFT JOIN previous_ids pp ON pp.src_id = p.src_id""")
+        SELECT src_id AS gid, CASE WHEN npi_num NOT IN (SELECT value FROM source_npi_repeated) THEN npi_num END
+                   AS key_npi_num
+        FROM clean_source_rows WHERE src_id NOT IN (SELECT gid FROM nameless)""")
+    con.execute("""
+        CREATE OR REPLACE TABLE source_claims AS
+        SELECT s.*, i.id AS key_id FROM source_claims s LEFT JOIN id_map_by_npi i ON i.npi_num = s.key_npi_num""")
+    con.execute("""
+        CREATE OR REPLACE TABLE source_claims AS
+        SELECT s.gid, s.key_npi_num, coalesce(s.key_id, r.id) AS key_id
+        FROM source_claims s LEFT JOIN id_map_by_source_row r ON r.src_id = s.gid AND s.key_npi_num IS NULL""")
+    con.execute("""
+        CREATE OR REPLACE TABLE source_claims AS
+        SELECT s.*, pp.provider_id AS previous_id FROM source_claims s LEFT JOIN previous_ids pp ON pp.src_id = s.gid""")
     # A map and a previous run as large as the tenant: not needed past here, so free their memory now.
     for table in ("id_map_by_npi", "id_map_by_source_row", "previous_ids"):
         con.execute(f"DROP TABLE {table}")

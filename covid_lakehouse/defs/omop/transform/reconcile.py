@@ -18,17 +18,19 @@ def count_reconciliation(con: duckdb.DuckDBPyConnection, providers: int) -> Reco
     quarantined = "(SELECT fid FROM quarantined_file_rows UNION SELECT fid FROM file_candidates WHERE gid IN (SELECT gid FROM nameless))"
     attached = "(SELECT fid FROM file_candidates WHERE gid NOT IN (SELECT gid FROM nameless))"
     founding = "(SELECT founding_fid FROM chosen WHERE NOT in_source)"
+    # The tenant-sized joins (the diff against the previous run, the deleted rows) one query each: DuckDB
+    # spills a single join, but several in one query are pinned at once.
+    new, changed, unchanged = con.execute("""
+        SELECT count(*) FILTER (WHERE p.src_id IS NULL),
+               count(*) FILTER (WHERE p.src_id IS NOT NULL AND (p.row_hash = c.row_hash AND p.status <> 'deleted') IS NOT TRUE),
+               count(*) FILTER (WHERE p.src_id IS NOT NULL AND p.row_hash = c.row_hash AND p.status <> 'deleted')
+        FROM clean_source_rows c LEFT JOIN previous_source_provenance p USING (src_id)""").fetchone()
+    (deleted,) = con.execute("""
+        SELECT count(*) FROM previous_source_provenance
+        WHERE status <> 'deleted' AND src_id NOT IN (SELECT src_id FROM clean_source_rows)""").fetchone()
     counts = con.execute(f"""
-        WITH diff AS (SELECT CASE WHEN p.src_id IS NULL THEN 'new'
-                                  WHEN p.row_hash = clean_source_rows.row_hash AND p.status <> 'deleted' THEN 'unchanged'
-                                  ELSE 'changed' END AS kind
-                      FROM clean_source_rows LEFT JOIN previous_source_provenance p USING (src_id))
         SELECT
             (SELECT count(*) FROM source),
-            (SELECT count(*) FROM diff WHERE kind = 'new'),
-            (SELECT count(*) FROM diff WHERE kind = 'changed'),
-            (SELECT count(*) FROM diff WHERE kind = 'unchanged'),
-            (SELECT count(*) FROM previous_source_provenance WHERE status <> 'deleted' AND src_id NOT IN (SELECT src_id FROM clean_source_rows)),
             (SELECT count(*) FROM chosen WHERE in_source),
             (SELECT count(*) FROM nameless WHERE in_source),
             (SELECT count(*) FROM clean_file_rows),
@@ -41,7 +43,7 @@ def count_reconciliation(con: duckdb.DuckDBPyConnection, providers: int) -> Reco
             (SELECT count(*) FROM {attached} WHERE fid IN {run_rows}),
             (SELECT count(*) FROM {quarantined} WHERE fid IN {run_rows})
     """).fetchone()
-    (source_rows, new, changed, unchanged, deleted, published, src_quarantined, file_rows, file_only, attached_rows,
+    (source_rows, published, src_quarantined, file_rows, file_only, attached_rows,
      file_quarantined, run_files, run_read, run_new, run_attached, run_quarantined) = counts
     return Reconciliation(
         source_rows=source_rows, source_new=new, source_changed=changed, source_unchanged=unchanged,

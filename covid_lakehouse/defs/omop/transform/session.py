@@ -20,6 +20,9 @@ from covid_lakehouse.lib.settings import SettingError, setting
 
 MEMORY_LIMIT = setting("OMOP_DUCKDB_MEMORY_LIMIT", "memory a tenant step's DuckDB session may use before it spills "
                        "to OMOP_DUCKDB_TEMP_DIR (DuckDB size syntax: 2GB, 256MB)", default="256MB", scope="omop")
+THREADS = setting("OMOP_DUCKDB_THREADS", "threads of a tenant step's DuckDB session; unset: one per core (each "
+                  "thread pins its own buffers, so fewer lower the least OMOP_DUCKDB_MEMORY_LIMIT a step needs)",
+                  scope="omop")
 TEMP_DIR = setting("OMOP_DUCKDB_TEMP_DIR", "where DuckDB spills beyond OMOP_DUCKDB_MEMORY_LIMIT; unset: "
                    "covid_lakehouse_duckdb in the system temp directory", scope="omop")
 
@@ -69,8 +72,12 @@ def connect() -> duckdb.DuckDBPyConnection:
     than growing with the tenant (by default it may take 80% of the machine)."""
     spill = Path(TEMP_DIR.get() or Path(tempfile.gettempdir()) / "covid_lakehouse_duckdb")
     spill.mkdir(parents=True, exist_ok=True)
+    config = {"memory_limit": MEMORY_LIMIT.get(), "temp_directory": str(spill)}
+    threads = THREADS.number(minimum=1)
+    if threads:
+        config["threads"] = int(threads)
     try:
-        con = duckdb.connect(":memory:", config={"memory_limit": MEMORY_LIMIT.get(), "temp_directory": str(spill)})
+        con = duckdb.connect(":memory:", config=config)
     except duckdb.Error as err:
         raise SettingError(f"{MEMORY_LIMIT.name}={MEMORY_LIMIT.get()!r}: {err}") from err
     con.execute("SET enable_progress_bar = false")  # it would print into the run's logs
