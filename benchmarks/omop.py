@@ -233,6 +233,16 @@ def measure_changed_rerun_setup(providers: int = PROVIDERS) -> tuple[float, int]
     """Untimed setup of omop_tenant_changed_rerun_2m: the tenant's first run over a fresh copy of the
     source and the day's files, then about 1% of its source rows edited (updates, a few inserts and
     deletes) and a new landing file dropped."""
+    _remove_changed_tenant()  # a previous session's, if it was interrupted (its day2.csv would skew the first run)
+    try:
+        _changed_tenant_setup(providers)
+    except BaseException:
+        _remove_changed_tenant()
+        raise
+    return 0.0, providers
+
+
+def _changed_tenant_setup(providers: int) -> None:
     import numpy as np
     import psycopg
 
@@ -244,7 +254,6 @@ def measure_changed_rerun_setup(providers: int = PROVIDERS) -> tuple[float, int]
     for name, body in day_files(providers).items():
         client.put_object(Bucket="raw", Key=CHANGED_PREFIX + name, Body=body)
     tenants = _Tenants([(CHANGED_SCHEMA, CHANGED_PREFIX)], names=[CHANGED_TENANT])
-    _drop_namespace("omop_" + CHANGED_TENANT)  # a previous session's, if it was interrupted
     tenants.run(CHANGED_TENANT)
     tenants.instance.dispose()
     tenants.path.unlink(missing_ok=True)
@@ -264,25 +273,30 @@ def measure_changed_rerun_setup(providers: int = PROVIDERS) -> tuple[float, int]
     lines = ["ProviderName,ProviderID,NPI,Specialty,SiteName"] + [
         f"Changed Provider {i},C{i:05d},{npi},Cardiology,Metro Med" for i, npi in enumerate(npis)]
     client.put_object(Bucket="raw", Key=CHANGED_PREFIX + "day2.csv", Body=("\n".join(lines) + "\n").encode())
-    return 0.0, providers
+
+
+def _remove_changed_tenant() -> None:
+    """The changed-rerun tenant's source copy, files and namespace, gone."""
+    import psycopg
+
+    with psycopg.connect(_dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {CHANGED_SCHEMA} CASCADE")
+    client = _s3_client()
+    for item in client.list_objects_v2(Bucket="raw", Prefix=CHANGED_PREFIX).get("Contents", []):
+        client.delete_object(Bucket="raw", Key=item["Key"])
+    _drop_namespace("omop_" + CHANGED_TENANT)
 
 
 def measure_dagster_changed_rerun(providers: int = PROVIDERS) -> tuple[float, int]:
     """The changed tenant's run after measure_changed_rerun_setup (a process of its own, so that the
     peak RSS is the rerun's alone): a run, not a skip, over a full previous provenance and id map.
     Then the tenant, its source copy and its files are removed."""
-    import psycopg
-
     tenants = _Tenants([(CHANGED_SCHEMA, CHANGED_PREFIX)], names=[CHANGED_TENANT])
     try:
         return timed(lambda: tenants.run(CHANGED_TENANT, changed=True))
     finally:
         tenants.close()
-        with psycopg.connect(_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {CHANGED_SCHEMA} CASCADE")
-        client = _s3_client()
-        for item in client.list_objects_v2(Bucket="raw", Prefix=CHANGED_PREFIX).get("Contents", []):
-            client.delete_object(Bucket="raw", Key=item["Key"])
+        _remove_changed_tenant()
 
 
 def measure_tenants(tenants: int = TENANTS, details: str = "") -> tuple[float, int]:

@@ -7,6 +7,7 @@ pass. Readers always see a whole snapshot, the new one or the previous one.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 import uuid
@@ -55,8 +56,12 @@ class LakehouseResource(dg.ConfigurableResource):
                    aws_secret_access_key=settings.aws_secret_access_key, region=settings.aws_region)
 
     def _cache_key(self) -> tuple:
-        """What a cached catalog and FileIO are shared under: one per process and catalog."""
-        return (self.catalog_name, self.catalog_dsn, self.warehouse, self.s3_endpoint_url)
+        """What a cached catalog, FileIO and staging filesystem are shared under: one per process and
+        configuration, credentials included (two resources with different keys never share a client);
+        the secret only as a digest, kept in memory."""
+        secret = hashlib.sha256((self.aws_secret_access_key or "").encode()).hexdigest()
+        return (self.catalog_name, self.catalog_dsn, self.warehouse, self.s3_endpoint_url, self.region,
+                self.aws_access_key_id, secret)
 
     def catalog(self):
         from pyiceberg.catalog.sql import SqlCatalog

@@ -2,7 +2,7 @@
 on the rerun after a source change (the daily run of a large tenant: a previous provenance and an id map
 as large as the tenant), however its working set compares with the limit.
 
-At 300,000 providers the transform's DuckDB working set is several times the 48MB limit used here
+At 300,000 providers the transform's DuckDB working set is several times the 56MB limit used here
 (with 2 DuckDB threads; about DuckDB's own floor for a query of several joins); a step that cannot spill
 fails with DuckDB's out-of-memory error. Before each tenant-sized join got a statement of its own, the
 flags query failed here (its joins pinned at once), and so did the rerun's collect_claims (three
@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.extract import PROVIDER_SOURCE
@@ -27,6 +28,7 @@ from covid_lakehouse.defs.omop.transform import (
     build_providers,
     connect,
 )
+from covid_lakehouse.lib.settings import SettingError
 from covid_lakehouse_dev.seeds.omop import CARE_SITES, SAMPLE_FILE, provider_rows
 
 PROVIDERS = 300_000
@@ -104,3 +106,10 @@ def test_first_run_and_changed_rerun_complete_under_a_memory_limit_far_below_the
 def test_the_session_takes_its_thread_count_from_the_settings(monkeypatch):
     monkeypatch.setenv("OMOP_DUCKDB_THREADS", "1")
     assert connect().execute("SELECT current_setting('threads')").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("threads", ["2.5", "0", "many"])
+def test_a_thread_count_that_is_not_a_whole_number_of_at_least_one_is_refused_by_name(monkeypatch, threads):
+    monkeypatch.setenv("OMOP_DUCKDB_THREADS", threads)
+    with pytest.raises(SettingError, match="OMOP_DUCKDB_THREADS"):
+        connect()

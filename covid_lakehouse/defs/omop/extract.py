@@ -36,7 +36,7 @@ def _malloc_trim():
     """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
     try:
         return ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # TypeError: no CDLL(None) on Windows
         return None
 
 

@@ -74,12 +74,14 @@ def connect() -> duckdb.DuckDBPyConnection:
     spill.mkdir(parents=True, exist_ok=True)
     config = {"memory_limit": MEMORY_LIMIT.get(), "temp_directory": str(spill)}
     threads = THREADS.number(minimum=1)
-    if threads:
+    if threads is not None:
+        if threads != int(threads):
+            raise SettingError(f"{THREADS.name}={THREADS.get()!r} is not a whole number: {THREADS.doc}")
         config["threads"] = int(threads)
     try:
         con = duckdb.connect(":memory:", config=config)
     except duckdb.Error as err:
-        raise SettingError(f"{MEMORY_LIMIT.name}={MEMORY_LIMIT.get()!r}: {err}") from err
+        raise SettingError(f"{MEMORY_LIMIT.name}={MEMORY_LIMIT.get()!r}, {THREADS.name}={THREADS.get()!r}: {err}") from err
     con.execute("SET enable_progress_bar = false")  # it would print into the run's logs
     con.execute("SET TimeZone = 'UTC'")
     for macro in MACROS:

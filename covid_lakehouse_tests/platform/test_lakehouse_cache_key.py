@@ -1,0 +1,20 @@
+"""The catalog, FileIO and staging filesystem a LakehouseResource caches per process are shared only by
+resources of the same configuration, credentials included: a second resource with other keys (another
+tenant's bucket policy, a read-only identity) never writes through the first one's client."""
+
+from covid_lakehouse.lib.lakehouse import LakehouseResource
+
+
+def resource(**overrides: str) -> LakehouseResource:
+    settings = {"catalog_dsn": "postgresql://catalog@127.0.0.1:1/catalog", "warehouse": "s3://lake/warehouse",
+                "s3_endpoint_url": "http://127.0.0.1:1", "aws_access_key_id": "writer",
+                "aws_secret_access_key": "writer-secret", **overrides}
+    return LakehouseResource(**settings)
+
+
+def test_the_staging_filesystem_is_shared_by_one_configuration_only() -> None:
+    first = resource().staging_filesystem()
+    assert resource().staging_filesystem() is first  # the same configuration: one client per process
+    assert resource(aws_access_key_id="reader").staging_filesystem() is not first
+    assert resource(aws_secret_access_key="rotated").staging_filesystem() is not first
+    assert resource(region="eu-west-1").staging_filesystem() is not first
