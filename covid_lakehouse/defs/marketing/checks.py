@@ -134,15 +134,15 @@ def _not_negative(columns: tuple[str, ...]) -> Callable[[Staged], AuditResult]:
     return audit
 
 
-def _any_negative(columns: tuple[str, ...]) -> Callable[[pa.Table], pa.ChunkedArray]:
-    def condition(chunk: pa.Table) -> pa.ChunkedArray:
-        tests = [pc.less(_numeric(chunk, c), 0) for c in columns]
-        hit = tests[0]
-        for test in tests[1:]:
-            hit = pc.or_kleene(hit, test)  # SQL's OR: NULL OR true is true
-        return hit
+def _any_of(tests: list[pa.ChunkedArray]) -> pa.ChunkedArray:
+    hit = tests[0]
+    for test in tests[1:]:
+        hit = pc.or_kleene(hit, test)  # SQL's OR: NULL OR true is true
+    return hit
 
-    return condition
+
+def _any_negative(columns: tuple[str, ...]) -> Callable[[pa.Table], pa.ChunkedArray]:
+    return lambda chunk: _any_of([pc.less(_numeric(chunk, c), 0) for c in columns])
 
 
 def _null_key_texts(key: tuple[str, ...]) -> tuple[str, str]:
@@ -154,15 +154,8 @@ def _keys_not_null(staged: Staged) -> AuditResult:
     return _violations(staged, condition, *_null_key_texts(staged.spec.key))
 
 
-class _NullKeyFold(_RowFold):
-    def __init__(self, spec: TableSpec) -> None:
-        def condition(chunk: pa.Table) -> pa.ChunkedArray:
-            hit = pc.is_null(chunk.column(spec.key[0]))
-            for c in spec.key[1:]:
-                hit = pc.or_(hit, pc.is_null(chunk.column(c)))
-            return hit
-
-        super().__init__(spec, condition)
+def _null_key_fold(spec: TableSpec) -> _RowFold:
+    return _RowFold(spec, lambda chunk: _any_of([pc.is_null(chunk.column(c)) for c in spec.key]))
 
 
 # Beyond this the loaded totals are not the API's: 1% of the API's figure, and at least one unit
@@ -171,7 +164,10 @@ RECONCILE_TOLERANCE = Decimal("0.01")
 RECONCILE_MIN_UNITS = Decimal(1)
 
 
-def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable], tolerance: Decimal = Decimal("0.01"),
+EXACT = Decimal("0.01")  # what "match" allows: a cent (or unit) of rounding
+
+
+def reconcile(group_by: tuple[str, ...], measures: dict[str, sql.Composable], tolerance: Decimal = EXACT,
               relative: Decimal | None = None) -> Callable[[Staged], AuditResult]:
     """Compare staged sums per group with ``staged.reported`` {group tuple: {measure: value}}: a
     difference above ``tolerance`` (absolute), or above ``relative`` x the API's figure when larger."""
@@ -286,7 +282,7 @@ KEY_UNIQUE = Audit("natural_key_unique", _key_unique, blocking=True,
 # The row audits below are also folded chunk by chunk in a streamed load (load.FoldedAudit): same verdicts,
 # same words and metadata, no scan of the staging table after the last page.
 KEYS_NOT_NULL = FoldedAudit(
-    "keys_not_null", _keys_not_null, blocking=True, description="No natural key column is null", fold=_NullKeyFold,
+    "keys_not_null", _keys_not_null, blocking=True, description="No natural key column is null", fold=_null_key_fold,
     judge=lambda state, staged: _violation_result(state.count, state.examples, *_null_key_texts(staged.spec.key)))
 CLICKS_LE_IMPRESSIONS = FoldedAudit("clicks_not_above_impressions", _clicks_not_above_impressions, blocking=False,
                                     description="clicks <= impressions (WARN: real ad x day rows may break it; the rows "
@@ -316,7 +312,7 @@ def totals_match_api(description: str, group_by: tuple[str, ...], measures: dict
         return FoldedAudit(name, reconcile(group_by, measures, tolerance, relative), blocking=blocking, description=text,
                            fold=fold, judge=judge if fold is not None else None)
 
-    return [audit("totals_match_api", False, description, Decimal("0.01"), None),
+    return [audit("totals_match_api", False, description, EXACT, None),
             audit("totals_within_tolerance", True, f"{description}, within {RECONCILE_TOLERANCE:.0%} (at least "
                   f"{RECONCILE_MIN_UNITS} unit): beyond that nothing is published", RECONCILE_MIN_UNITS, RECONCILE_TOLERANCE)]
 
@@ -325,11 +321,11 @@ def _sum(column: str) -> sql.Composable:
     return sql.SQL("sum({})").format(sql.Identifier(column))
 
 
+_FACEBOOK_TOTALS = ("impressions", "clicks", "spend")  # each the sum of its own column
 FACEBOOK_AUDITS = [
     API_VERSION_CURRENT, KEY_UNIQUE, KEYS_NOT_NULL, CLICKS_LE_IMPRESSIONS, metrics_not_negative("spend"),
     *totals_match_api("Impressions, clicks and spend per account and day equal Facebook's account-level insights",
-                     ("account_id", "date"), {"impressions": _sum("impressions"), "clicks": _sum("clicks"), "spend": _sum("spend")},
-                     {"impressions": "impressions", "clicks": "clicks", "spend": "spend"}),
+                     ("account_id", "date"), {m: _sum(m) for m in _FACEBOOK_TOTALS}, {m: m for m in _FACEBOOK_TOTALS}),
 ]
 GOOGLE_ADS_AUDITS = [
     API_VERSION_CURRENT, KEY_UNIQUE, KEYS_NOT_NULL, CLICKS_LE_IMPRESSIONS, metrics_not_negative("cost_micros"),
