@@ -102,16 +102,15 @@ class LakehouseResource(dg.ConfigurableResource):
         Without background writes: with them (pyiceberg's FileIO default) a copy from local disk
         outruns the upload and every part still uploading waits in memory, so memory grew with the file
         (a 400 MB file held ~300 MB of Arrow buffers, measured); this way one part at a time."""
-        from pyarrow import fs
+        from covid_lakehouse.lib.s3 import LakeS3Resource
 
         cache_key = self._cache_key()
         with _CATALOGS_LOCK:
             if cache_key not in _STAGING_FS:
-                scheme, _, host = self.s3_endpoint_url.rpartition("://")
-                _STAGING_FS[cache_key] = fs.S3FileSystem(
-                    endpoint_override=host, scheme=scheme or "https", region=self.region,
-                    access_key=self.aws_access_key_id, secret_key=self.aws_secret_access_key,
-                    force_virtual_addressing=False, background_writes=False)
+                _STAGING_FS[cache_key] = LakeS3Resource(
+                    endpoint_url=self.s3_endpoint_url, aws_access_key_id=self.aws_access_key_id,
+                    aws_secret_access_key=self.aws_secret_access_key, region_name=self.region,
+                ).arrow_filesystem(background_writes=False)
             return _STAGING_FS[cache_key]
 
     @staticmethod

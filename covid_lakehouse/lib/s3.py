@@ -94,11 +94,13 @@ class LakeS3Resource(S3Resource):
             config=_CLIENT_CONFIG,
         )
 
-    def arrow_filesystem(self):
+    def arrow_filesystem(self, *, background_writes: bool = True):
+        """pyarrow's S3 filesystem on the same endpoint and credentials. ``background_writes=False``: an
+        output stream uploads one part at a time instead of queueing every part in flight in memory."""
         from pyarrow import fs
 
         endpoint = self.endpoint_url or ""
-        scheme = "https" if endpoint.startswith("https") else "http"
+        scheme = "http" if endpoint.startswith("http://") else "https"  # no endpoint: AWS itself, over TLS
         return fs.S3FileSystem(
             access_key=self.aws_access_key_id,
             secret_key=self.aws_secret_access_key,
@@ -106,6 +108,7 @@ class LakeS3Resource(S3Resource):
             scheme=scheme,
             region=self.region_name or "us-east-1",
             force_virtual_addressing=False,
+            background_writes=background_writes,
         )
 
     def put_write_once(self, bucket: str, key: str, body: BinaryIO, *, metadata: dict[str, str] | None = None) -> StoredObject:
