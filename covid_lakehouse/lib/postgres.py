@@ -78,22 +78,30 @@ def run_ddl(conn: psycopg.Connection, statement: sql.Composable, *, relation: st
     application, state; never their query text, which may hold data)."""
     timeout_ms = max(1, round(DDL_LOCK_TIMEOUT_S.number(minimum=0.001) * 1000))
     attempts = int(DDL_LOCK_ATTEMPTS.number(minimum=1))
-    previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
     for _ in range(attempts):
-        try:
-            with conn.transaction():  # a savepoint inside the caller's transaction
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{timeout_ms}ms",))
-                conn.execute(statement)
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
-            return
-        except psycopg.errors.LockNotAvailable:
-            continue  # the wait itself is the back-off
+        if execute_within_lock_timeout(conn, statement, timeout_ms):
+            return  # else the wait itself was the back-off
     holders = lock_holders(conn, relation)
     raise DdlLockTimeoutError(
         f"{what}: could not lock {relation} in {attempts} attempt(s) of {timeout_ms / 1000:g}s "
         f"(WAREHOUSE_DDL_LOCK_TIMEOUT_S, WAREHOUSE_DDL_LOCK_ATTEMPTS); held by "
         + ("; ".join(holders) if holders else "a session that has since ended")
         + ". End or commit that session (an administrator can run SELECT pg_terminate_backend(pid)), then rerun.")
+
+
+def execute_within_lock_timeout(conn: psycopg.Connection, statement: sql.Composable, timeout_ms: int) -> bool:
+    """Execute ``statement`` waiting at most ``timeout_ms`` for its locks, in a savepoint, so that the
+    caller's transaction survives a timeout (and keeps its own lock_timeout): True when it ran, False
+    when the lock wait expired (``lock_holders`` can then say who held the relation)."""
+    previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+    try:
+        with conn.transaction():  # a savepoint inside the caller's transaction
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{timeout_ms}ms",))
+            conn.execute(statement)
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
+        return True
+    except psycopg.errors.LockNotAvailable:
+        return False
 
 
 def lock_holders(conn: psycopg.Connection, relation: str) -> list[str]:

@@ -34,7 +34,13 @@ import pyarrow as pa
 from psycopg import sql
 
 from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec
-from covid_lakehouse.lib.postgres import PostgresResource, UpsertCounts, lock_holders, table_ident
+from covid_lakehouse.lib.postgres import (
+    PostgresResource,
+    UpsertCounts,
+    execute_within_lock_timeout,
+    lock_holders,
+    table_ident,
+)
 from covid_lakehouse.lib.settings import setting
 from covid_lakehouse.lib.source_versions import SourceVersion, Superseded, claim
 from covid_lakehouse.lib.staging import claim_staging, sweep_staging
@@ -337,19 +343,14 @@ class StreamingMerge:
         (MARKETING_PUBLISH_LOCK_TIMEOUT_S): a session holding the table fails the run with its name, instead
         of a run (and its cancel) waiting forever."""
         timeout_ms = max(1, round(PUBLISH_LOCK_TIMEOUT_S.number(minimum=0.001) * 1000))
-        previous = self.conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
-        try:
-            with self.conn.transaction():  # a savepoint: a timeout leaves the transaction usable for the message
-                self.conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{timeout_ms}ms",))
-                self.conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self._spec.ident))
-        except psycopg.errors.LockNotAvailable:
+        lock = sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self._spec.ident)
+        if not execute_within_lock_timeout(self.conn, lock, timeout_ms):  # the transaction stays usable for the message
             relation = f"{SCHEMA}.{self._spec.name}"
             holders = lock_holders(self.conn, relation)
             raise PublishLockTimeout(
                 f"{self._spec.name}: could not lock {relation} to publish within {timeout_ms / 1000:g}s "
                 f"({PUBLISH_LOCK_TIMEOUT_S.name}); held by " + ("; ".join(holders) or "a session that has since ended")
-                + ". Nothing was published; rerun when that session has committed or ended.") from None
-        self.conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
+                + ". Nothing was published; rerun when that session has committed or ended.")
         self._chunk = PostgresResource.create_staging_like(self.conn, self._spec.ident, f"merge_{self._spec.name}",
                                                            columns=self._spec.staged)
 
