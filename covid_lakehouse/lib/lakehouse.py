@@ -127,6 +127,37 @@ class LakehouseResource(dg.ConfigurableResource):
         tbl = self.load_table(namespace, table)
         return (tbl.scan(row_filter=row_filter) if row_filter else tbl.scan()).to_arrow()
 
+    def materialize(self, namespace: str, table: str, directory: Path) -> list[Path]:
+        """The data files of the table's current snapshot, copied as they are into ``directory`` (a
+        streamed copy, one chunk at a time: memory stays the same however large the table); none when
+        the table does not exist or has no rows. For readers (DuckDB) that scan the files themselves:
+        pyiceberg's readers hold a whole table, or every file's batches at once, in memory. The files
+        are read by column name (they may carry no field ids; an older one may lack a column added
+        since), so a table whose snapshot has delete files (never written here) is refused."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        try:
+            tbl = self.load_table(namespace, table)
+        except NoSuchTableError:
+            return []
+        if tbl.current_snapshot() is None:
+            return []
+        tasks = list(tbl.scan().plan_files())
+        if any(task.delete_files for task in tasks):
+            raise ValueError(f"lakehouse table {namespace}.{table}: its current snapshot has delete files "
+                             "(row-level deletes), which materialize cannot apply; rewrite the table first")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for number, task in enumerate(t for t in tasks if t.file.record_count):
+            path = directory / f"{table}-{number:05d}.parquet"
+            scheme, _, key = task.file.file_path.partition("://")
+            with (self.staging_filesystem().open_input_stream(key) if scheme in ("s3", "s3a")
+                  else tbl.io.new_input(task.file.file_path).open()) as source, path.open("wb") as target:
+                shutil.copyfileobj(source, target, 8 << 20)
+            paths.append(path)
+        return paths
+
     def ensure_table(self, namespace: str, table: str, schema: pa.Schema, partition_by: str | None = None):
         """The table, created (with its namespace) if absent. Safe when two runs create it at once: the
         loser of the race loads the winner's table."""
