@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from covid_lakehouse.defs.omop import assets, pipeline, tables
+from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, published, run_tenant
 
 pytestmark = pytest.mark.integration
@@ -46,20 +47,23 @@ def test_two_overlapping_runs_of_a_tenant_publish_what_one_run_publishes(make_te
         tables.T_LANDING_FILE, tables.T_CARE_SITE_ID_MAP, tables.T_PROVIDER_ID_MAP)}
     arrivals = dict.fromkeys(meet, 0)
     lock = threading.Lock()
-    real_read = pipeline.read_or_empty
 
-    def read_then_meet(lakehouse_, namespace, table, schema):
-        data = real_read(lakehouse_, namespace, table, schema)
-        if namespace == twice.namespace and table in meet:
-            with lock:  # only each run's first read meets the other; a retried step passes through
-                arrivals[table] += 1
-                first = arrivals[table] <= 2
-            if first:
-                meet[table].wait()  # both runs hold the same (empty) manifest or id map before either writes
-        return data
+    def then_meet(read):
+        def read_then_meet(lakehouse_, namespace, table, *args):
+            data = read(lakehouse_, namespace, table, *args)
+            if namespace == twice.namespace and table in meet:
+                with lock:  # only each run's first read meets the other; a retried step passes through
+                    arrivals[table] += 1
+                    first = arrivals[table] <= 2
+                if first:
+                    meet[table].wait()  # both runs hold the same (empty) manifest or id map before either writes
+            return data
+        return read_then_meet
 
-    monkeypatch.setattr(pipeline, "read_or_empty", read_then_meet)
-    monkeypatch.setattr(assets, "read_or_empty", read_then_meet)
+    monkeypatch.setattr(pipeline, "read_or_empty", then_meet(pipeline.read_or_empty))
+    monkeypatch.setattr(assets, "read_or_empty", then_meet(pipeline.read_or_empty))
+    # The provider step reads the id map as files (LakehouseResource.materialize).
+    monkeypatch.setattr(LakehouseResource, "materialize", then_meet(LakehouseResource.materialize))
     outcomes: dict[int, object] = {}
 
     def run(i: int) -> None:

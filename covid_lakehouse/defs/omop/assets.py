@@ -2,6 +2,7 @@
 with its provenance, quarantine and flags, published as Iceberg tables in namespace omop_<tenant>
 with write-audit-publish."""
 
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -238,24 +239,25 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
     with tempfile.TemporaryDirectory(prefix="omop-provider-") as scratch, \
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="omop-read") as pool:
         source = pool.submit(extract_parquet, tenant, "provider", PROVIDER_SOURCE, Path(scratch) / "provider.parquet")
-        state = {name: pool.submit(read_or_empty, lakehouse, ns, table, schema) for name, (table, schema) in {
-            "care_sites": (tables.T_CARE_SITE, tables.CARE_SITE),
-            "landing_rows": (tables.T_LANDING_ROW, tables.LANDING_ROW),
-            "landing_files": (tables.T_LANDING_FILE, tables.LANDING_FILE),
-            "id_map": (tables.T_PROVIDER_ID_MAP, tables.ID_MAP),
-            "previous_provenance": (tables.T_PROVENANCE, tables.PROVENANCE),
+        # The tenant-sized state tables (the whole landing history, id map, previous provenance) as copies
+        # of their parquet files that DuckDB scans (and spills from): read into Arrow, a rerun's memory
+        # grew with the tenant. The small ones are read whole.
+        state_dir = Path(scratch) / "state"
+        state = {name: pool.submit(lakehouse.materialize, ns, table, state_dir / name) for name, table in {
+            "landing_rows": tables.T_LANDING_ROW, "landing_files": tables.T_LANDING_FILE,
+            "id_map": tables.T_PROVIDER_ID_MAP, "previous_provenance": tables.T_PROVENANCE,
         }.items()}
+        care_sites = pool.submit(read_or_empty, lakehouse, ns, tables.T_CARE_SITE, tables.CARE_SITE)
         processed = pool.submit(processed_files, lakehouse, ns)
         inputs = {name: future.result() for name, future in state.items()}
-        source, processed = source.result(), processed.result()
-        care_sites = inputs["care_sites"]
+        source, processed, care_sites = source.result(), processed.result(), care_sites.result()
         # Every output streams into a parquet file in the scratch directory, then from there to S3.
         outputs = Path(scratch) / "outputs"
         outputs.mkdir()
         build = build_providers(source=source, source_object=source_label(tenant, "provider"),
                                 processed_files=processed, specialties=load_specialty_map(), now=utc_now(),
-                                out_dir=outputs, **inputs)
-        del inputs  # the previous provenance and id map are not needed past the build
+                                care_sites=care_sites, out_dir=outputs, **inputs)
+        shutil.rmtree(state_dir, ignore_errors=True)  # not needed past the build: free the disk for the outputs
         pool.shutdown()
         counts, files, rows = build.counts, build.files, build.rows
         context.log.info("tenant %s: %s", tenant.name, counts)

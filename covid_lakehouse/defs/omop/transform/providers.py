@@ -2,13 +2,14 @@
 new id map keys and reconciled counts, one step module after the other on one DuckDB session.
 
 Registers ``source``, ``landing_rows``, ``landing_files``, ``id_map``, ``previous_provenance`` and
-``processed_file_refs`` (``source`` is a view over the extract's parquet file when given its path); after the steps, ``published`` (a view over the provider output's parquet file) for the flags.
+``processed_file_refs`` (``source`` is a view over the extract's parquet file when given its path; each
+state table a view over its parquet files when given their paths, see session.register_state); after the steps, ``published`` (a view over the provider output's parquet file) for the flags.
 Every output streams from DuckDB into its own parquet file (ProviderBuild.files)."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -33,7 +34,13 @@ from covid_lakehouse.defs.omop.transform.results import (
     QUARANTINE,
     ProviderBuild,
 )
-from covid_lakehouse.defs.omop.transform.session import IdLookup, connect, parquet_writer, write_parquet
+from covid_lakehouse.defs.omop.transform.session import (
+    IdLookup,
+    connect,
+    parquet_writer,
+    register_state,
+    write_parquet,
+)
 from covid_lakehouse.defs.omop.transform.value_maps import build_value_maps
 
 # The published providers (those with a name), one row each; provider_id is attached per batch (and
@@ -59,10 +66,10 @@ def build_providers(
     source: pa.Table | Path,
     source_object: str,
     care_sites: pa.Table,
-    landing_rows: pa.Table,
-    landing_files: pa.Table,
-    id_map: pa.Table,
-    previous_provenance: pa.Table,
+    landing_rows: pa.Table | Sequence[Path],
+    landing_files: pa.Table | Sequence[Path],
+    id_map: pa.Table | Sequence[Path],
+    previous_provenance: pa.Table | Sequence[Path],
     processed_files: Iterable[str],
     specialties: Mapping[str, Specialty],
     now: datetime,
@@ -83,9 +90,11 @@ def build_providers(
             con.read_parquet(str(source)).create_view("source")
         else:
             con.register("source", source)
-        for name, table in [("landing_rows", landing_rows), ("landing_files", landing_files),
-                            ("id_map", id_map), ("previous_provenance", previous_provenance)]:
-            con.register(name, table)
+        for name, data, schema in [("landing_rows", landing_rows, tables.LANDING_ROW),
+                                   ("landing_files", landing_files, tables.LANDING_FILE),
+                                   ("id_map", id_map, tables.ID_MAP),
+                                   ("previous_provenance", previous_provenance, tables.PROVENANCE)]:
+            register_state(con, name, data, schema)
         con.register("processed_file_refs", pa.table({"file_ref": pa.array(sorted(set(processed_files)), pa.string())}))
         params = {"now": now, "source_object": source_object}
         build_value_maps(con, care_sites, specialties)

@@ -6,7 +6,7 @@ register_repeated and lowest_per_key register ``<name>`` / ``<table>_repeated``)
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import duckdb
@@ -87,6 +87,34 @@ def connect() -> duckdb.DuckDBPyConnection:
     for macro in MACROS:
         con.execute(macro)
     return con
+
+
+def quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def register_state(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table | Sequence[Path],
+                   schema: pa.Schema) -> None:
+    """Register a state table as ``name``: an Arrow table as is, or its parquet files (a lakehouse table's
+    materialized snapshot) as a view DuckDB scans, so a tenant-sized state never sits in Python memory.
+    The files are read by column name and conformed to ``schema``: a column a file lacks (added to the
+    table after it was written) reads as NULL of the schema's type."""
+    if isinstance(data, pa.Table):
+        con.register(name, data)
+        return
+    if not data:
+        con.register(name, schema.empty_table())
+        return
+    files = f"{name}_files"
+    con.read_parquet([str(path) for path in data], union_by_name=True).create_view(files)
+    present = {column for column, *_ in con.execute(f"DESCRIBE {quoted(files)}").fetchall()}
+    # The DuckDB type of each schema column, as DuckDB itself maps the Arrow type.
+    con.register(f"{name}_schema", schema.empty_table())
+    types = {column: kind for column, kind, *_ in con.execute(f"DESCRIBE {quoted(name + '_schema')}").fetchall()}
+    con.unregister(f"{name}_schema")
+    columns = ", ".join(f"CAST({quoted(f.name) if f.name in present else 'NULL'} AS {types[f.name]}) AS {quoted(f.name)}"
+                        for f in schema)
+    con.execute(f"CREATE VIEW {quoted(name)} AS SELECT {columns} FROM {quoted(files)}")
 
 
 def used_params(query: str, params: dict | None) -> dict:
