@@ -76,3 +76,24 @@ def test_a_missing_table_an_empty_one_and_one_emptied_by_an_overwrite_have_no_fi
     assert lakehouse.materialize(ns, "never_written", tmp_path) == []
     assert lakehouse.materialize(ns, "emptied", tmp_path) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_snapshot_with_delete_files_is_refused_naming_the_table(lakehouse, tmp_path):
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+    from pyiceberg.typedef import Record
+
+    ns = _namespace("deletes")
+    list(lakehouse.write_audit_publish(ns, "t", pa.table({"id": pa.array([1, 2], pa.int64()), "name": ["a", "b"]})))
+    table = lakehouse.load_table(ns, "t")
+    [task] = table.scan().plan_files()
+    # A position delete file (another engine's row-level delete; this platform never writes one): only
+    # its manifest entry matters, materialize must refuse before reading any file.
+    deletes = DataFile.from_args(content=DataFileContent.POSITION_DELETES, file_path=task.file.file_path + ".deletes",
+                                 file_format=FileFormat.PARQUET, partition=Record(), record_count=1,
+                                 file_size_in_bytes=1, spec_id=table.metadata.default_spec_id)
+    with table.transaction() as tx, tx.update_snapshot().fast_append() as append:
+        append.append_data_file(deletes)
+
+    with pytest.raises(ValueError, match=f"{ns}.t.*delete files"):
+        lakehouse.materialize(ns, "t", tmp_path)
+    assert list(tmp_path.iterdir()) == []
