@@ -14,6 +14,14 @@ from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.transform.session import connect, to_arrow
 
 
+class CareSiteKeyConflict(ValueError):
+    """Several source care sites share one natural key: they would get one care_site_id."""
+
+
+# Conflicting keys named in the error (the rest are counted).
+_CONFLICTS_NAMED = 5
+
+
 @dataclass
 class CareSiteBuild:
     care_site: pa.Table
@@ -34,6 +42,7 @@ def build_care_sites(source: pa.Table, id_map: pa.Table, *, now: datetime) -> Ca
                coalesce('code:' || upper(clean_text(care_site_source_value)),
                         'name:' || name_key(clean_text(care_site_name))) AS natural_key
         FROM source""")
+    _refuse_shared_keys(con)
     con.execute("""
         CREATE TABLE care_site_ids AS
         SELECT care_site_candidates.natural_key, m.id FROM care_site_candidates JOIN id_map m USING (natural_key)
@@ -47,3 +56,19 @@ def build_care_sites(source: pa.Table, id_map: pa.Table, *, now: datetime) -> Ca
         SELECT natural_key, id, $now AS first_seen_at FROM care_site_ids
         WHERE natural_key NOT IN (SELECT natural_key FROM id_map) ORDER BY id""", tables.ID_MAP, {"now": now})
     return CareSiteBuild(care_site, additions, additions.num_rows)
+
+
+def _refuse_shared_keys(con) -> None:
+    """A site code (else a normalised name) identifies one care site. Two source sites sharing one
+    would publish two rows with one care_site_id, which the blocking check would stop without saying
+    why: stop here, before any id is reserved, naming the sites."""
+    shared = con.execute("""
+        SELECT natural_key, list(coalesce(name, '(no name)') ORDER BY src_id), count(*) OVER () FROM care_site_candidates
+        GROUP BY natural_key HAVING count(*) > 1 ORDER BY natural_key LIMIT $n""", {"n": _CONFLICTS_NAMED}).fetchall()
+    if shared:
+        named = "; ".join(f"{key.split(':', 1)[0]} {key.split(':', 1)[1]!r}: {', '.join(map(repr, names))}"
+                          for key, names, _ in shared)
+        raise CareSiteKeyConflict(
+            f"{shared[0][2]} key(s) shared by several care sites ({named}): a care site is identified by its code "
+            "(care_site_source_value, case and spacing ignored), else by its normalised name, so these would share "
+            "one care_site_id. Give each site its own code in the source.")
