@@ -53,7 +53,7 @@ AUDITS_AT_ONCE = 2  # after a streamed merge: the audits a fold could not answer
 
 log = logging.getLogger(__name__)
 PUBLISH_LOCK_TIMEOUT_S = setting(
-    "MARKETING_PUBLISH_LOCK_TIMEOUT_S", "how long a streamed marketing publish (Facebook) waits for its table's "
+    "MARKETING_PUBLISH_LOCK_TIMEOUT_S", "how long a marketing publish waits for its table's "
     "write lock while another session holds the table, before the run fails naming the holders", default="600",
     scope="marketing")
 
@@ -64,6 +64,22 @@ class PublishLockTimeout(dg.Failure):
 
     def __init__(self, message: str) -> None:
         super().__init__(description=message)
+
+
+def lock_for_publish(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """The target's write lock for the publish transaction on ``conn`` (SHARE ROW EXCLUSIVE: readers are not
+    blocked), waited for at most MARKETING_PUBLISH_LOCK_TIMEOUT_S: publishers of the table take turns from
+    here to commit. A session holding the table longer fails the run with PublishLockTimeout naming the
+    table, the setting and the holders, instead of a run (and its cancel) waiting forever."""
+    timeout_ms = max(1, round(PUBLISH_LOCK_TIMEOUT_S.number(minimum=0.001) * 1000))
+    lock = sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(spec.ident)
+    if not execute_within_lock_timeout(conn, lock, timeout_ms):  # the transaction stays usable for the message
+        relation = f"{SCHEMA}.{spec.name}"
+        holders = lock_holders(conn, relation)
+        raise PublishLockTimeout(
+            f"{spec.name}: could not lock {relation} to publish within {timeout_ms / 1000:g}s "
+            f"({PUBLISH_LOCK_TIMEOUT_S.name}); held by " + ("; ".join(holders) or "a session that has since ended")
+            + ". Nothing was published; rerun when that session has committed or ended.")
 
 
 @dataclass(frozen=True)
@@ -342,15 +358,7 @@ class StreamingMerge:
         (each claims its slices against the versions the previous one committed). The lock wait is bounded
         (MARKETING_PUBLISH_LOCK_TIMEOUT_S): a session holding the table fails the run with its name, instead
         of a run (and its cancel) waiting forever."""
-        timeout_ms = max(1, round(PUBLISH_LOCK_TIMEOUT_S.number(minimum=0.001) * 1000))
-        lock = sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self._spec.ident)
-        if not execute_within_lock_timeout(self.conn, lock, timeout_ms):  # the transaction stays usable for the message
-            relation = f"{SCHEMA}.{self._spec.name}"
-            holders = lock_holders(self.conn, relation)
-            raise PublishLockTimeout(
-                f"{self._spec.name}: could not lock {relation} to publish within {timeout_ms / 1000:g}s "
-                f"({PUBLISH_LOCK_TIMEOUT_S.name}); held by " + ("; ".join(holders) or "a session that has since ended")
-                + ". Nothing was published; rerun when that session has committed or ended.")
+        lock_for_publish(self.conn, self._spec)
         self._chunk = PostgresResource.create_staging_like(self.conn, self._spec.ident, f"merge_{self._spec.name}",
                                                            columns=self._spec.staged)
 
@@ -569,10 +577,10 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
     superseded: dict[tuple[str, date], Superseded] = {}
 
     def merge(conn: psycopg.Connection, staging: sql.Composable, rows: int) -> UpsertCounts:
+        # the table lock first, bounded (the upsert's own LOCK TABLE then finds it held): publishers of this
+        # table take turns, so each claims its slices against the versions the previous one committed
+        lock_for_publish(conn, spec)
         if versions is not None:
-            # the table lock first (as the upsert takes it): publishers of this table take turns, so each
-            # claims its slices against the versions the previous one committed
-            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(spec.ident))
             known = staged.slices if staged is not None and staged.tracks(versions) else None
             superseded.update(versions.claim(conn, spec, staging, known))
         # evaluated after the upsert's table lock: sees the last commit
