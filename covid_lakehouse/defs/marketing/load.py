@@ -449,9 +449,10 @@ def _upsert(conn: psycopg.Connection, spec: TableSpec, source: sql.Composable, l
 @dataclass
 class Staged:
     """What an audit sees: the open transaction, the staging table, what the API reported, and what the
-    read noticed on the way (e.g. the API version in use and its warnings)."""
+    read noticed on the way (e.g. the API version in use and its warnings). ``conn`` is None for a
+    FoldedAudit's ``judge``: its verdict comes from the fold, no table is read."""
 
-    conn: psycopg.Connection
+    conn: psycopg.Connection | None
     staging: sql.Identifier
     spec: TableSpec
     reported: dict[Any, Any] = field(default_factory=dict)
@@ -557,9 +558,10 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
             if proved is not None:
                 return run_audits([replace(one, fn=lambda _: proved)], None, asset_key=asset_key)
             state = staged.folded(one)
-            if state is not None:  # folded chunk by chunk while the rows were staged: only the verdict is left
-                judge = one.judge
-                one = replace(one, fn=lambda on: judge(state, on))
+            if state is not None:  # folded chunk by chunk while the rows were staged: only the verdict is left,
+                judge = one.judge  # and it reads no table: no connection is checked out for it
+                return run_audits([replace(one, fn=lambda on: judge(state, on))],
+                                  Staged(None, staging, spec, reported or {}, notices or {}), asset_key=asset_key)
             with warehouse.connection() as own:  # the staged rows are committed: any session reads them
                 return run_audits([one], Staged(own, staging, spec, reported or {}, notices or {}), asset_key=asset_key)
 
