@@ -127,6 +127,7 @@ class StagingWriter:
         self._abandoned = False  # the run is failing: queued rows are dropped, neither staged nor merged
         self._folds: dict[Callable[[TableSpec], Any], Any] = {}  # FoldedAudit.fold -> its running state
         self._gave_up: set[Callable[[TableSpec], Any]] = set()
+        self._log: logging.Logger | dg.DagsterLogManager = log
         self._copier = threading.Thread(target=self._copy_loop, name=f"stage-{spec.name}", daemon=True)
         self._copier.start()
 
@@ -136,11 +137,13 @@ class StagingWriter:
             raise RuntimeError(f"{self._spec.name}: merge_into must come before the first staged row")
         self._merge = merge
 
-    def fold_audits(self, audits: Sequence[Audit]) -> None:
+    def fold_audits(self, audits: Sequence[Audit], log: logging.Logger | dg.DagsterLogManager = log) -> None:
         """From now on every staged chunk is also added to the folds of ``audits`` (FoldedAudit): their
-        verdicts are ready when the last chunk is staged (``folded``), without a scan of the table."""
+        verdicts are ready when the last chunk is staged (``folded``), without a scan of the table. ``log``
+        (the run's ``context.log``) is told when a fold gives up and its audits will scan the table."""
         if self.rows or self.pages:
             raise RuntimeError(f"{self._spec.name}: fold_audits must come before the first staged row")
+        self._log = log
         for one in audits:
             if isinstance(one, FoldedAudit) and one.fold is not None and one.fold not in self._folds:
                 self._folds[one.fold] = one.fold(self._spec)
@@ -265,7 +268,7 @@ class StagingWriter:
                 for table in tables:
                     state.add(table)
             except Exception as err:  # the audit scans the staging table instead: slower, same verdict
-                log.warning("%s: the fold %s could not follow a staged chunk (%s: %s); its audits will read %s.%s",
+                self._log.warning("%s: the fold %s could not follow a staged chunk (%s: %s); its audits will read %s.%s",
                             self._spec.name, getattr(fold, "__qualname__", fold), type(err).__name__, err,
                             STAGING_SCHEMA, self.name)
                 self._gave_up.add(fold)
