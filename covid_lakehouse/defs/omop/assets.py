@@ -40,7 +40,7 @@ from covid_lakehouse.defs.omop.transform import (
     PROVENANCE,
     PROVIDER,
     QUARANTINE,
-    CareSiteKeyConflict,
+    CareSiteKeyError,
     ProviderBuild,
     Reconciliation,
     build_care_sites,
@@ -200,7 +200,7 @@ def care_site(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, o
     try:
         build = build_care_sites(source, read_or_empty(lakehouse, ns, tables.T_CARE_SITE_ID_MAP, tables.ID_MAP),
                                  now=utc_now())
-    except CareSiteKeyConflict as err:  # bad source data: a retry would meet it again
+    except CareSiteKeyError as err:  # bad source data: a retry would meet it again
         raise dg.Failure(description=f"tenant '{tenant.name}', {source_label(tenant, 'care_site')}: {err}",
                          allow_retries=False) from err
     append(lakehouse, ns, tables.T_CARE_SITE_ID_MAP, build.id_map_additions)  # ids reserved before publishing

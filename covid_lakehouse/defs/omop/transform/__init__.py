@@ -15,7 +15,7 @@ writes.
 
 from covid_lakehouse.defs.omop.transform.care_sites import (
     CareSiteBuild,
-    CareSiteKeyConflict,
+    CareSiteKeyError,
     build_care_sites,
 )
 from covid_lakehouse.defs.omop.transform.flags import CONFLICTS
@@ -41,7 +41,7 @@ __all__ = [
     "MACROS",
     "MISSING_TOKENS",
     "CareSiteBuild",
-    "CareSiteKeyConflict",
+    "CareSiteKeyError",
     "ProviderBuild",
     "Reconciliation",
     "build_care_sites",
