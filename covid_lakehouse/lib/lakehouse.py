@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,12 @@ _CATALOGS: dict[tuple, Any] = {}
 _FILE_IOS: dict[tuple, Any] = {}
 _STAGING_FS: dict[tuple, Any] = {}
 _CATALOGS_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=16)
+def secret_digest(secret: str) -> str:
+    """A secret's SHA-256, once per secret and process (every catalog() call builds a cache key)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class LakehouseResource(dg.ConfigurableResource):
@@ -56,24 +62,20 @@ class LakehouseResource(dg.ConfigurableResource):
                    s3_endpoint_url=settings.s3_endpoint_url, aws_access_key_id=settings.aws_access_key_id,
                    aws_secret_access_key=settings.aws_secret_access_key, region=settings.aws_region)
 
-    @cached_property
     def _cache_key(self) -> tuple:
         """What a cached catalog, FileIO and staging filesystem are shared under: one per process and
         configuration, credentials included (two resources with different keys never share a client);
-        the secret only as a digest, kept in memory. Computed once per instance, not on every catalog()
-        call: the instance is frozen (its fields never change), and Dagster's Config allows
-        cached_property for this (its model_config ignores the type; the underscore keeps the value out
-        of the fields Dagster copies into a new instance, which computes its own)."""
-        secret = hashlib.sha256((self.aws_secret_access_key or "").encode()).hexdigest()
+        the secret only as a digest, kept in memory. Built on each call from the fields (a copy with
+        other credentials, even by model_copy, gets its own key); the digest is memoised per secret."""
         return (self.catalog_name, self.catalog_dsn, self.warehouse, self.s3_endpoint_url, self.region,
-                self.aws_access_key_id, secret)
+                self.aws_access_key_id, secret_digest(self.aws_secret_access_key or ""))
 
     def catalog(self):
         from pyiceberg.catalog.sql import SqlCatalog
 
         from covid_lakehouse.lib.settings import sqlalchemy_url
 
-        cache_key = self._cache_key
+        cache_key = self._cache_key()
         with _CATALOGS_LOCK:
             if cache_key not in _CATALOGS:
                 _CATALOGS[cache_key] = SqlCatalog(
@@ -96,7 +98,7 @@ class LakehouseResource(dg.ConfigurableResource):
         from pyiceberg.io import load_file_io
 
         catalog = self.catalog()
-        cache_key = self._cache_key
+        cache_key = self._cache_key()
         with _CATALOGS_LOCK:
             if cache_key not in _FILE_IOS:
                 _FILE_IOS[cache_key] = load_file_io(catalog.properties, self.warehouse)
@@ -109,7 +111,7 @@ class LakehouseResource(dg.ConfigurableResource):
         (a 400 MB file held ~300 MB of Arrow buffers, measured); this way one part at a time."""
         from covid_lakehouse.lib.s3 import LakeS3Resource
 
-        cache_key = self._cache_key
+        cache_key = self._cache_key()
         with _CATALOGS_LOCK:
             if cache_key not in _STAGING_FS:
                 _STAGING_FS[cache_key] = LakeS3Resource(
