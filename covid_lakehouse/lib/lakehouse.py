@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,12 @@ _CATALOGS: dict[tuple, Any] = {}
 _FILE_IOS: dict[tuple, Any] = {}
 _STAGING_FS: dict[tuple, Any] = {}
 _CATALOGS_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=16)
+def secret_digest(secret: str) -> str:
+    """A secret's SHA-256, once per secret and process (every catalog() call builds a cache key)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class LakehouseResource(dg.ConfigurableResource):
@@ -58,10 +65,10 @@ class LakehouseResource(dg.ConfigurableResource):
     def _cache_key(self) -> tuple:
         """What a cached catalog, FileIO and staging filesystem are shared under: one per process and
         configuration, credentials included (two resources with different keys never share a client);
-        the secret only as a digest, kept in memory."""
-        secret = hashlib.sha256((self.aws_secret_access_key or "").encode()).hexdigest()
+        the secret only as a digest, kept in memory. Built on each call from the fields (a copy with
+        other credentials, even by model_copy, gets its own key); the digest is memoised per secret."""
         return (self.catalog_name, self.catalog_dsn, self.warehouse, self.s3_endpoint_url, self.region,
-                self.aws_access_key_id, secret)
+                self.aws_access_key_id, secret_digest(self.aws_secret_access_key or ""))
 
     def catalog(self):
         from pyiceberg.catalog.sql import SqlCatalog

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from covid_lakehouse.defs.ads.archive import ArchiveError, archive_old_rows
-from covid_lakehouse.defs.ads.archive.memory import returning_memory_pool
+from covid_lakehouse.lib.memory import returning_memory_pool
 from covid_lakehouse_dev.apis.ads import AdsMock
 from covid_lakehouse_tests.ads.support import NOW, load_rows
 

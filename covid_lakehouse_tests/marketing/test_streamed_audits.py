@@ -7,42 +7,26 @@ from datetime import date
 from decimal import Decimal
 
 import dagster as dg
-import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from covid_lakehouse.defs.marketing.checks import FACEBOOK_AUDITS, KEY_UNIQUE
-from covid_lakehouse.defs.marketing.load import (
-    FoldedAudit,
-    SliceVersions,
-    StagingWriter,
-    StreamingMerge,
-    stage_audit_publish,
-)
+from covid_lakehouse.defs.marketing.checks import FACEBOOK_AUDITS
+from covid_lakehouse.defs.marketing.load import FoldedAudit, StagingWriter
 from covid_lakehouse.defs.marketing.tables import FACEBOOK, SCHEMA, ensure_tables
 from covid_lakehouse.lib.postgres import PostgresResource
-from covid_lakehouse.lib.wap import BlockingAuditFailed
+from covid_lakehouse_tests.marketing.support import FacebookRow, publish_facebook
 
 pytestmark = pytest.mark.integration
 
 D1, D2 = date(2024, 3, 1), date(2024, 3, 2)
 KEY = dg.AssetKey([SCHEMA, FACEBOOK.name])
-Row = tuple[str, date, str | None, int, int, str]  # account_id, date, ad_id, impressions, clicks, spend
+Row = FacebookRow
 
 
 @pytest.fixture
 def facebook_table(clean_marketing, warehouse: PostgresResource) -> None:
     with warehouse.connection() as conn:
         ensure_tables(conn)
-
-
-def rows(*rows: Row) -> pa.Table:
-    n = len(rows)
-    values = {name: [f"{name}-x"] * n for name in FACEBOOK.arrow_schema.names}
-    values.update(account_id=[r[0] for r in rows], date=[r[1] for r in rows], ad_id=[r[2] for r in rows],
-                  impressions=[r[3] for r in rows], clicks=[r[4] for r in rows], spend=[r[5] for r in rows],
-                  actions=["[]"] * n, raw_object=["s3://raw/p#1.json"] * n)
-    return pa.table(values, schema=FACEBOOK.arrow_schema)
 
 
 def good_chunks() -> list[list[Row]]:
@@ -63,33 +47,9 @@ def totals_of(chunks: list[list[Row]]) -> dict:
 
 def publish(warehouse: PostgresResource, chunks: list[list[Row]], reported: dict, *, stream: bool = True,
             after_staging=None) -> tuple[list[dg.AssetCheckResult], BaseException | None, StagingWriter]:
-    """Stage ``chunks`` (one COPY each) and publish them with the Facebook audits, streamed (merged and
-    audited chunk by chunk) or not (audited by scans of the staging table): the check results, and the
-    error the publish raised."""
-    checks: list[dg.AssetCheckResult] = []
-    versions = SliceVersions("a run", "account_id", "date")
-    with StagingWriter(warehouse, FACEBOOK, slice_columns=("account_id", "date")) as staging, \
-            warehouse.connection() as conn:
-        merging = None
-        if stream:
-            merging = StreamingMerge(conn, FACEBOOK, versions, key_unique_audit=KEY_UNIQUE.name)
-            staging.merge_into(merging)
-            staging.fold_audits(FACEBOOK_AUDITS)
-        for chunk in chunks:
-            staging.write(rows(*chunk), pages=1)
-            staging.flush()
-        if after_staging is not None:
-            after_staging(staging.finish())
-        steps = stage_audit_publish(warehouse, FACEBOOK, audits=FACEBOOK_AUDITS, asset_key=KEY, staged=staging,
-                                    reported=reported, versions=None if stream else versions, merging=merging)
-        try:
-            while True:
-                checks.append(next(steps))
-        except StopIteration:
-            return checks, None, staging
-        except BlockingAuditFailed as err:
-            conn.rollback()
-            return checks, err, staging
+    """``chunks`` published with the Facebook audits, streamed or not (support.publish_facebook)."""
+    return publish_facebook(warehouse, chunks, FACEBOOK_AUDITS, reported=reported, stream=stream,
+                            after_staging=after_staging)
 
 
 def published(pg) -> int:

@@ -5,6 +5,7 @@ import dataclasses
 
 import pyarrow as pa
 import pytest
+from psycopg import sql
 
 from covid_lakehouse.defs.omop import assets, tables
 from covid_lakehouse.defs.omop.assets import LANDING_KEY, PROVIDER_KEY, QUARANTINE_KEY
@@ -129,3 +130,24 @@ def test_configuration_errors_fail_fast_without_retries_and_leave_other_tenants_
     monkeypatch.undo()
     assert run_tenant(env, good, instance).success
     assert not lakehouse.table_exists(bad.namespace, tables.T_PROVIDER)
+
+
+def test_care_sites_sharing_a_code_fail_the_run_naming_them_and_change_nothing(make_tenants, lakehouse, instance, pg):
+    """Found by test_random_edits: two source care sites with one code got one care_site_id, and the
+    blocking check stopped the publish with only "3 duplicate care_site_id"."""
+    env = make_tenants(providers=40)
+    tenant, ns = env.tenant, env.tenant.namespace
+    assert run_tenant(env, tenant, instance).success
+    published, id_map = lakehouse.read(ns, tables.T_CARE_SITE), lakehouse.read(ns, tables.T_CARE_SITE_ID_MAP)
+    pg.execute(sql.SQL("INSERT INTO {} (care_site_name, care_site_source_value) VALUES "
+                       "('Clinic North', 'cl 1'), ('Clinic South', 'CL  1'), ('Clinic East', 'CL2')").format(
+        sql.Identifier(tenant.source_schema, "care_site")))
+
+    result = run_tenant(env, tenant, instance, run_config=FULL_REFRESH, raise_on_error=False)
+    assert not result.success
+    message = result.failure_data_for_node("omop__care_site").error.message
+    assert f"tenant '{tenant.name}', postgres:{tenant.source_schema}.care_site" in message
+    assert "code 'CL 1': 'Clinic North', 'Clinic South'" in message and "Clinic East" not in message
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]  # bad data: not retried
+    assert lakehouse.read(ns, tables.T_CARE_SITE).equals(published)  # nothing published
+    assert lakehouse.read(ns, tables.T_CARE_SITE_ID_MAP).equals(id_map)  # no id reserved

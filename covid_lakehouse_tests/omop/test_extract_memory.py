@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from covid_lakehouse.defs.omop import extract as extract_module
-from covid_lakehouse.defs.omop.extract import PROVIDER_SOURCE, extract_parquet, release_freed_memory
+from covid_lakehouse.defs.omop.extract import PROVIDER_SOURCE, extract_parquet
+from covid_lakehouse.lib.memory import release_freed_memory
 
 MB = 1 << 20
 

@@ -150,7 +150,9 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
             with warehouse.connection() as publish:  # commits after the audits passed; rolls back otherwise
                 merging = StreamingMerge(publish, spec, versions, key_unique_audit=checks.KEY_UNIQUE.name)
                 staging.merge_into(merging)
-                staging.fold_audits(audits)  # the row audits and totals follow the chunks: verdicts ready at the last page
+                # the row audits and totals follow the chunks: verdicts ready at the last page; a fold giving up
+                # (its audits then scan the staging table) is said in the run's log, where operators look
+                staging.fold_audits(audits, log=context.log)
                 try:
                     with _old_objects_left_alone():
                         reported = read(staging)

@@ -36,11 +36,28 @@ def _key_unique(staged: Staged) -> AuditResult:
                        {"examples": [list(map(str, r)) for r in rows]})
 
 
+def _key_order(spec: TableSpec) -> sql.Composable:
+    """ORDER BY the natural key, as a fold orders it (``_key_sort``): text by code point (COLLATE "C", whatever
+    the database's collation), NULLs last. Examples and ties then read the same, scanned or folded."""
+    return sql.SQL(", ").join(
+        sql.SQL('{} COLLATE "C"').format(sql.Identifier(c)) if _is_text(spec.arrow_schema.field(c).type)
+        else sql.Identifier(c) for c in spec.key)
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+def _key_sort(key: tuple) -> tuple:
+    """Python's order of a key as ``_key_order``'s: NULLs last, str by code point (UTF-8's byte order)."""
+    return tuple((v is None, "" if v is None else v) for v in key)
+
+
 def _violations(staged: Staged, condition: sql.Composable, what: str, ok: str) -> AuditResult:
     keys = sql.SQL(", ").join(map(sql.Identifier, staged.spec.key))
     bad = staged.conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(staged.staging, condition)).fetchone()[0]
-    examples = staged.conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} LIMIT %s").format(keys, staged.staging, condition),
-                                   (SAMPLE,)).fetchall() if bad else []
+    examples = staged.conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT %s").format(
+        keys, staged.staging, condition, _key_order(staged.spec)), (SAMPLE,)).fetchall() if bad else []
     return _violation_result(bad, examples, what, ok)
 
 
@@ -64,8 +81,10 @@ def _numeric(chunk: pa.Table, column: str) -> pa.ChunkedArray:
 
 
 class _RowFold:
-    """The staged rows meeting a condition, folded chunk by chunk: how many, and the keys of the first SAMPLE
-    (as the scan's LIMIT returns them: in staged order); with ``top``, also the TOP_ROWS largest by ``top``."""
+    """The staged rows meeting a condition, folded chunk by chunk: how many, and the SAMPLE smallest keys (the
+    scan orders by key too: ``_key_order``); with ``top``, also the TOP_ROWS largest by ``top``, ties by key."""
+
+    _RANK = "__audit_rank"  # the ``top`` value, as a column to sort a chunk's rows by
 
     def __init__(self, spec: TableSpec, condition: Callable[[pa.Table], pa.ChunkedArray],
                  top: tuple[Callable[[pa.Table], pa.ChunkedArray], tuple[str, ...]] | None = None) -> None:
@@ -79,14 +98,19 @@ class _RowFold:
             return
         self.count += bad
         rows = chunk.filter(hit)
-        if len(self.examples) < SAMPLE:
-            self.examples += _tuples(rows.slice(0, SAMPLE - len(self.examples)), self.key)
+        by_key = [(c, "ascending") for c in self.key]
+        self.examples = sorted([*self.examples, *_tuples(_first(rows, by_key, SAMPLE), self.key)], key=_key_sort)[:SAMPLE]
         if self.top is not None:
             by, shown = self.top
-            order = pc.array_sort_indices(by(rows), order="descending")[:TOP_ROWS]
-            picked = rows.take(order)
-            ranked = zip(by(picked).to_pylist(), _tuples(picked, (*self.key, *shown)), strict=True)
-            self.rows = sorted([*self.rows, *ranked], key=lambda r: r[0], reverse=True)[:TOP_ROWS]
+            picked = _first(rows.append_column(self._RANK, by(rows)), [(self._RANK, "descending"), *by_key], TOP_ROWS)
+            ranked = zip(picked.column(self._RANK).to_pylist(), _tuples(picked, (*self.key, *shown)), strict=True)
+            self.rows = sorted([*self.rows, *ranked],
+                               key=lambda r: (-r[0], _key_sort(r[1][:len(self.key)])))[:TOP_ROWS]
+
+
+def _first(rows: pa.Table, sort_keys: list[tuple[str, str]], n: int) -> pa.Table:
+    """The first ``n`` of ``rows`` in SQL's order by ``sort_keys`` (NULLs last; Arrow compares text bytewise)."""
+    return rows.take(pc.sort_indices(rows, sort_keys=sort_keys, null_placement="at_end")[:n])
 
 
 def _tuples(rows: pa.Table, columns: tuple[str, ...]) -> list[tuple]:
@@ -101,8 +125,9 @@ def _clicks_not_above_impressions(staged: Staged) -> AuditResult:
     if result.passed:
         return result
     rows = staged.conn.execute(sql.SQL("SELECT {}, clicks, impressions FROM {} WHERE clicks > impressions "
-                                       "ORDER BY clicks - impressions DESC LIMIT %s").format(
-        sql.SQL(", ").join(map(sql.Identifier, staged.spec.key)), staged.staging), (TOP_ROWS,)).fetchall()
+                                       "ORDER BY clicks - impressions DESC, {} LIMIT %s").format(
+        sql.SQL(", ").join(map(sql.Identifier, staged.spec.key)), staged.staging, _key_order(staged.spec)),
+        (TOP_ROWS,)).fetchall()
     return _clicks_result(result, staged.spec, rows)
 
 

@@ -53,7 +53,7 @@ AUDITS_AT_ONCE = 2  # after a streamed merge: the audits a fold could not answer
 
 log = logging.getLogger(__name__)
 PUBLISH_LOCK_TIMEOUT_S = setting(
-    "MARKETING_PUBLISH_LOCK_TIMEOUT_S", "how long a streamed marketing publish (Facebook) waits for its table's "
+    "MARKETING_PUBLISH_LOCK_TIMEOUT_S", "how long a marketing publish waits for its table's "
     "write lock while another session holds the table, before the run fails naming the holders", default="600",
     scope="marketing")
 
@@ -64,6 +64,22 @@ class PublishLockTimeout(dg.Failure):
 
     def __init__(self, message: str) -> None:
         super().__init__(description=message)
+
+
+def lock_for_publish(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """The target's write lock for the publish transaction on ``conn`` (SHARE ROW EXCLUSIVE: readers are not
+    blocked), waited for at most MARKETING_PUBLISH_LOCK_TIMEOUT_S: publishers of the table take turns from
+    here to commit. A session holding the table longer fails the run with PublishLockTimeout naming the
+    table, the setting and the holders, instead of a run (and its cancel) waiting forever."""
+    timeout_ms = max(1, round(PUBLISH_LOCK_TIMEOUT_S.number(minimum=0.001) * 1000))
+    lock = sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(spec.ident)
+    if not execute_within_lock_timeout(conn, lock, timeout_ms):  # the transaction stays usable for the message
+        relation = f"{SCHEMA}.{spec.name}"
+        holders = lock_holders(conn, relation)
+        raise PublishLockTimeout(
+            f"{spec.name}: could not lock {relation} to publish within {timeout_ms / 1000:g}s "
+            f"({PUBLISH_LOCK_TIMEOUT_S.name}); held by " + ("; ".join(holders) or "a session that has since ended")
+            + ". Nothing was published; rerun when that session has committed or ended.")
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,7 @@ class StagingWriter:
         self._abandoned = False  # the run is failing: queued rows are dropped, neither staged nor merged
         self._folds: dict[Callable[[TableSpec], Any], Any] = {}  # FoldedAudit.fold -> its running state
         self._gave_up: set[Callable[[TableSpec], Any]] = set()
+        self._log: logging.Logger | dg.DagsterLogManager = log
         self._copier = threading.Thread(target=self._copy_loop, name=f"stage-{spec.name}", daemon=True)
         self._copier.start()
 
@@ -120,11 +137,13 @@ class StagingWriter:
             raise RuntimeError(f"{self._spec.name}: merge_into must come before the first staged row")
         self._merge = merge
 
-    def fold_audits(self, audits: Sequence[Audit]) -> None:
+    def fold_audits(self, audits: Sequence[Audit], log: logging.Logger | dg.DagsterLogManager = log) -> None:
         """From now on every staged chunk is also added to the folds of ``audits`` (FoldedAudit): their
-        verdicts are ready when the last chunk is staged (``folded``), without a scan of the table."""
+        verdicts are ready when the last chunk is staged (``folded``), without a scan of the table. ``log``
+        (the run's ``context.log``) is told when a fold gives up and its audits will scan the table."""
         if self.rows or self.pages:
             raise RuntimeError(f"{self._spec.name}: fold_audits must come before the first staged row")
+        self._log = log
         for one in audits:
             if isinstance(one, FoldedAudit) and one.fold is not None and one.fold not in self._folds:
                 self._folds[one.fold] = one.fold(self._spec)
@@ -249,7 +268,7 @@ class StagingWriter:
                 for table in tables:
                     state.add(table)
             except Exception as err:  # the audit scans the staging table instead: slower, same verdict
-                log.warning("%s: the fold %s could not follow a staged chunk (%s: %s); its audits will read %s.%s",
+                self._log.warning("%s: the fold %s could not follow a staged chunk (%s: %s); its audits will read %s.%s",
                             self._spec.name, getattr(fold, "__qualname__", fold), type(err).__name__, err,
                             STAGING_SCHEMA, self.name)
                 self._gave_up.add(fold)
@@ -342,15 +361,7 @@ class StreamingMerge:
         (each claims its slices against the versions the previous one committed). The lock wait is bounded
         (MARKETING_PUBLISH_LOCK_TIMEOUT_S): a session holding the table fails the run with its name, instead
         of a run (and its cancel) waiting forever."""
-        timeout_ms = max(1, round(PUBLISH_LOCK_TIMEOUT_S.number(minimum=0.001) * 1000))
-        lock = sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self._spec.ident)
-        if not execute_within_lock_timeout(self.conn, lock, timeout_ms):  # the transaction stays usable for the message
-            relation = f"{SCHEMA}.{self._spec.name}"
-            holders = lock_holders(self.conn, relation)
-            raise PublishLockTimeout(
-                f"{self._spec.name}: could not lock {relation} to publish within {timeout_ms / 1000:g}s "
-                f"({PUBLISH_LOCK_TIMEOUT_S.name}); held by " + ("; ".join(holders) or "a session that has since ended")
-                + ". Nothing was published; rerun when that session has committed or ended.")
+        lock_for_publish(self.conn, self._spec)
         self._chunk = PostgresResource.create_staging_like(self.conn, self._spec.ident, f"merge_{self._spec.name}",
                                                            columns=self._spec.staged)
 
@@ -441,9 +452,10 @@ def _upsert(conn: psycopg.Connection, spec: TableSpec, source: sql.Composable, l
 @dataclass
 class Staged:
     """What an audit sees: the open transaction, the staging table, what the API reported, and what the
-    read noticed on the way (e.g. the API version in use and its warnings)."""
+    read noticed on the way (e.g. the API version in use and its warnings). ``conn`` is None for a
+    FoldedAudit's ``judge``: its verdict comes from the fold, no table is read."""
 
-    conn: psycopg.Connection
+    conn: psycopg.Connection | None
     staging: sql.Identifier
     spec: TableSpec
     reported: dict[Any, Any] = field(default_factory=dict)
@@ -549,9 +561,10 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
             if proved is not None:
                 return run_audits([replace(one, fn=lambda _: proved)], None, asset_key=asset_key)
             state = staged.folded(one)
-            if state is not None:  # folded chunk by chunk while the rows were staged: only the verdict is left
-                judge = one.judge
-                one = replace(one, fn=lambda on: judge(state, on))
+            if state is not None:  # folded chunk by chunk while the rows were staged: only the verdict is left,
+                judge = one.judge  # and it reads no table: no connection is checked out for it
+                return run_audits([replace(one, fn=lambda on: judge(state, on))],
+                                  Staged(None, staging, spec, reported or {}, notices or {}), asset_key=asset_key)
             with warehouse.connection() as own:  # the staged rows are committed: any session reads them
                 return run_audits([one], Staged(own, staging, spec, reported or {}, notices or {}), asset_key=asset_key)
 
@@ -569,10 +582,10 @@ def stage_audit_publish(warehouse: PostgresResource, spec: TableSpec, *, audits:
     superseded: dict[tuple[str, date], Superseded] = {}
 
     def merge(conn: psycopg.Connection, staging: sql.Composable, rows: int) -> UpsertCounts:
+        # the table lock first, bounded (the upsert's own LOCK TABLE then finds it held): publishers of this
+        # table take turns, so each claims its slices against the versions the previous one committed
+        lock_for_publish(conn, spec)
         if versions is not None:
-            # the table lock first (as the upsert takes it): publishers of this table take turns, so each
-            # claims its slices against the versions the previous one committed
-            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(spec.ident))
             known = staged.slices if staged is not None and staged.tracks(versions) else None
             superseded.update(versions.claim(conn, spec, staging, known))
         # evaluated after the upsert's table lock: sees the last commit

@@ -41,6 +41,7 @@ from covid_lakehouse.defs.omop.transform import (
     PROVENANCE,
     PROVIDER,
     QUARANTINE,
+    CareSiteKeyError,
     ProviderBuild,
     Reconciliation,
     build_care_sites,
@@ -197,8 +198,12 @@ def care_site(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, o
     tenant = _tenant(omop_tenants, context.partition_key)
     ns = tenant.namespace
     source = extract(tenant, "care_site", CARE_SITE_SOURCE)
-    build = build_care_sites(source, read_or_empty(lakehouse, ns, tables.T_CARE_SITE_ID_MAP, tables.ID_MAP),
-                             now=utc_now())
+    try:
+        build = build_care_sites(source, read_or_empty(lakehouse, ns, tables.T_CARE_SITE_ID_MAP, tables.ID_MAP),
+                                 now=utc_now())
+    except CareSiteKeyError as err:  # bad source data: a retry would meet it again
+        raise dg.Failure(description=f"tenant '{tenant.name}', {source_label(tenant, 'care_site')}: {err}",
+                         allow_retries=False) from err
     append(lakehouse, ns, tables.T_CARE_SITE_ID_MAP, build.id_map_additions)  # ids reserved before publishing
     yield from lakehouse.write_audit_publish(ns, tables.T_CARE_SITE, build.care_site, audits=CARE_SITE_AUDITS,
                                              asset_key=CARE_SITE_KEY)

@@ -3,7 +3,6 @@ and changed rows are found by hashing, downstream). CSV from PostgreSQL is parse
 
 from __future__ import annotations
 
-import ctypes
 import os
 import tempfile
 import threading
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from covid_lakehouse.defs.omop.tenants import Tenant
+from covid_lakehouse.lib.memory import release_freed_memory
 from covid_lakehouse.lib.postgres import copy_csv_options, copy_out_sql, table_ident
 
 CARE_SITE_SOURCE = pa.schema([
@@ -30,30 +30,6 @@ PROVIDER_SOURCE = pa.schema([
     ("care_site", pa.string()), ("provider_source_value", pa.string()), ("specialty_source_value", pa.string()),
     ("provider_id_source_value", pa.string()),
 ])
-
-
-def _malloc_trim():
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError, TypeError):  # TypeError: no CDLL(None) on Windows
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Give the memory a finished extract freed back to the system instead of keeping it for reuse.
-
-    Parsing a large COPY leaves freed memory behind in two allocators: Arrow's pool (mimalloc) keeps
-    its pages, and the C heap keeps what the parser's threads allocated outside the pool in their own
-    arenas, where the step's next phase (DuckDB, on other threads) reuses only part of it. Measured on
-    the provider step at 2M providers: ~80 MB less RSS entering the transform; its peak, DuckDB's,
-    moved less (2M: 843 -> 835 MB, mean of three runs; 8M: 891 -> 850 MB, one run each)."""
-    pa.default_memory_pool().release_unused()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def source_label(tenant: Tenant, table: str) -> str:

@@ -10,7 +10,6 @@ import psycopg
 from psycopg import sql
 
 from covid_lakehouse.defs.ads.archive.lock import exclusive_connection
-from covid_lakehouse.defs.ads.archive.memory import returning_memory_pool
 from covid_lakehouse.defs.ads.archive.plan import plan_batch
 from covid_lakehouse.defs.ads.archive.state import (
     Batch,
@@ -26,6 +25,7 @@ from covid_lakehouse.defs.ads.archive.write import write_batch
 from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
 from covid_lakehouse.defs.ads.warehouse import BATCHES, ensure_tables
 from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse.lib.memory import returning_memory_pool
 from covid_lakehouse.lib.postgres import PostgresResource
 
 log = logging.getLogger(__name__)

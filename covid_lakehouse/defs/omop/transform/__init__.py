@@ -13,7 +13,11 @@ providers, ``providers`` runs the steps in order on one session: ``value_maps``,
 writes.
 """
 
-from covid_lakehouse.defs.omop.transform.care_sites import CareSiteBuild, build_care_sites
+from covid_lakehouse.defs.omop.transform.care_sites import (
+    CareSiteBuild,
+    CareSiteKeyError,
+    build_care_sites,
+)
 from covid_lakehouse.defs.omop.transform.flags import CONFLICTS
 from covid_lakehouse.defs.omop.transform.providers import build_providers
 from covid_lakehouse.defs.omop.transform.results import (
@@ -37,6 +41,7 @@ __all__ = [
     "MACROS",
     "MISSING_TOKENS",
     "CareSiteBuild",
+    "CareSiteKeyError",
     "ProviderBuild",
     "Reconciliation",
     "build_care_sites",
