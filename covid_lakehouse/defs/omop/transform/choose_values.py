@@ -1,7 +1,10 @@
 """Step 5: the published value of each column per provider.
 
-Reads ``clean_source_rows`` and ``file_candidates``; writes ``merge_candidates``, ``chosen_groups``, the
-views ``chosen_all`` and ``chosen`` (providers with a name) and ``nameless``."""
+Reads ``clean_source_rows``, ``clean_source_values`` and ``file_candidates``; writes ``merge_candidates``,
+``chosen_groups``, the views ``chosen_all`` and ``chosen`` (providers with a name) and ``nameless``. A source row
+without file rows leaves its specialty text to the provider output: ``chosen`` has its dictionary row
+(``spec_value_key``), not the text (``specialty_source_value``, NULL there), so that the passes over ``chosen``
+that do not want it do not look it up for millions of rows."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ def choose_values(con: duckdb.DuckDBPyConnection) -> None:
         CREATE TABLE merge_candidates AS
         SELECT src_id AS gid, 0::BIGINT AS prio, 'postgres' AS source_system, src_id, NULL::BIGINT AS fid,
                src_id::VARCHAR AS source_key, NULL AS pid, NULL AS client_id, {CANDIDATE_COLUMNS}
-        FROM clean_source_rows WHERE src_id IN (SELECT gid FROM file_candidates)
+        FROM clean_source_values WHERE src_id IN (SELECT gid FROM file_candidates)
         UNION ALL
         SELECT gid, prio, 'client_file', NULL, fid, line_no::VARCHAR, pid, client_id, {CANDIDATE_COLUMNS}
         FROM file_candidates""")
@@ -37,12 +40,13 @@ def choose_values(con: duckdb.DuckDBPyConnection) -> None:
     # The source rows without file rows are their own choice: a view, not a copy of millions of rows.
     con.execute("""
         CREATE VIEW chosen_all AS
-        SELECT src_id AS gid, name, npi, npi_num, coalesce(concept, 0) AS specialty_concept_id,
-               spec_value AS specialty_source_value, site_id AS care_site_id, psv AS provider_source_value,
-               true AS in_source, NULL::BIGINT AS founding_fid
+        SELECT src_id AS gid, name, lpad(npi_num::VARCHAR, 10, '0') AS npi, npi_num,
+               coalesce(concept, 0) AS specialty_concept_id, NULL AS specialty_source_value, site_id AS care_site_id,
+               psv AS provider_source_value, true AS in_source, NULL::BIGINT AS founding_fid,
+               coalesce(spec_source_key, specialty_key) AS spec_value_key  -- see clean_source_values' spec_value
         FROM clean_source_rows WHERE src_id NOT IN (SELECT gid FROM chosen_groups)
         UNION ALL
-        SELECT * FROM chosen_groups""")
+        SELECT *, NULL FROM chosen_groups""")
     # OMOP requires a provider_name: without one from any source the provider cannot be published.
     con.execute("CREATE VIEW chosen AS SELECT * FROM chosen_all WHERE name IS NOT NULL")
     con.execute("CREATE TABLE nameless AS SELECT gid, in_source FROM chosen_all WHERE name IS NULL")

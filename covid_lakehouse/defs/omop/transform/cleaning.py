@@ -2,7 +2,8 @@
 layers; see CLEAN).
 
 clean_source reads ``source``, ``specialty_dict``, ``site_dict``, ``previous_provenance``; writes
-``clean_source_rows``, ``source_npi_repeated``, the view ``source_row_by_npi`` and ``previous_source_provenance``.
+``clean_source_rows``, the views ``clean_source_values`` and ``source_row_by_npi``, ``source_npi_repeated`` and
+``previous_source_provenance``.
 clean_files reads ``landing_files``, ``landing_rows``, ``processed_file_refs``, ``specialty_dict``, ``site_dict``;
 writes ``files``, the view ``landing_unique``, ``clean_file_rows`` and ``quarantined_file_rows``."""
 
@@ -32,7 +33,11 @@ CLEAN = """
            m1.clean AS c_specialty, m2.clean AS c_spec_source, coalesce(m2.clean, m1.clean) AS v_spec_value,
            coalesce(nullif(m1.concept_id, 0), nullif(m2.concept_id, 0), CASE WHEN m1.clean IS NOT NULL
                     OR m2.clean IS NOT NULL THEN 0 END) AS v_concept,
-           s.clean AS c_site, s.care_site_id AS v_site_id
+           s.clean AS c_site, s.care_site_id AS v_site_id,
+           -- the dictionary rows of the cleaned values (none for a value that cleans to nothing)
+           CASE WHEN m1.clean IS NOT NULL THEN m1.key END AS k_specialty,
+           CASE WHEN m2.clean IS NOT NULL THEN m2.key END AS k_spec_source,
+           CASE WHEN s.clean IS NOT NULL THEN s.key END AS k_site
     FROM l4 LEFT JOIN specialty_dict m1 ON m1.raw = l4.{specialty}
          LEFT JOIN specialty_dict m2 ON m2.raw = l4.{spec_source} LEFT JOIN site_dict s ON s.raw = l4.{site}"""
 CLEANED = ("c_name AS name, c_npi AS npi_raw, v_npi AS npi, v_npi_num AS npi_num, c_specialty AS specialty, "
@@ -47,12 +52,29 @@ def clean_source(con: duckdb.DuckDBPyConnection) -> None:
     cleaning = CLEAN.format(table="source", name="provider_name", npi="npi", psv="provider_source_value",
                              id_source="provider_id_source_value", client_id="NULL::VARCHAR", specialty="specialty",
                              spec_source="specialty_source_value", site="care_site")
+    # One row per source row, as narrow as the later passes allow: every pass over the tenant's rows reads
+    # this table, and the wide one (every cleaned text) was ~400 MB at 2,000,000 rows, past the session's
+    # memory limit, so DuckDB spilled it and read it back from disk in each pass. The dictionary values
+    # are kept as their dictionary row (the text is looked up by clean_source_values, where wanted), the
+    # NPI as its number (its text is ten digits, zero padded) and the NPI's cleaned text only when it is
+    # not a valid NPI (the flags report it).
     con.execute(f"""
         CREATE TABLE clean_source_rows AS
-        SELECT provider_id AS src_id, {CLEANED},
+        SELECT provider_id AS src_id, c_name AS name, v_npi_num AS npi_num, CASE WHEN v_npi IS NULL THEN c_npi END
+                   AS npi_raw, c_psv AS psv, v_sid AS sid, c_id_source AS id_source, v_concept AS concept,
+               v_site_id AS site_id, k_specialty AS specialty_key, k_spec_source AS spec_source_key,
+               k_site AS site_key,
                -- DuckDB's 64-bit hash of the raw row (63 bits kept: Iceberg has no unsigned integers)
                (hash(provider_id, {", ".join(raw)}) & 9223372036854775807)::BIGINT AS row_hash
         FROM ({cleaning})""")
+    # The source rows with every cleaned column clean_file_rows has (CLEANED), for the passes that need the
+    # texts; a filter on the table's own columns runs before the dictionary joins.
+    con.execute("""
+        CREATE VIEW clean_source_values AS
+        SELECT r.*, lpad(r.npi_num::VARCHAR, 10, '0') AS npi, m1.clean AS specialty, m2.clean AS spec_source,
+               coalesce(m2.clean, m1.clean) AS spec_value, s.clean AS site
+        FROM clean_source_rows r LEFT JOIN specialty_dict m1 ON m1.key = r.specialty_key
+             LEFT JOIN specialty_dict m2 ON m2.key = r.spec_source_key LEFT JOIN site_dict s ON s.key = r.site_key""")
     # NPIs that identify one source row (the source's UNIQUE is on the raw value; cleaning can make
     # two raw values one NPI).
     register_repeated(con, "source_npi_repeated", "SELECT npi_num FROM clean_source_rows WHERE npi_num IS NOT NULL")

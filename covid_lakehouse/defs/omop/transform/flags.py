@@ -1,6 +1,6 @@
 """Output: flags, findings kept with the published data.
 
-Reads ``chosen``, ``merge_candidates``, ``clean_source_rows``, ``file_candidates``, ``nameless``, ``published``,
+Reads ``chosen``, ``merge_candidates``, ``clean_source_values``, ``file_candidates``, ``nameless``, ``published``,
 ``provider_ids`` and ``clean_file_rows``; registers ``npi_check_failed`` (the gids npi_check_failures found while
 the provider output was written) and writes ``rows_to_flag``."""
 
@@ -59,8 +59,10 @@ def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path, npi_ch
         CREATE TABLE rows_to_flag AS
         SELECT src_id AS gid, 'postgres' AS source_system, NULL::BIGINT AS fid, src_id::VARCHAR AS source_key,
                npi, npi_raw, concept, specialty, spec_source, site, site_id
-        FROM clean_source_rows WHERE ((npi_raw IS NOT NULL AND npi IS NULL) OR concept = 0 OR (site IS NOT NULL AND site_id IS NULL))
-                      AND src_id NOT IN (SELECT gid FROM nameless)
+        FROM clean_source_values
+        -- (npi_raw is kept only without a valid NPI; a site text only with its key: the test needs no join)
+        WHERE (npi_raw IS NOT NULL OR concept = 0 OR (site_key IS NOT NULL AND site_id IS NULL))
+              AND src_id NOT IN (SELECT gid FROM nameless)
         UNION ALL
         SELECT gid, 'client_file', fid, line_no::VARCHAR, npi, npi_raw, concept, specialty, spec_source, site, site_id
         FROM file_candidates WHERE gid NOT IN (SELECT gid FROM nameless)""")

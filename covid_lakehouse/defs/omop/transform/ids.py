@@ -13,7 +13,12 @@ from pathlib import Path
 import duckdb
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.transform.session import lowest_per_key, register_repeated, write_parquet
+from covid_lakehouse.defs.omop.transform.session import (
+    lowest_per_key,
+    register_repeated,
+    scalar,
+    write_parquet,
+)
 
 # The key a source row without one adds to the map: npi:<its NPI> (ten digits: zero padded from the
 # number) when its NPI identifies it alone, else pg:<provider_id>.
@@ -52,18 +57,21 @@ def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("""
         CREATE TABLE source_claims AS
         SELECT src_id AS gid, CASE WHEN npi_num NOT IN (SELECT value FROM source_npi_repeated) THEN npi_num END
-                   AS key_npi_num
+                   AS key_npi_num, NULL::BIGINT AS key_id, NULL::BIGINT AS previous_id
         FROM clean_source_rows WHERE src_id NOT IN (SELECT gid FROM nameless)""")
-    con.execute("""
-        CREATE OR REPLACE TABLE source_claims AS
-        SELECT s.*, i.id AS key_id FROM source_claims s LEFT JOIN id_map_by_npi i ON i.npi_num = s.key_npi_num""")
-    con.execute("""
-        CREATE OR REPLACE TABLE source_claims AS
-        SELECT s.gid, s.key_npi_num, coalesce(s.key_id, r.id) AS key_id
-        FROM source_claims s LEFT JOIN id_map_by_source_row r ON r.src_id = s.gid AND s.key_npi_num IS NULL""")
-    con.execute("""
-        CREATE OR REPLACE TABLE source_claims AS
-        SELECT s.*, pp.provider_id AS previous_id FROM source_claims s LEFT JOIN previous_ids pp ON pp.src_id = s.gid""")
+    # An empty table (a first run's map and previous run) claims nothing: its join, a copy of every
+    # claim, is skipped.
+    for table, claimed in [
+        ("id_map_by_npi", "s.gid, s.key_npi_num, i.id AS key_id, s.previous_id FROM source_claims s "
+                          "LEFT JOIN id_map_by_npi i ON i.npi_num = s.key_npi_num"),
+        ("id_map_by_source_row", "s.gid, s.key_npi_num, coalesce(s.key_id, r.id) AS key_id, s.previous_id "
+                                 "FROM source_claims s LEFT JOIN id_map_by_source_row r ON r.src_id = s.gid "
+                                 "AND s.key_npi_num IS NULL"),
+        ("previous_ids", "s.gid, s.key_npi_num, s.key_id, pp.provider_id AS previous_id FROM source_claims s "
+                         "LEFT JOIN previous_ids pp ON pp.src_id = s.gid"),
+    ]:
+        if scalar(con, f"SELECT count(*) FROM {table}"):
+            con.execute(f"CREATE OR REPLACE TABLE source_claims AS SELECT {claimed}")
     # A map and a previous run as large as the tenant: not needed past here, so free their memory now.
     for table in ("id_map_by_npi", "id_map_by_source_row", "previous_ids"):
         con.execute(f"DROP TABLE {table}")

@@ -47,10 +47,10 @@ from covid_lakehouse.defs.omop.transform.value_maps import build_value_maps
 # npi_num checked there, then dropped by the output's schema).
 PUBLISHED = f"""
     SELECT c.gid, c.npi_num, c.name AS provider_name, c.npi, c.specialty_concept_id, c.care_site_id,
-           c.provider_source_value, c.specialty_source_value,
-           CASE WHEN c.specialty_source_value IS NOT NULL THEN 0 END AS specialty_source_concept_id,
+           c.provider_source_value, coalesce(c.specialty_source_value, d.clean) AS specialty_source_value,
+           CASE WHEN coalesce(c.specialty_source_value, d.clean) IS NOT NULL THEN 0 END AS specialty_source_concept_id,
            CASE WHEN c.in_source THEN {EHR_TYPE_CONCEPT} ELSE 0 END AS provider_type_concept_id
-    FROM chosen c"""
+    FROM chosen c LEFT JOIN specialty_dict d ON d.key = c.spec_value_key"""
 
 
 def with_provider_ids(ids_of: IdLookup, npi_check_failed: list[np.ndarray]) -> Callable[[pa.Table], pa.Table]:

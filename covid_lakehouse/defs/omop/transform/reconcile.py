@@ -9,6 +9,7 @@ from __future__ import annotations
 import duckdb
 
 from covid_lakehouse.defs.omop.transform.results import Reconciliation
+from covid_lakehouse.defs.omop.transform.session import scalar
 
 
 def count_reconciliation(con: duckdb.DuckDBPyConnection, providers: int) -> Reconciliation:
@@ -25,9 +26,11 @@ def count_reconciliation(con: duckdb.DuckDBPyConnection, providers: int) -> Reco
                count(*) FILTER (WHERE p.src_id IS NOT NULL AND (p.row_hash = c.row_hash AND p.status <> 'deleted') IS NOT TRUE),
                count(*) FILTER (WHERE p.src_id IS NOT NULL AND p.row_hash = c.row_hash AND p.status <> 'deleted')
         FROM clean_source_rows c LEFT JOIN previous_source_provenance p USING (src_id)""").fetchone()
+    # A first run (no previous provenance) deleted nothing: no anti-join hashing every source row to find none.
     (deleted,) = con.execute("""
         SELECT count(*) FROM previous_source_provenance
-        WHERE status <> 'deleted' AND src_id NOT IN (SELECT src_id FROM clean_source_rows)""").fetchone()
+        WHERE status <> 'deleted' AND src_id NOT IN (SELECT src_id FROM clean_source_rows)""").fetchone() \
+        if scalar(con, "SELECT count(*) FROM previous_source_provenance") else (0,)
     counts = con.execute(f"""
         SELECT
             (SELECT count(*) FROM source),

@@ -1,7 +1,8 @@
 """Step 1: dictionaries of specialty labels and site names, each distinct raw value cleaned and mapped
 once (rules.py).
 
-Reads ``source`` and ``landing_rows``; writes ``specialty_raw``, ``specialty_dict``, ``site_raw``, ``site_dict``."""
+Reads ``source`` and ``landing_rows``; writes ``specialty_raw``, ``specialty_dict``, ``site_raw``, ``site_dict`` (each
+dictionary row numbered by ``key``: the cleaned source rows keep that number, not the text, see cleaning.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def build_value_maps(con: duckdb.DuckDBPyConnection, care_sites: pa.Table, speci
     raw, clean = columns_of(con, "SELECT raw, clean FROM specialty_raw")
     concepts = map_specialties([c for c in clean if c], specialties)
     con.register("specialty_dict", pa.table({
-        "raw": pa.array(raw, pa.string()), "clean": pa.array(clean, pa.string()),
+        "key": pa.array(range(len(raw)), pa.int32()), "raw": pa.array(raw, pa.string()), "clean": pa.array(clean, pa.string()),
         "concept_id": pa.array([concepts[c] if c else None for c in clean], pa.int32())}))
     con.execute("""
         CREATE TABLE site_raw AS
@@ -36,7 +37,7 @@ def build_value_maps(con: duckdb.DuckDBPyConnection, care_sites: pa.Table, speci
     sites = dict(zip(care_sites["care_site_id"].to_pylist(), care_sites["care_site_name"].to_pylist(), strict=True))
     resolved = resolve_sites([c for c in clean if c], sites)
     con.register("site_dict", pa.table({
-        "raw": pa.array(raw, pa.string()), "clean": pa.array(clean, pa.string()),
+        "key": pa.array(range(len(raw)), pa.int32()), "raw": pa.array(raw, pa.string()), "clean": pa.array(clean, pa.string()),
         "care_site_id": pa.array([resolved[c] if c else None for c in clean], pa.int64())}))
 
 
