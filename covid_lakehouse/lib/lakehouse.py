@@ -35,6 +35,24 @@ def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class MaterializeRefused(ValueError):
+    """A table whose files cannot be read as they are by column name (LakehouseResource.materialize)."""
+
+
+def _refuse_names_reused(tbl, label: str) -> None:
+    """Refuse a table one of whose column names ever belonged to another field (renamed, or dropped and
+    added again): its older files carry the old names, so a reader by name would take wrong values."""
+    current = {field.field_id: field.name for field in tbl.schema().fields}
+    for schema in tbl.metadata.schemas:
+        for field in schema.fields:
+            if field.field_id in current and current[field.field_id] != field.name:
+                raise MaterializeRefused(f"{label}: column {current[field.field_id]!r} was renamed from "
+                                         f"{field.name!r}; its older files cannot be read by name")
+            if field.field_id not in current and field.name in current.values():
+                raise MaterializeRefused(f"{label}: column {field.name!r} was dropped and added again; its "
+                                         "older files hold the dropped column's values under that name")
+
+
 class LakehouseResource(dg.ConfigurableResource):
     catalog_dsn: str
     warehouse: str = "s3://lakehouse/warehouse"
@@ -140,7 +158,9 @@ class LakehouseResource(dg.ConfigurableResource):
         the table does not exist or has no rows. For readers (DuckDB) that scan the files themselves:
         pyiceberg's readers hold a whole table, or every file's batches at once, in memory. The files
         are read by column name (they may carry no field ids; an older one may lack a column added
-        since), so a table whose snapshot has delete files (never written here) is refused."""
+        since), so a table whose snapshot has delete files (never written here), or whose columns were
+        ever renamed or dropped and added again, is refused (MaterializeRefused): read by name, its
+        older files would give wrong values without an error. A failed copy leaves no file behind."""
         from pyiceberg.exceptions import NoSuchTableError
 
         try:
@@ -149,20 +169,33 @@ class LakehouseResource(dg.ConfigurableResource):
             return []
         if tbl.current_snapshot() is None:
             return []
+        label = f"lakehouse table {namespace}.{table}"
+        _refuse_names_reused(tbl, label)
         tasks = list(tbl.scan().plan_files())
         if any(task.delete_files for task in tasks):
-            raise ValueError(f"lakehouse table {namespace}.{table}: its current snapshot has delete files "
-                             "(row-level deletes), which materialize cannot apply; rewrite the table first")
+            raise MaterializeRefused(f"{label}: its current snapshot has delete files (row-level deletes), which "
+                                     "materialize cannot apply; rewrite the table first")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for number, task in enumerate(t for t in tasks if t.file.record_count):
-            path = directory / f"{table}-{number:05d}.parquet"
-            scheme, _, key = task.file.file_path.partition("://")
-            with (self.staging_filesystem().open_input_stream(key) if scheme in ("s3", "s3a")
-                  else tbl.io.new_input(task.file.file_path).open()) as source, path.open("wb") as target:
-                shutil.copyfileobj(source, target, 8 << 20)
-            paths.append(path)
+        paths: list[Path] = []
+        try:
+            for number, task in enumerate(t for t in tasks if t.file.record_count):
+                path = directory / f"{table}-{number:05d}.parquet"
+                paths.append(path)
+                scheme, _, key = task.file.file_path.partition("://")
+                try:
+                    with (self.staging_filesystem().open_input_stream(key) if scheme in ("s3", "s3a")
+                          else tbl.io.new_input(task.file.file_path).open()) as source, path.open("wb") as target:
+                        shutil.copyfileobj(source, target, 8 << 20)
+                except FileNotFoundError as err:
+                    raise RuntimeError(
+                        f"{label}: data file {task.file.file_path} of snapshot {tbl.current_snapshot().snapshot_id} "
+                        "vanished while it was copied (a newer snapshot replaced it and maintenance removed its "
+                        "files); a retry reads the current snapshot") from err
+        except BaseException:
+            for path in paths:
+                path.unlink(missing_ok=True)
+            raise
         return paths
 
     def ensure_table(self, namespace: str, table: str, schema: pa.Schema, partition_by: str | None = None):

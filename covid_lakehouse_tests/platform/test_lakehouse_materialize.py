@@ -7,8 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pyiceberg.types import StringType
 
-from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse.lib.lakehouse import LakehouseResource, MaterializeRefused
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +95,42 @@ def test_a_snapshot_with_delete_files_is_refused_naming_the_table(lakehouse, tmp
     with table.transaction() as tx, tx.update_snapshot().fast_append() as append:
         append.append_data_file(deletes)
 
-    with pytest.raises(ValueError, match=f"{ns}.t.*delete files"):
+    with pytest.raises(MaterializeRefused, match=f"{ns}.t.*delete files"):
+        lakehouse.materialize(ns, "t", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_table_with_a_renamed_or_re_added_column_is_refused_naming_it(lakehouse, tmp_path):
+    """Read by name, older files would give NULL for a renamed column, or the dropped column's values
+    for one added again under its name, without any error (pyiceberg reads by field id)."""
+    rows = pa.table({"id": pa.array([1], pa.int64()), "name": ["a"]})
+    renamed, readded = _namespace("renamed"), _namespace("readded")
+    for ns in (renamed, readded):
+        list(lakehouse.write_audit_publish(ns, "t", rows, mode="append"))
+    with lakehouse.load_table(renamed, "t").update_schema() as update:
+        update.rename_column("name", "full_name")
+    with lakehouse.load_table(readded, "t").update_schema() as update:
+        update.delete_column("name")
+    with lakehouse.load_table(readded, "t").update_schema() as update:
+        update.add_column("name", StringType())
+
+    with pytest.raises(MaterializeRefused, match=f"{renamed}.t: column 'full_name' was renamed from 'name'"):
+        lakehouse.materialize(renamed, "t", tmp_path)
+    with pytest.raises(MaterializeRefused, match=f"{readded}.t: column 'name' was dropped and added again"):
+        lakehouse.materialize(readded, "t", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_removed_while_it_is_copied_fails_naming_the_table_and_leaves_no_file(lakehouse, s3, tmp_path):
+    ns = _namespace("vanished")
+    for i in range(2):
+        list(lakehouse.write_audit_publish(ns, "t", pa.table({"id": pa.array([i], pa.int64()), "name": ["a"]}),
+                                           mode="append"))
+    tasks = list(lakehouse.load_table(ns, "t").scan().plan_files())
+    # The second file goes (as maintenance removes an expired snapshot's files): the first was copied.
+    bucket, _, key = tasks[1].file.file_path.removeprefix("s3://").partition("/")
+    s3.get_client().delete_object(Bucket=bucket, Key=key)
+
+    with pytest.raises(RuntimeError, match=f"{ns}.t: data file .* vanished while it was copied"):
         lakehouse.materialize(ns, "t", tmp_path)
     assert list(tmp_path.iterdir()) == []

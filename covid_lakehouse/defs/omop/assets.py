@@ -47,7 +47,7 @@ from covid_lakehouse.defs.omop.transform import (
     build_care_sites,
     build_providers,
 )
-from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse.lib.lakehouse import LakehouseResource, MaterializeRefused
 from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse.lib.wap import audit_check_specs
 
@@ -254,7 +254,10 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         }.items()}
         care_sites = pool.submit(read_or_empty, lakehouse, ns, tables.T_CARE_SITE, tables.CARE_SITE)
         processed = pool.submit(processed_files, lakehouse, ns)
-        inputs = {name: future.result() for name, future in state.items()}
+        try:
+            inputs = {name: future.result() for name, future in state.items()}
+        except MaterializeRefused as err:  # the table's layout, not a passing fault: a retry would meet it again
+            raise dg.Failure(description=f"tenant '{tenant.name}': {err}", allow_retries=False) from err
         source, processed, care_sites = source.result(), processed.result(), care_sites.result()
         # Every output streams into a parquet file in the scratch directory, then from there to S3.
         outputs = Path(scratch) / "outputs"
@@ -262,7 +265,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         build = build_providers(source=source, source_object=source_label(tenant, "provider"),
                                 processed_files=processed, specialties=load_specialty_map(), now=utc_now(),
                                 care_sites=care_sites, out_dir=outputs, **inputs)
-        shutil.rmtree(state_dir, ignore_errors=True)  # not needed past the build: free the disk for the outputs
+        shutil.rmtree(state_dir, ignore_errors=True)  # not needed past the build: free the disk for the publish
         pool.shutdown()
         counts, files, rows = build.counts, build.files, build.rows
         context.log.info("tenant %s: %s", tenant.name, counts)
