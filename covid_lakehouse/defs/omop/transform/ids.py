@@ -134,11 +134,12 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def new_id_map_keys(con: duckdb.DuckDBPyConnection, params: dict, path: Path) -> int:
-    """The id map's additions: the new key of each source row (NEW_SOURCE_KEY) and of file rows, in id
-    order. Written to ``path``; returns its rows."""
+    """The id map's additions: the new key of each source row (NEW_SOURCE_KEY) and of file rows.
+    Written to ``path``; returns its rows.
+
+    In no particular order: the map is read by key (its lowest id per key, ``lowest_per_key``), never by
+    row order, and sorting a tenant's keys by id cost ~0.5 s of a 2,000,000-provider first run."""
     return write_parquet(con, f"""
-        SELECT natural_key, id, $now AS first_seen_at FROM (
-            SELECT {NEW_SOURCE_KEY} AS natural_key, id FROM provider_ids WHERE adds_key
-            UNION ALL
-            SELECT natural_key, id::BIGINT FROM new_file_keys)
-        ORDER BY id, natural_key""", tables.ID_MAP, path, params)
+        SELECT {NEW_SOURCE_KEY} AS natural_key, id, $now AS first_seen_at FROM provider_ids WHERE adds_key
+        UNION ALL
+        SELECT natural_key, id::BIGINT, $now FROM new_file_keys""", tables.ID_MAP, path, params)
