@@ -2,8 +2,8 @@
 layers; see CLEAN).
 
 clean_source reads ``source``, ``specialty_dict``, ``site_dict``, ``previous_provenance``; writes
-``clean_source_rows``, the views ``clean_source_values`` and ``source_row_by_npi``, ``source_npi_repeated`` and
-``previous_source_provenance``.
+``clean_source_rows``, ``source_nameless_records`` (each source row without a name: its raw record), the
+views ``clean_source_values`` and ``source_row_by_npi``, ``source_npi_repeated`` and ``previous_source_provenance``.
 clean_files reads ``landing_files``, ``landing_rows``, ``processed_file_refs``, ``specialty_dict``, ``site_dict``;
 writes ``files``, the view ``landing_unique``, ``clean_file_rows`` and ``quarantined_file_rows``."""
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import duckdb
 
-from covid_lakehouse.defs.omop.transform.session import register_repeated
+from covid_lakehouse.defs.omop.transform.session import quoted, register_repeated
 
 # Row cleaning in layers: a macro repeats its argument wherever it uses it, so each layer applies
 # macros to plain columns of the layer below (nesting them would multiply the work). Specialty and
@@ -58,6 +58,9 @@ def clean_source(con: duckdb.DuckDBPyConnection) -> None:
     # are kept as their dictionary row (the text is looked up by clean_source_values, where wanted), the
     # NPI as its number (its text is ten digits, zero padded) and the NPI's cleaned text only when it is
     # not a valid NPI (the flags report it).
+    # The raw row as the quarantine records it: every column of the extract, by name, in its order.
+    columns = [quoted(column) for column, *_ in con.execute("SELECT * FROM source LIMIT 0").description]
+    record = ", ".join(f"{column} := {column}" for column in columns)
     con.execute(f"""
         CREATE TABLE clean_source_rows AS
         SELECT provider_id AS src_id, c_name AS name, v_npi_num AS npi_num, CASE WHEN v_npi IS NULL THEN c_npi END
@@ -65,8 +68,15 @@ def clean_source(con: duckdb.DuckDBPyConnection) -> None:
                v_site_id AS site_id, k_specialty AS specialty_key, k_spec_source AS spec_source_key,
                k_site AS site_key,
                -- DuckDB's 64-bit hash of the raw row (63 bits kept: Iceberg has no unsigned integers)
-               (hash(provider_id, {", ".join(raw)}) & 9223372036854775807)::BIGINT AS row_hash
+               (hash(provider_id, {", ".join(raw)}) & 9223372036854775807)::BIGINT AS row_hash,
+               CASE WHEN c_name IS NULL THEN to_json(struct_pack({record}))::VARCHAR END AS nameless_record
         FROM ({cleaning})""")
+    # A row without a name may be quarantined (unless a file names its provider), with its raw row as
+    # the record: taken here, in the one pass over the extract, rather than by scanning it again. Split
+    # off at once (dropping a column keeps the other columns' data), so the rows stay narrow.
+    con.execute("CREATE TABLE source_nameless_records AS SELECT src_id, nameless_record AS record FROM clean_source_rows "
+                "WHERE nameless_record IS NOT NULL")
+    con.execute("ALTER TABLE clean_source_rows DROP COLUMN nameless_record")
     # The source rows with every cleaned column clean_file_rows has (CLEANED), for the passes that need the
     # texts; a filter on the table's own columns runs before the dictionary joins.
     con.execute("""
