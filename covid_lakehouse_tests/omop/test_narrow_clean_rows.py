@@ -23,18 +23,24 @@ from covid_lakehouse_dev.seeds.omop import CARE_SITES, provider_rows
 
 T0 = datetime(2024, 5, 1, 6, tzinfo=UTC)
 PROVIDERS = 50_000
-# Bytes of DuckDB memory per cleaned source row: the wide table took ~211, the narrow one ~126.
+# Bytes of DuckDB memory per cleaned source row (duckdb_memory() at 50k rows): the wide table took ~216,
+# the narrow one ~130-140.
 MAX_BYTES_PER_ROW = 160
-# Source rows whose NPI text cleaning changes: two malformed, one valid once its dashes are gone.
-ODD_NPIS = {PROVIDERS + 1: " 12-34 ", PROVIDERS + 2: "n/a 5", PROVIDERS + 3: "123-456-7893"}
+# Source rows whose NPI text cleaning changes: two malformed, one valid once its dashes are gone; and one
+# valid NPI with leading zeros, which the published text keeps (the row holds it as a number).
+ODD_NPIS = {PROVIDERS + 1: " 12-34 ", PROVIDERS + 2: "n/a 5", PROVIDERS + 3: "123-456-7893", PROVIDERS + 4: "0012345678"}
+# A source row whose SpecSource and Specialty differ: SpecSource is the specialty_source_value published.
+SPEC_ROW = {"provider_id": PROVIDERS + 5, "provider_name": "Spec Source Wins", "npi": "1999999999",
+            "specialty": "Derma", "specialty_source_value": "Dermatology"}
 
 
 def _source() -> pa.Table:
     rows = provider_rows(PROVIDERS, 0.05, 0)
     rows = rows.append_column("provider_id", pa.array(np.arange(1, rows.num_rows + 1), pa.int64()))
-    odd = rows.slice(0, len(ODD_NPIS)).to_pylist()
-    for row, (provider_id, npi) in zip(odd, ODD_NPIS.items(), strict=True):
+    odd = rows.slice(0, len(ODD_NPIS) + 1).to_pylist()
+    for row, (provider_id, npi) in zip(odd, ODD_NPIS.items(), strict=False):
         row.update(provider_id=provider_id, npi=npi, provider_name=f"Odd Npi {provider_id}")
+    odd[-1].update(SPEC_ROW)
     return pa.concat_tables([rows.select(PROVIDER_SOURCE.names).cast(PROVIDER_SOURCE),
                              pa.Table.from_pylist(odd, PROVIDER_SOURCE)])
 
@@ -87,7 +93,8 @@ def test_the_cleaned_source_rows_are_held_narrow_and_give_back_every_cleaned_tex
             "SELECT count(site), count(*) FILTER (WHERE concept = 0) FROM clean_source_values").fetchone()
         assert sites > 0 and unmapped > 0  # the seed's values, mapped and not, were given back
         odd = dict(con.execute(f"SELECT src_id, npi_raw FROM clean_source_values WHERE src_id > {PROVIDERS}").fetchall())
-        assert odd == {PROVIDERS + 1: "12-34", PROVIDERS + 2: "n/a 5", PROVIDERS + 3: None}
+        assert odd == {PROVIDERS + 1: "12-34", PROVIDERS + 2: "n/a 5", PROVIDERS + 3: None, PROVIDERS + 4: None,
+                       PROVIDERS + 5: None}
     finally:
         con.close()
 
@@ -97,11 +104,14 @@ def test_the_cleaned_source_rows_are_held_narrow_and_give_back_every_cleaned_tex
                             processed_files=[], specialties=load_specialty_map(), now=T0)
     ids = {p["provider_name"]: p for p in build.table("provider").to_pylist() if p["provider_name"].startswith("Odd")}
     assert ids[f"Odd Npi {PROVIDERS + 3}"]["npi"] == "1234567893"
+    assert ids[f"Odd Npi {PROVIDERS + 4}"]["npi"] == "0012345678"
     malformed = {f["provider_id"]: f["other_value"] for f in build.table("flags").to_pylist() if f["flag"] == "npi_malformed"}
     assert {ids[f"Odd Npi {k}"]["provider_id"]: malformed.get(ids[f"Odd Npi {k}"]["provider_id"]) for k in ODD_NPIS} == {
         ids[f"Odd Npi {PROVIDERS + 1}"]["provider_id"]: "12-34", ids[f"Odd Npi {PROVIDERS + 2}"]["provider_id"]: "n/a 5",
-        ids[f"Odd Npi {PROVIDERS + 3}"]["provider_id"]: None}
+        ids[f"Odd Npi {PROVIDERS + 3}"]["provider_id"]: None, ids[f"Odd Npi {PROVIDERS + 4}"]["provider_id"]: None}
     # a provider's specialty text comes back through the dictionary (source rows without file rows)
     published = build.table("provider").to_pylist()
+    [spec] = [p for p in published if p["provider_name"] == SPEC_ROW["provider_name"]]
+    assert spec["specialty_source_value"] == "Dermatology"
     assert sum(p["specialty_source_value"] is not None for p in published) > 0.9 * PROVIDERS
     assert all((p["specialty_source_value"] is None) == (p["specialty_source_concept_id"] is None) for p in published)

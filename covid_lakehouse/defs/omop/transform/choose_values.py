@@ -29,12 +29,14 @@ def choose_values(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("""
         CREATE TABLE chosen_groups AS
         SELECT gid,
-               arg_min(name, (prio > 0, has_initial(name), prio)) FILTER (WHERE name IS NOT NULL),
-               arg_min(npi, prio) FILTER (WHERE npi IS NOT NULL), arg_min(npi_num, prio) FILTER (WHERE npi IS NOT NULL),
-               coalesce(arg_min(concept, (concept = 0, prio)) FILTER (WHERE concept IS NOT NULL), 0),
-               arg_min(spec_value, (concept = 0, prio)) FILTER (WHERE concept IS NOT NULL),
-               arg_min(site_id, prio) FILTER (WHERE site_id IS NOT NULL),
-               arg_min(psv, prio) FILTER (WHERE psv IS NOT NULL),
+               arg_min(name, (prio > 0, has_initial(name), prio)) FILTER (WHERE name IS NOT NULL) AS name,
+               arg_min(npi, prio) FILTER (WHERE npi IS NOT NULL) AS npi,
+               arg_min(npi_num, prio) FILTER (WHERE npi IS NOT NULL) AS npi_num,
+               coalesce(arg_min(concept, (concept = 0, prio)) FILTER (WHERE concept IS NOT NULL), 0)
+                   AS specialty_concept_id,
+               arg_min(spec_value, (concept = 0, prio)) FILTER (WHERE concept IS NOT NULL) AS specialty_source_value,
+               arg_min(site_id, prio) FILTER (WHERE site_id IS NOT NULL) AS care_site_id,
+               arg_min(psv, prio) FILTER (WHERE psv IS NOT NULL) AS provider_source_value,
                bool_or(source_system = 'postgres') AS in_source, min(fid) AS founding_fid
         FROM merge_candidates GROUP BY gid""")
     # The source rows without file rows are their own choice: a view, not a copy of millions of rows.
@@ -45,8 +47,8 @@ def choose_values(con: duckdb.DuckDBPyConnection) -> None:
                psv AS provider_source_value, true AS in_source, NULL::BIGINT AS founding_fid,
                coalesce(spec_source_key, specialty_key) AS spec_value_key  -- see clean_source_values' spec_value
         FROM clean_source_rows WHERE src_id NOT IN (SELECT gid FROM chosen_groups)
-        UNION ALL
-        SELECT *, NULL FROM chosen_groups""")
+        UNION ALL BY NAME  -- by name: a column added to chosen_groups can never shift into another's place
+        SELECT *, NULL::INTEGER AS spec_value_key FROM chosen_groups""")
     # OMOP requires a provider_name: without one from any source the provider cannot be published.
     con.execute("CREATE VIEW chosen AS SELECT * FROM chosen_all WHERE name IS NOT NULL")
     con.execute("CREATE TABLE nameless AS SELECT gid, in_source FROM chosen_all WHERE name IS NULL")
