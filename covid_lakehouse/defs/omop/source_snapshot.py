@@ -79,6 +79,7 @@ class SourceExtract:
     reused: int  # rows taken from the snapshot
     deleted: int  # snapshot rows gone from the source
     snapshot_current: bool  # the stored snapshot already equals this extract: nothing to write
+    compressed: bool = False  # the file is stored as it is (else a compressed copy is)
 
     def metadata(self) -> dict[str, object]:
         return {"extract_mode": self.mode, "extract_full_reason": self.reason or "none",
@@ -203,7 +204,7 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
             con.execute(f"""
                 COPY (SELECT s.* FROM snap s SEMI JOIN cur c ON c.{ID} = s.{ID} AND c.{HASH} = s.{HASH}
                       UNION ALL SELECT {names} FROM read_parquet({_literal(fetched)}))
-                TO {_literal(path)} (FORMAT parquet, COMPRESSION uncompressed)""")
+                TO {_literal(path)} (FORMAT parquet, COMPRESSION zstd)""")
             written = pq.read_metadata(path).num_rows
             got = pq.read_metadata(fetched).num_rows
             if written != rows or got != len(wanted):  # one transaction: the listing and the fetch agree
@@ -212,7 +213,7 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
         finally:
             con.close()
     return SourceExtract(path, "incremental", "", current, rows, len(wanted), rows - len(wanted), deleted,
-                         snapshot_current=not len(wanted) and not deleted)
+                         snapshot_current=not len(wanted) and not deleted, compressed=True)
 
 
 def store(lakehouse: LakehouseResource, namespace: str, extract: SourceExtract) -> None:
@@ -220,6 +221,9 @@ def store(lakehouse: LakehouseResource, namespace: str, extract: SourceExtract) 
     first (the extract is written plain for the transform): a third of the bytes to upload now and to
     read back next run, where the plain file's transfers cost more than the compression (measured)."""
     if extract.snapshot_current:
+        return
+    if extract.compressed:  # DuckDB wrote it (incremental): compressed at once, on every core
+        _publish(lakehouse, namespace, extract.path, extract.identity)
         return
     packed = extract.path.with_name("snapshot.parquet")
     con = connect()
@@ -230,8 +234,12 @@ def store(lakehouse: LakehouseResource, namespace: str, extract: SourceExtract) 
     finally:
         con.close()
     try:
-        for _ in lakehouse.publish_files(namespace, tables.T_SOURCE_ROW, [packed], tables.SOURCE_ROW,
-                                         snapshot_properties={IDENTITY_PROPERTY: extract.identity}):
-            pass  # no audits: state, validated by the next run (identity, ids, counts)
+        _publish(lakehouse, namespace, packed, extract.identity)
     finally:
         packed.unlink(missing_ok=True)
+
+
+def _publish(lakehouse: LakehouseResource, namespace: str, path: Path, identity: str) -> None:
+    for _ in lakehouse.publish_files(namespace, tables.T_SOURCE_ROW, [path], tables.SOURCE_ROW,
+                                     snapshot_properties={IDENTITY_PROPERTY: identity}):
+        pass  # no audits: state, validated by the next run (identity, ids, counts)
