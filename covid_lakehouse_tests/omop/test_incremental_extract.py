@@ -13,6 +13,7 @@ from psycopg import sql
 
 from covid_lakehouse.defs.omop import assets, source_snapshot, tables
 from covid_lakehouse.defs.omop.source_snapshot import extract_provider, store
+from covid_lakehouse.lib.settings import SettingError
 from covid_lakehouse_tests.omop.support import (
     FULL_REFRESH,
     provider_metadata,
@@ -190,3 +191,18 @@ def test_a_run_that_stored_its_snapshot_but_failed_to_publish_leaves_the_next_ru
     after = published(lakehouse, tenant.namespace)
     assert run_tenant(env, tenant, instance, run_config=FULL_REFRESH).success
     assert published(lakehouse, tenant.namespace) == after
+
+
+def test_max_share_zero_is_the_plain_full_extract_without_a_snapshot(make_tenants, lakehouse, tmp_path, monkeypatch):
+    tenant = make_tenants(providers=40).tenant
+    store(lakehouse, tenant.namespace, extract_provider(tenant, lakehouse, tmp_path / "first"))
+    monkeypatch.setenv(source_snapshot.MAX_CHANGED_SHARE.name, "0")
+    plain = extract_provider(tenant, lakehouse, tmp_path / "plain")
+    assert (plain.mode, plain.reason, plain.fetched) == ("full", "OMOP_INCREMENTAL_EXTRACT_MAX_SHARE=0", 40)
+    assert pq.read_schema(plain.path).names == tables.SOURCE_ROW.names[:-1]  # no hashes computed
+    stored = lakehouse.load_table(tenant.namespace, tables.T_SOURCE_ROW).current_snapshot().snapshot_id
+    store(lakehouse, tenant.namespace, plain)
+    assert lakehouse.load_table(tenant.namespace, tables.T_SOURCE_ROW).current_snapshot().snapshot_id == stored
+    monkeypatch.setenv(source_snapshot.MAX_CHANGED_SHARE.name, "1.5")
+    with pytest.raises(SettingError, match="OMOP_INCREMENTAL_EXTRACT_MAX_SHARE must be at most 1"):
+        extract_provider(tenant, lakehouse, tmp_path / "bad")

@@ -22,7 +22,8 @@ reconstructs the current source from it exactly and rebuilds every output.
 A full extract instead (the reason in the step's log and metadata): no snapshot, the run's
 ``full_refresh`` config, a different identity, provider_id NULL or repeated (in the source or the
 snapshot: rows could not be matched by id), or more than MAX_CHANGED_SHARE of the rows new or
-changed (one full COPY is then cheaper than the listing plus the fetch). Two different rows with the
+changed (one full COPY is then cheaper than the listing plus the fetch; the setting
+OMOP_INCREMENTAL_EXTRACT_MAX_SHARE, 0 for the plain full COPY without hashes or snapshot). Two different rows with the
 same hash (odds about 2^-64 per changed row) would be taken as unchanged.
 """
 
@@ -42,18 +43,23 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.extract import PROVIDER_SOURCE, csv_to_parquet, source_errors
+from covid_lakehouse.defs.omop.extract import PROVIDER_SOURCE, csv_to_parquet, extract_parquet, source_errors
 from covid_lakehouse.defs.omop.tenants import Tenant
 from covid_lakehouse.defs.omop.transform.session import connect, quoted, scalar
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.postgres import copy_out_sql, table_ident
+from covid_lakehouse.lib.settings import SettingError, setting
 
 # Bump when what a snapshot row means changes (every tenant's next run then extracts in full).
 VERSION = 1
 # The source_row commit's summary entry holding the snapshot's identity.
 IDENTITY_PROPERTY = "omop.source-row-identity"
 # Above this share of new or changed rows a full COPY is cheaper than listing the hashes and fetching.
-MAX_CHANGED_SHARE = 0.25
+MAX_CHANGED_SHARE = setting(
+    "OMOP_INCREMENTAL_EXTRACT_MAX_SHARE", "the share (0 to 1) of a tenant's provider rows new or changed above which "
+    "its extract is one full COPY rather than a listing of row hashes plus the changed rows; 0: always the plain full "
+    "COPY, no row hashes and no snapshot kept (where the source database is as near as the lakehouse, the hash listing "
+    "costs about what a full COPY does)", default="0.25", scope="omop")
 # provider_ids per fetching COPY (bounds the statement's size).
 ID_BATCH = 50_000
 TABLE = "provider"
@@ -134,6 +140,13 @@ def _source_snapshot(tenant: Tenant) -> Iterator[psycopg.Connection]:
             yield conn
 
 
+def max_changed_share() -> float:
+    share = MAX_CHANGED_SHARE.number(minimum=0)
+    if share > 1:
+        raise SettingError(f"{MAX_CHANGED_SHARE.name} must be at most 1, got {share:g}: {MAX_CHANGED_SHARE.doc}")
+    return share
+
+
 def stored_identity(lakehouse: LakehouseResource, namespace: str) -> str | None:
     """The identity of the tenant's stored snapshot; None when there is none."""
     from pyiceberg.exceptions import NoSuchTableError
@@ -151,6 +164,11 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
     hash), incrementally from the stored snapshot when it can be trusted, else in full."""
     scratch.mkdir(parents=True, exist_ok=True)
     path = scratch / "provider.parquet"
+    share = max_changed_share()
+    if not share:  # off: the plain extract, nothing kept for the next run
+        extract_parquet(tenant, TABLE, PROVIDER_SOURCE, path)
+        rows = pq.read_metadata(path).num_rows
+        return SourceExtract(path, "full", f"{MAX_CHANGED_SHARE.name}=0", "", rows, rows, 0, 0, True)
     target = table_ident(tenant.source_schema, TABLE)
     stored = None if full_refresh else stored_identity(lakehouse, tenant.namespace)
     with _source_snapshot(tenant) as conn:
@@ -189,8 +207,8 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
             con.execute(f"CREATE TABLE fetch_ids AS SELECT c.{ID} FROM cur c ANTI JOIN snap s "
                         f"ON s.{ID} = c.{ID} AND s.{HASH} = c.{HASH}")
             wanted = con.execute(f"SELECT {ID} FROM fetch_ids ORDER BY 1").fetchnumpy()[ID]
-            if len(wanted) > MAX_CHANGED_SHARE * rows:
-                return full(f"{len(wanted)} of {rows} row(s) new or changed (over {MAX_CHANGED_SHARE:.0%})")
+            if len(wanted) > share * rows:
+                return full(f"{len(wanted)} of {rows} row(s) new or changed (over {share:.0%})")
             deleted = scalar(con, f"SELECT count(*) FROM snap s ANTI JOIN cur c ON c.{ID} = s.{ID}")
             fetched = scratch / "fetched.parquet"
             query = sql.SQL("select {}, {} from {} where {} = any(%s::bigint[])").format(
