@@ -64,6 +64,11 @@ MACROS = [
     "THEN upper(regexp_replace(x, '[^A-Za-z0-9]+', '', 'g')) ELSE x END, '')",
     "CREATE MACRO unpadded(x) AS CASE WHEN x[1] BETWEEN '0' AND '9' AND regexp_full_match(x, '[0-9]+') "
     "THEN coalesce(nullif(ltrim(x, '0'), ''), '0') ELSE x END",
+    # An NPI is held as its number (faster joins than text); its text is the ten digits, zero padded.
+    "CREATE MACRO npi_text(n) AS lpad(n::VARCHAR, 10, '0')",
+    # The specialty_source_value a row publishes: its SpecSource, else its Specialty. Applied to the two
+    # values' dictionary keys or to their cleaned texts alike (a key is NULL exactly when its text is).
+    "CREATE MACRO spec_source_first(specialty, spec_source) AS coalesce(spec_source, specialty)",
 ]
 
 
