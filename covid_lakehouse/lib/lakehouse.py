@@ -12,7 +12,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +33,15 @@ _CATALOGS_LOCK = threading.Lock()
 def secret_digest(secret: str) -> str:
     """A secret's SHA-256, once per secret and process (every catalog() call builds a cache key)."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# materialize: copies of a table's data files running at once, and the bytes each holds at a time.
+MATERIALIZE_THREADS = 4
+MATERIALIZE_CHUNK = 8 << 20
+
+
+class _CopyStopped(Exception):
+    """A materialize copy ended because another copy of the same call failed."""
 
 
 class MaterializeRefused(ValueError):
@@ -160,7 +169,8 @@ class LakehouseResource(dg.ConfigurableResource):
         are read by column name (they may carry no field ids; an older one may lack a column added
         since), so a table whose snapshot has delete files (never written here), or whose columns were
         ever renamed or dropped and added again, is refused (MaterializeRefused): read by name, its
-        older files would give wrong values without an error. A failed copy leaves no file behind."""
+        older files would give wrong values without an error. The files are copied MATERIALIZE_THREADS at a
+        time, returned in the manifest's order; a failed copy stops the others and leaves none of them behind."""
         from pyiceberg.exceptions import NoSuchTableError
 
         try:
@@ -177,26 +187,51 @@ class LakehouseResource(dg.ConfigurableResource):
                                      "materialize cannot apply; rewrite the table first")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        paths: list[Path] = []
+        # Named and returned in the manifest's order, whatever order the copies finish in.
+        copies = [(directory / f"{table}-{number:05d}.parquet", task.file.file_path)
+                  for number, task in enumerate(t for t in tasks if t.file.record_count)]
+        snapshot_id = tbl.current_snapshot().snapshot_id
+        stop = threading.Event()  # set on the first failure: the other copies end at their next chunk
+
+        def copy(path: Path, file_path: str) -> None:
+            if stop.is_set():
+                raise _CopyStopped
+            scheme, _, key = file_path.partition("://")
+            try:
+                with (self.staging_filesystem().open_input_stream(key) if scheme in ("s3", "s3a")
+                      else tbl.io.new_input(file_path).open()) as source, path.open("wb") as target:
+                    while chunk := source.read(MATERIALIZE_CHUNK):
+                        if stop.is_set():
+                            raise _CopyStopped
+                        target.write(chunk)
+            except FileNotFoundError as err:
+                raise RuntimeError(
+                    f"{label}: data file {file_path} of snapshot {snapshot_id} vanished while it was copied (a "
+                    "newer snapshot replaced it and maintenance removed its files); a retry reads the current "
+                    "snapshot") from err
+
+        # A table's files are many (landing_row gains one per run): a few copies at a time, each waiting on
+        # S3 rather than the CPU; bounded, since the omop step already materializes four tables at once.
         try:
-            for number, task in enumerate(t for t in tasks if t.file.record_count):
-                path = directory / f"{table}-{number:05d}.parquet"
-                paths.append(path)
-                scheme, _, key = task.file.file_path.partition("://")
+            with ThreadPoolExecutor(max_workers=MATERIALIZE_THREADS, thread_name_prefix="materialize") as pool:
+                futures = [pool.submit(copy, path, file_path) for path, file_path in copies]
                 try:
-                    with (self.staging_filesystem().open_input_stream(key) if scheme in ("s3", "s3a")
-                          else tbl.io.new_input(task.file.file_path).open()) as source, path.open("wb") as target:
-                        shutil.copyfileobj(source, target, 8 << 20)
-                except FileNotFoundError as err:
-                    raise RuntimeError(
-                        f"{label}: data file {task.file.file_path} of snapshot {tbl.current_snapshot().snapshot_id} "
-                        "vanished while it was copied (a newer snapshot replaced it and maintenance removed its "
-                        "files); a retry reads the current snapshot") from err
+                    for future in as_completed(futures):
+                        if future.exception() is not None:
+                            stop.set()
+                except BaseException:
+                    stop.set()  # interrupted: the pool's exit waits for the copies, which stop at once
+                    raise
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            failures = [err for err in errors if not isinstance(err, _CopyStopped)]
+            if errors:
+                raise (failures or errors)[0]
         except BaseException:
-            for path in paths:
+            # Every copy has ended (the pool's exit waited for them): none can write after this.
+            for path, _ in copies:
                 path.unlink(missing_ok=True)
             raise
-        return paths
+        return [path for path, _ in copies]
 
     def ensure_table(self, namespace: str, table: str, schema: pa.Schema, partition_by: str | None = None):
         """The table, created (with its namespace) if absent. Safe when two runs create it at once: the

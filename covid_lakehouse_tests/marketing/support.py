@@ -1,11 +1,12 @@
 """Helpers shared by marketing test modules: a probe table (id, v, raw_object) to stage and merge into, and
-Facebook rows staged and published, streamed or not."""
+Facebook rows staged and published, streamed or not, and the check results as compared word for word."""
 
 from collections.abc import Callable, Sequence
 from datetime import date
 
 import dagster as dg
 import pyarrow as pa
+import pytest
 from psycopg import sql
 
 from covid_lakehouse.defs.marketing.checks import KEY_UNIQUE
@@ -32,6 +33,18 @@ def create_probe(warehouse: PostgresResource, spec: TableSpec) -> TableSpec:
         conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, v text, raw_object text NOT NULL, "
                              "updated_at timestamptz NOT NULL DEFAULT now())").format(spec.ident))
     return spec
+
+
+def probe_fixture(name: str) -> tuple[TableSpec, str, Callable]:
+    """A module's probe table ``name``: its spec, its qualified name (for SQL and messages) and a ``probe``
+    fixture that creates it afresh for each test (bind it to a module attribute: pytest finds it there)."""
+    spec = probe_spec(name)
+
+    @pytest.fixture
+    def probe(clean_marketing, warehouse: PostgresResource) -> TableSpec:
+        return create_probe(warehouse, spec)
+
+    return spec, f"{SCHEMA}.{name}", probe
 
 
 def probe_rows(spec: TableSpec, *ids: int, v: str = "x") -> pa.Table:
@@ -87,3 +100,8 @@ def publish_facebook(warehouse: PostgresResource, chunks: Sequence[Sequence[Face
         except BlockingAuditFailed as err:
             conn.rollback()
             return checks, err, staging
+
+
+def said(checks: Sequence[dg.AssetCheckResult]) -> list[tuple]:
+    """What the checks say, to compare two runs' results word for word."""
+    return [(c.check_name, c.passed, c.severity, c.description, c.metadata) for c in checks]

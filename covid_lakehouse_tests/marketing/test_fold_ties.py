@@ -4,12 +4,11 @@ tied rows are listed in the same order whatever order they were staged in, so th
 
 from datetime import date
 
-import dagster as dg
 import pytest
 
 from covid_lakehouse.defs.marketing.checks import FACEBOOK_AUDITS, SAMPLE, TOP_ROWS
 from covid_lakehouse.defs.marketing.tables import ensure_tables
-from covid_lakehouse_tests.marketing.support import FacebookRow, publish_facebook
+from covid_lakehouse_tests.marketing.support import FacebookRow, publish_facebook, said
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +25,6 @@ def chunks() -> list[list[FacebookRow]]:
     negative: list[FacebookRow] = [("1", D1, ad, 10, 1, "-1.5") for ad in sorted(NEGATIVE, reverse=True)]
     rows = negative[:4] + tied + negative[4:]
     return [rows[:25], rows[25:50], rows[50:]]
-
-
-def said(checks: list[dg.AssetCheckResult]) -> list[tuple]:
-    return [(c.check_name, c.passed, c.description, c.metadata) for c in checks]
 
 
 def test_tied_rows_are_listed_in_key_order_folded_and_scanned(clean_marketing, warehouse) -> None:

@@ -10,19 +10,12 @@ import pytest
 from psycopg import sql
 
 from covid_lakehouse.defs.marketing.load import PublishLockTimeout, StagingWriter, stage_audit_publish
-from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec
-from covid_lakehouse.lib.postgres import PostgresResource
-from covid_lakehouse_tests.marketing.support import create_probe, probe_rows, probe_spec
+from covid_lakehouse.defs.marketing.tables import SCHEMA
+from covid_lakehouse_tests.marketing.support import probe_fixture, probe_rows
 
 pytestmark = pytest.mark.integration
 
-PROBE = probe_spec("publish_lock_probe")
-TABLE = f"{SCHEMA}.{PROBE.name}"
-
-
-@pytest.fixture
-def probe(clean_marketing, warehouse: PostgresResource) -> TableSpec:
-    return create_probe(warehouse, PROBE)
+PROBE, TABLE, probe = probe_fixture("publish_lock_probe")
 
 
 @pytest.fixture
@@ -34,14 +27,6 @@ def holder(services) -> Iterator[psycopg.Connection]:
         conn.execute("SET idle_in_transaction_session_timeout = '30s'")
         conn.commit()
         yield conn
-
-
-def drain(steps) -> None:
-    while True:
-        try:
-            next(steps)
-        except StopIteration:
-            return
 
 
 @pytest.mark.parametrize("source", ["staged", "fill"])
@@ -60,7 +45,7 @@ def test_a_session_holding_the_target_fails_the_unstreamed_publish(source, probe
             steps = stage_audit_publish(warehouse, probe, audits=[], asset_key=key,
                                         fill=sql.SQL("SELECT id, v, raw_object FROM {}").format(staging.table))
         with pytest.raises(PublishLockTimeout) as failed:
-            drain(steps)
+            list(steps)
         holder.rollback()
     message = str(failed.value)
     assert TABLE in message and "MARKETING_PUBLISH_LOCK_TIMEOUT_S" in message and f"pid {pid}" in message

@@ -14,7 +14,7 @@ from covid_lakehouse.defs.marketing.checks import FACEBOOK_AUDITS
 from covid_lakehouse.defs.marketing.load import FoldedAudit, StagingWriter
 from covid_lakehouse.defs.marketing.tables import FACEBOOK, SCHEMA, ensure_tables
 from covid_lakehouse.lib.postgres import PostgresResource
-from covid_lakehouse_tests.marketing.support import FacebookRow, publish_facebook
+from covid_lakehouse_tests.marketing.support import FacebookRow, publish_facebook, said
 
 pytestmark = pytest.mark.integration
 
@@ -104,9 +104,6 @@ def test_streamed_verdicts_say_word_for_word_what_the_scans_of_the_staging_table
     streamed, streamed_error, staging = publish(warehouse, chunks, reported)
     scanned, scanned_error, _ = publish(warehouse, chunks, reported, stream=False)
     assert all(staging.folded(a) is not None for a in FACEBOOK_AUDITS if isinstance(a, FoldedAudit) and a.judge)
-
-    def said(checks: list[dg.AssetCheckResult]) -> list[tuple]:
-        return [(c.check_name, c.passed, c.severity, c.description, c.metadata) for c in checks]
 
     assert said(streamed) == said(scanned)
     assert str(streamed_error) == str(scanned_error)

@@ -10,19 +10,11 @@ import pyarrow as pa
 import pytest
 
 from covid_lakehouse.defs.marketing.load import PublishLockTimeout, StagingWriter, StreamingMerge
-from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec
-from covid_lakehouse.lib.postgres import PostgresResource
-from covid_lakehouse_tests.marketing.support import create_probe, probe_rows, probe_spec
+from covid_lakehouse_tests.marketing.support import probe_fixture, probe_rows
 
 pytestmark = pytest.mark.integration
 
-PROBE = probe_spec("streaming_failure_probe")
-TABLE = f"{SCHEMA}.{PROBE.name}"
-
-
-@pytest.fixture
-def probe(clean_marketing, warehouse: PostgresResource) -> TableSpec:
-    return create_probe(warehouse, PROBE)
+PROBE, TABLE, probe = probe_fixture("streaming_failure_probe")
 
 
 def until_the_merge_waits_for_the_lock(pg: psycopg.Connection) -> None:

@@ -41,6 +41,7 @@ from covid_lakehouse.defs.marketing.load import (
     SliceVersions,
     StagingWriter,
     StreamingMerge,
+    publish_lock_timeout_ms,
     stage_audit_publish,
 )
 from covid_lakehouse.defs.marketing.partitions import DAILY, window_days
@@ -142,6 +143,7 @@ def _publish(context: dg.AssetExecutionContext, warehouse: PostgresResource, spe
     """Read the source, its rows COPYed into a staging table as they come, then audit and merge them;
     yields the check results, then the materialization. ``stream``: merge each staged chunk while the
     source is still read, in the publish transaction that commits after the audits (load.StreamingMerge)."""
+    publish_lock_timeout_ms()  # a bad setting fails the step now, before any vendor call, not after the read
     with warehouse.connection() as conn:
         ensure_tables(conn)
     slice_columns = (versions.unit_column, versions.day_column) if versions is not None else None

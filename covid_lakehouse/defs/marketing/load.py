@@ -19,6 +19,7 @@ carry their own version (``TableSpec.row_version``: RDS ``updated_at``) leave ou
 than the published one."""
 
 import logging
+import math
 import queue
 import threading
 import uuid
@@ -41,7 +42,7 @@ from covid_lakehouse.lib.postgres import (
     lock_holders,
     table_ident,
 )
-from covid_lakehouse.lib.settings import setting
+from covid_lakehouse.lib.settings import SettingError, setting
 from covid_lakehouse.lib.source_versions import SourceVersion, Superseded, claim
 from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 from covid_lakehouse.lib.wap import Audit, AuditResult, BlockingAuditFailed, audit_or_raise, run_audits
@@ -66,12 +67,23 @@ class PublishLockTimeout(dg.Failure):
         super().__init__(description=message)
 
 
+def publish_lock_timeout_ms() -> int:
+    """MARKETING_PUBLISH_LOCK_TIMEOUT_S in milliseconds (at least 1). A value that is no finite number of
+    at least 0.001 is a SettingError naming the setting and the value: a step checks it as it starts, not
+    at the merge, after the whole read."""
+    seconds = PUBLISH_LOCK_TIMEOUT_S.number(minimum=0.001)
+    if not math.isfinite(seconds):
+        raise SettingError(f"{PUBLISH_LOCK_TIMEOUT_S.name}={PUBLISH_LOCK_TIMEOUT_S.get()!r} is not a finite "
+                           f"number: {PUBLISH_LOCK_TIMEOUT_S.doc}")
+    return max(1, round(seconds * 1000))
+
+
 def lock_for_publish(conn: psycopg.Connection, spec: TableSpec) -> None:
     """The target's write lock for the publish transaction on ``conn`` (SHARE ROW EXCLUSIVE: readers are not
     blocked), waited for at most MARKETING_PUBLISH_LOCK_TIMEOUT_S: publishers of the table take turns from
     here to commit. A session holding the table longer fails the run with PublishLockTimeout naming the
     table, the setting and the holders, instead of a run (and its cancel) waiting forever."""
-    timeout_ms = max(1, round(PUBLISH_LOCK_TIMEOUT_S.number(minimum=0.001) * 1000))
+    timeout_ms = publish_lock_timeout_ms()
     lock = sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(spec.ident)
     if not execute_within_lock_timeout(conn, lock, timeout_ms):  # the transaction stays usable for the message
         relation = f"{SCHEMA}.{spec.name}"

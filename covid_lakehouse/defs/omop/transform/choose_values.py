@@ -42,10 +42,10 @@ def choose_values(con: duckdb.DuckDBPyConnection) -> None:
     # The source rows without file rows are their own choice: a view, not a copy of millions of rows.
     con.execute("""
         CREATE VIEW chosen_all AS
-        SELECT src_id AS gid, name, lpad(npi_num::VARCHAR, 10, '0') AS npi, npi_num,
+        SELECT src_id AS gid, name, npi_text(npi_num) AS npi, npi_num,
                coalesce(concept, 0) AS specialty_concept_id, NULL AS specialty_source_value, site_id AS care_site_id,
                psv AS provider_source_value, true AS in_source, NULL::BIGINT AS founding_fid,
-               coalesce(spec_source_key, specialty_key) AS spec_value_key  -- see clean_source_values' spec_value
+               spec_source_first(specialty_key, spec_source_key) AS spec_value_key
         FROM clean_source_rows WHERE src_id NOT IN (SELECT gid FROM chosen_groups)
         UNION ALL BY NAME  -- by name: a column added to chosen_groups can never shift into another's place
         SELECT *, NULL::INTEGER AS spec_value_key FROM chosen_groups""")

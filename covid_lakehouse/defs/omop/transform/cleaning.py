@@ -30,7 +30,7 @@ CLEAN = """
                   unpadded(l3_psv) AS v_sid FROM l3)
     SELECT l4.*, no_placeholder(trim_ends(l4_name)) AS c_name,  -- "Dr. NULL" is no name either
            v_npi::BIGINT AS v_npi_num,  -- ten digits, so one number per NPI: faster joins than text
-           m1.clean AS c_specialty, m2.clean AS c_spec_source, coalesce(m2.clean, m1.clean) AS v_spec_value,
+           m1.clean AS c_specialty, m2.clean AS c_spec_source, spec_source_first(m1.clean, m2.clean) AS v_spec_value,
            coalesce(nullif(m1.concept_id, 0), nullif(m2.concept_id, 0), CASE WHEN m1.clean IS NOT NULL
                     OR m2.clean IS NOT NULL THEN 0 END) AS v_concept,
            s.clean AS c_site, s.care_site_id AS v_site_id,
@@ -81,8 +81,8 @@ def clean_source(con: duckdb.DuckDBPyConnection) -> None:
     # texts; a filter on the table's own columns runs before the dictionary joins.
     con.execute("""
         CREATE VIEW clean_source_values AS
-        SELECT r.*, lpad(r.npi_num::VARCHAR, 10, '0') AS npi, m1.clean AS specialty, m2.clean AS spec_source,
-               coalesce(m2.clean, m1.clean) AS spec_value, s.clean AS site
+        SELECT r.*, npi_text(r.npi_num) AS npi, m1.clean AS specialty, m2.clean AS spec_source,
+               spec_source_first(m1.clean, m2.clean) AS spec_value, s.clean AS site
         FROM clean_source_rows r LEFT JOIN specialty_dict m1 ON m1.key = r.specialty_key
              LEFT JOIN specialty_dict m2 ON m2.key = r.spec_source_key LEFT JOIN site_dict s ON s.key = r.site_key""")
     # NPIs that identify one source row (the source's UNIQUE is on the raw value; cleaning can make

@@ -20,9 +20,9 @@ from covid_lakehouse.defs.omop.transform.session import (
     write_parquet,
 )
 
-# The key a source row without one adds to the map: npi:<its NPI> (ten digits: zero padded from the
-# number) when its NPI identifies it alone, else pg:<provider_id>.
-NEW_SOURCE_KEY = "coalesce('npi:' || lpad(key_npi_num::VARCHAR, 10, '0'), 'pg:' || gid)"
+# The key a source row without one adds to the map: npi:<its NPI> (npi_text: ten digits) when its NPI
+# identifies it alone, else pg:<provider_id>.
+NEW_SOURCE_KEY = "coalesce('npi:' || npi_text(key_npi_num), 'pg:' || gid)"
 
 
 def assign_ids(con: duckdb.DuckDBPyConnection) -> None:

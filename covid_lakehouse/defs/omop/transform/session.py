@@ -64,6 +64,11 @@ MACROS = [
     "THEN upper(regexp_replace(x, '[^A-Za-z0-9]+', '', 'g')) ELSE x END, '')",
     "CREATE MACRO unpadded(x) AS CASE WHEN x[1] BETWEEN '0' AND '9' AND regexp_full_match(x, '[0-9]+') "
     "THEN coalesce(nullif(ltrim(x, '0'), ''), '0') ELSE x END",
+    # An NPI is held as its number (faster joins than text); its text is the ten digits, zero padded.
+    "CREATE MACRO npi_text(n) AS lpad(n::VARCHAR, 10, '0')",
+    # The specialty_source_value a row publishes: its SpecSource, else its Specialty. Applied to the two
+    # values' dictionary keys or to their cleaned texts alike (a key is NULL exactly when its text is).
+    "CREATE MACRO spec_source_first(specialty, spec_source) AS coalesce(spec_source, specialty)",
 ]
 
 
@@ -93,6 +98,20 @@ def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# The DuckDB type of each Arrow type the state schemas (tables.py) use, as DuckDB itself maps it.
+DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", tables.TS: "TIMESTAMP WITH TIME ZONE"}
+
+
+def duckdb_type(table: str, field: pa.Field) -> str:
+    """The DuckDB type a state file's column is read as: a type not in DUCKDB_TYPES is named with its
+    column rather than guessed."""
+    try:
+        return DUCKDB_TYPES[field.type]
+    except KeyError:
+        raise TypeError(f"state table {table!r}, column {field.name!r}: Arrow type {field.type} has no DuckDB type "
+                        f"in session.DUCKDB_TYPES (it knows {', '.join(map(str, DUCKDB_TYPES))})") from None
+
+
 def register_state(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table | Sequence[Path],
                    schema: pa.Schema) -> None:
     """Register a state table as ``name``: an Arrow table as is, or its parquet files (a lakehouse table's
@@ -108,12 +127,8 @@ def register_state(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table | S
     files = f"{name}_files"
     con.read_parquet([str(path) for path in data], union_by_name=True).create_view(files)
     present = {column for column, *_ in con.execute(f"DESCRIBE {quoted(files)}").fetchall()}
-    # The DuckDB type of each schema column, as DuckDB itself maps the Arrow type.
-    con.register(f"{name}_schema", schema.empty_table())
-    types = {column: kind for column, kind, *_ in con.execute(f"DESCRIBE {quoted(name + '_schema')}").fetchall()}
-    con.unregister(f"{name}_schema")
-    columns = ", ".join(f"CAST({quoted(f.name) if f.name in present else 'NULL'} AS {types[f.name]}) AS {quoted(f.name)}"
-                        for f in schema)
+    columns = ", ".join(f"CAST({quoted(f.name) if f.name in present else 'NULL'} AS {duckdb_type(name, f)}) "
+                        f"AS {quoted(f.name)}" for f in schema)
     con.execute(f"CREATE VIEW {quoted(name)} AS SELECT {columns} FROM {quoted(files)}")
 
 
