@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from covid_lakehouse.defs.omop import assets, source_snapshot, tables
-from covid_lakehouse.defs.omop.source_snapshot import extract_provider, store
+from covid_lakehouse.defs.omop.source_snapshot import MAX_CHANGED_SHARE, extract_provider, store
 from covid_lakehouse.lib.settings import SettingError
 from covid_lakehouse_tests.omop.support import (
     FULL_REFRESH,
@@ -24,6 +24,12 @@ from covid_lakehouse_tests.omop.support import (
 )
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def incremental_on(monkeypatch):
+    """The incremental extract on whatever the deployment's default (OMOP_INCREMENTAL_EXTRACT_MAX_SHARE)."""
+    monkeypatch.setenv(MAX_CHANGED_SHARE.name, "0.25")
 
 
 def _on_provider(pg, tenant, statement: str, params: tuple = ()) -> None:
@@ -173,9 +179,10 @@ def test_a_run_that_stored_its_snapshot_but_failed_to_publish_leaves_the_next_ru
     def crash(*args, **kwargs):
         raise dg.Failure("crash after the snapshot was stored", allow_retries=False)
 
+    original = getattr(assets, failing)
     monkeypatch.setattr(assets, failing, crash)
     assert not run_tenant(env, tenant, instance, raise_on_error=False).success
-    monkeypatch.undo()
+    monkeypatch.setattr(assets, failing, original)
     stored = source_snapshot.stored_identity(lakehouse, tenant.namespace)
     assert stored is not None
     before = source_rows(pg, tenant)

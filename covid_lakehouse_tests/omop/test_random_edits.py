@@ -23,6 +23,7 @@ from psycopg import sql
 from covid_lakehouse.defs.omop import gate
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY
 from covid_lakehouse.defs.omop.landing import list_landing
+from covid_lakehouse.defs.omop.source_snapshot import MAX_CHANGED_SHARE
 from covid_lakehouse_dev.seeds.omop import CARE_SITES, FIRST_NAMES, LAST_NAMES, SPECIALTIES
 from covid_lakehouse_tests.omop.support import (
     FULL_REFRESH,
@@ -37,6 +38,12 @@ from covid_lakehouse_tests.omop.support import (
 )
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def incremental_on(monkeypatch):
+    """The incremental extract on whatever the deployment's default (OMOP_INCREMENTAL_EXTRACT_MAX_SHARE)."""
+    monkeypatch.setenv(MAX_CHANGED_SHARE.name, "0.25")
 
 SAMPLE_KEY = "d0/sample.csv"
 SITE_NAMES = [name for name, _ in CARE_SITES] + ["Unknown Clinic", " metro  med ", "N/A"]
