@@ -12,7 +12,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.assets import TENANT_ASSET_KEYS
+from covid_lakehouse.defs.omop.assets import PROVIDER_KEY, TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.definitions import defs as omop_defs
 from covid_lakehouse.defs.omop.extract import CARE_SITE_SOURCE, PROVIDER_SOURCE, extract, extract_parquet
 from covid_lakehouse.defs.omop.landing import parse_landing_file
@@ -90,6 +90,28 @@ def published(lakehouse, namespace: str) -> dict[str, pa.Table]:
         data = lakehouse.read(namespace, table).drop_columns(list(excluded))
         result[table] = data.sort_by([(name, "ascending") for name in data.column_names])
     return result
+
+
+def provider_metadata(result: dg.ExecuteInProcessResult) -> dict:
+    """The omop/provider materialization's metadata values of a run (empty when it did not publish)."""
+    for event in result.get_asset_materialization_events():
+        if event.asset_key == PROVIDER_KEY:
+            return {name: value.value for name, value in event.materialization.metadata.items()}
+    return {}
+
+
+def source_rows(pg, tenant: Tenant) -> dict[int, str]:
+    """The provider source rows as the extract reads them (its columns, as row text), by provider_id:
+    the oracle of which rows an incremental extract must fetch."""
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name in PROVIDER_SOURCE.names)
+    return dict(pg.execute(sql.SQL("SELECT provider_id, row({})::text FROM {}").format(
+        columns, sql.Identifier(tenant.source_schema, "provider"))).fetchall())
+
+
+def source_changes(before: dict[int, str], after: dict[int, str]) -> tuple[int, int]:
+    """(rows new or changed, rows deleted) between two source_rows readings."""
+    return (sum(1 for key, row in after.items() if before.get(key) != row),
+            sum(1 for key in before if key not in after))
 
 
 def execute_on_provider(pg, tenant, statement: str) -> None:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from covid_lakehouse.defs.omop import assets, fingerprint, pipeline, tables
+from covid_lakehouse.defs.omop import fingerprint, pipeline, source_snapshot, tables
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY, TENANT_ASSET_KEYS
 from covid_lakehouse.defs.omop.fingerprint import postgres_part, postgres_signal
 from covid_lakehouse_tests.omop.support import (
@@ -115,15 +115,15 @@ def test_a_change_made_while_a_run_extracts_is_seen_by_the_next_run(make_tenants
     this run or the next, never recorded as already published."""
     env = make_tenants(providers=50)
     tenant, ns = env.tenant, env.tenant.namespace
-    real = assets.extract_parquet  # the provider extract (care_site's is read whole: small)
+    real = source_snapshot.extract_provider  # the provider extract (care_site's is read whole: small)
     extracted = []
 
-    def extract_after_a_concurrent_write(tenant_, table, schema, path):
+    def extract_after_a_concurrent_write(tenant_, lakehouse_, scratch, **kwargs):
         CHANGES["update"](pg, None, tenant_)
-        extracted.append(table)
-        return real(tenant_, table, schema, path)
+        extracted.append("provider")
+        return real(tenant_, lakehouse_, scratch, **kwargs)
 
-    monkeypatch.setattr(assets, "extract_parquet", extract_after_a_concurrent_write)
+    monkeypatch.setattr(source_snapshot, "extract_provider", extract_after_a_concurrent_write)
     assert not _skipped(run_tenant(env, tenant, instance))
     assert extracted == ["provider"]  # the write landed between the fingerprint and the extract
     monkeypatch.undo()

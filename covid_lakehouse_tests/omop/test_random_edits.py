@@ -3,7 +3,12 @@ landing files new, replaced under the same key or deleted; several at once, or n
 round the daily gate and the run skip exactly when nothing changed, and what the run published
 equals a full refresh (every column but the load timestamps support.OUTPUTS names). A round whose
 edits leave the content as it was (an update to the same value) must skip. Real PostgreSQL, S3 and
-Iceberg; the edits are drawn from a seeded generator, so a failure replays."""
+Iceberg; the edits are drawn from a seeded generator, so a failure replays.
+
+Every run after the first extracts the provider source incrementally (source_snapshot.py: the rounds
+change a few of 120 rows): the harness asserts it did, and that it fetched exactly the rows whose
+extracted values are new or changed (an update to the same values is not fetched) and dropped the
+deleted ones, so an incremental run is compared with a full refresh in every changed round."""
 
 from __future__ import annotations
 
@@ -18,17 +23,27 @@ from psycopg import sql
 from covid_lakehouse.defs.omop import gate
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY
 from covid_lakehouse.defs.omop.landing import list_landing
+from covid_lakehouse.defs.omop.source_snapshot import MAX_CHANGED_SHARE
 from covid_lakehouse_dev.seeds.omop import CARE_SITES, FIRST_NAMES, LAST_NAMES, SPECIALTIES
 from covid_lakehouse_tests.omop.support import (
     FULL_REFRESH,
     SAMPLE_CSV,
     drop_file,
     flush_stats,
+    provider_metadata,
     published,
     run_tenant,
+    source_changes,
+    source_rows,
 )
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def incremental_on(monkeypatch):
+    """The incremental extract on whatever the deployment's default (OMOP_INCREMENTAL_EXTRACT_MAX_SHARE)."""
+    monkeypatch.setenv(MAX_CHANGED_SHARE.name, "0.25")
 
 SAMPLE_KEY = "d0/sample.csv"
 SITE_NAMES = [name for name, _ in CARE_SITES] + ["Unknown Clinic", " metro  med ", "N/A"]
@@ -95,6 +110,14 @@ class Editor:
         self._provider("UPDATE {t} SET provider_name = provider_name WHERE provider_id = %s", (provider_id,))
         return f"update {provider_id} to the same values"
 
+    def null_update(self) -> str:
+        """A value to NULL, or between NULL and '' (row text tells them apart: the extract must too)."""
+        provider_id = self.rng.choice(_ids(self.pg, self.tenant))
+        column = self.rng.choice(["specialty", "care_site", "provider_source_value", "specialty_source_value"])
+        self._provider(f"UPDATE {{t}} SET {column} = CASE WHEN {column} IS NULL THEN '' "
+                       f"WHEN {column} = '' THEN NULL ELSE NULL END WHERE provider_id = %s", (provider_id,))
+        return f"update {provider_id}.{column} to NULL or between NULL and ''"
+
     def delete(self) -> str:
         provider_id = self.rng.choice(_ids(self.pg, self.tenant))
         self._provider("DELETE FROM {t} WHERE provider_id = %s", (provider_id,))
@@ -157,7 +180,7 @@ class Editor:
         return f"delete file {key}"
 
     def kinds(self) -> dict:
-        return {"insert": self.insert, "update": self.update, "delete": self.delete,
+        return {"insert": self.insert, "update": self.update, "delete": self.delete, "null update": self.null_update,
                 "insert+delete": self.insert_and_delete, "same-value update": self.same_value_update,
                 "care site": self.care_site, "new file": self.new_file, "replace file": self.replace_file,
                 "delete file": self.delete_file}
@@ -207,7 +230,7 @@ def test_random_edits_run_exactly_when_the_sources_changed_and_equal_a_full_refr
     editor = Editor(random.Random(seed), pg, s3, tenant)
     history, verdicts = [], {"changed": 0, "unchanged": 0}
     for number, kinds in enumerate(editor.schedule(compound=3, empty=1)):
-        before = _content(pg, s3, tenant)
+        before, rows_before = _content(pg, s3, tenant), source_rows(pg, tenant)
         edits = editor.apply(kinds)
         changed = _content(pg, s3, tenant) != before
         verdicts["changed" if changed else "unchanged"] += 1
@@ -224,8 +247,13 @@ def test_random_edits_run_exactly_when_the_sources_changed_and_equal_a_full_refr
         ran = run_tenant(env, tenant, instance)
         assert _published_anything(ran) is changed, f"the run {'skipped' if changed else 'published'}\n{replay}"
         if changed:
+            extracted, expected = provider_metadata(ran), source_changes(rows_before, source_rows(pg, tenant))
+            assert extracted["extract_mode"] == "incremental", f"{extracted['extract_full_reason']}\n{replay}"
+            assert (extracted["source_rows_fetched"], extracted["source_rows_deleted"]) == expected, \
+                f"fetched, deleted {extracted}, changed {expected}\n{replay}"
             after = published(lakehouse, ns)
-            assert run_tenant(env, tenant, instance, run_config=FULL_REFRESH).success
+            full = run_tenant(env, tenant, instance, run_config=FULL_REFRESH)
+            assert full.success and provider_metadata(full)["extract_mode"] == "full"
             assert published(lakehouse, ns) == after, f"the run differs from a full refresh\n{replay}"
             assert not _published_anything(run_tenant(env, tenant, instance)), f"the rerun was not skipped\n{replay}"
         again = gate.evaluate(instance, tenant, s3.get_client(), lakehouse)

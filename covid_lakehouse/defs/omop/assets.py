@@ -10,13 +10,11 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
-from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.defs.omop import source_snapshot, tables
 from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, provider_audits
 from covid_lakehouse.defs.omop.extract import (
     CARE_SITE_SOURCE,
-    PROVIDER_SOURCE,
     extract,
-    extract_parquet,
     source_label,
 )
 from covid_lakehouse.defs.omop.fingerprint import Fingerprint, fingerprint
@@ -72,7 +70,8 @@ NO_CHANGE_KEYS = (LANDING_KEY, PROVIDER_KEY)
 source_database = dg.AssetSpec(
     SOURCE_DB_KEY, group_name=GROUP, kinds={"postgres"},
     description="Each tenant's provider and care_site tables in its own PostgreSQL (the system of record), "
-                "read in full with COPY TO on every run; the DSN comes from the environment variable the "
+                "read with COPY TO (provider: only new and changed rows, by row hashes per provider_id, when "
+                "the tenant's source_row snapshot can be trusted; care_site in full); the DSN comes from the environment variable the "
                 "tenants file names.",
 )
 client_files = dg.AssetSpec(
@@ -173,13 +172,28 @@ def _latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, part
     return records[0] if records else None
 
 
+def _gate_metadata(context: dg.AssetExecutionContext, tenant: Tenant) -> dict | None:
+    """The metadata of this run's gate (omop/landing_files); None when the gate was not part of this
+    run (a subset run or a re-execution)."""
+    record = _latest_materialization(context.instance, LANDING_KEY, tenant.name)
+    if record is None or record.run_id != context.run_id:
+        return None
+    return record.asset_materialization.metadata
+
+
+def _full_refresh(context: dg.AssetExecutionContext, tenant: Tenant) -> bool:
+    """Whether this run's config asked for a full refresh (then the extract is a full one too)."""
+    metadata = _gate_metadata(context, tenant)
+    flag = metadata.get("full_refresh") if metadata is not None else None
+    return bool(flag is not None and flag.value)
+
+
 def _recorded_fingerprint(context: dg.AssetExecutionContext, tenant: Tenant) -> tuple[str | None, str | None]:
     """The fingerprint and signal this run's gate computed before any extract; None when the gate was
     not part of this run (a subset run or a re-execution): the next run then cannot skip."""
-    record = _latest_materialization(context.instance, LANDING_KEY, tenant.name)
-    if record is None or record.run_id != context.run_id:
+    metadata = _gate_metadata(context, tenant)
+    if metadata is None:
         return None, None
-    metadata = record.asset_materialization.metadata
     digest, signal = metadata.get("source_fingerprint"), metadata.get("source_signal")
     return (digest.value if digest is not None else None,
             signal.value if signal is not None and signal.value != "none" else None)
@@ -243,7 +257,10 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
     # The extract streams into a parquet file DuckDB scans: the source never sits in Python memory.
     with tempfile.TemporaryDirectory(prefix="omop-provider-") as scratch, \
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="omop-read") as pool:
-        source = pool.submit(extract_parquet, tenant, "provider", PROVIDER_SOURCE, Path(scratch) / "provider.parquet")
+        # Incremental when the tenant's source snapshot can be trusted: only new and changed rows cross
+        # the network (source_snapshot.py); the file is the whole source either way.
+        source = pool.submit(source_snapshot.extract_provider, tenant, lakehouse, Path(scratch) / "source",
+                             full_refresh=_full_refresh(context, tenant))
         # The tenant-sized state tables (the whole landing history, id map, previous provenance) as copies
         # of their parquet files that DuckDB scans (and spills from): read into Arrow, a rerun's memory
         # grew with the tenant. The small ones are read whole.
@@ -258,15 +275,20 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
             inputs = {name: future.result() for name, future in state.items()}
         except MaterializeRefused as err:  # the table's layout, not a passing fault: a retry would meet it again
             raise dg.Failure(description=f"tenant '{tenant.name}': {err}", allow_retries=False) from err
-        source, processed, care_sites = source.result(), processed.result(), care_sites.result()
+        extracted, processed, care_sites = source.result(), processed.result(), care_sites.result()
+        context.log.info("tenant %s: %s", tenant.name, extracted.describe())
+        # The extract is the next run's snapshot: committed while the transform runs (a cache of source
+        # rows with their hashes, never of what was published: see source_snapshot.py).
+        snapshot_write = pool.submit(source_snapshot.store, lakehouse, ns, extracted)
         # Every output streams into a parquet file in the scratch directory, then from there to S3.
         outputs = Path(scratch) / "outputs"
         outputs.mkdir()
-        build = build_providers(source=source, source_object=source_label(tenant, "provider"),
+        build = build_providers(source=extracted.path, source_object=source_label(tenant, "provider"),
                                 processed_files=processed, specialties=load_specialty_map(), now=utc_now(),
                                 care_sites=care_sites, out_dir=outputs, **inputs)
         shutil.rmtree(state_dir, ignore_errors=True)  # not needed past the build: free the disk for the publish
         pool.shutdown()
+        snapshot_write.result()
         counts, files, rows = build.counts, build.files, build.rows
         context.log.info("tenant %s: %s", tenant.name, counts)
         # ids reserved before publishing
@@ -293,7 +315,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         "source_unchanged": counts.source_unchanged, "source_deleted": counts.source_deleted,
         "files_this_run": counts.run_files, "file_rows_read": counts.run_file_rows_read,
         "file_rows_new": counts.run_file_rows_new, "file_rows_merged": counts.run_file_rows_merged,
-        "file_rows_quarantined": counts.run_file_rows_quarantined,
+        "file_rows_quarantined": counts.run_file_rows_quarantined, **extracted.metadata(),
         **lakehouse.snapshot_metadata(ns, tables.T_PROVIDER),
     })
     yield dg.MaterializeResult(asset_key=PROVENANCE_KEY, metadata={"dagster/row_count": rows[PROVENANCE]})

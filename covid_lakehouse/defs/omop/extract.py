@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -87,8 +87,16 @@ def extract(tenant: Tenant, table: str, schema: pa.Schema) -> pa.Table:
 
 def extract_parquet(tenant: Tenant, table: str, schema: pa.Schema, path: Path, *, block_size: int = 4 << 20) -> Path:
     """Like :func:`extract`, but into the parquet file ``path``, one CSV block at a time: memory stays
-    one block however large the table (DuckDB then reads the file, see build_providers). Small blocks:
-    with 16 MB ones the peak still grew from 2M to 8M rows (measured), with 4 MB it stays flat.
+    one block however large the table (DuckDB then reads the file, see build_providers)."""
+    return csv_to_parquet(lambda sink: _copy_into(tenant, table, schema, sink), schema, path, block_size=block_size,
+                          name=f"omop-copy-{table}")
+
+
+def csv_to_parquet(produce: Callable[[IO[bytes]], None], schema: pa.Schema, path: Path, *,
+                   block_size: int = 4 << 20, name: str = "omop-copy") -> Path:
+    """The CSV that ``produce`` writes (one or more COPY TO in the dialect of copy_out_sql) parsed into
+    the parquet file ``path`` of ``schema``, one block at a time. Small blocks: with 16 MB ones the
+    peak still grew from 2M to 8M rows (measured), with 4 MB it stays flat.
 
     The COPY streams through a pipe into the parser (a thread each): the CSV is parsed while the
     database still sends it, instead of after (the COPY and the parse took about as long each). The
@@ -100,11 +108,11 @@ def extract_parquet(tenant: Tenant, table: str, schema: pa.Schema, path: Path, *
     def copy_out() -> None:
         try:
             with os.fdopen(write_fd, "wb", buffering=1 << 20) as sink:
-                _copy_into(tenant, table, schema, sink)
+                produce(sink)
         except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
             failure.append(err)
 
-    copier = threading.Thread(target=copy_out, name=f"omop-copy-{table}", daemon=True)
+    copier = threading.Thread(target=copy_out, name=name, daemon=True)
     copier.start()
     parse_error: BaseException | None = None
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from covid_lakehouse.defs.omop.extract import PROVIDER_SOURCE
+
 TS = pa.timestamp("us", tz="UTC")
 
 # OMOP CDM 5.4 provider, plus the seed's provider_type_concept_id.
@@ -126,12 +128,17 @@ RUN_LOG = pa.schema([
     # The cheap signal read before that fingerprint (fingerprint.py); NULL: the next run hashes the tables.
     ("source_signal", pa.string()),
 ])
+# The provider source rows the last extract read, as extracted, each with the 64-bit hash PostgreSQL
+# computed of it (source_snapshot.py): what the next run's incremental extract reuses unchanged rows from.
+SOURCE_ROW_HASH = "source_row_hash"
+SOURCE_ROW = pa.schema([*PROVIDER_SOURCE, (SOURCE_ROW_HASH, pa.int64())])
 
 # Table names inside omop_<tenant>.
 T_PROVIDER, T_CARE_SITE, T_PROVENANCE, T_QUARANTINE, T_FLAG = (
     "provider", "care_site", "provider_provenance", "quarantine", "provider_flag")
 T_LANDING_FILE, T_LANDING_ROW = "landing_file", "landing_row"
 T_PROVIDER_ID_MAP, T_CARE_SITE_ID_MAP, T_RUN_LOG = "provider_id_map", "care_site_id_map", "run_log"
+T_SOURCE_ROW = "source_row"
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

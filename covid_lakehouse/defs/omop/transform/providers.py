@@ -38,6 +38,7 @@ from covid_lakehouse.defs.omop.transform.session import (
     IdLookup,
     connect,
     parquet_writer,
+    quoted,
     register_state,
     write_parquet,
 )
@@ -87,7 +88,10 @@ def build_providers(
         if isinstance(source, Path):
             # The extract as a parquet file: DuckDB scans it (and spills what it builds from it), so the
             # source never sits in Python memory however large the tenant.
-            con.read_parquet(str(source)).create_view("source")
+            relation = con.read_parquet(str(source))
+            # The extract carries each row's source hash (source_snapshot.py): not a source column.
+            relation.project(", ".join(quoted(c) for c in relation.columns if c != tables.SOURCE_ROW_HASH)
+                             ).create_view("source")
         else:
             con.register("source", source)
         for name, data, schema in [("landing_rows", landing_rows, tables.LANDING_ROW),
