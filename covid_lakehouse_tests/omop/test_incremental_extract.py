@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(autouse=True)
 def incremental_on(monkeypatch):
-    """The incremental extract on whatever the deployment's default (OMOP_INCREMENTAL_EXTRACT_MAX_SHARE)."""
+    """The incremental extract on (OMOP_INCREMENTAL_EXTRACT_MAX_SHARE; off by default), as a deployment
+    with remote sources sets it."""
     monkeypatch.setenv(MAX_CHANGED_SHARE.name, "0.25")
 
 

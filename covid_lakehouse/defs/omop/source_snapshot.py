@@ -58,8 +58,9 @@ IDENTITY_PROPERTY = "omop.source-row-identity"
 MAX_CHANGED_SHARE = setting(
     "OMOP_INCREMENTAL_EXTRACT_MAX_SHARE", "the share (0 to 1) of a tenant's provider rows new or changed above which "
     "its extract is one full COPY rather than a listing of row hashes plus the changed rows; 0: always the plain full "
-    "COPY, no row hashes and no snapshot kept (where the source database is as near as the lakehouse, the hash listing "
-    "costs about what a full COPY does)", default="0.25", scope="omop")
+    "COPY, no row hashes and no snapshot kept (the default: where the source database is as near as the lakehouse, "
+    "hashing every row costs about what a full COPY does; 0.25 for sources across a network, where only the change "
+    "then crosses it)", default="0", scope="omop")
 # provider_ids per fetching COPY (bounds the statement's size).
 ID_BATCH = 50_000
 TABLE = "provider"
