@@ -273,9 +273,10 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         processed = pool.submit(processed_files, lakehouse, ns)
         try:
             inputs = {name: future.result() for name, future in state.items()}
+            extracted = source.result()  # it materializes the source_row snapshot
         except MaterializeRefused as err:  # the table's layout, not a passing fault: a retry would meet it again
             raise dg.Failure(description=f"tenant '{tenant.name}': {err}", allow_retries=False) from err
-        extracted, processed, care_sites = source.result(), processed.result(), care_sites.result()
+        processed, care_sites = processed.result(), care_sites.result()
         context.log.info("tenant %s: %s", tenant.name, extracted.describe())
         # The extract is the next run's snapshot: committed while the transform runs (a cache of source
         # rows with their hashes, never of what was published: see source_snapshot.py).

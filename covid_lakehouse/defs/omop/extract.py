@@ -51,6 +51,15 @@ def source_errors(tenant: Tenant, table: str) -> Iterator[None]:
         ) from err
 
 
+def lock_for_read(conn: psycopg.Connection, schema: str, table: str) -> None:
+    """Take ``table``'s ACCESS SHARE lock (what a SELECT takes anyway) as the transaction's first
+    statement, before any snapshot: TRUNCATE is not MVCC-safe, so a statement whose snapshot predates a
+    concurrent TRUNCATE + reload (it then waits for the lock and reads on) sees the table EMPTY, and
+    the run would publish every row as deleted. Waiting here instead, the next statement's snapshot
+    sees the reload."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(table_ident(schema, table)))
+
+
 def _copy_into(tenant: Tenant, table: str, schema: pa.Schema, sink: IO[bytes]) -> None:
     """COPY ``table`` (the columns of ``schema``) out of the tenant's source database as CSV into ``sink``."""
     target = table_ident(tenant.source_schema, table)
@@ -58,9 +67,11 @@ def _copy_into(tenant: Tenant, table: str, schema: pa.Schema, sink: IO[bytes]) -
     with source_errors(tenant, table), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
                                                        application_name="covid_lakehouse_omop_extract") as conn:
         conn.read_only = True
-        with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
-            for chunk in copy:
-                sink.write(chunk)
+        with conn.transaction():  # READ COMMITTED: the COPY's snapshot is taken after the lock
+            lock_for_read(conn, tenant.source_schema, table)
+            with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
+                for chunk in copy:
+                    sink.write(chunk)
 
 
 @contextmanager

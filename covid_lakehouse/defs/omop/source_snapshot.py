@@ -43,7 +43,13 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.extract import PROVIDER_SOURCE, csv_to_parquet, extract_parquet, source_errors
+from covid_lakehouse.defs.omop.extract import (
+    PROVIDER_SOURCE,
+    csv_to_parquet,
+    extract_parquet,
+    lock_for_read,
+    source_errors,
+)
 from covid_lakehouse.defs.omop.tenants import Tenant
 from covid_lakehouse.defs.omop.transform.session import connect, quoted, scalar
 from covid_lakehouse.lib.lakehouse import LakehouseResource
@@ -119,25 +125,53 @@ def _copy(conn: psycopg.Connection, query: sql.Composable, sink: IO[bytes], para
             sink.write(chunk)
 
 
+def source_columns(conn: psycopg.Connection, tenant: Tenant) -> dict[str, str]:
+    """The extracted columns' types in the source (name -> type with its modifier)."""
+    return dict(conn.execute(_COLUMNS, (tenant.source_schema, TABLE, PROVIDER_SOURCE.names)).fetchall())
+
+
 def identity(conn: psycopg.Connection, tenant: Tenant) -> str:
     """What a snapshot's rows and hashes depend on besides the data: a snapshot of another identity
     is not trusted (a column retyped prints its values differently, another server version may
     hash differently, another parse schema reads the CSV differently)."""
-    columns = conn.execute(_COLUMNS, (tenant.source_schema, TABLE, PROVIDER_SOURCE.names)).fetchall()
+    columns = sorted(source_columns(conn, tenant).items())
     server = conn.execute("select current_setting('server_version_num')::int / 10000").fetchone()[0]
     parts = {"version": VERSION, "columns": [list(c) for c in columns], "server_major": server,
              "parse_schema": str(tables.SOURCE_ROW)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+# Types whose values the fetch's ``provider_id = any(%s::bigint[])`` can match (another type, say text
+# holding digits, extracts in full: it parses as a number, but the comparison would fail).
+INTEGER_ID_TYPES = ("smallint", "integer", "bigint")
+# Whether provider_id leads a valid index: then the fetch looks ids up a batch at a time, else each
+# batch would scan the whole table, and all of them go in one statement (one scan, the ids hashed).
+_ID_INDEXED = """
+select exists (
+    select 1 from pg_index i join pg_class c on c.oid = i.indrelid join pg_namespace n on n.oid = c.relnamespace
+    join pg_attribute a on a.attrelid = c.oid and a.attnum = i.indkey[0]
+    where n.nspname = %s and c.relname = %s and a.attname = %s and i.indisvalid)
+"""
+
+
+def fetch_batch_size(conn: psycopg.Connection, tenant: Tenant, wanted: int) -> int:
+    """provider_ids per fetching COPY: ID_BATCH where an index finds them, else all ``wanted`` at once."""
+    indexed = conn.execute(_ID_INDEXED, (tenant.source_schema, TABLE, ID)).fetchone()[0]
+    return ID_BATCH if indexed else max(wanted, 1)
+
+
 @contextmanager
 def _source_snapshot(tenant: Tenant) -> Iterator[psycopg.Connection]:
-    """One read-only REPEATABLE READ transaction: every statement of the extract sees one snapshot."""
+    """One read-only REPEATABLE READ transaction: every statement of the extract sees one snapshot.
+    Its first statement locks the table (ACCESS SHARE, what a SELECT takes anyway) before the snapshot
+    is taken: TRUNCATE is not MVCC-safe, so a snapshot taken before a concurrent TRUNCATE + reload
+    commits would see the table empty, and the run would publish every provider as deleted."""
     with source_errors(tenant, TABLE), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
                                                        application_name="covid_lakehouse_omop_extract") as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
+            lock_for_read(conn, tenant.source_schema, TABLE)
             yield conn
 
 
@@ -172,6 +206,9 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
         return SourceExtract(path, "full", f"{MAX_CHANGED_SHARE.name}=0", "", rows, rows, 0, 0, True)
     target = table_ident(tenant.source_schema, TABLE)
     stored = None if full_refresh else stored_identity(lakehouse, tenant.namespace)
+    # Read from S3 before the source transaction opens: it holds no snapshot (nor lock) meanwhile.
+    snapshot_files = [] if stored is None else lakehouse.materialize(tenant.namespace, tables.T_SOURCE_ROW,
+                                                                      scratch / "snapshot")
     with _source_snapshot(tenant) as conn:
         current = identity(conn, tenant)
 
@@ -187,7 +224,9 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
             return full("no snapshot")
         if stored != current:
             return full("source columns, server version or snapshot version differ from the snapshot's")
-        snapshot_files = lakehouse.materialize(tenant.namespace, tables.T_SOURCE_ROW, scratch / "snapshot")
+        id_type = source_columns(conn, tenant).get(ID)
+        if id_type not in INTEGER_ID_TYPES:
+            return full(f"provider_id is {id_type}, not an integer: rows cannot be fetched by it")
         if not snapshot_files:  # an empty source last time: every row is new now
             return full("empty snapshot")
         hashes = scratch / "hashes.parquet"
@@ -215,9 +254,11 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
             query = sql.SQL("select {}, {} from {} where {} = any(%s::bigint[])").format(
                 _columns(), _hash(), target, sql.Identifier(ID))
 
+            batch = fetch_batch_size(conn, tenant, len(wanted))
+
             def fetch(sink: IO[bytes]) -> None:
-                for start in range(0, len(wanted), ID_BATCH):
-                    _copy(conn, query, sink, (wanted[start:start + ID_BATCH].tolist(),))
+                for start in range(0, len(wanted), batch):
+                    _copy(conn, query, sink, (wanted[start:start + batch].tolist(),))
 
             csv_to_parquet(fetch, tables.SOURCE_ROW, fetched, name="omop-copy-provider-changed")
             con.execute(f"""
@@ -227,7 +268,7 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
             written = pq.read_metadata(path).num_rows
             got = pq.read_metadata(fetched).num_rows
             if written != rows or got != len(wanted):  # one transaction: the listing and the fetch agree
-                raise RuntimeError(f"tenant {tenant.name!r}: incremental extract rebuilt {written} of {rows} row(s) "
+                raise RuntimeError(f"tenant {tenant.name!r}, source table {tenant.source_schema}.{TABLE}: incremental extract rebuilt {written} of {rows} row(s) "
                                    f"({got} of {len(wanted)} fetched)")
         finally:
             con.close()
