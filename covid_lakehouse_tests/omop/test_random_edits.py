@@ -8,7 +8,10 @@ Iceberg; the edits are drawn from a seeded generator, so a failure replays.
 Every run after the first extracts the provider source incrementally (source_snapshot.py: the rounds
 change a few of 120 rows): the harness asserts it did, and that it fetched exactly the rows whose
 extracted values are new or changed (an update to the same values is not fetched) and dropped the
-deleted ones, so an incremental run is compared with a full refresh in every changed round."""
+deleted ones; that the source it rebuilt (the snapshot it stored) equals a full extract; and, every
+other changed round, that what it published equals a full refresh run's. Only every other round: a
+full refresh stores a full extract as the snapshot, and the rounds in between must extract from a
+snapshot an incremental run rebuilt."""
 
 from __future__ import annotations
 
@@ -17,13 +20,14 @@ import io
 import json
 import random
 
+import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from covid_lakehouse.defs.omop import gate
+from covid_lakehouse.defs.omop import gate, tables
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY
 from covid_lakehouse.defs.omop.landing import list_landing
-from covid_lakehouse.defs.omop.source_snapshot import MAX_CHANGED_SHARE
+from covid_lakehouse.defs.omop.source_snapshot import MAX_CHANGED_SHARE, extract_provider
 from covid_lakehouse_dev.seeds.omop import CARE_SITES, FIRST_NAMES, LAST_NAMES, SPECIALTIES
 from covid_lakehouse_tests.omop.support import (
     FULL_REFRESH,
@@ -221,9 +225,13 @@ def _published_anything(result) -> bool:
                                                                                    PROVIDER_KEY})
 
 
+def _by_id(rows) -> list[dict]:
+    return sorted(rows.to_pylist(), key=lambda row: row["provider_id"])
+
+
 @pytest.mark.parametrize("seed", [2026])
 def test_random_edits_run_exactly_when_the_sources_changed_and_equal_a_full_refresh(
-        seed, make_tenants, s3, lakehouse, instance, pg):
+        seed, make_tenants, s3, lakehouse, instance, pg, tmp_path):
     env = make_tenants(providers=120, dirt_rate=0.1)
     tenant, ns = env.tenant, env.tenant.namespace
     drop_file(s3, tenant, SAMPLE_KEY, SAMPLE_CSV)
@@ -252,10 +260,18 @@ def test_random_edits_run_exactly_when_the_sources_changed_and_equal_a_full_refr
             assert extracted["extract_mode"] == "incremental", f"{extracted['extract_full_reason']}\n{replay}"
             assert (extracted["source_rows_fetched"], extracted["source_rows_deleted"]) == expected, \
                 f"fetched, deleted {extracted}, changed {expected}\n{replay}"
-            after = published(lakehouse, ns)
-            full = run_tenant(env, tenant, instance, run_config=FULL_REFRESH)
-            assert full.success and provider_metadata(full)["extract_mode"] == "full"
-            assert published(lakehouse, ns) == after, f"the run differs from a full refresh\n{replay}"
+            # The source the run rebuilt (stored as the next run's snapshot) is what a full extract reads.
+            rebuilt = lakehouse.read(ns, tables.T_SOURCE_ROW)
+            full_extract = extract_provider(tenant, lakehouse, tmp_path / f"round-{number}", full_refresh=True)
+            assert _by_id(rebuilt) == _by_id(pq.read_table(full_extract.path)), \
+                f"the rebuilt source differs from a full extract\n{replay}"
+            # A full refresh run stores a full extract as the snapshot: only every other round, so that the
+            # rounds in between extract from a snapshot an incremental run rebuilt.
+            if number % 2 == 0:
+                after = published(lakehouse, ns)
+                full = run_tenant(env, tenant, instance, run_config=FULL_REFRESH)
+                assert full.success and provider_metadata(full)["extract_mode"] == "full"
+                assert published(lakehouse, ns) == after, f"the run differs from a full refresh\n{replay}"
             assert not _published_anything(run_tenant(env, tenant, instance)), f"the rerun was not skipped\n{replay}"
         again = gate.evaluate(instance, tenant, s3.get_client(), lakehouse)
         assert again.unchanged, f"after the run the daily gate still says {again.reason!r}\n{replay}"
