@@ -6,7 +6,8 @@
   deleted;
 - a provider_id that is not an integer type extracts in full, with the reason (the fetch matches ids
   as bigint: it failed with an unnamed operator error on every run);
-- the fetch sends its ids in batches only where an index finds them (else one scan per batch)."""
+- the fetch sends its ids in batches only where an index finds them (else one scan per batch);
+- a snapshot another run of the tenant committed meanwhile is kept, and this run goes on."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
+from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.source_snapshot import (
     ID_BATCH,
     MAX_CHANGED_SHARE,
@@ -25,6 +27,7 @@ from covid_lakehouse.defs.omop.source_snapshot import (
     fetch_batch_size,
     store,
 )
+from covid_lakehouse.lib.lakehouse import LakehouseResource
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +100,32 @@ def test_ids_are_fetched_in_batches_only_where_an_index_finds_them(make_tenants,
         assert fetch_batch_size(conn, tenant, 120_000) == 120_000
         pg.execute(sql.SQL("CREATE INDEX ON {} (provider_name, provider_id)").format(_provider(tenant)))
         assert fetch_batch_size(conn, tenant, 120_000) == 120_000  # an index not led by provider_id finds none
+
+
+def test_a_snapshot_committed_meanwhile_by_another_run_is_kept_and_this_run_goes_on(
+        make_tenants, lakehouse, pg, tmp_path, monkeypatch):
+    """Two runs of a tenant at once (a manual run beside a scheduled one): the second snapshot commit
+    meets the first's. It used to fail the run (CommitFailedException) before anything was published."""
+    monkeypatch.setenv(MAX_CHANGED_SHARE.name, "0.25")
+    tenant = make_tenants(providers=30).tenant
+    store(lakehouse, tenant.namespace, extract_provider(tenant, lakehouse, tmp_path / "first"))
+    this_run = extract_provider(tenant, lakehouse, tmp_path / "this", full_refresh=True)
+    pg.execute(sql.SQL("UPDATE {} SET provider_name = 'Ada Byron' WHERE provider_id = 4").format(_provider(tenant)))
+    other_run = extract_provider(tenant, lakehouse, tmp_path / "other", full_refresh=True)
+    real = LakehouseResource.staging_filesystem
+    committed: list[bool] = []
+    started: list[bool] = []
+
+    def other_run_commits_first(self):
+        # while this run stages its file (its table already loaded), the other run commits its snapshot
+        if not started:
+            started.append(True)
+            committed.append(store(lakehouse, tenant.namespace, other_run))
+        return real(self)
+
+    monkeypatch.setattr(LakehouseResource, "staging_filesystem", other_run_commits_first)
+    assert store(lakehouse, tenant.namespace, this_run) is False
+    assert committed == [True]
+    monkeypatch.setattr(LakehouseResource, "staging_filesystem", real)
+    stored = lakehouse.read(tenant.namespace, tables.T_SOURCE_ROW)
+    assert stored.num_rows == 30 and "Ada Byron" in stored["provider_name"].to_pylist()  # the other run's

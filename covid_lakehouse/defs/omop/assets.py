@@ -289,7 +289,9 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
                                 care_sites=care_sites, out_dir=outputs, **inputs)
         shutil.rmtree(state_dir, ignore_errors=True)  # not needed past the build: free the disk for the publish
         pool.shutdown()
-        snapshot_write.result()
+        if not snapshot_write.result():
+            context.log.warning("tenant %s: another run stored the source_row snapshot meanwhile; it is kept (a "
+                                "cache of source rows either way)", tenant.name)
         counts, files, rows = build.counts, build.files, build.rows
         context.log.info("tenant %s: %s", tenant.name, counts)
         # ids reserved before publishing

@@ -276,15 +276,17 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
                          snapshot_current=not len(wanted) and not deleted, compressed=True)
 
 
-def store(lakehouse: LakehouseResource, namespace: str, extract: SourceExtract) -> None:
+def store(lakehouse: LakehouseResource, namespace: str, extract: SourceExtract) -> bool:
     """Commit the extract as the tenant's snapshot (one overwrite), unless it already is. Compressed
     first (the extract is written plain for the transform): a third of the bytes to upload now and to
-    read back next run, where the plain file's transfers cost more than the compression (measured)."""
+    read back next run, where the plain file's transfers cost more than the compression (measured).
+
+    False when another run of the tenant committed a snapshot meanwhile: that one is kept (a snapshot
+    is a cache of true source rows, whichever run read them), and this run goes on publishing."""
     if extract.snapshot_current:
-        return
+        return True
     if extract.compressed:  # DuckDB wrote it (incremental): compressed at once, on every core
-        _publish(lakehouse, namespace, extract.path, extract.identity)
-        return
+        return _publish(lakehouse, namespace, extract.path, extract.identity)
     packed = extract.path.with_name("snapshot.parquet")
     con = connect()
     try:
@@ -294,12 +296,20 @@ def store(lakehouse: LakehouseResource, namespace: str, extract: SourceExtract) 
     finally:
         con.close()
     try:
-        _publish(lakehouse, namespace, packed, extract.identity)
+        return _publish(lakehouse, namespace, packed, extract.identity)
     finally:
         packed.unlink(missing_ok=True)
 
 
-def _publish(lakehouse: LakehouseResource, namespace: str, path: Path, identity: str) -> None:
-    for _ in lakehouse.publish_files(namespace, tables.T_SOURCE_ROW, [path], tables.SOURCE_ROW,
-                                     snapshot_properties={IDENTITY_PROPERTY: identity}):
-        pass  # no audits: state, validated by the next run (identity, ids, counts)
+def _publish(lakehouse: LakehouseResource, namespace: str, path: Path, identity: str) -> bool:
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
+
+    try:
+        for _ in lakehouse.publish_files(namespace, tables.T_SOURCE_ROW, [path], tables.SOURCE_ROW,
+                                         snapshot_properties={IDENTITY_PROPERTY: identity}):
+            pass  # no audits: state, validated by the next run (identity, ids, counts)
+    # A concurrent run's snapshot won (pyiceberg retries the commit once the table moved, and its
+    # overwrite validation then refuses files another commit added): that one is as good as this one.
+    except (CommitFailedException, ValidationException):
+        return False
+    return True
