@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from covid_lakehouse.defs.omop.source_snapshot import MAX_CHANGED_SHARE
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
 from covid_lakehouse_dev.seeds.omop import seed_source
 from covid_lakehouse_tests.omop.support import OmopEnv, write_tenants
@@ -36,3 +37,10 @@ def make_tenants(services, tmp_path, pg) -> Iterator[Callable[..., OmopEnv]]:
     yield make
     for schema in schemas:
         pg.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def incremental_extract_on(monkeypatch) -> None:
+    """The incremental provider extract on (OMOP_INCREMENTAL_EXTRACT_MAX_SHARE, off by default), with
+    the share a deployment whose sources sit across a network sets."""
+    monkeypatch.setenv(MAX_CHANGED_SHARE.name, "0.25")

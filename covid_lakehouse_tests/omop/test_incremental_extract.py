@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from covid_lakehouse.defs.omop import assets, source_snapshot, tables
-from covid_lakehouse.defs.omop.source_snapshot import MAX_CHANGED_SHARE, extract_provider, store
+from covid_lakehouse.defs.omop.source_snapshot import extract_provider, store
 from covid_lakehouse.lib.settings import SettingError
 from covid_lakehouse_tests.omop.support import (
     FULL_REFRESH,
@@ -23,14 +23,8 @@ from covid_lakehouse_tests.omop.support import (
     source_rows,
 )
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def incremental_on(monkeypatch):
-    """The incremental extract on (OMOP_INCREMENTAL_EXTRACT_MAX_SHARE; off by default), as a deployment
-    with remote sources sets it."""
-    monkeypatch.setenv(MAX_CHANGED_SHARE.name, "0.25")
+# The incremental extract on (off by default), as a deployment with remote sources sets it.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("incremental_extract_on")]
 
 
 def _on_provider(pg, tenant, statement: str, params: tuple = ()) -> None:

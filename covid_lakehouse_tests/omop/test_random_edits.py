@@ -27,7 +27,7 @@ from psycopg import sql
 from covid_lakehouse.defs.omop import gate, tables
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY
 from covid_lakehouse.defs.omop.landing import list_landing
-from covid_lakehouse.defs.omop.source_snapshot import MAX_CHANGED_SHARE, extract_provider
+from covid_lakehouse.defs.omop.source_snapshot import extract_provider
 from covid_lakehouse_dev.seeds.omop import CARE_SITES, FIRST_NAMES, LAST_NAMES, SPECIALTIES
 from covid_lakehouse_tests.omop.support import (
     FULL_REFRESH,
@@ -41,14 +41,8 @@ from covid_lakehouse_tests.omop.support import (
     source_rows,
 )
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def incremental_on(monkeypatch):
-    """The incremental extract on (OMOP_INCREMENTAL_EXTRACT_MAX_SHARE; off by default), as a deployment
-    with remote sources sets it."""
-    monkeypatch.setenv(MAX_CHANGED_SHARE.name, "0.25")
+# The incremental extract on (off by default), as a deployment with remote sources sets it.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("incremental_extract_on")]
 
 SAMPLE_KEY = "d0/sample.csv"
 SITE_NAMES = [name for name, _ in CARE_SITES] + ["Unknown Clinic", " metro  med ", "N/A"]

@@ -181,20 +181,20 @@ def _gate_metadata(context: dg.AssetExecutionContext, tenant: Tenant) -> dict | 
     return record.asset_materialization.metadata
 
 
-def _full_refresh(context: dg.AssetExecutionContext, tenant: Tenant) -> bool:
-    """Whether this run's config asked for a full refresh (then the extract is a full one too)."""
-    metadata = _gate_metadata(context, tenant)
-    flag = metadata.get("full_refresh") if metadata is not None else None
+def _full_refresh(gate: dict | None) -> bool:
+    """Whether this run's config asked for a full refresh (then the extract is a full one too), from
+    its gate's metadata (_gate_metadata)."""
+    flag = gate.get("full_refresh") if gate is not None else None
     return bool(flag is not None and flag.value)
 
 
-def _recorded_fingerprint(context: dg.AssetExecutionContext, tenant: Tenant) -> tuple[str | None, str | None]:
-    """The fingerprint and signal this run's gate computed before any extract; None when the gate was
-    not part of this run (a subset run or a re-execution): the next run then cannot skip."""
-    metadata = _gate_metadata(context, tenant)
-    if metadata is None:
+def _recorded_fingerprint(gate: dict | None) -> tuple[str | None, str | None]:
+    """The fingerprint and signal this run's gate computed before any extract, from its metadata
+    (_gate_metadata); None when the gate was not part of this run (a subset run or a re-execution): the
+    next run then cannot skip."""
+    if gate is None:
         return None, None
-    digest, signal = metadata.get("source_fingerprint"), metadata.get("source_signal")
+    digest, signal = gate.get("source_fingerprint"), gate.get("source_signal")
     return (digest.value if digest is not None else None,
             signal.value if signal is not None and signal.value != "none" else None)
 
@@ -253,6 +253,7 @@ PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconcili
 def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
     ns = tenant.namespace
+    gate = _gate_metadata(context, tenant)  # one event-log read: the full_refresh flag and the fingerprint
     # The extract (database) and the state reads (S3) wait on different servers: run them side by side.
     # The extract streams into a parquet file DuckDB scans: the source never sits in Python memory.
     with tempfile.TemporaryDirectory(prefix="omop-provider-") as scratch, \
@@ -260,7 +261,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # Incremental when the tenant's source snapshot can be trusted: only new and changed rows cross
         # the network (source_snapshot.py); the file is the whole source either way.
         source = pool.submit(source_snapshot.extract_provider, tenant, lakehouse, Path(scratch) / "source",
-                             full_refresh=_full_refresh(context, tenant))
+                             full_refresh=_full_refresh(gate))
         # The tenant-sized state tables (the whole landing history, id map, previous provenance) as copies
         # of their parquet files that DuckDB scans (and spills from): read into Arrow, a rerun's memory
         # grew with the tenant. The small ones are read whole.
@@ -310,7 +311,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         quarantine_counts, flag_counts = build.quarantine_counts(), build.flag_counts()
     # The last write of a tenant run: the fingerprint counts as recorded only once everything committed.
     record_run(lakehouse, ns, tables.conform(
-        _run_log_row(context.run_id, build, *_recorded_fingerprint(context, tenant)), tables.RUN_LOG))
+        _run_log_row(context.run_id, build, *_recorded_fingerprint(gate)), tables.RUN_LOG))
     yield dg.MaterializeResult(asset_key=PROVIDER_KEY, metadata={
         "dagster/row_count": rows[PROVIDER],
         "dagster/column_schema": _column_schema(tables.PROVIDER),

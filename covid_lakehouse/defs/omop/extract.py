@@ -51,6 +51,13 @@ def source_errors(tenant: Tenant, table: str) -> Iterator[None]:
         ) from err
 
 
+def source_connection(tenant: Tenant) -> psycopg.Connection:
+    """A connection to the tenant's source database for an extract (read-only once its transaction opens)."""
+    conn = psycopg.connect(tenant.source_dsn(), connect_timeout=10, application_name="covid_lakehouse_omop_extract")
+    conn.read_only = True
+    return conn
+
+
 def lock_for_read(conn: psycopg.Connection, schema: str, table: str) -> None:
     """Take ``table``'s ACCESS SHARE lock (what a SELECT takes anyway) as the transaction's first
     statement, before any snapshot: TRUNCATE is not MVCC-safe, so a statement whose snapshot predates a
@@ -64,9 +71,7 @@ def _copy_into(tenant: Tenant, table: str, schema: pa.Schema, sink: IO[bytes]) -
     """COPY ``table`` (the columns of ``schema``) out of the tenant's source database as CSV into ``sink``."""
     target = table_ident(tenant.source_schema, table)
     columns = sql.SQL(", ").join(sql.Identifier(name) for name in schema.names)
-    with source_errors(tenant, table), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
-                                                       application_name="covid_lakehouse_omop_extract") as conn:
-        conn.read_only = True
+    with source_errors(tenant, table), source_connection(tenant) as conn:
         with conn.transaction():  # READ COMMITTED: the COPY's snapshot is taken after the lock
             lock_for_read(conn, tenant.source_schema, table)
             with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:

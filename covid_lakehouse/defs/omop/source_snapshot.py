@@ -48,6 +48,7 @@ from covid_lakehouse.defs.omop.extract import (
     csv_to_parquet,
     extract_parquet,
     lock_for_read,
+    source_connection,
     source_errors,
 )
 from covid_lakehouse.defs.omop.tenants import Tenant
@@ -130,11 +131,11 @@ def source_columns(conn: psycopg.Connection, tenant: Tenant) -> dict[str, str]:
     return dict(conn.execute(_COLUMNS, (tenant.source_schema, TABLE, PROVIDER_SOURCE.names)).fetchall())
 
 
-def identity(conn: psycopg.Connection, tenant: Tenant) -> str:
-    """What a snapshot's rows and hashes depend on besides the data: a snapshot of another identity
-    is not trusted (a column retyped prints its values differently, another server version may
-    hash differently, another parse schema reads the CSV differently)."""
-    columns = sorted(source_columns(conn, tenant).items())
+def identity(conn: psycopg.Connection, columns: dict[str, str]) -> str:
+    """What a snapshot's rows and hashes depend on besides the data (``columns``: source_columns): a
+    snapshot of another identity is not trusted (a column retyped prints its values differently,
+    another server version may hash differently, another parse schema reads the CSV differently)."""
+    columns = sorted(columns.items())
     server = conn.execute("select current_setting('server_version_num')::int / 10000").fetchone()[0]
     parts = {"version": VERSION, "columns": [list(c) for c in columns], "server_major": server,
              "parse_schema": str(tables.SOURCE_ROW)}
@@ -166,10 +167,8 @@ def _source_snapshot(tenant: Tenant) -> Iterator[psycopg.Connection]:
     Its first statement locks the table (ACCESS SHARE, what a SELECT takes anyway) before the snapshot
     is taken: TRUNCATE is not MVCC-safe, so a snapshot taken before a concurrent TRUNCATE + reload
     commits would see the table empty, and the run would publish every provider as deleted."""
-    with source_errors(tenant, TABLE), psycopg.connect(tenant.source_dsn(), connect_timeout=10,
-                                                       application_name="covid_lakehouse_omop_extract") as conn:
+    with source_errors(tenant, TABLE), source_connection(tenant) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
         with conn.transaction():
             lock_for_read(conn, tenant.source_schema, TABLE)
             yield conn
@@ -210,7 +209,8 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
     snapshot_files = [] if stored is None else lakehouse.materialize(tenant.namespace, tables.T_SOURCE_ROW,
                                                                       scratch / "snapshot")
     with _source_snapshot(tenant) as conn:
-        current = identity(conn, tenant)
+        columns = source_columns(conn, tenant)
+        current = identity(conn, columns)
 
         def full(reason: str) -> SourceExtract:
             query = sql.SQL("select {}, {} from {}").format(_columns(), _hash(), target)
@@ -224,7 +224,7 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
             return full("no snapshot")
         if stored != current:
             return full("source columns, server version or snapshot version differ from the snapshot's")
-        id_type = source_columns(conn, tenant).get(ID)
+        id_type = columns.get(ID)
         if id_type not in INTEGER_ID_TYPES:
             return full(f"provider_id is {id_type}, not an integer: rows cannot be fetched by it")
         if not snapshot_files:  # an empty source last time: every row is new now
