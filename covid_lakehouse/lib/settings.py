@@ -14,6 +14,7 @@ Kubernetes manifests, so one code path serves all three.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -79,6 +80,8 @@ class Setting:
             number = float(value)
         except ValueError:
             raise SettingError(f"{self.name}={value!r} is not a number: {self.doc}") from None
+        if not math.isfinite(number):  # float() reads 'nan' and 'inf', which pass any minimum or round() badly
+            raise SettingError(f"{self.name}={value!r} is not a finite number: {self.doc}")
         if minimum is not None and number < minimum:
             raise SettingError(f"{self.name} must be at least {minimum:g}, got {number:g}: {self.doc}")
         return number

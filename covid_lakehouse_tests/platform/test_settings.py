@@ -85,6 +85,10 @@ def test_a_missing_or_malformed_setting_names_its_variable(monkeypatch):
     monkeypatch.setenv(required.name, "0")
     with pytest.raises(SettingError, match="must be at least 1"):
         required.number(minimum=1)
+    for endless in ("nan", "inf", "-inf"):  # float() reads them; nan passes any minimum
+        monkeypatch.setenv(required.name, endless)
+        with pytest.raises(SettingError, match=f"COVID_LAKEHOUSE_TEST_REQUIRED='{endless}' is not a finite number"):
+            required.number(minimum=1)
     monkeypatch.setenv(required.name, " a, ,b ")
     assert required.values() == ["a", "b"]
 

@@ -19,7 +19,6 @@ carry their own version (``TableSpec.row_version``: RDS ``updated_at``) leave ou
 than the published one."""
 
 import logging
-import math
 import queue
 import threading
 import uuid
@@ -42,7 +41,7 @@ from covid_lakehouse.lib.postgres import (
     lock_holders,
     table_ident,
 )
-from covid_lakehouse.lib.settings import SettingError, setting
+from covid_lakehouse.lib.settings import setting
 from covid_lakehouse.lib.source_versions import SourceVersion, Superseded, claim
 from covid_lakehouse.lib.staging import claim_staging, sweep_staging
 from covid_lakehouse.lib.wap import Audit, AuditResult, BlockingAuditFailed, audit_or_raise, run_audits
@@ -71,11 +70,7 @@ def publish_lock_timeout_ms() -> int:
     """MARKETING_PUBLISH_LOCK_TIMEOUT_S in milliseconds (at least 1). A value that is no finite number of
     at least 0.001 is a SettingError naming the setting and the value: a step checks it as it starts, not
     at the merge, after the whole read."""
-    seconds = PUBLISH_LOCK_TIMEOUT_S.number(minimum=0.001)
-    if not math.isfinite(seconds):
-        raise SettingError(f"{PUBLISH_LOCK_TIMEOUT_S.name}={PUBLISH_LOCK_TIMEOUT_S.get()!r} is not a finite "
-                           f"number: {PUBLISH_LOCK_TIMEOUT_S.doc}")
-    return max(1, round(seconds * 1000))
+    return max(1, round(PUBLISH_LOCK_TIMEOUT_S.number(minimum=0.001) * 1000))
 
 
 def lock_for_publish(conn: psycopg.Connection, spec: TableSpec) -> None:
