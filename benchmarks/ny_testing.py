@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from benchmarks.common import reset_domain
-from benchmarks.harness import Scale, case, measure, result, timed
+from benchmarks.harness import Scale, alternately, case, measure, result, timed
 
 SCALES = (1, 10, 100)
 SMOKE_SCALES = (1, 2)  # of the probe body instead of the whole snapshot
@@ -236,8 +236,8 @@ def run(scale: Scale) -> list:
         repeat = scale.repeat(REPEAT.get(times, 1))
         for rerun in (False, True):
             label = f"ny_testing_{times}x_{'rerun' if rerun else 'first'}"
-            floor = measure("benchmarks.ny_testing", "floor", repeat=repeat, path=path, rerun=rerun)
-            dagster = measure("benchmarks.ny_testing", "dagster", repeat=repeat, path=path, rerun=rerun)
+            floor, dagster = alternately("benchmarks.ny_testing", "floor", "dagster", repeat=repeat, path=path,
+                                         rerun=rerun)
             results.append(result(label, dagster, floor, baseline, target_ratio=TARGET_RATIO.get(times)))
             over = dagster.peak_rss_mb - probe.peak_rss_mb
             limit = TARGET_RSS_OVER_PROBE_MB.get(times)

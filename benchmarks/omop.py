@@ -39,7 +39,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.harness import Measurement, Scale, best_of, case, measure, result, timed
+from benchmarks.harness import Measurement, Scale, alternate_runs, best_of, case, measure, result, timed
 
 PROVIDERS = 2_000_000
 LARGE_PROVIDERS = 8_000_000  # the memory point: a tenant 4x as large must not need more memory
@@ -507,10 +507,7 @@ def run(scale: Scale) -> list:
     baseline = measure("benchmarks.common", "empty_asset", repeat=scale.repeat(3))
 
     # (a) alternately, so that load from elsewhere on the machine weighs on floor and run alike
-    floors, firsts = [], []
-    for _ in range(scale.repeat(REPEAT)):
-        floors.append(measure("benchmarks.omop", "floor", repeat=1))
-        firsts.append(measure("benchmarks.omop", "dagster", repeat=1))
+    floors, firsts = alternate_runs("benchmarks.omop", "floor", "dagster", repeat=scale.repeat(REPEAT))
     floor, first = best_of(floors), best_of(firsts)
     rerun = measure("benchmarks.omop", "dagster_rerun", repeat=scale.repeat(2))
     # The daily run of the large tenant after a source change (once: the setup is a first run)
