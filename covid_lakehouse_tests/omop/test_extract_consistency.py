@@ -76,8 +76,8 @@ def test_a_truncate_and_reload_during_the_extract_is_read_reloaded_not_empty(mak
         assert (extracted.mode, extracted.fetched, extracted.deleted) == ("incremental", 1, 0), extracted.describe()
 
 
-def test_a_text_provider_id_extracts_in_full_with_the_reason(make_tenants, lakehouse, pg, tmp_path, monkeypatch):
-    monkeypatch.setenv(MAX_CHANGED_SHARE.name, "0.25")
+def test_a_text_provider_id_extracts_in_full_with_the_reason(make_tenants, lakehouse, pg, tmp_path,
+                                                            incremental_extract_on):
     tenant = make_tenants(providers=40).tenant
     pg.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN provider_id TYPE varchar").format(_provider(tenant)))
     # the retype itself: another identity, a full extract, whose snapshot then has the varchar identity
@@ -103,10 +103,9 @@ def test_ids_are_fetched_in_batches_only_where_an_index_finds_them(make_tenants,
 
 
 def test_a_snapshot_committed_meanwhile_by_another_run_is_kept_and_this_run_goes_on(
-        make_tenants, lakehouse, pg, tmp_path, monkeypatch):
+        make_tenants, lakehouse, pg, tmp_path, monkeypatch, incremental_extract_on):
     """Two runs of a tenant at once (a manual run beside a scheduled one): the second snapshot commit
     meets the first's. It used to fail the run (CommitFailedException) before anything was published."""
-    monkeypatch.setenv(MAX_CHANGED_SHARE.name, "0.25")
     tenant = make_tenants(providers=30).tenant
     store(lakehouse, tenant.namespace, extract_provider(tenant, lakehouse, tmp_path / "first"))
     this_run = extract_provider(tenant, lakehouse, tmp_path / "this", full_refresh=True)

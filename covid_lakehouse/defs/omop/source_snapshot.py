@@ -115,11 +115,6 @@ def _hash() -> sql.Composed:
     return sql.SQL("hashtextextended(row({})::text, 0)").format(_columns())
 
 
-def _literal(path: Path) -> str:
-    """A local path as a DuckDB string literal (COPY TO takes no parameter)."""
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def _copy(conn: psycopg.Connection, query: sql.Composable, sink: IO[bytes], params=None) -> None:
     with conn.cursor().copy(copy_out_sql(sql.SQL("({})").format(query)), params) as copy:
         for chunk in copy:
@@ -234,9 +229,9 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
             sql.Identifier(ID), _hash(), target), sink), ID_HASH, hashes, name="omop-copy-provider-hashes")
         con = connect()
         try:
-            con.execute(f"CREATE VIEW cur AS SELECT * FROM read_parquet({_literal(hashes)})")
+            con.read_parquet(str(hashes)).create_view("cur")
             names = ", ".join(quoted(name) for name in tables.SOURCE_ROW.names)
-            con.execute(f"CREATE VIEW snap AS SELECT {names} FROM read_parquet([{', '.join(map(_literal, snapshot_files))}])")
+            con.read_parquet([str(f) for f in snapshot_files]).select(names).create_view("snap")
             for side in ("cur", "snap"):
                 rows, ids, distinct = con.execute(
                     f"SELECT count(*), count({ID}), count(DISTINCT {ID}) FROM {side}").fetchone()
@@ -261,10 +256,9 @@ def extract_provider(tenant: Tenant, lakehouse: LakehouseResource, scratch: Path
                     _copy(conn, query, sink, (wanted[start:start + batch].tolist(),))
 
             csv_to_parquet(fetch, tables.SOURCE_ROW, fetched, name="omop-copy-provider-changed")
-            con.execute(f"""
-                COPY (SELECT s.* FROM snap s SEMI JOIN cur c ON c.{ID} = s.{ID} AND c.{HASH} = s.{HASH}
-                      UNION ALL SELECT {names} FROM read_parquet({_literal(fetched)}))
-                TO {_literal(path)} (FORMAT parquet, COMPRESSION zstd)""")
+            con.read_parquet(str(fetched)).select(names).create_view("fetched")
+            con.sql(f"SELECT s.* FROM snap s SEMI JOIN cur c ON c.{ID} = s.{ID} AND c.{HASH} = s.{HASH} "
+                    "UNION ALL SELECT * FROM fetched").write_parquet(str(path), compression="zstd")
             written = pq.read_metadata(path).num_rows
             got = pq.read_metadata(fetched).num_rows
             if written != rows or got != len(wanted):  # one transaction: the listing and the fetch agree
@@ -291,8 +285,7 @@ def store(lakehouse: LakehouseResource, namespace: str, extract: SourceExtract) 
     con = connect()
     try:
         con.execute("SET threads = 1")  # runs beside the transform: leave it the other cores
-        con.execute(f"COPY (SELECT * FROM read_parquet({_literal(extract.path)})) TO {_literal(packed)} "
-                    "(FORMAT parquet, COMPRESSION zstd)")
+        con.read_parquet(str(extract.path)).write_parquet(str(packed), compression="zstd")
     finally:
         con.close()
     try:
