@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from covid_lakehouse.defs.omop.tenants import Tenant
-from covid_lakehouse.lib.memory import release_freed_memory
+from covid_lakehouse.lib.memory import release_freed_memory, write_behind
 from covid_lakehouse.lib.postgres import copy_csv_options, copy_out_sql, table_ident
 
 CARE_SITE_SOURCE = pa.schema([
@@ -137,8 +137,10 @@ def csv_to_parquet(produce: Callable[[IO[bytes]], None], schema: pa.Schema, path
             # no byte at all is an empty table (the parser would refuse it as an "empty CSV file")
             if stream.peek(1):
                 try:
-                    for batch in pacsv.open_csv(stream, **copy_csv_options(schema, block_size=block_size)):
-                        writer.write_batch(batch)
+                    # the next block is parsed while the last one is written (write_behind)
+                    with write_behind(writer.write_batch) as write:
+                        for batch in pacsv.open_csv(stream, **copy_csv_options(schema, block_size=block_size)):
+                            write(batch)
                 except pa.ArrowInvalid as err:
                     parse_error = err
     finally:

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.lib.memory import write_behind
 from covid_lakehouse.lib.settings import SettingError, setting
 
 MEMORY_LIMIT = setting("OMOP_DUCKDB_MEMORY_LIMIT", "memory a tenant step's DuckDB session may use before it spills "
@@ -165,15 +166,19 @@ def write_parquet(con: duckdb.DuckDBPyConnection, query: str, schema: pa.Schema,
     writer = writer or parquet_writer(path, schema)
     rows = 0
     try:
-        for record_batch in reader:
-            table = pa.Table.from_batches([record_batch])
-            table = tables.conform(batch(table) if batch else table, schema)
-            writer.write_table(table)
-            rows += table.num_rows
+        # DuckDB computes the next batch while the previous one is encoded (write_behind)
+        with write_behind(writer.write_table) as write:
+            for record_batch in reader:
+                table = pa.Table.from_batches([record_batch])
+                table = tables.conform(batch(table) if batch else table, schema)
+                write(table)
+                rows += table.num_rows
     finally:
         if own:
             writer.close()
     return rows
+
+
 
 
 # The numpy fast paths below hold at most this many of a tenant's values at a time (8 bytes each; 16 for
