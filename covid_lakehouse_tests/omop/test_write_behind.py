@@ -1,7 +1,7 @@
 """The provider extract and the transform's outputs encode parquet in a thread of their own
 (lib/memory.py write_behind): the CSV parser, or DuckDB, makes the next batch while the last one is
 written, where one thread did each in turn. The files hold the same rows in the same order, and an
-error on either side surfaces."""
+error on either side surfaces. The extract's file dictionary-encodes the columns that repeat values."""
 
 from __future__ import annotations
 
@@ -110,3 +110,14 @@ def test_a_failed_producer_stops_the_writing_and_its_error_propagates():
         raise ValueError("bad row")
     assert written in ([], [0], [0, 1])  # in order; nothing after the failure
     assert not [t for t in threading.enumerate() if t.name == "write-behind"]  # its thread has ended
+
+
+def test_the_extract_dictionary_encodes_the_columns_that_repeat_values_only(tmp_path):
+    lines = [f'{i},"Name {i}",{1000000000 + i},Cardiology,Metro Med,P{i},Cardio,NPI\n' for i in range(5_000)]
+    path = csv_to_parquet(lambda sink: sink.write("".join(lines).encode()), PROVIDER_SOURCE, tmp_path / "p.parquet")
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encoded = {group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)}
+    dictionary = {name for name, encodings in encoded.items() if any("DICTIONARY" in e for e in encodings)}
+    # fewer bytes for DuckDB to scan; a unique column's dictionary would only be built to be dropped
+    assert dictionary == {"specialty", "care_site", "specialty_source_value", "provider_id_source_value"}
+    assert pq.read_table(path)["specialty"].to_pylist() == ["Cardiology"] * 5_000  # the same values
