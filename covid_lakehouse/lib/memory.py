@@ -75,13 +75,13 @@ def returning_memory_pool() -> Iterator[pa.MemoryPool]:
 
 
 # Batches a write_behind may hold beyond the one being written: a few MB, whatever the table's size.
-WRITE_BEHIND_DEPTH = 2
+WRITE_BEHIND_DEPTH = 1
 
 
 @contextmanager
 def write_behind(write: Callable[[object], None], depth: int = WRITE_BEHIND_DEPTH) -> Iterator[Callable[[object], None]]:
     """A function that hands each item to ``write`` in a thread of its own, in order, at most ``depth``
-    items waiting: the producer (a DuckDB query, the CSV parser) makes the next batch while the parquet
+    items waiting: the producer (the CSV parser of omop's extract) makes the next batch while the parquet
     writer encodes the last one (both release the GIL), where one thread did each in turn. On exit every
     item is written; the first error of ``write`` is raised (to the producer at its next item, or on
     exit), and an error of the producer stops the writing (what is left is dropped)."""

@@ -1,19 +1,16 @@
-"""The provider extract and the transform's outputs encode parquet in a thread of their own
-(lib/memory.py write_behind): the CSV parser, or DuckDB, makes the next batch while the last one is
-written, where one thread did each in turn. The files hold the same rows in the same order, and an
+"""The provider extract encodes parquet in a thread of its own (lib/memory.py write_behind): the CSV
+parser makes the next batch while the last one is written, where one thread did each in turn. The files hold the same rows in the same order, and an
 error on either side surfaces. The extract's file dictionary-encodes the columns that repeat values."""
 
 from __future__ import annotations
 
 import threading
 
-import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
 from covid_lakehouse.defs.omop.extract import PROVIDER_SOURCE, csv_to_parquet
-from covid_lakehouse.defs.omop.transform.session import BATCH_ROWS, connect, write_parquet
 from covid_lakehouse.lib.memory import write_behind
 
 GUARD = 60  # seconds: only bounds a wait on the code before, where the second batch never comes first
@@ -35,32 +32,6 @@ class Overlap:
     def writing(self) -> None:
         if self.seen is None:  # the first write waits for the second batch (never made meanwhile when serial)
             self.seen = self.second_made.wait(GUARD)
-
-
-def test_an_output_is_written_while_duckdb_makes_its_next_batch(tmp_path):
-    overlap = Overlap()
-    schema = pa.schema([("n", pa.int64())])
-
-    class Writer(pq.ParquetWriter):
-        def write_table(self, table, *args, **kwargs):
-            overlap.writing()
-            super().write_table(table, *args, **kwargs)
-
-    def batch(table):
-        overlap.produced()
-        return table
-
-    con = connect()
-    try:
-        path = tmp_path / "out.parquet"
-        with Writer(path, schema) as writer:
-            rows = write_parquet(con, f"SELECT range AS n FROM range({3 * BATCH_ROWS})", schema, None, batch=batch,
-                                 writer=writer)
-    finally:
-        con.close()
-    assert overlap.seen is True
-    assert rows == 3 * BATCH_ROWS
-    assert pq.read_table(path)["n"].to_pylist() == list(range(3 * BATCH_ROWS))  # every batch, in order
 
 
 def test_the_extract_parses_its_next_block_while_the_last_is_written(tmp_path, monkeypatch):

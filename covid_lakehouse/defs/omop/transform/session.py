@@ -16,7 +16,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.lib.memory import write_behind
 from covid_lakehouse.lib.settings import SettingError, setting
 
 MEMORY_LIMIT = setting("OMOP_DUCKDB_MEMORY_LIMIT", "memory a tenant step's DuckDB session may use before it spills "
@@ -166,19 +165,18 @@ def write_parquet(con: duckdb.DuckDBPyConnection, query: str, schema: pa.Schema,
     writer = writer or parquet_writer(path, schema)
     rows = 0
     try:
-        # DuckDB computes the next batch while the previous one is encoded (write_behind)
-        with write_behind(writer.write_table) as write:
-            for record_batch in reader:
-                table = pa.Table.from_batches([record_batch])
-                table = tables.conform(batch(table) if batch else table, schema)
-                write(table)
-                rows += table.num_rows
+        # Written in this thread, not behind it (lib/memory.py write_behind): DuckDB's next batch would be
+        # made meanwhile, but the batches and the writer thread's buffers raised the step's peak (DuckDB's
+        # session, now) by 20-35 MB at 2,000,000 providers (measured).
+        for record_batch in reader:
+            table = pa.Table.from_batches([record_batch])
+            table = tables.conform(batch(table) if batch else table, schema)
+            writer.write_table(table)
+            rows += table.num_rows
     finally:
         if own:
             writer.close()
     return rows
-
-
 
 
 # The numpy fast paths below hold at most this many of a tenant's values at a time (8 bytes each; 16 for
