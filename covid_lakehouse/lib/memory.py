@@ -18,13 +18,18 @@ dataset scans): peak ~460 MB. Arrow C++ internals that take the C++ default pool
 parquet decompression) keep the pool chosen when pyarrow loaded; with ARROW_DEFAULT_MEMORY_POOL=jemalloc
 in the process environment as well the peak was ~400 MB. The pool is process-wide in pyarrow, so the
 previous one is restored when the block ends (buffers allocated meanwhile are freed to the pool they came
-from). Without jemalloc (a pyarrow built without it) the block keeps the default pool."""
+from). Without jemalloc (a pyarrow built without it) the block keeps the default pool.
+
+``write_behind`` (while a stream of batches is written): the writer encodes one batch in a thread of its
+own while the producer makes the next, holding at most a few batches, so streaming stays bounded."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pyarrow as pa
@@ -67,3 +72,50 @@ def returning_memory_pool() -> Iterator[pa.MemoryPool]:
     finally:
         pa.set_memory_pool(previous)
         previous.release_unused()
+
+
+# Batches a write_behind may hold beyond the one being written: a few MB, whatever the table's size.
+WRITE_BEHIND_DEPTH = 1
+
+
+@contextmanager
+def write_behind(write: Callable[[object], None], depth: int = WRITE_BEHIND_DEPTH) -> Iterator[Callable[[object], None]]:
+    """A function that hands each item to ``write`` in a thread of its own, in order, at most ``depth``
+    items waiting: the producer (the CSV parser of omop's extract) makes the next batch while the parquet
+    writer encodes the last one (both release the GIL), where one thread did each in turn. On exit every
+    item is written; the first error of ``write`` is raised (to the producer at its next item, or on
+    exit), and an error of the producer stops the writing (what is left is dropped)."""
+    pending: queue.Queue = queue.Queue(maxsize=depth)
+    failure: list[BaseException] = []
+    done = object()
+
+    def drain() -> None:
+        while (item := pending.get()) is not done:
+            if not failure:  # after a failure: keep taking items, so that the producer never blocks
+                try:
+                    write(item)
+                except BaseException as err:  # noqa: BLE001 - raised in the producer's thread
+                    failure.append(err)
+
+    writer = threading.Thread(target=drain, name="write-behind", daemon=True)
+    writer.start()
+
+    def submit(item: object) -> None:
+        if failure:
+            raise failure[0]
+        pending.put(item)
+
+    try:
+        yield submit
+    except BaseException:
+        failure.append(_Stopped())  # the writer drops what is still queued
+        raise
+    finally:
+        pending.put(done)
+        writer.join()
+    if failure:
+        raise failure[0]
+
+
+class _Stopped(Exception):
+    """The producer failed: its queued items are not written."""

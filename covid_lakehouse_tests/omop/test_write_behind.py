@@ -1,0 +1,94 @@
+"""The provider extract encodes parquet in a thread of its own (lib/memory.py write_behind): the CSV
+parser makes the next batch while the last one is written, where one thread did each in turn. The files hold the same rows in the same order, and an
+error on either side surfaces. The extract's file dictionary-encodes the columns that repeat values."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from covid_lakehouse.defs.omop.extract import PROVIDER_SOURCE, csv_to_parquet
+from covid_lakehouse.lib.memory import write_behind
+
+GUARD = 60  # seconds: only bounds a wait on the code before, where the second batch never comes first
+
+
+class Overlap:
+    """Tells whether the producer made its second batch while the writer still held the first."""
+
+    def __init__(self):
+        self.second_made = threading.Event()
+        self.made = 0
+        self.seen: bool | None = None
+
+    def produced(self) -> None:
+        self.made += 1
+        if self.made == 2:
+            self.second_made.set()
+
+    def writing(self) -> None:
+        if self.seen is None:  # the first write waits for the second batch (never made meanwhile when serial)
+            self.seen = self.second_made.wait(GUARD)
+
+
+def test_the_extract_parses_its_next_block_while_the_last_is_written(tmp_path, monkeypatch):
+    overlap = Overlap()
+    open_csv = pacsv.open_csv
+
+    def counting_reader(*args, **kwargs):
+        for batch in open_csv(*args, **kwargs):
+            overlap.produced()
+            yield batch
+
+    class Writer(pq.ParquetWriter):
+        def write_batch(self, batch, *args, **kwargs):
+            overlap.writing()
+            super().write_batch(batch, *args, **kwargs)
+
+    monkeypatch.setattr(pacsv, "open_csv", counting_reader)
+    monkeypatch.setattr(pq, "ParquetWriter", Writer)
+    lines = [f'{i},"Name {i}",{1000000000 + i},Cardiology,Metro Med,P{i},Cardiology,NPI\n' for i in range(20_000)]
+    path = csv_to_parquet(lambda sink: sink.write("".join(lines).encode()), PROVIDER_SOURCE, tmp_path / "p.parquet",
+                          block_size=64 << 10)
+    assert overlap.seen is True
+    written = pq.read_table(path)
+    assert written.schema == PROVIDER_SOURCE and written["provider_id"].to_pylist() == list(range(20_000))
+    assert written["provider_name"][19_999].as_py() == "Name 19999"
+
+
+def test_a_failed_write_reaches_the_producer_and_the_producer_never_blocks():
+    written = []
+
+    def write(item):
+        if item == 3:
+            raise OSError("disk full")
+        written.append(item)
+
+    with pytest.raises(OSError, match="disk full"), write_behind(write, depth=1) as submit:
+        for item in range(1_000):  # far more than the queue holds: it must keep draining
+            submit(item)
+    assert written == [0, 1, 2]
+
+
+def test_a_failed_producer_stops_the_writing_and_its_error_propagates():
+    written = []
+    with pytest.raises(ValueError, match="bad row"), write_behind(written.append, depth=2) as submit:
+        submit(0)
+        submit(1)
+        raise ValueError("bad row")
+    assert written in ([], [0], [0, 1])  # in order; nothing after the failure
+    assert not [t for t in threading.enumerate() if t.name == "write-behind"]  # its thread has ended
+
+
+def test_the_extract_dictionary_encodes_the_columns_that_repeat_values_only(tmp_path):
+    lines = [f'{i},"Name {i}",{1000000000 + i},Cardiology,Metro Med,P{i},Cardio,NPI\n' for i in range(5_000)]
+    path = csv_to_parquet(lambda sink: sink.write("".join(lines).encode()), PROVIDER_SOURCE, tmp_path / "p.parquet")
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encoded = {group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)}
+    dictionary = {name for name, encodings in encoded.items() if any("DICTIONARY" in e for e in encodings)}
+    # fewer bytes for DuckDB to scan; a unique column's dictionary would only be built to be dropped
+    assert dictionary == {"specialty", "care_site", "specialty_source_value", "provider_id_source_value"}
+    assert pq.read_table(path)["specialty"].to_pylist() == ["Cardiology"] * 5_000  # the same values
