@@ -30,7 +30,8 @@ def test_a_tenant_run_publishes_omop_tables_and_reruns_keep_ids(make_tenants, s3
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
     assert checks == {"care_site_id_unique": True, "care_site_name_not_null": True, "provider_id_unique": True,
                       "provider_name_not_null": True, "care_site_fk_resolves": True, "counts_reconcile": True,
-                      "npi_check_digit": False, "specialty_mapped_share": True}  # the sample's NPIs fail: WARN
+                      "source_deletions_bounded": True, "npi_check_digit": False,
+                      "specialty_mapped_share": True}  # the sample's NPIs fail: WARN
     meta = _metadata(first, PROVIDER_KEY)
     assert (meta["file_rows_read"], meta["file_rows_new"], meta["file_rows_merged"],
             meta["file_rows_quarantined"]) == (15, 6, 8, 1)
@@ -87,8 +88,8 @@ def test_an_unbalanced_count_blocks_publication_and_keeps_every_published_table(
                  for t in (tables.T_PROVIDER, tables.T_PROVENANCE, tables.T_QUARANTINE, tables.T_FLAG)}
     # As if a join had duplicated a provider row: the counts no longer balance.
     real = assets.provider_audits
-    monkeypatch.setattr(assets, "provider_audits", lambda counts, ids, flags: real(
-        dataclasses.replace(counts, providers=counts.providers + 1), ids, flags))
+    monkeypatch.setattr(assets, "provider_audits", lambda counts, ids, flags, **kwargs: real(
+        dataclasses.replace(counts, providers=counts.providers + 1), ids, flags, **kwargs))
     result = run_tenant(env, tenant, instance, raise_on_error=False, run_config=FULL_REFRESH)
     assert not result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}

@@ -97,6 +97,8 @@ def _tenant(tenants: TenantsResource, name: str) -> Tenant:
 
 class TenantRunConfig(dg.Config):
     full_refresh: bool = False  # run the tenant even if its sources' fingerprint is the recorded one
+    # publish even when most source providers are gone (checks.MAX_DELETED_SHARE): an operator's confirmation
+    allow_mass_deletion: bool = False
 
 
 @dg.asset(
@@ -134,7 +136,7 @@ def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3
         "new_files": report.files, "rows_read": report.rows, "malformed_rows": report.malformed_rows,
         "rejected_files": ", ".join(report.rejected_files) or "none",
         "landing": f"s3://{tenant.landing_bucket}/{tenant.prefix}", "full_refresh": config.full_refresh,
-        **sources.summary(),
+        "allow_mass_deletion": config.allow_mass_deletion, **sources.summary(),
     })
 
 
@@ -181,10 +183,10 @@ def _gate_metadata(context: dg.AssetExecutionContext, tenant: Tenant) -> dict | 
     return record.asset_materialization.metadata
 
 
-def _full_refresh(gate: dict | None) -> bool:
-    """Whether this run's config asked for a full refresh (then the extract is a full one too), from
-    its gate's metadata (_gate_metadata)."""
-    flag = gate.get("full_refresh") if gate is not None else None
+def _gate_flag(gate: dict | None, name: str) -> bool:
+    """A flag of this run's config (TenantRunConfig), from its gate's metadata (_gate_metadata); False
+    when the gate was not part of this run: a confirmation is given by a new run of the tenant."""
+    flag = gate.get(name) if gate is not None else None
     return bool(flag is not None and flag.value)
 
 
@@ -253,7 +255,7 @@ PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconcili
 def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
     ns = tenant.namespace
-    gate = _gate_metadata(context, tenant)  # one event-log read: the full_refresh flag and the fingerprint
+    gate = _gate_metadata(context, tenant)  # one event-log read: the config flags and the fingerprint
     # The extract (database) and the state reads (S3) wait on different servers: run them side by side.
     # The extract streams into a parquet file DuckDB scans: the source never sits in Python memory.
     with tempfile.TemporaryDirectory(prefix="omop-provider-") as scratch, \
@@ -261,7 +263,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # Incremental when the tenant's source snapshot can be trusted: only new and changed rows cross
         # the network (source_snapshot.py); the file is the whole source either way.
         source = pool.submit(source_snapshot.extract_provider, tenant, lakehouse, Path(scratch) / "source",
-                             full_refresh=_full_refresh(gate))
+                             full_refresh=_gate_flag(gate, "full_refresh"))
         # The tenant-sized state tables (the whole landing history, id map, previous provenance) as copies
         # of their parquet files that DuckDB scans (and spills from): read into Arrow, a rerun's memory
         # grew with the tenant. The small ones are read whole.
@@ -297,7 +299,8 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         context.log.info("tenant %s: %s", tenant.name, counts)
         # ids reserved before publishing
         append_files(lakehouse, ns, tables.T_PROVIDER_ID_MAP, files[ID_MAP_ADDITIONS], tables.ID_MAP)
-        audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), [files[FLAGS]])
+        audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), [files[FLAGS]],
+                                 allow_mass_deletion=_gate_flag(gate, "allow_mass_deletion"))
         yield from lakehouse.publish_files(ns, tables.T_PROVIDER, [files[PROVIDER]], tables.PROVIDER, audits=audits,
                                            asset_key=PROVIDER_KEY)
         # The provider snapshot is published; its companions follow, side by side (a failure here is

@@ -13,10 +13,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from covid_lakehouse.defs.omop.transform import Reconciliation, connect
+from covid_lakehouse.lib.settings import SettingError, setting
 from covid_lakehouse.lib.wap import Audit, AuditResult
 
 # Below this share of providers with a mapped specialty, the mapping table probably lacks a label.
 MIN_MAPPED_SPECIALTY_SHARE = 0.95
+# A source read empty or mostly empty (a table emptied by mistake, a reload half done, the wrong schema)
+# would publish its providers as deleted: above this share the publication waits for an operator.
+MAX_DELETED_SHARE = setting(
+    "OMOP_MAX_DELETED_SHARE", "the share (0 to 1) of the source providers a tenant's last run published above which a "
+    "run that finds them gone from the source is stopped before publishing (blocking check "
+    "source_deletions_bounded); a run launched with config allow_mass_deletion: true publishes them as deleted; 1: "
+    "never stopped", default="0.5", scope="omop")
+
+
+def max_deleted_share() -> float:
+    share = MAX_DELETED_SHARE.number(minimum=0)
+    if share > 1:
+        raise SettingError(f"{MAX_DELETED_SHARE.name} must be at most 1, got {share:g}: {MAX_DELETED_SHARE.doc}")
+    return share
 
 
 # What an audit reports, whether its figures come from an Arrow table or from the staged files' scan.
@@ -130,6 +145,28 @@ def _reconciles(counts: Reconciliation):
     return audit
 
 
+def _deletions_bounded(counts: Reconciliation, allow_mass_deletion: bool):
+    """Blocking when more than MAX_DELETED_SHARE of the source rows the last run saw are gone now
+    (``allow_mass_deletion``: the run's config confirmed it). The share is read at audit time, so a
+    malformed setting fails this audit, naming it, rather than the whole step."""
+    def audit(_) -> AuditResult:
+        limit = max_deleted_share()
+        before = counts.source_deleted + counts.source_changed + counts.source_unchanged
+        share = counts.source_deleted / before if before else 0.0
+        figures = {"deleted": counts.source_deleted, "previous_source_rows": before, "share": round(share, 4),
+                   "max_share": limit, "allow_mass_deletion": allow_mass_deletion}
+        if share <= limit or allow_mass_deletion:
+            confirmed = " (confirmed by the run's allow_mass_deletion)" if share > limit else ""
+            return AuditResult(True, f"{counts.source_deleted:,} of {before:,} source providers the last run saw are "
+                                     f"gone from the source ({share:.1%}; limit {limit:.0%}){confirmed}", figures)
+        return AuditResult(False, (
+            f"{counts.source_deleted:,} of {before:,} source providers the last run saw ({share:.1%}) are gone from "
+            f"the source, over {MAX_DELETED_SHARE.name}={limit:g}: nothing published. If the source is right, run "
+            "the tenant again with config allow_mass_deletion: true (omop/landing_files); if it was emptied or "
+            "loaded only in part, restore it and run again"), figures)
+    return audit
+
+
 def _npi_check_digit(staged: _StagedProviders):
     """Reports the transform's npi_check_digit flags, which it computed on exactly these providers."""
     def audit(files: Sequence[Path]) -> AuditResult:
@@ -154,9 +191,10 @@ def _specialty_share(staged: _StagedProviders):
     return audit
 
 
-def provider_audits(counts: Reconciliation, care_site_ids: Collection[int], flag_files: Sequence[Path]) -> list[Audit]:
+def provider_audits(counts: Reconciliation, care_site_ids: Collection[int], flag_files: Sequence[Path],
+                    allow_mass_deletion: bool = False) -> list[Audit]:
     """Audits of the staged provider parquet files (the transform's ``flag_files`` for the check digit),
-    all answered by one scan of them."""
+    all answered by one scan of them, and of the run's reconciled counts."""
     staged = _StagedProviders(care_site_ids, flag_files)
     return [
         Audit("provider_id_unique", lambda files: _unique_result(
@@ -167,6 +205,9 @@ def provider_audits(counts: Reconciliation, care_site_ids: Collection[int], flag
         Audit("care_site_fk_resolves", _care_site_fk(staged), description="every care_site_id is a published care_site"),
         Audit("counts_reconcile", _reconciles(counts),
               description="rows read = new + merged + quarantined, for the source and the files"),
+        Audit("source_deletions_bounded", _deletions_bounded(counts, allow_mass_deletion),
+              description="a run that finds most of the source providers gone (over OMOP_MAX_DELETED_SHARE of those "
+                          "the last run saw) publishes them as deleted only when its config allows it"),
         Audit("npi_check_digit", _npi_check_digit(staged), blocking=False,
               description="NPIs pass the Luhn check digit (failures are kept and flagged)"),
         Audit("specialty_mapped_share", _specialty_share(staged), blocking=False,
