@@ -17,6 +17,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 from pyiceberg.io.pyarrow import parquet_file_to_data_file
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
 from pyiceberg.table.update.snapshot import ManageSnapshots
 
 from covid_lakehouse.defs.ads.archive.state import BATCH_PROPERTY, Batch, Hook, batch_tag
@@ -45,13 +47,10 @@ def write_batch(conn: psycopg.Connection, lakehouse: LakehouseResource, batch: B
     attempt = uuid.uuid4().hex[:8]
     data_files = []
     for chunk in _planned_rows(conn, batch.batch_id, chunk_rows):
-        for day, rows in _split_by_day(_with_batch_columns(chunk, batch)):
-            path = f"{table.location()}/data/shown_date={day}/{batch.batch_id}-{attempt}-{len(data_files):05d}.parquet"
-            with table.io.new_output(path).create(overwrite=True) as stream:
-                pq.write_table(rows, stream, compression="zstd")
-            # Reads the footer back: the file landed, and Iceberg gets its statistics and partition.
-            data_files.append(parquet_file_to_data_file(table.io, table.metadata, path))
+        data_files += _write_chunk(table, batch, chunk, f"{batch.batch_id}-{attempt}", len(data_files))
         hook("chunk_written")
+        # Dropped before the next chunk is read: the loop variable would keep this one alive meanwhile.
+        del chunk
     if not data_files:
         return
     with table.transaction() as tx:
@@ -66,14 +65,33 @@ def write_batch(conn: psycopg.Connection, lakehouse: LakehouseResource, batch: B
              len(data_files))
 
 
+def _write_chunk(table: Table, batch: Batch, chunk: pa.Table, prefix: str, first: int) -> list[DataFile]:
+    """One parquet file per shown date of ``chunk``; their Iceberg data files (not committed yet)."""
+    data_files = []
+    for day, rows in _split_by_day(_with_batch_columns(chunk, batch)):
+        path = f"{table.location()}/data/shown_date={day}/{prefix}-{first + len(data_files):05d}.parquet"
+        with table.io.new_output(path).create(overwrite=True) as stream:
+            pq.write_table(rows, stream, compression="zstd")
+        # Reads the footer back: the file landed, and Iceberg gets its statistics and partition.
+        data_files.append(parquet_file_to_data_file(table.io, table.metadata, path))
+    return data_files
+
+
 def _split_by_day(rows: pa.Table) -> Iterator[tuple[date, pa.Table]]:
     """(shown_date, rows of that date): a data file must hold one partition. A chunk of a one-day group
-    is sorted already; one spanning several days is copied into date order."""
+    is sorted already (slices, no copy); of one spanning several days only one day at a time is copied
+    (taking the whole chunk into date order held a second copy of the chunk while its files were written)."""
     days = rows["shown_date"]
     if len(days) > 1 and not pc.all(pc.less_equal(days.slice(0, len(days) - 1), days.slice(1))).as_py():
-        rows = rows.take(pc.sort_indices(rows, [("shown_date", "ascending")]))
+        order = pc.sort_indices(days)
+        start = 0
+        for item in pc.value_counts(days).sort("ascending", by="values"):
+            count = item["counts"].as_py()
+            yield item["values"].as_py(), rows.take(order.slice(start, count))
+            start += count
+        return
     start = 0
-    for item in pc.value_counts(rows["shown_date"]):
+    for item in pc.value_counts(days):
         count = item["counts"].as_py()
         yield item["values"].as_py(), rows.slice(start, count)
         start += count
@@ -141,9 +159,12 @@ def _copy_chunks(conn: psycopg.Connection, query: sql.Composable, params: tuple,
             rows += batch.num_rows
             while rows >= chunk_rows:
                 table = pa.Table.from_batches(buffered)
-                yield table.slice(0, chunk_rows)
-                rest = table.slice(chunk_rows)
-                buffered, rows = rest.to_batches(), rest.num_rows
+                buffered, rows = table.slice(chunk_rows).to_batches(), rows - chunk_rows
+                # No local names the chunk while the generator waits at the yield: once the caller is
+                # done with it, it is freed before the next chunk is read (not one chunk later).
+                ready = [table.slice(0, chunk_rows)]
+                del table
+                yield ready.pop()
         if rows:
             yield pa.Table.from_batches(buffered, schema=reader.schema)
 

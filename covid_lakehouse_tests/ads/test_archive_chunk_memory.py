@@ -1,0 +1,49 @@
+"""The archive's write holds one chunk at a time: when a chunk's files are written, neither the previous
+chunk nor a second, date-ordered copy of this one is still allocated (the write used to copy a chunk
+spanning several days whole into date order, and kept that copy and the chunk alive while it read the
+next one)."""
+
+from datetime import timedelta
+
+import pyarrow as pa
+import pytest
+
+from covid_lakehouse.defs.ads.archive import archive_old_rows
+from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
+from covid_lakehouse.defs.ads.warehouse import ensure_tables
+from covid_lakehouse_tests.ads.support import NOW
+
+pytestmark = pytest.mark.integration
+
+DAYS = 12
+ROWS_PER_DAY = 20_000
+CHUNK_ROWS = 6 * ROWS_PER_DAY  # a group of six days, each chunk interleaving them (no ORDER BY)
+READAHEAD_BYTES = 32 * (256 << 10)  # the CSV reader's blocks read ahead of the parser, at most
+
+
+def test_the_write_holds_one_chunk_at_a_time(ads_clean, pg, warehouse, lakehouse):
+    ensure_tables(pg)
+    # Days interleaved row by row, so every chunk spans six shown dates in no date order.
+    pg.execute(
+        "INSERT INTO ads.ads SELECT gen_random_uuid(), 'marketing', 500 + i %% 500, (500 + i %% 500)::text, "
+        "'manual', i %% 2 = 0, %s::timestamptz - make_interval(days => 1 + i %% %s, secs => i %% 3600), "
+        "'backup/date=2024-01-01/test.json', %s, nextval('ads.ads_row_version') FROM generate_series(1, %s) i",
+        (NOW, DAYS, NOW, DAYS * ROWS_PER_DAY))
+    allocated: dict[str, list[int]] = {"planned": [], "chunk_written": []}
+
+    def hook(step: str) -> None:
+        if step in allocated:
+            allocated[step].append(pa.total_allocated_bytes())
+
+    [report] = archive_old_rows(warehouse, lakehouse, retention=timedelta(hours=12), now=NOW,
+                                chunk_rows=CHUNK_ROWS, hook=hook)
+    assert report.archived_rows == report.deleted_rows == DAYS * ROWS_PER_DAY
+    assert len(allocated["chunk_written"]) == DAYS * ROWS_PER_DAY // CHUNK_ROWS
+
+    # One chunk as Arrow holds it (the archived columns without the two the batch adds).
+    archived = lakehouse.load_table(ARCHIVE_NAMESPACE, ARCHIVE_TABLE).scan(limit=CHUNK_ROWS).to_arrow()
+    chunk_bytes = archived.drop_columns(["batch_id", "archived_at"]).nbytes
+    [before_write] = allocated["planned"]
+    held = max(allocated["chunk_written"]) - before_write
+    # The chunk itself (and a rest of the reader's blocks); the date-ordered copy alone was another chunk.
+    assert held <= 1.6 * chunk_bytes + READAHEAD_BYTES, (held, chunk_bytes)
