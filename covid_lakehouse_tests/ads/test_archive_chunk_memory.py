@@ -3,17 +3,17 @@ chunk nor a second, date-ordered copy of this one is still allocated (the write 
 spanning several days whole into date order, and kept that copy and the chunk alive while it read the
 next one)."""
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from covid_lakehouse.defs.ads.archive import archive_old_rows
+from covid_lakehouse.defs.ads.archive.write import split_by_day
 from covid_lakehouse.defs.ads.settings import ARCHIVE_NAMESPACE, ARCHIVE_TABLE
 from covid_lakehouse.defs.ads.warehouse import ensure_tables
 from covid_lakehouse_tests.ads.support import NOW
-
-pytestmark = pytest.mark.integration
 
 DAYS = 12
 ROWS_PER_DAY = 20_000
@@ -21,6 +21,7 @@ CHUNK_ROWS = 6 * ROWS_PER_DAY  # a group of six days, each chunk interleaving th
 READAHEAD_BYTES = 32 * (256 << 10)  # the CSV reader's blocks read ahead of the parser, at most
 
 
+@pytest.mark.integration
 def test_the_write_holds_one_chunk_at_a_time(ads_clean, pg, warehouse, lakehouse):
     ensure_tables(pg)
     # Days interleaved row by row, so every chunk spans six shown dates in no date order.
@@ -47,3 +48,20 @@ def test_the_write_holds_one_chunk_at_a_time(ads_clean, pg, warehouse, lakehouse
     held = max(allocated["chunk_written"]) - before_write
     # The chunk itself (and a rest of the reader's blocks); the date-ordered copy alone was another chunk.
     assert held <= 1.6 * chunk_bytes + READAHEAD_BYTES, (held, chunk_bytes)
+
+
+def test_a_chunk_spanning_several_days_is_split_into_each_day_in_its_order_without_a_whole_copy():
+    """What the write holds as it writes a day's file: that day's rows, not a date-ordered copy of the
+    whole chunk (a slice of such a copy reports the copy's buffers)."""
+    first = date(2024, 1, 1)
+    batches = [pa.record_batch({"shown_date": [first + timedelta(days=(b * 2_000 + i) % 6) for i in range(2_000)],
+                                "ad_id": [f"ad-{b}-{i}" for i in range(2_000)]}) for b in range(30)]
+    chunk = pa.Table.from_batches(batches)  # 60,000 rows in 30 pieces, the six days interleaved
+    parts = list(split_by_day(chunk))
+    assert [day for day, _ in parts] == [first + timedelta(days=d) for d in range(6)]
+    # each day's rows in their order in the chunk: the chunk's stable sort by date
+    assert pa.concat_tables([rows for _, rows in parts]).equals(chunk.take(pc.sort_indices(chunk["shown_date"])))
+    for day, rows in parts:
+        assert rows.num_rows == 10_000
+        assert rows.get_total_buffer_size() <= 1.05 * rows.nbytes + 4096, (day, rows.get_total_buffer_size(),
+                                                                            rows.nbytes)

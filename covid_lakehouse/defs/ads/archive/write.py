@@ -68,7 +68,7 @@ def write_batch(conn: psycopg.Connection, lakehouse: LakehouseResource, batch: B
 def _write_chunk(table: Table, batch: Batch, chunk: pa.Table, prefix: str, first: int) -> list[DataFile]:
     """One parquet file per shown date of ``chunk``; their Iceberg data files (not committed yet)."""
     data_files = []
-    for day, rows in _split_by_day(_with_batch_columns(chunk, batch)):
+    for day, rows in split_by_day(_with_batch_columns(chunk, batch)):
         path = f"{table.location()}/data/shown_date={day}/{prefix}-{first + len(data_files):05d}.parquet"
         with table.io.new_output(path).create(overwrite=True) as stream:
             pq.write_table(rows, stream, compression="zstd")
@@ -77,18 +77,15 @@ def _write_chunk(table: Table, batch: Batch, chunk: pa.Table, prefix: str, first
     return data_files
 
 
-def _split_by_day(rows: pa.Table) -> Iterator[tuple[date, pa.Table]]:
-    """(shown_date, rows of that date): a data file must hold one partition. A chunk of a one-day group
-    is sorted already (slices, no copy); of one spanning several days only one day at a time is copied
-    (taking the whole chunk into date order held a second copy of the chunk while its files were written)."""
+def split_by_day(rows: pa.Table) -> Iterator[tuple[date, pa.Table]]:
+    """(shown_date, rows of that date, in their order): a data file must hold one partition. A chunk of a
+    one-day group is sorted already (slices, no copy); of one spanning several days only one day at a time
+    is copied, by a filter (taking the whole chunk into date order held a second copy of the chunk while its
+    files were written, and a take of one day's indices first joins each column's pieces whole)."""
     days = rows["shown_date"]
     if len(days) > 1 and not pc.all(pc.less_equal(days.slice(0, len(days) - 1), days.slice(1))).as_py():
-        order = pc.sort_indices(days)
-        start = 0
-        for item in pc.value_counts(days).sort("ascending", by="values"):
-            count = item["counts"].as_py()
-            yield item["values"].as_py(), rows.take(order.slice(start, count))
-            start += count
+        for day in pc.unique(days).sort():
+            yield day.as_py(), rows.filter(pc.equal(days, day))
         return
     start = 0
     for item in pc.value_counts(days):
