@@ -85,6 +85,8 @@ def write_behind(write: Callable[[object], None], depth: int = WRITE_BEHIND_DEPT
     writer encodes the last one (both release the GIL), where one thread did each in turn. On exit every
     item is written; the first error of ``write`` is raised (to the producer at its next item, or on
     exit), and an error of the producer stops the writing (what is left is dropped)."""
+    if depth < 1:  # Queue(maxsize=0) is unbounded: the producer would never wait
+        raise ValueError(f"write_behind depth must be at least 1, got {depth}")
     pending: queue.Queue = queue.Queue(maxsize=depth)
     failure: list[BaseException] = []
     done = object()
@@ -96,6 +98,7 @@ def write_behind(write: Callable[[object], None], depth: int = WRITE_BEHIND_DEPT
                     write(item)
                 except BaseException as err:  # noqa: BLE001 - raised in the producer's thread
                     failure.append(err)
+            del item  # not held while waiting for the next one
 
     writer = threading.Thread(target=drain, name="write-behind", daemon=True)
     writer.start()
@@ -107,7 +110,9 @@ def write_behind(write: Callable[[object], None], depth: int = WRITE_BEHIND_DEPT
 
     try:
         yield submit
-    except BaseException:
+    except BaseException as err:
+        if failure and failure[0] is not err:  # the writer failed first (a full disk): said beside the producer's error
+            err.add_note(f"write_behind: the writer had failed before: {failure[0]!r}")
         failure.append(_Stopped())  # the writer drops what is still queued
         raise
     finally:

@@ -83,6 +83,28 @@ def test_a_failed_producer_stops_the_writing_and_its_error_propagates():
     assert not [t for t in threading.enumerate() if t.name == "write-behind"]  # its thread has ended
 
 
+def test_a_producer_failing_after_the_writer_reports_both_errors():
+    """A full disk on one block, then a parse error on the next: the parse error propagates, with the
+    writer's failure noted on it (it was lost)."""
+    def write(item):
+        raise OSError("disk full")
+
+    with pytest.raises(ValueError, match="bad row") as raised, write_behind(write, depth=1) as submit:
+        try:
+            # once the queue (depth 1) took item 2, the writer has taken item 1: item 0 has failed
+            for item in range(3):
+                submit(item)
+        except OSError:
+            pass  # or the failure reached the producer already
+        raise ValueError("bad row")
+    assert any("disk full" in note for note in raised.value.__notes__)
+
+
+def test_a_depth_below_one_is_refused_not_unbounded():
+    with pytest.raises(ValueError, match="depth must be at least 1, got 0"), write_behind(print, depth=0):
+        pass
+
+
 def test_the_extract_dictionary_encodes_the_columns_that_repeat_values_only(tmp_path):
     lines = [f'{i},"Name {i}",{1000000000 + i},Cardiology,Metro Med,P{i},Cardio,NPI\n' for i in range(5_000)]
     path = csv_to_parquet(lambda sink: sink.write("".join(lines).encode()), PROVIDER_SOURCE, tmp_path / "p.parquet")

@@ -141,7 +141,7 @@ def csv_to_parquet(produce: Callable[[IO[bytes]], None], schema: pa.Schema, path
     try:
         with os.fdopen(read_fd, "rb", buffering=1 << 16) as stream, \
                 pq.ParquetWriter(path, schema, compression="none",
-                                 use_dictionary=[name for name in schema.names if name in REPEATING]) as writer:
+                                 use_dictionary=[column for column in schema.names if column in REPEATING]) as writer:
             # no byte at all is an empty table (the parser would refuse it as an "empty CSV file")
             if stream.peek(1):
                 try:
