@@ -34,10 +34,12 @@ def test_a_source_emptied_by_mistake_publishes_nothing_until_a_run_allows_it(mak
     stopped = run_tenant(env, tenant, instance, raise_on_error=False)
     assert not stopped.success
     passed, figures = _check(stopped)
-    assert not passed and figures["deleted"] == figures["previous_source_rows"] == 80 and figures["share"] == 1.0
+    published_before = before[tables.T_PROVIDER].num_rows  # no files: one provider per published source row
+    assert not passed and figures["deleted"] == figures["previously_published"] and figures["share"] == 1.0
+    assert figures["previously_published"] == published_before > 0
     message = stopped.failure_data_for_node("omop_provider").error.message
-    assert "80 of 80 source providers" in message and "allow_mass_deletion: true" in message
-    assert "nothing published" in message
+    assert f"{published_before} of the {published_before} source providers" in message
+    assert "allow_mass_deletion: true" in message and "not published" in message
     # every published table as it was, and no run recorded (the next run is not skipped)
     assert _snapshots(lakehouse, ns) == snapshots and published(lakehouse, ns) == before
 
@@ -46,33 +48,64 @@ def test_a_source_emptied_by_mistake_publishes_nothing_until_a_run_allows_it(mak
 
     confirmed = run_tenant(env, tenant, instance, run_config=ALLOW)
     assert confirmed.success and _check(confirmed)[0]
-    assert provider_metadata(confirmed)["source_deleted"] == 80
+    assert provider_metadata(confirmed)["source_deleted"] == 80  # the quarantined (nameless) ones too
     assert lakehouse.read(ns, tables.T_PROVIDER).num_rows == 0
     statuses = set(lakehouse.read(ns, tables.T_PROVENANCE)["status"].to_pylist())
     assert statuses == {"deleted"}
 
 
 def test_deletions_within_the_share_publish_and_report_it(make_tenants, lakehouse, instance, pg):
-    env = make_tenants(providers=80)
+    env = make_tenants(providers=80, dirt_rate=0)  # every row published
     tenant = env.tenant
     assert run_tenant(env, tenant, instance).success
     execute_on_provider(pg, tenant, "DELETE FROM {t} WHERE provider_id <= 40")  # half: the limit, not over it
     result = run_tenant(env, tenant, instance)
     passed, figures = _check(result)
-    assert passed and (figures["deleted"], figures["previous_source_rows"], figures["share"]) == (40, 80, 0.5)
+    assert passed and (figures["deleted"], figures["previously_published"], figures["share"]) == (40, 80, 0.5)
     assert provider_metadata(result)["source_deleted"] == 40
 
 
-def test_the_share_is_a_setting_and_a_bad_value_fails_the_check_naming_it(make_tenants, lakehouse, instance, pg,
+def test_the_share_is_of_the_providers_the_last_run_published_not_of_rows_that_came_back(
+        make_tenants, lakehouse, instance, pg):
+    """Rows deleted (confirmed) and later restored count as changed, not as published by the last run:
+    with them in the base, a run removing every live provider measured 10 of 100."""
+    env = make_tenants(providers=100, dirt_rate=0)
+    tenant = env.tenant
+    assert run_tenant(env, tenant, instance).success
+    execute_on_provider(pg, tenant, "CREATE TEMP TABLE backup AS SELECT * FROM {t} WHERE provider_id > 10")
+    execute_on_provider(pg, tenant, "DELETE FROM {t} WHERE provider_id > 10")
+    assert run_tenant(env, tenant, instance, run_config=ALLOW).success  # 90 gone, confirmed
+    execute_on_provider(pg, tenant, "INSERT INTO {t} SELECT * FROM backup; DROP TABLE backup")  # a stale backup
+    execute_on_provider(pg, tenant, "DELETE FROM {t} WHERE provider_id <= 10")  # and the 10 live ones gone
+    stopped = run_tenant(env, tenant, instance, raise_on_error=False)
+    assert not stopped.success
+    passed, figures = _check(stopped)
+    assert not passed and (figures["deleted"], figures["previously_published"]) == (10, 10)
+
+
+def test_removing_rows_the_last_run_quarantined_is_not_a_mass_deletion(make_tenants, lakehouse, instance, pg):
+    env = make_tenants(providers=20, dirt_rate=0)
+    tenant = env.tenant
+    execute_on_provider(pg, tenant, "UPDATE {t} SET provider_name = '  ' WHERE provider_id > 4")  # 16 nameless
+    assert run_tenant(env, tenant, instance).success
+    execute_on_provider(pg, tenant, "DELETE FROM {t} WHERE provider_id > 4")
+    result = run_tenant(env, tenant, instance)
+    passed, figures = _check(result)
+    assert passed and (figures["deleted"], figures["previously_published"]) == (0, 4)
+    assert provider_metadata(result)["source_deleted"] == 16
+
+
+def test_the_share_is_a_setting_and_a_bad_value_fails_the_step_naming_it(make_tenants, lakehouse, instance, pg,
                                                                         monkeypatch):
-    env = make_tenants(providers=40)
+    env = make_tenants(providers=40, dirt_rate=0)
     tenant = env.tenant
     assert run_tenant(env, tenant, instance).success
     execute_on_provider(pg, tenant, "DELETE FROM {t} WHERE provider_id <= 10")  # a quarter
     monkeypatch.setenv(MAX_DELETED_SHARE.name, "1.5")
     bad = run_tenant(env, tenant, instance, raise_on_error=False)
-    assert not bad.success and not _check(bad)[0]
-    assert MAX_DELETED_SHARE.name in bad.failure_data_for_node("omop_provider").error.message
+    # refused as the step starts, before the extract: no check ran
+    assert not bad.success and not [e for e in bad.get_asset_check_evaluations() if e.check_name == CHECK]
+    assert f"{MAX_DELETED_SHARE.name} must be at most 1, got 1.5" in bad.failure_data_for_node("omop_provider").error.message
 
     monkeypatch.setenv(MAX_DELETED_SHARE.name, "0.2")  # a quarter is over a fifth
     assert not run_tenant(env, tenant, instance, raise_on_error=False).success

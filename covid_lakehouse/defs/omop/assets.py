@@ -11,7 +11,7 @@ import dagster as dg
 import pyarrow as pa
 
 from covid_lakehouse.defs.omop import source_snapshot, tables
-from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, provider_audits
+from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, max_deleted_share, provider_audits
 from covid_lakehouse.defs.omop.extract import (
     CARE_SITE_SOURCE,
     extract,
@@ -47,6 +47,7 @@ from covid_lakehouse.defs.omop.transform import (
 )
 from covid_lakehouse.lib.lakehouse import LakehouseResource, MaterializeRefused
 from covid_lakehouse.lib.s3 import LakeS3Resource
+from covid_lakehouse.lib.settings import SettingError
 from covid_lakehouse.lib.wap import audit_check_specs
 
 GROUP = "omop"
@@ -183,11 +184,11 @@ def _gate_metadata(context: dg.AssetExecutionContext, tenant: Tenant) -> dict | 
     return record.asset_materialization.metadata
 
 
-def _gate_flag(gate: dict | None, name: str) -> bool:
-    """A flag of this run's config (TenantRunConfig), from its gate's metadata (_gate_metadata); False
-    when the gate was not part of this run: a confirmation is given by a new run of the tenant."""
-    flag = gate.get(name) if gate is not None else None
-    return bool(flag is not None and flag.value)
+def _run_flag(context: dg.AssetExecutionContext, name: str) -> bool:
+    """A flag of this run's config for its gate (TenantRunConfig). Read from the run, not the gate's
+    metadata: a re-execution from failure carries its parent's config but not its gate."""
+    ops = context.run.run_config.get("ops") or {}
+    return bool(((ops.get(LANDING_KEY.to_python_identifier()) or {}).get("config") or {}).get(name, False))
 
 
 def _recorded_fingerprint(gate: dict | None) -> tuple[str | None, str | None]:
@@ -255,7 +256,11 @@ PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconcili
 def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
     ns = tenant.namespace
-    gate = _gate_metadata(context, tenant)  # one event-log read: the config flags and the fingerprint
+    try:
+        max_deleted_share()  # a malformed setting fails now, not after the extract and the transform
+    except SettingError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from err
+    gate = _gate_metadata(context, tenant)  # one event-log read: the fingerprint its gate computed
     # The extract (database) and the state reads (S3) wait on different servers: run them side by side.
     # The extract streams into a parquet file DuckDB scans: the source never sits in Python memory.
     with tempfile.TemporaryDirectory(prefix="omop-provider-") as scratch, \
@@ -263,7 +268,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # Incremental when the tenant's source snapshot can be trusted: only new and changed rows cross
         # the network (source_snapshot.py); the file is the whole source either way.
         source = pool.submit(source_snapshot.extract_provider, tenant, lakehouse, Path(scratch) / "source",
-                             full_refresh=_gate_flag(gate, "full_refresh"))
+                             full_refresh=_run_flag(context, "full_refresh"))
         # The tenant-sized state tables (the whole landing history, id map, previous provenance) as copies
         # of their parquet files that DuckDB scans (and spills from): read into Arrow, a rerun's memory
         # grew with the tenant. The small ones are read whole.
@@ -300,7 +305,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # ids reserved before publishing
         append_files(lakehouse, ns, tables.T_PROVIDER_ID_MAP, files[ID_MAP_ADDITIONS], tables.ID_MAP)
         audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), [files[FLAGS]],
-                                 allow_mass_deletion=_gate_flag(gate, "allow_mass_deletion"))
+                                 allow_mass_deletion=_run_flag(context, "allow_mass_deletion"))
         yield from lakehouse.publish_files(ns, tables.T_PROVIDER, [files[PROVIDER]], tables.PROVIDER, audits=audits,
                                            asset_key=PROVIDER_KEY)
         # The provider snapshot is published; its companions follow, side by side (a failure here is

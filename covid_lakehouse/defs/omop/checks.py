@@ -146,24 +146,23 @@ def _reconciles(counts: Reconciliation):
 
 
 def _deletions_bounded(counts: Reconciliation, allow_mass_deletion: bool):
-    """Blocking when more than MAX_DELETED_SHARE of the source rows the last run saw are gone now
-    (``allow_mass_deletion``: the run's config confirmed it). The share is read at audit time, so a
-    malformed setting fails this audit, naming it, rather than the whole step."""
+    """Blocking when more than MAX_DELETED_SHARE of the source rows the last run published are gone
+    from the source now (``allow_mass_deletion``: the run's config confirmed it). Rows it quarantined
+    are not counted: removing junk from a source takes nothing from the published tables."""
     def audit(_) -> AuditResult:
         limit = max_deleted_share()
-        before = counts.source_deleted + counts.source_changed + counts.source_unchanged
-        share = counts.source_deleted / before if before else 0.0
-        figures = {"deleted": counts.source_deleted, "previous_source_rows": before, "share": round(share, 4),
+        gone, before = counts.source_published_gone, counts.source_previously_published
+        share = gone / before if before else 0.0
+        figures = {"deleted": gone, "previously_published": before, "share": round(share, 4),
                    "max_share": limit, "allow_mass_deletion": allow_mass_deletion}
+        said = f"{gone:,} of the {before:,} source providers the last run published are gone from the source ({share:.1%})"
         if share <= limit or allow_mass_deletion:
-            confirmed = " (confirmed by the run's allow_mass_deletion)" if share > limit else ""
-            return AuditResult(True, f"{counts.source_deleted:,} of {before:,} source providers the last run saw are "
-                                     f"gone from the source ({share:.1%}; limit {limit:.0%}){confirmed}", figures)
+            confirmed = "; over the limit, confirmed by the run's allow_mass_deletion" if share > limit else ""
+            return AuditResult(True, f"{said}; limit {MAX_DELETED_SHARE.name}={limit:g}{confirmed}", figures)
         return AuditResult(False, (
-            f"{counts.source_deleted:,} of {before:,} source providers the last run saw ({share:.1%}) are gone from "
-            f"the source, over {MAX_DELETED_SHARE.name}={limit:g}: nothing published. If the source is right, run "
-            "the tenant again with config allow_mass_deletion: true (omop/landing_files); if it was emptied or "
-            "loaded only in part, restore it and run again"), figures)
+            f"{said}, over {MAX_DELETED_SHARE.name}={limit:g}: the provider tables are not published. If the source "
+            "is right, launch the tenant again with config allow_mass_deletion: true (omop/landing_files); if it was "
+            "emptied or loaded only in part, restore it and run again"), figures)
     return audit
 
 

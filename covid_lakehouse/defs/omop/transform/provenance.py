@@ -51,7 +51,8 @@ SOURCE_ROWS = """
 DELETED_ROWS = """
         SELECT provider_id, source_system, source_key, id_source, source_object, 'deleted' AS status, row_hash,
                first_seen_at, last_seen_at, last_changed_at
-        FROM previous_source_provenance WHERE src_id NOT IN (SELECT src_id FROM clean_source_rows)"""
+        FROM previous_source_provenance
+        WHERE src_id NOT IN (SELECT src_id FROM clean_source_rows WHERE src_id IS NOT NULL)"""
 # The client ids of each provider per file.
 FILE_ROWS = """
         SELECT provider_ids.id AS provider_id, 'client_file' AS source_system, file_candidates.client_id AS source_key,

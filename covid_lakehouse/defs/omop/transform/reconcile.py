@@ -27,10 +27,15 @@ def count_reconciliation(con: duckdb.DuckDBPyConnection, providers: int) -> Reco
                count(*) FILTER (WHERE p.src_id IS NOT NULL AND p.row_hash = c.row_hash AND p.status <> 'deleted')
         FROM clean_source_rows c LEFT JOIN previous_source_provenance p USING (src_id)""").fetchone()
     # A first run (no previous provenance) deleted nothing: no anti-join hashing every source row to find none.
-    (deleted,) = con.execute("""
-        SELECT count(*) FROM previous_source_provenance
-        WHERE status <> 'deleted' AND src_id NOT IN (SELECT src_id FROM clean_source_rows)""").fetchone() \
-        if scalar(con, "SELECT count(*) FROM previous_source_provenance") else (0,)
+    # The source rows gone since, and of the rows the last run published, how many and how many are gone
+    # (checks.source_deletions_bounded). A NULL source id is no id: it never matches, and must not turn
+    # every NOT IN into NULL (nothing found gone at all).
+    deleted, previously_published, published_gone = con.execute("""
+        SELECT count(*) FILTER (WHERE status <> 'deleted' AND gone), count(*) FILTER (WHERE status = 'published'),
+               count(*) FILTER (WHERE status = 'published' AND gone)
+        FROM (SELECT status, src_id NOT IN (SELECT src_id FROM clean_source_rows WHERE src_id IS NOT NULL) AS gone
+              FROM previous_source_provenance)""").fetchone() \
+        if scalar(con, "SELECT count(*) FROM previous_source_provenance") else (0, 0, 0)
     counts = con.execute(f"""
         SELECT
             (SELECT count(*) FROM source),
@@ -50,7 +55,8 @@ def count_reconciliation(con: duckdb.DuckDBPyConnection, providers: int) -> Reco
      file_quarantined, run_files, run_read, run_new, run_attached, run_quarantined) = counts
     return Reconciliation(
         source_rows=source_rows, source_new=new, source_changed=changed, source_unchanged=unchanged,
-        source_deleted=deleted, source_published=published, source_quarantined=src_quarantined,
+        source_deleted=deleted, source_previously_published=previously_published,
+        source_published_gone=published_gone, source_published=published, source_quarantined=src_quarantined,
         file_rows=file_rows, file_rows_new=file_only, file_rows_merged=attached_rows - file_only,
         file_rows_quarantined=file_quarantined, run_files=run_files, run_file_rows_read=run_read,
         run_file_rows_new=run_new, run_file_rows_merged=run_attached - run_new,

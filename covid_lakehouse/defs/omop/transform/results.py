@@ -21,6 +21,8 @@ class Reconciliation:
     source_changed: int = 0
     source_unchanged: int = 0
     source_deleted: int = 0
+    source_previously_published: int = 0  # source rows the last run published (its provenance)
+    source_published_gone: int = 0  # of those, the rows gone from the source now
     source_published: int = 0
     source_quarantined: int = 0
     file_rows: int = 0
