@@ -40,6 +40,39 @@ MATERIALIZE_THREADS = 4
 MATERIALIZE_CHUNK = 8 << 20
 
 
+# The catalog property naming the FileIO class pyiceberg loads (pyiceberg.io.PY_IO_IMPL).
+PY_IO_IMPL = "py-io-impl"
+
+
+def __getattr__(name: str):
+    # FreshNameFileIO is built on first use (pyiceberg imports it by its path), so that importing this
+    # module does not import pyiceberg's pyarrow IO.
+    if name == "FreshNameFileIO":
+        return _fresh_name_file_io()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@lru_cache(maxsize=1)
+def _fresh_name_file_io() -> type:
+    """pyiceberg's pyarrow FileIO without the existence check (an S3 HEAD) before each new table metadata
+    file, the one file it creates with overwrite=False: its name carries a fresh UUID
+    (<version>-<uuid>.metadata.json), so it cannot exist yet. One request less per commit (a tenant's
+    first run commits eleven tables)."""
+    from pyiceberg.io.pyarrow import PyArrowFile, PyArrowFileIO
+
+    class FreshNameFile(PyArrowFile):
+        def create(self, overwrite: bool = False):
+            return super().create(overwrite=True)
+
+    class FreshNameFileIO(PyArrowFileIO):
+        def new_output(self, location: str) -> PyArrowFile:
+            file = super().new_output(location)
+            return FreshNameFile(location=file.location, path=file._path, fs=file._filesystem,
+                                 buffer_size=file._buffer_size)
+
+    return FreshNameFileIO
+
+
 class _CopyStopped(Exception):
     """A materialize copy ended because another copy of the same call failed."""
 
@@ -115,6 +148,7 @@ class LakehouseResource(dg.ConfigurableResource):
                         "s3.secret-access-key": self.aws_secret_access_key,
                         "s3.region": self.region,
                         "s3.force-virtual-addressing": False,
+                        PY_IO_IMPL: f"{__name__}.FreshNameFileIO",
                     },
                 )
             return _CATALOGS[cache_key]
@@ -307,20 +341,58 @@ class LakehouseResource(dg.ConfigurableResource):
                 return catalog.create_table_transaction(ident, schema=schema)
         return self._evolved(catalog, ident, tbl, schema).transaction()
 
-    def _commit(self, tx, namespace: str, table: str, schema: pa.Schema, redo: Callable[[Any], None]) -> None:
-        """Commit ``tx``. When it creates its table and a concurrent run created that table first, ``redo``
-        the same writes in a transaction of the winner's table and commit that instead."""
+    def _commit(self, tx, namespace: str, table: str, schema: pa.Schema, redo: Callable[[Any], None]):
+        """Commit ``tx``; the committed table (its metadata the new snapshot's). When it creates its table and
+        a concurrent run created that table first, ``redo`` the same writes in a transaction of the winner's
+        table and commit that instead."""
         from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
         from pyiceberg.table import CreateTableTransaction
 
         try:
-            tx.commit_transaction()
+            return tx.commit_transaction()
         except (TableAlreadyExistsError, CommitFailedException):
             if not isinstance(tx, CreateTableTransaction):
                 raise
             again = self.ensure_table(namespace, table, schema).transaction()
             redo(again)
-            again.commit_transaction()
+            return again.commit_transaction()
+
+    def stage(
+        self,
+        namespace: str,
+        table: str,
+        data: pa.Table,
+        *,
+        mode: Literal["overwrite", "append"] = "overwrite",
+        overwrite_filter: Any = None,
+        partition_by: str | None = None,
+        snapshot_properties: dict[str, str] | None = None,
+    ) -> Staged:
+        """Write ``data`` as uncommitted files of an open transaction on the table; nothing is visible until
+        the returned Staged is committed (publish_staged). Lets a step stage several tables at once, each
+        write waiting on S3, and still commit them in the order it needs."""
+        properties = dict(snapshot_properties or {})
+
+        def write(tx) -> None:
+            if mode == "append":
+                tx.append(data, snapshot_properties=properties)
+            elif overwrite_filter is not None:
+                tx.overwrite(data, overwrite_filter=overwrite_filter, snapshot_properties=properties)
+            else:
+                tx.overwrite(data, snapshot_properties=properties)
+
+        tx = self._transaction(namespace, table, data.schema, partition_by)
+        write(tx)
+        return Staged(self, namespace, table, data, tx, write)
+
+    def publish_staged(self, staged: Staged, *, audits: Sequence[Audit] = (),
+                       asset_key: dg.AssetKey | None = None) -> Iterator[dg.AssetCheckResult]:
+        """Yield the audits' check results on the staged rows, then commit the snapshot (only when every
+        blocking audit passed; else it raises and the table is unchanged). Returns the committed table."""
+        yield from audit_or_raise(audits, staged.data, asset_key=asset_key,
+                                  asset_label=f"{staged.namespace}.{staged.table}")
+        # only now, every blocking audit passed: the snapshot commits atomically
+        return staged.commit()
 
     def write_audit_publish(
         self,
@@ -335,27 +407,16 @@ class LakehouseResource(dg.ConfigurableResource):
         asset_key: dg.AssetKey | None = None,
         snapshot_properties: dict[str, str] | None = None,
     ) -> Iterator[dg.AssetCheckResult]:
-        """Stage ``data`` as uncommitted files, yield the audits' check results, commit one snapshot.
+        """Stage ``data`` as uncommitted files, yield the audits' check results, commit one snapshot; returns
+        the committed table (``yield from``'s value: its snapshot_metadata needs no catalog load).
 
         A blocking audit failure raises before the commit: the table's current snapshot is unchanged
         (the orphaned files are never referenced and expire with the usual maintenance).
         ``snapshot_properties``: extra entries of the new snapshot's summary (readable from the table's
         metadata alone, without reading a data file)."""
-        properties = dict(snapshot_properties or {})
-
-        def write(tx) -> None:
-            if mode == "append":
-                tx.append(data, snapshot_properties=properties)
-            elif overwrite_filter is not None:
-                tx.overwrite(data, overwrite_filter=overwrite_filter, snapshot_properties=properties)
-            else:
-                tx.overwrite(data, snapshot_properties=properties)
-
-        tx = self._transaction(namespace, table, data.schema, partition_by)
-        write(tx)
-        yield from audit_or_raise(audits, data, asset_key=asset_key, asset_label=f"{namespace}.{table}")
-        # only now, every blocking audit passed: the snapshot commits atomically
-        self._commit(tx, namespace, table, data.schema, write)
+        staged = self.stage(namespace, table, data, mode=mode, overwrite_filter=overwrite_filter,
+                            partition_by=partition_by, snapshot_properties=snapshot_properties)
+        return (yield from self.publish_staged(staged, audits=audits, asset_key=asset_key))
 
     def publish_files(
         self,
@@ -442,14 +503,30 @@ class LakehouseResource(dg.ConfigurableResource):
             for data_file in new_files:
                 producer.append_data_file(data_file)
 
-    def snapshot_metadata(self, namespace: str, table: str) -> dict[str, Any]:
-        tbl = self.load_table(namespace, table)
+    def snapshot_metadata(self, namespace: str, table: str, committed=None) -> dict[str, Any]:
+        """The table's current snapshot, for an asset's metadata. ``committed``: the table a commit of this
+        run returned (write_audit_publish, Staged.commit): its snapshot is the one published, and no catalog
+        load is needed to learn it."""
+        tbl = committed if committed is not None else self.load_table(namespace, table)
         snap = tbl.current_snapshot()
         return {
             "iceberg/table": f"{namespace}.{table}",
             "iceberg/snapshot_id": str(snap.snapshot_id) if snap else "none",
             "iceberg/location": tbl.metadata.location,
         }
+
+
+class Staged:
+    """Rows written as uncommitted files in an open transaction on one table (LakehouseResource.stage)."""
+
+    def __init__(self, lakehouse: LakehouseResource, namespace: str, table: str, data: pa.Table, tx,
+                 write: Callable[[Any], None]):
+        self.lakehouse, self.namespace, self.table, self.data = lakehouse, namespace, table, data
+        self._tx, self._write = tx, write
+
+    def commit(self):
+        """Commit the staged snapshot; the committed table."""
+        return self.lakehouse._commit(self._tx, self.namespace, self.table, self.data.schema, self._write)
 
 
 def _footer(path: Path):

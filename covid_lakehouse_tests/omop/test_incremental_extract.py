@@ -158,11 +158,11 @@ def test_a_retyped_source_column_runs_a_full_extract_and_publishes_what_a_full_r
     assert published(lakehouse, tenant.namespace) == after
 
 
-@pytest.mark.parametrize("failing", ["append_files", "record_run"])
+@pytest.mark.parametrize("failing", ["append_files", "stage_run"])
 def test_a_run_that_stored_its_snapshot_but_failed_to_publish_leaves_the_next_run_correct(
         failing, make_tenants, lakehouse, pg, instance, monkeypatch):
     """The snapshot is committed while the transform runs, before the outputs (append_files: the id
-    map, the first write after it) and the run log (record_run, the last): a failure at either leaves
+    map, the first write after it) and the run log (stage_run, committed last): a failure at either leaves
     a snapshot ahead of the published outputs, which the next run trusts rightly (it caches source
     rows with their hashes, not what was published)."""
     env = make_tenants(providers=100, dirt_rate=0.1)

@@ -21,14 +21,14 @@ from covid_lakehouse.defs.omop.fingerprint import Fingerprint, fingerprint
 from covid_lakehouse.defs.omop.landing import list_landing
 from covid_lakehouse.defs.omop.partitions import tenant_partitions
 from covid_lakehouse.defs.omop.pipeline import (
-    append,
     append_files,
     ingest_landing,
     last_run,
     processed_files,
     read_or_empty,
-    record_run,
     record_signal,
+    stage_append,
+    stage_run,
     utc_now,
 )
 from covid_lakehouse.defs.omop.rules import load_specialty_map
@@ -214,19 +214,26 @@ def _recorded_fingerprint(gate: dict | None) -> tuple[str | None, str | None]:
 def care_site(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
     ns = tenant.namespace
-    source = extract(tenant, "care_site", CARE_SITE_SOURCE)
-    try:
-        build = build_care_sites(source, read_or_empty(lakehouse, ns, tables.T_CARE_SITE_ID_MAP, tables.ID_MAP),
-                                 now=utc_now())
-    except CareSiteKeyError as err:  # bad source data: a retry would meet it again
-        raise dg.Failure(description=f"tenant '{tenant.name}', {source_label(tenant, 'care_site')}: {err}",
-                         allow_retries=False) from err
-    append(lakehouse, ns, tables.T_CARE_SITE_ID_MAP, build.id_map_additions)  # ids reserved before publishing
-    yield from lakehouse.write_audit_publish(ns, tables.T_CARE_SITE, build.care_site, audits=CARE_SITE_AUDITS,
-                                             asset_key=CARE_SITE_KEY)
+    # The extract (database) and the id map read (catalog and S3) wait on different servers: side by side.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="omop-care-site") as pool:
+        id_map = pool.submit(read_or_empty, lakehouse, ns, tables.T_CARE_SITE_ID_MAP, tables.ID_MAP)
+        source = extract(tenant, "care_site", CARE_SITE_SOURCE)
+        try:
+            build = build_care_sites(source, id_map.result(), now=utc_now())
+        except CareSiteKeyError as err:  # bad source data: a retry would meet it again
+            raise dg.Failure(description=f"tenant '{tenant.name}', {source_label(tenant, 'care_site')}: {err}",
+                             allow_retries=False) from err
+        # Both writes are staged side by side (each waits on S3); the id map commits first: ids are
+        # reserved before publishing, as when it was appended before the care sites were written.
+        additions = pool.submit(stage_append, lakehouse, ns, tables.T_CARE_SITE_ID_MAP, build.id_map_additions)
+        sites = pool.submit(lakehouse.stage, ns, tables.T_CARE_SITE, build.care_site)
+        if (staged_additions := additions.result()) is not None:
+            staged_additions.commit()
+        staged_sites = sites.result()
+    committed = yield from lakehouse.publish_staged(staged_sites, audits=CARE_SITE_AUDITS, asset_key=CARE_SITE_KEY)
     yield dg.MaterializeResult(metadata={
         "dagster/row_count": build.care_site.num_rows, "new_care_site_ids": build.new_ids,
-        **lakehouse.snapshot_metadata(ns, tables.T_CARE_SITE),
+        **lakehouse.snapshot_metadata(ns, tables.T_CARE_SITE, committed),
     })
 
 
@@ -312,14 +319,19 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # retried and, the run being deterministic, republishes the same provider rows).
         companions = [(tables.T_PROVENANCE, PROVENANCE, tables.PROVENANCE), (tables.T_QUARANTINE, QUARANTINE, tables.QUARANTINE),
                       (tables.T_FLAG, FLAGS, tables.FLAG)]
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="omop-publish") as publish:
-            for done in [publish.submit(list, lakehouse.publish_files(ns, table, [files[output]], schema))
-                         for table, output, schema in companions]:
+        # Alongside them: the provider snapshot's metadata, and the run_log row staged (its commit waits).
+        with ThreadPoolExecutor(max_workers=5, thread_name_prefix="omop-publish") as publish:
+            published = [publish.submit(list, lakehouse.publish_files(ns, table, [files[output]], schema))
+                         for table, output, schema in companions]
+            provider_snapshot = publish.submit(lakehouse.snapshot_metadata, ns, tables.T_PROVIDER)
+            run_log = publish.submit(stage_run, lakehouse, ns, tables.conform(
+                _run_log_row(context.run_id, build, *_recorded_fingerprint(gate)), tables.RUN_LOG))
+            for done in published:
                 done.result()
+            staged_run, provider_snapshot = run_log.result(), provider_snapshot.result()
         quarantine_counts, flag_counts = build.quarantine_counts(), build.flag_counts()
     # The last write of a tenant run: the fingerprint counts as recorded only once everything committed.
-    record_run(lakehouse, ns, tables.conform(
-        _run_log_row(context.run_id, build, *_recorded_fingerprint(gate)), tables.RUN_LOG))
+    staged_run.commit()
     yield dg.MaterializeResult(asset_key=PROVIDER_KEY, metadata={
         "dagster/row_count": rows[PROVIDER],
         "dagster/column_schema": _column_schema(tables.PROVIDER),
@@ -328,7 +340,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         "files_this_run": counts.run_files, "file_rows_read": counts.run_file_rows_read,
         "file_rows_new": counts.run_file_rows_new, "file_rows_merged": counts.run_file_rows_merged,
         "file_rows_quarantined": counts.run_file_rows_quarantined, **extracted.metadata(),
-        **lakehouse.snapshot_metadata(ns, tables.T_PROVIDER),
+        **provider_snapshot,
     })
     yield dg.MaterializeResult(asset_key=PROVENANCE_KEY, metadata={"dagster/row_count": rows[PROVENANCE]})
     yield dg.MaterializeResult(asset_key=QUARANTINE_KEY, metadata={

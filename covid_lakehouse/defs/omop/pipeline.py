@@ -4,6 +4,7 @@ tenant's state tables, appending to them."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from pyiceberg.exceptions import NoSuchTableError
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.landing import LandingObject, list_landing, parse_landing_file
 from covid_lakehouse.defs.omop.tenants import Tenant
-from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse.lib.lakehouse import LakehouseResource, Staged
 
 
 def utc_now() -> datetime:
@@ -33,12 +34,19 @@ def read_or_empty(lakehouse: LakehouseResource, namespace: str, table: str, sche
     return tables.conform(data, schema)
 
 
+def stage_append(lakehouse: LakehouseResource, namespace: str, table: str, data: pa.Table,
+                 snapshot_properties: dict[str, str] | None = None) -> Staged | None:
+    """An append of ``data`` staged (files written, not committed), or None when it has no rows. No
+    audits: append-only state, validated where it is used."""
+    if not data.num_rows:
+        return None
+    return lakehouse.stage(namespace, table, data, mode="append", snapshot_properties=snapshot_properties)
+
+
 def append(lakehouse: LakehouseResource, namespace: str, table: str, data: pa.Table,
            snapshot_properties: dict[str, str] | None = None) -> None:
-    if data.num_rows:
-        for _ in lakehouse.write_audit_publish(namespace, table, data, mode="append",
-                                               snapshot_properties=snapshot_properties):
-            pass  # no audits: append-only state, validated where it is used
+    if (staged := stage_append(lakehouse, namespace, table, data, snapshot_properties)) is not None:
+        staged.commit()
 
 
 def append_files(lakehouse: LakehouseResource, namespace: str, table: str, path: Path, schema: pa.Schema) -> None:
@@ -92,10 +100,15 @@ def ingest_landing(tenant: Tenant, client, lakehouse: LakehouseResource, *, run_
                         "status": "rejected" if parsed.reject_reason else "loaded", "reason": parsed.reject_reason,
                         "detail": parsed.detail or None, "rows_read": len(parsed.rows),
                         "rows_malformed": parsed.malformed, "run_id": run_id})
-    append(lakehouse, ns, tables.T_LANDING_ROW, tables.conform(pa.Table.from_pylist(rows), tables.LANDING_ROW)
-           if rows else tables.LANDING_ROW.empty_table())
-    append(lakehouse, ns, tables.T_LANDING_FILE, tables.conform(pa.Table.from_pylist(entries), tables.LANDING_FILE)
-           if entries else tables.LANDING_FILE.empty_table())
+    # Both appends are staged side by side (each write waits on S3), then committed rows first: the
+    # manifest never names a file whose rows are not committed.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="omop-landing") as pool:
+        staged = [pool.submit(stage_append, lakehouse, ns, table, tables.conform(pa.Table.from_pylist(new), schema))
+                  for table, new, schema in ((tables.T_LANDING_ROW, rows, tables.LANDING_ROW),
+                                             (tables.T_LANDING_FILE, entries, tables.LANDING_FILE))]
+        for append_staged in [future.result() for future in staged]:
+            if append_staged is not None:
+                append_staged.commit()
     return IngestReport(
         files=len(entries), rows=len(rows),
         rejected_files=[e["object_key"] for e in entries if e["status"] == "rejected"],
@@ -115,11 +128,12 @@ LAST_RUN_PROPERTY = "omop.last-run"
 _LAST_RUN_FIELDS = ("run_id", "finished_at", "source_rows", "providers", "source_fingerprint", "source_signal")
 
 
-def record_run(lakehouse: LakehouseResource, namespace: str, row: pa.Table) -> None:
-    """Append one run_log row, also kept in the new snapshot's summary for last_run."""
+def stage_run(lakehouse: LakehouseResource, namespace: str, row: pa.Table) -> Staged:
+    """One run_log row staged as an append (committed by the caller, last), also kept in the new
+    snapshot's summary for last_run."""
     [values] = row.select([f for f in _LAST_RUN_FIELDS if f in row.column_names]).to_pylist()
-    append(lakehouse, namespace, tables.T_RUN_LOG, row,
-           snapshot_properties={LAST_RUN_PROPERTY: json.dumps(values, default=str)})
+    return lakehouse.stage(namespace, tables.T_RUN_LOG, row, mode="append",
+                           snapshot_properties={LAST_RUN_PROPERTY: json.dumps(values, default=str)})
 
 
 # A run_log table property pairing a newer signal with the recorded content fingerprint, set when a
@@ -138,7 +152,7 @@ def record_signal(lakehouse: LakehouseResource, namespace: str, source_fingerpri
 
 def last_run(lakehouse: LakehouseResource, namespace: str) -> dict | None:
     """The run_log row of the tenant's last successful run (None before the first): from the current
-    snapshot's summary when the last commit was record_run's, else by reading the log. Its signal is
+    snapshot's summary when the last commit was stage_run's, else by reading the log. Its signal is
     the one record_signal paired with its fingerprint, if any."""
     try:
         table = lakehouse.load_table(namespace, tables.T_RUN_LOG)

@@ -1,0 +1,79 @@
+"""A tenant run stages the writes of a step side by side (each write waits on S3: most of a tenant's
+fixed cost) and still commits them in the order the pipeline relies on: landing rows before the
+landing manifest, the care_site id map before care_site, the run_log row after every output. A commit
+that fails leaves the tables that follow it uncommitted."""
+
+import threading
+
+import dagster as dg
+import pytest
+
+from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.lib.lakehouse import LakehouseResource
+from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, run_tenant
+
+pytestmark = pytest.mark.integration
+
+# How long a staged write waits for its partner before the test records that they did not overlap.
+# The barriers, not this, order the writes: it only bounds the wait when they run one after the other.
+PARTNER_WAIT_S = 30
+# Writes that must be staged at the same time: each waits in its transaction for the other.
+PARTNERS = [(tables.T_LANDING_ROW, tables.T_LANDING_FILE), (tables.T_CARE_SITE_ID_MAP, tables.T_CARE_SITE),
+            (tables.T_RUN_LOG, tables.T_FLAG)]
+
+
+def test_a_steps_writes_are_staged_side_by_side_and_committed_in_order(make_tenants, s3, lakehouse, monkeypatch):
+    env = make_tenants(1)
+    tenant = env.tenant
+    drop_file(s3, tenant, "d1/sample.csv", SAMPLE_CSV)
+    barriers = {table: threading.Barrier(2, timeout=PARTNER_WAIT_S) for pair in PARTNERS for table in pair}
+    for left, right in PARTNERS:
+        barriers[right] = barriers[left]
+    overlapped, commits = set(), []
+    real_transaction, real_commit = LakehouseResource._transaction, LakehouseResource._commit
+
+    def transaction_meeting_its_partner(self, namespace, table, *args, **kwargs):
+        if namespace == tenant.namespace and table in barriers:
+            try:
+                barriers.pop(table).wait()  # only the first write of each table waits
+                overlapped.add(table)
+            except threading.BrokenBarrierError:
+                pass  # its partner was not being staged meanwhile: asserted below
+        return real_transaction(self, namespace, table, *args, **kwargs)
+
+    def recorded_commit(self, tx, namespace, table, *args, **kwargs):
+        committed = real_commit(self, tx, namespace, table, *args, **kwargs)
+        commits.append(table)
+        return committed
+
+    monkeypatch.setattr(LakehouseResource, "_transaction", transaction_meeting_its_partner)
+    monkeypatch.setattr(LakehouseResource, "_commit", recorded_commit)
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run_tenant(env, tenant, instance).success
+    assert overlapped == {table for pair in PARTNERS for table in pair}
+    assert commits.index(tables.T_LANDING_ROW) < commits.index(tables.T_LANDING_FILE)
+    assert commits.index(tables.T_CARE_SITE_ID_MAP) < commits.index(tables.T_CARE_SITE)
+    assert commits[-1] == tables.T_RUN_LOG and commits.count(tables.T_RUN_LOG) == 1
+
+
+@pytest.mark.parametrize(("failing", "not_committed"), [
+    (tables.T_LANDING_ROW, tables.T_LANDING_FILE),  # the manifest never names rows that are not committed
+    (tables.T_CARE_SITE_ID_MAP, tables.T_CARE_SITE),  # ids are reserved before anything publishes them
+])
+def test_a_failed_commit_leaves_the_table_after_it_uncommitted(make_tenants, s3, lakehouse, monkeypatch, failing,
+                                                              not_committed):
+    env = make_tenants(1)
+    tenant = env.tenant
+    drop_file(s3, tenant, "d1/sample.csv", SAMPLE_CSV)
+    real_commit = LakehouseResource._commit
+
+    def failing_commit(self, tx, namespace, table, *args, **kwargs):
+        if namespace == tenant.namespace and table == failing:
+            raise dg.Failure(description=f"commit of {table} failed (test)", allow_retries=False)
+        return real_commit(self, tx, namespace, table, *args, **kwargs)
+
+    monkeypatch.setattr(LakehouseResource, "_commit", failing_commit)
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert not run_tenant(env, tenant, instance, raise_on_error=False).success
+    assert not lakehouse.table_exists(tenant.namespace, failing)
+    assert not lakehouse.table_exists(tenant.namespace, not_committed)
