@@ -40,39 +40,6 @@ MATERIALIZE_THREADS = 4
 MATERIALIZE_CHUNK = 8 << 20
 
 
-# The catalog property naming the FileIO class pyiceberg loads (pyiceberg.io.PY_IO_IMPL).
-PY_IO_IMPL = "py-io-impl"
-
-
-def __getattr__(name: str):
-    # FreshNameFileIO is built on first use (pyiceberg imports it by its path), so that importing this
-    # module does not import pyiceberg's pyarrow IO.
-    if name == "FreshNameFileIO":
-        return _fresh_name_file_io()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@lru_cache(maxsize=1)
-def _fresh_name_file_io() -> type:
-    """pyiceberg's pyarrow FileIO without the existence check (an S3 HEAD) before each new table metadata
-    file, the one file it creates with overwrite=False: its name carries a fresh UUID
-    (<version>-<uuid>.metadata.json), so it cannot exist yet. One request less per commit (a tenant's
-    first run commits eleven tables)."""
-    from pyiceberg.io.pyarrow import PyArrowFile, PyArrowFileIO
-
-    class FreshNameFile(PyArrowFile):
-        def create(self, overwrite: bool = False):
-            return super().create(overwrite=True)
-
-    class FreshNameFileIO(PyArrowFileIO):
-        def new_output(self, location: str) -> PyArrowFile:
-            file = super().new_output(location)
-            return FreshNameFile(location=file.location, path=file._path, fs=file._filesystem,
-                                 buffer_size=file._buffer_size)
-
-    return FreshNameFileIO
-
-
 class _CopyStopped(Exception):
     """A materialize copy ended because another copy of the same call failed."""
 
@@ -148,7 +115,6 @@ class LakehouseResource(dg.ConfigurableResource):
                         "s3.secret-access-key": self.aws_secret_access_key,
                         "s3.region": self.region,
                         "s3.force-virtual-addressing": False,
-                        PY_IO_IMPL: f"{__name__}.FreshNameFileIO",
                     },
                 )
             return _CATALOGS[cache_key]

@@ -71,20 +71,3 @@ def test_the_committed_table_names_the_new_snapshot_without_a_catalog_load(servi
     assert len(loads) == loads_by_the_publish  # no load after the commit
     assert metadata == lakehouse.snapshot_metadata(ns, "t")  # what a fresh load says
     assert metadata["iceberg/snapshot_id"] == str(lakehouse.load_table(ns, "t").current_snapshot().snapshot_id)
-
-
-def test_a_commit_writes_its_metadata_file_without_an_existence_check(services, lakehouse, monkeypatch):
-    """The new metadata file's name carries a fresh UUID: the HEAD request pyiceberg sends before creating
-    it (one per commit) is left out."""
-    from pyiceberg.io.pyarrow import PyArrowFile
-
-    checked = []
-    real = PyArrowFile.exists
-    monkeypatch.setattr(PyArrowFile, "exists", lambda file: checked.append(file.location) or real(file))
-    ns = "staged_no_head"
-    list(lakehouse.write_audit_publish(ns, "t", _rows([1])))
-    list(lakehouse.write_audit_publish(ns, "t", _rows([2]), mode="append"))
-    assert checked == []
-    table = lakehouse.load_table(ns, "t")
-    assert len(table.snapshots()) == 2 and len(table.metadata.metadata_log) == 1
-    assert sorted(lakehouse.read(ns, "t")["id"].to_pylist()) == [1, 2]
