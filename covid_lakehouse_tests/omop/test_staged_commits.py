@@ -77,3 +77,30 @@ def test_a_failed_commit_leaves_the_table_after_it_uncommitted(make_tenants, s3,
         assert not run_tenant(env, tenant, instance, raise_on_error=False).success
     assert not lakehouse.table_exists(tenant.namespace, failing)
     assert not lakehouse.table_exists(tenant.namespace, not_committed)
+
+
+def test_a_companion_that_fails_to_publish_leaves_the_run_unrecorded_and_the_next_run_not_skipped(
+        make_tenants, s3, lakehouse, monkeypatch, pg):
+    """run_log is staged while the companions publish: its commit must still wait for every one of them,
+    or the gate would skip the next run over outputs that never all committed."""
+    env = make_tenants(1, providers=30)
+    tenant, ns = env.tenant, env.tenant.namespace
+    real_commit = LakehouseResource._commit
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run_tenant(env, tenant, instance).success
+        recorded = lakehouse.load_table(ns, tables.T_RUN_LOG).current_snapshot().snapshot_id
+        pg.execute(f'UPDATE "{tenant.source_schema}".provider SET provider_name = \'Ada Byron\' WHERE provider_id = 2')
+
+        def flags_fail(self, tx, namespace, table, *args, **kwargs):
+            if namespace == ns and table == tables.T_FLAG:
+                raise dg.Failure(description="commit of provider_flag failed (test)", allow_retries=False)
+            return real_commit(self, tx, namespace, table, *args, **kwargs)
+
+        monkeypatch.setattr(LakehouseResource, "_commit", flags_fail)
+        assert not run_tenant(env, tenant, instance, raise_on_error=False).success
+        assert lakehouse.load_table(ns, tables.T_RUN_LOG).current_snapshot().snapshot_id == recorded
+        monkeypatch.setattr(LakehouseResource, "_commit", real_commit)
+        again = run_tenant(env, tenant, instance)
+        assert again.success
+        assert tables.T_PROVIDER in {e.asset_key.path[-1] for e in again.get_asset_materialization_events()}
+        assert lakehouse.load_table(ns, tables.T_RUN_LOG).current_snapshot().snapshot_id != recorded
