@@ -313,22 +313,23 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         append_files(lakehouse, ns, tables.T_PROVIDER_ID_MAP, files[ID_MAP_ADDITIONS], tables.ID_MAP)
         audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), [files[FLAGS]],
                                  allow_mass_deletion=_run_flag(context, "allow_mass_deletion"))
-        yield from lakehouse.publish_files(ns, tables.T_PROVIDER, [files[PROVIDER]], tables.PROVIDER, audits=audits,
-                                           asset_key=PROVIDER_KEY)
+        committed = yield from lakehouse.publish_files(ns, tables.T_PROVIDER, [files[PROVIDER]], tables.PROVIDER,
+                                                       audits=audits, asset_key=PROVIDER_KEY)
+        # Named from the table the commit returned: a catalog load could see another run's later commit.
+        provider_snapshot = lakehouse.snapshot_metadata(ns, tables.T_PROVIDER, committed)
         # The provider snapshot is published; its companions follow, side by side (a failure here is
         # retried and, the run being deterministic, republishes the same provider rows).
         companions = [(tables.T_PROVENANCE, PROVENANCE, tables.PROVENANCE), (tables.T_QUARANTINE, QUARANTINE, tables.QUARANTINE),
                       (tables.T_FLAG, FLAGS, tables.FLAG)]
-        # Alongside them: the provider snapshot's metadata, and the run_log row staged (its commit waits).
-        with ThreadPoolExecutor(max_workers=5, thread_name_prefix="omop-publish") as publish:
+        # Alongside them: the run_log row staged (its commit waits).
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="omop-publish") as publish:
             published = [publish.submit(list, lakehouse.publish_files(ns, table, [files[output]], schema))
                          for table, output, schema in companions]
-            provider_snapshot = publish.submit(lakehouse.snapshot_metadata, ns, tables.T_PROVIDER)
             run_log = publish.submit(stage_run, lakehouse, ns, tables.conform(
                 _run_log_row(context.run_id, build, *_recorded_fingerprint(gate)), tables.RUN_LOG))
             for done in published:
                 done.result()
-            staged_run, provider_snapshot = run_log.result(), provider_snapshot.result()
+            staged_run = run_log.result()
         quarantine_counts, flag_counts = build.quarantine_counts(), build.flag_counts()
     # The last write of a tenant run: the fingerprint counts as recorded only once everything committed.
     staged_run.commit()
