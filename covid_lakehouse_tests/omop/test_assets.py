@@ -9,7 +9,7 @@ from psycopg import sql
 from pyiceberg.catalog.sql import SqlCatalog
 
 from covid_lakehouse.defs.omop import assets, tables
-from covid_lakehouse.defs.omop.assets import LANDING_KEY, PROVIDER_KEY, QUARANTINE_KEY
+from covid_lakehouse.defs.omop.assets import LANDING_KEY, PROVIDER_KEY, QUARANTINE_KEY, run_flags
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.settings import WAREHOUSE_DSN
 from covid_lakehouse_tests.omop.support import FULL_REFRESH, SAMPLE_CSV, drop_file, rows_by, run_tenant
@@ -179,3 +179,11 @@ def test_the_provider_metadata_names_the_snapshot_its_commit_created_not_a_later
     assert lakehouse.load_table(ns, tables.T_PROVIDER).current_snapshot().snapshot_id != ours[0]
     assert _metadata(result, PROVIDER_KEY)["iceberg/snapshot_id"] == str(ours[0])
 
+
+def test_a_runs_flags_are_read_from_its_config_validated_with_their_defaults():
+    gate = LANDING_KEY.to_python_identifier()
+    assert run_flags({}) == assets.TenantRunConfig()
+    assert run_flags({"ops": {"other_op": {"config": {"full_refresh": True}}}}) == assets.TenantRunConfig()
+    flags = run_flags({"ops": {gate: {"config": {"allow_mass_deletion": True}}}})
+    assert (flags.full_refresh, flags.allow_mass_deletion) == (False, True)
+    assert run_flags(FULL_REFRESH).full_refresh

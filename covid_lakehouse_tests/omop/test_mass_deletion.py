@@ -5,7 +5,8 @@ the run config ``allow_mass_deletion: true``; fewer deletions publish as before.
 import pytest
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.checks import MAX_DELETED_SHARE
+from covid_lakehouse.defs.omop.checks import MAX_DELETED_SHARE, provider_audits
+from covid_lakehouse.defs.omop.transform import Reconciliation
 from covid_lakehouse_tests.omop.support import execute_on_provider, provider_metadata, published, run_tenant
 
 pytestmark = pytest.mark.integration
@@ -111,3 +112,11 @@ def test_the_share_is_a_setting_and_a_bad_value_fails_the_step_naming_it(make_te
     assert not run_tenant(env, tenant, instance, raise_on_error=False).success
     monkeypatch.setenv(MAX_DELETED_SHARE.name, "1")  # never stopped
     assert run_tenant(env, tenant, instance).success
+
+
+def test_the_audit_judges_by_the_share_the_step_validated_not_by_reading_the_setting_again(monkeypatch):
+    monkeypatch.setenv(MAX_DELETED_SHARE.name, "1")  # never stopped, were it read again
+    counts = Reconciliation(source_previously_published=10, source_published_gone=3)
+    [audit] = [a for a in provider_audits(counts, (), (), max_share=0.2) if a.name == CHECK]
+    result = audit.fn([])
+    assert not result.passed and result.metadata["max_share"] == 0.2

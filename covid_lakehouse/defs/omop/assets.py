@@ -4,8 +4,10 @@ with write-audit-publish."""
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -110,7 +112,9 @@ class TenantRunConfig(dg.Config):
                 "the last successful run recorded, a 'no change' observation is logged and the run stops here "
                 "(care_site and provider are skipped; config full_refresh: true forces the run). Otherwise new "
                 "files are parsed as written into Iceberg tables landing_row (one row per line, with file and "
-                "line number) and landing_file (the manifest: each object key + ETag once).",
+                "line number) and landing_file (the manifest: each object key + ETag once). Its metadata's "
+                "full_refresh and allow_mass_deletion only show the run's config: the later steps read it from "
+                "the run (run_flags), which a re-execution from failure keeps.",
 )
 def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3: LakeS3Resource,
                   lakehouse: LakehouseResource, omop_tenants: TenantsResource):
@@ -184,11 +188,12 @@ def _gate_metadata(context: dg.AssetExecutionContext, tenant: Tenant) -> dict | 
     return record.asset_materialization.metadata
 
 
-def _run_flag(context: dg.AssetExecutionContext, name: str) -> bool:
-    """A flag of this run's config for its gate (TenantRunConfig). Read from the run, not the gate's
-    metadata: a re-execution from failure carries its parent's config but not its gate."""
-    ops = context.run.run_config.get("ops") or {}
-    return bool(((ops.get(LANDING_KEY.to_python_identifier()) or {}).get("config") or {}).get(name, False))
+def run_flags(run_config: Mapping[str, Any]) -> TenantRunConfig:
+    """The tenant run's flags (its gate's config), validated, from a run's whole config: how every step
+    but the gate (which Dagster hands them typed) reads them. From the run, not the gate's metadata: a
+    re-execution from failure carries its parent's config but not its gate."""
+    ops = run_config.get("ops") or {}
+    return TenantRunConfig(**((ops.get(LANDING_KEY.to_python_identifier()) or {}).get("config") or {}))
 
 
 def _recorded_fingerprint(gate: dict | None) -> tuple[str | None, str | None]:
@@ -250,7 +255,8 @@ _OUTPUTS = {
                "Published but flagged: NPI check digit failures, disagreements between sources (both values), "
                "unmapped specialties and sites, possible duplicates."),
 }
-PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconciliation(), (), ()))
+# Only the audits' names and descriptions: no setting is read to declare them.
+PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconciliation(), (), (), max_share=1.0))
 
 
 @dg.multi_asset(
@@ -263,10 +269,11 @@ PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconcili
 def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
     ns = tenant.namespace
-    try:
-        max_deleted_share()  # a malformed setting fails now, not after the extract and the transform
+    try:  # read once: a malformed setting fails now, not after the extract and the transform
+        max_share = max_deleted_share()
     except SettingError as err:
         raise dg.Failure(description=str(err), allow_retries=False) from err
+    flags = run_flags(context.run.run_config)
     gate = _gate_metadata(context, tenant)  # one event-log read: the fingerprint its gate computed
     # The extract (database) and the state reads (S3) wait on different servers: run them side by side.
     # The extract streams into a parquet file DuckDB scans: the source never sits in Python memory.
@@ -275,7 +282,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # Incremental when the tenant's source snapshot can be trusted: only new and changed rows cross
         # the network (source_snapshot.py); the file is the whole source either way.
         source = pool.submit(source_snapshot.extract_provider, tenant, lakehouse, Path(scratch) / "source",
-                             full_refresh=_run_flag(context, "full_refresh"))
+                             full_refresh=flags.full_refresh)
         # The tenant-sized state tables (the whole landing history, id map, previous provenance) as copies
         # of their parquet files that DuckDB scans (and spills from): read into Arrow, a rerun's memory
         # grew with the tenant. The small ones are read whole.
@@ -312,7 +319,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # ids reserved before publishing
         append_files(lakehouse, ns, tables.T_PROVIDER_ID_MAP, files[ID_MAP_ADDITIONS], tables.ID_MAP)
         audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), [files[FLAGS]],
-                                 allow_mass_deletion=_run_flag(context, "allow_mass_deletion"))
+                                 max_share=max_share, allow_mass_deletion=flags.allow_mass_deletion)
         committed = yield from lakehouse.publish_files(ns, tables.T_PROVIDER, [files[PROVIDER]], tables.PROVIDER,
                                                        audits=audits, asset_key=PROVIDER_KEY)
         # Named from the table the commit returned: a catalog load could see another run's later commit.

@@ -145,12 +145,12 @@ def _reconciles(counts: Reconciliation):
     return audit
 
 
-def _deletions_bounded(counts: Reconciliation, allow_mass_deletion: bool):
-    """Blocking when more than MAX_DELETED_SHARE of the source rows the last run published are gone
-    from the source now (``allow_mass_deletion``: the run's config confirmed it). Rows it quarantined
-    are not counted: removing junk from a source takes nothing from the published tables."""
+def _deletions_bounded(counts: Reconciliation, limit: float, allow_mass_deletion: bool):
+    """Blocking when more than ``limit`` (max_deleted_share, read once as the step starts) of the source
+    rows the last run published are gone from the source now (``allow_mass_deletion``: the run's config
+    confirmed it). Rows it quarantined are not counted: removing junk from a source takes nothing from
+    the published tables."""
     def audit(_) -> AuditResult:
-        limit = max_deleted_share()
         gone, before = counts.source_published_gone, counts.source_previously_published
         share = gone / before if before else 0.0
         figures = {"deleted": gone, "previously_published": before, "share": round(share, 4),
@@ -190,10 +190,11 @@ def _specialty_share(staged: _StagedProviders):
     return audit
 
 
-def provider_audits(counts: Reconciliation, care_site_ids: Collection[int], flag_files: Sequence[Path],
-                    allow_mass_deletion: bool = False) -> list[Audit]:
+def provider_audits(counts: Reconciliation, care_site_ids: Collection[int], flag_files: Sequence[Path], *,
+                    max_share: float, allow_mass_deletion: bool = False) -> list[Audit]:
     """Audits of the staged provider parquet files (the transform's ``flag_files`` for the check digit),
-    all answered by one scan of them, and of the run's reconciled counts."""
+    all answered by one scan of them, and of the run's reconciled counts; ``max_share``: the validated
+    max_deleted_share()."""
     staged = _StagedProviders(care_site_ids, flag_files)
     return [
         Audit("provider_id_unique", lambda files: _unique_result(
@@ -204,7 +205,7 @@ def provider_audits(counts: Reconciliation, care_site_ids: Collection[int], flag
         Audit("care_site_fk_resolves", _care_site_fk(staged), description="every care_site_id is a published care_site"),
         Audit("counts_reconcile", _reconciles(counts),
               description="rows read = new + merged + quarantined, for the source and the files"),
-        Audit("source_deletions_bounded", _deletions_bounded(counts, allow_mass_deletion),
+        Audit("source_deletions_bounded", _deletions_bounded(counts, max_share, allow_mass_deletion),
               description="a run that finds most of the source providers gone (over OMOP_MAX_DELETED_SHARE of those "
                           "the last run saw) publishes them as deleted only when its config allows it"),
         Audit("npi_check_digit", _npi_check_digit(staged), blocking=False,
