@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 
 from covid_lakehouse.defs.omop import tables
@@ -89,6 +90,21 @@ def published(lakehouse, namespace: str) -> dict[str, pa.Table]:
     for table, excluded in OUTPUTS.items():
         data = lakehouse.read(namespace, table).drop_columns(list(excluded))
         result[table] = data.sort_by([(name, "ascending") for name in data.column_names])
+    return result
+
+
+def normalized(lakehouse, tenant) -> dict:
+    """The tenant's published tables with its own landing prefix and source schema cut out of object
+    names, so two tenants fed the same sources compare equal."""
+    result = {}
+    for table, data in published(lakehouse, tenant.namespace).items():
+        if "source_object" in data.column_names:
+            index = data.column_names.index("source_object")
+            objects = pc.replace_substring(data["source_object"], tenant.prefix, "<prefix>/")
+            objects = pc.replace_substring(objects, tenant.source_schema + ".", "<schema>.")
+            data = data.set_column(index, "source_object", objects)
+            data = data.sort_by([(name, "ascending") for name in data.column_names])
+        result[table] = data
     return result
 
 
