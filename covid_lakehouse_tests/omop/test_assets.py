@@ -184,6 +184,6 @@ def test_a_runs_flags_are_read_from_its_config_validated_with_their_defaults():
     gate = LANDING_KEY.to_python_identifier()
     assert run_flags({}) == assets.TenantRunConfig()
     assert run_flags({"ops": {"other_op": {"config": {"full_refresh": True}}}}) == assets.TenantRunConfig()
-    flags = run_flags({"ops": {gate: {"config": {"allow_mass_deletion": True}}}})
-    assert (flags.full_refresh, flags.allow_mass_deletion) == (False, True)
+    flags = run_flags({"ops": {gate: {"config": {"allow_deleted_providers": 7}}}})
+    assert (flags.full_refresh, flags.allow_deleted_providers) == (False, 7)
     assert run_flags(FULL_REFRESH).full_refresh

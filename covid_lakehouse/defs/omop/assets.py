@@ -100,8 +100,10 @@ def _tenant(tenants: TenantsResource, name: str) -> Tenant:
 
 class TenantRunConfig(dg.Config):
     full_refresh: bool = False  # run the tenant even if its sources' fingerprint is the recorded one
-    # publish even when most source providers are gone (checks.MAX_DELETED_SHARE): an operator's confirmation
-    allow_mass_deletion: bool = False
+    # publish even when over checks.MAX_DELETED_SHARE of the source providers are gone, if no more than this
+    # many: an operator's confirmation of the count they expect (a backfill's config confirms no tenant that
+    # lost more; a yes/no confirmed every tenant it launched)
+    allow_deleted_providers: int = 0
 
 
 @dg.asset(
@@ -113,7 +115,7 @@ class TenantRunConfig(dg.Config):
                 "(care_site and provider are skipped; config full_refresh: true forces the run). Otherwise new "
                 "files are parsed as written into Iceberg tables landing_row (one row per line, with file and "
                 "line number) and landing_file (the manifest: each object key + ETag once). Its metadata's "
-                "full_refresh and allow_mass_deletion only show the run's config: the later steps read it from "
+                "full_refresh and allow_deleted_providers only show the run's config: the later steps read it from "
                 "the run (run_flags), which a re-execution from failure keeps.",
 )
 def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3: LakeS3Resource,
@@ -141,7 +143,7 @@ def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3
         "new_files": report.files, "rows_read": report.rows, "malformed_rows": report.malformed_rows,
         "rejected_files": ", ".join(report.rejected_files) or "none",
         "landing": f"s3://{tenant.landing_bucket}/{tenant.prefix}", "full_refresh": config.full_refresh,
-        "allow_mass_deletion": config.allow_mass_deletion, **sources.summary(),
+        "allow_deleted_providers": config.allow_deleted_providers, **sources.summary(),
     })
 
 
@@ -319,7 +321,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # ids reserved before publishing
         append_files(lakehouse, ns, tables.T_PROVIDER_ID_MAP, files[ID_MAP_ADDITIONS], tables.ID_MAP)
         audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), [files[FLAGS]],
-                                 max_share=max_share, allow_mass_deletion=flags.allow_mass_deletion)
+                                 max_share=max_share, allowed_deleted=flags.allow_deleted_providers)
         committed = yield from lakehouse.publish_files(ns, tables.T_PROVIDER, [files[PROVIDER]], tables.PROVIDER,
                                                        audits=audits, asset_key=PROVIDER_KEY)
         # Named from the table the commit returned: a catalog load could see another run's later commit.
