@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -60,6 +61,19 @@ def drop_file(s3, tenant: Tenant, name: str, body: bytes) -> str:
     key = tenant.prefix + name
     s3.get_client().upload_fileobj(io.BytesIO(body), tenant.landing_bucket, key)
     return key
+
+
+# Where tenant_job finds its tenants file: a reconstructable job is loaded again by Dagster, without arguments.
+TENANTS_FILE_ENV = "OMOP_TEST_TENANTS_FILE"
+
+
+def tenant_job() -> dg.JobDefinition:
+    """omop_tenant_job (the sensors' job) over the tenants file TENANTS_FILE_ENV names, for dg.reconstructable:
+    a re-execution from failure (execute_job) needs a job Dagster can load again, which
+    execute_in_process's is not."""
+    resource = TenantsResource(tenants_file=os.environ[TENANTS_FILE_ENV])
+    return rebuilt(omop_defs, resources={**platform_resources(), "omop_tenants": resource}
+                   ).resolve_job_def("omop_tenant_job")
 
 
 def run_tenant(env: OmopEnv, tenant: Tenant, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:

@@ -3,12 +3,21 @@ half done, a schema pointed at the wrong place) publishes nothing until an opera
 with the run config ``allow_deleted_providers: n`` (n at least the number gone: a confirmation is bounded);
 fewer deletions publish as before. Real PostgreSQL and S3."""
 
+import dagster as dg
 import pytest
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.checks import MAX_DELETED_SHARE, provider_audits
+from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
 from covid_lakehouse.defs.omop.transform import Reconciliation
-from covid_lakehouse_tests.omop.support import execute_on_provider, provider_metadata, published, run_tenant
+from covid_lakehouse_tests.omop.support import (
+    TENANTS_FILE_ENV,
+    execute_on_provider,
+    provider_metadata,
+    published,
+    run_tenant,
+    tenant_job,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +148,30 @@ def test_a_confirmation_covers_no_more_deletions_than_it_names(allowed, passes):
     [audit] = [a for a in provider_audits(counts, (), (), max_share=0.2, allowed_deleted=allowed) if a.name == CHECK]
     result = audit.fn([])
     assert (result.passed, result.metadata["allowed_deleted"]) == (passes, allowed)
+
+
+def test_a_reexecution_from_failure_keeps_the_runs_confirmation(make_tenants, lakehouse, pg, monkeypatch):
+    """The confirmation is read from the run's config, which a re-execution carries over; the gate (and its
+    metadata) is not part of a re-execution of the provider step."""
+    env = make_tenants(providers=40, dirt_rate=0)
+    tenant, ns = env.tenant, env.tenant.namespace
+    monkeypatch.setenv(TENANTS_FILE_ENV, str(env.path))
+    job = dg.reconstructable(tenant_job)
+    in_process = {"execution": {"config": {"in_process": {}}}}
+    run = {"tags": {"dagster/partition": tenant.name}}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, [tenant.name])
+        assert dg.execute_job(job, instance, run_config=in_process, **run).success
+        execute_on_provider(pg, tenant, "DELETE FROM {t}")
+        monkeypatch.setenv(MAX_DELETED_SHARE.name, "1.5")  # fails the provider step as it starts
+        failed = dg.execute_job(job, instance, run_config={**in_process, **allow(40)}, **run)
+        assert not failed.success
+        monkeypatch.delenv(MAX_DELETED_SHARE.name)
+        # as the UI's "re-execute from failure" launches it: the parent's config and tags, its failed steps
+        parent = instance.get_run_by_id(failed.run_id)
+        again = dg.execute_job(job, instance, run_config=parent.run_config, tags=parent.tags,
+                               reexecution_options=dg.ReexecutionOptions.from_failure(failed.run_id, instance))
+        assert again.success
+        steps = {e.step_key for e in again.all_events if e.is_step_success}
+        assert steps == {"omop_provider"}  # the gate did not run again
+    assert lakehouse.read(ns, tables.T_PROVIDER).num_rows == 0  # the 40 deletions confirmed and published
