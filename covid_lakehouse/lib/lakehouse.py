@@ -472,8 +472,8 @@ class LakehouseResource(dg.ConfigurableResource):
 
     def snapshot_metadata(self, namespace: str, table: str, committed=None) -> dict[str, Any]:
         """The table's current snapshot, for an asset's metadata. ``committed``: the table a commit of this
-        run returned (write_audit_publish, publish_files, Staged.commit): its snapshot is the one published, and no catalog
-        load is needed to learn it."""
+        run returned (write_audit_publish, publish_files, Staged.commit): its snapshot is the one
+        published, and no catalog load is needed to learn it."""
         tbl = committed if committed is not None else self.load_table(namespace, table)
         snap = tbl.current_snapshot()
         return {
