@@ -147,3 +147,23 @@ def test_a_companion_that_fails_to_publish_leaves_the_run_unrecorded_and_the_nex
         assert again.success
         assert tables.T_PROVIDER in {e.asset_key.path[-1] for e in again.get_asset_materialization_events()}
         assert lakehouse.load_table(ns, tables.T_RUN_LOG).current_snapshot().snapshot_id != recorded
+
+
+def test_every_companion_that_fails_to_publish_is_reported(make_tenants, s3, lakehouse, monkeypatch):
+    """The companions publish side by side: a failure of each is in the step's error, not only the first."""
+    env = make_tenants(1, providers=30)
+    ns = env.tenant.namespace
+    real_commit = LakehouseResource._commit
+    failing = (tables.T_PROVENANCE, tables.T_QUARANTINE, tables.T_FLAG)
+
+    def companions_fail(self, tx, namespace, table, *args, **kwargs):
+        if namespace == ns and table in failing:
+            raise dg.Failure(description=f"commit of {table} failed (test)", allow_retries=False)
+        return real_commit(self, tx, namespace, table, *args, **kwargs)
+
+    monkeypatch.setattr(LakehouseResource, "_commit", companions_fail)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_tenant(env, env.tenant, instance, raise_on_error=False)
+    assert not result.success
+    message = result.failure_data_for_node("omop_provider").error.message
+    assert all(f"commit of {table} failed (test)" in message for table in failing), message

@@ -336,8 +336,12 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
                          for table, output, schema in companions]
             run_log = publish.submit(stage_run, lakehouse, ns, tables.conform(
                 _run_log_row(context.run_id, build, *_recorded_fingerprint(gate)), tables.RUN_LOG))
-            for done in published:
-                done.result()
+            # Every companion is waited for, and every failure reported: the first is raised, the others
+            # ride on it as notes (a retry meets them all; the operator should see them all).
+            if failures := [err for done in published if (err := done.exception()) is not None]:
+                for other in failures[1:]:
+                    failures[0].add_note(f"also failed: {type(other).__name__}: {other}")
+                raise failures[0]
             staged_run = run_log.result()
         quarantine_counts, flag_counts = build.quarantine_counts(), build.flag_counts()
     # The last write of a tenant run: the fingerprint counts as recorded only once everything committed.
