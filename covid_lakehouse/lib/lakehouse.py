@@ -403,7 +403,8 @@ class LakehouseResource(dg.ConfigurableResource):
         local files (exactly the bytes staged; they receive the list of paths); a blocking failure
         raises before the commit. Then ONE snapshot is committed: an overwrite replacing every current
         data file, or an append. Files carry no Iceberg field ids: the table's name mapping
-        (set here when absent, kept up to date by schema evolution) resolves their columns by name."""
+        (set here when absent, kept up to date by schema evolution) resolves their columns by name.
+        Returns the committed table (``yield from``'s value), as write_audit_publish."""
         paths = [Path(f) for f in files]
         # The footers are read here, once: they give the rows (an empty file is not added) and the
         # statistics of each file's manifest entry, so nothing staged is read back from S3.
@@ -433,7 +434,7 @@ class LakehouseResource(dg.ConfigurableResource):
             self._add_files(tx, io, staged, mode, properties)
 
         add_files(tx)
-        self._commit(tx, namespace, table, schema, add_files)
+        return self._commit(tx, namespace, table, schema, add_files)
 
     def _stage_file(self, io, locations, path: Path) -> str:
         """Copy a local parquet file into the table's data location (an uncommitted, unreferenced file
@@ -471,8 +472,8 @@ class LakehouseResource(dg.ConfigurableResource):
 
     def snapshot_metadata(self, namespace: str, table: str, committed=None) -> dict[str, Any]:
         """The table's current snapshot, for an asset's metadata. ``committed``: the table a commit of this
-        run returned (write_audit_publish, Staged.commit): its snapshot is the one published, and no catalog
-        load is needed to learn it."""
+        run returned (write_audit_publish, publish_files, Staged.commit): its snapshot is the one
+        published, and no catalog load is needed to learn it."""
         tbl = committed if committed is not None else self.load_table(namespace, table)
         snap = tbl.current_snapshot()
         return {

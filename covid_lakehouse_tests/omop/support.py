@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 
 from covid_lakehouse.defs.omop import tables
@@ -61,6 +63,19 @@ def drop_file(s3, tenant: Tenant, name: str, body: bytes) -> str:
     return key
 
 
+# Where tenant_job finds its tenants file: a reconstructable job is loaded again by Dagster, without arguments.
+TENANTS_FILE_ENV = "OMOP_TEST_TENANTS_FILE"
+
+
+def tenant_job() -> dg.JobDefinition:
+    """omop_tenant_job (the sensors' job) over the tenants file TENANTS_FILE_ENV names, for dg.reconstructable:
+    a re-execution from failure (execute_job) needs a job Dagster can load again, which
+    execute_in_process's is not."""
+    resource = TenantsResource(tenants_file=os.environ[TENANTS_FILE_ENV])
+    return rebuilt(omop_defs, resources={**platform_resources(), "omop_tenants": resource}
+                   ).resolve_job_def("omop_tenant_job")
+
+
 def run_tenant(env: OmopEnv, tenant: Tenant, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
     """One run of the tenant's partition, as a sensor or the schedule would request it."""
     if tenant.name not in instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME):
@@ -89,6 +104,21 @@ def published(lakehouse, namespace: str) -> dict[str, pa.Table]:
     for table, excluded in OUTPUTS.items():
         data = lakehouse.read(namespace, table).drop_columns(list(excluded))
         result[table] = data.sort_by([(name, "ascending") for name in data.column_names])
+    return result
+
+
+def normalized(lakehouse, tenant) -> dict:
+    """The tenant's published tables with its own landing prefix and source schema cut out of object
+    names, so two tenants fed the same sources compare equal."""
+    result = {}
+    for table, data in published(lakehouse, tenant.namespace).items():
+        if "source_object" in data.column_names:
+            index = data.column_names.index("source_object")
+            objects = pc.replace_substring(data["source_object"], tenant.prefix, "<prefix>/")
+            objects = pc.replace_substring(objects, tenant.source_schema + ".", "<schema>.")
+            data = data.set_column(index, "source_object", objects)
+            data = data.sort_by([(name, "ascending") for name in data.column_names])
+        result[table] = data
     return result
 
 

@@ -6,9 +6,11 @@ import dataclasses
 import pyarrow as pa
 import pytest
 from psycopg import sql
+from pyiceberg.catalog.sql import SqlCatalog
 
 from covid_lakehouse.defs.omop import assets, tables
-from covid_lakehouse.defs.omop.assets import LANDING_KEY, PROVIDER_KEY, QUARANTINE_KEY
+from covid_lakehouse.defs.omop.assets import LANDING_KEY, PROVIDER_KEY, QUARANTINE_KEY, run_flags
+from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.settings import WAREHOUSE_DSN
 from covid_lakehouse_tests.omop.support import FULL_REFRESH, SAMPLE_CSV, drop_file, rows_by, run_tenant
 
@@ -152,3 +154,36 @@ def test_care_sites_sharing_a_code_fail_the_run_naming_them_and_change_nothing(m
     assert not [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]  # bad data: not retried
     assert lakehouse.read(ns, tables.T_CARE_SITE).equals(published)  # nothing published
     assert lakehouse.read(ns, tables.T_CARE_SITE_ID_MAP).equals(id_map)  # no id reserved
+
+
+def test_the_provider_metadata_names_the_snapshot_its_commit_created_not_a_later_one(make_tenants, lakehouse,
+                                                                                     instance, monkeypatch):
+    """Another writer (here a second catalog, as another process would hold) commits to the provider
+    table right after the run's commit: the run's metadata still names the snapshot it published."""
+    env = make_tenants(providers=30)
+    ns = env.tenant.namespace
+    second = SqlCatalog(lakehouse.catalog_name, **lakehouse.catalog().properties)
+    real_commit, ours = LakehouseResource._commit, []
+
+    def commit_then_another_writer(self, tx, namespace, table, *args, **kwargs):
+        committed = real_commit(self, tx, namespace, table, *args, **kwargs)
+        if namespace == ns and table == tables.T_PROVIDER:
+            ours.append(committed.current_snapshot().snapshot_id)
+            other = second.load_table((ns, table))
+            other.overwrite(other.scan().to_arrow())  # the same rows, newer snapshots
+        return committed
+
+    monkeypatch.setattr(LakehouseResource, "_commit", commit_then_another_writer)
+    result = run_tenant(env, env.tenant, instance)
+    assert result.success and len(ours) == 1
+    assert lakehouse.load_table(ns, tables.T_PROVIDER).current_snapshot().snapshot_id != ours[0]
+    assert _metadata(result, PROVIDER_KEY)["iceberg/snapshot_id"] == str(ours[0])
+
+
+def test_a_runs_flags_are_read_from_its_config_validated_with_their_defaults():
+    gate = LANDING_KEY.to_python_identifier()
+    assert run_flags({}) == assets.TenantRunConfig()
+    assert run_flags({"ops": {"other_op": {"config": {"full_refresh": True}}}}) == assets.TenantRunConfig()
+    flags = run_flags({"ops": {gate: {"config": {"allow_deleted_providers": 7}}}})
+    assert (flags.full_refresh, flags.allow_deleted_providers) == (False, 7)
+    assert run_flags(FULL_REFRESH).full_refresh

@@ -27,7 +27,7 @@ def _run(table: pa.Table, counts: Reconciliation = BALANCED, flags: pa.Table | N
         staged, flag_file = Path(tmp) / "provider.parquet", Path(tmp) / "flags.parquet"
         pq.write_table(table, staged)
         pq.write_table(flags if flags is not None else tables.FLAG.empty_table(), flag_file)
-        audits = provider_audits(counts, [1, 2], [flag_file])
+        audits = provider_audits(counts, [1, 2], [flag_file], max_share=0.5)
         return {a.name: a.fn([staged]) for a in audits}
 
 

@@ -35,7 +35,7 @@ def test_the_provider_audits_open_one_session_and_answer_for_the_files_they_rece
         pq.write_table(_providers([3, 3], ["Cid", ""], [1, 9]), bad)
         pq.write_table(tables.conform(pa.table({"provider_id": pa.array([2], pa.int64()), "flag": ["npi_check_digit"],
                                                 "value": ["x"]}), tables.FLAG), flags)
-        audits = checks.provider_audits(counts, [1, 2], [flags])
+        audits = checks.provider_audits(counts, [1, 2], [flags], max_share=0.5)
         on_good = {a.name: a.fn([good]) for a in audits}
         assert len(sessions) == 1  # six audits, one session
         assert all(r.passed for name, r in on_good.items() if name != "npi_check_digit")
@@ -56,7 +56,7 @@ def test_flags_it_cannot_read_fail_the_warning_audit_alone():
         good, flags = Path(tmp) / "good.parquet", Path(tmp) / "flags.parquet"
         pq.write_table(_providers([1, 2], ["Ann", "Bob"], [1, 2]), good)
         flags.write_bytes(b"not a parquet file")
-        audits = checks.provider_audits(counts, [1, 2], [flags])
+        audits = checks.provider_audits(counts, [1, 2], [flags], max_share=0.5)
         outcomes = {}
         for audit in audits:
             try:
@@ -77,7 +77,7 @@ def test_the_flag_files_are_read_once_whatever_staged_files_the_audits_receive()
         pq.write_table(_providers([1, 2, 4], ["Ann", "Bob", "Dee"], [1, 2, 2]), other)
         pq.write_table(tables.conform(pa.table({"provider_id": pa.array([2], pa.int64()), "flag": ["npi_check_digit"],
                                                 "value": ["x"]}), tables.FLAG), flags)
-        audit = {a.name: a for a in checks.provider_audits(counts, [1, 2], [flags])}["npi_check_digit"]
+        audit = {a.name: a for a in checks.provider_audits(counts, [1, 2], [flags], max_share=0.5)}["npi_check_digit"]
         assert audit.fn([good]).metadata["failing"] == 1
         flags.write_bytes(b"not a parquet file any more")  # a second read would fail
         on_other = audit.fn([other])

@@ -5,32 +5,16 @@ both take in the same new file, both reserve ids from the same empty id maps, th
 import threading
 
 import dagster as dg
-import pyarrow.compute as pc
 import pytest
 
 from covid_lakehouse.defs.omop import assets, pipeline, tables
 from covid_lakehouse.lib.lakehouse import LakehouseResource
-from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, published, run_tenant
+from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, normalized, run_tenant
 
 pytestmark = pytest.mark.integration
 
 # Guards a broken interleaving from hanging the suite; the barriers, not this, order the runs.
 DEADLOCK_GUARD_S = 120
-
-
-def _normalized(lakehouse, tenant) -> dict:
-    """The tenant's published tables with its own landing prefix and source schema cut out of object
-    names, so two tenants fed the same sources compare equal."""
-    result = {}
-    for table, data in published(lakehouse, tenant.namespace).items():
-        if "source_object" in data.column_names:
-            index = data.column_names.index("source_object")
-            objects = pc.replace_substring(data["source_object"], tenant.prefix, "<prefix>/")
-            objects = pc.replace_substring(objects, tenant.source_schema + ".", "<schema>.")
-            data = data.set_column(index, "source_object", objects)
-            data = data.sort_by([(name, "ascending") for name in data.column_names])
-        result[table] = data
-    return result
 
 
 def test_two_overlapping_runs_of_a_tenant_publish_what_one_run_publishes(make_tenants, s3, lakehouse, monkeypatch):
@@ -40,7 +24,7 @@ def test_two_overlapping_runs_of_a_tenant_publish_what_one_run_publishes(make_te
         drop_file(s3, tenant, "d1/sample.csv", SAMPLE_CSV)
     with dg.DagsterInstance.ephemeral() as instance:
         run_tenant(env, once, instance)
-    reference = _normalized(lakehouse, once)
+    reference = normalized(lakehouse, once)
 
     # Each barrier is passed by both runs of `twice` together, right after they read a piece of state.
     meet = {table: threading.Barrier(2, timeout=DEADLOCK_GUARD_S) for table in (
@@ -86,4 +70,4 @@ def test_two_overlapping_runs_of_a_tenant_publish_what_one_run_publishes(make_te
     assert lakehouse.read(twice.namespace, tables.T_LANDING_FILE).num_rows == 2
     id_map = lakehouse.read(twice.namespace, tables.T_PROVIDER_ID_MAP)
     assert id_map.num_rows > len(set(id_map["natural_key"].to_pylist()))
-    assert _normalized(lakehouse, twice) == reference
+    assert normalized(lakehouse, twice) == reference

@@ -1,18 +1,33 @@
 """A run that finds most of a tenant's source providers gone (a table emptied by mistake, a reload
-half done, a schema pointed at the wrong place) publishes nothing until an operator confirms it with
-the run config ``allow_mass_deletion: true``; fewer deletions publish as before. Real PostgreSQL and S3."""
+half done, a schema pointed at the wrong place) publishes nothing until an operator confirms the count
+with the run config ``allow_deleted_providers: n`` (n at least the number gone: a confirmation is bounded);
+fewer deletions publish as before. Real PostgreSQL and S3."""
 
+import dagster as dg
 import pytest
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.checks import MAX_DELETED_SHARE
-from covid_lakehouse_tests.omop.support import execute_on_provider, provider_metadata, published, run_tenant
+from covid_lakehouse.defs.omop.checks import MAX_DELETED_SHARE, provider_audits
+from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
+from covid_lakehouse.defs.omop.transform import Reconciliation
+from covid_lakehouse_tests.omop.support import (
+    TENANTS_FILE_ENV,
+    execute_on_provider,
+    provider_metadata,
+    published,
+    run_tenant,
+    tenant_job,
+)
 
 pytestmark = pytest.mark.integration
 
-ALLOW = {"ops": {"omop__landing_files": {"config": {"allow_mass_deletion": True}}}}
 CHECK = "source_deletions_bounded"
 STATE = (tables.T_PROVIDER, tables.T_PROVENANCE, tables.T_QUARANTINE, tables.T_FLAG, tables.T_RUN_LOG)
+
+
+def allow(deleted: int) -> dict:
+    """Run config confirming up to ``deleted`` providers gone."""
+    return {"ops": {"omop__landing_files": {"config": {"allow_deleted_providers": deleted}}}}
 
 
 def _check(result) -> tuple[bool, dict]:
@@ -39,14 +54,20 @@ def test_a_source_emptied_by_mistake_publishes_nothing_until_a_run_allows_it(mak
     assert figures["previously_published"] == published_before > 0
     message = stopped.failure_data_for_node("omop_provider").error.message
     assert f"{published_before} of the {published_before} source providers" in message
-    assert "allow_mass_deletion: true" in message and "not published" in message
+    assert f"allow_deleted_providers: {published_before}" in message and "not published" in message
     # every published table as it was, and no run recorded (the next run is not skipped)
     assert _snapshots(lakehouse, ns) == snapshots and published(lakehouse, ns) == before
 
     stopped_again = run_tenant(env, tenant, instance, raise_on_error=False)
     assert not stopped_again.success and not _check(stopped_again)[0]
 
-    confirmed = run_tenant(env, tenant, instance, run_config=ALLOW)
+    # a confirmation of fewer than are gone confirms nothing (a backfill's config is no blanket yes)
+    too_few = run_tenant(env, tenant, instance, raise_on_error=False, run_config=allow(published_before - 1))
+    assert not too_few.success and not _check(too_few)[0]
+    assert f"this run allowed {published_before - 1}" in too_few.failure_data_for_node("omop_provider").error.message
+    assert _snapshots(lakehouse, ns) == snapshots
+
+    confirmed = run_tenant(env, tenant, instance, run_config=allow(published_before))
     assert confirmed.success and _check(confirmed)[0]
     assert provider_metadata(confirmed)["source_deleted"] == 80  # the quarantined (nameless) ones too
     assert lakehouse.read(ns, tables.T_PROVIDER).num_rows == 0
@@ -74,7 +95,7 @@ def test_the_share_is_of_the_providers_the_last_run_published_not_of_rows_that_c
     assert run_tenant(env, tenant, instance).success
     execute_on_provider(pg, tenant, "CREATE TEMP TABLE backup AS SELECT * FROM {t} WHERE provider_id > 10")
     execute_on_provider(pg, tenant, "DELETE FROM {t} WHERE provider_id > 10")
-    assert run_tenant(env, tenant, instance, run_config=ALLOW).success  # 90 gone, confirmed
+    assert run_tenant(env, tenant, instance, run_config=allow(90)).success  # 90 gone, confirmed
     execute_on_provider(pg, tenant, "INSERT INTO {t} SELECT * FROM backup; DROP TABLE backup")  # a stale backup
     execute_on_provider(pg, tenant, "DELETE FROM {t} WHERE provider_id <= 10")  # and the 10 live ones gone
     stopped = run_tenant(env, tenant, instance, raise_on_error=False)
@@ -111,3 +132,46 @@ def test_the_share_is_a_setting_and_a_bad_value_fails_the_step_naming_it(make_te
     assert not run_tenant(env, tenant, instance, raise_on_error=False).success
     monkeypatch.setenv(MAX_DELETED_SHARE.name, "1")  # never stopped
     assert run_tenant(env, tenant, instance).success
+
+
+def test_the_audit_judges_by_the_share_the_step_validated_not_by_reading_the_setting_again(monkeypatch):
+    monkeypatch.setenv(MAX_DELETED_SHARE.name, "1")  # never stopped, were it read again
+    counts = Reconciliation(source_previously_published=10, source_published_gone=3)
+    [audit] = [a for a in provider_audits(counts, (), (), max_share=0.2) if a.name == CHECK]
+    result = audit.fn([])
+    assert not result.passed and result.metadata["max_share"] == 0.2
+
+
+@pytest.mark.parametrize(("allowed", "passes"), [(0, False), (2, False), (3, True), (30, True)])
+def test_a_confirmation_covers_no_more_deletions_than_it_names(allowed, passes):
+    counts = Reconciliation(source_previously_published=10, source_published_gone=3)  # 30%, over a fifth
+    [audit] = [a for a in provider_audits(counts, (), (), max_share=0.2, allowed_deleted=allowed) if a.name == CHECK]
+    result = audit.fn([])
+    assert (result.passed, result.metadata["allowed_deleted"]) == (passes, allowed)
+
+
+def test_a_reexecution_from_failure_keeps_the_runs_confirmation(make_tenants, lakehouse, pg, monkeypatch):
+    """The confirmation is read from the run's config, which a re-execution carries over; the gate (and its
+    metadata) is not part of a re-execution of the provider step."""
+    env = make_tenants(providers=40, dirt_rate=0)
+    tenant, ns = env.tenant, env.tenant.namespace
+    monkeypatch.setenv(TENANTS_FILE_ENV, str(env.path))
+    job = dg.reconstructable(tenant_job)
+    in_process = {"execution": {"config": {"in_process": {}}}}
+    run = {"tags": {"dagster/partition": tenant.name}}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, [tenant.name])
+        assert dg.execute_job(job, instance, run_config=in_process, **run).success
+        execute_on_provider(pg, tenant, "DELETE FROM {t}")
+        monkeypatch.setenv(MAX_DELETED_SHARE.name, "1.5")  # fails the provider step as it starts
+        failed = dg.execute_job(job, instance, run_config={**in_process, **allow(40)}, **run)
+        assert not failed.success
+        monkeypatch.delenv(MAX_DELETED_SHARE.name)
+        # as the UI's "re-execute from failure" launches it: the parent's config and tags, its failed steps
+        parent = instance.get_run_by_id(failed.run_id)
+        again = dg.execute_job(job, instance, run_config=parent.run_config, tags=parent.tags,
+                               reexecution_options=dg.ReexecutionOptions.from_failure(failed.run_id, instance))
+        assert again.success
+        steps = {e.step_key for e in again.all_events if e.is_step_success}
+        assert steps == {"omop_provider"}  # the gate did not run again
+    assert lakehouse.read(ns, tables.T_PROVIDER).num_rows == 0  # the 40 deletions confirmed and published

@@ -1,7 +1,7 @@
 """A tenant run stages the writes of a step side by side (each write waits on S3: most of a tenant's
 fixed cost) and still commits them in the order the pipeline relies on: landing rows before the
 landing manifest, the care_site id map before care_site, the run_log row after every output. A commit
-that fails leaves the tables that follow it uncommitted."""
+that fails leaves the tables staged beside it uncommitted."""
 
 import threading
 
@@ -10,7 +10,7 @@ import pytest
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.lib.lakehouse import LakehouseResource
-from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, run_tenant
+from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, normalized, run_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -60,23 +60,66 @@ def test_a_steps_writes_are_staged_side_by_side_and_committed_in_order(make_tena
     (tables.T_LANDING_ROW, tables.T_LANDING_FILE),  # the manifest never names rows that are not committed
     (tables.T_CARE_SITE_ID_MAP, tables.T_CARE_SITE),  # ids are reserved before anything publishes them
 ])
-def test_a_failed_commit_leaves_the_table_after_it_uncommitted(make_tenants, s3, lakehouse, monkeypatch, failing,
-                                                              not_committed):
+def test_a_failed_commit_leaves_the_table_staged_beside_it_uncommitted(make_tenants, s3, lakehouse, monkeypatch,
+                                                                      failing, not_committed):
+    """The table after the failing one was already staged (its files written) when the commit failed:
+    the commit order, not the order of the writes, keeps it unpublished. Written one after the other
+    (the code before staging), it would never have been staged: the first assertion tells them apart."""
     env = make_tenants(1)
     tenant = env.tenant
     drop_file(s3, tenant, "d1/sample.csv", SAMPLE_CSV)
-    real_commit = LakehouseResource._commit
+    partner_staged, staged_when_failed = threading.Event(), []
+    real_stage, real_commit = LakehouseResource.stage, LakehouseResource._commit
+
+    def recorded_stage(self, namespace, table, *args, **kwargs):
+        staged = real_stage(self, namespace, table, *args, **kwargs)
+        if namespace == tenant.namespace and table == not_committed:
+            partner_staged.set()
+        return staged
 
     def failing_commit(self, tx, namespace, table, *args, **kwargs):
         if namespace == tenant.namespace and table == failing:
+            # care_site may still be staging in its thread: wait for it (bounded), then fail
+            staged_when_failed.append(partner_staged.wait(PARTNER_WAIT_S))
             raise dg.Failure(description=f"commit of {table} failed (test)", allow_retries=False)
         return real_commit(self, tx, namespace, table, *args, **kwargs)
 
+    monkeypatch.setattr(LakehouseResource, "stage", recorded_stage)
     monkeypatch.setattr(LakehouseResource, "_commit", failing_commit)
     with dg.DagsterInstance.ephemeral() as instance:
         assert not run_tenant(env, tenant, instance, raise_on_error=False).success
+    assert staged_when_failed == [True]
     assert not lakehouse.table_exists(tenant.namespace, failing)
     assert not lakehouse.table_exists(tenant.namespace, not_committed)
+
+
+def test_rows_committed_without_their_manifest_are_taken_in_again_and_publish_what_a_clean_run_does(
+        make_tenants, s3, lakehouse, monkeypatch):
+    """landing_row commits, then landing_file fails to: the next run finds the file missing from the
+    manifest and appends its rows again; the transform drops the repeated (file, line) rows."""
+    env = make_tenants(2, providers=60)  # same seed: identical sources
+    retried, clean = env.tenants
+    for tenant in env.tenants:
+        drop_file(s3, tenant, "d1/sample.csv", SAMPLE_CSV)
+    real_commit = LakehouseResource._commit
+
+    def manifest_fails(self, tx, namespace, table, *args, **kwargs):
+        if namespace == retried.namespace and table == tables.T_LANDING_FILE:
+            raise dg.Failure(description="commit of landing_file failed (test)", allow_retries=False)
+        return real_commit(self, tx, namespace, table, *args, **kwargs)
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run_tenant(env, clean, instance).success
+        monkeypatch.setattr(LakehouseResource, "_commit", manifest_fails)
+        assert not run_tenant(env, retried, instance, raise_on_error=False).success
+        once = lakehouse.read(clean.namespace, tables.T_LANDING_ROW).num_rows
+        assert lakehouse.read(retried.namespace, tables.T_LANDING_ROW).num_rows == once > 0
+        assert not lakehouse.table_exists(retried.namespace, tables.T_LANDING_FILE)
+        monkeypatch.setattr(LakehouseResource, "_commit", real_commit)
+        assert run_tenant(env, retried, instance).success
+    assert lakehouse.read(retried.namespace, tables.T_LANDING_ROW).num_rows == 2 * once  # the file taken in twice
+    assert lakehouse.read(retried.namespace, tables.T_LANDING_FILE).num_rows == 1
+    assert normalized(lakehouse, retried) == normalized(lakehouse, clean)
 
 
 def test_a_companion_that_fails_to_publish_leaves_the_run_unrecorded_and_the_next_run_not_skipped(
@@ -104,3 +147,23 @@ def test_a_companion_that_fails_to_publish_leaves_the_run_unrecorded_and_the_nex
         assert again.success
         assert tables.T_PROVIDER in {e.asset_key.path[-1] for e in again.get_asset_materialization_events()}
         assert lakehouse.load_table(ns, tables.T_RUN_LOG).current_snapshot().snapshot_id != recorded
+
+
+def test_every_companion_that_fails_to_publish_is_reported(make_tenants, s3, lakehouse, monkeypatch):
+    """The companions publish side by side: a failure of each is in the step's error, not only the first."""
+    env = make_tenants(1, providers=30)
+    ns = env.tenant.namespace
+    real_commit = LakehouseResource._commit
+    failing = (tables.T_PROVENANCE, tables.T_QUARANTINE, tables.T_FLAG)
+
+    def companions_fail(self, tx, namespace, table, *args, **kwargs):
+        if namespace == ns and table in failing:
+            raise dg.Failure(description=f"commit of {table} failed (test)", allow_retries=False)
+        return real_commit(self, tx, namespace, table, *args, **kwargs)
+
+    monkeypatch.setattr(LakehouseResource, "_commit", companions_fail)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_tenant(env, env.tenant, instance, raise_on_error=False)
+    assert not result.success
+    message = result.failure_data_for_node("omop_provider").error.message
+    assert all(f"commit of {table} failed (test)" in message for table in failing), message

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
 from covid_lakehouse.lib.lakehouse import LakehouseResource
@@ -148,3 +149,19 @@ def test_a_file_whose_columns_do_not_fit_the_table_is_refused_before_the_commit(
     with pytest.raises(ValueError, match="id"):
         list(lakehouse.publish_files(ns, "t", [wrong], SCHEMA))
     assert lakehouse.load_table(ns, "t").current_snapshot().snapshot_id == snapshot
+
+
+def test_publish_files_returns_the_table_its_commit_created_whatever_commits_after_it(services, lakehouse, tmp_path):
+    """snapshot_metadata of the returned table names the published snapshot even once another writer (a
+    second catalog, as another process holds) has committed on top of it; a catalog load would not."""
+    ns = "publish_files_returns"
+    part = _file(tmp_path, "part.parquet", pa.table({"id": pa.array([1], pa.int64()), "name": ["a"]}, schema=SCHEMA))
+    with pytest.raises(StopIteration) as done:  # no audits: nothing yielded, the committed table returned
+        next(lakehouse.publish_files(ns, "t", [part], SCHEMA, snapshot_properties={"test.marker": "ours"}))
+    committed = done.value.value
+    other = SqlCatalog(lakehouse.catalog_name, **lakehouse.catalog().properties).load_table((ns, "t"))
+    other.append(pa.table({"id": pa.array([2], pa.int64()), "name": ["b"]}, schema=SCHEMA))
+    current = lakehouse.load_table(ns, "t").current_snapshot()
+    named = lakehouse.snapshot_metadata(ns, "t", committed)["iceberg/snapshot_id"]
+    assert named == str(current.parent_snapshot_id) != str(current.snapshot_id)
+    assert lakehouse.load_table(ns, "t").snapshot_by_id(int(named)).summary["test.marker"] == "ours"

@@ -4,8 +4,10 @@ with write-audit-publish."""
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -98,8 +100,10 @@ def _tenant(tenants: TenantsResource, name: str) -> Tenant:
 
 class TenantRunConfig(dg.Config):
     full_refresh: bool = False  # run the tenant even if its sources' fingerprint is the recorded one
-    # publish even when most source providers are gone (checks.MAX_DELETED_SHARE): an operator's confirmation
-    allow_mass_deletion: bool = False
+    # publish even when over checks.MAX_DELETED_SHARE of the source providers are gone, if no more than this
+    # many: an operator's confirmation of the count they expect (a backfill's config confirms no tenant that
+    # lost more; a yes/no confirmed every tenant it launched)
+    allow_deleted_providers: int = 0
 
 
 @dg.asset(
@@ -110,7 +114,9 @@ class TenantRunConfig(dg.Config):
                 "the last successful run recorded, a 'no change' observation is logged and the run stops here "
                 "(care_site and provider are skipped; config full_refresh: true forces the run). Otherwise new "
                 "files are parsed as written into Iceberg tables landing_row (one row per line, with file and "
-                "line number) and landing_file (the manifest: each object key + ETag once).",
+                "line number) and landing_file (the manifest: each object key + ETag once). Its metadata's "
+                "full_refresh and allow_deleted_providers only show the run's config: the later steps read it from "
+                "the run (run_flags), which a re-execution from failure keeps.",
 )
 def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3: LakeS3Resource,
                   lakehouse: LakehouseResource, omop_tenants: TenantsResource):
@@ -137,7 +143,7 @@ def landing_files(context: dg.AssetExecutionContext, config: TenantRunConfig, s3
         "new_files": report.files, "rows_read": report.rows, "malformed_rows": report.malformed_rows,
         "rejected_files": ", ".join(report.rejected_files) or "none",
         "landing": f"s3://{tenant.landing_bucket}/{tenant.prefix}", "full_refresh": config.full_refresh,
-        "allow_mass_deletion": config.allow_mass_deletion, **sources.summary(),
+        "allow_deleted_providers": config.allow_deleted_providers, **sources.summary(),
     })
 
 
@@ -184,11 +190,12 @@ def _gate_metadata(context: dg.AssetExecutionContext, tenant: Tenant) -> dict | 
     return record.asset_materialization.metadata
 
 
-def _run_flag(context: dg.AssetExecutionContext, name: str) -> bool:
-    """A flag of this run's config for its gate (TenantRunConfig). Read from the run, not the gate's
-    metadata: a re-execution from failure carries its parent's config but not its gate."""
-    ops = context.run.run_config.get("ops") or {}
-    return bool(((ops.get(LANDING_KEY.to_python_identifier()) or {}).get("config") or {}).get(name, False))
+def run_flags(run_config: Mapping[str, Any]) -> TenantRunConfig:
+    """The tenant run's flags (its gate's config), validated, from a run's whole config: how every step
+    but the gate (which Dagster hands them typed) reads them. From the run, not the gate's metadata: a
+    re-execution from failure carries its parent's config but not its gate."""
+    ops = run_config.get("ops") or {}
+    return TenantRunConfig(**((ops.get(LANDING_KEY.to_python_identifier()) or {}).get("config") or {}))
 
 
 def _recorded_fingerprint(gate: dict | None) -> tuple[str | None, str | None]:
@@ -250,7 +257,8 @@ _OUTPUTS = {
                "Published but flagged: NPI check digit failures, disagreements between sources (both values), "
                "unmapped specialties and sites, possible duplicates."),
 }
-PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconciliation(), (), ()))
+# Only the audits' names and descriptions: no setting is read to declare them.
+PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconciliation(), (), (), max_share=1.0))
 
 
 @dg.multi_asset(
@@ -263,10 +271,11 @@ PROVIDER_AUDIT_SPECS = audit_check_specs(PROVIDER_KEY, provider_audits(Reconcili
 def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, omop_tenants: TenantsResource):
     tenant = _tenant(omop_tenants, context.partition_key)
     ns = tenant.namespace
-    try:
-        max_deleted_share()  # a malformed setting fails now, not after the extract and the transform
+    try:  # read once: a malformed setting fails now, not after the extract and the transform
+        max_share = max_deleted_share()
     except SettingError as err:
         raise dg.Failure(description=str(err), allow_retries=False) from err
+    flags = run_flags(context.run.run_config)
     gate = _gate_metadata(context, tenant)  # one event-log read: the fingerprint its gate computed
     # The extract (database) and the state reads (S3) wait on different servers: run them side by side.
     # The extract streams into a parquet file DuckDB scans: the source never sits in Python memory.
@@ -275,7 +284,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # Incremental when the tenant's source snapshot can be trusted: only new and changed rows cross
         # the network (source_snapshot.py); the file is the whole source either way.
         source = pool.submit(source_snapshot.extract_provider, tenant, lakehouse, Path(scratch) / "source",
-                             full_refresh=_run_flag(context, "full_refresh"))
+                             full_refresh=flags.full_refresh)
         # The tenant-sized state tables (the whole landing history, id map, previous provenance) as copies
         # of their parquet files that DuckDB scans (and spills from): read into Arrow, a rerun's memory
         # grew with the tenant. The small ones are read whole.
@@ -312,23 +321,28 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # ids reserved before publishing
         append_files(lakehouse, ns, tables.T_PROVIDER_ID_MAP, files[ID_MAP_ADDITIONS], tables.ID_MAP)
         audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), [files[FLAGS]],
-                                 allow_mass_deletion=_run_flag(context, "allow_mass_deletion"))
-        yield from lakehouse.publish_files(ns, tables.T_PROVIDER, [files[PROVIDER]], tables.PROVIDER, audits=audits,
-                                           asset_key=PROVIDER_KEY)
+                                 max_share=max_share, allowed_deleted=flags.allow_deleted_providers)
+        committed = yield from lakehouse.publish_files(ns, tables.T_PROVIDER, [files[PROVIDER]], tables.PROVIDER,
+                                                       audits=audits, asset_key=PROVIDER_KEY)
+        # Named from the table the commit returned: a catalog load could see another run's later commit.
+        provider_snapshot = lakehouse.snapshot_metadata(ns, tables.T_PROVIDER, committed)
         # The provider snapshot is published; its companions follow, side by side (a failure here is
         # retried and, the run being deterministic, republishes the same provider rows).
         companions = [(tables.T_PROVENANCE, PROVENANCE, tables.PROVENANCE), (tables.T_QUARANTINE, QUARANTINE, tables.QUARANTINE),
                       (tables.T_FLAG, FLAGS, tables.FLAG)]
-        # Alongside them: the provider snapshot's metadata, and the run_log row staged (its commit waits).
-        with ThreadPoolExecutor(max_workers=5, thread_name_prefix="omop-publish") as publish:
+        # Alongside them: the run_log row staged (its commit waits).
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="omop-publish") as publish:
             published = [publish.submit(list, lakehouse.publish_files(ns, table, [files[output]], schema))
                          for table, output, schema in companions]
-            provider_snapshot = publish.submit(lakehouse.snapshot_metadata, ns, tables.T_PROVIDER)
             run_log = publish.submit(stage_run, lakehouse, ns, tables.conform(
                 _run_log_row(context.run_id, build, *_recorded_fingerprint(gate)), tables.RUN_LOG))
-            for done in published:
-                done.result()
-            staged_run, provider_snapshot = run_log.result(), provider_snapshot.result()
+            # Every companion is waited for, and every failure reported: the first is raised, the others
+            # ride on it as notes (a retry meets them all; the operator should see them all).
+            if failures := [err for done in published if (err := done.exception()) is not None]:
+                for other in failures[1:]:
+                    failures[0].add_note(f"also failed: {type(other).__name__}: {other}")
+                raise failures[0]
+            staged_run = run_log.result()
         quarantine_counts, flag_counts = build.quarantine_counts(), build.flag_counts()
     # The last write of a tenant run: the fingerprint counts as recorded only once everything committed.
     staged_run.commit()
