@@ -3,6 +3,7 @@ S3, DuckDB transform, Iceberg tables with write-audit-publish, checks, ids stabl
 
 import dataclasses
 
+import dagster as dg
 import pyarrow as pa
 import pytest
 from psycopg import sql
@@ -187,3 +188,19 @@ def test_a_runs_flags_are_read_from_its_config_validated_with_their_defaults():
     flags = run_flags({"ops": {gate: {"config": {"allow_deleted_providers": 7}}}})
     assert (flags.full_refresh, flags.allow_deleted_providers) == (False, 7)
     assert run_flags(FULL_REFRESH).full_refresh
+
+
+def test_a_runs_flags_given_as_env_are_resolved_and_invalid_ones_fail_without_retries(monkeypatch):
+    """Dagster's config takes {"env": NAME} for a scalar; a negative or malformed flag fails the step
+    naming the setting, and is not retried (a retry reads the same config)."""
+    gate = assets.landing_files.op.name
+    monkeypatch.setenv("OMOP_TEST_DELETED", "12")
+    assert run_flags({"ops": {gate: {"config": {"allow_deleted_providers": {"env": "OMOP_TEST_DELETED"}}}}}
+                     ).allow_deleted_providers == 12
+    for given, named in (({"allow_deleted_providers": -1}, "must be a count"),
+                         ({"allow_deleted_providers": "many"}, "allow_deleted_providers"),
+                         ({"full_refresh": "maybe"}, "full_refresh")):
+        with pytest.raises(dg.Failure) as failed:
+            run_flags({"ops": {gate: {"config": given}}})
+        assert named in failed.value.description and f"ops.{gate}.config" in failed.value.description
+        assert failed.value.allow_retries is False

@@ -1,6 +1,6 @@
 """A run that finds most of a tenant's source providers gone (a table emptied by mistake, a reload
 half done, a schema pointed at the wrong place) publishes nothing until an operator confirms the count
-with the run config ``allow_deleted_providers: n`` (n at least the number gone: a confirmation is bounded);
+with the run config ``allow_deleted_providers: n`` (n exactly the number gone: a confirmation is bounded);
 fewer deletions publish as before. Real PostgreSQL and S3."""
 
 import dagster as dg
@@ -26,7 +26,7 @@ STATE = (tables.T_PROVIDER, tables.T_PROVENANCE, tables.T_QUARANTINE, tables.T_F
 
 
 def allow(deleted: int) -> dict:
-    """Run config confirming up to ``deleted`` providers gone."""
+    """Run config confirming exactly ``deleted`` providers gone."""
     return {"ops": {"omop__landing_files": {"config": {"allow_deleted_providers": deleted}}}}
 
 
@@ -61,11 +61,12 @@ def test_a_source_emptied_by_mistake_publishes_nothing_until_a_run_allows_it(mak
     stopped_again = run_tenant(env, tenant, instance, raise_on_error=False)
     assert not stopped_again.success and not _check(stopped_again)[0]
 
-    # a confirmation of fewer than are gone confirms nothing (a backfill's config is no blanket yes)
-    too_few = run_tenant(env, tenant, instance, raise_on_error=False, run_config=allow(published_before - 1))
-    assert not too_few.success and not _check(too_few)[0]
-    assert f"this run allowed {published_before - 1}" in too_few.failure_data_for_node("omop_provider").error.message
-    assert _snapshots(lakehouse, ns) == snapshots
+    # a count other than the one gone confirms nothing (a backfill's config is no blanket yes)
+    for wrong in (published_before - 1, published_before + 1):
+        unconfirmed = run_tenant(env, tenant, instance, raise_on_error=False, run_config=allow(wrong))
+        assert not unconfirmed.success and not _check(unconfirmed)[0]
+        assert f"this run confirmed {wrong}" in unconfirmed.failure_data_for_node("omop_provider").error.message
+        assert _snapshots(lakehouse, ns) == snapshots
 
     confirmed = run_tenant(env, tenant, instance, run_config=allow(published_before))
     assert confirmed.success and _check(confirmed)[0]
@@ -142,12 +143,13 @@ def test_the_audit_judges_by_the_share_the_step_validated_not_by_reading_the_set
     assert not result.passed and result.metadata["max_share"] == 0.2
 
 
-@pytest.mark.parametrize(("allowed", "passes"), [(0, False), (2, False), (3, True), (30, True)])
-def test_a_confirmation_covers_no_more_deletions_than_it_names(allowed, passes):
+@pytest.mark.parametrize(("allowed", "passes"), [(0, False), (2, False), (3, True), (4, False), (30, False)])
+def test_a_confirmation_covers_exactly_the_deletions_it_names(allowed, passes):
+    """One count in a backfill's config must not confirm a tenant that lost fewer (a small tenant wiped)."""
     counts = Reconciliation(source_previously_published=10, source_published_gone=3)  # 30%, over a fifth
-    [audit] = [a for a in provider_audits(counts, (), (), max_share=0.2, allowed_deleted=allowed) if a.name == CHECK]
+    [audit] = [a for a in provider_audits(counts, (), (), max_share=0.2, allow_deleted_providers=allowed) if a.name == CHECK]
     result = audit.fn([])
-    assert (result.passed, result.metadata["allowed_deleted"]) == (passes, allowed)
+    assert (result.passed, result.metadata["allow_deleted_providers"]) == (passes, allowed)
 
 
 def test_a_reexecution_from_failure_keeps_the_runs_confirmation(make_tenants, lakehouse, pg, monkeypatch):

@@ -100,9 +100,9 @@ def _tenant(tenants: TenantsResource, name: str) -> Tenant:
 
 class TenantRunConfig(dg.Config):
     full_refresh: bool = False  # run the tenant even if its sources' fingerprint is the recorded one
-    # publish even when over checks.MAX_DELETED_SHARE of the source providers are gone, if no more than this
-    # many: an operator's confirmation of the count they expect (a backfill's config confirms no tenant that
-    # lost more; a yes/no confirmed every tenant it launched)
+    # publish even when over checks.MAX_DELETED_SHARE of the source providers are gone, if exactly this many
+    # are: an operator's confirmation of the count the blocked run named (a backfill's one count confirms no
+    # tenant that lost another number; a yes/no confirmed every tenant it launched)
     allow_deleted_providers: int = 0
 
 
@@ -193,9 +193,22 @@ def _gate_metadata(context: dg.AssetExecutionContext, tenant: Tenant) -> dict | 
 def run_flags(run_config: Mapping[str, Any]) -> TenantRunConfig:
     """The tenant run's flags (its gate's config), validated, from a run's whole config: how every step
     but the gate (which Dagster hands them typed) reads them. From the run, not the gate's metadata: a
-    re-execution from failure carries its parent's config but not its gate."""
+    re-execution from failure carries its parent's config but not its gate. Invalid flags fail the step
+    without retries (a retry would read the same config)."""
     ops = run_config.get("ops") or {}
-    return TenantRunConfig(**((ops.get(LANDING_KEY.to_python_identifier()) or {}).get("config") or {}))
+    given = (ops.get(landing_files.op.name) or {}).get("config") or {}
+    try:
+        # Dagster's config also accepts {"env": NAME} for a scalar: resolved here as Dagster resolves it.
+        flags = TenantRunConfig(**{name: dg.EnvVar(value["env"]).get_value() if isinstance(value, dict) and
+                                   set(value) == {"env"} else value for name, value in given.items()})
+    except (ValueError, TypeError) as err:  # pydantic's ValidationError is a ValueError
+        raise dg.Failure(description=f"omop run config ops.{landing_files.op.name}.config: {err}",
+                         allow_retries=False) from err
+    if flags.allow_deleted_providers < 0:
+        raise dg.Failure(description=f"omop run config ops.{landing_files.op.name}.config.allow_deleted_providers "
+                                     f"must be a count (0 or more), got {flags.allow_deleted_providers}",
+                         allow_retries=False)
+    return flags
 
 
 def _recorded_fingerprint(gate: dict | None) -> tuple[str | None, str | None]:
@@ -321,7 +334,7 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
         # ids reserved before publishing
         append_files(lakehouse, ns, tables.T_PROVIDER_ID_MAP, files[ID_MAP_ADDITIONS], tables.ID_MAP)
         audits = provider_audits(counts, care_sites["care_site_id"].to_pylist(), [files[FLAGS]],
-                                 max_share=max_share, allowed_deleted=flags.allow_deleted_providers)
+                                 max_share=max_share, allow_deleted_providers=flags.allow_deleted_providers)
         committed = yield from lakehouse.publish_files(ns, tables.T_PROVIDER, [files[PROVIDER]], tables.PROVIDER,
                                                        audits=audits, asset_key=PROVIDER_KEY)
         # Named from the table the commit returned: a catalog load could see another run's later commit.

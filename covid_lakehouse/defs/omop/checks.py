@@ -24,7 +24,7 @@ MAX_DELETED_SHARE = setting(
     "OMOP_MAX_DELETED_SHARE", "the share (0 to 1) of the source providers a tenant's last run published above which a "
     "run that finds them gone from the source is stopped before publishing (blocking check "
     "source_deletions_bounded); a run launched with config allow_deleted_providers: n publishes them as deleted "
-    "when no more than n are gone; 1: never stopped", default="0.5", scope="omop")
+    "when exactly n are gone; 1: never stopped", default="0.5", scope="omop")
 
 
 def max_deleted_share() -> float:
@@ -147,23 +147,24 @@ def _reconciles(counts: Reconciliation):
 
 def _deletions_bounded(counts: Reconciliation, limit: float, allowed: int):
     """Blocking when more than ``limit`` (max_deleted_share, read once as the step starts) of the source
-    rows the last run published are gone from the source now, unless no more than ``allowed`` are (the
-    run's config confirmed that many). Rows it quarantined are not counted: removing junk from a source
+    rows the last run published are gone from the source now, unless exactly ``allowed`` are (the run's
+    config confirmed that count: a backfill's one count then confirms no tenant that lost another number,
+    a wiped small tenant among them). Rows it quarantined are not counted: removing junk from a source
     takes nothing from the published tables."""
     def audit(_) -> AuditResult:
         gone, before = counts.source_published_gone, counts.source_previously_published
         share = gone / before if before else 0.0
         figures = {"deleted": gone, "previously_published": before, "share": round(share, 4),
-                   "max_share": limit, "allowed_deleted": allowed}
+                   "max_share": limit, "allow_deleted_providers": allowed}
         said = f"{gone:,} of the {before:,} source providers the last run published are gone from the source ({share:.1%})"
-        if share <= limit or gone <= allowed:
+        if share <= limit or gone == allowed:
             confirmed = f"; over the limit, confirmed by the run's allow_deleted_providers={allowed}" if share > limit else ""
             return AuditResult(True, f"{said}; limit {MAX_DELETED_SHARE.name}={limit:g}{confirmed}", figures)
-        this_run = f"; this run allowed {allowed:,}" if allowed else ""
+        this_run = f"; this run confirmed {allowed:,}" if allowed else ""
         return AuditResult(False, (
             f"{said}, over {MAX_DELETED_SHARE.name}={limit:g}: the provider tables are not published. If the source "
-            f"is right, launch the tenant again with config allow_deleted_providers: {gone} (omop/landing_files"
-            f"{this_run}); if it was emptied or loaded only in part, restore it and run again"), figures)
+            f"is right, launch the tenant again with run config ops.omop__landing_files.config.allow_deleted_providers: "
+            f"{gone} (exactly the count gone{this_run}); if it was emptied or loaded only in part, restore it and run again"), figures)
     return audit
 
 
@@ -192,7 +193,7 @@ def _specialty_share(staged: _StagedProviders):
 
 
 def provider_audits(counts: Reconciliation, care_site_ids: Collection[int], flag_files: Sequence[Path], *,
-                    max_share: float, allowed_deleted: int = 0) -> list[Audit]:
+                    max_share: float, allow_deleted_providers: int = 0) -> list[Audit]:
     """Audits of the staged provider parquet files (the transform's ``flag_files`` for the check digit),
     all answered by one scan of them, and of the run's reconciled counts; ``max_share``: the validated
     max_deleted_share()."""
@@ -206,9 +207,9 @@ def provider_audits(counts: Reconciliation, care_site_ids: Collection[int], flag
         Audit("care_site_fk_resolves", _care_site_fk(staged), description="every care_site_id is a published care_site"),
         Audit("counts_reconcile", _reconciles(counts),
               description="rows read = new + merged + quarantined, for the source and the files"),
-        Audit("source_deletions_bounded", _deletions_bounded(counts, max_share, allowed_deleted),
+        Audit("source_deletions_bounded", _deletions_bounded(counts, max_share, allow_deleted_providers),
               description="a run that finds most of the source providers gone (over OMOP_MAX_DELETED_SHARE of those "
-                          "the last run published) publishes them as deleted only when its config allows that many"),
+                          "the last run published) publishes them as deleted only when its config confirms that count"),
         Audit("npi_check_digit", _npi_check_digit(staged), blocking=False,
               description="NPIs pass the Luhn check digit (failures are kept and flagged)"),
         Audit("specialty_mapped_share", _specialty_share(staged), blocking=False,
