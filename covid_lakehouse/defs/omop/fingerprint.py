@@ -2,13 +2,17 @@
 run can tell "nothing changed" before extracting anything, and skip the tenant.
 
 - PostgreSQL (provider, care_site), the content: per table the row count and the sum of every row's
-  64-bit hash (``hashtextextended`` of the row as text, summed as an exact numeric: order-independent,
-  so an insert+delete pair, an update, a delete or a reload with other content all move it; two
-  different contents collide with odds of about 2^-64), plus each column's name, position, type (with
-  its modifier) and NOT NULL, read in one REPEATABLE READ read-only transaction. Rows are hashed whole
-  as text, so a change that only alters how a value prints (1.0 -> 1.00) counts too. TRUNCATE + reload
-  of the very same rows gives the same content fingerprint: all the transform reads is the same.
-  Exact, but one scan of each table (seconds at millions of rows).
+  64-bit hash (``hash_record_extended`` of the row's columns, summed as an exact numeric:
+  order-independent, so an insert+delete pair, an update, a delete or a reload with other content all
+  move it; two different contents collide with odds of about 2^-64), plus each column's name,
+  position, type (with its modifier) and NOT NULL, read in one REPEATABLE READ read-only transaction
+  (the tables locked first, so the column list holds for the scan). A change that only alters how a
+  value prints (1.0 -> 1.00) counts too: integer, boolean and text columns are hashed by value (their
+  text is their value; text by its bytes, collation "C"), every other column by its text, as the
+  extract's COPY prints it (a numeric's hash would take 1.0 and 1.00 for one). Hashing the values
+  instead of the whole row's text spares the row output function (2M providers: 1.15 -> 0.62 s).
+  TRUNCATE + reload of the very same rows gives the same content fingerprint: all the transform reads
+  is the same. Exact, but one scan of each table (about a second at millions of rows).
 - PostgreSQL, the cheap signal, read first: per table its storage file (``pg_relation_filenode``: a
   TRUNCATE, a rewriting ALTER, VACUUM FULL or a restore give a new one) and size, the statistics
   system's cumulative insert/update/delete counters (every row an INSERT, UPDATE, DELETE, COPY or MERGE
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -50,18 +55,23 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from covid_lakehouse.defs.omop.extract import source_errors
+from covid_lakehouse.defs.omop.extract import lock_for_read, source_errors
 from covid_lakehouse.defs.omop.landing import LandingObject
 from covid_lakehouse.defs.omop.tenants import Tenant
 from covid_lakehouse.lib.postgres import table_ident
 
 # Bump when the meaning of the fingerprint changes (every tenant then runs once).
-VERSION = 2
+VERSION = 3
 SOURCE_TABLES = ("care_site", "provider")
 _OMOP_DIR = Path(__file__).parent
 
-# Each row's 64-bit hash of its text, summed exactly (sum(bigint) is numeric: it never wraps).
-_ROW_HASHES = "select count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text from {} as t"
+# Each row's 64-bit hash of its columns (_hashed), summed exactly (sum(bigint) is numeric: it never wraps).
+_ROW_HASHES = "select count(*), coalesce(sum(hash_record_extended(row({}), 0)), 0)::text from {}"
+# Types whose values print one way each (equal values, equal text): hashed as they are, by their own
+# hash function (no output function per row). Text-like ones in collation "C": a nondeterministic
+# collation's hash would take 'a' and 'A' for one.
+_BY_VALUE = frozenset({"smallint", "integer", "bigint", "boolean"})
+_TEXT = frozenset({"text", "character varying"})
 _COLUMNS = """
 select c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
 from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
@@ -120,6 +130,17 @@ def postgres_signal(conn: psycopg.Connection, tenant: Tenant) -> dict | None:
     return {"guards": guards, "tables": tables, "columns": columns}
 
 
+def _hashed(name: str, type_name: str) -> sql.Composable:
+    """How a column enters its row's hash: by value where equal values print alike, else by its text."""
+    column, base_type = sql.Identifier(name), re.sub(r"\(.*?\)", "", type_name)
+    if base_type in _BY_VALUE:
+        return column
+    if base_type in _TEXT:
+        return sql.SQL('{} collate "C"').format(column)
+    # As the row's text held it: a plain ::text would drop a character(n)'s trailing blanks.
+    return sql.SQL('(row({})::text collate "C")').format(column)
+
+
 def postgres_content(conn: psycopg.Connection, tenant: Tenant) -> dict:
     """Row hashes and column definitions of the tenant's source tables, from one snapshot."""
     result: dict = {"tables": {}}
@@ -127,13 +148,19 @@ def postgres_content(conn: psycopg.Connection, tenant: Tenant) -> dict:
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     with conn.transaction(), conn.cursor() as cur:
+        # Locked before the snapshot and the column list: no column can change before the scans.
         for table in SOURCE_TABLES:
             with source_errors(tenant, table):
-                cur.execute(sql.SQL(_ROW_HASHES).format(table_ident(tenant.source_schema, table)))
-                rows, hashes = cur.fetchone()
-            result["tables"][table] = {"rows": rows, "hash": hashes}
+                lock_for_read(conn, tenant.source_schema, table)
         cur.execute(_COLUMNS, (tenant.source_schema, list(SOURCE_TABLES)))
         result["columns"] = [list(row) for row in cur.fetchall()]
+        for table in SOURCE_TABLES:
+            hashed = sql.SQL(", ").join(_hashed(name, type_name)
+                                        for relname, _, name, type_name, _ in result["columns"] if relname == table)
+            with source_errors(tenant, table):
+                cur.execute(sql.SQL(_ROW_HASHES).format(hashed, table_ident(tenant.source_schema, table)))
+                rows, hashes = cur.fetchone()
+            result["tables"][table] = {"rows": rows, "hash": hashes}
     return result
 
 
