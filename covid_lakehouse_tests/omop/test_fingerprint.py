@@ -192,6 +192,24 @@ def test_source_fingerprint_sees_a_value_that_only_prints_differently(make_tenan
         seen.append(now)
 
 
+
+def test_source_fingerprint_sees_a_value_swapped_between_two_rows(make_tenants, pg):
+    """Two providers' names swapped is a change the transform sees: a row hash that mixes its column
+    hashes linearly (hash_record_extended: 31*h + h') lets such a swap cancel out in the sum over rows."""
+    env = make_tenants(providers=50)
+    tenant = env.tenant
+    target = sql.Identifier(tenant.source_schema, "provider")
+    ids = [row[0] for row in pg.execute(sql.SQL("SELECT provider_id FROM {} ORDER BY provider_id").format(target))]
+    base = postgres_part(tenant)
+    swap = sql.SQL("UPDATE {} t SET provider_name = o.provider_name FROM {} o "
+                   "WHERE (t.provider_id, o.provider_id) IN ((%s, %s), (%s, %s))").format(target, target)
+    for first, second in zip(ids[0:20:2], ids[1:20:2], strict=True):
+        pg.execute(swap, (first, second, second, first))
+        assert postgres_part(tenant) != base, f"names of providers {first} and {second} swapped: no change seen"
+        pg.execute(swap, (first, second, second, first))  # back
+        assert postgres_part(tenant) == base
+
+
 def _signal(tenant, services):
     with psycopg.connect(services.warehouse_dsn, autocommit=True) as conn:
         return postgres_signal(conn, tenant)
