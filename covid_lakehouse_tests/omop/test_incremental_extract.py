@@ -16,6 +16,7 @@ from covid_lakehouse.defs.omop.source_snapshot import extract_provider, store
 from covid_lakehouse.lib.settings import SettingError
 from covid_lakehouse_tests.omop.support import (
     FULL_REFRESH,
+    flush_stats,
     provider_metadata,
     published,
     run_tenant,
@@ -29,6 +30,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("incremental_extr
 
 def _on_provider(pg, tenant, statement: str, params: tuple = ()) -> None:
     pg.execute(sql.SQL(statement).format(t=sql.Identifier(tenant.source_schema, "provider")), params)
+    # Counted now, not up to a second later: a run started sooner would rightly skip the change
+    # (its gate's signal has not moved yet) and a test expecting it to run would fail.
+    flush_stats(pg)
 
 
 def _rows(path) -> list[dict]:

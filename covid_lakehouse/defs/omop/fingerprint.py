@@ -2,13 +2,19 @@
 run can tell "nothing changed" before extracting anything, and skip the tenant.
 
 - PostgreSQL (provider, care_site), the content: per table the row count and the sum of every row's
-  64-bit hash (``hashtextextended`` of the row as text, summed as an exact numeric: order-independent,
-  so an insert+delete pair, an update, a delete or a reload with other content all move it; two
-  different contents collide with odds of about 2^-64), plus each column's name, position, type (with
-  its modifier) and NOT NULL, read in one REPEATABLE READ read-only transaction. Rows are hashed whole
-  as text, so a change that only alters how a value prints (1.0 -> 1.00) counts too. TRUNCATE + reload
-  of the very same rows gives the same content fingerprint: all the transform reads is the same.
-  Exact, but one scan of each table (seconds at millions of rows).
+  64-bit hash (summed as an exact numeric: order-independent, so an insert+delete pair, an update, a
+  delete or a reload with other content all move it; two different contents collide with odds of
+  about 2^-64), plus each column's name, position, type (with its modifier) and NOT NULL, read in one
+  REPEATABLE READ read-only transaction (the tables locked first, so the column list holds for the
+  scan). A row's hash chains its columns (_row_hash): each column's hash is seeded with the hash of
+  the ones before it, so it is no linear mix of per-column hashes, which a sum over rows would let a
+  value swapped between two rows cancel out (``hash_record_extended`` is one: 31*h + h'). Integer and
+  text columns are hashed by value (text by its bytes, collation "C"), every other column by its
+  text, so a change that only alters how a value prints (numeric 1.0 -> 1.00) counts too, as when
+  whole rows were hashed as text; without the row output function the scan takes about half as long
+  (2M providers: 0.91 -> 0.45 s). TRUNCATE + reload of the very same rows gives the same content
+  fingerprint: all the transform reads is the same. Exact, but one scan of each table (about half a
+  second at millions of rows).
 - PostgreSQL, the cheap signal, read first: per table its storage file (``pg_relation_filenode``: a
   TRUNCATE, a rewriting ALTER, VACUUM FULL or a restore give a new one) and size, the statistics
   system's cumulative insert/update/delete counters (every row an INSERT, UPDATE, DELETE, COPY or MERGE
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -50,18 +57,22 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from covid_lakehouse.defs.omop.extract import source_errors
+from covid_lakehouse.defs.omop.extract import lock_for_read, source_errors
 from covid_lakehouse.defs.omop.landing import LandingObject
 from covid_lakehouse.defs.omop.tenants import Tenant
 from covid_lakehouse.lib.postgres import table_ident
 
 # Bump when the meaning of the fingerprint changes (every tenant then runs once).
-VERSION = 2
+VERSION = 3
 SOURCE_TABLES = ("care_site", "provider")
 _OMOP_DIR = Path(__file__).parent
 
-# Each row's 64-bit hash of its text, summed exactly (sum(bigint) is numeric: it never wraps).
-_ROW_HASHES = "select count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text from {} as t"
+# Each row's 64-bit hash (_row_hash), summed exactly (sum(bigint) is numeric: it never wraps).
+_ROW_HASHES = "select count(*), coalesce(sum({}), 0)::text from {}"
+# Types whose values print one way each (equal values, equal text): hashed by value, no output
+# function per row. Not bigint: its hash folds the value to 32 bits (1 and 2^32 hash alike).
+_INTEGERS = frozenset({"smallint", "integer"})
+_TEXT = frozenset({"text", "character varying"})
 _COLUMNS = """
 select c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
 from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
@@ -120,6 +131,22 @@ def postgres_signal(conn: psycopg.Connection, tenant: Tenant) -> dict | None:
     return {"guards": guards, "tables": tables, "columns": columns}
 
 
+def _row_hash(columns: list[tuple[str, str]]) -> sql.Composable:
+    """A row's 64-bit hash of its ``columns`` (name, type): each column's hash seeded with the hash of
+    the columns before it, the seed's lowest bit flipped for a NULL (NULL and '' differ)."""
+    row_hash: sql.Composable = sql.SQL("0::bigint")
+    for name, type_name in columns:
+        column, base_type = sql.Identifier(name), re.sub(r"\(.*?\)", "", type_name)
+        seed = sql.SQL("{} # ({} is null)::integer::bigint").format(row_hash, column)
+        if base_type in _INTEGERS:
+            row_hash = sql.SQL("hashint4extended(coalesce({}, 0), {})").format(column, seed)
+        elif base_type in _TEXT:  # collation "C": a nondeterministic one's hash takes 'a' and 'A' for one
+            row_hash = sql.SQL("hashtextextended(coalesce({}, '') collate \"C\", {})").format(column, seed)
+        else:  # its text as a row prints it: a plain ::text would drop a character(n)'s trailing blanks
+            row_hash = sql.SQL("hashtextextended(row({})::text collate \"C\", {})").format(column, seed)
+    return row_hash
+
+
 def postgres_content(conn: psycopg.Connection, tenant: Tenant) -> dict:
     """Row hashes and column definitions of the tenant's source tables, from one snapshot."""
     result: dict = {"tables": {}}
@@ -127,13 +154,19 @@ def postgres_content(conn: psycopg.Connection, tenant: Tenant) -> dict:
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     with conn.transaction(), conn.cursor() as cur:
+        # Locked before the snapshot and the column list: no column can change before the scans.
         for table in SOURCE_TABLES:
             with source_errors(tenant, table):
-                cur.execute(sql.SQL(_ROW_HASHES).format(table_ident(tenant.source_schema, table)))
-                rows, hashes = cur.fetchone()
-            result["tables"][table] = {"rows": rows, "hash": hashes}
+                lock_for_read(conn, tenant.source_schema, table)
         cur.execute(_COLUMNS, (tenant.source_schema, list(SOURCE_TABLES)))
         result["columns"] = [list(row) for row in cur.fetchall()]
+        for table in SOURCE_TABLES:
+            row_hash = _row_hash([(name, type_name) for relname, _, name, type_name, _ in result["columns"]
+                                  if relname == table])
+            with source_errors(tenant, table):
+                cur.execute(sql.SQL(_ROW_HASHES).format(row_hash, table_ident(tenant.source_schema, table)))
+                rows, hashes = cur.fetchone()
+            result["tables"][table] = {"rows": rows, "hash": hashes}
     return result
 
 
