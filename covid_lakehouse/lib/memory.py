@@ -20,8 +20,10 @@ in the process environment as well the peak was ~400 MB. The pool is process-wid
 previous one is restored when the block ends (buffers allocated meanwhile are freed to the pool they came
 from). Without jemalloc (a pyarrow built without it) the block keeps the default pool.
 
-``write_behind`` (while a stream of batches is written): the writer encodes one batch in a thread of its
-own while the producer makes the next, holding at most a few batches, so streaming stays bounded."""
+``write_behind`` (while a stream of batches is written): the writer writes one item in a thread of its
+own while the producer makes the next, holding at most a few items, so streaming stays bounded. The one
+such hand-off of the platform: omop's extract (parquet behind the CSV parser) and every COPY into
+PostgreSQL (``PostgresResource.copy_arrow``, the COPY behind the CSV encoder) run on it."""
 
 from __future__ import annotations
 
@@ -79,12 +81,14 @@ WRITE_BEHIND_DEPTH = 1
 
 
 @contextmanager
-def write_behind(write: Callable[[object], None], depth: int = WRITE_BEHIND_DEPTH) -> Iterator[Callable[[object], None]]:
+def write_behind(write: Callable[[object], None], depth: int = WRITE_BEHIND_DEPTH, *,
+                 name: str = "write-behind") -> Iterator[Callable[[object], None]]:
     """A function that hands each item to ``write`` in a thread of its own, in order, at most ``depth``
-    items waiting: the producer (the CSV parser of omop's extract) makes the next batch while the parquet
-    writer encodes the last one (both release the GIL), where one thread did each in turn. On exit every
-    item is written; the first error of ``write`` is raised (to the producer at its next item, or on
-    exit), and an error of the producer stops the writing (what is left is dropped)."""
+    items waiting: the producer makes the next item while the writer writes the last one (omop's extract
+    parses CSV while parquet is encoded; ``PostgresResource.copy_arrow`` encodes CSV while the COPY sends),
+    both releasing the GIL, where one thread did each in turn. On exit every item is written and the
+    thread has ended; the first error of ``write`` is raised (to the producer at its next item, or on
+    exit), and an error of the producer stops the writing: what is queued is dropped then, not written."""
     if depth < 1:  # Queue(maxsize=0) is unbounded: the producer would never wait
         raise ValueError(f"write_behind depth must be at least 1, got {depth}")
     pending: queue.Queue = queue.Queue(maxsize=depth)
@@ -100,7 +104,7 @@ def write_behind(write: Callable[[object], None], depth: int = WRITE_BEHIND_DEPT
                     failure.append(err)
             del item  # not held while waiting for the next one
 
-    writer = threading.Thread(target=drain, name="write-behind", daemon=True)
+    writer = threading.Thread(target=drain, name=name, daemon=True)
     writer.start()
 
     def submit(item: object) -> None:
@@ -112,14 +116,23 @@ def write_behind(write: Callable[[object], None], depth: int = WRITE_BEHIND_DEPT
         yield submit
     except BaseException as err:
         if failure and failure[0] is not err:  # the writer failed first (a full disk): said beside the producer's error
-            err.add_note(f"write_behind: the writer had failed before: {failure[0]!r}")
-        failure.append(_Stopped())  # the writer drops what is still queued
+            err.add_note(f"{name}: the writer had failed before: {failure[0]!r}")
+        failure.append(_Stopped())  # the writer skips what it takes from now on
+        _drop_queued(pending)  # and finds nothing queued: dropped here, at the failure, not written
         raise
     finally:
         pending.put(done)
         writer.join()
     if failure:
         raise failure[0]
+
+
+def _drop_queued(pending: queue.Queue) -> None:
+    while True:
+        try:
+            pending.get_nowait()
+        except queue.Empty:
+            return
 
 
 class _Stopped(Exception):

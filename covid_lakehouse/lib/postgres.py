@@ -4,7 +4,6 @@ staging + upsert helper every domain uses for idempotent loads."""
 from __future__ import annotations
 
 import io
-import queue
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from covid_lakehouse.lib.memory import write_behind
 from covid_lakehouse.lib.settings import redact, redact_text, setting
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -169,14 +169,18 @@ def _csv(data: pa.Table | pa.RecordBatch) -> io.BytesIO:
     return buf
 
 
-def _send_csv(conn: psycopg.Connection, copy_sql: sql.Composable, encoded: Iterable[tuple[int, io.BytesIO]]) -> int:
-    """Stream (rows, CSV) chunks through one COPY; returns the rows sent."""
-    rows = 0
-    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-        for n, buf in encoded:
-            copy.write(buf.getbuffer())
-            rows += n
-    return rows
+# Rows per CSV piece a COPY sends by default, and the encoded pieces that may wait for the writer.
+COPY_PIECE_ROWS = 200_000
+COPY_QUEUE_DEPTH = 2
+
+
+def _pieces(batches: Iterable[pa.RecordBatch], max_rows: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        if batch.num_rows <= max_rows:
+            yield batch
+        else:
+            for start in range(0, batch.num_rows, max_rows):
+                yield batch.slice(start, max_rows)
 
 
 @dataclass(frozen=True)
@@ -241,45 +245,34 @@ class PostgresResource(dg.ConfigurableResource):
     # ---- COPY --------------------------------------------------------------------------------
     @staticmethod
     def copy_arrow(conn: psycopg.Connection, target: sql.Composable, data: pa.Table | Iterable[pa.RecordBatch],
-                   columns: Sequence[str] | None = None) -> int:
-        """COPY Arrow data into ``target`` as CSV (pyarrow writes the CSV in C: the fast path)."""
-        batches = iter(data.to_batches(max_chunksize=200_000) if isinstance(data, pa.Table) else data)
-        first = next(batches, None)
+                   columns: Sequence[str] | None = None, *, max_rows: int = COPY_PIECE_ROWS) -> int:
+        """COPY Arrow data into ``target`` as CSV (pyarrow writes the CSV in C: the fast path), in pieces of
+        at most ``max_rows`` rows, a table's and a stream's batches alike (zero-copy slices): the CSV
+        buffers in flight are a few pieces, whatever the size of the batches."""
+        if max_rows < 1:
+            raise ValueError(f"copy_arrow max_rows must be at least 1, got {max_rows}")
+        pieces = _pieces(data.to_batches(max_chunksize=max_rows) if isinstance(data, pa.Table) else data, max_rows)
+        first = next(pieces, None)
         if first is None:
             return 0
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
             target, sql.SQL(", ").join(map(sql.Identifier, columns or first.schema.names)))
-        if isinstance(data, pa.Table) and data.num_rows <= 200_000:  # one chunk: nothing to overlap with
-            return _send_csv(conn, copy_sql, [(data.num_rows, _csv(data))])
-        # Encode CSV in a helper thread (pyarrow releases the GIL) while this one streams to the
-        # server: encoding and the server's parsing overlap instead of taking turns.
-        encoded: queue.Queue = queue.Queue(maxsize=2)
-
-        def encode() -> None:
-            try:
-                for batch in chain([first], batches):
-                    if batch.num_rows:
-                        encoded.put((batch.num_rows, _csv(batch)))
-                encoded.put(None)
-            except BaseException as err:  # surfaced in the sending thread
-                encoded.put(err)
-
-        def received() -> Iterator[tuple[int, io.BytesIO]]:
-            while (item := encoded.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-
-        encoder = threading.Thread(target=encode, name="copy-encoder", daemon=True)
-        encoder.start()
-        try:
-            return _send_csv(conn, copy_sql, received())
-        finally:
-            while encoder.is_alive():  # after a failed COPY, unblock the encoder so it can finish
-                try:
-                    encoded.get(timeout=0.1)
-                except queue.Empty:
-                    pass
+        pieces = chain([first], pieces)
+        del first  # a slice keeps its whole batch alive: not for the length of the COPY
+        with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            if isinstance(data, pa.Table) and data.num_rows <= max_rows:  # one piece: nothing to overlap with
+                copy.write(_csv(data).getbuffer())
+                return data.num_rows
+            # This thread encodes the next piece (pyarrow releases the GIL) while a writer thread sends the
+            # last one: encoding and the server's parsing overlap instead of taking turns. The COPY is only
+            # used by the writer until write_behind has ended (joined), then finished here.
+            rows = 0
+            with write_behind(lambda csv: copy.write(csv.getbuffer()), depth=COPY_QUEUE_DEPTH, name="copy-writer") as send:
+                for piece in pieces:
+                    if piece.num_rows:
+                        send(_csv(piece))
+                        rows += piece.num_rows
+            return rows
 
     @staticmethod
     def fetch_arrow(conn: psycopg.Connection, query: sql.Composable, params: Sequence | None = None,

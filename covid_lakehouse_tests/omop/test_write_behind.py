@@ -5,6 +5,7 @@ error on either side surfaces. The extract's file dictionary-encodes the columns
 from __future__ import annotations
 
 import threading
+import weakref
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -73,13 +74,35 @@ def test_a_failed_write_reaches_the_producer_and_the_producer_never_blocks():
     assert written == [0, 1, 2]
 
 
-def test_a_failed_producer_stops_the_writing_and_its_error_propagates():
-    written = []
-    with pytest.raises(ValueError, match="bad row"), write_behind(written.append, depth=2) as submit:
-        submit(0)
-        submit(1)
+class Item:
+    """A queued item that says when it is freed (dropped, not written)."""
+
+    def __init__(self, n: int, freed: threading.Event | None = None):
+        self.n = n
+        if freed is not None:
+            weakref.finalize(self, freed.set)
+
+
+def test_a_failed_producer_drops_what_is_queued_and_its_error_propagates():
+    """The writer is still writing item 0 when the producer fails with items 1 and 2 queued: they are
+    dropped at the failure (item 0's write only returns once they are gone), and never written."""
+    written, writing, freed = [], threading.Event(), [threading.Event(), threading.Event()]
+
+    def write(item):
+        if item.n == 0:
+            writing.set()
+            for event in freed:  # only bounds a wait on code that keeps the queued items to write them
+                event.wait(GUARD)
+        written.append(item.n)
+
+    with pytest.raises(ValueError, match="bad row"), write_behind(write, depth=2) as submit:
+        submit(Item(0))
+        assert writing.wait(GUARD)
+        submit(Item(1, freed[0]))
+        submit(Item(2, freed[1]))  # the queue (depth 2) holds both while item 0 is written
         raise ValueError("bad row")
-    assert written in ([], [0], [0, 1])  # in order; nothing after the failure
+    assert written == [0]  # nothing after the failure
+    assert all(event.is_set() for event in freed)
     assert not [t for t in threading.enumerate() if t.name == "write-behind"]  # its thread has ended
 
 

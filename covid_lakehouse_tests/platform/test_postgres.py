@@ -1,7 +1,10 @@
 """PostgresResource: identifiers, COPY and the staging + upsert helper, on the real warehouse."""
 
+import threading
+
 import psycopg
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
 from psycopg import sql
 
@@ -114,3 +117,43 @@ def test_upsert_holds_off_other_writers_but_not_readers_until_commit(warehouse, 
     with psycopg.connect(services.warehouse_dsn, autocommit=True) as other:
         other.execute(f"insert into {target} (id, v) values (3, 'c')")  # the commit released it
         assert [r[0] for r in other.execute(f"select id from {target} order by id")] == [1, 2, 3]
+
+
+def test_copy_cuts_a_stream_s_batches_as_it_cuts_a_table(warehouse, pg, unique_schema, monkeypatch):
+    """``max_rows`` bounds each CSV piece sent, whether the rows come as a table or as a stream of
+    batches larger than a piece (the ads read-back streams data files' batches of up to 100,000 rows)."""
+    encoded = []
+    write_csv = pacsv.write_csv
+
+    def counting(data, *args, **kwargs):
+        encoded.append(data.num_rows)
+        return write_csv(data, *args, **kwargs)
+
+    monkeypatch.setattr(pacsv, "write_csv", counting)
+    with warehouse.connection() as conn:
+        PostgresResource.ensure_schema(conn, unique_schema)
+        conn.execute(sql.SQL("create table {} (i int)").format(table_ident(unique_schema, "c")))
+        target = table_ident(unique_schema, "c")
+        stream = (pa.record_batch({"i": list(range(n, n + 5))}) for n in (0, 5))
+        copied = [PostgresResource.copy_arrow(conn, target, stream, max_rows=2),
+                  PostgresResource.copy_arrow(conn, target, pa.table({"i": list(range(10, 15))}), max_rows=2)]
+    assert copied == [10, 5]
+    assert encoded == [2, 2, 1, 2, 2, 1, 2, 2, 1]
+    assert [r[0] for r in pg.execute(f'select i from "{unique_schema}".c order by i')] == list(range(15))
+
+
+def test_a_stream_failing_mid_copy_raises_its_error_and_leaves_no_thread(warehouse, pg, unique_schema):
+    def stream():
+        for n in range(3):
+            yield pa.record_batch({"i": list(range(n * 4, n * 4 + 4))})
+        raise ValueError("bad batch")
+
+    with warehouse.connection() as conn:
+        PostgresResource.ensure_schema(conn, unique_schema)
+        conn.execute(sql.SQL("create table {} (i int)").format(table_ident(unique_schema, "c")))
+    with pytest.raises(ValueError, match="bad batch"), warehouse.connection() as conn:
+        PostgresResource.copy_arrow(conn, table_ident(unique_schema, "c"), stream(), max_rows=2)
+    assert pg.execute(f'select count(*) from "{unique_schema}".c').fetchone()[0] == 0
+    assert not [t for t in threading.enumerate() if t.name in ("copy-writer", "copy-encoder")]
+    with warehouse.connection() as conn:  # the pooled connection is usable again
+        assert PostgresResource.copy_arrow(conn, table_ident(unique_schema, "c"), pa.table({"i": [1]})) == 1
