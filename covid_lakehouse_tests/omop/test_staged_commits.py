@@ -150,20 +150,35 @@ def test_a_companion_that_fails_to_publish_leaves_the_run_unrecorded_and_the_nex
 
 
 def test_every_companion_that_fails_to_publish_is_reported(make_tenants, s3, lakehouse, monkeypatch):
-    """The companions publish side by side: a failure of each is in the step's error, not only the first."""
+    """The companions publish side by side: a failure of each (and of the run_log staging beside them) is
+    in the step's error, not only the first; one that must not be retried is the one raised (a retry
+    would redo the extract and the transform to meet it again)."""
     env = make_tenants(1, providers=30)
     ns = env.tenant.namespace
-    real_commit = LakehouseResource._commit
+    real_commit, real_stage = LakehouseResource._commit, LakehouseResource.stage
     failing = (tables.T_PROVENANCE, tables.T_QUARANTINE, tables.T_FLAG)
 
     def companions_fail(self, tx, namespace, table, *args, **kwargs):
         if namespace == ns and table in failing:
-            raise dg.Failure(description=f"commit of {table} failed (test)", allow_retries=False)
+            # retryable, and listed before run_log: its non-retryable failure must still be the one raised
+            raise dg.Failure(description=f"commit of {table} failed (test)", allow_retries=True)
         return real_commit(self, tx, namespace, table, *args, **kwargs)
 
+    run_log_stagings = []
+
+    def run_log_fails(self, namespace, table, *args, **kwargs):
+        if namespace == ns and table == tables.T_RUN_LOG:
+            run_log_stagings.append(table)
+            raise dg.Failure(description="staging of run_log failed (test)", allow_retries=False)
+        return real_stage(self, namespace, table, *args, **kwargs)
+
     monkeypatch.setattr(LakehouseResource, "_commit", companions_fail)
+    monkeypatch.setattr(LakehouseResource, "stage", run_log_fails)
     with dg.DagsterInstance.ephemeral() as instance:
         result = run_tenant(env, env.tenant, instance, raise_on_error=False)
     assert not result.success
-    message = result.failure_data_for_node("omop_provider").error.message
+    error = result.failure_data_for_node("omop_provider").error
+    message = error.message + "".join(str(cause) for cause in (error.cause,) if cause)
     assert all(f"commit of {table} failed (test)" in message for table in failing), message
+    assert "staging of run_log failed (test)" in message, message
+    assert len(run_log_stagings) == 1  # not retried: the non-retryable failure was the one raised

@@ -349,9 +349,12 @@ def provider(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, om
                          for table, output, schema in companions]
             run_log = publish.submit(stage_run, lakehouse, ns, tables.conform(
                 _run_log_row(context.run_id, build, *_recorded_fingerprint(gate)), tables.RUN_LOG))
-            # Every companion is waited for, and every failure reported: the first is raised, the others
-            # ride on it as notes (a retry meets them all; the operator should see them all).
-            if failures := [err for done in published if (err := done.exception()) is not None]:
+            # Every companion (and the run_log staging) is waited for, and every failure reported: one is
+            # raised, the others ride on it as notes (a retry meets them all; the operator should see them
+            # all). A failure that must not be retried goes first: else a retry would redo the extract and
+            # the transform to meet it again.
+            if failures := [err for done in (*published, run_log) if (err := done.exception()) is not None]:
+                failures.sort(key=lambda err: not (isinstance(err, dg.Failure) and err.allow_retries is False))
                 for other in failures[1:]:
                     failures[0].add_note(f"also failed: {type(other).__name__}: {other}")
                 raise failures[0]
