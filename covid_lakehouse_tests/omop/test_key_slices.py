@@ -64,3 +64,23 @@ def test_the_numpy_fast_paths_hold_one_key_slice_at_a_time_and_change_no_output(
     assert held and max(n for _, n in held) < 1.5 * SLICE, held
     # every provider id loaded (and sorted) once in each run: one lookup serves the provider output and provenance
     assert sum(n for kind, n in held if kind == "IdLookup") == sum(b.rows["provider"] for b in whole)
+
+
+def test_id_lookup_takes_provider_ids_in_any_row_order():
+    """IdLookup uses provider_ids as it is when in gid order (a first run writes it so) and sorts it when
+    not (a rerun's kept ids come first): the same ids either way, in every slice."""
+    con = session.connect()
+    try:
+        gids = [-3, -1, 2, 5, 7, 11]
+        for order in (gids, [7, -1, 11, 2, -3, 5]):
+            con.execute("CREATE OR REPLACE TABLE provider_ids AS SELECT * FROM "
+                        "(SELECT unnest($g::BIGINT[]) AS gid) t, LATERAL (SELECT t.gid * 10 + 1 AS id)", {"g": order})
+            for parts in (1, 2):
+                for part in range(parts):
+                    lookup = session.IdLookup(con, part, parts)
+                    assert lookup.gids.tolist() == sorted(lookup.gids.tolist())
+                    found = lookup(pa.array(gids + [4, None], pa.int64())).to_pylist()
+                    assert all(f in (None, g * 10 + 1) for f, g in zip(found, gids)) and found[-2:] == [None, None]
+                    assert sum(f is not None for f in found) == len(lookup.gids)
+    finally:
+        con.close()

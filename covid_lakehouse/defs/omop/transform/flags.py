@@ -1,7 +1,7 @@
 """Output: flags, findings kept with the published data.
 
-Reads ``chosen``, ``merge_candidates``, ``clean_source_values``, ``file_candidates``, ``nameless``, ``published``,
-``provider_ids`` and ``clean_file_rows``; registers ``npi_check_failed`` (the gids npi_check_failures found while
+Reads ``chosen_groups``, ``merge_candidates``, ``clean_source_values``, ``file_candidates``, ``nameless``, ``published``,
+``provider_ids`` and ``clean_file_rows``; registers ``npi_check_failed`` (gid and NPI of those npi_check_failures found while
 the provider output was written) and writes ``rows_to_flag``."""
 
 from __future__ import annotations
@@ -30,18 +30,21 @@ CONFLICTS = {
 }
 
 
-def npi_check_failures(gid: pa.ChunkedArray | pa.Array, npi_num: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """The gids among these providers whose NPI fails its check digit (Luhn over "80840" + the first
-    nine digits), in numpy: a dozen integer operations per NPI. build_providers calls it on each batch
-    of the provider output it writes, so the published NPIs are not read a second time."""
-    valid = pc.is_valid(npi_num)
-    gid, npi = (np.asarray(pc.filter(c, valid).to_numpy(), dtype=np.int64) for c in (gid, npi_num))
-    return gid[npi_check_digits(npi // 10) != npi % 10]
+def npi_check_failures(rows: pa.Table) -> pa.Table:
+    """The providers among these rows (``gid``, ``npi_num``, ``npi``) whose NPI fails its check digit (Luhn
+    over "80840" + the first nine digits): their gid and NPI text, found in numpy (a dozen integer operations
+    per NPI). build_providers calls it on each batch of the provider output it writes, so neither the
+    published NPIs nor the chosen values are read a second time."""
+    valid = np.asarray(pc.is_valid(rows["npi_num"]).to_numpy(zero_copy_only=False))
+    npi = np.asarray(pc.filter(rows["npi_num"], valid).to_numpy(), dtype=np.int64)
+    failed = np.zeros(rows.num_rows, dtype=bool)
+    failed[valid] = npi_check_digits(npi // 10) != npi % 10
+    return rows.select(["gid", "npi"]).filter(pa.array(failed))
 
 
-def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path, npi_check_failed: np.ndarray) -> int:
-    """Findings kept with the published data: NPI check digit failures (``npi_check_failed``: their gids,
-    from npi_check_failures), malformed NPIs, unmapped specialties and sites, disagreements between
+def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path, npi_check_failed: pa.Table) -> int:
+    """Findings kept with the published data: NPI check digit failures (``npi_check_failed``: their gid and
+    NPI, from npi_check_failures), malformed NPIs, unmapped specialties and sites, disagreements between
     sources (both values), possible duplicates. Written to ``path``; returns its rows."""
     conflicts = "\n            UNION ALL ".join(
         f"SELECT c.gid, 'value_conflict', '{column}', {chosen}, {other}, c.source_system, c.fid, c.source_key,"
@@ -49,11 +52,12 @@ def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path, npi_ch
         for column, (other, chosen, condition) in CONFLICTS.items())
     # The candidates that disagree with their provider's chosen values, joined once (each row as a struct,
     # so the CONFLICTS expressions read c.<column> and ch.<column> from it): five joins of the tenant's
-    # candidates in the flags query would be pinned at once.
+    # candidates in the flags query would be pinned at once. A provider with candidates has its choice in
+    # chosen_groups (``chosen`` with a name): joined there, not through ``chosen``, a view over every source row.
     any_conflict = " OR ".join(f"({condition})" for _, _, condition in CONFLICTS.values())
-    con.execute(f"CREATE TABLE conflict_pairs AS SELECT c, ch FROM merge_candidates c JOIN chosen ch USING (gid) "
-                f"WHERE {any_conflict}")
-    con.register("npi_check_failed", pa.table({"gid": pa.array(npi_check_failed, pa.int64())}))
+    con.execute(f"CREATE TABLE conflict_pairs AS SELECT c, ch FROM merge_candidates c JOIN chosen_groups ch USING (gid) "
+                f"WHERE ch.name IS NOT NULL AND ({any_conflict})")
+    con.register("npi_check_failed", npi_check_failed)
     # The rows with something to flag, found in one pass over the source rows (a few percent of them).
     con.execute("""
         CREATE TABLE rows_to_flag AS
@@ -74,7 +78,7 @@ def build_flags(con: duckdb.DuckDBPyConnection, params: dict, path: Path, npi_ch
         WITH rows AS (SELECT * FROM rows_to_flag),
         found (gid, flag, column_name, value, other_value, source_system, fid, source_key, detail) AS (
             SELECT gid, 'npi_check_digit', 'npi', npi, NULL, NULL, NULL, NULL, 'fails the NPI Luhn check digit'
-            FROM chosen WHERE gid IN (SELECT gid FROM npi_check_failed)
+            FROM npi_check_failed
             UNION ALL
             SELECT gid, 'npi_malformed', 'npi', NULL, npi_raw, source_system, fid, source_key, 'not 10 digits; ignored'
             FROM rows WHERE npi_raw IS NOT NULL AND npi IS NULL

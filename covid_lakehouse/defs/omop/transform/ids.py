@@ -118,10 +118,18 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
                              founding_fid, adds_key, key_npi_num FROM claims)
         SELECT gid, id, adds_key, key_npi_num FROM kept WHERE id IS NOT NULL
         UNION ALL
-        -- new ids in source order (a source row's gid is its provider_id), then file arrival order
-        SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map)
-                    + row_number() OVER (ORDER BY gid < 0, founding_fid, gid), adds_key, key_npi_num
-        FROM kept WHERE id IS NULL""")
+        -- new ids in source order (a source row's gid is its provider_id), then file arrival order: the
+        -- providers of gid < 0 (file-only, few) numbered after the others, and written first, in gid order,
+        -- so that a first run's table is in gid order (IdLookup then needs no sort of it)
+        SELECT * FROM (SELECT * FROM (
+            SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map)
+                        + (SELECT count(*) FROM kept WHERE id IS NULL AND gid >= 0)
+                        + row_number() OVER (ORDER BY founding_fid, gid), adds_key, key_npi_num
+            FROM kept WHERE id IS NULL AND gid < 0) ORDER BY gid)
+        UNION ALL
+        -- a window of one integer key: these are source rows (founding_fid NULL), in gid order alone
+        SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map) + row_number() OVER (ORDER BY gid), adds_key, key_npi_num
+        FROM kept WHERE id IS NULL AND gid >= 0""")
     # Each provider's id now sits next to the key it adds to the map: no join of millions of rows later
     # (carried as numbers: the window's sort above moves every column it keeps, text costs it twice).
     con.execute("DROP TABLE claims")

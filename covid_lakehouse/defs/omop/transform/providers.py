@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from covid_lakehouse.defs.omop import tables
@@ -54,10 +53,11 @@ PUBLISHED = f"""
     FROM chosen c LEFT JOIN specialty_dict d ON d.key = c.spec_value_key"""
 
 
-def with_provider_ids(ids_of: IdLookup, npi_check_failed: list[np.ndarray]) -> Callable[[pa.Table], pa.Table]:
-    """Attach each provider's id; append the gids whose NPI fails its check digit to ``npi_check_failed``."""
+def with_provider_ids(ids_of: IdLookup, npi_check_failed: list[pa.Table]) -> Callable[[pa.Table], pa.Table]:
+    """Attach each provider's id; append the providers whose NPI fails its check digit (gid, npi) to
+    ``npi_check_failed``."""
     def attach(rows: pa.Table) -> pa.Table:
-        npi_check_failed.append(npi_check_failures(rows["gid"], rows["npi_num"]))
+        npi_check_failed.append(npi_check_failures(rows))
         return rows.append_column("provider_id", ids_of(rows["gid"]))
     return attach
 
@@ -119,7 +119,8 @@ def build_providers(
             rows[PROVENANCE] += other_provenance(con, params, provenance)
         con.read_parquet(str(files[PROVIDER])).create_view("published")
         rows[QUARANTINE] = build_quarantine(con, params, files[QUARANTINE])
-        rows[FLAGS] = build_flags(con, params, files[FLAGS], np.concatenate(npi_check_failed or [np.empty(0, np.int64)]))
+        rows[FLAGS] = build_flags(con, params, files[FLAGS], pa.concat_tables(npi_check_failed) if npi_check_failed
+                                 else pa.table({"gid": pa.array([], pa.int64()), "npi": pa.array([], pa.string())}))
         rows[ID_MAP_ADDITIONS] = new_id_map_keys(con, params, files[ID_MAP_ADDITIONS])
         return ProviderBuild(
             files=files, rows=rows, counts=count_reconciliation(con, rows[PROVIDER]),

@@ -209,10 +209,19 @@ class IdLookup:
     is several times faster than a hash join, and keeps the rows' order."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, part: int = 0, parts: int = 1):
-        # Sorted by DuckDB (within its memory limit), not by an argsort and two copies in numpy.
-        rows = con.execute(f"SELECT gid, id FROM provider_ids WHERE {in_slice('gid', part, parts)} "
-                           "ORDER BY gid").fetchnumpy()
-        self.gids, self.ids = np.asarray(rows["gid"], dtype=np.int64), np.asarray(rows["id"], dtype=np.int64)
+        query = f"SELECT gid, id FROM provider_ids WHERE {in_slice('gid', part, parts)}"
+        # A first run writes provider_ids in gid order (ids.settle_claims): taken as it is when it is (a
+        # comparison of neighbours); else sorted by DuckDB (within its memory limit), not by an argsort
+        # and two copies in numpy.
+        self.gids, self.ids = self._fetch(con, query)
+        if not np.all(self.gids[1:] > self.gids[:-1]):
+            self.release()
+            self.gids, self.ids = self._fetch(con, f"{query} ORDER BY gid")
+
+    @staticmethod
+    def _fetch(con: duckdb.DuckDBPyConnection, query: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = con.execute(query).fetchnumpy()
+        return np.asarray(rows["gid"], dtype=np.int64), np.asarray(rows["id"], dtype=np.int64)
 
     @staticmethod
     def slices(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[IdLookup, Callable[[str], str]]]:
