@@ -20,10 +20,13 @@ in the process environment as well the peak was ~400 MB. The pool is process-wid
 previous one is restored when the block ends (buffers allocated meanwhile are freed to the pool they came
 from). Without jemalloc (a pyarrow built without it) the block keeps the default pool.
 
-``write_behind`` (while a stream of batches is written): the writer writes one item in a thread of its
-own while the producer makes the next, holding at most a few items, so streaming stays bounded. The one
-such hand-off of the platform: omop's extract (parquet behind the CSV parser) and every COPY into
-PostgreSQL (``PostgresResource.copy_arrow``, the COPY behind the CSV encoder) run on it."""
+``write_behind`` and ``read_ahead`` (while a stream of items is written or read): one helper thread
+writes (or makes) one item while the caller's thread makes (or takes) the next, at most a few items
+alive, so streaming stays bounded; on exit the helper has ended, whatever happened (an error, an
+interrupt). omop's extract writes parquet behind the CSV parser (``write_behind``);
+``PostgresResource.copy_arrow`` encodes CSV ahead of the COPY (``read_ahead``), which stays in the caller's
+thread, so that psycopg cancels it at an interrupt. A table of at most ``max_rows`` rows is one piece,
+sent without a thread."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import ctypes
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import pyarrow as pa
@@ -76,8 +79,89 @@ def returning_memory_pool() -> Iterator[pa.MemoryPool]:
         previous.release_unused()
 
 
-# Batches a write_behind may hold beyond the one being written: a few MB, whatever the table's size.
+# Items a write_behind queues: with the one being written and the one being made, depth + 2 are alive at
+# most, whatever the stream's length; their size is the caller's (omop's extract: one parsed CSV block).
 WRITE_BEHIND_DEPTH = 1
+
+_END = object()
+
+
+class _Handoff:
+    """A bounded queue between the caller's thread and one helper thread. ``put`` waits while ``depth``
+    items wait; ``end`` never waits (the caller must never block on it at an exit); ``fail`` (either side)
+    drops what is queued and makes the other side stop: its next ``put`` raises the first failure, its
+    next ``get`` returns the end. At most depth + 2 items are alive: the queued ones, one being made, one
+    being taken."""
+
+    def __init__(self, depth: int) -> None:
+        if depth < 1:  # an unbounded queue: the producer would never wait
+            raise ValueError(f"hand-off depth must be at least 1, got {depth}")
+        self._slots = threading.Semaphore(depth)
+        self._items: queue.SimpleQueue = queue.SimpleQueue()
+        self.failures: list[BaseException] = []
+
+    def put(self, item: object) -> None:
+        self._slots.acquire()
+        if self.failures:
+            self._slots.release()
+            raise self.failures[0]
+        self._items.put(item)
+
+    def get(self) -> object:
+        item = self._items.get()
+        if item is _END or self.failures:
+            return _END
+        self._slots.release()
+        return item
+
+    def end(self) -> None:
+        self._items.put(_END)
+
+    def fail(self, err: BaseException) -> None:
+        self.failures.append(err)
+        while True:  # dropped here, at the failure, not written
+            try:
+                self._items.get_nowait()
+            except queue.Empty:
+                break
+        self._items.put(_END)  # wakes a get waiting
+        self._slots.release()  # wakes a put waiting
+
+    def start(self, target: Callable[[], None], name: str) -> Callable[[], BaseException | None]:
+        """Runs ``target`` in a daemon thread (its error fails the hand-off) and returns the function
+        that waits for the thread's end: an interrupt while waiting fails the hand-off, so the thread
+        stops after its current item, and is waited for again; the function returns the interrupt.
+        (It waits on an event: an interrupted Thread.join marks a running thread ended in Python 3.11.)"""
+        ended = threading.Event()
+
+        def run() -> None:
+            try:
+                target()
+            except BaseException as err:  # noqa: BLE001 - raised in the caller's thread
+                self.fail(err)
+            finally:
+                ended.set()
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+
+        def finish() -> BaseException | None:
+            interrupt = None
+            while True:
+                try:
+                    ended.wait()
+                    thread.join()
+                    return interrupt
+                except BaseException as err:  # noqa: BLE001 - Ctrl-C or a run's termination: stop, then wait
+                    self.fail(err)
+                    interrupt = interrupt or err
+        return finish
+
+    def noted(self, err: BaseException, name: str) -> BaseException:
+        for other in self.failures:  # a failure of the other side is said beside err (a full disk)
+            if other is not err and not isinstance(other, _Stopped):
+                err.add_note(f"{name}: also failed: {other!r}")
+        return err
 
 
 @contextmanager
@@ -85,55 +169,63 @@ def write_behind(write: Callable[[object], None], depth: int = WRITE_BEHIND_DEPT
                  name: str = "write-behind") -> Iterator[Callable[[object], None]]:
     """A function that hands each item to ``write`` in a thread of its own, in order, at most ``depth``
     items waiting: the producer makes the next item while the writer writes the last one (omop's extract
-    parses CSV while parquet is encoded; ``PostgresResource.copy_arrow`` encodes CSV while the COPY sends),
-    both releasing the GIL, where one thread did each in turn. On exit every item is written and the
-    thread has ended; the first error of ``write`` is raised (to the producer at its next item, or on
-    exit), and an error of the producer stops the writing: what is queued is dropped then, not written."""
-    if depth < 1:  # Queue(maxsize=0) is unbounded: the producer would never wait
-        raise ValueError(f"write_behind depth must be at least 1, got {depth}")
-    pending: queue.Queue = queue.Queue(maxsize=depth)
-    failure: list[BaseException] = []
-    done = object()
+    parses CSV while parquet is encoded), both releasing the GIL, where one thread did each in turn. On
+    exit, whatever happened (an error, an interrupt, a second interrupt while waiting), the writer has
+    ended: every item is written, or after a failure what was queued is dropped. The first error of
+    ``write`` is raised (to the producer at its next item, or on exit), with the other side's noted."""
+    handoff = _Handoff(depth)
 
     def drain() -> None:
-        while (item := pending.get()) is not done:
-            if not failure:  # after a failure: keep taking items, so that the producer never blocks
-                try:
-                    write(item)
-                except BaseException as err:  # noqa: BLE001 - raised in the producer's thread
-                    failure.append(err)
+        while (item := handoff.get()) is not _END:
+            write(item)
             del item  # not held while waiting for the next one
 
-    writer = threading.Thread(target=drain, name=name, daemon=True)
-    writer.start()
-
-    def submit(item: object) -> None:
-        if failure:
-            raise failure[0]
-        pending.put(item)
-
+    finish = handoff.start(drain, name)
     try:
-        yield submit
+        yield handoff.put
     except BaseException as err:
-        if failure and failure[0] is not err:  # the writer failed first (a full disk): said beside the producer's error
-            err.add_note(f"{name}: the writer had failed before: {failure[0]!r}")
-        failure.append(_Stopped())  # the writer skips what it takes from now on
-        _drop_queued(pending)  # and finds nothing queued: dropped here, at the failure, not written
-        raise
-    finally:
-        pending.put(done)
-        writer.join()
-    if failure:
-        raise failure[0]
+        handoff.fail(_Stopped())  # the writer ends after its current item; what is queued is dropped
+        finish()
+        raise handoff.noted(err, name)  # noqa: B904 - err itself
+    handoff.end()
+    if (interrupt := finish()) is not None:
+        raise handoff.noted(interrupt, name)
+    if handoff.failures:
+        raise handoff.failures[0]
 
 
-def _drop_queued(pending: queue.Queue) -> None:
-    while True:
-        try:
-            pending.get_nowait()
-        except queue.Empty:
-            return
+@contextmanager
+def read_ahead(items: Iterable[object], depth: int, *, name: str = "read-ahead") -> Iterator[Iterator[object]]:
+    """``items`` made in a thread of its own, at most ``depth`` ahead of the caller, who takes them in order
+    (``PostgresResource.copy_arrow`` sends a CSV piece while the next is encoded; the COPY stays in the
+    caller's thread, where psycopg cancels it on an interrupt). The mirror of ``write_behind``: on exit the
+    thread has ended, an error of ``items`` is raised to the caller at its next item (what was made before
+    is dropped), and a failure of the caller stops the thread after its current item."""
+    handoff = _Handoff(depth)
+
+    def fill() -> None:
+        for item in items:
+            handoff.put(item)
+            del item
+        handoff.end()
+
+    def taken() -> Iterator[object]:
+        while (item := handoff.get()) is not _END:
+            yield item
+        if handoff.failures:
+            raise handoff.failures[0]
+
+    finish = handoff.start(fill, name)
+    try:
+        yield taken()
+    except BaseException as err:
+        handoff.fail(_Stopped())
+        finish()
+        raise handoff.noted(err, name)  # noqa: B904 - err itself
+    handoff.fail(_Stopped())  # the caller may stop before the end: the thread stops too
+    if (interrupt := finish()) is not None:
+        raise interrupt
 
 
 class _Stopped(Exception):
-    """The producer failed: its queued items are not written."""
+    """The other side failed or stopped: the helper thread stops."""

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from covid_lakehouse.lib.memory import write_behind
+from covid_lakehouse.lib.memory import read_ahead
 from covid_lakehouse.lib.settings import redact, redact_text, setting
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -169,7 +169,8 @@ def _csv(data: pa.Table | pa.RecordBatch) -> io.BytesIO:
     return buf
 
 
-# Rows per CSV piece a COPY sends by default, and the encoded pieces that may wait for the writer.
+# Rows per CSV piece a COPY sends by default, and the encoded pieces that may wait for the COPY (read_ahead:
+# depth + 2 pieces alive at most, tens of MB each at 200,000 rows).
 COPY_PIECE_ROWS = 200_000
 COPY_QUEUE_DEPTH = 2
 
@@ -263,15 +264,17 @@ class PostgresResource(dg.ConfigurableResource):
             if isinstance(data, pa.Table) and data.num_rows <= max_rows:  # one piece: nothing to overlap with
                 copy.write(_csv(data).getbuffer())
                 return data.num_rows
-            # This thread encodes the next piece (pyarrow releases the GIL) while a writer thread sends the
-            # last one: encoding and the server's parsing overlap instead of taking turns. The COPY is only
-            # used by the writer until write_behind has ended (joined), then finished here.
+            # A thread encodes the next piece (pyarrow releases the GIL) while this one sends the last:
+            # encoding and the server's parsing overlap instead of taking turns. The COPY stays in this
+            # thread: at an interrupt here (Ctrl-C, a run's termination) psycopg cancels it in the server,
+            # which a COPY waiting in a thread of its own (a row lock, a dead link) would never get.
             rows = 0
-            with write_behind(lambda csv: copy.write(csv.getbuffer()), depth=COPY_QUEUE_DEPTH, name="copy-writer") as send:
-                for piece in pieces:
-                    if piece.num_rows:
-                        send(_csv(piece))
-                        rows += piece.num_rows
+            encoded = ((piece.num_rows, _csv(piece)) for piece in pieces if piece.num_rows)
+            with read_ahead(encoded, depth=COPY_QUEUE_DEPTH, name="copy-encoder") as ready:
+                for n, csv in ready:
+                    copy.write(csv.getbuffer())
+                    rows += n
+                    del csv  # not held while the next piece is awaited
             return rows
 
     @staticmethod

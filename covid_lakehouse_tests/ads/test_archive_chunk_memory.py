@@ -45,6 +45,8 @@ def test_the_write_holds_one_chunk_at_a_time(ads_clean, pg, warehouse, lakehouse
     seen: dict[str, list[int]] = {"planned": [], "chunk_written": []}
 
     def hook(step: str) -> None:
+        if not pools:  # a pyarrow built without jemalloc: the archive keeps the default pool, unmeasured
+            return
         if step == "planned":
             seen[step].append(pools[-1].bytes_allocated())
         elif step == "chunk_written":  # the highest allocation since the pool was made: during the writes
@@ -53,6 +55,8 @@ def test_the_write_holds_one_chunk_at_a_time(ads_clean, pg, warehouse, lakehouse
     [report] = archive_old_rows(warehouse, lakehouse, retention=timedelta(hours=12), now=NOW,
                                 chunk_rows=CHUNK_ROWS, hook=hook)
     assert report.archived_rows == report.deleted_rows == DAYS * ROWS_PER_DAY
+    if not pools:  # depends on the pyarrow build, not on the code under test
+        pytest.skip("pyarrow has no jemalloc: no pool of the archive's own to measure Arrow's peak in")
     assert len(seen["chunk_written"]) == DAYS * ROWS_PER_DAY // CHUNK_ROWS
 
     # One chunk as Arrow holds it (the archived columns without the two the batch adds).

@@ -1,12 +1,14 @@
 """PostgresResource: identifiers, COPY and the staging + upsert helper, on the real warehouse."""
 
+import signal
 import threading
+import time
 
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
-from psycopg import sql
+from psycopg import pq, sql
 
 from covid_lakehouse.lib.postgres import (
     PostgresResource,
@@ -142,18 +144,87 @@ def test_copy_cuts_a_stream_s_batches_as_it_cuts_a_table(warehouse, pg, unique_s
     assert [r[0] for r in pg.execute(f'select i from "{unique_schema}".c order by i')] == list(range(15))
 
 
-def test_a_stream_failing_mid_copy_raises_its_error_and_leaves_no_thread(warehouse, pg, unique_schema):
+@pytest.mark.parametrize("error", [ValueError("bad batch"), KeyboardInterrupt("stopped")], ids=["error", "interrupt"])
+def test_a_stream_failing_mid_copy_raises_its_error_and_leaves_no_thread(warehouse, pg, unique_schema, error):
+    """The stream fails (or is interrupted) after pieces were sent: its error reaches the caller, the COPY
+    is failed, not ended with the rows sent (the transaction is in error: nothing could commit them), and
+    the encoder thread has ended."""
     def stream():
         for n in range(3):
             yield pa.record_batch({"i": list(range(n * 4, n * 4 + 4))})
-        raise ValueError("bad batch")
+        raise error
 
     with warehouse.connection() as conn:
         PostgresResource.ensure_schema(conn, unique_schema)
         conn.execute(sql.SQL("create table {} (i int)").format(table_ident(unique_schema, "c")))
-    with pytest.raises(ValueError, match="bad batch"), warehouse.connection() as conn:
-        PostgresResource.copy_arrow(conn, table_ident(unique_schema, "c"), stream(), max_rows=2)
+    status = []
+    with pytest.raises(type(error), match=str(error)), warehouse.connection() as conn:
+        try:
+            PostgresResource.copy_arrow(conn, table_ident(unique_schema, "c"), stream(), max_rows=2)
+        finally:
+            status.append(conn.info.transaction_status)
+    assert status == [pq.TransactionStatus.INERROR]
     assert pg.execute(f'select count(*) from "{unique_schema}".c').fetchone()[0] == 0
-    assert not [t for t in threading.enumerate() if t.name in ("copy-writer", "copy-encoder")]
+    assert not [t for t in threading.enumerate() if t.name == "copy-encoder"]
     with warehouse.connection() as conn:  # the pooled connection is usable again
         assert PostgresResource.copy_arrow(conn, table_ident(unique_schema, "c"), pa.table({"i": [1]})) == 1
+
+
+GUARD = 30  # seconds: only bounds waits that never end on broken code (the COPY left waiting on the lock)
+
+
+def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, unique_schema):
+    """Ctrl-C (or a run's termination) while the server holds the COPY on a row lock (a duplicate key
+    another open transaction inserted): the COPY is cancelled in the server, the interrupt raised while
+    the other transaction is still open, no encoder thread is left, and the connection is usable again.
+    The pieces are large enough to fill the socket: the client is blocked sending (the COPY never ends
+    on its own). On the code before, the COPY was sent by a writer thread that no interrupt reaches: the
+    interrupt only came once the test ended the other transaction after GUARD seconds."""
+    target = table_ident(unique_schema, "c")
+    with warehouse.connection() as conn:
+        PostgresResource.ensure_schema(conn, unique_schema)
+        conn.execute(sql.SQL("create table {} (i int primary key, pad text)").format(target))
+    rows = 400_000  # ~40 MB of CSV, 50,000-row pieces: far more than the socket buffers hold
+    data = pa.table({"i": pa.array(range(rows), pa.int32()), "pad": pa.array(["x" * 90] * rows)})
+    events, copying, main = [], [], threading.get_ident()
+
+    def stalled() -> bool:
+        found = pg.execute("select 1 from pg_stat_activity where pid = %s and wait_event_type = 'Lock'"
+                           " and query like 'COPY%%'", copying).fetchone()
+        return found is not None
+
+    def interrupter(blocker: psycopg.Connection) -> None:
+        deadline = time.monotonic() + GUARD
+        try:
+            while not (copying and stalled()):  # polled: the COPY's wait is only seen in the server
+                assert time.monotonic() < deadline, "the COPY never waited on the row lock"
+                time.sleep(0.05)
+            signal.pthread_kill(main, signal.SIGINT)
+            while not events and time.monotonic() < deadline + GUARD:  # the interrupt raised in the caller
+                time.sleep(0.05)
+        finally:
+            events.append("lock released")
+            blocker.rollback()
+
+    with psycopg.connect(warehouse.dsn) as blocker:
+        blocker.execute(sql.SQL("insert into {} values (3, 'other')").format(target))  # open: holds key 3
+        helper = threading.Thread(target=interrupter, args=(blocker,), name="interrupter")
+        helper.start()
+        status, left = [], []
+        try:
+            with pytest.raises(KeyboardInterrupt), warehouse.connection() as conn:
+                copying.append(conn.info.backend_pid)
+                try:
+                    PostgresResource.copy_arrow(conn, target, data, max_rows=50_000)
+                finally:
+                    events.append("interrupt raised")
+                    status.append(conn.closed or conn.info.transaction_status)
+                    left += [t.name for t in threading.enumerate() if t.name == "copy-encoder"]
+        finally:
+            helper.join()
+    assert events == ["interrupt raised", "lock released"]
+    assert status in ([True], [pq.TransactionStatus.INERROR])  # discarded, or the COPY failed
+    assert left == []
+    assert pg.execute(f'select count(*) from "{unique_schema}".c').fetchone()[0] == 0
+    with warehouse.connection() as conn:
+        assert PostgresResource.copy_arrow(conn, target, pa.table({"i": [3], "pad": ["y"]})) == 1
