@@ -66,6 +66,19 @@ def test_the_numpy_fast_paths_hold_one_key_slice_at_a_time_and_change_no_output(
     assert sum(n for kind, n in held if kind == "IdLookup") == sum(b.rows["provider"] for b in whole)
 
 
+def test_id_lookup_never_gives_a_null_gids_id_to_gid_0():
+    """A NULL gid in provider_ids (a source row without provider_id) fetched into numpy reads as 0: taken
+    as in order, gid 0 would get its id (review of h20xform)."""
+    con = session.connect()
+    try:
+        con.execute("CREATE TABLE provider_ids AS SELECT * FROM (VALUES (-2::BIGINT, 20::BIGINT), (NULL, 99), (3, 30)) "
+                    "t(gid, id)")
+        lookup = session.IdLookup(con)
+        assert lookup(pa.array([0, -2, 3, None], pa.int64())).to_pylist() == [None, 20, 30, None]
+    finally:
+        con.close()
+
+
 def test_id_lookup_takes_provider_ids_in_any_row_order():
     """IdLookup uses provider_ids as it is when in gid order (a first run writes it so) and sorts it when
     not (a rerun's kept ids come first): the same ids either way, in every slice."""

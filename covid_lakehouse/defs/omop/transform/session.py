@@ -209,7 +209,8 @@ class IdLookup:
     is several times faster than a hash join, and keeps the rows' order."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, part: int = 0, parts: int = 1):
-        query = f"SELECT gid, id FROM provider_ids WHERE {in_slice('gid', part, parts)}"
+        # Not a NULL gid: no row looks one up, and fetched into numpy it would read as 0.
+        query = f"SELECT gid, id FROM provider_ids WHERE gid IS NOT NULL AND {in_slice('gid', part, parts)}"
         # A first run writes provider_ids in gid order (ids.settle_claims): taken as it is when it is (a
         # comparison of neighbours); else sorted by DuckDB (within its memory limit), not by an argsort
         # and two copies in numpy.
