@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.assets import PROVIDER_KEY, TENANT_ASSET_KEYS
+from covid_lakehouse.defs.omop.assets import PROVIDER_KEY, TENANT_ASSET_KEYS, TenantRunConfig, landing_files
 from covid_lakehouse.defs.omop.definitions import defs as omop_defs
 from covid_lakehouse.defs.omop.extract import CARE_SITE_SOURCE, PROVIDER_SOURCE, extract, extract_parquet
 from covid_lakehouse.defs.omop.landing import parse_landing_file
@@ -27,8 +27,20 @@ from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse_dev.seeds.omop import SAMPLE_FILE
 
 SAMPLE_CSV = SAMPLE_FILE.read_bytes()
+
+
+def gate_config(**flags) -> dict:
+    """Run config giving a tenant run these flags (TenantRunConfig): under the gate's op name, where
+    Dagster puts its config and the later steps read it (assets.run_flags). Checked here, so a misspelt or
+    mistyped flag fails the test instead of the run (TenantRunConfig itself accepts unknown names)."""
+    unknown = set(flags) - set(TenantRunConfig.model_fields)
+    assert not unknown, f"not a tenant run flag: {sorted(unknown)}"
+    TenantRunConfig(**flags)
+    return {"ops": {landing_files.op.name: {"config": flags}}}
+
+
 # Run config forcing a tenant run even when its sources did not change.
-FULL_REFRESH = {"ops": {"omop__landing_files": {"config": {"full_refresh": True}}}}
+FULL_REFRESH = gate_config(full_refresh=True)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from covid_lakehouse.defs.omop.transform import Reconciliation
 from covid_lakehouse_tests.omop.support import (
     TENANTS_FILE_ENV,
     execute_on_provider,
+    gate_config,
     provider_metadata,
     published,
     run_tenant,
@@ -27,12 +28,18 @@ STATE = (tables.T_PROVIDER, tables.T_PROVENANCE, tables.T_QUARANTINE, tables.T_F
 
 def allow(deleted: int) -> dict:
     """Run config confirming exactly ``deleted`` providers gone."""
-    return {"ops": {"omop__landing_files": {"config": {"allow_deleted_providers": deleted}}}}
+    return gate_config(allow_deleted_providers=deleted)
 
 
 def _check(result) -> tuple[bool, dict]:
     [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == CHECK]
     return evaluation.passed, {k: v.value for k, v in evaluation.metadata.items()}
+
+
+def _audit(counts: Reconciliation, **kwargs):
+    """The source_deletions_bounded audit of a provider step's counts."""
+    [audit] = [a for a in provider_audits(counts, (), (), **kwargs) if a.name == CHECK]
+    return audit
 
 
 def _snapshots(lakehouse, ns) -> dict:
@@ -138,8 +145,7 @@ def test_the_share_is_a_setting_and_a_bad_value_fails_the_step_naming_it(make_te
 def test_the_audit_judges_by_the_share_the_step_validated_not_by_reading_the_setting_again(monkeypatch):
     monkeypatch.setenv(MAX_DELETED_SHARE.name, "1")  # never stopped, were it read again
     counts = Reconciliation(source_previously_published=10, source_published_gone=3)
-    [audit] = [a for a in provider_audits(counts, (), (), max_share=0.2) if a.name == CHECK]
-    result = audit.fn([])
+    result = _audit(counts, max_share=0.2).fn([])
     assert not result.passed and result.metadata["max_share"] == 0.2
 
 
@@ -147,8 +153,7 @@ def test_the_audit_judges_by_the_share_the_step_validated_not_by_reading_the_set
 def test_a_confirmation_covers_exactly_the_deletions_it_names(allowed, passes):
     """One count in a backfill's config must not confirm a tenant that lost fewer (a small tenant wiped)."""
     counts = Reconciliation(source_previously_published=10, source_published_gone=3)  # 30%, over a fifth
-    [audit] = [a for a in provider_audits(counts, (), (), max_share=0.2, allow_deleted_providers=allowed) if a.name == CHECK]
-    result = audit.fn([])
+    result = _audit(counts, max_share=0.2, allow_deleted_providers=allowed).fn([])
     assert (result.passed, result.metadata["allow_deleted_providers"]) == (passes, allowed)
 
 
