@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
 from covid_lakehouse.defs.omop.rules import load_specialty_map
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
 from covid_lakehouse.defs.omop.transform import build_care_sites
+from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse_dev.seeds.omop import SAMPLE_FILE
@@ -86,6 +88,23 @@ def tenant_job() -> dg.JobDefinition:
     resource = TenantsResource(tenants_file=os.environ[TENANTS_FILE_ENV])
     return rebuilt(omop_defs, resources={**platform_resources(), "omop_tenants": resource}
                    ).resolve_job_def("omop_tenant_job")
+
+
+def fail_commits(monkeypatch, namespace: str, *failing: str, allow_retries: bool = False,
+                 before_failing: Callable[[str], object] | None = None) -> None:
+    """Make the commit of each table in ``failing`` of ``namespace`` raise (as a catalog refusing it would),
+    after ``before_failing(table)`` when given; every other commit goes through. Undone with ``monkeypatch``.
+    The failure says "commit of <table> failed (test)"."""
+    real_commit = LakehouseResource._commit
+
+    def commit(self, tx, ns, table, *args, **kwargs):
+        if ns == namespace and table in failing:
+            if before_failing is not None:
+                before_failing(table)
+            raise dg.Failure(description=f"commit of {table} failed (test)", allow_retries=allow_retries)
+        return real_commit(self, tx, ns, table, *args, **kwargs)
+
+    monkeypatch.setattr(LakehouseResource, "_commit", commit)
 
 
 def run_tenant(env: OmopEnv, tenant: Tenant, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
