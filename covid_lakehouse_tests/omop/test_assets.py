@@ -7,7 +7,6 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 from psycopg import sql
-from pyiceberg.catalog.sql import SqlCatalog
 
 from covid_lakehouse.defs.omop import assets, tables
 from covid_lakehouse.defs.omop.assets import LANDING_KEY, PROVIDER_KEY, QUARANTINE_KEY, run_flags
@@ -21,6 +20,7 @@ from covid_lakehouse_tests.omop.support import (
     rows_by,
     run_tenant,
 )
+from covid_lakehouse_tests.platform.support import another_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +170,7 @@ def test_the_provider_metadata_names_the_snapshot_its_commit_created_not_a_later
     table right after the run's commit: the run's metadata still names the snapshot it published."""
     env = make_tenants(providers=30)
     ns = env.tenant.namespace
-    second = SqlCatalog(lakehouse.catalog_name, **lakehouse.catalog().properties)
+    second = another_catalog(lakehouse)
     real_commit, ours = LakehouseResource._commit, []
 
     def commit_then_another_writer(self, tx, namespace, table, *args, **kwargs):
