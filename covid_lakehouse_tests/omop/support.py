@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from covid_lakehouse.defs.omop import tables
-from covid_lakehouse.defs.omop.assets import PROVIDER_KEY, TENANT_ASSET_KEYS
+from covid_lakehouse.defs.omop.assets import PROVIDER_KEY, TENANT_ASSET_KEYS, TenantRunConfig, landing_files
 from covid_lakehouse.defs.omop.definitions import defs as omop_defs
 from covid_lakehouse.defs.omop.extract import CARE_SITE_SOURCE, PROVIDER_SOURCE, extract, extract_parquet
 from covid_lakehouse.defs.omop.landing import parse_landing_file
@@ -22,13 +23,26 @@ from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
 from covid_lakehouse.defs.omop.rules import load_specialty_map
 from covid_lakehouse.defs.omop.tenants import Tenant, TenantsResource
 from covid_lakehouse.defs.omop.transform import build_care_sites
+from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.policies import rebuilt
 from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse_dev.seeds.omop import SAMPLE_FILE
 
 SAMPLE_CSV = SAMPLE_FILE.read_bytes()
+
+
+def gate_config(**flags) -> dict:
+    """Run config giving a tenant run these flags (TenantRunConfig): under the gate's op name, where
+    Dagster puts its config and the later steps read it (assets.run_flags). Checked here, so a misspelt or
+    mistyped flag fails the test instead of the run (TenantRunConfig itself accepts unknown names)."""
+    unknown = set(flags) - set(TenantRunConfig.model_fields)
+    assert not unknown, f"not a tenant run flag: {sorted(unknown)}"
+    TenantRunConfig(**flags)
+    return {"ops": {landing_files.op.name: {"config": flags}}}
+
+
 # Run config forcing a tenant run even when its sources did not change.
-FULL_REFRESH = {"ops": {"omop__landing_files": {"config": {"full_refresh": True}}}}
+FULL_REFRESH = gate_config(full_refresh=True)
 
 
 @dataclass
@@ -74,6 +88,23 @@ def tenant_job() -> dg.JobDefinition:
     resource = TenantsResource(tenants_file=os.environ[TENANTS_FILE_ENV])
     return rebuilt(omop_defs, resources={**platform_resources(), "omop_tenants": resource}
                    ).resolve_job_def("omop_tenant_job")
+
+
+def fail_commits(monkeypatch, namespace: str, *failing: str, allow_retries: bool = False,
+                 before_failing: Callable[[str], object] | None = None) -> None:
+    """Make the commit of each table in ``failing`` of ``namespace`` raise (as a catalog refusing it would),
+    after ``before_failing(table)`` when given; every other commit goes through. Undone with ``monkeypatch``.
+    The failure says "commit of <table> failed (test)"."""
+    real_commit = LakehouseResource._commit
+
+    def commit(self, tx, ns, table, *args, **kwargs):
+        if ns == namespace and table in failing:
+            if before_failing is not None:
+                before_failing(table)
+            raise dg.Failure(description=f"commit of {table} failed (test)", allow_retries=allow_retries)
+        return real_commit(self, tx, ns, table, *args, **kwargs)
+
+    monkeypatch.setattr(LakehouseResource, "_commit", commit)
 
 
 def run_tenant(env: OmopEnv, tenant: Tenant, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:

@@ -7,13 +7,20 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 from psycopg import sql
-from pyiceberg.catalog.sql import SqlCatalog
 
 from covid_lakehouse.defs.omop import assets, tables
 from covid_lakehouse.defs.omop.assets import LANDING_KEY, PROVIDER_KEY, QUARANTINE_KEY, run_flags
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.settings import WAREHOUSE_DSN
-from covid_lakehouse_tests.omop.support import FULL_REFRESH, SAMPLE_CSV, drop_file, rows_by, run_tenant
+from covid_lakehouse_tests.omop.support import (
+    FULL_REFRESH,
+    SAMPLE_CSV,
+    drop_file,
+    gate_config,
+    rows_by,
+    run_tenant,
+)
+from covid_lakehouse_tests.platform.support import another_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +170,7 @@ def test_the_provider_metadata_names_the_snapshot_its_commit_created_not_a_later
     table right after the run's commit: the run's metadata still names the snapshot it published."""
     env = make_tenants(providers=30)
     ns = env.tenant.namespace
-    second = SqlCatalog(lakehouse.catalog_name, **lakehouse.catalog().properties)
+    second = another_catalog(lakehouse)
     real_commit, ours = LakehouseResource._commit, []
 
     def commit_then_another_writer(self, tx, namespace, table, *args, **kwargs):
@@ -182,10 +189,9 @@ def test_the_provider_metadata_names_the_snapshot_its_commit_created_not_a_later
 
 
 def test_a_runs_flags_are_read_from_its_config_validated_with_their_defaults():
-    gate = LANDING_KEY.to_python_identifier()
     assert run_flags({}) == assets.TenantRunConfig()
     assert run_flags({"ops": {"other_op": {"config": {"full_refresh": True}}}}) == assets.TenantRunConfig()
-    flags = run_flags({"ops": {gate: {"config": {"allow_deleted_providers": 7}}}})
+    flags = run_flags(gate_config(allow_deleted_providers=7))  # under the gate's op name, as Dagster keys it
     assert (flags.full_refresh, flags.allow_deleted_providers) == (False, 7)
     assert run_flags(FULL_REFRESH).full_refresh
 

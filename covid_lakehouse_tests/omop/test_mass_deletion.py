@@ -7,12 +7,14 @@ import dagster as dg
 import pytest
 
 from covid_lakehouse.defs.omop import tables
+from covid_lakehouse.defs.omop.assets import LANDING_KEY
 from covid_lakehouse.defs.omop.checks import MAX_DELETED_SHARE, provider_audits
 from covid_lakehouse.defs.omop.partitions import TENANT_PARTITIONS_NAME
 from covid_lakehouse.defs.omop.transform import Reconciliation
 from covid_lakehouse_tests.omop.support import (
     TENANTS_FILE_ENV,
     execute_on_provider,
+    gate_config,
     provider_metadata,
     published,
     run_tenant,
@@ -27,12 +29,18 @@ STATE = (tables.T_PROVIDER, tables.T_PROVENANCE, tables.T_QUARANTINE, tables.T_F
 
 def allow(deleted: int) -> dict:
     """Run config confirming exactly ``deleted`` providers gone."""
-    return {"ops": {"omop__landing_files": {"config": {"allow_deleted_providers": deleted}}}}
+    return gate_config(allow_deleted_providers=deleted)
 
 
 def _check(result) -> tuple[bool, dict]:
     [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == CHECK]
     return evaluation.passed, {k: v.value for k, v in evaluation.metadata.items()}
+
+
+def _audit(counts: Reconciliation, **kwargs):
+    """The source_deletions_bounded audit of a provider step's counts."""
+    [audit] = [a for a in provider_audits(counts, (), (), **kwargs) if a.name == CHECK]
+    return audit
 
 
 def _snapshots(lakehouse, ns) -> dict:
@@ -138,8 +146,7 @@ def test_the_share_is_a_setting_and_a_bad_value_fails_the_step_naming_it(make_te
 def test_the_audit_judges_by_the_share_the_step_validated_not_by_reading_the_setting_again(monkeypatch):
     monkeypatch.setenv(MAX_DELETED_SHARE.name, "1")  # never stopped, were it read again
     counts = Reconciliation(source_previously_published=10, source_published_gone=3)
-    [audit] = [a for a in provider_audits(counts, (), (), max_share=0.2) if a.name == CHECK]
-    result = audit.fn([])
+    result = _audit(counts, max_share=0.2).fn([])
     assert not result.passed and result.metadata["max_share"] == 0.2
 
 
@@ -147,14 +154,15 @@ def test_the_audit_judges_by_the_share_the_step_validated_not_by_reading_the_set
 def test_a_confirmation_covers_exactly_the_deletions_it_names(allowed, passes):
     """One count in a backfill's config must not confirm a tenant that lost fewer (a small tenant wiped)."""
     counts = Reconciliation(source_previously_published=10, source_published_gone=3)  # 30%, over a fifth
-    [audit] = [a for a in provider_audits(counts, (), (), max_share=0.2, allow_deleted_providers=allowed) if a.name == CHECK]
-    result = audit.fn([])
+    result = _audit(counts, max_share=0.2, allow_deleted_providers=allowed).fn([])
     assert (result.passed, result.metadata["allow_deleted_providers"]) == (passes, allowed)
 
 
 def test_a_reexecution_from_failure_keeps_the_runs_confirmation(make_tenants, lakehouse, pg, monkeypatch):
     """The confirmation is read from the run's config, which a re-execution carries over; the gate (and its
-    metadata) is not part of a re-execution of the provider step."""
+    metadata) is not part of a re-execution of the provider step. Between the confirmed run and its
+    re-execution, a run without the confirmation is blocked: the partition's latest gate materialization
+    then confirms nothing, so the re-execution publishes only if it reads its own run's config."""
     env = make_tenants(providers=40, dirt_rate=0)
     tenant, ns = env.tenant, env.tenant.namespace
     monkeypatch.setenv(TENANTS_FILE_ENV, str(env.path))
@@ -169,11 +177,19 @@ def test_a_reexecution_from_failure_keeps_the_runs_confirmation(make_tenants, la
         failed = dg.execute_job(job, instance, run_config={**in_process, **allow(40)}, **run)
         assert not failed.success
         monkeypatch.delenv(MAX_DELETED_SHARE.name)
+        # a run launched meanwhile without the confirmation: its gate materializes the partition last
+        blocked = dg.execute_job(job, instance, run_config=in_process, **run)
+        assert not blocked.success and not _check(blocked)[0]
+        latest = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=LANDING_KEY, asset_partitions=[tenant.name]), limit=1).records[0]
+        assert latest.run_id == blocked.run_id
+        assert latest.asset_materialization.metadata["allow_deleted_providers"].value == 0
+        assert lakehouse.read(ns, tables.T_PROVIDER).num_rows == 40  # nothing published yet
         # as the UI's "re-execute from failure" launches it: the parent's config and tags, its failed steps
         parent = instance.get_run_by_id(failed.run_id)
         again = dg.execute_job(job, instance, run_config=parent.run_config, tags=parent.tags,
                                reexecution_options=dg.ReexecutionOptions.from_failure(failed.run_id, instance))
-        assert again.success
+        assert again.success and _check(again)[0]
         steps = {e.step_key for e in again.all_events if e.is_step_success}
         assert steps == {"omop_provider"}  # the gate did not run again
     assert lakehouse.read(ns, tables.T_PROVIDER).num_rows == 0  # the 40 deletions confirmed and published

@@ -10,7 +10,7 @@ import pytest
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.lib.lakehouse import LakehouseResource
-from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, normalized, run_tenant
+from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, fail_commits, normalized, run_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ def test_a_failed_commit_leaves_the_table_staged_beside_it_uncommitted(make_tena
     tenant = env.tenant
     drop_file(s3, tenant, "d1/sample.csv", SAMPLE_CSV)
     partner_staged, staged_when_failed = threading.Event(), []
-    real_stage, real_commit = LakehouseResource.stage, LakehouseResource._commit
+    real_stage = LakehouseResource.stage
 
     def recorded_stage(self, namespace, table, *args, **kwargs):
         staged = real_stage(self, namespace, table, *args, **kwargs)
@@ -77,15 +77,10 @@ def test_a_failed_commit_leaves_the_table_staged_beside_it_uncommitted(make_tena
             partner_staged.set()
         return staged
 
-    def failing_commit(self, tx, namespace, table, *args, **kwargs):
-        if namespace == tenant.namespace and table == failing:
-            # care_site may still be staging in its thread: wait for it (bounded), then fail
-            staged_when_failed.append(partner_staged.wait(PARTNER_WAIT_S))
-            raise dg.Failure(description=f"commit of {table} failed (test)", allow_retries=False)
-        return real_commit(self, tx, namespace, table, *args, **kwargs)
-
     monkeypatch.setattr(LakehouseResource, "stage", recorded_stage)
-    monkeypatch.setattr(LakehouseResource, "_commit", failing_commit)
+    # care_site may still be staging in its thread: wait for it (bounded), then fail
+    fail_commits(monkeypatch, tenant.namespace, failing,
+                 before_failing=lambda table: staged_when_failed.append(partner_staged.wait(PARTNER_WAIT_S)))
     with dg.DagsterInstance.ephemeral() as instance:
         assert not run_tenant(env, tenant, instance, raise_on_error=False).success
     assert staged_when_failed == [True]
@@ -94,28 +89,21 @@ def test_a_failed_commit_leaves_the_table_staged_beside_it_uncommitted(make_tena
 
 
 def test_rows_committed_without_their_manifest_are_taken_in_again_and_publish_what_a_clean_run_does(
-        make_tenants, s3, lakehouse, monkeypatch):
+        make_tenants, s3, lakehouse):
     """landing_row commits, then landing_file fails to: the next run finds the file missing from the
     manifest and appends its rows again; the transform drops the repeated (file, line) rows."""
     env = make_tenants(2, providers=60)  # same seed: identical sources
     retried, clean = env.tenants
     for tenant in env.tenants:
         drop_file(s3, tenant, "d1/sample.csv", SAMPLE_CSV)
-    real_commit = LakehouseResource._commit
-
-    def manifest_fails(self, tx, namespace, table, *args, **kwargs):
-        if namespace == retried.namespace and table == tables.T_LANDING_FILE:
-            raise dg.Failure(description="commit of landing_file failed (test)", allow_retries=False)
-        return real_commit(self, tx, namespace, table, *args, **kwargs)
-
     with dg.DagsterInstance.ephemeral() as instance:
         assert run_tenant(env, clean, instance).success
-        monkeypatch.setattr(LakehouseResource, "_commit", manifest_fails)
-        assert not run_tenant(env, retried, instance, raise_on_error=False).success
+        with pytest.MonkeyPatch.context() as failing:
+            fail_commits(failing, retried.namespace, tables.T_LANDING_FILE)
+            assert not run_tenant(env, retried, instance, raise_on_error=False).success
         once = lakehouse.read(clean.namespace, tables.T_LANDING_ROW).num_rows
         assert lakehouse.read(retried.namespace, tables.T_LANDING_ROW).num_rows == once > 0
         assert not lakehouse.table_exists(retried.namespace, tables.T_LANDING_FILE)
-        monkeypatch.setattr(LakehouseResource, "_commit", real_commit)
         assert run_tenant(env, retried, instance).success
     assert lakehouse.read(retried.namespace, tables.T_LANDING_ROW).num_rows == 2 * once  # the file taken in twice
     assert lakehouse.read(retried.namespace, tables.T_LANDING_FILE).num_rows == 1
@@ -123,26 +111,19 @@ def test_rows_committed_without_their_manifest_are_taken_in_again_and_publish_wh
 
 
 def test_a_companion_that_fails_to_publish_leaves_the_run_unrecorded_and_the_next_run_not_skipped(
-        make_tenants, s3, lakehouse, monkeypatch, pg):
+        make_tenants, s3, lakehouse, pg):
     """run_log is staged while the companions publish: its commit must still wait for every one of them,
     or the gate would skip the next run over outputs that never all committed."""
     env = make_tenants(1, providers=30)
     tenant, ns = env.tenant, env.tenant.namespace
-    real_commit = LakehouseResource._commit
     with dg.DagsterInstance.ephemeral() as instance:
         assert run_tenant(env, tenant, instance).success
         recorded = lakehouse.load_table(ns, tables.T_RUN_LOG).current_snapshot().snapshot_id
         pg.execute(f'UPDATE "{tenant.source_schema}".provider SET provider_name = \'Ada Byron\' WHERE provider_id = 2')
-
-        def flags_fail(self, tx, namespace, table, *args, **kwargs):
-            if namespace == ns and table == tables.T_FLAG:
-                raise dg.Failure(description="commit of provider_flag failed (test)", allow_retries=False)
-            return real_commit(self, tx, namespace, table, *args, **kwargs)
-
-        monkeypatch.setattr(LakehouseResource, "_commit", flags_fail)
-        assert not run_tenant(env, tenant, instance, raise_on_error=False).success
+        with pytest.MonkeyPatch.context() as failing:
+            fail_commits(failing, ns, tables.T_FLAG)
+            assert not run_tenant(env, tenant, instance, raise_on_error=False).success
         assert lakehouse.load_table(ns, tables.T_RUN_LOG).current_snapshot().snapshot_id == recorded
-        monkeypatch.setattr(LakehouseResource, "_commit", real_commit)
         again = run_tenant(env, tenant, instance)
         assert again.success
         assert tables.T_PROVIDER in {e.asset_key.path[-1] for e in again.get_asset_materialization_events()}
@@ -155,15 +136,10 @@ def test_every_companion_that_fails_to_publish_is_reported(make_tenants, s3, lak
     would redo the extract and the transform to meet it again)."""
     env = make_tenants(1, providers=30)
     ns = env.tenant.namespace
-    real_commit, real_stage = LakehouseResource._commit, LakehouseResource.stage
+    real_stage = LakehouseResource.stage
     failing = (tables.T_PROVENANCE, tables.T_QUARANTINE, tables.T_FLAG)
-
-    def companions_fail(self, tx, namespace, table, *args, **kwargs):
-        if namespace == ns and table in failing:
-            # retryable, and listed before run_log: its non-retryable failure must still be the one raised
-            raise dg.Failure(description=f"commit of {table} failed (test)", allow_retries=True)
-        return real_commit(self, tx, namespace, table, *args, **kwargs)
-
+    # retryable, and listed before run_log: its non-retryable failure must still be the one raised
+    fail_commits(monkeypatch, ns, *failing, allow_retries=True)
     run_log_stagings = []
 
     def run_log_fails(self, namespace, table, *args, **kwargs):
@@ -172,7 +148,6 @@ def test_every_companion_that_fails_to_publish_is_reported(make_tenants, s3, lak
             raise dg.Failure(description="staging of run_log failed (test)", allow_retries=False)
         return real_stage(self, namespace, table, *args, **kwargs)
 
-    monkeypatch.setattr(LakehouseResource, "_commit", companions_fail)
     monkeypatch.setattr(LakehouseResource, "stage", run_log_fails)
     with dg.DagsterInstance.ephemeral() as instance:
         result = run_tenant(env, env.tenant, instance, raise_on_error=False)

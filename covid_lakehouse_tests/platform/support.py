@@ -24,6 +24,7 @@ import psycopg
 import yaml
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from psycopg import sql
+from pyiceberg.catalog.sql import SqlCatalog
 
 from covid_lakehouse.lib.postgres import PostgresResource
 from covid_lakehouse.lib.staging import claim_staging
@@ -155,6 +156,12 @@ def compose_service_environment(
 
 
 # ---- staging left behind by runs in every state (platform and ny_testing sweep tests) ----
+def another_catalog(lakehouse) -> SqlCatalog:
+    """A second catalog on the lakehouse's catalog database and warehouse, as another process holds one:
+    its commits land beside the resource's without the resource knowing (a writer right after a publish)."""
+    return SqlCatalog(lakehouse.catalog_name, **lakehouse.catalog().properties)
+
+
 def _run(instance: dg.DagsterInstance, status: DagsterRunStatus) -> str:
     run = DagsterRun(job_name="some_load", run_id=str(uuid.uuid4()), status=status)
     instance.add_run(run)

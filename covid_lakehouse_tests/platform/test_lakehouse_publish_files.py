@@ -8,11 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.wap import Audit, AuditResult, BlockingAuditFailed
+from covid_lakehouse_tests.platform.support import another_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +159,7 @@ def test_publish_files_returns_the_table_its_commit_created_whatever_commits_aft
     with pytest.raises(StopIteration) as done:  # no audits: nothing yielded, the committed table returned
         next(lakehouse.publish_files(ns, "t", [part], SCHEMA, snapshot_properties={"test.marker": "ours"}))
     committed = done.value.value
-    other = SqlCatalog(lakehouse.catalog_name, **lakehouse.catalog().properties).load_table((ns, "t"))
+    other = another_catalog(lakehouse).load_table((ns, "t"))
     other.append(pa.table({"id": pa.array([2], pa.int64()), "name": ["b"]}, schema=SCHEMA))
     current = lakehouse.load_table(ns, "t").current_snapshot()
     named = lakehouse.snapshot_metadata(ns, "t", committed)["iceberg/snapshot_id"]
