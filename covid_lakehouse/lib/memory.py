@@ -25,8 +25,8 @@ writes (or makes) one item while the caller's thread makes (or takes) the next, 
 alive, so streaming stays bounded; on exit the helper has ended, whatever happened (an error, an
 interrupt). omop's extract writes parquet behind the CSV parser (``write_behind``);
 ``PostgresResource.copy_arrow`` encodes CSV ahead of the COPY (``read_ahead``), which stays in the caller's
-thread, so that psycopg cancels it at an interrupt. A table of at most ``max_rows`` rows is one piece,
-sent without a thread."""
+thread, so that an interrupt cancels it in the server (psycopg at Ctrl-C, copy_arrow at a run's
+termination). A table of at most ``max_rows`` rows is one piece, sent without a thread."""
 
 from __future__ import annotations
 

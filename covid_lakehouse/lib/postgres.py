@@ -15,7 +15,7 @@ import dagster as dg
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
@@ -169,6 +169,9 @@ def _csv(data: pa.Table | pa.RecordBatch) -> io.BytesIO:
     return buf
 
 
+# The interrupts psycopg's Connection.wait answers by cancelling the statement in the server itself.
+_PSYCOPG_CANCELS = (KeyboardInterrupt, SystemExit)
+
 # Rows per CSV piece a COPY sends by default, and the encoded pieces that may wait for the COPY (read_ahead:
 # depth + 2 pieces alive at most, tens of MB each at 200,000 rows).
 COPY_PIECE_ROWS = 200_000
@@ -182,6 +185,26 @@ def _pieces(batches: Iterable[pa.RecordBatch], max_rows: int) -> Iterator[pa.Rec
         else:
             for start in range(0, batch.num_rows, max_rows):
                 yield batch.slice(start, max_rows)
+
+
+def _send_pieces(copy: psycopg.Copy, data: pa.Table | Iterable[pa.RecordBatch], pieces: Iterator[pa.RecordBatch],
+                 max_rows: int) -> int:
+    """Write the pieces' CSV to an open COPY; returns the rows sent."""
+    if isinstance(data, pa.Table) and data.num_rows <= max_rows:  # one piece: nothing to overlap with
+        copy.write(_csv(data).getbuffer())
+        return data.num_rows
+    # A thread encodes the next piece (pyarrow releases the GIL) while this one sends the last: encoding
+    # and the server's parsing overlap instead of taking turns. The COPY stays in the caller's thread: at
+    # Ctrl-C there psycopg cancels it in the server (at a run's termination, copy_arrow does), which a COPY
+    # waiting in a thread of its own (a row lock, a dead link) would never get.
+    rows = 0
+    encoded = ((piece.num_rows, _csv(piece)) for piece in pieces if piece.num_rows)
+    with read_ahead(encoded, depth=COPY_QUEUE_DEPTH, name="copy-encoder") as ready:
+        for n, csv in ready:
+            copy.write(csv.getbuffer())
+            rows += n
+            del csv  # not held while the next piece is awaited
+    return rows
 
 
 @dataclass(frozen=True)
@@ -261,21 +284,16 @@ class PostgresResource(dg.ConfigurableResource):
         pieces = chain([first], pieces)
         del first  # a slice keeps its whole batch alive: not for the length of the COPY
         with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-            if isinstance(data, pa.Table) and data.num_rows <= max_rows:  # one piece: nothing to overlap with
-                copy.write(_csv(data).getbuffer())
-                return data.num_rows
-            # A thread encodes the next piece (pyarrow releases the GIL) while this one sends the last:
-            # encoding and the server's parsing overlap instead of taking turns. The COPY stays in this
-            # thread: at an interrupt here (Ctrl-C, a run's termination) psycopg cancels it in the server,
-            # which a COPY waiting in a thread of its own (a row lock, a dead link) would never get.
-            rows = 0
-            encoded = ((piece.num_rows, _csv(piece)) for piece in pieces if piece.num_rows)
-            with read_ahead(encoded, depth=COPY_QUEUE_DEPTH, name="copy-encoder") as ready:
-                for n, csv in ready:
-                    copy.write(csv.getbuffer())
-                    rows += n
-                    del csv  # not held while the next piece is awaited
-            return rows
+            try:
+                return _send_pieces(copy, data, pieces, max_rows)
+            except BaseException as err:
+                # An interrupt psycopg does not cancel on: Dagster raises DagsterExecutionInterruptedError (a
+                # BaseException, not a KeyboardInterrupt) at a run's termination; ending the COPY would then
+                # wait for a server stalled on a row lock or a dead link.
+                if not isinstance(err, (Exception, *_PSYCOPG_CANCELS)) and \
+                        conn.info.transaction_status == pq.TransactionStatus.ACTIVE:
+                    conn.cancel_safe(timeout=5.0)
+                raise
 
     @staticmethod
     def fetch_arrow(conn: psycopg.Connection, query: sql.Composable, params: Sequence | None = None,

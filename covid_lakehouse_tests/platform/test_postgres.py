@@ -3,11 +3,15 @@
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._utils.interrupts import raise_interrupts_as
 from psycopg import pq, sql
 
 from covid_lakehouse.lib.postgres import (
@@ -173,13 +177,32 @@ def test_a_stream_failing_mid_copy_raises_its_error_and_leaves_no_thread(warehou
 GUARD = 30  # seconds: only bounds waits that never end on broken code (the COPY left waiting on the lock)
 
 
-def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, unique_schema):
-    """Ctrl-C (or a run's termination) while the server holds the COPY on a row lock (a duplicate key
-    another open transaction inserted): the COPY is cancelled in the server, the interrupt raised while
-    the other transaction is still open, no encoder thread is left, and the connection is usable again.
-    The pieces are large enough to fill the socket: the client is blocked sending (the COPY never ends
-    on its own). On the code before, the COPY was sent by a writer thread that no interrupt reaches: the
-    interrupt only came once the test ended the other transaction after GUARD seconds."""
+@contextmanager
+def _sigint_raises(error: type[BaseException]) -> Iterator[None]:
+    """SIGINT raises ``error`` in the main thread for the block, whatever handler an earlier test left
+    (an unfinished Dagster execution leaves capture_interrupts' flag-setting handler): KeyboardInterrupt
+    as in a plain process, Dagster's DagsterExecutionInterruptedError as in a run being terminated."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if error is KeyboardInterrupt:
+            yield
+        else:
+            with raise_interrupts_as(error):
+                yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, DagsterExecutionInterruptedError])
+def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, unique_schema, interrupt):
+    """Ctrl-C, or a run's termination (Dagster raises DagsterExecutionInterruptedError, which psycopg does
+    not cancel on by itself), while the server holds the COPY on a row lock (a duplicate key another open
+    transaction inserted): the COPY is cancelled in the server, the interrupt raised while the other
+    transaction is still open, no encoder thread is left, and the connection is usable again. The pieces
+    are large enough to fill the socket: the client is blocked sending (the COPY never ends on its own).
+    On the code before, the COPY was sent by a writer thread that no interrupt reaches (and before this
+    test's second case, a run's termination was not cancelled): the interrupt only came once the test
+    ended the other transaction after GUARD seconds."""
     target = table_ident(unique_schema, "c")
     with warehouse.connection() as conn:
         PostgresResource.ensure_schema(conn, unique_schema)
@@ -212,7 +235,7 @@ def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, uni
         helper.start()
         status, left = [], []
         try:
-            with pytest.raises(KeyboardInterrupt), warehouse.connection() as conn:
+            with _sigint_raises(interrupt), pytest.raises(interrupt), warehouse.connection() as conn:
                 copying.append(conn.info.backend_pid)
                 try:
                     PostgresResource.copy_arrow(conn, target, data, max_rows=50_000)
