@@ -10,7 +10,14 @@ import pytest
 
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.lib.lakehouse import LakehouseResource
-from covid_lakehouse_tests.omop.support import SAMPLE_CSV, drop_file, fail_commits, normalized, run_tenant
+from covid_lakehouse_tests.omop.support import (
+    SAMPLE_CSV,
+    drop_file,
+    execute_on_provider,
+    fail_commits,
+    normalized,
+    run_tenant,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +126,8 @@ def test_a_companion_that_fails_to_publish_leaves_the_run_unrecorded_and_the_nex
     with dg.DagsterInstance.ephemeral() as instance:
         assert run_tenant(env, tenant, instance).success
         recorded = lakehouse.load_table(ns, tables.T_RUN_LOG).current_snapshot().snapshot_id
-        pg.execute(f'UPDATE "{tenant.source_schema}".provider SET provider_name = \'Ada Byron\' WHERE provider_id = 2')
+        # statistics flushed: the gate must see the change now (its counters lag the writer up to a second)
+        execute_on_provider(pg, tenant, "UPDATE {t} SET provider_name = 'Ada Byron' WHERE provider_id = 2")
         with pytest.MonkeyPatch.context() as failing:
             fail_commits(failing, ns, tables.T_FLAG)
             assert not run_tenant(env, tenant, instance, raise_on_error=False).success
