@@ -169,8 +169,26 @@ def _csv(data: pa.Table | pa.RecordBatch) -> io.BytesIO:
     return buf
 
 
-# The interrupts psycopg's Connection.wait answers by cancelling the statement in the server itself.
-_PSYCOPG_CANCELS = (KeyboardInterrupt, SystemExit)
+@contextmanager
+def _cancelled_at_interrupt(conn: psycopg.Connection, *, close: bool) -> Iterator[None]:
+    """At an interrupt (Ctrl-C, or Dagster's DagsterExecutionInterruptedError at a run's termination, a
+    BaseException psycopg does not cancel on) while a statement still runs, cancel it in the server:
+    ending a COPY would otherwise wait for a server stalled on a row lock. psycopg cancels a Ctrl-C only
+    while in its own wait, not while the caller waits elsewhere (for the encoder). ``close``: nothing will
+    read the statement's answer (the COPY already ended or failed to): the connection is closed, and the
+    pool discards it; so is one whose cancel failed (the server unreachable)."""
+    try:
+        yield
+    except BaseException as err:
+        if not isinstance(err, Exception) and conn.info.transaction_status == pq.TransactionStatus.ACTIVE:
+            try:
+                conn.cancel_safe(timeout=5.0)
+            except Exception as cancel_error:  # noqa: BLE001 - the interrupt is what is raised
+                err.add_note(f"cancelling the statement failed ({cancel_error!r}): connection closed")
+                close = True
+            if close:
+                conn.close()
+        raise
 
 # Rows per CSV piece a COPY sends by default, and the encoded pieces that may wait for the COPY (read_ahead:
 # depth + 2 pieces alive at most, tens of MB each at 200,000 rows).
@@ -194,9 +212,9 @@ def _send_pieces(copy: psycopg.Copy, data: pa.Table | Iterable[pa.RecordBatch], 
         copy.write(_csv(data).getbuffer())
         return data.num_rows
     # A thread encodes the next piece (pyarrow releases the GIL) while this one sends the last: encoding
-    # and the server's parsing overlap instead of taking turns. The COPY stays in the caller's thread: at
-    # Ctrl-C there psycopg cancels it in the server (at a run's termination, copy_arrow does), which a COPY
-    # waiting in a thread of its own (a row lock, a dead link) would never get.
+    # and the server's parsing overlap instead of taking turns. The COPY stays in the caller's thread, the
+    # one an interrupt reaches (a run's main thread): copy_arrow then cancels it in the server, which a
+    # COPY waiting in a thread of its own (on a row lock) would never get.
     rows = 0
     encoded = ((piece.num_rows, _csv(piece)) for piece in pieces if piece.num_rows)
     with read_ahead(encoded, depth=COPY_QUEUE_DEPTH, name="copy-encoder") as ready:
@@ -283,17 +301,11 @@ class PostgresResource(dg.ConfigurableResource):
             target, sql.SQL(", ").join(map(sql.Identifier, columns or first.schema.names)))
         pieces = chain([first], pieces)
         del first  # a slice keeps its whole batch alive: not for the length of the COPY
-        with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-            try:
-                return _send_pieces(copy, data, pieces, max_rows)
-            except BaseException as err:
-                # An interrupt psycopg does not cancel on: Dagster raises DagsterExecutionInterruptedError (a
-                # BaseException, not a KeyboardInterrupt) at a run's termination; ending the COPY would then
-                # wait for a server stalled on a row lock or a dead link.
-                if not isinstance(err, (Exception, *_PSYCOPG_CANCELS)) and \
-                        conn.info.transaction_status == pq.TransactionStatus.ACTIVE:
-                    conn.cancel_safe(timeout=5.0)
-                raise
+        # Around the sending (the COPY's end then reads the cancelled statement's answer) and around the
+        # COPY's end itself (its __exit__ waits for the server's answer, which nothing reads after it).
+        with _cancelled_at_interrupt(conn, close=True), conn.cursor() as cur, cur.copy(copy_sql) as copy, \
+                _cancelled_at_interrupt(conn, close=False):
+            return _send_pieces(copy, data, pieces, max_rows)
 
     @staticmethod
     def fetch_arrow(conn: psycopg.Connection, query: sql.Composable, params: Sequence | None = None,

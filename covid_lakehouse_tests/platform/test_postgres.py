@@ -194,7 +194,9 @@ def _sigint_raises(error: type[BaseException]) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, DagsterExecutionInterruptedError])
-def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, unique_schema, interrupt):
+@pytest.mark.parametrize(("rows", "max_rows"), [(400_000, 50_000), (10, 200_000)], ids=["sending", "ending"])
+def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, unique_schema, interrupt, rows,
+                                                              max_rows):
     """Ctrl-C, or a run's termination (Dagster raises DagsterExecutionInterruptedError, which psycopg does
     not cancel on by itself), while the server holds the COPY on a row lock (a duplicate key another open
     transaction inserted): the COPY is cancelled in the server, the interrupt raised while the other
@@ -202,14 +204,16 @@ def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, uni
     are large enough to fill the socket: the client is blocked sending (the COPY never ends on its own).
     On the code before, the COPY was sent by a writer thread that no interrupt reaches (and before this
     test's second case, a run's termination was not cancelled): the interrupt only came once the test
-    ended the other transaction after GUARD seconds."""
+    ended the other transaction after GUARD seconds. "ending": a few rows, all sent at once: the interrupt
+    comes while the COPY's end waits for the server's answer (outside the sending, where it was not
+    cancelled either)."""
     target = table_ident(unique_schema, "c")
     with warehouse.connection() as conn:
         PostgresResource.ensure_schema(conn, unique_schema)
         conn.execute(sql.SQL("create table {} (i int primary key, pad text)").format(target))
-    rows = 400_000  # ~40 MB of CSV, 50,000-row pieces: far more than the socket buffers hold
+    # sending: ~40 MB of CSV, 50,000-row pieces, far more than the socket buffers hold
     data = pa.table({"i": pa.array(range(rows), pa.int32()), "pad": pa.array(["x" * 90] * rows)})
-    events, copying, main = [], [], threading.get_ident()
+    events, copying, cancelled, main = [], [], [], threading.get_ident()
 
     def stalled() -> bool:
         found = pg.execute("select 1 from pg_stat_activity where pid = %s and wait_event_type = 'Lock'"
@@ -225,6 +229,10 @@ def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, uni
             signal.pthread_kill(main, signal.SIGINT)
             while not events and time.monotonic() < deadline + GUARD:  # the interrupt raised in the caller
                 time.sleep(0.05)
+            # and the server's side let go, still before the lock is released (a cancel is asynchronous)
+            while stalled() and time.monotonic() < deadline + 2 * GUARD:
+                time.sleep(0.05)
+            cancelled.append(not stalled())
         finally:
             events.append("lock released")
             blocker.rollback()
@@ -238,7 +246,7 @@ def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, uni
             with _sigint_raises(interrupt), pytest.raises(interrupt), warehouse.connection() as conn:
                 copying.append(conn.info.backend_pid)
                 try:
-                    PostgresResource.copy_arrow(conn, target, data, max_rows=50_000)
+                    PostgresResource.copy_arrow(conn, target, data, max_rows=max_rows)
                 finally:
                     events.append("interrupt raised")
                     status.append(conn.closed or conn.info.transaction_status)
@@ -246,6 +254,7 @@ def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, uni
         finally:
             helper.join()
     assert events == ["interrupt raised", "lock released"]
+    assert cancelled == [True]  # the COPY no longer waited on the lock in the server
     assert status in ([True], [pq.TransactionStatus.INERROR])  # discarded, or the COPY failed
     assert left == []
     assert pg.execute(f'select count(*) from "{unique_schema}".c').fetchone()[0] == 0
