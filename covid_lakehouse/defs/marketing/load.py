@@ -37,6 +37,7 @@ from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec
 from covid_lakehouse.lib.postgres import (
     PostgresResource,
     UpsertCounts,
+    cancel_quietly,
     execute_within_lock_timeout,
     lock_holders,
     table_ident,
@@ -345,7 +346,7 @@ class StreamingMerge:
         wait out MARKETING_PUBLISH_LOCK_TIMEOUT_S first."""
         self._dropping.set()
         if self._chunk is None and self._thread.is_alive():  # not begun: waiting in LOCK TABLE, or idle (ignored)
-            self.conn.cancel_safe()
+            cancel_quietly(self.conn)
 
     def wait(self) -> BaseException | None:
         """Every submitted chunk merged (or skipped after a merge error); returns what broke the merging
