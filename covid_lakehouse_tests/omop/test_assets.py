@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from covid_lakehouse.defs.omop import assets, tables
+from covid_lakehouse.defs.omop import assets, checks, tables
 from covid_lakehouse.defs.omop.assets import LANDING_KEY, PROVIDER_KEY, QUARANTINE_KEY, run_flags
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.settings import WAREHOUSE_DSN
@@ -189,6 +189,7 @@ def test_the_provider_metadata_names_the_snapshot_its_commit_created_not_a_later
 
 
 def test_a_runs_flags_are_read_from_its_config_validated_with_their_defaults():
+    assert assets.landing_files.op.name == checks.GATE_OP  # where run_flags and the blocked check's hint look
     assert run_flags({}) == assets.TenantRunConfig()
     assert run_flags({"ops": {"other_op": {"config": {"full_refresh": True}}}}) == assets.TenantRunConfig()
     flags = run_flags(gate_config(allow_deleted_providers=7))  # under the gate's op name, as Dagster keys it

@@ -14,7 +14,7 @@ import pyarrow as pa
 from pydantic import ConfigDict
 
 from covid_lakehouse.defs.omop import source_snapshot, tables
-from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, max_deleted_share, provider_audits
+from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, GATE_OP, max_deleted_share, provider_audits
 from covid_lakehouse.defs.omop.extract import (
     CARE_SITE_SOURCE,
     extract,
@@ -201,8 +201,8 @@ def run_flags(run_config: Mapping[str, Any]) -> TenantRunConfig:
     re-execution from failure carries its parent's config but not its gate. Invalid flags fail the step
     without retries (a retry would read the same config)."""
     ops = run_config.get("ops") or {}
-    given = (ops.get(landing_files.op.name) or {}).get("config") or {}
-    where = f"omop run config ops.{landing_files.op.name}.config"
+    given = (ops.get(GATE_OP) or {}).get("config") or {}
+    where = f"omop run config ops.{GATE_OP}.config"
     try:
         # Dagster's config also accepts {"env": NAME} for a scalar: resolved here as Dagster resolves it.
         flags = TenantRunConfig(**{name: _env_flag(f"{where}.{name}", value) if isinstance(value, dict) and
