@@ -16,9 +16,11 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -415,3 +417,54 @@ def sigint_raises(error: type[BaseException]) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class Interrupted:
+    """What interrupt_once_stalled saw: ``events`` in order ("interrupt raised", recorded by the test with
+    ``raised``; "lock released"), and whether the server let go of the stalled statement before the lock
+    was released (``let_go``)."""
+
+    events: list[str] = field(default_factory=list)
+    let_go: list[bool] = field(default_factory=list)
+
+    def raised(self) -> None:
+        self.events.append("interrupt raised")
+
+
+@contextmanager
+def interrupt_once_stalled(stalled: Callable[[], bool], release: Callable[[], None],
+                           guard: float = 30) -> Iterator[Interrupted]:
+    """A thread sends SIGINT to the main thread once ``stalled()`` (polled: a statement's wait on a lock
+    is only seen in the server), waits for the block to record the interrupt, notes whether the server
+    let go of the statement (a cancel is asynchronous), then calls ``release`` (the lock's holder ends).
+    ``guard`` seconds only bound waits that never end on broken code. On exit the thread is joined and
+    its own failure (e.g. the statement never stalled) raised, not lost in the thread."""
+    seen, failed, main = Interrupted(), [], threading.get_ident()
+
+    def interrupter() -> None:
+        deadline = time.monotonic() + guard
+        try:
+            while not stalled():
+                assert time.monotonic() < deadline, "the statement never waited on the lock"
+                time.sleep(0.05)
+            signal.pthread_kill(main, signal.SIGINT)
+            while not seen.events and time.monotonic() < deadline + guard:
+                time.sleep(0.05)
+            while stalled() and time.monotonic() < deadline + 2 * guard:
+                time.sleep(0.05)
+            seen.let_go.append(not stalled())
+        except BaseException as err:
+            failed.append(err)
+        finally:
+            seen.events.append("lock released")
+            release()
+
+    helper = threading.Thread(target=interrupter, name="interrupter")
+    helper.start()
+    try:
+        yield seen
+    finally:
+        helper.join()
+        if failed:  # said as such, not as the block's "did not raise"
+            raise failed[0]

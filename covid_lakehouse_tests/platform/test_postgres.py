@@ -1,6 +1,5 @@
 """PostgresResource: identifiers, COPY and the staging + upsert helper, on the real warehouse."""
 
-import signal
 import threading
 import time
 
@@ -18,7 +17,7 @@ from covid_lakehouse.lib.postgres import (
     table_ident,
     validate_identifier,
 )
-from covid_lakehouse_tests.platform.support import proxied_dsn, sigint_raises
+from covid_lakehouse_tests.platform.support import interrupt_once_stalled, proxied_dsn, sigint_raises
 
 pytestmark = pytest.mark.integration
 
@@ -198,53 +197,26 @@ def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, uni
         conn.execute(sql.SQL("create table {} (i int primary key, pad text)").format(target))
     # sending: ~40 MB of CSV, 50,000-row pieces, far more than the socket buffers hold
     data = pa.table({"i": pa.array(range(rows), pa.int32()), "pad": pa.array(["x" * 90] * rows)})
-    events, copying, cancelled, main = [], [], [], threading.get_ident()
-    failed: list[BaseException] = []  # the interrupter's own failure, raised in the test, not lost in its thread
+    copying = []
 
     def stalled() -> bool:
-        found = pg.execute("select 1 from pg_stat_activity where pid = %s and wait_event_type = 'Lock'"
-                           " and query like 'COPY%%'", copying).fetchone()
-        return found is not None
-
-    def interrupter(blocker: psycopg.Connection) -> None:
-        deadline = time.monotonic() + GUARD
-        try:
-            while not (copying and stalled()):  # polled: the COPY's wait is only seen in the server
-                assert time.monotonic() < deadline, "the COPY never waited on the row lock"
-                time.sleep(0.05)
-            signal.pthread_kill(main, signal.SIGINT)
-            while not events and time.monotonic() < deadline + GUARD:  # the interrupt raised in the caller
-                time.sleep(0.05)
-            # and the server's side let go, still before the lock is released (a cancel is asynchronous)
-            while stalled() and time.monotonic() < deadline + 2 * GUARD:
-                time.sleep(0.05)
-            cancelled.append(not stalled())
-        except BaseException as err:
-            failed.append(err)
-        finally:
-            events.append("lock released")
-            blocker.rollback()
+        return bool(copying) and pg.execute("select 1 from pg_stat_activity where pid = %s and wait_event_type = 'Lock'"
+                                            " and query like 'COPY%%'", copying).fetchone() is not None
 
     with psycopg.connect(warehouse.dsn) as blocker:
         blocker.execute(sql.SQL("insert into {} values (3, 'other')").format(target))  # open: holds key 3
-        helper = threading.Thread(target=interrupter, args=(blocker,), name="interrupter")
-        helper.start()
         status, left = [], []
-        try:
-            with sigint_raises(interrupt), pytest.raises(interrupt), warehouse.connection() as conn:
-                copying.append(conn.info.backend_pid)
-                try:
-                    PostgresResource.copy_arrow(conn, target, data, max_rows=max_rows)
-                finally:
-                    events.append("interrupt raised")
-                    status.append(conn.closed or conn.info.transaction_status)
-                    left += [t.name for t in threading.enumerate() if t.name == "copy-encoder"]
-        finally:
-            helper.join()
-            if failed:  # e.g. the COPY never waited on the lock: said as such, not as "did not raise"
-                raise failed[0]
-    assert events == ["interrupt raised", "lock released"]
-    assert cancelled == [True]  # the COPY no longer waited on the lock in the server
+        with interrupt_once_stalled(stalled, blocker.rollback, GUARD) as seen, sigint_raises(interrupt), \
+                pytest.raises(interrupt), warehouse.connection() as conn:
+            copying.append(conn.info.backend_pid)
+            try:
+                PostgresResource.copy_arrow(conn, target, data, max_rows=max_rows)
+            finally:
+                seen.raised()
+                status.append(conn.closed or conn.info.transaction_status)
+                left += [t.name for t in threading.enumerate() if t.name == "copy-encoder"]
+    assert seen.events == ["interrupt raised", "lock released"]
+    assert seen.let_go == [True]  # the COPY no longer waited on the lock in the server
     assert status in ([True], [pq.TransactionStatus.INERROR])  # discarded, or the COPY failed
     assert left == []
     assert pg.execute(f'select count(*) from "{unique_schema}".c').fetchone()[0] == 0
