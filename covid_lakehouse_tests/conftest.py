@@ -4,6 +4,7 @@ test session, in a temporary folder, stopped at the end. No mocks of our own com
 from __future__ import annotations
 
 import functools
+import signal
 import uuid
 from collections.abc import Iterator
 
@@ -20,6 +21,18 @@ from covid_lakehouse.lib.resources import platform_resources
 from covid_lakehouse.lib.s3 import LakeS3Resource
 from covid_lakehouse.lib.settings import ServiceSettings, exported
 from covid_lakehouse_dev.warehouse import reset_domain as reset_warehouse_domain
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test leaves SIGINT's handler as it found it: one left behind (e.g. Dagster's that only records
+    the signal) changes what an interrupt does in every later test. The test that leaks one fails, named."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after != before:
+        signal.signal(signal.SIGINT, before)  # the later tests run as they would alone
+        pytest.fail(f"{request.node.nodeid} left SIGINT's handler {after!r} (it found {before!r})")
 
 
 @pytest.fixture(scope="session")

@@ -169,6 +169,19 @@ def _csv(data: pa.Table | pa.RecordBatch) -> io.BytesIO:
     return buf
 
 
+def cancel_quietly(conn: psycopg.Connection, *, timeout: float = 5.0) -> Exception | None:
+    """Cancel the statement ``conn`` runs, in the server (from any thread: psycopg's cancel opens a
+    connection of its own), waiting at most ``timeout`` seconds for the server to take the request. Never
+    raises (it is called while another error is on its way): a cancel that fails (the server unreachable,
+    the timeout) closes the connection instead, so nothing waits on it any longer, and is returned."""
+    try:
+        conn.cancel_safe(timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - the caller's error is what is raised
+        conn.close()
+        return err
+    return None
+
+
 @contextmanager
 def _cancelled_at_interrupt(conn: psycopg.Connection, *, close: bool) -> Iterator[None]:
     """At an interrupt (Ctrl-C, or Dagster's DagsterExecutionInterruptedError at a run's termination, a
@@ -181,11 +194,8 @@ def _cancelled_at_interrupt(conn: psycopg.Connection, *, close: bool) -> Iterato
         yield
     except BaseException as err:
         if not isinstance(err, Exception) and conn.info.transaction_status == pq.TransactionStatus.ACTIVE:
-            try:
-                conn.cancel_safe(timeout=5.0)
-            except Exception as cancel_error:  # noqa: BLE001 - the interrupt is what is raised
+            if (cancel_error := cancel_quietly(conn)) is not None:
                 err.add_note(f"cancelling the statement failed ({cancel_error!r}): connection closed")
-                close = True
             if close:
                 conn.close()
         raise

@@ -11,7 +11,7 @@ from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.resources import HttpResource
 from covid_lakehouse_dev.apis.ads import register
 from covid_lakehouse_dev.apis.harness import MockApi
-from covid_lakehouse_tests.ads.support import TcpProxy
+from covid_lakehouse_tests.platform.support import TcpProxy
 
 
 @pytest.fixture

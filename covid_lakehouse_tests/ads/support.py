@@ -9,9 +9,7 @@ right after a given step, so tests can crash the real code at every step against
 import json
 import os
 import signal
-import socket
 import sys
-import threading
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -70,57 +68,6 @@ def assert_invariant(pg: psycopg.Connection, lakehouse: LakehouseResource, loade
     assert live.isdisjoint(archived), "an ad is both live and archived"
     assert live | set(archived) == loaded, "an ad was lost (or appeared from nowhere)"
     return len(live), len(archived)
-
-
-class TcpProxy:
-    """A TCP forwarder in front of a real server that can be cut off (as an outage) at any moment."""
-
-    def __init__(self, target_port: int) -> None:
-        self._target = ("127.0.0.1", target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="tcp-proxy")
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:  # listener closed: stopped
-                return
-            upstream = socket.create_connection(self._target)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        """The outage: refuse new connections and drop the open ones."""
-        self._listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-        self._thread.join(5)
 
 
 def die_after(step: str):

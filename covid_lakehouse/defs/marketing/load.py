@@ -24,6 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
@@ -37,6 +38,7 @@ from covid_lakehouse.defs.marketing.tables import SCHEMA, TableSpec
 from covid_lakehouse.lib.postgres import (
     PostgresResource,
     UpsertCounts,
+    cancel_quietly,
     execute_within_lock_timeout,
     lock_holders,
     table_ident,
@@ -135,8 +137,8 @@ class StagingWriter:
         self._folds: dict[Callable[[TableSpec], Any], Any] = {}  # FoldedAudit.fold -> its running state
         self._gave_up: set[Callable[[TableSpec], Any]] = set()
         self._log: logging.Logger | dg.DagsterLogManager = log
-        self._copier = threading.Thread(target=self._copy_loop, name=f"stage-{spec.name}", daemon=True)
-        self._copier.start()
+        self._copier_conn: psycopg.Connection | None = None  # while the copier holds one (under _lock)
+        self._copier = _Worker(self._copy_loop, f"stage-{spec.name}")
 
     def merge_into(self, merge: "StreamingMerge") -> None:
         """From now on every staged chunk is also merged into the target, in ``merge``'s transaction."""
@@ -179,7 +181,11 @@ class StagingWriter:
 
     def flush(self) -> None:
         """Wait until every row written so far is in the table (committed)."""
-        self._queue.join()
+        try:
+            self._queue.join()
+        except BaseException:  # interrupted (a run's termination, Ctrl-C): the workers stop what they do
+            self.abandon()
+            raise
         self._raise_if_failed()
 
     def finish(self) -> sql.Identifier:
@@ -190,8 +196,13 @@ class StagingWriter:
 
     def abandon(self) -> None:
         """The run is failing (the reader raised, or the step is cancelled): rows still queued are dropped,
-        neither staged nor merged (the publish transaction rolls back anyway)."""
+        neither staged nor merged (the publish transaction rolls back anyway), and the statements the
+        workers run are cancelled in the server: a COPY the server stalls (on a lock, a dead link) would
+        otherwise hold the step's end, which joins them, until it let go."""
         self._abandoned = True
+        with self._lock:  # the connection is not handed back to the pool (and to others) while cancelled
+            if self._copier_conn is not None:
+                cancel_quietly(self._copier_conn)
         if self._merge is not None:
             self._merge.abandon()
 
@@ -205,9 +216,8 @@ class StagingWriter:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.table))
 
     def _stop_copier(self) -> None:
-        if self._copier.is_alive():
-            self._queue.put(None)  # the copier always consumes (it drains after an error too)
-            self._copier.join()
+        if self._copier.running:
+            self._copier.end(self._queue, self.abandon)  # the copier always consumes (it drains after an error too)
         if self._merge is not None:
             self._merge.wait()  # every chunk the copier handed over is merged (or dropped); _raise_if_failed says why not
 
@@ -236,7 +246,7 @@ class StagingWriter:
     def _copy_loop(self) -> None:
         taken, finished = 0, False  # taken: tables (and the end marker) not yet marked done
         try:
-            with self._warehouse.connection() as conn:
+            with self._warehouse.connection() as conn, self._held_by_copier(conn):
                 while not finished:
                     tables, finished = self._next_tables()
                     taken = len(tables) + finished
@@ -267,6 +277,17 @@ class StagingWriter:
                     self._done(1)
                 self._done(1)
 
+    @contextmanager
+    def _held_by_copier(self, conn: psycopg.Connection) -> Iterator[None]:
+        """``conn`` is the copier's (abandon cancels what it runs) until it goes back to the pool."""
+        with self._lock:
+            self._copier_conn = conn
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._copier_conn = None
+
     def _fold(self, tables: list[pa.Table]) -> None:
         for fold, state in self._folds.items():
             if fold in self._gave_up:
@@ -287,8 +308,52 @@ class StagingWriter:
     def __enter__(self) -> "StagingWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:  # e.g. an interrupt while a reader waited to queue rows
+            self.abandon()
         self.close()
+
+
+class _Worker:
+    """A daemon thread running ``target``, and whether it still runs (an Event set as it returns): waited
+    for with that Event, not Thread.join, which an interrupt (a signal handler's exception) leaves marking
+    the thread as ended while it still runs (Python 3.11): is_alive() and a second join then lie."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        self._ended = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(target,), name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self, target: Callable[[], None]) -> None:
+        try:
+            target()
+        finally:
+            self._ended.set()
+
+    @property
+    def running(self) -> bool:
+        return not self._ended.is_set()
+
+    def end(self, work: queue.Queue, abandon: Callable[[], None]) -> None:
+        """Hand the worker its end marker (None) on ``work`` and wait for it. Interrupted while waiting (a
+        run's termination raises DagsterExecutionInterruptedError in the main thread; Ctrl-C), the worker
+        may be waiting on the server (a COPY stalled on a lock), which no interrupt reaches: ``abandon``
+        cancels what it runs there and has it drop what is queued, it is waited for, and the interrupt
+        goes on."""
+        handed = False
+        try:
+            work.put(None)  # may wait for room while the worker is stuck
+            handed = True
+            self._ended.wait()
+        except BaseException:
+            abandon()
+            if not handed:
+                work.put(None)
+            self._ended.wait()
+            raise
+        finally:
+            if not self.running:
+                self.thread.join()  # it has returned: only its thread's last steps are left
 
 
 def _distinct(tables: list[pa.Table], columns: tuple[str, str]) -> set[tuple[Any, Any]]:
@@ -327,8 +392,7 @@ class StreamingMerge:
         self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(maxsize=2)
         self._failure: BaseException | None = None
         self._dropping = threading.Event()  # the run is failing: queued chunks are dropped, not merged
-        self._thread = threading.Thread(target=self._merge_loop, name=f"merge-{spec.name}", daemon=True)
-        self._thread.start()
+        self._thread = _Worker(self._merge_loop, f"merge-{spec.name}")
 
     def submit(self, data: pa.Table | list[pa.RecordBatch], slices: set[tuple[Any, Any]] | None) -> None:
         """Queue a staged chunk for merging (blocks while two are waiting: back-pressure on the copier)."""
@@ -340,19 +404,19 @@ class StreamingMerge:
         return self._failure
 
     def abandon(self) -> None:
-        """The run is failing: chunks still queued are dropped, not merged (the transaction rolls back). A
-        merge thread still waiting for the target's lock is cancelled, so a failing or cancelled run does not
-        wait out MARKETING_PUBLISH_LOCK_TIMEOUT_S first."""
+        """The run is failing: chunks still queued are dropped, not merged (the transaction rolls back), and
+        what the merge thread runs is cancelled in the server: its wait for the target's lock (a failing or
+        cancelled run does not wait out MARKETING_PUBLISH_LOCK_TIMEOUT_S first), or a chunk's COPY or merge
+        the server stalls (a row lock). A cancel reaching an idle connection is ignored by the server."""
         self._dropping.set()
-        if self._chunk is None and self._thread.is_alive():  # not begun: waiting in LOCK TABLE, or idle (ignored)
-            self.conn.cancel_safe()
+        if self._thread.running:
+            cancel_quietly(self.conn)
 
     def wait(self) -> BaseException | None:
         """Every submitted chunk merged (or skipped after a merge error); returns what broke the merging
         thread, if anything did (the StagingWriter raises it as its own failure)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        if self._thread.running:
+            self._thread.end(self._queue, self.abandon)
         return self._failure
 
     def _merge_loop(self) -> None:

@@ -11,9 +11,10 @@ from typing import Any
 
 import dagster as dg
 import pyarrow as pa
+from pydantic import ConfigDict
 
 from covid_lakehouse.defs.omop import source_snapshot, tables
-from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, max_deleted_share, provider_audits
+from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, GATE_OP, max_deleted_share, provider_audits
 from covid_lakehouse.defs.omop.extract import (
     CARE_SITE_SOURCE,
     extract,
@@ -99,6 +100,10 @@ def _tenant(tenants: TenantsResource, name: str) -> Tenant:
 
 
 class TenantRunConfig(dg.Config):
+    # an unknown flag is refused, not ignored: run_flags validates a run's config with this model alone (e.g.
+    # the replaced allow_mass_deletion would otherwise read as no confirmation, silently)
+    model_config = ConfigDict(extra="forbid")
+
     full_refresh: bool = False  # run the tenant even if its sources' fingerprint is the recorded one
     # publish even when over checks.MAX_DELETED_SHARE of the source providers are gone, if exactly this many
     # are: an operator's confirmation of the count the blocked run named (a backfill's one count confirms no
@@ -196,19 +201,28 @@ def run_flags(run_config: Mapping[str, Any]) -> TenantRunConfig:
     re-execution from failure carries its parent's config but not its gate. Invalid flags fail the step
     without retries (a retry would read the same config)."""
     ops = run_config.get("ops") or {}
-    given = (ops.get(landing_files.op.name) or {}).get("config") or {}
+    given = (ops.get(GATE_OP) or {}).get("config") or {}
+    where = f"omop run config ops.{GATE_OP}.config"
     try:
         # Dagster's config also accepts {"env": NAME} for a scalar: resolved here as Dagster resolves it.
-        flags = TenantRunConfig(**{name: dg.EnvVar(value["env"]).get_value() if isinstance(value, dict) and
+        flags = TenantRunConfig(**{name: _env_flag(f"{where}.{name}", value) if isinstance(value, dict) and
                                    set(value) == {"env"} else value for name, value in given.items()})
     except (ValueError, TypeError) as err:  # pydantic's ValidationError is a ValueError
-        raise dg.Failure(description=f"omop run config ops.{landing_files.op.name}.config: {err}",
-                         allow_retries=False) from err
+        raise dg.Failure(description=f"{where}: {err}", allow_retries=False) from err
     if flags.allow_deleted_providers < 0:
-        raise dg.Failure(description=f"omop run config ops.{landing_files.op.name}.config.allow_deleted_providers "
-                                     f"must be a count (0 or more), got {flags.allow_deleted_providers}",
+        raise dg.Failure(description=f"{where}.allow_deleted_providers must be a count (0 or more), got {flags.allow_deleted_providers}",
                          allow_retries=False)
     return flags
+
+
+def _env_flag(flag: str, value: dict) -> str:
+    """A flag given as {"env": NAME}: the variable's value; unset, the step fails naming both (pydantic
+    would only say the flag is not a valid value)."""
+    resolved = dg.EnvVar(value["env"]).get_value()
+    if resolved is None:
+        raise dg.Failure(description=f"{flag} is given as the environment variable {value['env']}, which is not set",
+                         allow_retries=False)
+    return resolved
 
 
 def _recorded_fingerprint(gate: dict | None) -> tuple[str | None, str | None]:

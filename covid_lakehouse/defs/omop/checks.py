@@ -16,6 +16,10 @@ from covid_lakehouse.defs.omop.transform import Reconciliation, connect
 from covid_lakehouse.lib.settings import SettingError, setting
 from covid_lakehouse.lib.wap import Audit, AuditResult
 
+# The op of a tenant run's gate (assets.landing_files, asset omop/landing_files): the run's flags
+# (assets.TenantRunConfig) are its config. Named here, where the blocked check's hint and assets.run_flags
+# (assets imports this module, not the other way) both read it.
+GATE_OP = "omop__landing_files"
 # Below this share of providers with a mapped specialty, the mapping table probably lacks a label.
 MIN_MAPPED_SPECIALTY_SHARE = 0.95
 # A source read empty or mostly empty (a table emptied by mistake, a reload half done, the wrong schema)
@@ -163,7 +167,7 @@ def _deletions_bounded(counts: Reconciliation, limit: float, allowed: int):
         this_run = f"; this run confirmed {allowed:,}" if allowed else ""
         return AuditResult(False, (
             f"{said}, over {MAX_DELETED_SHARE.name}={limit:g}: the provider tables are not published. If the source "
-            f"is right, launch the tenant again with run config ops.omop__landing_files.config.allow_deleted_providers: "
+            f"is right, launch the tenant again with run config ops.{GATE_OP}.config.allow_deleted_providers: "
             f"{gone} (exactly the count gone{this_run}); if it was emptied or loaded only in part, restore it and run again"), figures)
     return audit
 

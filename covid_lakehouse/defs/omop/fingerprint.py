@@ -12,10 +12,10 @@ run can tell "nothing changed" before extracting anything, and skip the tenant.
   chain is mixed once more at the end (a text hash's upper half alone is weakly mixed). Integer and
   text columns are hashed by value (text by its bytes, collation "C"), every other column by its
   text, so a change that only alters how a value prints (numeric 1.0 -> 1.00) counts too, as when
-  whole rows were hashed as text; without the row output function the scan takes about half as long
-  (2M providers: 0.91 -> 0.45 s). TRUNCATE + reload of the very same rows gives the same content
-  fingerprint: all the transform reads is the same. Exact, but one scan of each table (about half a
-  second at millions of rows).
+  whole rows were hashed as text, without that text's output function on every row (its cost; the
+  figures are in docs/omop.md, Performance). TRUNCATE + reload of the very same rows gives the same
+  content fingerprint: all the transform reads is the same. Exact, but one scan of each table: hence
+  the cheap signal below, read first.
 - PostgreSQL, the cheap signal, read first: per table its storage file (``pg_relation_filenode``: a
   TRUNCATE, a rewriting ALTER, VACUUM FULL or a restore give a new one) and size, the statistics
   system's cumulative insert/update/delete counters (every row an INSERT, UPDATE, DELETE, COPY or MERGE
