@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pytest
 
 from covid_lakehouse.defs.omop.transform import build_providers, session
 from covid_lakehouse_tests.omop.support import first_build_inputs
@@ -95,5 +96,18 @@ def test_id_lookup_takes_provider_ids_in_any_row_order():
                     found = lookup(pa.array(gids + [4, None], pa.int64())).to_pylist()
                     assert all(f in (None, g * 10 + 1) for f, g in zip(found[:len(gids)], gids, strict=True)) and found[-2:] == [None, None]
                     assert sum(f is not None for f in found) == len(lookup.gids)
+    finally:
+        con.close()
+
+
+def test_id_lookup_refuses_a_provider_without_an_id():
+    """A NULL id fetched into numpy would read as 0 (the mask dropped), the way a NULL gid did: every
+    published provider has an id, so one without fails, named, rather than publishing id 0."""
+    con = session.connect()
+    try:
+        con.execute("CREATE TABLE provider_ids AS SELECT * FROM (VALUES (-2::BIGINT, 20::BIGINT), (3, NULL), (4, 40)) "
+                    "t(gid, id)")
+        with pytest.raises(ValueError, match=r"1 provider\(s\) without an id \(gid \[3\]"):
+            session.IdLookup(con)
     finally:
         con.close()

@@ -222,6 +222,11 @@ class IdLookup:
     @staticmethod
     def _fetch(con: duckdb.DuckDBPyConnection, query: str) -> tuple[np.ndarray, np.ndarray]:
         rows = con.execute(query).fetchnumpy()
+        # numpy drops a NULL's mask (it would read as id 0, another provider's id perhaps): every published
+        # provider has an id (settle_claims), so one without is a fault of the transform, not passed on.
+        if np.ma.isMaskedArray(rows["id"]) and (missing := int(np.ma.count_masked(rows["id"]))):
+            raise ValueError(f"provider_ids: {missing} provider(s) without an id (gid "
+                             f"{np.asarray(rows['gid'])[np.ma.getmaskarray(rows['id'])][:5].tolist()}...)")
         return np.asarray(rows["gid"], dtype=np.int64), np.asarray(rows["id"], dtype=np.int64)
 
     @staticmethod
