@@ -115,21 +115,23 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
         WITH losers AS (SELECT gid FROM claims WHERE id IN (SELECT value FROM contested_ids)
                         QUALIFY row_number() OVER (PARTITION BY id ORDER BY strength, gid) > 1),
              kept AS (SELECT gid, CASE WHEN gid NOT IN (SELECT gid FROM losers) THEN id END AS id,
-                             founding_fid, adds_key, key_npi_num FROM claims)
+                             founding_fid, adds_key, key_npi_num FROM claims),
+             -- the map's highest id, and how many source rows get a new id (numbered first, after it)
+             base AS (SELECT (SELECT coalesce(max(id), 0) FROM id_map) AS last_id,
+                             count(*) FILTER (WHERE id IS NULL AND gid >= 0) AS new_source_ids FROM kept)
         SELECT gid, id, adds_key, key_npi_num FROM kept WHERE id IS NOT NULL
         UNION ALL
         -- new ids in source order (a source row's gid is its provider_id), then file arrival order: the
         -- providers of gid < 0 (file-only, few) numbered after the others, and written first, in gid order,
         -- so that a first run's table is in gid order (IdLookup then needs no sort of it)
         SELECT * FROM (SELECT * FROM (
-            SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map)
-                        + (SELECT count(*) FROM kept WHERE id IS NULL AND gid >= 0)
-                        + row_number() OVER (ORDER BY founding_fid, gid), adds_key, key_npi_num
-            FROM kept WHERE id IS NULL AND gid < 0) ORDER BY gid)
+            SELECT gid, base.last_id + base.new_source_ids + row_number() OVER (ORDER BY founding_fid, gid),
+                   adds_key, key_npi_num
+            FROM kept, base WHERE id IS NULL AND gid < 0) ORDER BY gid)
         UNION ALL
         -- a window of one integer key: these are source rows (founding_fid NULL), in gid order alone
-        SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map) + row_number() OVER (ORDER BY gid), adds_key, key_npi_num
-        FROM kept WHERE id IS NULL AND gid >= 0""")
+        SELECT gid, base.last_id + row_number() OVER (ORDER BY gid), adds_key, key_npi_num
+        FROM kept, base WHERE id IS NULL AND gid >= 0""")
     # Each provider's id now sits next to the key it adds to the map: no join of millions of rows later
     # (carried as numbers: the window's sort above moves every column it keeps, text costs it twice).
     con.execute("DROP TABLE claims")
