@@ -25,7 +25,7 @@ from covid_lakehouse.defs.omop.transform.session import (
 NEW_SOURCE_KEY = "coalesce('npi:' || npi_text(key_npi_num), 'pg:' || gid)"
 
 
-def assign_ids(con: duckdb.DuckDBPyConnection) -> None:
+def assign_ids(con: duckdb.DuckDBPyConnection) -> bool:
     """Stable provider_ids from the append-only id map (natural key -> id). A provider's claims,
     strongest first: its source row's NPI (npi:<npi>; pg:<provider_id> for a row without a usable
     NPI); the provider_id its source row had in the previous run (so an NPI corrected in the source
@@ -34,9 +34,11 @@ def assign_ids(con: duckdb.DuckDBPyConnection) -> None:
     appended to the map.
 
     The run queue keeps one tenant's runs apart, but should two overlap they may both append a key:
-    the lowest id recorded for a key is the one that counts, so the map never yields two ids."""
+    the lowest id recorded for a key is the one that counts, so the map never yields two ids.
+
+    Returns whether ``provider_ids`` is in gid order (settle_claims)."""
     collect_claims(con)
-    settle_claims(con)
+    return settle_claims(con)
 
 
 def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
@@ -89,10 +91,10 @@ def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
         GROUP BY k.gid, k.key, k.strength""")
 
 
-def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
+def settle_claims(con: duckdb.DuckDBPyConnection) -> bool:
     """Every published provider's strongest claim (``claims``); contested ids to the stronger claim,
     new ids for the rest (``provider_ids``, with each provider's new key); the file keys to record
-    (``new_file_keys``)."""
+    (``new_file_keys``). Returns whether ``provider_ids`` is in gid order (IdLookup's ``in_gid_order``)."""
     # Every published provider once, with its strongest claim (NULL: none). source_claims holds exactly the
     # published providers with a source row (gid = its provider_id); the others are file-only (gid < 0).
     con.execute("""
@@ -110,6 +112,9 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
         WHERE c.gid < 0""")
     con.execute("DROP TABLE source_claims")  # one row per source row, all in claims now
     register_repeated(con, "contested_ids", "SELECT id FROM claims WHERE id IS NOT NULL")
+    # No claim on any id (a first run: the map is empty): every id is new, and the table below is written in
+    # gid order (IdLookup takes it as it is). Else the kept ids come first, in no order.
+    in_gid_order = not scalar(con, "SELECT count(id) FROM claims")
     con.execute("""
         CREATE TABLE provider_ids AS
         WITH losers AS (SELECT gid FROM claims WHERE id IN (SELECT value FROM contested_ids)
@@ -140,6 +145,7 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
         CREATE TABLE new_file_keys AS
         SELECT key AS natural_key, id FROM file_keys JOIN provider_ids USING (gid)
         WHERE mapped_id IS NULL AND key NOT IN (SELECT key FROM file_keys GROUP BY key HAVING count(DISTINCT gid) > 1)""")
+    return in_gid_order
 
 
 

@@ -106,13 +106,13 @@ def build_providers(
         clean_files(con)
         resolve_identities(con)
         choose_values(con)
-        assign_ids(con)
+        in_gid_order = assign_ids(con)
         # Ids are attached a key slice of provider_ids at a time (one slice up to SLICE_ROWS providers),
         # each slice's lookup loaded and sorted once for the providers and the source rows' provenance.
         rows, npi_check_failed = {PROVIDER: 0, PROVENANCE: 0}, []
         with parquet_writer(files[PROVIDER], tables.PROVIDER) as providers, \
                 parquet_writer(files[PROVENANCE], tables.PROVENANCE) as provenance:
-            for ids_of, where in IdLookup.slices(con):
+            for ids_of, where in IdLookup.slices(con, in_gid_order=in_gid_order):
                 rows[PROVIDER] += write_parquet(con, f"{PUBLISHED} WHERE {where('c.gid')}", tables.PROVIDER, None,
                                                 batch=with_provider_ids(ids_of, npi_check_failed), writer=providers)
                 rows[PROVENANCE] += source_provenance(con, params, ids_of, where, provenance)
