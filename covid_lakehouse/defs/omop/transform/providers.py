@@ -119,8 +119,9 @@ def build_providers(
             rows[PROVENANCE] += other_provenance(con, params, provenance)
         con.read_parquet(str(files[PROVIDER])).create_view("published")
         rows[QUARANTINE] = build_quarantine(con, params, files[QUARANTINE])
+        # No provider at all, no batch: the same check over none of the output's rows states the (empty) table.
         rows[FLAGS] = build_flags(con, params, files[FLAGS], pa.concat_tables(npi_check_failed) if npi_check_failed
-                                 else pa.table({"gid": pa.array([], pa.int64()), "npi": pa.array([], pa.string())}))
+                                 else npi_check_failures(con.sql(f"{PUBLISHED} LIMIT 0").to_arrow_table()))
         rows[ID_MAP_ADDITIONS] = new_id_map_keys(con, params, files[ID_MAP_ADDITIONS])
         return ProviderBuild(
             files=files, rows=rows, counts=count_reconciliation(con, rows[PROVIDER]),
