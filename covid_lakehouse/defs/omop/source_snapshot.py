@@ -45,6 +45,7 @@ from psycopg import sql
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.extract import (
     PROVIDER_SOURCE,
+    copy_out,
     csv_to_parquet,
     extract_parquet,
     lock_for_read,
@@ -117,8 +118,7 @@ def _hash() -> sql.Composed:
 
 def _copy(conn: psycopg.Connection, query: sql.Composable, sink: IO[bytes], params=None) -> None:
     with conn.cursor().copy(copy_out_sql(sql.SQL("({})").format(query)), params) as copy:
-        for chunk in copy:
-            sink.write(chunk)
+        copy_out(copy, sink)
 
 
 def source_columns(conn: psycopg.Connection, tenant: Tenant) -> dict[str, str]:

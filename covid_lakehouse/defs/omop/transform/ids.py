@@ -25,7 +25,7 @@ from covid_lakehouse.defs.omop.transform.session import (
 NEW_SOURCE_KEY = "coalesce('npi:' || npi_text(key_npi_num), 'pg:' || gid)"
 
 
-def assign_ids(con: duckdb.DuckDBPyConnection) -> None:
+def assign_ids(con: duckdb.DuckDBPyConnection) -> bool:
     """Stable provider_ids from the append-only id map (natural key -> id). A provider's claims,
     strongest first: its source row's NPI (npi:<npi>; pg:<provider_id> for a row without a usable
     NPI); the provider_id its source row had in the previous run (so an NPI corrected in the source
@@ -34,9 +34,11 @@ def assign_ids(con: duckdb.DuckDBPyConnection) -> None:
     appended to the map.
 
     The run queue keeps one tenant's runs apart, but should two overlap they may both append a key:
-    the lowest id recorded for a key is the one that counts, so the map never yields two ids."""
+    the lowest id recorded for a key is the one that counts, so the map never yields two ids.
+
+    Returns whether ``provider_ids`` is in gid order (settle_claims)."""
     collect_claims(con)
-    settle_claims(con)
+    return settle_claims(con)
 
 
 def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
@@ -89,10 +91,10 @@ def collect_claims(con: duckdb.DuckDBPyConnection) -> None:
         GROUP BY k.gid, k.key, k.strength""")
 
 
-def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
+def settle_claims(con: duckdb.DuckDBPyConnection) -> bool:
     """Every published provider's strongest claim (``claims``); contested ids to the stronger claim,
     new ids for the rest (``provider_ids``, with each provider's new key); the file keys to record
-    (``new_file_keys``)."""
+    (``new_file_keys``). Returns whether ``provider_ids`` is in gid order (IdLookup's ``in_gid_order``)."""
     # Every published provider once, with its strongest claim (NULL: none). source_claims holds exactly the
     # published providers with a source row (gid = its provider_id); the others are file-only (gid < 0).
     con.execute("""
@@ -110,26 +112,31 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
         WHERE c.gid < 0""")
     con.execute("DROP TABLE source_claims")  # one row per source row, all in claims now
     register_repeated(con, "contested_ids", "SELECT id FROM claims WHERE id IS NOT NULL")
+    # No claim on any id (a first run: the map is empty): every id is new, and the table below is written in
+    # gid order (IdLookup takes it as it is). Else the kept ids come first, in no order.
+    in_gid_order = not scalar(con, "SELECT count(id) FROM claims")
     con.execute("""
         CREATE TABLE provider_ids AS
         WITH losers AS (SELECT gid FROM claims WHERE id IN (SELECT value FROM contested_ids)
                         QUALIFY row_number() OVER (PARTITION BY id ORDER BY strength, gid) > 1),
              kept AS (SELECT gid, CASE WHEN gid NOT IN (SELECT gid FROM losers) THEN id END AS id,
-                             founding_fid, adds_key, key_npi_num FROM claims)
+                             founding_fid, adds_key, key_npi_num FROM claims),
+             -- the map's highest id, and how many source rows get a new id (numbered first, after it)
+             base AS (SELECT (SELECT coalesce(max(id), 0) FROM id_map) AS last_id,
+                             count(*) FILTER (WHERE id IS NULL AND gid >= 0) AS new_source_ids FROM kept)
         SELECT gid, id, adds_key, key_npi_num FROM kept WHERE id IS NOT NULL
         UNION ALL
         -- new ids in source order (a source row's gid is its provider_id), then file arrival order: the
         -- providers of gid < 0 (file-only, few) numbered after the others, and written first, in gid order,
         -- so that a first run's table is in gid order (IdLookup then needs no sort of it)
         SELECT * FROM (SELECT * FROM (
-            SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map)
-                        + (SELECT count(*) FROM kept WHERE id IS NULL AND gid >= 0)
-                        + row_number() OVER (ORDER BY founding_fid, gid), adds_key, key_npi_num
-            FROM kept WHERE id IS NULL AND gid < 0) ORDER BY gid)
+            SELECT gid, base.last_id + base.new_source_ids + row_number() OVER (ORDER BY founding_fid, gid),
+                   adds_key, key_npi_num
+            FROM kept, base WHERE id IS NULL AND gid < 0) ORDER BY gid)
         UNION ALL
         -- a window of one integer key: these are source rows (founding_fid NULL), in gid order alone
-        SELECT gid, (SELECT coalesce(max(id), 0) FROM id_map) + row_number() OVER (ORDER BY gid), adds_key, key_npi_num
-        FROM kept WHERE id IS NULL AND gid >= 0""")
+        SELECT gid, base.last_id + row_number() OVER (ORDER BY gid), adds_key, key_npi_num
+        FROM kept, base WHERE id IS NULL AND gid >= 0""")
     # Each provider's id now sits next to the key it adds to the map: no join of millions of rows later
     # (carried as numbers: the window's sort above moves every column it keeps, text costs it twice).
     con.execute("DROP TABLE claims")
@@ -138,6 +145,7 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> None:
         CREATE TABLE new_file_keys AS
         SELECT key AS natural_key, id FROM file_keys JOIN provider_ids USING (gid)
         WHERE mapped_id IS NULL AND key NOT IN (SELECT key FROM file_keys GROUP BY key HAVING count(DISTINCT gid) > 1)""")
+    return in_gid_order
 
 
 

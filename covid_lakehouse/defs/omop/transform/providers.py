@@ -106,21 +106,22 @@ def build_providers(
         clean_files(con)
         resolve_identities(con)
         choose_values(con)
-        assign_ids(con)
+        in_gid_order = assign_ids(con)
         # Ids are attached a key slice of provider_ids at a time (one slice up to SLICE_ROWS providers),
         # each slice's lookup loaded and sorted once for the providers and the source rows' provenance.
         rows, npi_check_failed = {PROVIDER: 0, PROVENANCE: 0}, []
         with parquet_writer(files[PROVIDER], tables.PROVIDER) as providers, \
                 parquet_writer(files[PROVENANCE], tables.PROVENANCE) as provenance:
-            for ids_of, where in IdLookup.slices(con):
+            for ids_of, where in IdLookup.slices(con, in_gid_order=in_gid_order):
                 rows[PROVIDER] += write_parquet(con, f"{PUBLISHED} WHERE {where('c.gid')}", tables.PROVIDER, None,
                                                 batch=with_provider_ids(ids_of, npi_check_failed), writer=providers)
                 rows[PROVENANCE] += source_provenance(con, params, ids_of, where, provenance)
             rows[PROVENANCE] += other_provenance(con, params, provenance)
         con.read_parquet(str(files[PROVIDER])).create_view("published")
         rows[QUARANTINE] = build_quarantine(con, params, files[QUARANTINE])
+        # No provider at all, no batch: the same check over none of the output's rows states the (empty) table.
         rows[FLAGS] = build_flags(con, params, files[FLAGS], pa.concat_tables(npi_check_failed) if npi_check_failed
-                                 else pa.table({"gid": pa.array([], pa.int64()), "npi": pa.array([], pa.string())}))
+                                 else npi_check_failures(con.sql(f"{PUBLISHED} LIMIT 0").to_arrow_table()))
         rows[ID_MAP_ADDITIONS] = new_id_map_keys(con, params, files[ID_MAP_ADDITIONS])
         return ProviderBuild(
             files=files, rows=rows, counts=count_reconciliation(con, rows[PROVIDER]),

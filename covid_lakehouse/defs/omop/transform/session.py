@@ -208,29 +208,39 @@ class IdLookup:
     them when ``parts`` is 1), sorted once for binary search: attaching ids to millions of rows this way
     is several times faster than a hash join, and keeps the rows' order."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, part: int = 0, parts: int = 1):
+    def __init__(self, con: duckdb.DuckDBPyConnection, part: int = 0, parts: int = 1, *, in_gid_order: bool = False):
         # Not a NULL gid: no row looks one up, and fetched into numpy it would read as 0.
         query = f"SELECT gid, id FROM provider_ids WHERE gid IS NOT NULL AND {in_slice('gid', part, parts)}"
-        # A first run writes provider_ids in gid order (ids.settle_claims): taken as it is when it is (a
-        # comparison of neighbours); else sorted by DuckDB (within its memory limit), not by an argsort
-        # and two copies in numpy.
-        self.gids, self.ids = self._fetch(con, query)
-        if not np.all(self.gids[1:] > self.gids[:-1]):
+        # ``in_gid_order``: provider_ids was written in gid order (a first run's, ids.settle_claims says so):
+        # taken as it is (checked: a comparison of neighbours). Else (a rerun's kept ids come first) sorted
+        # by DuckDB at once (within its memory limit, not an argsort and two copies in numpy): fetched once,
+        # not first as it is only to find it unordered.
+        if in_gid_order:
+            self.gids, self.ids = self._fetch(con, query)
+            if np.all(self.gids[1:] > self.gids[:-1]):
+                return
             self.release()
-            self.gids, self.ids = self._fetch(con, f"{query} ORDER BY gid")
+        self.gids, self.ids = self._fetch(con, f"{query} ORDER BY gid")
 
     @staticmethod
     def _fetch(con: duckdb.DuckDBPyConnection, query: str) -> tuple[np.ndarray, np.ndarray]:
         rows = con.execute(query).fetchnumpy()
+        # numpy drops a NULL's mask (it would read as id 0, another provider's id perhaps): every published
+        # provider has an id (settle_claims), so one without is a fault of the transform, not passed on.
+        if np.ma.isMaskedArray(rows["id"]) and (missing := int(np.ma.count_masked(rows["id"]))):
+            raise ValueError(f"provider_ids: {missing} provider(s) without an id (gid "
+                             f"{np.asarray(rows['gid'])[np.ma.getmaskarray(rows['id'])][:5].tolist()}...)")
         return np.asarray(rows["gid"], dtype=np.int64), np.asarray(rows["id"], dtype=np.int64)
 
     @staticmethod
-    def slices(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[IdLookup, Callable[[str], str]]]:
+    def slices(con: duckdb.DuckDBPyConnection, *, in_gid_order: bool = False
+               ) -> Iterator[tuple[IdLookup, Callable[[str], str]]]:
         """One lookup per key slice of ``provider_ids``, each with the condition that selects the rows
-        whose gid column (the argument) falls in its slice; one lookup is held at a time."""
+        whose gid column (the argument) falls in its slice; one lookup is held at a time. ``in_gid_order``:
+        see __init__."""
         parts = slice_count(con, "SELECT gid FROM provider_ids")
         for part in range(parts):
-            lookup = IdLookup(con, part, parts)
+            lookup = IdLookup(con, part, parts, in_gid_order=in_gid_order)
             yield lookup, lambda column, part=part: in_slice(column, part, parts)
             lookup.release()  # before the next slice loads, though the caller may still hold it
 
