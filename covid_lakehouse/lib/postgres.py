@@ -10,9 +10,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
+from typing import IO
 
 import dagster as dg
 import psycopg
+import psycopg.generators
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import pq, sql
@@ -258,6 +260,29 @@ def copy_out_sql(source: sql.Composable, *, header: bool = False) -> sql.Compose
     """``COPY <source> TO STDOUT`` in the CSV dialect :func:`copy_csv_options` reads back exactly;
     ``source`` is ``table (columns)`` or ``(query)``."""
     return sql.SQL("COPY {} TO STDOUT {}").format(source, COPY_OUT_OPTIONS_WITH_HEADER if header else COPY_OUT_OPTIONS)
+
+
+def copy_out(copy: psycopg.Copy, sink: IO[bytes]) -> None:
+    """Every row of ``copy`` (a COPY TO, one CopyData message a row) into ``sink``. The rows libpq has
+    already received are taken from it in a plain loop; only when it holds none does psycopg's read
+    wait for the next (interruptible, as before). psycopg's read runs a generator in its wait loop for
+    every row: iterating the Copy took 1.5 s of CPU for omop's 2,000,000 providers, this loop 0.6 s,
+    where the reader's thread shares two cores with a parser and the database server."""
+    pgconn = copy.connection.pgconn
+    while True:
+        nbytes, data = pgconn.get_copy_data(1)  # 1: never blocks (0: nothing received yet)
+        if nbytes > 0:
+            sink.write(data)
+        elif nbytes == 0:
+            if not (data := copy.read()):  # it waits, then takes the next row, or the end and its result
+                return
+            sink.write(data)
+        else:  # -1: the end, already received: its result checked as psycopg's read checks it
+            # (fetch_many and wait are psycopg 3 internals, not its documented API: test_copy_out guards them)
+            result, *_ = copy.connection.wait(psycopg.generators.fetch_many(pgconn))
+            if result.status != pq.ExecStatus.COMMAND_OK:  # e.g. the query failed after some rows
+                raise psycopg.errors.error_from_result(result, encoding=copy.connection.info.encoding)
+            return
 
 
 def copy_csv_options(schema: pa.Schema | None = None, *, header: bool = False, block_size: int = 4 << 20,

@@ -13,7 +13,6 @@ from typing import IO
 
 import dagster as dg
 import psycopg
-import psycopg.generators
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -21,7 +20,7 @@ from psycopg import sql
 
 from covid_lakehouse.defs.omop.tenants import Tenant
 from covid_lakehouse.lib.memory import release_freed_memory, write_behind
-from covid_lakehouse.lib.postgres import copy_csv_options, copy_out_sql, table_ident
+from covid_lakehouse.lib.postgres import copy_csv_options, copy_out, copy_out_sql, table_ident
 
 CARE_SITE_SOURCE = pa.schema([
     ("care_site_id", pa.int64()), ("care_site_name", pa.string()), ("care_site_source_value", pa.string()),
@@ -84,28 +83,6 @@ def _copy_into(tenant: Tenant, table: str, schema: pa.Schema, sink: IO[bytes]) -
                 copy_out(copy, sink)
 
 
-def copy_out(copy: psycopg.Copy, sink: IO[bytes]) -> None:
-    """Every row of ``copy`` (a COPY TO, one CopyData message a row) into ``sink``. The rows libpq has
-    already received are taken from it in a plain loop; only when it holds none does psycopg's read
-    wait for the next (interruptible, as before). psycopg's read runs a generator in its wait loop for
-    every row: iterating the Copy took 1.5 s of CPU for 2,000,000 providers, this loop 0.6 s, on the
-    COPY's critical path (the parser and the database server share the other core)."""
-    pgconn = copy.connection.pgconn
-    while True:
-        nbytes, data = pgconn.get_copy_data(1)  # 1: never blocks (0: nothing received yet)
-        if nbytes > 0:
-            sink.write(data)
-        elif nbytes == 0:
-            if not (data := copy.read()):  # it waits, then takes the next row, or the end and its result
-                return
-            sink.write(data)
-        else:  # -1: the end, already received: its result checked as psycopg's read checks it
-            result, *_ = copy.connection.wait(psycopg.generators.fetch_many(pgconn))
-            if result.status != psycopg.pq.ExecStatus.COMMAND_OK:  # e.g. the query failed after some rows
-                raise psycopg.errors.error_from_result(result, encoding=copy.connection.info.encoding)
-            return
-
-
 @contextmanager
 def _copied_csv(tenant: Tenant, table: str, schema: pa.Schema) -> Iterator[tuple[IO[bytes], int]]:
     """COPY ``table`` (the columns of ``schema``) out of the tenant's source database as CSV into a
@@ -150,14 +127,14 @@ def csv_to_parquet(produce: Callable[[IO[bytes]], None], schema: pa.Schema, path
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
 
-    def copy_out() -> None:
+    def produce_into_pipe() -> None:
         try:
             with os.fdopen(write_fd, "wb", buffering=1 << 20) as sink:
                 produce(sink)
         except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
             failure.append(err)
 
-    copier = threading.Thread(target=copy_out, name=name, daemon=True)
+    copier = threading.Thread(target=produce_into_pipe, name=name, daemon=True)
     copier.start()
     parse_error: BaseException | None = None
     try:

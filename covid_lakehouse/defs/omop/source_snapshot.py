@@ -45,7 +45,6 @@ from psycopg import sql
 from covid_lakehouse.defs.omop import tables
 from covid_lakehouse.defs.omop.extract import (
     PROVIDER_SOURCE,
-    copy_out,
     csv_to_parquet,
     extract_parquet,
     lock_for_read,
@@ -55,7 +54,7 @@ from covid_lakehouse.defs.omop.extract import (
 from covid_lakehouse.defs.omop.tenants import Tenant
 from covid_lakehouse.defs.omop.transform.session import connect, quoted, scalar
 from covid_lakehouse.lib.lakehouse import LakehouseResource
-from covid_lakehouse.lib.postgres import copy_out_sql, table_ident
+from covid_lakehouse.lib.postgres import copy_out, copy_out_sql, table_ident
 from covid_lakehouse.lib.settings import SettingError, setting
 
 # Bump when what a snapshot row means changes (every tenant's next run then extracts in full).

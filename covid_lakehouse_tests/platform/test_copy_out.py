@@ -1,4 +1,4 @@
-"""extract.copy_out takes a COPY TO's rows from libpq in a plain loop (psycopg's read of one row, a
+"""lib.postgres.copy_out takes a COPY TO's rows from libpq in a plain loop (psycopg's read of one row, a
 generator run by its wait loop, cost more CPU than the rest of the extract's copying): the same bytes as
 iterating psycopg's Copy, and a query that fails after some rows still raises the server's error."""
 
@@ -9,7 +9,7 @@ import io
 import psycopg
 import pytest
 
-from covid_lakehouse.defs.omop.extract import copy_out
+from covid_lakehouse.lib.postgres import copy_out
 
 # Rows with what CSV must quote (commas, quotes, newlines), non-ASCII text and NULLs, enough of them that
 # the COPY both finds rows already received and waits for more.
