@@ -266,8 +266,8 @@ def copy_out(copy: psycopg.Copy, sink: IO[bytes]) -> None:
     """Every row of ``copy`` (a COPY TO, one CopyData message a row) into ``sink``. The rows libpq has
     already received are taken from it in a plain loop; only when it holds none does psycopg's read
     wait for the next (interruptible, as before). psycopg's read runs a generator in its wait loop for
-    every row: iterating the Copy took 1.5 s of CPU for omop's 2,000,000 providers, this loop 0.6 s,
-    where the reader's thread shares two cores with a parser and the database server."""
+    every row, which cost more CPU than the rest of omop's extract (figures: docs/omop.md). The cursor's
+    rowcount is not set (nothing reads it), and the Copy must not be read after this returns."""
     pgconn = copy.connection.pgconn
     while True:
         nbytes, data = pgconn.get_copy_data(1)  # 1: never blocks (0: nothing received yet)
@@ -279,7 +279,13 @@ def copy_out(copy: psycopg.Copy, sink: IO[bytes]) -> None:
             sink.write(data)
         else:  # -1: the end, already received: its result checked as psycopg's read checks it
             # (fetch_many and wait are psycopg 3 internals, not its documented API: test_copy_out guards them)
-            result, *_ = copy.connection.wait(psycopg.generators.fetch_many(pgconn))
+            try:
+                result, *_ = copy.connection.wait(psycopg.generators.fetch_many(pgconn))
+            except BaseException:
+                # Interrupted with the end half read: libpq is past the COPY, so the Copy's exit can no
+                # longer cancel and drain it, and the connection would refuse every later statement.
+                copy.connection.close()
+                raise
             if result.status != pq.ExecStatus.COMMAND_OK:  # e.g. the query failed after some rows
                 raise psycopg.errors.error_from_result(result, encoding=copy.connection.info.encoding)
             return
