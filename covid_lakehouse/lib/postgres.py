@@ -4,7 +4,9 @@ staging + upsert helper every domain uses for idempotent loads."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -175,11 +177,18 @@ def cancel_quietly(conn: psycopg.Connection, *, timeout: float = 5.0) -> Excepti
     """Cancel the statement ``conn`` runs, in the server (from any thread: psycopg's cancel opens a
     connection of its own), waiting at most ``timeout`` seconds for the server to take the request. Never
     raises (it is called while another error is on its way): a cancel that fails (the server unreachable,
-    the timeout) closes the connection instead, so nothing waits on it any longer, and is returned."""
+    the timeout) shuts the connection's socket down instead, so whatever waits on it ends, its owner
+    finding the connection broken, and is returned. Shut down, not closed: closing belongs to the thread
+    using the connection; closed from another, its socket's number could go to a new connection while
+    that thread still polls it (it hung, or read another connection's bytes)."""
     try:
         conn.cancel_safe(timeout=timeout)
     except Exception as err:  # noqa: BLE001 - the caller's error is what is raised
-        conn.close()
+        try:
+            with socket.socket(fileno=os.dup(conn.fileno())) as sock:  # a duplicate: the number stays taken
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg.Error):  # already closed
+            pass
         return err
     return None
 
@@ -198,7 +207,7 @@ def _cancelled_at_interrupt(conn: psycopg.Connection, *, close: bool) -> Iterato
         if not isinstance(err, Exception) and conn.info.transaction_status == pq.TransactionStatus.ACTIVE:
             if (cancel_error := cancel_quietly(conn)) is not None:
                 err.add_note(f"cancelling the statement failed ({cancel_error!r}): connection closed")
-            if close:
+            if close or cancel_error is not None:  # this thread's connection: closed, the COPY's end won't wait
                 conn.close()
         raise
 

@@ -247,8 +247,11 @@ def _waiting_on_a_row_lock(pg, conn: psycopg.Connection, target, outcome: list) 
 @pytest.mark.parametrize("reachable", [True, False], ids=["cancelled", "cancel-fails"])
 def test_cancel_quietly_ends_a_statement_another_thread_waits_on(warehouse, pg, unique_schema, reachable):
     """cancel_quietly from another thread ends a statement the server holds on a row lock (the other
-    transaction still open): cancelled in the server, or, when the cancel cannot reach it, by closing the
-    connection; it never raises (it is called while another error is on its way) and says why it failed."""
+    transaction still open): cancelled in the server, or, when the cancel cannot reach it, by shutting the
+    connection's socket down; it never raises (it is called while another error is on its way) and says
+    why it failed. Connections opened meanwhile work: closing the waiting thread's connection from here
+    (the code before) freed its socket's number for them while that thread still polled it (a new
+    connection failed, the waiting thread hung)."""
     target = table_ident(unique_schema, "c")
     with warehouse.connection() as conn:
         PostgresResource.ensure_schema(conn, unique_schema)
@@ -260,7 +263,14 @@ def test_cancel_quietly_ends_a_statement_another_thread_waits_on(warehouse, pg, 
             outcome: list = []
             waiting = _waiting_on_a_row_lock(pg, conn, target, outcome)
             failed = cancel_quietly(conn, timeout=GUARD)
-            waiting.join()
+            others = [psycopg.connect(warehouse.dsn) for _ in range(3)]  # may take the freed socket numbers
+            try:
+                assert all(other.execute("select 1").fetchone() == (1,) for other in others)
+            finally:
+                for other in others:
+                    other.close()
+            waiting.join(GUARD)
+            assert not waiting.is_alive(), "the statement's thread still waits after the cancel"
             assert not blocker.closed and blocker.info.transaction_status == pq.TransactionStatus.INTRANS
             if reachable:
                 assert failed is None and isinstance(outcome[0], psycopg.errors.QueryCanceled) and not conn.closed
