@@ -47,7 +47,8 @@ def test_a_second_interrupt_while_the_worker_is_wound_down_still_waits_for_it() 
     assert not running
     assert abandoned == [True, True]
     assert list(work.queue) == []
-    assert any("stuck-worker: KeyboardInterrupt again" in note for note in raised.value.__notes__)
+    assert raised.value.__notes__ == ["stuck-worker: 1 further interrupt(s) while it was wound down; "
+                                      "waited for it all the same"]
 
 
 class _InterruptedOnceQueued(deque):

@@ -352,21 +352,27 @@ class _Worker:
     def _wind_down(self, work: "_WorkQueue", abandon: Callable[[], None], first: BaseException) -> None:
         """abandon, the end marker, the wait for the worker: each step done to its end, whatever else
         interrupts it (Ctrl-C pressed again, a second termination signal): the caller hands the worker's
-        connection back to the pool next, which must not happen while the worker still runs on it. The
-        later interrupts are noted on ``first``, which goes on. Not bounded: abandon cancels the worker's
-        statement in the server, or shuts its socket down when the cancel cannot reach it."""
-        steps = [abandon, work.end, self._ended.wait]
-        while steps:
+        connection back to the pool next, which must not happen while the worker still runs on it. An
+        interrupted step is done again (each may be repeated); the later interrupts are counted on
+        ``first``, which goes on. A few bytecodes stay unguarded (the call into here, an interrupt's
+        handler: it only counts): no Python code can shield itself from a signal handler whole. Not bounded: abandon cancels the worker's statement in the server, or shuts its socket down
+        when the cancel cannot reach it."""
+        steps, done, again, faults = (abandon, work.end, self._ended.wait), 0, 0, []
+        while done < len(steps):
             try:
-                steps[0]()
-            except Exception as err:  # noqa: BLE001 - a fault of the step, not an interrupt: not retried
-                first.add_note(f"{self.thread.name}: winding down, {getattr(steps[0], '__name__', steps[0])} "
-                               f"failed: {err!r}")
-            except BaseException as again:  # another interrupt: the step is done again (each may be repeated)
-                first.add_note(f"{self.thread.name}: {type(again).__name__} again while the worker was wound "
-                               "down; waited for it all the same")
-                continue
-            steps.pop(0)
+                while done < len(steps):
+                    try:
+                        steps[done]()
+                    except Exception as err:  # noqa: BLE001 - a fault of the step, not an interrupt: not retried
+                        faults.append(f"{getattr(steps[done], '__name__', steps[done])} failed: {err!r}")
+                    done += 1
+            except BaseException:  # another interrupt: nothing but a count here, the step is done again
+                again += 1
+        for fault in faults:
+            first.add_note(f"{self.thread.name}: winding down, {fault}")
+        if again:
+            first.add_note(f"{self.thread.name}: {again} further interrupt(s) while it was wound down; "
+                           "waited for it all the same")
 
 
 class _WorkQueue(queue.Queue):
