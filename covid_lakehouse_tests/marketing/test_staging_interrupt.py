@@ -14,7 +14,7 @@ from psycopg import sql
 
 from covid_lakehouse.defs.marketing.load import StagingWriter, StreamingMerge
 from covid_lakehouse_tests.marketing.support import probe_fixture, probe_rows
-from covid_lakehouse_tests.platform.support import interrupt_once_stalled, sigint_raises
+from covid_lakehouse_tests.platform.support import interrupt_once_stalled, sigint_raises, waits_on_a_lock
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +32,7 @@ def test_an_interrupt_while_the_run_waits_for_the_copier_cancels_its_stalled_cop
         blocker.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(staging.table))  # COPY waits for it
 
         def stalled() -> bool:
-            return pg.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                              (f"COPY %{staging.name}%",)).fetchone() is not None
+            return waits_on_a_lock(pg, query=f"COPY %{staging.name}%")
 
         left = []
         with interrupt_once_stalled(stalled, blocker.rollback, GUARD) as seen, \
@@ -61,8 +60,7 @@ def test_an_interrupt_while_the_run_waits_for_the_merge_cancels_its_stalled_stat
         merger = conn.info.backend_pid
 
         def stalled() -> bool:
-            return pg.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
-                              (merger,)).fetchone() is not None
+            return waits_on_a_lock(pg, merger)
 
         left = []
         with interrupt_once_stalled(stalled, blocker.rollback, GUARD) as seen, \

@@ -3,32 +3,26 @@ chunks still queued are dropped, not merged before the rollback; and the target'
 bounded time (MARKETING_PUBLISH_LOCK_TIMEOUT_S), then the run fails naming the table, the setting and the
 session holding it, and its readers stop."""
 
-import time
-
 import psycopg
 import pyarrow as pa
 import pytest
 
 from covid_lakehouse.defs.marketing.load import PublishLockTimeout, StagingWriter, StreamingMerge
 from covid_lakehouse_tests.marketing.support import probe_fixture, probe_rows
-from covid_lakehouse_tests.platform.support import proxied_dsn
+from covid_lakehouse_tests.platform.support import proxied_dsn, until_waiting_on_a_lock
 
 pytestmark = pytest.mark.integration
 
 PROBE, TABLE, probe = probe_fixture("streaming_failure_probe")
 
 
-def until_the_merge_waits_for_the_lock(pg: psycopg.Connection) -> None:
-    """Returns once a session waits for a lock on the probe table (the merge thread in LOCK TABLE)."""
-    for _ in range(6000):  # a condition polled, bounded (60 s): PostgreSQL has no event to wait on for it
-        if pg.execute("SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted",
-                      (TABLE,)).fetchone()[0]:
-            return
-        time.sleep(0.01)
-    raise AssertionError("the merge thread never waited for the table's lock")
+def until_the_merge_waits_for_the_lock(pg: psycopg.Connection, merging: StreamingMerge) -> None:
+    """Returns once the merge thread waits on a lock (LOCK TABLE, the target held by another session)."""
+    until_waiting_on_a_lock(pg, merging.conn.info.backend_pid, timeout=60)
 
 
-def stage_while_the_merge_waits(pg: psycopg.Connection, staging: StagingWriter, fail) -> None:
+def stage_while_the_merge_waits(pg: psycopg.Connection, staging: StagingWriter, merging: StreamingMerge,
+                                fail) -> None:
     """Three chunks staged while another session holds the target (the merge thread waits in LOCK TABLE with
     the first chunk, the other two queued behind it), then ``fail``; the holder lets go afterwards."""
     with pg.transaction():
@@ -36,7 +30,7 @@ def stage_while_the_merge_waits(pg: psycopg.Connection, staging: StagingWriter, 
         for ids in ((1, 2), (3,), (4,)):
             staging.write(probe_rows(PROBE, *ids), pages=1)
             staging.flush()  # the third returns once the merge took the first: its queue holds two
-        until_the_merge_waits_for_the_lock(pg)
+        until_the_merge_waits_for_the_lock(pg, merging)
         fail()
 
 
@@ -44,7 +38,7 @@ def test_chunks_queued_for_the_merge_are_dropped_when_the_reader_fails(probe, wa
     with StagingWriter(warehouse, probe) as staging, warehouse.connection() as conn:
         merging = StreamingMerge(conn, probe)
         staging.merge_into(merging)
-        stage_while_the_merge_waits(pg, staging, staging.abandon)  # what the asset does when its reader raises
+        stage_while_the_merge_waits(pg, staging, merging, staging.abandon)  # what the asset does when its reader raises
         staging.write(probe_rows(PROBE, 5), pages=1)  # a reader still running: its rows are not staged either
         staging.finish_quietly()
         # none: the first chunk's lock wait was cancelled, 3 and 4 were dropped, not merged
@@ -65,7 +59,7 @@ def test_chunks_queued_for_the_merge_are_dropped_when_staging_fails(probe, wareh
     with StagingWriter(warehouse, probe) as staging, warehouse.connection() as conn:
         merging = StreamingMerge(conn, probe)
         staging.merge_into(merging)
-        stage_while_the_merge_waits(pg, staging, copier_fails)
+        stage_while_the_merge_waits(pg, staging, merging, copier_fails)
         staging.finish_quietly()
         assert merging.counts.inserted == 0
         conn.rollback()
@@ -101,7 +95,7 @@ def test_a_failing_run_does_not_wait_out_the_lock_timeout(probe, warehouse, pg, 
             pg.execute(f"LOCK TABLE {TABLE} IN ROW EXCLUSIVE MODE")  # held until the run has given up
             staging.write(probe_rows(PROBE, 1, 2), pages=1)
             staging.flush()
-            until_the_merge_waits_for_the_lock(pg)
+            until_the_merge_waits_for_the_lock(pg, merging)
             staging.abandon()
             staging.finish_quietly()
             assert isinstance(merging.error, psycopg.errors.QueryCanceled) and merging.failure is None
@@ -135,7 +129,7 @@ def test_a_cancel_that_cannot_reach_the_server_closes_the_merge_s_connection(pro
         with pg.transaction():
             pg.execute(f"LOCK TABLE {TABLE} IN ROW EXCLUSIVE MODE")  # held until the merge has given up
             merging.submit(probe_rows(PROBE, 1, 2), None)
-            until_the_merge_waits_for_the_lock(pg)
+            until_the_merge_waits_for_the_lock(pg, merging)
             merging.abandon()
             assert merging.wait() is None
             assert conn.closed and isinstance(merging.error, psycopg.OperationalError)

@@ -228,6 +228,24 @@ def blocked_backends(pg) -> int:
                       "AND cardinality(pg_blocking_pids(pid)) > 0").fetchone()[0]
 
 
+def waits_on_a_lock(pg, pid: int | None = None, *, query: str | None = None) -> bool:
+    """Whether session ``pid`` waits on a lock another session holds; given ``query`` (a LIKE pattern), a
+    session (``pid``'s, or any) running such a statement."""
+    found = pg.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND (%(pid)s::int IS NULL OR pid = %(pid)s) AND (%(query)s::text IS NULL OR query LIKE %(query)s)",
+                       {"pid": pid, "query": query}).fetchone()
+    return found is not None
+
+
+def until_waiting_on_a_lock(pg, pid: int | None = None, *, query: str | None = None, timeout: float) -> None:
+    """Returns once ``waits_on_a_lock(pg, pid, query=query)``: polled (PostgreSQL has no event to wait on for
+    it), ``timeout`` seconds at most (it only bounds a wait that never ends on broken code)."""
+    deadline = time.monotonic() + timeout
+    while not waits_on_a_lock(pg, pid, query=query):
+        assert time.monotonic() < deadline, f"session {pid or query} never waited on a lock"
+        time.sleep(0.01)
+
+
 def wait_until_blocked_or_done(pg, done) -> None:
     """Hold the calling run until another session waits on a lock (on this run's transaction) or the
     other run has finished (``done``): the interleaving point of the two-runs-at-once tests."""

@@ -1,7 +1,6 @@
 """PostgresResource: identifiers, COPY and the staging + upsert helper, on the real warehouse."""
 
 import threading
-import time
 
 import psycopg
 import pyarrow as pa
@@ -17,7 +16,13 @@ from covid_lakehouse.lib.postgres import (
     table_ident,
     validate_identifier,
 )
-from covid_lakehouse_tests.platform.support import interrupt_once_stalled, proxied_dsn, sigint_raises
+from covid_lakehouse_tests.platform.support import (
+    interrupt_once_stalled,
+    proxied_dsn,
+    sigint_raises,
+    until_waiting_on_a_lock,
+    waits_on_a_lock,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -200,8 +205,7 @@ def test_an_interrupt_cancels_a_copy_the_server_is_stalled_on(warehouse, pg, uni
     copying = []
 
     def stalled() -> bool:
-        return bool(copying) and pg.execute("select 1 from pg_stat_activity where pid = %s and wait_event_type = 'Lock'"
-                                            " and query like 'COPY%%'", copying).fetchone() is not None
+        return bool(copying) and waits_on_a_lock(pg, copying[0], query="COPY%")
 
     with psycopg.connect(warehouse.dsn) as blocker:
         blocker.execute(sql.SQL("insert into {} values (3, 'other')").format(target))  # open: holds key 3
@@ -235,12 +239,7 @@ def _waiting_on_a_row_lock(pg, conn: psycopg.Connection, target, outcome: list) 
 
     waiting = threading.Thread(target=insert, name="waiting-insert")
     waiting.start()
-    pid = conn.info.backend_pid
-    deadline = time.monotonic() + GUARD
-    while not pg.execute("select 1 from pg_stat_activity where pid = %s and wait_event_type = 'Lock'",
-                         (pid,)).fetchone():  # polled: the wait is only seen in the server
-        assert time.monotonic() < deadline, "the insert never waited on the row lock"
-        time.sleep(0.01)
+    until_waiting_on_a_lock(pg, conn.info.backend_pid, timeout=GUARD)
     return waiting
 
 

@@ -127,7 +127,7 @@ class StagingWriter:
             conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} WITH (autovacuum_enabled = off) AS SELECT {} FROM {} WITH NO DATA").format(
                 self.table, sql.SQL(", ").join(map(sql.Identifier, spec.staged)), spec.ident))
             claim_staging(conn, self.table)
-        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=max_queued)  # back-pressure on readers
+        self._queue: _WorkQueue = _WorkQueue(maxsize=max_queued)  # back-pressure on readers
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self.rows = 0
@@ -244,12 +244,12 @@ class StagingWriter:
         return tables, True
 
     def _copy_loop(self) -> None:
-        taken, finished = 0, False  # taken: tables (and the end marker) not yet marked done
+        taken, finished = 0, False  # taken: tables not yet marked done (the end marker is no task)
         try:
             with self._warehouse.connection() as conn, self._held_by_copier(conn):
                 while not finished:
                     tables, finished = self._next_tables()
-                    taken = len(tables) + finished
+                    taken = len(tables)
                     if tables and self._abandoned:
                         tables = []  # dropped: the run is failing
                     if tables:
@@ -275,7 +275,6 @@ class StagingWriter:
             if not finished:
                 while self._queue.get() is not None:  # keep consuming: no reader blocks on a full queue
                     self._done(1)
-                self._done(1)
 
     @contextmanager
     def _held_by_copier(self, conn: psycopg.Connection) -> Iterator[None]:
@@ -334,26 +333,73 @@ class _Worker:
     def running(self) -> bool:
         return not self._ended.is_set()
 
-    def end(self, work: queue.Queue, abandon: Callable[[], None]) -> None:
+    def end(self, work: "_WorkQueue", abandon: Callable[[], None]) -> None:
         """Hand the worker its end marker (None) on ``work`` and wait for it. Interrupted while waiting (a
         run's termination raises DagsterExecutionInterruptedError in the main thread; Ctrl-C), the worker
         may be waiting on the server (a COPY stalled on a lock), which no interrupt reaches: ``abandon``
-        cancels what it runs there and has it drop what is queued, it is waited for, and the interrupt
-        goes on."""
-        handed = False
+        cancels what it runs there and has it drop what is queued, it is waited for (whatever further
+        interrupts come meanwhile: ``_wind_down``), and the interrupt goes on."""
         try:
-            work.put(None)  # may wait for room while the worker is stuck
-            handed = True
+            work.end()
             self._ended.wait()
-        except BaseException:
-            abandon()
-            if not handed:
-                work.put(None)
-            self._ended.wait()
+        except BaseException as interrupt:
+            self._wind_down(work, abandon, interrupt)
             raise
         finally:
             if not self.running:
                 self.thread.join()  # it has returned: only its thread's last steps are left
+
+    def _wind_down(self, work: "_WorkQueue", abandon: Callable[[], None], first: BaseException) -> None:
+        """abandon, the end marker, the wait for the worker: each step done to its end, whatever else
+        interrupts it (Ctrl-C pressed again, a second termination signal): the caller hands the worker's
+        connection back to the pool next, which must not happen while the worker still runs on it. An
+        interrupted step is done again (each may be repeated); the later interrupts are counted on
+        ``first``, which goes on. A few bytecodes stay unguarded (the call into here, an interrupt's
+        handler: it only counts): no Python code can shield itself from a signal handler whole. Not bounded: abandon cancels the worker's statement in the server, or shuts its socket down
+        when the cancel cannot reach it."""
+        steps, done, again, faults = (abandon, work.end, self._ended.wait), 0, 0, []
+        while done < len(steps):
+            try:
+                while done < len(steps):
+                    try:
+                        steps[done]()
+                    except Exception as err:  # noqa: BLE001 - a fault of the step, not an interrupt: not retried
+                        faults.append(f"{getattr(steps[done], '__name__', steps[done])} failed: {err!r}")
+                    done += 1
+            except BaseException:  # another interrupt: nothing but a count here, the step is done again
+                again += 1
+        for fault in faults:
+            first.add_note(f"{self.thread.name}: winding down, {fault}")
+        if again:
+            first.add_note(f"{self.thread.name}: {again} further interrupt(s) while it was wound down; "
+                           "waited for it all the same")
+
+
+class _WorkQueue(queue.Queue):
+    """A worker's queue, ended by None (its end marker): handed at most once (``end``), and whether it was
+    is known from the queue itself, whatever interrupted the hand-off. The marker is no task: ``join``
+    waits for the work queued, not for it, and the worker does not mark it done."""
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self._end_taken = False  # the worker took the end marker (set as it takes it, under the queue's lock)
+
+    def _get(self) -> Any:
+        item = super()._get()
+        if item is None:
+            self._end_taken = True
+        return item
+
+    def end(self) -> None:
+        """Queue the end marker, unless it already is queued or was taken: the worker never sees two. Not
+        put(): an interrupt may land inside put() after it queued the item, not knowing it did; here it is
+        queued by one call (a deque's append) or not at all. Past maxsize (it never waits for room: the
+        worker may be stuck), and the worker woken each call: a call interrupted after queuing it is
+        completed by the next (a spurious wake-up costs get() nothing)."""
+        with self.not_empty:
+            if not self._end_taken and not any(item is None for item in self.queue):
+                self.queue.append(None)
+            self.not_empty.notify()
 
 
 def _distinct(tables: list[pa.Table], columns: tuple[str, str]) -> set[tuple[Any, Any]]:
@@ -389,7 +435,7 @@ class StreamingMerge:
         self._held: set[tuple[Any, Any]] = set()
         self._chunk: sql.Identifier | None = None
         # merged on a thread of its own: the next chunk is COPYed into staging while this one merges
-        self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(maxsize=2)
+        self._queue: _WorkQueue = _WorkQueue(maxsize=2)
         self._failure: BaseException | None = None
         self._dropping = threading.Event()  # the run is failing: queued chunks are dropped, not merged
         self._thread = _Worker(self._merge_loop, f"merge-{spec.name}")

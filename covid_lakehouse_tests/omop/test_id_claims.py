@@ -1,0 +1,26 @@
+"""settle_claims on claims made by hand: which provider keeps a contested id of the map."""
+
+from __future__ import annotations
+
+import duckdb
+
+from covid_lakehouse.defs.omop.transform.ids import settle_claims
+
+
+def test_a_losing_claim_without_a_provider_id_leaves_the_other_kept_ids_alone() -> None:
+    """A source row with a NULL provider_id (gid NULL) whose NPI is in the map loses id 5 to provider 1
+    (same strength, the NULL gid sorts last); provider 2 claims id 7 alone: both keep their ids. (What the
+    NULL-gid claim gets is never looked up: IdLookup skips a NULL gid.) Such a source is kept from publishing by the provider_id_unique check; the transform still must
+    not take every kept id away (the code before: ``gid NOT IN (SELECT gid FROM losers)`` was NULL for
+    every claim once a loser's gid was NULL, and every provider got a new id)."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE id_map (natural_key VARCHAR, id BIGINT)")
+    con.execute("INSERT INTO id_map VALUES ('pg:1', 5), ('npi:1234567893', 5), ('npi:1111111111', 7)")
+    con.execute("CREATE TABLE source_claims (gid BIGINT, key_npi_num BIGINT, key_id BIGINT, previous_id BIGINT)")
+    con.execute("INSERT INTO source_claims VALUES (1, NULL, 5, NULL), (NULL, 1234567893, 5, NULL), "
+                "(2, 1111111111, 7, NULL)")
+    con.execute("CREATE TABLE file_keys (gid BIGINT, key VARCHAR, strength INTEGER, mapped_id BIGINT)")
+    con.execute("CREATE TABLE chosen (gid BIGINT, founding_fid BIGINT)")
+    settle_claims(con)
+    ids = dict(con.execute("SELECT gid, id FROM provider_ids").fetchall())
+    assert (ids[1], ids[2]) == (5, 7)
