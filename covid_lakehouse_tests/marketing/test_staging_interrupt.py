@@ -77,3 +77,30 @@ def test_an_interrupt_while_the_run_waits_for_the_merge_cancels_its_stalled_stat
     assert seen.let_go == [True]  # the merge no longer waited in the server
     assert left == []
     assert pg.execute(f"SELECT v FROM {TABLE}").fetchall() == [("old",)]
+
+
+def test_an_interrupt_while_the_run_waits_for_the_copier_ends_the_merge_thread_too(probe, warehouse, pg) -> None:
+    """Streamed (a merge thread beside the copier): the interrupt lands while the run's thread waits for
+    the copier, whose COPY waits on a lock. The merge thread is ended and waited for as well before the
+    interrupt goes on: the caller hands the merge's connection back to the pool next. On the code before,
+    the copier's wait raised past the merge's, which was left running."""
+    with psycopg.connect(warehouse.dsn) as blocker, StagingWriter(warehouse, probe) as staging, \
+            warehouse.connection() as conn:
+        blocker.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(staging.table))  # COPY waits for it
+        staging.merge_into(StreamingMerge(conn, probe))
+
+        def stalled() -> bool:
+            return waits_on_a_lock(pg, query=f"COPY %{staging.name}%")
+
+        left = []
+        with interrupt_once_stalled(stalled, blocker.rollback, GUARD) as seen, \
+                sigint_raises(DagsterExecutionInterruptedError), pytest.raises(DagsterExecutionInterruptedError):
+            try:
+                staging.write(probe_rows(PROBE, 1, 2), pages=1)
+                staging.finish_quietly()  # what the publish's cleanup runs
+            finally:
+                seen.raised()
+                left += _workers()
+        conn.rollback()
+    assert seen.events == ["interrupt raised", "lock released"]
+    assert left == [] and staging.rows == 0

@@ -216,10 +216,12 @@ class StagingWriter:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.table))
 
     def _stop_copier(self) -> None:
-        if self._copier.running:
-            self._copier.end(self._queue, self.abandon)  # the copier always consumes (it drains after an error too)
-        if self._merge is not None:
-            self._merge.wait()  # every chunk the copier handed over is merged (or dropped); _raise_if_failed says why not
+        try:
+            if self._copier.running:
+                self._copier.end(self._queue, self.abandon)  # the copier always consumes (it drains after an error too)
+        finally:  # interrupted too (then abandoned): the merge's connection goes back to the pool next
+            if self._merge is not None:
+                self._merge.wait()  # every chunk the copier handed over is merged (or dropped); _raise_if_failed says why not
 
     def _raise_if_failed(self) -> None:
         # the merge's own failure first, as it is (e.g. PublishLockTimeout after the last page), not as staging's
