@@ -9,8 +9,8 @@ from covid_lakehouse.defs.omop.transform.ids import settle_claims
 
 def test_a_losing_claim_without_a_provider_id_leaves_the_other_kept_ids_alone() -> None:
     """A source row with a NULL provider_id (gid NULL) whose NPI is in the map loses id 5 to provider 1
-    (same strength, the NULL gid sorts last); provider 2 claims id 7 alone: both keep their ids. (What the
-    NULL-gid claim gets is never looked up: IdLookup skips a NULL gid.) Such a source is kept from publishing by the provider_id_unique check; the transform still must
+    (same strength, the NULL gid sorts last); provider 2 claims id 7 alone: both keep their ids. The NULL-gid
+    claim keeps no id: none is given twice. Such a source is kept from publishing by the provider_id_unique check; the transform still must
     not take every kept id away (the code before: ``gid NOT IN (SELECT gid FROM losers)`` was NULL for
     every claim once a loser's gid was NULL, and every provider got a new id)."""
     con = duckdb.connect()
@@ -24,3 +24,5 @@ def test_a_losing_claim_without_a_provider_id_leaves_the_other_kept_ids_alone() 
     settle_claims(con)
     ids = dict(con.execute("SELECT gid, id FROM provider_ids").fetchall())
     assert (ids[1], ids[2]) == (5, 7)
+    # and the losing NULL-gid claim does not keep id 5 beside provider 1 (NOT EXISTS alone let it)
+    assert con.execute("SELECT id FROM provider_ids WHERE gid IS NULL AND id IS NOT NULL").fetchall() == []

@@ -121,7 +121,9 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> bool:
                         QUALIFY row_number() OVER (PARTITION BY id ORDER BY strength, gid) > 1),
              -- NOT EXISTS, not NOT IN: a losing claim of a NULL gid (a source row without a provider_id)
              -- would make NOT IN NULL for every claim, dropping every kept id
-             kept AS (SELECT gid, CASE WHEN NOT EXISTS (SELECT 1 FROM losers l WHERE l.gid = c.gid) THEN id END AS id,
+             -- a claim without a gid (a NULL source provider_id) keeps nothing: no id is given twice
+             kept AS (SELECT gid, CASE WHEN gid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM losers l WHERE l.gid = c.gid)
+                                       THEN id END AS id,
                              founding_fid, adds_key, key_npi_num FROM claims c),
              -- the map's highest id, and how many source rows get a new id (numbered first, after it)
              base AS (SELECT (SELECT coalesce(max(id), 0) FROM id_map) AS last_id,
