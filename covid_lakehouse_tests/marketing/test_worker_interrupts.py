@@ -10,7 +10,7 @@ from collections import deque
 
 import pytest
 
-from covid_lakehouse.defs.marketing.load import _Worker, _WorkQueue
+from covid_lakehouse.defs.marketing.load import WorkerThread, WorkQueue
 from covid_lakehouse_tests.platform.support import sigint_raises
 
 
@@ -23,7 +23,7 @@ def test_a_second_interrupt_while_the_worker_is_wound_down_still_waits_for_it() 
     """The first interrupt lands while the run's thread waits for the worker, which waits where no
     interrupt reaches it (as on a lock in the server) until abandon lets it go; a second lands in abandon.
     On the code before, the second went on at once, the worker still running."""
-    main, release, work = threading.get_ident(), threading.Event(), _WorkQueue()
+    main, release, work = threading.get_ident(), threading.Event(), WorkQueue()
 
     def stuck() -> None:
         assert work.get() is None  # its end marker: the run's thread is in end()
@@ -37,7 +37,7 @@ def test_a_second_interrupt_while_the_worker_is_wound_down_still_waits_for_it() 
         release.set()
 
     abandoned: list[bool] = []
-    worker = _Worker(stuck, "stuck-worker")
+    worker = WorkerThread(stuck, "stuck-worker")
     try:
         with sigint_raises(KeyboardInterrupt), pytest.raises(KeyboardInterrupt) as raised:
             worker.end(work, abandon)
@@ -69,7 +69,7 @@ class _InterruptedOnceQueued(deque):
 def test_an_interrupt_right_after_the_end_marker_was_queued_queues_no_second() -> None:
     """On the code before, the interrupt (inside put(), after its append) left ``handed`` False, and the
     wind-down put a second end marker, left in the queue after the worker ended."""
-    work = _WorkQueue()
+    work = WorkQueue()
     work.queue = _InterruptedOnceQueued(threading.get_ident())
     taken: list[object] = []
 
@@ -77,7 +77,7 @@ def test_an_interrupt_right_after_the_end_marker_was_queued_queues_no_second() -
         while (item := work.get()) is not None:
             taken.append(item)
 
-    worker = _Worker(worker_loop, "work-loop")
+    worker = WorkerThread(worker_loop, "work-loop")
     work.put("a chunk")
     abandoned: list[bool] = []
     with sigint_raises(KeyboardInterrupt), pytest.raises(KeyboardInterrupt):

@@ -127,7 +127,7 @@ class StagingWriter:
             conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} WITH (autovacuum_enabled = off) AS SELECT {} FROM {} WITH NO DATA").format(
                 self.table, sql.SQL(", ").join(map(sql.Identifier, spec.staged)), spec.ident))
             claim_staging(conn, self.table)
-        self._queue: _WorkQueue = _WorkQueue(maxsize=max_queued)  # back-pressure on readers
+        self._queue: WorkQueue = WorkQueue(maxsize=max_queued)  # back-pressure on readers
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self.rows = 0
@@ -138,7 +138,7 @@ class StagingWriter:
         self._gave_up: set[Callable[[TableSpec], Any]] = set()
         self._log: logging.Logger | dg.DagsterLogManager = log
         self._copier_conn: psycopg.Connection | None = None  # while the copier holds one (under _lock)
-        self._copier = _Worker(self._copy_loop, f"stage-{spec.name}")
+        self._copier = WorkerThread(self._copy_loop, f"stage-{spec.name}")
 
     def merge_into(self, merge: "StreamingMerge") -> None:
         """From now on every staged chunk is also merged into the target, in ``merge``'s transaction."""
@@ -219,7 +219,10 @@ class StagingWriter:
         try:
             if self._copier.running:
                 self._copier.end(self._queue, self.abandon)  # the copier always consumes (it drains after an error too)
-        finally:  # interrupted too (then abandoned): the merge's connection goes back to the pool next
+        except BaseException:  # interrupted: abandoned also when it landed outside the copier's wait
+            self.abandon()
+            raise
+        finally:  # the merge's connection goes back to the pool next: its thread must have ended
             if self._merge is not None:
                 self._merge.wait()  # every chunk the copier handed over is merged (or dropped); _raise_if_failed says why not
 
@@ -315,7 +318,7 @@ class StagingWriter:
         self.close()
 
 
-class _Worker:
+class WorkerThread:
     """A daemon thread running ``target``, and whether it still runs (an Event set as it returns): waited
     for with that Event, not Thread.join, which an interrupt (a signal handler's exception) leaves marking
     the thread as ended while it still runs (Python 3.11): is_alive() and a second join then lie."""
@@ -335,7 +338,7 @@ class _Worker:
     def running(self) -> bool:
         return not self._ended.is_set()
 
-    def end(self, work: "_WorkQueue", abandon: Callable[[], None]) -> None:
+    def end(self, work: "WorkQueue", abandon: Callable[[], None]) -> None:
         """Hand the worker its end marker (None) on ``work`` and wait for it. Interrupted while waiting (a
         run's termination raises DagsterExecutionInterruptedError in the main thread; Ctrl-C), the worker
         may be waiting on the server (a COPY stalled on a lock), which no interrupt reaches: ``abandon``
@@ -351,7 +354,7 @@ class _Worker:
             if not self.running:
                 self.thread.join()  # it has returned: only its thread's last steps are left
 
-    def _wind_down(self, work: "_WorkQueue", abandon: Callable[[], None], first: BaseException) -> None:
+    def _wind_down(self, work: "WorkQueue", abandon: Callable[[], None], first: BaseException) -> None:
         """abandon, the end marker, the wait for the worker: each step done to its end, whatever else
         interrupts it (Ctrl-C pressed again, a second termination signal): the caller hands the worker's
         connection back to the pool next, which must not happen while the worker still runs on it. An
@@ -377,7 +380,7 @@ class _Worker:
                            "waited for it all the same")
 
 
-class _WorkQueue(queue.Queue):
+class WorkQueue(queue.Queue):
     """A worker's queue, ended by None (its end marker): handed at most once (``end``), and whether it was
     is known from the queue itself, whatever interrupted the hand-off. The marker is no task: ``join``
     waits for the work queued, not for it, and the worker does not mark it done."""
@@ -437,10 +440,10 @@ class StreamingMerge:
         self._held: set[tuple[Any, Any]] = set()
         self._chunk: sql.Identifier | None = None
         # merged on a thread of its own: the next chunk is COPYed into staging while this one merges
-        self._queue: _WorkQueue = _WorkQueue(maxsize=2)
+        self._queue: WorkQueue = WorkQueue(maxsize=2)
         self._failure: BaseException | None = None
         self._dropping = threading.Event()  # the run is failing: queued chunks are dropped, not merged
-        self._thread = _Worker(self._merge_loop, f"merge-{spec.name}")
+        self._thread = WorkerThread(self._merge_loop, f"merge-{spec.name}")
 
     def submit(self, data: pa.Table | list[pa.RecordBatch], slices: set[tuple[Any, Any]] | None) -> None:
         """Queue a staged chunk for merging (blocks while two are waiting: back-pressure on the copier)."""
