@@ -26,3 +26,18 @@ def test_a_losing_claim_without_a_provider_id_leaves_the_other_kept_ids_alone() 
     assert (ids[1], ids[2]) == (5, 7)
     # and the losing NULL-gid claim does not keep id 5 beside provider 1 (NOT EXISTS alone let it)
     assert con.execute("SELECT id FROM provider_ids WHERE gid IS NULL AND id IS NOT NULL").fetchall() == []
+
+
+def test_a_stronger_claim_without_a_provider_id_takes_no_id_away() -> None:
+    """The NULL-gid claim holds id 5 by its key (strength 0), provider 1 by its previous id (strength 1):
+    provider 1 keeps id 5 (the code before let the NULL-gid claim win the contest and keep nothing, and
+    provider 1 got a new id)."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE id_map (natural_key VARCHAR, id BIGINT)")
+    con.execute("INSERT INTO id_map VALUES ('pg:1', 5), ('npi:1234567893', 5)")
+    con.execute("CREATE TABLE source_claims (gid BIGINT, key_npi_num BIGINT, key_id BIGINT, previous_id BIGINT)")
+    con.execute("INSERT INTO source_claims VALUES (1, NULL, NULL, 5), (NULL, 1234567893, 5, NULL)")
+    con.execute("CREATE TABLE file_keys (gid BIGINT, key VARCHAR, strength INTEGER, mapped_id BIGINT)")
+    con.execute("CREATE TABLE chosen (gid BIGINT, founding_fid BIGINT)")
+    settle_claims(con)
+    assert con.execute("SELECT gid, id FROM provider_ids WHERE id IS NOT NULL ORDER BY gid").fetchall() == [(1, 5)]

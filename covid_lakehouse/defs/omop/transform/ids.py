@@ -117,11 +117,11 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> bool:
     in_gid_order = not scalar(con, "SELECT count(id) FROM claims")
     con.execute("""
         CREATE TABLE provider_ids AS
-        WITH losers AS (SELECT gid FROM claims WHERE id IN (SELECT value FROM contested_ids)
+        WITH losers AS (SELECT gid FROM claims WHERE gid IS NOT NULL AND id IN (SELECT value FROM contested_ids)
                         QUALIFY row_number() OVER (PARTITION BY id ORDER BY strength, gid) > 1),
              -- NOT EXISTS, not NOT IN: a losing claim of a NULL gid (a source row without a provider_id)
              -- would make NOT IN NULL for every claim, dropping every kept id
-             -- a claim without a gid (a NULL source provider_id) keeps nothing: no id is given twice
+             -- a claim without a gid (a NULL source provider_id) neither contests an id nor keeps one
              kept AS (SELECT gid, CASE WHEN gid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM losers l WHERE l.gid = c.gid)
                                        THEN id END AS id,
                              founding_fid, adds_key, key_npi_num FROM claims c),
