@@ -248,9 +248,10 @@ def test_cancel_quietly_ends_a_statement_another_thread_waits_on(warehouse, pg, 
     """cancel_quietly from another thread ends a statement the server holds on a row lock (the other
     transaction still open): cancelled in the server, or, when the cancel cannot reach it, by shutting the
     connection's socket down; it never raises (it is called while another error is on its way) and says
-    why it failed. Connections opened meanwhile work: closing the waiting thread's connection from here
-    (the code before) freed its socket's number for them while that thread still polled it (a new
-    connection failed, the waiting thread hung)."""
+    why it failed. Connections opened meanwhile work and the waiting thread ends: closing the waiting
+    thread's connection from here (the code before) freed libpq's connection and its socket's number while
+    that thread was still in it (a review's standalone script saw a new connection fail and the thread hang).
+    This test passes on the code before too: the reuse is a race it does not win; it guards the outcome."""
     target = table_ident(unique_schema, "c")
     with warehouse.connection() as conn:
         PostgresResource.ensure_schema(conn, unique_schema)
