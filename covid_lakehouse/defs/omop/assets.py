@@ -14,7 +14,13 @@ import pyarrow as pa
 from pydantic import ConfigDict
 
 from covid_lakehouse.defs.omop import source_snapshot, tables
-from covid_lakehouse.defs.omop.checks import CARE_SITE_AUDITS, GATE_OP, max_deleted_share, provider_audits
+from covid_lakehouse.defs.omop.checks import (
+    CARE_SITE_AUDITS,
+    GATE_OP,
+    LANDING_KEY,
+    max_deleted_share,
+    provider_audits,
+)
 from covid_lakehouse.defs.omop.extract import (
     CARE_SITE_SOURCE,
     extract,
@@ -60,7 +66,6 @@ RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, j
 
 SOURCE_DB_KEY = dg.AssetKey(["omop", "source_database"])
 CLIENT_FILES_KEY = dg.AssetKey(["omop", "client_files"])
-LANDING_KEY = dg.AssetKey(["omop", "landing_files"])
 CARE_SITE_KEY = dg.AssetKey(["omop", "care_site"])
 PROVIDER_KEY = dg.AssetKey(["omop", "provider"])
 PROVENANCE_KEY = dg.AssetKey(["omop", "provider_provenance"])

@@ -16,10 +16,11 @@ from covid_lakehouse.defs.omop.transform import Reconciliation, connect
 from covid_lakehouse.lib.settings import SettingError, setting
 from covid_lakehouse.lib.wap import Audit, AuditResult
 
-# The op of a tenant run's gate (assets.landing_files, asset omop/landing_files): the run's flags
-# (assets.TenantRunConfig) are its config. Named here, where the blocked check's hint and assets.run_flags
-# (assets imports this module, not the other way) both read it.
-GATE_OP = "omop__landing_files"
+# The gate's asset (assets.landing_files) and its op, whose config is the run's flags
+# (assets.TenantRunConfig): here, where the blocked check's hint and assets.run_flags both read them
+# (assets imports this module, not the other way). The op's name is Dagster's for the key.
+LANDING_KEY = dg.AssetKey(["omop", "landing_files"])
+GATE_OP = LANDING_KEY.to_python_identifier()
 # Below this share of providers with a mapped specialty, the mapping table probably lacks a label.
 MIN_MAPPED_SPECIALTY_SHARE = 0.95
 # A source read empty or mostly empty (a table emptied by mistake, a reload half done, the wrong schema)
