@@ -114,13 +114,11 @@ def settle_claims(con: duckdb.DuckDBPyConnection) -> bool:
     register_repeated(con, "contested_ids", "SELECT id FROM claims WHERE id IS NOT NULL")
     # No claim on any id (a first run: the map is empty): every id is new, and the table below is written in
     # gid order (IdLookup takes it as it is). Else the kept ids come first, in no order.
-    in_gid_order = not scalar(con, "SELECT count(id) FROM claims")
+    in_gid_order = not scalar(con, "SELECT EXISTS (SELECT 1 FROM claims WHERE id IS NOT NULL)")
     con.execute("""
         CREATE TABLE provider_ids AS
         WITH losers AS (SELECT gid FROM claims WHERE gid IS NOT NULL AND id IN (SELECT value FROM contested_ids)
                         QUALIFY row_number() OVER (PARTITION BY id ORDER BY strength, gid) > 1),
-             -- NOT EXISTS, not NOT IN: a losing claim of a NULL gid (a source row without a provider_id)
-             -- would make NOT IN NULL for every claim, dropping every kept id
              -- a claim without a gid (a NULL source provider_id) neither contests an id nor keeps one
              kept AS (SELECT gid, CASE WHEN gid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM losers l WHERE l.gid = c.gid)
                                        THEN id END AS id,
