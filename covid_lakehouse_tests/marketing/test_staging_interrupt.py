@@ -86,4 +86,3 @@ def test_an_interrupt_while_the_run_waits_for_the_merge_cancels_its_stalled_stat
     assert seen.let_go == [True]  # the merge no longer waited in the server
     assert left == []
     assert pg.execute(f"SELECT v FROM {TABLE}").fetchall() == [("old",)]
-

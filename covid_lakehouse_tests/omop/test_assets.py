@@ -131,13 +131,13 @@ def test_configuration_errors_fail_fast_without_retries_and_leave_other_tenants_
                                                      "source_schema: omop_source_missing"))
     result = run_tenant(env, bad, instance, raise_on_error=False)
     assert not result.success
-    message = result.failure_data_for_node("omop__landing_files").error.message  # the fingerprint reads it first
+    message = result.failure_data_for_node(checks.GATE_OP).error.message  # the fingerprint reads it first
     assert f"tenant '{bad.name}': cannot read source table omop_source_missing.care_site" in message
     assert not [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]  # not retried
 
     monkeypatch.delenv(WAREHOUSE_DSN)  # the variable the tenants file names for the source DSN
     result = run_tenant(env, bad, instance, raise_on_error=False)
-    assert "environment variable WAREHOUSE_DSN" in result.failure_data_for_node("omop__landing_files").error.message
+    assert "environment variable WAREHOUSE_DSN" in result.failure_data_for_node(checks.GATE_OP).error.message
     monkeypatch.undo()
     assert run_tenant(env, good, instance).success
     assert not lakehouse.table_exists(bad.namespace, tables.T_PROVIDER)

@@ -13,6 +13,7 @@ from psycopg import sql
 
 from covid_lakehouse.defs.omop import fingerprint, pipeline, source_snapshot, tables
 from covid_lakehouse.defs.omop.assets import CARE_SITE_KEY, LANDING_KEY, PROVIDER_KEY, TENANT_ASSET_KEYS
+from covid_lakehouse.defs.omop.checks import GATE_OP
 from covid_lakehouse.defs.omop.fingerprint import postgres_part, postgres_signal
 from covid_lakehouse_tests.omop.support import (
     CHANGES,
@@ -289,7 +290,7 @@ def test_a_missing_source_table_fails_the_gate_with_the_table_named(make_tenants
     pg.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(tenant.source_schema, "provider")))
     result = run_tenant(env, tenant, instance, raise_on_error=False)
     assert not result.success
-    message = result.failure_data_for_node("omop__landing_files").error.message
+    message = result.failure_data_for_node(GATE_OP).error.message
     assert f"cannot read source table {tenant.source_schema}.provider" in message
 
 

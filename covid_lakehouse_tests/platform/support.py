@@ -199,7 +199,6 @@ def leave_staging(instance: dg.DagsterInstance, pg, schema: str) -> set[str]:
     return {names["killed"], names["done"], names["canceled"]}
 
 
-
 def analyst_reads_but_cannot_write(analyst_dsn: str, table: str) -> int:
     """The read-only analyst SELECTs ``schema.table`` (its row count is returned) and, even in a
     read-write transaction (any role may lift its read-only default), may not INSERT, UPDATE or DELETE."""
@@ -347,7 +346,6 @@ def hold_after_upsert(monkeypatch, hold) -> None:
         return counts
 
     monkeypatch.setattr(PostgresResource, "upsert", staticmethod(upsert))
-
 
 
 class TcpProxy:
